@@ -1,0 +1,528 @@
+"""The backend registry: which array library holds new arrays, and who runs the hot operations.
+
+A :class:`Backend` is a small record: a name and aliases, how to obtain its array namespace and
+default device, how to tell whether it is usable (and why not), and a table of fast hot
+operations that override the reference implementations in :mod:`anycnn.ops`.
+
+Two rules govern its use (``Note [Hot-op dispatch]`` below):
+
+* the *current* backend (:func:`set_backend`, :func:`use_backend`, ``ANYCNN_BACKEND``) decides
+  where **new** arrays live: parameters, data batches;
+* hot operations dispatch on the namespace and device of their **inputs**
+  (:func:`backend_of`), so a network built on one backend keeps running there whatever the
+  current choice is, and arrays of two backends in one call are an error naming both.
+
+Importing this module imports neither CuPy nor any optional array library: the first-party
+plugins are recorded by module name and loaded on first use, and CUDA is probed only when the
+``cupy`` backend is asked whether it is usable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import threading
+import types
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import array_api_compat
+
+from anycnn import ops as _reference
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "available_backends",
+    "backend_of",
+    "get_backend",
+    "lookup",
+    "set_backend",
+    "use_backend",
+]
+
+# Note [Hot-op dispatch]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# Layers are written once against the Array API. At each public call a layer asks
+# `backend_of(x, ...)` for the record that owns its input arrays (one namespace lookup per
+# layer call, passed down), then calls `record.ops.<name>(...)`. `record.ops` is the reference
+# table of anycnn.ops with the backend's fast versions laid over it: a backend overrides only
+# what it does better, and a fast op may itself hand unusual cases back to the reference.
+# The global choice of backend never changes where an existing array is computed on; it only
+# decides where `Backend.asarray` puts new arrays. This keeps a network and its data together
+# (thinc issue #74 shows what mixing costs) and makes `use_backend` cheap and thread-safe.
+
+#: Names of the hot operations, in the order of anycnn.ops. A backend's op table may override
+#: any of them and nothing else (tests/test_backend_parity.py checks names and signatures).
+OP_NAMES: tuple[str, ...] = tuple(_reference.__all__)
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a backend is asked for but cannot be used here; the message says why and how
+    to fix it."""
+
+
+@dataclass(eq=False)
+class Backend:
+    """A backend: an array namespace, its default device and its fast hot operations.
+
+    Parameters
+    ----------
+    name : str
+        Canonical name (``"numpy"``, ``"cupy"``, ``"array_api_strict"``, ``"torch"``, ...).
+    array_module : str
+        Top-level module of the array library; it is imported only when the backend is used.
+    aliases : tuple of str
+        Other names accepted by :func:`set_backend` (``"cpu"``, ``"cuda"``, ``"gpu"``).
+    description : str
+        One line for ``anycnn backends``.
+    install_hint : str
+        What to do when the array library is missing (shown in the reason).
+    namespace : callable, optional
+        Returns the array namespace (array-api-compat wrapped where needed). Default:
+        ``array_api_compat.array_namespace`` of an empty array of ``array_module``.
+    device : callable, optional
+        Returns the default device for new arrays. Default: the namespace's default device.
+    probe : callable, optional
+        Raises an exception describing why the backend is unusable (after the import worked),
+        e.g. no CUDA device. Called once, lazily; the outcome is cached.
+    fast_ops : callable, optional
+        Returns a mapping from op names to fast implementations. Called once, lazily.
+    to_numpy : callable, optional
+        Copies an array of this backend to a NumPy array on the host.
+    """
+
+    name: str
+    array_module: str
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    install_hint: str = ""
+    namespace: Callable[[], Any] | None = None
+    device: Callable[[], Any] | None = None
+    probe: Callable[[], None] | None = None
+    fast_ops: Callable[[], Mapping[str, Callable[..., Any]]] | None = None
+    to_numpy: Callable[[Any], Any] | None = None
+    load_error: str | None = None
+    _state: dict[str, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # -- availability ---------------------------------------------------------------------
+    def _status(self) -> tuple[bool, str]:
+        with self._lock:
+            if "status" not in self._state:
+                self._state["status"] = self._check()
+            return self._state["status"]
+
+    def _check(self) -> tuple[bool, str]:
+        if self.load_error is not None:
+            return False, self.load_error
+        if importlib.util.find_spec(self.array_module) is None:
+            hint = f": {self.install_hint}" if self.install_hint else ""
+            return False, f"{self.array_module} is not installed{hint}"
+        try:
+            self._state["xp"] = self._make_namespace()
+            if self.probe is not None:
+                self.probe()
+            self._state["device"] = (
+                self.device() if self.device is not None else _default_device(self._state["xp"])
+            )
+        except Exception as error:  # any failure means unusable; the message is the reason
+            return False, f"{self.array_module} is installed but not usable: " + _one_line(error)
+        return True, "ok"
+
+    def _make_namespace(self) -> Any:
+        if self.namespace is not None:
+            return self.namespace()
+        module = importlib.import_module(self.array_module)
+        return array_api_compat.array_namespace(module.asarray([0.0]))
+
+    @property
+    def available(self) -> bool:
+        """Whether this backend can be used here (imports and probes lazily, cached)."""
+        return self._status()[0]
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why the backend cannot be used and how to fix it; ``None`` when it is available."""
+        ok, reason = self._status()
+        return None if ok else reason
+
+    def require(self) -> Backend:
+        """Return self, or raise :class:`BackendUnavailableError` saying why it is unusable."""
+        ok, reason = self._status()
+        if not ok:
+            raise BackendUnavailableError(f"backend {self.name!r} is unavailable: {reason}")
+        return self
+
+    # -- the namespace, device and ops ----------------------------------------------------
+    @property
+    def xp(self) -> Any:
+        """The array namespace (Array API, compat-wrapped where needed)."""
+        return self.require()._state["xp"]
+
+    @property
+    def default_device(self) -> Any:
+        """The device new arrays are created on."""
+        return self.require()._state["device"]
+
+    @property
+    def ops(self) -> types.SimpleNamespace:
+        """The hot operations: the reference ops of :mod:`anycnn.ops` with this backend's fast
+        versions laid over them (``Note [Hot-op dispatch]``)."""
+        table = self._state.get("ops")
+        if table is None:
+            self.require()
+            overrides = dict(self.fast_ops()) if self.fast_ops is not None else {}
+            unknown = sorted(set(overrides) - set(OP_NAMES))
+            if unknown:
+                raise TypeError(
+                    f"backend {self.name!r} overrides unknown hot ops {unknown}; "
+                    f"known ops: {list(OP_NAMES)}"
+                )
+            table = types.SimpleNamespace(
+                **{name: overrides.get(name, getattr(_reference, name)) for name in OP_NAMES}
+            )
+            table.overridden = frozenset(overrides)
+            self._state["ops"] = table
+        return table
+
+    def owns(self, xp: Any) -> bool:
+        """Whether an array namespace belongs to this backend (never imports anything)."""
+        check = getattr(array_api_compat, f"is_{self.array_module}_namespace", None)
+        if check is not None:
+            return bool(check(xp))
+        return getattr(xp, "__name__", "").split(".")[0] == self.array_module
+
+    def asarray(self, data: Any, dtype: Any = None, *, copy: bool | None = None) -> Any:
+        """Put host data (NumPy arrays, lists, scalars) on this backend's default device.
+
+        ``dtype`` may be a dtype of the namespace or its name (``"float32"``).
+        """
+        xp = self.xp
+        if isinstance(dtype, str):
+            dtype = resolve_dtype(xp, dtype)
+        if array_api_compat.is_array_api_obj(data) and not self.owns(
+            array_api_compat.array_namespace(data)
+        ):
+            # Cross-backend data goes through the host explicitly; only NumPy is accepted
+            # implicitly, since it is where data sets live (anycnn.datasets).
+            if not array_api_compat.is_numpy_array(data):
+                raise TypeError(
+                    f"{self.name}.asarray: got an array of "
+                    f"{array_api_compat.array_namespace(data).__name__}; convert it to NumPy "
+                    "on the host first (Backend.to_host)"
+                )
+        return xp.asarray(data, dtype=dtype, device=self.default_device, copy=copy)
+
+    def to_host(self, x: Any) -> Any:
+        """Copy an array of this backend into a NumPy array."""
+        import numpy
+
+        if self.to_numpy is not None:
+            return self.to_numpy(x)
+        if array_api_compat.is_numpy_array(x):
+            return x
+        try:
+            return numpy.from_dlpack(x)
+        except Exception:  # libraries without DLPack export to the CPU
+            return numpy.asarray(x)
+
+    def __repr__(self) -> str:
+        state = "available" if self._state.get("status", (None,))[0] else "not probed"
+        if "status" in self._state and not self._state["status"][0]:
+            state = "unavailable"
+        return f"<Backend {self.name!r} ({state})>"
+
+
+def resolve_dtype(xp: Any, dtype: Any) -> Any:
+    """The namespace's dtype for a name such as ``"float32"``; dtypes pass through."""
+    if isinstance(dtype, str):
+        try:
+            return getattr(xp, dtype)
+        except AttributeError:
+            raise ValueError(f"unknown dtype {dtype!r} for {xp.__name__}") from None
+    return dtype
+
+
+def _default_device(xp: Any) -> Any:
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is not None:
+        with contextlib.suppress(Exception):
+            return info().default_device()
+    return array_api_compat.device(xp.asarray(0.0))
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# --- the built-in table -----------------------------------------------------------------------
+# First-party plugins live in backends/ and register through the `anycnn.backends` entry-point
+# group; this table lets a source checkout that was never installed (no entry points) find them.
+_FIRST_PARTY_PLUGINS: dict[str, str] = {
+    "numpy": "anycnn_numpy:backend",
+    "cupy": "anycnn_cupy:backend",
+}
+
+
+def _generic(name: str, module: str, aliases: tuple[str, ...], hint: str, what: str) -> Backend:
+    """A backend for an Array API namespace that needs no plugin: it runs the reference ops."""
+    return Backend(
+        name=name,
+        array_module=module,
+        aliases=aliases,
+        description=f"{what}; reference ops in pure Array API",
+        install_hint=hint,
+    )
+
+
+def _strict_namespace() -> Any:
+    import array_api_strict
+
+    return array_api_strict
+
+
+def _torch_namespace() -> Any:
+    import torch
+
+    return array_api_compat.array_namespace(torch.zeros(1))
+
+
+def _torch_device() -> Any:
+    import torch
+
+    return torch.device("cpu")
+
+
+def _builtin_generic() -> list[Backend]:
+    strict = _generic(
+        "array_api_strict",
+        "array_api_strict",
+        ("strict",),
+        'pip install "anycnn[test]"',
+        "array-api-strict (the standard's reference namespace)",
+    )
+    strict.namespace = _strict_namespace
+    torch = _generic(
+        "torch", "torch", (), "pip install torch", "PyTorch tensors on the CPU through array-api-compat"
+    )
+    torch.namespace = _torch_namespace
+    torch.device = _torch_device
+    jax = _generic("jax", "jax", (), 'pip install "jax[cpu]"', "JAX arrays through array-api-compat")
+    return [strict, torch, jax]
+
+
+# --- the registry -----------------------------------------------------------------------------
+_registry_lock = threading.Lock()
+_registry: dict[str, Backend] | None = None
+_namespace_cache: dict[int, Backend] = {}
+
+
+def _load_plugin(name: str, target: str) -> Backend:
+    module_name, _, attribute = target.partition(":")
+    try:
+        record = getattr(importlib.import_module(module_name), attribute or "backend")
+        if not isinstance(record, Backend):
+            raise TypeError(f"{target} is a {type(record).__name__}, not an anycnn.Backend")
+        return record
+    except Exception as error:  # a broken plugin is listed with its error, never fatal
+        return Backend(
+            name=name,
+            array_module=module_name,
+            load_error=f"plugin {target} failed to load: {_one_line(error)}",
+        )
+
+
+def _discover() -> dict[str, Backend]:
+    targets = dict(_FIRST_PARTY_PLUGINS)
+    with contextlib.suppress(Exception):
+        for entry in importlib.metadata.entry_points(group="anycnn.backends"):
+            targets[entry.name] = entry.value
+    found: dict[str, Backend] = {}
+    for name, target in targets.items():
+        found[name] = _load_plugin(name, target)
+    for record in _builtin_generic():
+        found.setdefault(record.name, record)
+    return found
+
+
+def _backends() -> dict[str, Backend]:
+    global _registry
+    if _registry is None:
+        with _registry_lock:
+            if _registry is None:
+                _registry = _discover()
+    return _registry
+
+
+def register(record: Backend) -> Backend:
+    """Add (or replace) a backend at run time; plugins normally use the entry-point group."""
+    if not isinstance(record, Backend):
+        raise TypeError(f"register: expected an anycnn.Backend, got {type(record).__name__}")
+    _backends()[record.name] = record
+    _namespace_cache.clear()
+    return record
+
+
+def known_names() -> list[str]:
+    """Every accepted backend name and alias, plus ``auto``."""
+    names = ["auto"]
+    for record in _backends().values():
+        names += [record.name, *record.aliases]
+    return names
+
+
+def lookup(name: str | Backend) -> Backend:
+    """The backend record for a name or alias (``auto`` resolves to CUDA if usable, else CPU).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name; the message lists the known ones.
+    """
+    if isinstance(name, Backend):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, got {type(name).__name__}")
+    key = name.strip().lower().replace("-", "_")
+    backends = _backends()
+    if key == "auto":
+        cupy = backends.get("cupy")
+        return cupy if cupy is not None and cupy.available else backends["numpy"]
+    for record in backends.values():
+        if key == record.name or key in record.aliases:
+            return record
+    raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(known_names())}")
+
+
+def available_backends() -> list[Backend]:
+    """Every known backend, probed: ``.available`` and, when not, ``.unavailable_reason``.
+
+    Probing imports each installed array library (CuPy included) once and caches the answer.
+    """
+    records = list(_backends().values())
+    for record in records:
+        record.available  # noqa: B018 - probe and cache
+    return records
+
+
+# --- the current backend ----------------------------------------------------------------------
+_current: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "anycnn_backend", default=None
+)
+_process_default: Backend | None = None
+
+
+def set_backend(name: str | Backend) -> Backend:
+    """Choose the backend for new arrays in this process (``"cpu"``, ``"cuda"``, ``"auto"``...).
+
+    Raises :class:`BackendUnavailableError` at once if it cannot be used. Inside a
+    :func:`use_backend` block the block's choice still wins until the block ends.
+    """
+    global _process_default
+    record = lookup(name).require()
+    _process_default = record
+    return record
+
+
+@contextlib.contextmanager
+def use_backend(name: str | Backend) -> Iterator[Backend]:
+    """Use a backend for new arrays inside a ``with`` block (per thread and per task).
+
+    >>> import anycnn
+    >>> with anycnn.use_backend("cpu") as b:
+    ...     b.name
+    'numpy'
+    """
+    record = lookup(name).require()
+    token = _current.set(record)
+    try:
+        yield record
+    finally:
+        _current.reset(token)
+
+
+def get_backend() -> Backend:
+    """The backend new arrays are created on.
+
+    In order: the innermost :func:`use_backend` block, then :func:`set_backend`, then the
+    environment variable ``ANYCNN_BACKEND`` (read now, at first use, not at import), then
+    ``auto``.
+    """
+    global _process_default
+    record = _current.get()
+    if record is not None:
+        return record
+    if _process_default is None:
+        name = os.environ.get("ANYCNN_BACKEND", "").strip() or "auto"
+        try:
+            _process_default = lookup(name).require()
+        except (ValueError, BackendUnavailableError) as error:
+            raise type(error)(f"ANYCNN_BACKEND={name!r}: {error}") from None
+    return _process_default
+
+
+def _reset_for_tests() -> None:
+    """Forget the process default (tests restore state with this)."""
+    global _process_default
+    _process_default = None
+
+
+# --- dispatch on arrays -----------------------------------------------------------------------
+def backend_of(*arrays: Any, op: str = "anycnn") -> Backend:
+    """The backend that owns these arrays; they must share one namespace and one device.
+
+    Python scalars and ``None`` are ignored. A namespace no registered backend claims gets a
+    generic backend running the reference ops.
+
+    Raises
+    ------
+    TypeError
+        Arrays from two namespaces, or something that is not an array.
+    ValueError
+        Arrays on two devices.
+    """
+    present = [a for a in arrays if a is not None and not isinstance(a, int | float | bool)]
+    if not present:
+        raise TypeError(f"{op}: no array argument")
+    namespaces = []
+    for a in present:
+        try:
+            namespaces.append(array_api_compat.array_namespace(a))
+        except TypeError:
+            raise TypeError(
+                f"{op}: expected arrays, got {type(a).__module__}.{type(a).__name__}"
+            ) from None
+    first = namespaces[0]
+    for other in namespaces[1:]:
+        if other is not first:
+            raise TypeError(
+                f"{op}: arrays from two backends: {first.__name__} and {other.__name__}; "
+                "move them to one backend first (Backend.asarray / Backend.to_host)"
+            )
+    if len(present) > 1:
+        devices = [array_api_compat.device(a) for a in present]
+        for d in devices[1:]:
+            if d != devices[0]:
+                raise ValueError(f"{op}: arrays on two devices: {devices[0]} and {d}")
+    record = _namespace_cache.get(id(first))
+    if record is None:
+        for candidate in _backends().values():
+            if candidate.load_error is None and candidate.owns(first):
+                record = candidate
+                break
+        else:
+            record = Backend(
+                name=first.__name__,
+                array_module=first.__name__.split(".")[0],
+                namespace=lambda: first,
+                description="unregistered Array API namespace; reference ops",
+            )
+        _namespace_cache[id(first)] = record
+    return record

@@ -1,0 +1,223 @@
+"""Reference hot operations in pure Array API: the oracle and the fallback of every backend.
+
+Every function here runs on any namespace that follows the Array API standard (2023.12), as
+array-api-strict checks: no ``einsum``, ``pad``, ``kron`` or in-place writes. A backend overrides
+any of them with a faster version of the same name and signature (``Note [Hot-op dispatch]`` in
+:mod:`anycnn.backend`); these stay the oracle the fast versions are tested against.
+
+Conventions
+-----------
+* Maps are ``(N, C, H, W)``: batch, maps, rows, columns.
+* Kernels are ``(C_out, C_in, kh, kw)``. An input-map selection (``M_j`` of section 3.1 of the
+  notes) is a boolean ``(C_out, C_in)`` table; ``selection[j, i]`` says output map ``j`` sums
+  over input map ``i``. Kernels outside the selection act as zero.
+* "Convolution" means MATLAB's ``conv2``, as in the notes: the kernel is flipped (rot180), so
+  ``conv_valid(x, k)[n, j] = sum_i conv2(x[n, i], k[j, i], 'valid')``. PyTorch's and most
+  frameworks' "convolution" is cross-correlation; :func:`anycnn.layers.to_cross_correlation`
+  converts kernels between the two.
+
+The arguments are assumed valid here (inner loops do not re-check); :mod:`anycnn.functional`
+holds the checked public entry points.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+__all__ = [
+    "conv_valid",
+    "conv_full",
+    "conv_kernel_grad",
+    "kron_upsample",
+    "block_sum",
+    "block_mean",
+    "decimate",
+    "decimate_transpose",
+]
+
+Array = Any
+
+
+def _masked(kernel: Array, selection: Array | None, xp: Any) -> Array:
+    if selection is None:
+        return kernel
+    c_out, c_in = selection.shape
+    return kernel * xp.reshape(xp.astype(selection, kernel.dtype), (c_out, c_in, 1, 1))
+
+
+def conv_valid(x: Array, kernel: Array, selection: Array | None = None) -> Array:
+    """Sum over selected input maps of their 'valid' convolutions: the forward pass of 3.1.
+
+    Computes ``u[n, j] = sum_{i in M_j} conv2(x[n, i], kernel[j, i], 'valid')``, the inner sum of
+    the convolution layer ``x_j = f(sum_{i in M_j} x_i * k_ij + b_j)`` (section 3.1).
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, H, W)
+    kernel : array, shape (C_out, C_in, kh, kw), with kh <= H and kw <= W
+    selection : bool array, shape (C_out, C_in), optional
+        The input maps ``M_j`` of each output map; all of them when omitted.
+
+    Returns
+    -------
+    array, shape (N, C_out, H - kh + 1, W - kw + 1)
+    """
+    xp = array_api_compat.array_namespace(x, kernel)
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = kernel.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    # conv2 flips the kernel: tap (a, b) of the cross-correlation uses kernel[..., kh-1-a, kw-1-b].
+    flipped = xp.flip(_masked(kernel, selection, xp), axis=(2, 3))
+    out = None
+    for a in range(kh):  # a loop over kernel taps, not over examples or maps
+        for b in range(kw):
+            patch = x[:, :, a : a + oh, b : b + ow]  # (N, C_in, oh, ow)
+            term = xp.tensordot(patch, flipped[:, :, a, b], axes=([1], [1]))  # (N, oh, ow, C_out)
+            out = term if out is None else out + term
+    return xp.permute_dims(out, (0, 3, 1, 2))
+
+
+def _pad2(x: Array, ph: int, pw: int, xp: Any) -> Array:
+    """Zero-pad the last two axes by ``ph`` rows and ``pw`` columns on each side."""
+    n, c, h, w = x.shape
+    dev = array_api_compat.device(x)
+    if pw:
+        side = xp.zeros((n, c, h, pw), dtype=x.dtype, device=dev)
+        x = xp.concat([side, x, side], axis=3)
+    if ph:
+        side = xp.zeros((n, c, ph, w + 2 * pw), dtype=x.dtype, device=dev)
+        x = xp.concat([side, x, side], axis=2)
+    return x
+
+
+def conv_full(delta: Array, kernel: Array, selection: Array | None = None) -> Array:
+    """Back-propagate sensitivities through a convolution: ``conv2(delta, rot180(k), 'full')``.
+
+    Computes ``g[n, i] = sum_{j : i in M_j} conv2(delta[n, j], rot180(kernel[j, i]), 'full')``,
+    the sum of section 3.2.1 (``delta_i = f'(u_i) o g_i`` for the layer below). It is the adjoint
+    of :func:`conv_valid` in its first argument: ``<conv_valid(x, k), d> = <x, conv_full(d, k)>``.
+
+    Parameters
+    ----------
+    delta : array, shape (N, C_out, h, w)
+    kernel : array, shape (C_out, C_in, kh, kw)
+    selection : bool array, shape (C_out, C_in), optional
+
+    Returns
+    -------
+    array, shape (N, C_in, h + kh - 1, w + kw - 1)
+    """
+    xp = array_api_compat.array_namespace(delta, kernel)
+    n, c_out, h, w = delta.shape
+    _, c_in, kh, kw = kernel.shape
+    padded = _pad2(delta, kh - 1, kw - 1, xp)
+    k = _masked(kernel, selection, xp)
+    oh, ow = h + kh - 1, w + kw - 1
+    out = None
+    # conv2 with rot180(k) is a cross-correlation with k itself: no flip here.
+    for a in range(kh):
+        for b in range(kw):
+            patch = padded[:, :, a : a + oh, b : b + ow]  # (N, C_out, oh, ow)
+            term = xp.tensordot(patch, k[:, :, a, b], axes=([1], [0]))  # (N, oh, ow, C_in)
+            out = term if out is None else out + term
+    return xp.permute_dims(out, (0, 3, 1, 2))
+
+
+def conv_kernel_grad(x: Array, delta: Array, selection: Array | None = None) -> Array:
+    """Kernel gradient of a convolution layer, eq. (7) in its rot180 / 'valid' form.
+
+    Computes ``dE/dk[j, i] = sum_n rot180(conv2(x[n, i], rot180(delta[n, j]), 'valid'))``, summed
+    over the batch; zero outside the selection. It is the adjoint of :func:`conv_valid` in its
+    second argument: ``<conv_valid(x, k), d> = <k, conv_kernel_grad(x, d)>``.
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, H, W)
+        The layer's input maps (``x^{l-1}``).
+    delta : array, shape (N, C_out, h, w)
+        The layer's sensitivities; the kernel size is ``(H - h + 1, W - w + 1)``.
+    selection : bool array, shape (C_out, C_in), optional
+
+    Returns
+    -------
+    array, shape (C_out, C_in, H - h + 1, W - w + 1)
+    """
+    xp = array_api_compat.array_namespace(x, delta)
+    _, _, h_in, w_in = x.shape
+    _, _, h, w = delta.shape
+    kh, kw = h_in - h + 1, w_in - w + 1
+    taps = []
+    for a in range(kh):
+        for b in range(kw):
+            patch = x[:, :, a : a + h, b : b + w]  # (N, C_in, h, w)
+            taps.append(xp.tensordot(delta, patch, axes=([0, 2, 3], [0, 2, 3])))  # (C_out, C_in)
+    c_out, c_in = taps[0].shape
+    correlation = xp.reshape(xp.stack(taps, axis=2), (c_out, c_in, kh, kw))
+    grad = xp.flip(correlation, axis=(2, 3))  # the outer rot180 of eq. (7)
+    return _masked(grad, selection, xp)
+
+
+def kron_upsample(x: Array, n: int) -> Array:
+    """Tile each pixel into an n x n block: ``up(x) = x (kron) 1_{n x n}`` (section 3.1.1).
+
+    Parameters
+    ----------
+    x : array, shape (N, C, h, w)
+    n : int, the subsampling factor
+
+    Returns
+    -------
+    array, shape (N, C, h * n, w * n)
+    """
+    xp = array_api_compat.array_namespace(x)
+    b, c, h, w = x.shape
+    tiles = xp.broadcast_to(xp.reshape(x, (b, c, h, 1, w, 1)), (b, c, h, n, w, n))
+    return xp.reshape(tiles, (b, c, h * n, w * n))
+
+
+def block_sum(x: Array, n: int) -> Array:
+    """Sum over each distinct n x n block: ``down(x)`` of section 3.2 (the notes' default).
+
+    The adjoint of :func:`kron_upsample`. ``H`` and ``W`` must be multiples of ``n``.
+
+    Returns
+    -------
+    array, shape (N, C, H // n, W // n)
+    """
+    xp = array_api_compat.array_namespace(x)
+    b, c, h, w = x.shape
+    return xp.sum(xp.reshape(x, (b, c, h // n, n, w // n, n)), axis=(3, 5))
+
+
+def block_mean(x: Array, n: int) -> Array:
+    """Mean over each distinct n x n block (DeepLearnToolbox's subsampling): block_sum / n^2."""
+    return block_sum(x, n) / (n * n)
+
+
+def decimate(x: Array, n: int) -> Array:
+    """Keep every n-th sample along rows and columns ("throw away" the others, section 3.2).
+
+    Returns
+    -------
+    array, shape (N, C, H // n, W // n), the top-left sample of each n x n block
+    """
+    b, c, h, w = x.shape
+    return x[:, :, 0 : h - h % n : n, 0 : w - w % n : n]
+
+
+def decimate_transpose(delta: Array, n: int) -> Array:
+    """The adjoint of :func:`decimate`: each value goes to the top-left of an n x n block of
+    zeros.
+
+    Returns
+    -------
+    array, shape (N, C, h * n, w * n)
+    """
+    xp = array_api_compat.array_namespace(delta)
+    b, c, h, w = delta.shape
+    first = xp.astype(xp.arange(n, device=array_api_compat.device(delta)) == 0, delta.dtype)
+    mask = xp.reshape(first, (1, 1, 1, n, 1, 1)) * xp.reshape(first, (1, 1, 1, 1, 1, n))
+    blocks = xp.reshape(delta, (b, c, h, 1, w, 1)) * mask
+    return xp.reshape(blocks, (b, c, h * n, w * n))

@@ -1,0 +1,190 @@
+"""Every hot op on every backend against SciPy / NumPy oracles, adjoint identities, dtype and
+device preservation, and the errors of the checked entry points (anycnn.functional)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import oracles
+from anycnn import functional as F
+from anycnn import ops as reference
+from anycnn.testing import assert_close
+
+SETTINGS = settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+DTYPES = ["float32", "float64"]
+
+
+@st.composite
+def conv_case(draw):
+    n = draw(st.integers(1, 3))
+    c_in = draw(st.integers(1, 4))
+    c_out = draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    h, w = kh + draw(st.integers(0, 6)), kw + draw(st.integers(0, 6))
+    with_selection = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31))
+    return n, c_in, c_out, kh, kw, h, w, with_selection, seed
+
+
+def _arrays(backend, dtype, *arrays):
+    return [None if a is None else backend.asarray(a, dtype=a.dtype.name if a.dtype == bool else dtype) for a in arrays]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(case=conv_case())
+def test_convolutions_match_scipy(backend, dtype, case):
+    n, c_in, c_out, kh, kw, h, w, with_selection, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    k = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+    d = rng.standard_normal((n, c_out, h - kh + 1, w - kw + 1)).astype(dtype)
+    sel = rng.random((c_out, c_in)) < 0.6 if with_selection else None
+    bx, bk, bd, bsel = _arrays(backend, dtype, x, k, d, sel)
+
+    for name, args, host in [
+        ("conv_valid", (bx, bk, bsel), (x, k, sel)),
+        ("conv_full", (bd, bk, bsel), (d, k, sel)),
+        ("conv_kernel_grad", (bx, bd, bsel), (x, d, sel)),
+    ]:
+        expected = getattr(oracles, name)(*[a if a is None else a.astype(np.float64) if a.dtype != bool else a for a in host])
+        assert_close(getattr(F, name)(*args), expected.astype(dtype), backend=backend, err_msg=f"{name}: ")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
+    n=st.integers(1, 4),
+    seed=st.integers(0, 2**31),
+)
+def test_resampling_matches_numpy(backend, dtype, shape, n, seed):
+    rng = np.random.default_rng(seed)
+    small = rng.standard_normal(shape).astype(dtype)
+    big = rng.standard_normal(shape[:2] + (shape[2] * n, shape[3] * n)).astype(dtype)
+    (bsmall, bbig) = _arrays(backend, dtype, small, big)
+    for name, arg, host in [
+        ("kron_upsample", bsmall, small),
+        ("decimate_transpose", bsmall, small),
+        ("block_sum", bbig, big),
+        ("block_mean", bbig, big),
+        ("decimate", bbig, big),
+    ]:
+        expected = getattr(oracles, name)(host.astype(np.float64), n).astype(dtype)
+        assert_close(getattr(F, name)(arg, n), expected, backend=backend, err_msg=f"{name}: ")
+
+
+def _inner(xp, a, b):
+    return float(xp.sum(a * b))
+
+
+@pytest.mark.parametrize("selection", [False, True])
+def test_adjoint_identities(backend, xp, rng, selection):
+    """<A x, y> = <x, A^T y>: conv_full and conv_kernel_grad are the adjoints of conv_valid,
+    block_sum of kron_upsample, decimate_transpose of decimate (float64)."""
+    x = rng.standard_normal((2, 3, 9, 8))
+    k = rng.standard_normal((4, 3, 4, 3))
+    d = rng.standard_normal((2, 4, 6, 6))
+    sel = rng.random((4, 3)) < 0.5 if selection else None
+    bx, bk, bd = (backend.asarray(a, dtype="float64") for a in (x, k, d))
+    bsel = None if sel is None else backend.asarray(sel)
+    forward = _inner(xp, F.conv_valid(bx, bk, bsel), bd)
+    assert forward == pytest.approx(_inner(xp, bx, F.conv_full(bd, bk, bsel)), rel=1e-12)
+    assert forward == pytest.approx(_inner(xp, bk, F.conv_kernel_grad(bx, bd, bsel)), rel=1e-12)
+
+    small = backend.asarray(rng.standard_normal((2, 3, 4, 5)), dtype="float64")
+    big = backend.asarray(rng.standard_normal((2, 3, 12, 15)), dtype="float64")
+    for up, down in [(F.kron_upsample, F.block_sum), (F.decimate_transpose, F.decimate)]:
+        assert _inner(xp, up(small, 3), big) == pytest.approx(
+            _inner(xp, small, down(big, 3)), rel=1e-12
+        )
+
+
+def test_selection_zeroes_unselected_pairs(backend, rng):
+    """A kernel outside M_j has no effect and gets a zero gradient."""
+    x = backend.asarray(rng.standard_normal((2, 3, 7, 7)), dtype="float64")
+    k = rng.standard_normal((2, 3, 3, 3))
+    sel = np.array([[True, False, True], [False, True, False]])
+    changed = k.copy()
+    changed[~sel] += 100.0
+    bsel = backend.asarray(sel)
+    a = F.conv_valid(x, backend.asarray(k, dtype="float64"), bsel)
+    b = F.conv_valid(x, backend.asarray(changed, dtype="float64"), bsel)
+    assert_close(a, backend.to_host(b), backend=backend)
+    d = backend.asarray(rng.standard_normal((2, 2, 5, 5)), dtype="float64")
+    grad = backend.to_host(F.conv_kernel_grad(x, d, bsel))
+    assert np.all(grad[~sel] == 0) and np.all(np.abs(grad[sel]).sum(axis=(1, 2)) > 0)
+
+
+def test_reference_ops_run_on_backend(backend, rng):
+    """The pure Array API reference runs on every namespace and agrees with the fast op."""
+    x = rng.standard_normal((2, 2, 6, 6))
+    k = rng.standard_normal((3, 2, 3, 3))
+    bx, bk = backend.asarray(x, dtype="float64"), backend.asarray(k, dtype="float64")
+    assert_close(reference.conv_valid(bx, bk), oracles.conv_valid(x, k), backend=backend)
+    assert_close(reference.block_sum(bx, 2), oracles.block_sum(x, 2), backend=backend)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+def test_errors_name_operation_and_shapes(backend, rng):
+    x = backend.asarray(rng.standard_normal((2, 3, 8, 8)), dtype="float32")
+    k = backend.asarray(rng.standard_normal((4, 3, 3, 3)), dtype="float32")
+    with pytest.raises(ValueError, match=r"conv_valid: x must be a 4-d \(N, C, H, W\) array, got shape \(3, 8, 8\)"):
+        F.conv_valid(x[0, ...], k)
+    with pytest.raises(ValueError, match=r"conv_valid: kernel 9x9 is larger than the 8x8 input maps"):
+        F.conv_valid(x, backend.asarray(np.ones((4, 3, 9, 9)), dtype="float32"))
+    with pytest.raises(ValueError, match=r"x has 3 maps but the kernel expects C_in = 2"):
+        F.conv_valid(x, backend.asarray(np.ones((4, 2, 3, 3)), dtype="float32"))
+    with pytest.raises(TypeError, match=r"conv_valid: x and kernel must share a dtype, got .*float32 and .*float64"):
+        F.conv_valid(x, backend.asarray(np.ones((4, 3, 3, 3)), dtype="float64"))
+    with pytest.raises(TypeError, match=r"conv_valid: x must have a real floating dtype .* got .*int"):
+        F.conv_valid(backend.asarray(np.ones((2, 3, 8, 8), dtype=np.int32)), k)
+    with pytest.raises(ValueError, match=r"selection must be a \(C_out, C_in\) = \(4, 3\) boolean table, got shape \(3, 4\)"):
+        F.conv_valid(x, k, backend.asarray(np.ones((3, 4), dtype=bool)))
+    with pytest.raises(ValueError, match=r"block_sum: 8x8 maps are not divisible by 3"):
+        F.block_sum(x, 3)
+    with pytest.raises(ValueError, match=r"decimate: the factor n must be a positive int, got 0"):
+        F.decimate(x, 0)
+    with pytest.raises(ValueError, match=r"conv_full: delta has 3 maps but the kernel has C_out = 4"):
+        F.conv_full(x, k)
+    with pytest.raises(ValueError, match=r"conv_kernel_grad: x and delta have different batch sizes, 2 and 1"):
+        F.conv_kernel_grad(x, x[:1, ...])
+
+
+def test_mixing_backends_is_an_error(backend, rng):
+    import array_api_strict
+
+    x = backend.asarray(rng.standard_normal((1, 1, 4, 4)), dtype="float64")
+    other = (
+        array_api_strict.asarray(np.ones((1, 1, 2, 2)))
+        if backend.name != "array_api_strict"
+        else np.ones((1, 1, 2, 2))
+    )
+    with pytest.raises(TypeError, match=r"conv_valid: arrays from two backends: .* and .*"):
+        F.conv_valid(x, other)
+
+
+def test_two_devices_is_an_error():
+    array_api_strict = pytest.importorskip("array_api_strict")
+    a = array_api_strict.asarray(np.ones((1, 1, 4, 4)))
+    b = array_api_strict.asarray(np.ones((1, 1, 2, 2)), device=array_api_strict.Device("device1"))
+    with pytest.raises(ValueError, match=r"conv_valid: arrays on two devices: .*CPU_DEVICE.* and .*device1"):
+        F.conv_valid(a, b)
+
+
+def test_ops_keep_the_device():
+    """An array on a second device stays there (array-api-strict's device1)."""
+    array_api_strict = pytest.importorskip("array_api_strict")
+    dev = array_api_strict.Device("device1")
+    x = array_api_strict.asarray(np.ones((1, 2, 6, 6)), device=dev)
+    k = array_api_strict.asarray(np.ones((3, 2, 3, 3)), device=dev)
+    for out in (F.conv_valid(x, k), F.kron_upsample(x, 2), F.block_sum(x, 2), F.decimate(x, 3)):
+        assert out.device == dev
