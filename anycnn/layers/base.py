@@ -1,0 +1,91 @@
+"""The layer protocol shared by every layer.
+
+A layer is built once for an input shape (without the batch axis) on a backend and dtype; it owns
+named parameters (``params["kernel"]``) and their gradients (``grads["kernel"]``), both arrays of
+that backend. ``forward(x)`` keeps what ``backward`` needs; ``backward(dy)`` takes ``dE/dy`` for
+its output ``y = x^l``, fills ``grads`` and returns ``dE/dx`` for its input ``x^{l-1}``.
+
+How this maps onto the notes' sensitivities: a layer with activation ``f`` first forms its
+sensitivity ``delta^l = dE/du^l = f'(u^l) o dE/dx^l`` (eq. 3-4), then its parameter gradients,
+then ``dE/dx^{l-1}``. Chained, this is exactly the recurrences of 3.1.1 and 3.2.1, e.g. a
+convolution below a subsampling layer gets ``delta = f'(u) o beta up(delta_next)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from anycnn.backend import Backend
+
+Array = Any
+Shape = tuple[int, ...]
+
+
+class LayerError(ValueError):
+    """A layer cannot be built or called with these shapes or values; the message names it."""
+
+
+@dataclass
+class BuildContext:
+    """What a layer needs to allocate its parameters."""
+
+    backend: Backend
+    dtype: Any  # the namespace's dtype
+    rng: np.random.Generator
+
+
+class Layer:
+    """Base class of all layers (see the module docstring for the protocol)."""
+
+    #: prefix of the default name: conv, sub, fc, ...; None for layers that are not numbered
+    kind: str | None = None
+
+    def __init__(self, name: str | None = None):
+        self.name = name
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self.input_shape: Shape | None = None
+        self.output_shape: Shape | None = None
+        self._backend: Backend | None = None
+
+    # -- building -------------------------------------------------------------------------
+    def build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        """Check the input shape, allocate parameters, return the output shape."""
+        self.input_shape = tuple(input_shape)
+        self._backend = context.backend
+        self.output_shape = tuple(self._build(self.input_shape, context))
+        return self.output_shape
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        raise NotImplementedError
+
+    def error(self, message: str) -> LayerError:
+        return LayerError(f"{self.describe()}: {message}")
+
+    def describe(self) -> str:
+        return f"{self!r} ({self.name})" if self.name else repr(self)
+
+    def _host_param(self, context: BuildContext, values: np.ndarray) -> Array:
+        return context.backend.asarray(values, dtype=context.dtype)
+
+    # -- computing ------------------------------------------------------------------------
+    def forward(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+        raise NotImplementedError
+
+    # -- description ----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments (checkpoints rebuild layers from these)."""
+        return {}
+
+    def extra_state(self) -> dict[str, np.ndarray]:
+        """Non-parameter arrays a checkpoint must keep (e.g. an input-map table), on the host."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

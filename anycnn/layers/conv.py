@@ -1,0 +1,227 @@
+"""Convolution layers with input-map selections M_j (section 3.1 of the notes)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from anycnn.layers.activations import get_activation
+from anycnn.layers.base import Array, BuildContext, Layer, Shape
+
+# LeCun et al. 1998, Table I: which S2 maps (rows) each C3 map (columns) combines.
+_LENET5_C3 = [
+    "X...XXX..XXXX.XX",
+    "XX...XXX..XXXX.X",
+    "XXX...XXX..X.XXX",
+    ".XXX..XXXX..X.XX",
+    "..XXX..XXXX.XX.X",
+    "...XXX..XXXX.XXX",
+]
+
+SELECTIONS = ("full", "lenet5", "pairs", "triplets", "random")
+
+
+def lenet5_table() -> np.ndarray:
+    """The C3 connection table of LeNet-5 as a boolean ``(16, 6)`` (C_out, C_in) array."""
+    return np.array([[c == "X" for c in row] for row in _LENET5_C3], dtype=bool).T.copy()
+
+
+def selection_table(
+    spec: Any, c_out: int, c_in: int, *, inputs_per_map: int = 3, seed: int | None = None,
+    where: str = "Convolution",
+) -> np.ndarray:
+    """The boolean ``(C_out, C_in)`` input-map table ``M_j`` of a selection spec (section 3.1).
+
+    ``spec`` is ``"full"`` (every input map), ``"lenet5"`` (LeCun's C3 table, 6 -> 16 maps),
+    ``"pairs"`` / ``"triplets"`` (output map ``j`` takes the ``j``-th pair / triplet of input maps
+    in lexicographic order, cycling when there are more output maps than combinations),
+    ``"random"`` (``inputs_per_map`` distinct input maps per output map, drawn with ``seed``), or
+    an explicit boolean table. Every output map must use at least one input map.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, a table of the wrong shape, or an output map with no input.
+    """
+    if isinstance(spec, str):
+        if spec == "full":
+            table = np.ones((c_out, c_in), dtype=bool)
+        elif spec == "lenet5":
+            if (c_out, c_in) != (16, 6):
+                raise ValueError(
+                    f"{where}: the 'lenet5' table connects 6 input maps to 16 output maps, "
+                    f"got {c_in} -> {c_out}"
+                )
+            table = lenet5_table()
+        elif spec in ("pairs", "triplets"):
+            size = 2 if spec == "pairs" else 3
+            combos = list(itertools.combinations(range(c_in), size))
+            if not combos:
+                raise ValueError(f"{where}: '{spec}' needs at least {size} input maps, got {c_in}")
+            table = np.zeros((c_out, c_in), dtype=bool)
+            for j in range(c_out):
+                table[j, list(combos[j % len(combos)])] = True
+        elif spec == "random":
+            if not 1 <= inputs_per_map <= c_in:
+                raise ValueError(
+                    f"{where}: inputs_per_map must be in [1, {c_in}], got {inputs_per_map}"
+                )
+            rng = np.random.default_rng(seed)
+            table = np.zeros((c_out, c_in), dtype=bool)
+            for j in range(c_out):
+                table[j, rng.choice(c_in, size=inputs_per_map, replace=False)] = True
+        else:
+            raise ValueError(
+                f"{where}: unknown selection {spec!r}; use one of {', '.join(SELECTIONS)} "
+                "or a boolean (C_out, C_in) table"
+            )
+        return table
+    table = np.asarray(spec)
+    if table.shape != (c_out, c_in):
+        raise ValueError(
+            f"{where}: the input-map table must have shape (C_out, C_in) = ({c_out}, {c_in}), "
+            f"got {table.shape}"
+        )
+    if table.dtype != bool:
+        if not np.isin(table, (0, 1)).all():
+            raise ValueError(f"{where}: the input-map table must be boolean (or 0/1)")
+        table = table.astype(bool)
+    empty = np.flatnonzero(~table.any(axis=1))
+    if empty.size:
+        raise ValueError(
+            f"{where}: output map(s) {empty.tolist()} use no input map; every row of the "
+            "input-map table needs at least one True"
+        )
+    return table.copy()
+
+
+def to_cross_correlation(kernel: Array) -> Array:
+    """Convert anycnn kernels (MATLAB ``conv2``, flipped) to cross-correlation weights.
+
+    PyTorch's ``conv2d`` and most frameworks cross-correlate; the same layer in their layout has
+    every kernel rotated by 180 degrees. Works on ``(..., kh, kw)`` arrays of any namespace.
+    """
+    xp = array_api_compat.array_namespace(kernel)
+    return xp.flip(kernel, axis=(-2, -1))
+
+
+def from_cross_correlation(weight: Array) -> Array:
+    """Convert cross-correlation weights (PyTorch layout) to anycnn kernels (rot180)."""
+    return to_cross_correlation(weight)
+
+
+class Convolution(Layer):
+    """``x_j = f(sum_{i in M_j} x_i * k_ij + b_j)`` with 'valid' convolutions (section 3.1).
+
+    Parameters
+    ----------
+    maps : int
+        Number of output maps ``C_out``.
+    kernel_size : int or (int, int)
+    selection : str or bool array
+        The input maps ``M_j`` of each output map; see :func:`selection_table`. Kernels outside
+        the selection are not parameters: they stay zero and their gradient is zero.
+    activation : str or Activation
+    init : {"glorot", "lecun"}
+        Uniform in ``+-sqrt(6 / (fan_in + fan_out))`` with ``fan_in = C_in kh kw`` and
+        ``fan_out = C_out kh kw`` (DeepLearnToolbox), or in ``+-2.4 / F`` with ``F`` the number of
+        inputs of a unit, ``|M_j| kh kw`` (LeCun et al. 1998). Biases start at zero.
+    inputs_per_map, seed :
+        For ``selection="random"``.
+
+    Parameters of the layer: ``kernel`` ``(C_out, C_in, kh, kw)``, ``bias`` ``(C_out,)``.
+    Back-propagation: ``delta = f'(u) o dE/dy``; the kernel gradient by eq. (7) in its rot180 /
+    'valid' form (:func:`anycnn.ops.conv_kernel_grad`); the bias gradient is the sum of ``delta``
+    over the batch and positions; ``dE/dx = sum_j conv2(delta_j, rot180(k_ij), 'full')`` (3.2.1).
+    """
+
+    kind = "conv"
+
+    def __init__(self, maps: int, kernel_size: int | tuple[int, int], *,
+                 selection: Any = "full", activation: Any = "sigmoid", init: str = "glorot",
+                 inputs_per_map: int = 3, seed: int | None = None, name: str | None = None):
+        super().__init__(name)
+        if isinstance(maps, bool) or not isinstance(maps, int) or maps < 1:
+            raise ValueError(f"Convolution: maps must be a positive int, got {maps!r}")
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        if min(kh, kw) < 1:
+            raise ValueError(f"Convolution: kernel_size must be positive, got {kernel_size!r}")
+        if init not in ("glorot", "lecun"):
+            raise ValueError(f"Convolution: init must be 'glorot' or 'lecun', got {init!r}")
+        self.maps, self.kernel_size = maps, (int(kh), int(kw))
+        self.selection_spec = selection if isinstance(selection, str) else np.asarray(selection)
+        self.activation = get_activation(activation)
+        self.init, self.inputs_per_map, self.seed = init, inputs_per_map, seed
+        self.table: np.ndarray | None = None
+        self._selection: Array | None = None
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        if len(input_shape) != 3:
+            raise self.error(f"expects (C, H, W) maps, got input shape {input_shape}")
+        c_in, h, w = input_shape
+        kh, kw = self.kernel_size
+        if kh > h or kw > w:
+            raise self.error(f"kernel {kh}x{kw} is larger than the {h}x{w} input maps")
+        seed = self.seed if self.seed is not None else int(context.rng.integers(2**31))
+        try:
+            self.table = selection_table(
+                self.selection_spec, self.maps, c_in, inputs_per_map=self.inputs_per_map,
+                seed=seed, where=self.describe(),
+            )
+        except ValueError as error:
+            raise self.error(str(error).split(": ", 1)[-1]) from None
+        self.seed = seed
+        full = bool(self.table.all())
+        self._selection = None if full else context.backend.asarray(self.table)
+        if self.init == "glorot":
+            bound = math.sqrt(6.0 / ((c_in + self.maps) * kh * kw))
+            bounds = np.full((self.maps, 1, 1, 1), bound)
+        else:
+            bounds = (2.4 / (self.table.sum(axis=1) * kh * kw)).reshape(-1, 1, 1, 1)
+        kernel = context.rng.uniform(-1.0, 1.0, (self.maps, c_in, kh, kw)) * bounds
+        kernel *= self.table[:, :, None, None]
+        self.params["kernel"] = self._host_param(context, kernel)
+        self.params["bias"] = self._host_param(context, np.zeros(self.maps))
+        return (self.maps, h - kh + 1, w - kw + 1)
+
+    def forward(self, x: Array) -> Array:
+        xp = array_api_compat.array_namespace(x)
+        ops = self._backend.ops
+        self._x = x
+        u = ops.conv_valid(x, self.params["kernel"], self._selection)
+        u = u + xp.reshape(self.params["bias"], (1, self.maps, 1, 1))
+        self._y = self.activation.forward(u)
+        return self._y
+
+    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+        xp = array_api_compat.array_namespace(dy)
+        ops = self._backend.ops
+        delta = dy * self.activation.derivative(self._y)
+        self.grads["kernel"] = ops.conv_kernel_grad(self._x, delta, self._selection)  # eq. (7)
+        self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))
+        if not need_input_grad:
+            return None
+        return ops.conv_full(delta, self.params["kernel"], self._selection)  # 3.2.1
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "maps": self.maps,
+            "kernel_size": list(self.kernel_size),
+            "selection": "table",  # the table itself travels in extra_state()
+            "activation": self.activation.config(),
+            "init": self.init,
+            "inputs_per_map": self.inputs_per_map,
+            "seed": self.seed,
+        }
+
+    def extra_state(self) -> dict[str, np.ndarray]:
+        return {} if self.table is None else {"table": self.table}
+
+    def __repr__(self) -> str:
+        kh, kw = self.kernel_size
+        sel = self.selection_spec if isinstance(self.selection_spec, str) else "table"
+        return f"Convolution({self.maps}@{kh}x{kw}, {sel}, {self.activation.name})"

@@ -1,0 +1,99 @@
+"""Fully connected layers (section 2) and the flattening of maps into one vector."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from anycnn.layers.activations import get_activation
+from anycnn.layers.base import Array, BuildContext, Layer, Shape
+
+
+class Flatten(Layer):
+    """Concatenate all features of all output maps into one long vector (section 2).
+
+    ``(N, C, H, W) -> (N, C*H*W)`` in C order (map by map, row by row).
+    """
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        return (math.prod(input_shape),)
+
+    def forward(self, x: Array) -> Array:
+        xp = array_api_compat.array_namespace(x)
+        return xp.reshape(x, (x.shape[0], -1))
+
+    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+        if not need_input_grad:
+            return None
+        xp = array_api_compat.array_namespace(dy)
+        return xp.reshape(dy, (dy.shape[0], *self.input_shape))
+
+
+class FullyConnected(Layer):
+    """``x^l = f(W^l x^{l-1} + b^l)`` (eq. 2), back-propagated by eqs. (3)-(6).
+
+    Parameters
+    ----------
+    units : int
+        Number of output units.
+    activation : str or Activation
+        ``f``; ``"sigmoid"`` by default.
+    init : {"glorot", "lecun"}
+        Uniform in ``+-sqrt(6 / (fan_in + fan_out))`` (DeepLearnToolbox) or in
+        ``+-2.4 / fan_in`` (LeCun et al. 1998). Biases start at zero.
+
+    Parameters of the layer: ``weight`` ``(units, fan_in)`` and ``bias`` ``(units,)``.
+    """
+
+    kind = "fc"
+
+    def __init__(self, units: int, activation: Any = "sigmoid", *, init: str = "glorot",
+                 name: str | None = None):
+        super().__init__(name)
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise ValueError(f"FullyConnected: units must be a positive int, got {units!r}")
+        if init not in ("glorot", "lecun"):
+            raise ValueError(f"FullyConnected: init must be 'glorot' or 'lecun', got {init!r}")
+        self.units = units
+        self.activation = get_activation(activation)
+        self.init = init
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        if len(input_shape) != 1:
+            raise self.error(
+                f"expects a vector input, got maps of shape {input_shape}; add Flatten() before it"
+            )
+        fan_in = input_shape[0]
+        bound = (
+            math.sqrt(6.0 / (fan_in + self.units)) if self.init == "glorot" else 2.4 / fan_in
+        )
+        self.params["weight"] = self._host_param(
+            context, context.rng.uniform(-bound, bound, (self.units, fan_in))
+        )
+        self.params["bias"] = self._host_param(context, np.zeros(self.units))
+        return (self.units,)
+
+    def forward(self, x: Array) -> Array:
+        xp = array_api_compat.array_namespace(x)
+        self._x = x
+        u = xp.matmul(x, xp.matrix_transpose(self.params["weight"])) + self.params["bias"]
+        self._y = self.activation.forward(u)
+        return self._y
+
+    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+        xp = array_api_compat.array_namespace(dy)
+        delta = dy * self.activation.derivative(self._y)  # eq. (4): (W^T delta) o f'(u)
+        self.grads["weight"] = xp.matmul(xp.matrix_transpose(delta), self._x)  # eq. (5)
+        self.grads["bias"] = xp.sum(delta, axis=0)  # eq. (3)
+        if not need_input_grad:
+            return None
+        return xp.matmul(delta, self.params["weight"])
+
+    def config(self) -> dict[str, Any]:
+        return {"units": self.units, "activation": self.activation.config(), "init": self.init}
+
+    def __repr__(self) -> str:
+        return f"FullyConnected({self.units}, {self.activation.name})"

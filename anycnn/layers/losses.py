@@ -1,0 +1,86 @@
+"""Loss functions: squared error (eq. 1) and softmax cross-entropy (section 4.3).
+
+Both report the mean over the batch of the per-pattern error ``E^n`` (so a learning rate does not
+depend on the batch size, as in DeepLearnToolbox), and return ``dE/dy`` for the output layer,
+which multiplies it by ``f'(u^L)`` to get ``delta^L = f'(u^L) o (y - t)`` (section 2.2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+Array = Any
+
+
+class Loss:
+    name = "loss"
+
+    def value(self, y: Array, t: Array) -> Array:
+        """The mean over the batch of ``E^n``, as a 0-d array of the backend (no host sync)."""
+        raise NotImplementedError
+
+    def gradient(self, y: Array, t: Array) -> Array:
+        """``dE/dy`` for the mean error, shape of ``y``."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class SquaredError(Loss):
+    """``E^n = 1/2 sum_k (t_k^n - y_k^n)^2`` (eq. 1), averaged over the batch."""
+
+    name = "squared_error"
+
+    def value(self, y: Array, t: Array) -> Array:
+        xp = array_api_compat.array_namespace(y, t)
+        e = y - t
+        return xp.sum(e * e) * (0.5 / y.shape[0])
+
+    def gradient(self, y: Array, t: Array) -> Array:
+        return (y - t) * (1.0 / y.shape[0])
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy ``E^n = -sum_k t_k log softmax(y)_k`` (section 4.3), batch mean.
+
+    Use it with a linear (identity) output layer: then ``delta^L = softmax(y) - t``. The
+    log-softmax subtracts the row maximum, so large outputs do not overflow.
+    """
+
+    name = "cross_entropy"
+
+    @staticmethod
+    def _log_softmax(y: Array) -> Array:
+        xp = array_api_compat.array_namespace(y)
+        shifted = y - xp.max(y, axis=1, keepdims=True)
+        return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+    def value(self, y: Array, t: Array) -> Array:
+        xp = array_api_compat.array_namespace(y, t)
+        return -xp.sum(t * self._log_softmax(y)) * (1.0 / y.shape[0])
+
+    def gradient(self, y: Array, t: Array) -> Array:
+        xp = array_api_compat.array_namespace(y, t)
+        p = xp.exp(self._log_softmax(y))
+        return (p * xp.sum(t, axis=1, keepdims=True) - t) * (1.0 / y.shape[0])
+
+
+LOSSES: dict[str, type[Loss]] = {"squared_error": SquaredError, "mse": SquaredError,
+                                 "cross_entropy": CrossEntropy}
+
+
+def get_loss(spec: str | Loss | dict[str, Any]) -> Loss:
+    """A loss from a name (``"squared_error"``, ``"cross_entropy"``), config dict or instance."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, dict):
+        spec = spec["name"]
+    if isinstance(spec, str) and spec.lower() in LOSSES:
+        return LOSSES[spec.lower()]()
+    raise ValueError(f"unknown loss {spec!r}; known: squared_error, cross_entropy")

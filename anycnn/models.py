@@ -1,0 +1,69 @@
+"""The model zoo: LeNet-5 (LeCun et al. 1998) and DeepLearnToolbox's example CNN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anycnn.layers import Convolution, Flatten, FullyConnected, Subsampling
+from anycnn.network import Network
+
+
+def dlt(*, backend: Any = None, dtype: str = "float32", seed: int = 0) -> Network:
+    """DeepLearnToolbox's ``test_example_CNN`` net, 6c-2s-12c-2s, exactly.
+
+    Input 1@28x28 scaled to [0, 1]; C1 6@5x5 sigmoid; S2 2x2 mean, no coefficient or bias;
+    C3 12@5x5 (all 6 inputs) sigmoid; S4 2x2 mean; 192 features; 10 sigmoid outputs; squared
+    error (eq. 1); uniform init in ``+-sqrt(6 / (fan_in + fan_out))``, zero biases. The toolbox
+    trains it with batch 50 and learning rate 1.
+    """
+    layers = [
+        Convolution(6, 5, activation="sigmoid", init="glorot"),
+        Subsampling(2, "mean", trainable=False),
+        Convolution(12, 5, activation="sigmoid", init="glorot"),
+        Subsampling(2, "mean", trainable=False),
+        Flatten(),
+        FullyConnected(10, activation="sigmoid", init="glorot"),
+    ]
+    return Network(layers, (1, 28, 28), loss="squared_error", dtype=dtype, backend=backend,
+                   seed=seed, name="dlt")
+
+
+def lenet5(*, loss: str = "cross_entropy", backend: Any = None, dtype: str = "float32",
+           seed: int = 0) -> Network:
+    """LeNet-5 (LeCun et al. 1998) on the 28x28 MNIST image padded to 32x32.
+
+    C1 6@5x5; S2 6@14x14 (2x2 sums with a trainable coefficient and bias); C3 16@5x5 with the
+    connection table of Table I; S4 16@5x5; C5 120@5x5 (all inputs); F6 84 units; 10 outputs.
+    Hidden units use LeCun's scaled tanh ``1.7159 tanh(2u / 3)``, weights start uniform in
+    ``+-2.4 / F_in``. With ``loss="cross_entropy"`` the outputs are linear (softmax in the loss,
+    section 4.3); with ``"squared_error"`` they are scaled tanh, for +-1 targets. The paper's
+    RBF output layer is replaced by these standard outputs.
+    """
+    if loss not in ("cross_entropy", "squared_error"):
+        raise ValueError(f"lenet5: loss must be 'cross_entropy' or 'squared_error', got {loss!r}")
+    act = "lecun_tanh"
+    layers = [
+        Convolution(6, 5, activation=act, init="lecun"),
+        Subsampling(2, "sum", activation=act),
+        Convolution(16, 5, selection="lenet5", activation=act, init="lecun"),
+        Subsampling(2, "sum", activation=act),
+        Convolution(120, 5, activation=act, init="lecun"),
+        Flatten(),
+        FullyConnected(84, activation=act, init="lecun"),
+        FullyConnected(10, activation="identity" if loss == "cross_entropy" else act,
+                       init="lecun"),
+    ]
+    return Network(layers, (1, 32, 32), loss=loss, dtype=dtype, backend=backend, seed=seed,
+                   name="lenet5")
+
+
+MODELS = {"dlt": dlt, "lenet5": lenet5}
+
+
+def build(name: str, **options: Any) -> Network:
+    """A zoo model by name (``"dlt"``, ``"lenet5"``)."""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+    return factory(**options)
