@@ -1,0 +1,80 @@
+"""Every backend's hot ops have the reference's names, parameters and defaults, and pass the
+public conformance check (anycnn.testing.check_backend).
+
+The reference ops in anycnn.ops carry annotations and the fast ones need not, so signatures are
+compared on what a caller sees: parameter names, kinds and defaults.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+
+import pytest
+
+from anycnn import backend as registry
+from anycnn import ops as reference
+from anycnn import testing
+
+
+def call_shape(function) -> list[tuple[str, object, object]]:
+    """Parameter names, kinds and defaults: what a caller can rely on, annotations aside."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def assert_same_signature(table_name: str, name: str, function) -> None:
+    expected = getattr(reference, name)
+    assert call_shape(function) == call_shape(expected), (
+        f"{table_name}.{name}{inspect.signature(function)} differs from the reference "
+        f"anycnn.ops.{name}{inspect.signature(expected)}"
+    )
+
+
+def test_the_op_names_are_the_reference_ones():
+    assert registry.OP_NAMES == tuple(reference.__all__)
+    for name in registry.OP_NAMES:
+        assert callable(getattr(reference, name))
+        assert getattr(reference, name).__name__ == name
+
+
+def test_every_op_of_every_available_backend_matches_the_reference(backend):
+    table = backend.ops
+    assert table.overridden <= set(registry.OP_NAMES)
+    for name in registry.OP_NAMES:
+        function = getattr(table, name)
+        assert function.__name__ == name, f"{backend.name}.ops.{name} is {function.__name__}"
+        assert_same_signature(f"{backend.name}.ops", name, function)
+
+
+def _plugin_table(module: str):
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"{module} is not importable here")
+    return importlib.import_module(module).OPS
+
+
+@pytest.mark.parametrize(
+    ("module", "library"),
+    [("anycnn_numpy._ops", "numpy"), ("anycnn_cupy._ops", "cupy")],
+    ids=["numpy", "cupy"],
+)
+def test_every_plugin_op_table_matches_the_reference(module, library):
+    """The plugins' own tables, read without a device: CuPy's ops import on a machine with CuPy
+    but no GPU, so its signatures are checked there too."""
+    if importlib.util.find_spec(library) is None:
+        pytest.skip(f"{library} is not installed, so {module} cannot be imported")
+    table = _plugin_table(module)
+    unknown = sorted(set(table) - set(registry.OP_NAMES))
+    assert not unknown, f"{module}.OPS overrides unknown ops {unknown}"
+    for name, function in table.items():
+        assert function.__name__ == name, f"{module}.OPS[{name!r}] is {function.__name__}"
+        assert_same_signature(module, name, function)
+
+
+@pytest.mark.xfail_backend(
+    "numpy",
+    reason="anycnn.testing.check_backend compares inspect.signature() including annotations; "
+    "the reference ops are annotated and the NumPy plugin's are not",
+)
+def test_check_backend_passes(backend):
+    assert testing.check_backend(backend) == list(registry.OP_NAMES)
