@@ -3,9 +3,14 @@ Networks" (2006), written once against the Array API and run on NumPy/SciPy, CuP
 API namespace.
 
 Importing anycnn imports neither CuPy nor any optional array library.
+
+>>> import anycnn
+>>> net = anycnn.models.dlt(backend="cpu")
+>>> [name for name in net.parameters()][:2]
+['conv1.kernel', 'conv1.bias']
 """
 
-from anycnn import functional, ops
+from anycnn import functional, layers, models, ops
 from anycnn.backend import (
     Backend,
     BackendUnavailableError,
@@ -15,17 +20,44 @@ from anycnn.backend import (
     set_backend,
     use_backend,
 )
+from anycnn.gradcheck import GradcheckReport, gradcheck
+from anycnn.layers import (
+    Convolution,
+    CrossEntropy,
+    Flatten,
+    FullyConnected,
+    LayerError,
+    SquaredError,
+    Subsampling,
+    from_cross_correlation,
+    to_cross_correlation,
+)
+from anycnn.network import Network
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "Convolution",
+    "CrossEntropy",
+    "Flatten",
+    "FullyConnected",
+    "GradcheckReport",
+    "LayerError",
+    "Network",
+    "SquaredError",
+    "Subsampling",
     "available_backends",
     "backend_of",
+    "from_cross_correlation",
     "functional",
     "get_backend",
+    "gradcheck",
+    "layers",
+    "models",
     "ops",
     "set_backend",
+    "to_cross_correlation",
     "use_backend",
 ]
