@@ -23,10 +23,13 @@ TOLERANCES = {"float32": (2e-5, 2e-5), "float64": (1e-11, 1e-12)}
 
 def dtype_name(dtype: Any) -> str:
     """'float32' for float32 of any namespace (NumPy, CuPy, torch, array-api-strict)."""
-    text = str(dtype)
-    for name in ("float16", "float32", "float64", "bool", "int8", "int16", "int32", "int64",
-                 "uint8"):
-        if text.endswith(name):
+    text = str(dtype).rsplit(".", 1)[-1].strip("'\"<>) ")
+    known = ("float16", "float32", "float64", "bool", "uint8", "int8", "int16", "int32", "int64")
+    for name in known:
+        if text == name:
+            return name
+    for name in known:  # e.g. "dtype('float32')"
+        if f"'{name}'" in str(dtype):
             return name
     return text
 
