@@ -71,10 +71,5 @@ def test_every_plugin_op_table_matches_the_reference(module, library):
         assert_same_signature(module, name, function)
 
 
-@pytest.mark.xfail_backend(
-    "numpy",
-    reason="anycnn.testing.check_backend compares inspect.signature() including annotations; "
-    "the reference ops are annotated and the NumPy plugin's are not",
-)
 def test_check_backend_passes(backend):
     assert testing.check_backend(backend) == list(registry.OP_NAMES)
