@@ -18,7 +18,11 @@ from anycnn import datasets
 from anycnn.datasets import DatasetError
 
 REPO = Path(__file__).resolve().parent.parent
-MNIST_DIR = REPO / "data" / "mnist"
+# The embedded copy: data/mnist in a checkout, anycnn/_data/mnist in an installed wheel (tox).
+MNIST_DIR = next(
+    (d for d in (datasets._EMBEDDED_DIR / "mnist", datasets._PACKAGED_DIR / "mnist") if d.is_dir()),
+    REPO / "data" / "mnist",
+)
 
 CODES = {
     np.dtype(np.uint8): 0x08,
@@ -358,7 +362,7 @@ def test_not_found_lists_places(tmp_path, monkeypatch):
 
 def test_embedded_found_without_env(no_env):
     places = datasets.search_path("mnist")
-    assert places[0] == MNIST_DIR
+    assert places[0] == datasets._EMBEDDED_DIR / "mnist" and MNIST_DIR in places
 
 
 def test_dataset_validates(tmp_path):
