@@ -11,6 +11,7 @@ from anycnn.layers.activations import (
     get_activation,
 )
 from anycnn.layers.base import BuildContext, Layer, LayerError
+from anycnn.layers.combine import LearnedCombination, to_selection
 from anycnn.layers.conv import (
     Convolution,
     from_cross_correlation,
@@ -23,12 +24,14 @@ from anycnn.layers.losses import CrossEntropy, Loss, SquaredError, get_loss
 from anycnn.layers.subsample import Subsampling
 
 LAYER_TYPES: dict[str, type[Layer]] = {
-    cls.__name__: cls for cls in (Convolution, Subsampling, FullyConnected, Flatten)
+    cls.__name__: cls
+    for cls in (Convolution, LearnedCombination, Subsampling, FullyConnected, Flatten)
 }
 
 __all__ = [
     "Activation", "BuildContext", "Convolution", "CrossEntropy", "Flatten", "FullyConnected",
-    "Identity", "LAYER_TYPES", "Layer", "LayerError", "LeCunTanh", "Loss", "ReLU", "Sigmoid",
-    "SquaredError", "Subsampling", "Tanh", "from_cross_correlation", "get_activation", "get_loss",
-    "lenet5_table", "selection_table", "to_cross_correlation",
+    "Identity", "LAYER_TYPES", "Layer", "LayerError", "LearnedCombination", "LeCunTanh", "Loss",
+    "ReLU", "Sigmoid", "SquaredError", "Subsampling", "Tanh", "from_cross_correlation",
+    "get_activation", "get_loss", "lenet5_table", "selection_table", "to_cross_correlation",
+    "to_selection",
 ]
