@@ -107,7 +107,7 @@ def gradcheck(network: Network, x: Any, t: Any, *, eps: float = 1e-4, order: int
 
     def loss_at(name: str, value: np.ndarray) -> float:
         network.set_parameter(name, backend.asarray(value, dtype=network.dtype_name), check=False)
-        return float(network.loss_value(network.forward(x, check=False), t))
+        return float(network.objective(network.forward(x, check=False), t))  # E + Omega
 
     def derivative(name: str, base: np.ndarray, step: np.ndarray) -> float:
         """Central difference of E along ``step`` (whose norm is eps)."""

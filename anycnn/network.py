@@ -188,8 +188,25 @@ class Network:
     __call__ = forward
 
     def loss_value(self, y: Array, t: Array) -> Array:
-        """The batch-mean loss as a 0-d backend array (``float()`` it to bring it to the host)."""
+        """The batch-mean loss as a 0-d backend array (``float()`` it to bring it to the host).
+
+        This is the data term ``E`` only; :meth:`objective` adds the layers' penalties."""
         return self.loss.value(y, t)
+
+    def penalty(self) -> Array:
+        """The sum of the layers' penalties ``Omega`` (eq. 11 of the notes), a 0-d backend array.
+
+        A layer may define ``penalty()`` returning a 0-d array of its current parameters; it then
+        adds ``dOmega/dparams`` to its own ``grads`` in ``backward``. 0 when no layer has one."""
+        total = self.backend.xp.asarray(0.0, dtype=self.dtype, device=self.backend.default_device)
+        for layer in self.layers:
+            if callable(getattr(layer, "penalty", None)):
+                total = total + layer.penalty()
+        return total
+
+    def objective(self, y: Array, t: Array) -> Array:
+        """The penalised error ``E~ = E + Omega`` (eq. 11): what :meth:`backward` differentiates."""
+        return self.loss.value(y, t) + self.penalty()
 
     def backward(self, t: Array, *, check: bool = True) -> None:
         """Back-propagate from the outputs of the last forward pass to targets ``t``; fills every
@@ -204,12 +221,13 @@ class Network:
             dy = self.layers[index].backward(dy, need_input_grad=index > 0)
 
     def compute_gradients(self, x: Array, t: Array, *, check: bool = True) -> Array:
-        """Forward, loss and backward for one batch; returns the loss as a 0-d backend array."""
+        """Forward, loss and backward for one batch; returns the total error ``E + Omega``
+        (:meth:`objective`; the data term alone is :meth:`loss_value`) as a 0-d backend array."""
         if check:
             self.check_input(x, "Network.compute_gradients")
             self.check_targets(t, x.shape[0], "Network.compute_gradients")
         y = self.forward(x, check=False)
-        value = self.loss.value(y, t)
+        value = self.objective(y, t)
         self.backward(t, check=False)
         return value
 
