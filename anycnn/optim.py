@@ -1,0 +1,779 @@
+"""Update rules: online and mini-batch SGD, momentum, per-layer rates, learning-rate schedules and
+LeCun's stochastic diagonal Levenberg-Marquardt (SDLM).
+
+Every optimizer updates the parameters of one :class:`~anycnn.network.Network` from the gradients
+its last :meth:`~anycnn.network.Network.backward` left (``network.gradients()``), following eq. (6)
+of the notes, ``Delta W = -eta dE/dW``, with a rate ``eta`` per parameter (the end of section 2:
+"in practice there is often a learning rate parameter eta_ij specific to each weight"; section
+4.2: "at least have a different rate for each layer").
+
+The code is written once against the Array API. Where the namespace supports writing into an
+array (NumPy, CuPy, PyTorch), parameters and momentum buffers are updated in place, which saves
+one allocation per parameter and step; elsewhere (array-api-strict, JAX) the new value is handed
+to ``network.set_parameter(name, value, check=False)``. Both paths perform the same floating-point
+operations in the same order, so they give bit-identical results.
+
+Batch size 1 is online (stochastic) learning as LeCun trains, one pattern per update; any larger
+batch is mini-batch SGD. The losses report the *mean* per-pattern error over a batch, so a rate
+does not depend on the batch size.
+
+Learning-rate schedules map the epoch (0-based) to the global rate: :class:`Constant`,
+:class:`Step`, :class:`Piecewise` and :func:`lecun1998`, the schedule of LeCun et al. (1998),
+section III.C: 0.0005 for the first two passes, 0.0002 for the next three, 0.0001 for the next
+three, 0.00005 for the next four and 0.00001 thereafter.
+
+Note [Diagonal Gauss-Newton curvature]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+SDLM (LeCun et al. 1998, Appendix C; LeCun, Bottou, Orr and Mueller, "Efficient BackProp", 1998,
+section 9.1) gives parameter ``w_k`` the step ``eta_k = epsilon / (mu + h_kk)``, where ``h_kk``
+estimates the diagonal of the Hessian of the per-pattern error ``E^n``, ``mu`` (0.02 in the
+paper) keeps the step bounded where the curvature is small, and ``epsilon`` is the global rate
+(the schedule above). ``h_kk`` is estimated once before each pass, on a few hundred patterns
+(LeCun: 500), and kept fixed during the pass.
+
+The estimate is the Gauss-Newton approximation propagated backwards "like the gradient, with
+squares": second derivatives of the activation (``f''``) are dropped, which keeps every term
+non-negative, and so are the off-diagonal terms. With ``u`` a layer's total input, ``y = f(u)``
+its output and ``x`` its input, :func:`diagonal_hessian` runs, from the output layer down:
+
+* at the outputs, the diagonal second derivative of ``E^n`` with respect to ``y``: 1 for the
+  squared error (eq. 1); ``(sum_k t_k) p (1 - p)`` with ``p = softmax(y)`` for the softmax
+  cross-entropy (the diagonal of ``diag(p) - p p^T``);
+* in every layer, ``d2u = f'(u)^2 o d2y`` (the squared counterpart of eq. 4);
+* fully connected (eq. 2): ``h_W = d2u^T (x o x)``, ``h_b = sum d2u``, ``d2x = d2u (W o W)``
+  (the squared version of eq. 5 and of ``W^T delta``);
+* convolution (3.1): ``h_k = conv_kernel_grad(x o x, d2u)`` (eq. 7 with squared inputs),
+  ``h_b = sum_{u,v} d2u``, ``d2x = conv_full(d2u, k o k)`` (3.2.1 with squared kernels);
+* subsampling (3.2): ``h_beta = sum_{u,v} d2u o d^2`` with ``d = down(x)``, ``h_b = sum d2u``,
+  ``d2x = beta^2 up(d2u)`` for block sums (``up(d2u) / n^4`` for block means, the transposed
+  decimation for ``"decimate"``);
+* learned combinations (3.3): the effective kernel ``K = alpha k`` is a convolution, so
+  ``h_K = conv_kernel_grad(x o x, d2u)``, ``h_k = sum_j alpha_ij^2 h_K[j, i]`` (per input) or
+  ``alpha^2 h_K`` (per pair), and ``h_c[j, i] = sum d2u_j (du_j/dc_ij)^2`` with
+  ``du_j/dc_ij = alpha_ij (x_i * k_ij - sum_m alpha_mj x_m * k_mj)`` (eqs. 8-10); the penalty
+  ``Omega`` of 3.3.1 is not included.
+
+A shared weight appears once per output unit in these layers, so ``sum over connections of
+x^2 d2u`` (LeCun's formula for shared weights) is ``sum_units (du/dw)^2 d2u``. The result is the
+mean over the patterns of the batch. It equals the exact Gauss-Newton diagonal
+``diag(J^T H_E J)`` for a network of one layer; with hidden layers it is LeCun's diagonal
+approximation of it (cross terms between paths are dropped). tests/test_optim.py checks both:
+the exact diagonal for one layer, and the approximation against squared layer Jacobians computed
+by brute force.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from anycnn.network import Network
+
+Array = Any
+
+__all__ = [
+    "SGD",
+    "SDLM",
+    "Constant",
+    "Momentum",
+    "Optimizer",
+    "Piecewise",
+    "Schedule",
+    "Step",
+    "as_schedule",
+    "build_optimizer",
+    "diagonal_hessian",
+    "lecun1998",
+    "optimizer_from_config",
+    "schedule_from_config",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Learning-rate schedules
+# --------------------------------------------------------------------------------------------
+def _check_rate(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+class Schedule:
+    """A learning-rate schedule: :meth:`rate` gives the global rate of epoch ``epoch`` (0-based)."""
+
+    name = "schedule"
+
+    def rate(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class Constant(Schedule):
+    """The same rate every epoch."""
+
+    name = "constant"
+
+    def __init__(self, lr: float):
+        self.lr = _check_rate(lr, "the learning rate")
+
+    def rate(self, epoch: int) -> float:
+        return self.lr
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr}
+
+
+class Step(Schedule):
+    """``lr * gamma ** (epoch // every)``: the rate shrinks by ``gamma`` every ``every`` epochs."""
+
+    name = "step"
+
+    def __init__(self, lr: float, every: int = 1, gamma: float = 0.5):
+        self.lr = _check_rate(lr, "the learning rate")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"Step: every must be a positive int, got {every!r}")
+        self.every = every
+        self.gamma = _check_rate(gamma, "Step: gamma")
+
+    def rate(self, epoch: int) -> float:
+        return self.lr * self.gamma ** (epoch // self.every)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr, "every": self.every, "gamma": self.gamma}
+
+
+class Piecewise(Schedule):
+    """``rates[i]`` for ``epochs[i]`` epochs each, in turn, then ``final`` for ever."""
+
+    name = "piecewise"
+
+    def __init__(self, rates: Sequence[float], epochs: Sequence[int], final: float):
+        if len(rates) != len(epochs):
+            raise ValueError(
+                f"Piecewise: give one number of epochs per rate, got {len(rates)} rates and "
+                f"{len(epochs)} epoch counts"
+            )
+        self.rates = [_check_rate(r, "Piecewise: a rate") for r in rates]
+        self.epochs = []
+        for count in epochs:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"Piecewise: epoch counts must be positive ints, got {count!r}")
+            self.epochs.append(count)
+        self.final = _check_rate(final, "Piecewise: the final rate")
+
+    def rate(self, epoch: int) -> float:
+        end = 0
+        for value, count in zip(self.rates, self.epochs, strict=True):
+            end += count
+            if epoch < end:
+                return value
+        return self.final
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "rates": list(self.rates), "epochs": list(self.epochs),
+                "final": self.final}
+
+
+#: The global rates of LeCun et al. (1998), section III.C, and how many passes each lasts.
+LECUN1998_RATES = (0.0005, 0.0002, 0.0001, 0.00005)
+LECUN1998_EPOCHS = (2, 3, 3, 4)
+LECUN1998_FINAL = 0.00001
+
+
+def lecun1998(scale: float = 1.0) -> Piecewise:
+    """LeCun et al. (1998)'s schedule of the global rate ``epsilon``, times ``scale``.
+
+    0.0005 for the first two passes, 0.0002 for the next three, 0.0001 for the next three,
+    0.00005 for the next four and 0.00001 thereafter (the paper trains LeNet-5 with SDLM for 20
+    passes). ``scale`` keeps the shape and moves the level, e.g. ``lecun1998(lr / 0.0005)``
+    starts at ``lr``.
+
+    >>> [lecun1998().rate(e) for e in (0, 1, 2, 5, 8, 12)]
+    [0.0005, 0.0005, 0.0002, 0.0001, 5e-05, 1e-05]
+    """
+    scale = _check_rate(scale, "lecun1998: scale")
+    return Piecewise([r * scale for r in LECUN1998_RATES], list(LECUN1998_EPOCHS),
+                     LECUN1998_FINAL * scale)
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
+    cls.name: cls for cls in (Constant, Step, Piecewise)
+}
+
+
+def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
+    """Rebuild a schedule from :meth:`Schedule.config`."""
+    options = dict(config)
+    name = options.pop("name", None)
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](**options)
+
+
+def as_schedule(lr: float | Schedule | Mapping[str, Any]) -> Schedule:
+    """A schedule from a number (constant rate), a :class:`Schedule` or its config."""
+    if isinstance(lr, Schedule):
+        return lr
+    if isinstance(lr, Mapping):
+        return schedule_from_config(lr)
+    return Constant(lr)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers
+# --------------------------------------------------------------------------------------------
+def _writable(xp: Any) -> bool:
+    """Whether arrays of this namespace may be updated in place (``p -= step``) for speed."""
+    return bool(
+        array_api_compat.is_numpy_namespace(xp)
+        or array_api_compat.is_cupy_namespace(xp)
+        or array_api_compat.is_torch_namespace(xp)
+    )
+
+
+class Optimizer:
+    """Base class of the update rules.
+
+    Parameters
+    ----------
+    network : Network
+        The network whose parameters are updated.
+    lr : float, Schedule or dict
+        The global learning rate, or a schedule of it by epoch (:class:`Constant`, :class:`Step`,
+        :func:`lecun1998`, ...).
+    layer_rates : dict of str to float, optional
+        Multipliers of the global rate by layer name (``{"conv1": 0.5}``) or by parameter name
+        (``{"sub2.beta": 0.1}``; a parameter's entry wins over its layer's). Others get 1.
+
+    Use: :meth:`start_epoch` before each pass (SDLM estimates its curvature there), then for each
+    batch ``network.compute_gradients(x, t)`` and :meth:`step`. :meth:`state_dict` /
+    :meth:`load_state_dict` carry the state (momentum buffers, curvature, the step counter)
+    through checkpoints as host arrays.
+
+    Raises
+    ------
+    ValueError
+        A negative or non-finite rate or multiplier, or a ``layer_rates`` key that names no layer
+        or parameter (the message lists them).
+    """
+
+    name = "optimizer"
+    #: names of the per-parameter state arrays (each shaped like its parameter)
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, network: Network, lr: float | Schedule | Mapping[str, Any] = 0.01, *,
+                 layer_rates: Mapping[str, float] | None = None):
+        if not isinstance(network, Network):
+            raise TypeError(f"{type(self).__name__}: expected a Network, got {type(network).__name__}")
+        self.network = network
+        self.schedule = as_schedule(lr)
+        self.layer_rates = dict(layer_rates or {})
+        self.multipliers = self._multipliers(self.layer_rates)
+        self.steps = 0
+        self.epoch = 0
+        self.lr = self.schedule.rate(0)
+        self._xp = network.backend.xp
+        self._in_place = _writable(self._xp)
+        self._state: dict[str, dict[str, Array]] = {slot: {} for slot in self.slots}
+
+    def _multipliers(self, layer_rates: Mapping[str, float]) -> dict[str, float]:
+        owners = self.network.parameter_layers()
+        layer_names = {layer.name for layer in self.network.layers}
+        for key, value in layer_rates.items():
+            if key not in layer_names and key not in owners:
+                with_params = sorted({layer.name for layer in owners.values()})
+                raise ValueError(
+                    f"layer_rates: {key!r} is neither a layer nor a parameter of "
+                    f"{self.network.name}; layers with parameters: {', '.join(with_params)}"
+                )
+            _check_rate(value, f"layer_rates[{key!r}]")
+        return {
+            name: float(layer_rates.get(name, layer_rates.get(layer.name, 1.0)))
+            for name, layer in owners.items()
+        }
+
+    # -- the loop -----------------------------------------------------------------------------
+    def start_epoch(self, epoch: int, data: Iterable[tuple[Array, Array]] | None = None) -> None:
+        """Prepare pass ``epoch`` (0-based): take its rate from the schedule.
+
+        ``data`` (batches ``(x, t)`` of the network's backend) is used by SDLM only."""
+        self.epoch = int(epoch)
+        self.lr = self.schedule.rate(self.epoch)
+
+    def rate(self, name: str) -> float:
+        """The current learning rate of parameter ``name``: global rate times its multiplier."""
+        return self.lr * self.multipliers[name]
+
+    def step(self) -> None:
+        """Update every parameter from the gradients of the last backward pass."""
+        params = self.network.parameters()
+        grads = self.network.gradients()
+        for name, p in params.items():
+            g = grads.get(name)
+            if g is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}.step: no gradient for {name!r}; call "
+                    "network.compute_gradients(x, t) before step()"
+                )
+            self._update(name, p, g)
+        self.steps += 1
+
+    def _update(self, name: str, p: Array, g: Array) -> None:
+        raise NotImplementedError
+
+    def _apply(self, name: str, p: Array, delta: Array) -> None:
+        """``p <- p - delta``, in place where the namespace allows it."""
+        if self._in_place:
+            p -= delta
+        else:
+            self.network.set_parameter(name, p - delta, check=False)
+
+    def _buffer(self, slot: str, name: str, like: Array) -> Array:
+        buffers = self._state[slot]
+        if name not in buffers:
+            buffers[name] = self._xp.zeros_like(like)
+        return buffers[name]
+
+    # -- state --------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings; :func:`optimizer_from_config` rebuilds the optimizer."""
+        return {"name": self.name, "lr": self.schedule.config(), "layer_rates": self.layer_rates}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The state as host arrays: ``steps`` and ``<slot>/<parameter>`` (copies)."""
+        backend = self.network.backend
+        state: dict[str, np.ndarray] = {"steps": np.asarray(self.steps, dtype=np.int64)}
+        for slot, buffers in self._state.items():
+            for name, value in buffers.items():
+                state[f"{slot}/{name}"] = np.array(backend.to_host(value), copy=True)
+        return state
+
+    def expected_state(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every key :meth:`load_state_dict` accepts, with its shape and dtype name."""
+        shapes: dict[str, tuple[tuple[int, ...], str]] = {"steps": ((), "int64")}
+        for slot in self.slots:
+            for name, p in self.network.parameters().items():
+                shapes[f"{slot}/{name}"] = (tuple(p.shape), self.network.dtype_name)
+        return shapes
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; everything is checked before anything is assigned.
+
+        Raises
+        ------
+        ValueError
+            An unknown key, a missing ``steps``, or an array of the wrong shape or dtype.
+        """
+        expected = self.expected_state()
+        if "steps" not in state:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: 'steps' is missing")
+        for key, value in state.items():
+            if key not in expected:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: unexpected state {key!r} "
+                    f"(a {self.name} optimizer keeps: steps"
+                    + "".join(f", {slot}/<parameter>" for slot in self.slots) + ")"
+                )
+            shape, dtype = expected[key]
+            array = np.asarray(value)
+            if array.shape != shape or array.dtype != np.dtype(dtype):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {key!r} must be {dtype} of shape "
+                    f"{shape}, got {array.dtype} of shape {array.shape}"
+                )
+        backend = self.network.backend
+        self.steps = int(state["steps"])
+        self._state = {slot: {} for slot in self.slots}
+        for key, value in state.items():
+            if key == "steps":
+                continue
+            slot, name = key.split("/", 1)
+            self._state[slot][name] = backend.asarray(
+                np.array(value, copy=True), dtype=self.network.dtype_name
+            )
+        self._restored()
+
+    def _restored(self) -> None:
+        """Hook after :meth:`load_state_dict`."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} lr={self.schedule!r} on {self.network.name}>"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, eq. (6): ``p <- p - eta dE/dp``.
+
+    Online with batches of one pattern (LeCun), mini-batch otherwise. ``eta`` is the global rate
+    of the epoch times the parameter's multiplier (``layer_rates``).
+    """
+
+    name = "sgd"
+
+    def _update(self, name: str, p: Array, g: Array) -> None:
+        self._apply(name, p, self.rate(name) * g)
+
+
+class Momentum(Optimizer):
+    """SGD with (heavy-ball) momentum: ``v <- m v + eta g``, ``p <- p - v``.
+
+    ``m = 0`` is plain SGD. The velocity ``v`` starts at zero and is kept per parameter; a
+    change of rate (schedule) applies to new gradients only.
+    """
+
+    name = "momentum"
+    slots = ("velocity",)
+
+    def __init__(self, network: Network, lr: float | Schedule | Mapping[str, Any] = 0.01, *,
+                 momentum: float = 0.9, layer_rates: Mapping[str, float] | None = None):
+        super().__init__(network, lr, layer_rates=layer_rates)
+        momentum = _check_rate(momentum, "the momentum")
+        if momentum >= 1:
+            raise ValueError(f"the momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = momentum
+
+    def _update(self, name: str, p: Array, g: Array) -> None:
+        v = self._buffer("velocity", name, p)
+        if self._in_place:
+            v *= self.momentum
+            v += self.rate(name) * g
+        else:
+            v = v * self.momentum + self.rate(name) * g
+            self._state["velocity"][name] = v
+        self._apply(name, p, v)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "momentum": self.momentum}
+
+
+class SDLM(Optimizer):
+    """LeCun's stochastic diagonal Levenberg-Marquardt (1998, Appendix C).
+
+    Each parameter ``w_k`` moves by ``-eta_k dE/dw_k`` with ``eta_k = epsilon / (mu + h_kk)``:
+    ``epsilon`` is the global rate (by default the schedule :func:`lecun1998`) times the
+    parameter's multiplier, and ``h_kk`` the diagonal Gauss-Newton curvature estimated by
+    :func:`diagonal_hessian` before each pass, on the batches given to :meth:`start_epoch`
+    (``Note [Diagonal Gauss-Newton curvature]``). ``mu`` (0.02 in the paper) bounds the step by
+    ``epsilon / mu``.
+
+    Parameters
+    ----------
+    network : Network
+    lr : float, Schedule or dict
+        ``epsilon``; :func:`lecun1998` by default.
+    mu : float
+        The damping, > 0.
+    samples : int
+        How many patterns the training loop draws to estimate ``h`` before each pass (LeCun:
+        500); :meth:`start_epoch` averages over whatever batches it is given.
+    momentum : float
+        Optional momentum on top of the scaled steps (0 in the paper).
+    layer_rates : dict, optional
+        Multipliers of ``epsilon`` by layer or parameter.
+    """
+
+    name = "sdlm"
+    slots = ("hessian", "velocity")
+
+    def __init__(self, network: Network, lr: float | Schedule | Mapping[str, Any] | None = None, *,
+                 mu: float = 0.02, samples: int = 500, momentum: float = 0.0,
+                 layer_rates: Mapping[str, float] | None = None):
+        super().__init__(network, lecun1998() if lr is None else lr, layer_rates=layer_rates)
+        mu = _check_rate(mu, "SDLM: mu")
+        if mu <= 0:
+            raise ValueError(f"SDLM: mu must be > 0 (it bounds the step by epsilon / mu), got {mu}")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"SDLM: samples must be a positive int, got {samples!r}")
+        momentum = _check_rate(momentum, "SDLM: momentum")
+        if momentum >= 1:
+            raise ValueError(f"SDLM: momentum must be in [0, 1), got {momentum!r}")
+        self.mu, self.samples, self.momentum = mu, samples, momentum
+        self.slots = ("hessian", "velocity") if momentum > 0 else ("hessian",)
+        self._state = {slot: {} for slot in self.slots}
+        self._scale: dict[str, Array] = {}
+
+    def estimate_curvature(self, data: Iterable[tuple[Array, Array]]) -> dict[str, Array]:
+        """Mean diagonal Gauss-Newton curvature over the patterns of ``data``, stored as ``h``."""
+        total: dict[str, Array] = {}
+        count = 0
+        for x, t in data:
+            n = int(x.shape[0])
+            h = diagonal_hessian(self.network, x, t)
+            for name, value in h.items():
+                weighted = value * float(n)
+                total[name] = weighted if name not in total else total[name] + weighted
+            count += n
+        if count == 0:
+            raise ValueError("SDLM: no patterns to estimate the curvature on")
+        self._state["hessian"] = {name: value * (1.0 / count) for name, value in total.items()}
+        return self._state["hessian"]
+
+    def start_epoch(self, epoch: int, data: Iterable[tuple[Array, Array]] | None = None) -> None:
+        """Take the epoch's ``epsilon`` and, with ``data``, re-estimate ``h`` before the pass.
+
+        Without ``data`` the last estimate is kept (it must exist)."""
+        super().start_epoch(epoch)
+        if data is not None:
+            self.estimate_curvature(data)
+        elif not self._state["hessian"]:
+            raise ValueError(
+                "SDLM.start_epoch: give data (batches (x, t)) to estimate the curvature on"
+            )
+        self._rescale()
+
+    def _rescale(self) -> None:
+        hessian = self._state["hessian"]
+        self._scale = {
+            name: (1.0 / (self.mu + hessian[name])) * self.rate(name)
+            for name in self.network.parameters()
+        }
+
+    def step_sizes(self) -> dict[str, Array]:
+        """The current per-parameter steps ``eta_k = epsilon_k / (mu + h_kk)`` (backend arrays)."""
+        if not self._scale:
+            raise RuntimeError("SDLM: call start_epoch(epoch, data) first")
+        return dict(self._scale)
+
+    def _restored(self) -> None:
+        if self._state["hessian"]:
+            self._rescale()
+
+    def _update(self, name: str, p: Array, g: Array) -> None:
+        scale = self._scale.get(name)
+        if scale is None:
+            raise RuntimeError("SDLM.step: call start_epoch(epoch, data) before the first step")
+        if self.momentum == 0:
+            self._apply(name, p, scale * g)
+            return
+        v = self._buffer("velocity", name, p)
+        if self._in_place:
+            v *= self.momentum
+            v += scale * g
+        else:
+            v = v * self.momentum + scale * g
+            self._state["velocity"][name] = v
+        self._apply(name, p, v)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "mu": self.mu, "samples": self.samples,
+                "momentum": self.momentum}
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in (SGD, Momentum, SDLM)}
+
+
+def optimizer_from_config(network: Network, config: Mapping[str, Any]) -> Optimizer:
+    """Rebuild an optimizer for ``network`` from :meth:`Optimizer.config`."""
+    options = dict(config)
+    name = options.pop("name", None)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    options["lr"] = schedule_from_config(options["lr"])
+    return OPTIMIZERS[name](network, **options)
+
+
+def build_optimizer(name: str, network: Network, *, lr: float | Schedule | None = None,
+                    momentum: float | None = None, layer_rates: Mapping[str, float] | None = None,
+                    **options: Any) -> Optimizer:
+    """An optimizer by name: ``"sgd"``, ``"momentum"`` or ``"sdlm"``.
+
+    ``lr`` defaults to 0.01 (SGD, momentum) or :func:`lecun1998` (SDLM); ``momentum`` to 0.9 for
+    ``"momentum"`` and 0 for ``"sdlm"``; other options go to the class (``mu``, ``samples``).
+    """
+    key = str(name).strip().lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    if key == "sgd":
+        if momentum:
+            raise ValueError("the sgd optimizer has no momentum; use --optimizer momentum")
+        return SGD(network, 0.01 if lr is None else lr, layer_rates=layer_rates, **options)
+    if key == "momentum":
+        return Momentum(network, 0.01 if lr is None else lr,
+                        momentum=0.9 if momentum is None else momentum,
+                        layer_rates=layer_rates, **options)
+    return SDLM(network, lr, momentum=momentum or 0.0, layer_rates=layer_rates, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# The diagonal Gauss-Newton curvature (Note [Diagonal Gauss-Newton curvature])
+# --------------------------------------------------------------------------------------------
+def _output_curvature(loss: Any, y: Array, t: Array) -> Array:
+    """Diagonal of d^2 E^n / dy^2 for each pattern: 1 (squared error) or (sum t) p (1 - p)."""
+    xp = array_api_compat.array_namespace(y, t)
+    if loss.name == "squared_error":
+        return xp.ones_like(y)
+    if loss.name == "cross_entropy":
+        shifted = y - xp.max(y, axis=1, keepdims=True)
+        p = xp.exp(shifted)
+        p = p / xp.sum(p, axis=1, keepdims=True)
+        return xp.sum(t, axis=1, keepdims=True) * (p * (1.0 - p))
+    raise NotImplementedError(
+        f"diagonal_hessian: no second derivative for the loss {loss.name!r}; known: "
+        "squared_error, cross_entropy"
+    )
+
+
+def _squared_slope(layer: Any, d2y: Array) -> Array:
+    """``d2u = f'(u)^2 o d2y``: Gauss-Newton drops the f'' term (it can be negative)."""
+    slope = layer.activation.derivative(layer._y)
+    return d2y * (slope * slope)
+
+
+def _fully_connected(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
+    xp = array_api_compat.array_namespace(d2y)
+    d2u = _squared_slope(layer, d2y)
+    x = layer._x
+    w = layer.params["weight"]
+    h = {"weight": xp.matmul(xp.matrix_transpose(d2u), x * x), "bias": xp.sum(d2u, axis=0)}
+    return (xp.matmul(d2u, w * w) if need_input else None), h
+
+
+def _convolution(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
+    xp = array_api_compat.array_namespace(d2y)
+    ops = layer._backend.ops
+    d2u = _squared_slope(layer, d2y)
+    x, k, selection = layer._x, layer.params["kernel"], layer._selection
+    h = {"kernel": ops.conv_kernel_grad(x * x, d2u, selection),
+         "bias": xp.sum(d2u, axis=(0, 2, 3))}
+    return (ops.conv_full(d2u, k * k, selection) if need_input else None), h
+
+
+def _subsampling(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
+    xp = array_api_compat.array_namespace(d2y)
+    ops = layer._backend.ops
+    d2u = _squared_slope(layer, d2y)
+    h: dict[str, Array] = {}
+    d2d = d2u
+    if layer.trainable:
+        d = layer._d
+        h["beta"] = xp.sum(d2u * (d * d), axis=(0, 2, 3))
+        h["bias"] = xp.sum(d2u, axis=(0, 2, 3))
+        beta = layer.params["beta"]
+        d2d = d2u * xp.reshape(beta * beta, (1, beta.shape[0], 1, 1))
+    if not need_input:
+        return None, h
+    n = layer.n
+    if layer.mode == "decimate":
+        return ops.decimate_transpose(d2d, n), h
+    up = ops.kron_upsample(d2d, n)
+    return (up * (1.0 / float(n**4)) if layer.mode == "mean" else up), h
+
+
+def _flatten(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
+    xp = array_api_compat.array_namespace(d2y)
+    return (xp.reshape(d2y, (d2y.shape[0], *layer.input_shape)) if need_input else None), {}
+
+
+def _learned_combination(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
+    xp = array_api_compat.array_namespace(d2y)
+    ops = layer._backend.ops
+    d2u = _squared_slope(layer, d2y)
+    x, alpha, kernel = layer._x, layer._alpha, layer.params["kernel"]
+    c_out, c_in = alpha.shape
+    alpha2 = xp.reshape(alpha * alpha, (c_out, c_in, 1, 1))
+    h_eff = ops.conv_kernel_grad(x * x, d2u)  # (C_out, C_in, kh, kw), curvature of K = alpha k
+    h: dict[str, Array] = {"bias": xp.sum(d2u, axis=(0, 2, 3))}
+    device = array_api_compat.device(x)
+    if layer.kernels == "per_input":
+        h["kernel"] = xp.sum(alpha2 * h_eff, axis=0)
+        # z_i = x_i * k_i, one map per input: a convolution with a diagonal input-map table.
+        eye = xp.eye(c_in, dtype=xp.bool, device=device)
+        diagonal = xp.reshape(kernel, (c_in, 1, *kernel.shape[1:])) * xp.ones(
+            (1, c_in, 1, 1), dtype=kernel.dtype, device=device)
+        z = ops.conv_valid(x, diagonal, eye)  # (N, C_in, oh, ow)
+        v = ops.conv_valid(x, layer._kernel)  # (N, C_out, oh, ow) = sum_i alpha_ij z_i
+        a = xp.tensordot(d2u, z * z, axes=([0, 2, 3], [0, 2, 3]))  # (C_out, C_in)
+        b = xp.tensordot(d2u * v, z, axes=([0, 2, 3], [0, 2, 3]))
+        c = xp.sum(d2u * v * v, axis=(0, 2, 3))[:, None]
+    else:
+        h["kernel"] = alpha2 * h_eff
+        # z_ji = x_i * k_ji for every pair: C_out * C_in maps.
+        kh, kw = kernel.shape[2:]
+        expand = xp.reshape(kernel, (c_out * c_in, 1, kh, kw)) * xp.ones(
+            (1, c_in, 1, 1), dtype=kernel.dtype, device=device)
+        eye = xp.eye(c_in, dtype=xp.bool, device=device)
+        table = xp.reshape(xp.broadcast_to(eye[None, :, :], (c_out, c_in, c_in)),
+                           (c_out * c_in, c_in))
+        z = ops.conv_valid(x, expand, table)  # (N, C_out*C_in, oh, ow)
+        n, _, oh, ow = z.shape
+        z = xp.reshape(z, (n, c_out, c_in, oh, ow))
+        v = ops.conv_valid(x, layer._kernel)[:, :, None, :, :]
+        d = d2u[:, :, None, :, :]
+        a = xp.sum(d * z * z, axis=(0, 3, 4))
+        b = xp.sum(d * v * z, axis=(0, 3, 4))
+        c = xp.sum(d * v * v, axis=(0, 3, 4))
+    # (du_j/dc_ij)^2 = alpha_ij^2 (z_ij - v_j)^2 = alpha^2 (z^2 - 2 z v + v^2), summed with d2u_j
+    h["c"] = (alpha * alpha) * (a - 2.0 * b + c)
+    kernel_eff = layer._kernel
+    return (ops.conv_full(d2u, kernel_eff * kernel_eff) if need_input else None), h
+
+
+_CURVATURE: dict[str, Callable[[Any, Array, bool], tuple[Array | None, dict]]] = {
+    "FullyConnected": _fully_connected,
+    "Convolution": _convolution,
+    "Subsampling": _subsampling,
+    "Flatten": _flatten,
+    "LearnedCombination": _learned_combination,
+}
+
+
+def diagonal_hessian(network: Network, x: Array, t: Array, *, check: bool = True) -> dict[str, Array]:
+    """LeCun's diagonal Gauss-Newton estimate of ``d^2 E^n / dw_k^2``, averaged over a batch.
+
+    Runs a forward pass, then a second backward pass that mirrors back-propagation with squared
+    slopes, weights and kernels (``Note [Diagonal Gauss-Newton curvature]`` in this module, after
+    LeCun et al. 1998, Appendix C, and "Efficient BackProp", section 9). Every entry is >= 0.
+
+    Parameters
+    ----------
+    network : Network
+    x, t : arrays of the network's backend
+        A batch ``(N, *input_shape)`` and its targets ``(N, classes)``.
+
+    Returns
+    -------
+    dict of str to array
+        By parameter name, in the network's order: the mean over the ``N`` patterns of the
+        per-pattern curvature, shaped like the parameter.
+
+    Raises
+    ------
+    NotImplementedError
+        A layer type or loss without a curvature rule; a layer may supply its own as a method
+        ``curvature(d2y, need_input) -> (d2x, {role: h})``.
+    """
+    if check:
+        network.check_input(x, "diagonal_hessian")
+        network.check_targets(t, x.shape[0], "diagonal_hessian")
+    y = network.forward(x, check=False)
+    d2 = _output_curvature(network.loss, y, t)
+    found: dict[str, Array] = {}
+    scale = 1.0 / float(x.shape[0])
+    for index in range(len(network.layers) - 1, -1, -1):
+        layer = network.layers[index]
+        rule = getattr(layer, "curvature", None)
+        if rule is None:
+            plain = _CURVATURE.get(type(layer).__name__)
+            if plain is None:
+                raise NotImplementedError(
+                    f"diagonal_hessian: no curvature rule for {layer.describe()}; give the layer "
+                    "a method curvature(d2y, need_input) -> (d2x, {role: h})"
+                )
+            d2, h = plain(layer, d2, index > 0)
+        else:
+            d2, h = rule(d2, index > 0)
+        for role, value in h.items():
+            found[f"{layer.name}.{role}"] = value * scale
+    return {name: found[name] for name in network.parameters()}
