@@ -200,8 +200,9 @@ class Network:
         adds ``dOmega/dparams`` to its own ``grads`` in ``backward``. 0 when no layer has one."""
         total = self.backend.xp.asarray(0.0, dtype=self.dtype, device=self.backend.default_device)
         for layer in self.layers:
-            if callable(getattr(layer, "penalty", None)):
-                total = total + layer.penalty()
+            penalty = getattr(layer, "penalty", None)
+            if callable(penalty):
+                total = total + penalty()
         return total
 
     def objective(self, y: Array, t: Array) -> Array:

@@ -226,7 +226,7 @@ class LearnedCombination(Layer):
         self.kernels, self.lam, self.sparsity = kernels, float(lam), sparsity
         self.activation = get_activation(activation)
         self.init = init
-        self.c_in: int | None = None
+        self.c_in = 0  # set by build
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         if len(input_shape) != 3:
@@ -300,6 +300,7 @@ class LearnedCombination(Layer):
         self._x = x
         self._alpha = self.alpha()
         self._kernel = self.effective_kernel(self._alpha)
+        assert self._backend is not None, f"{self.describe()}: build the layer first"
         u = self._backend.ops.conv_valid(x, self._kernel)
         u = u + xp.reshape(self.params["bias"], (1, self.maps, 1, 1))
         self._y = self.activation.forward(u)
@@ -307,6 +308,7 @@ class LearnedCombination(Layer):
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         xp = array_api_compat.array_namespace(dy)
+        assert self._backend is not None, f"{self.describe()}: build the layer first"
         ops = self._backend.ops
         alpha, kernel = self._alpha, self.params["kernel"]
         delta = dy * self.activation.derivative(self._y)
