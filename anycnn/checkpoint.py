@@ -1,0 +1,413 @@
+"""Checkpoints: a network, its optimizer state and where training stands, in one ``.npz`` file.
+
+Format (``format_version`` 1), every entry a plain array, read with ``allow_pickle=False``:
+
+=========================  ====================================================================
+key                        content
+=========================  ====================================================================
+``meta/config``            the network's :meth:`~anycnn.network.Network.config`, JSON in uint8
+``meta/info``              JSON in uint8: format, version, anycnn version, epoch (1-based, the
+                           number of finished passes), the optimizer's config, the state of the
+                           NumPy generator (``bit_generator.state``), the preprocessing, the
+                           metrics history and any extra fields of the training loop
+``param/<name>``           each parameter (``param/conv1.kernel``), the network's dtype
+``extra/<name>``           each array of :meth:`~anycnn.network.Network.extra_state`
+``optim/<key>``            the optimizer's :meth:`~anycnn.optim.Optimizer.state_dict`
+                           (``optim/steps``, ``optim/velocity/conv1.kernel``, ...)
+=========================  ====================================================================
+
+Writing is atomic (:func:`save_checkpoint`): the file is written to a temporary name in the same
+directory, flushed and fsync-ed, then renamed over the target with :func:`os.replace`, so a crash
+leaves either the old file or the new one, never half of one.
+
+Reading (:func:`load_checkpoint`) rebuilds the network from its configuration and checks every
+array's name, shape and dtype against it, and the optimizer state against the optimizer rebuilt
+from its config, *before* assigning anything. A truncated file, a file of another kind (a pickle
+renamed ``.npz``), or a checkpoint of another model raises :class:`CheckpointError` naming the
+file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anycnn.backend import Backend
+from anycnn.network import Network
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "read_info",
+    "save_checkpoint",
+]
+
+FORMAT = "anycnn-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: unreadable, truncated, not a checkpoint, or of another
+    model or optimizer. The message names the file and what is wrong."""
+
+
+def _version() -> str:
+    try:
+        from anycnn import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover - during a partial import
+        return "unknown"
+
+
+def _json_bytes(value: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(value, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+
+
+def checkpoint_path(directory: str | os.PathLike[str], epoch: int) -> Path:
+    """The file of epoch ``epoch`` (1-based) in ``directory``: ``epoch-0003.npz``."""
+    return Path(directory) / f"epoch-{int(epoch):04d}.npz"
+
+
+def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint of the highest epoch in ``directory``, or ``None`` when there is none."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob("epoch-*.npz"):
+        digits = path.stem.split("-", 1)[1]
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(path: str | os.PathLike[str], network: Network, *, epoch: int,
+                    optimizer: Any = None, rng: np.random.Generator | None = None,
+                    info: Mapping[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically (temporary file, fsync, :func:`os.replace`).
+
+    Parameters
+    ----------
+    path : path
+        The target file (``.npz``); its directory must exist.
+    network : Network
+    epoch : int
+        Passes finished so far (1 after the first epoch).
+    optimizer : anycnn.optim.Optimizer, optional
+        Its config and state dict are stored.
+    rng : numpy.random.Generator, optional
+        Its ``bit_generator.state`` is stored, so shuffling resumes where it stopped.
+    info : mapping, optional
+        More JSON-able fields (preprocessing, metrics history, training options).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    path = Path(path)
+    backend = network.backend
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "anycnn_version": _version(),
+        "epoch": int(epoch),
+        "model": network.name,
+        "optimizer": None if optimizer is None else optimizer.config(),
+        "rng_state": None if rng is None else rng.bit_generator.state,
+        "parameters": {name: list(p.shape) for name, p in network.parameters().items()},
+    }
+    if info:
+        meta.update({k: v for k, v in info.items() if k not in meta})
+    arrays: dict[str, np.ndarray] = {
+        "meta/config": _json_bytes(network.config()),
+        "meta/info": _json_bytes(meta),
+    }
+    for name, value in network.parameters().items():
+        arrays[f"param/{name}"] = np.asarray(backend.to_host(value))
+    for name, value in network.extra_state().items():
+        arrays[f"extra/{name}"] = np.asarray(value)
+    if optimizer is not None:
+        for key, value in optimizer.state_dict().items():
+            arrays[f"optim/{key}"] = np.asarray(value)
+
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            np.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where supported
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return path
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns.
+
+    ``network`` holds the stored parameters; ``optimizer`` (when one was stored and a network was
+    rebuilt) holds its state; ``rng()`` gives a generator in the stored state."""
+
+    path: Path
+    network: Network
+    epoch: int
+    info: dict[str, Any]
+    optimizer: Any = None
+    optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def anycnn_version(self) -> str:
+        return str(self.info.get("anycnn_version", "unknown"))
+
+    def rng(self) -> np.random.Generator | None:
+        """A NumPy generator in the state stored with the checkpoint (``None`` if none was)."""
+        state = self.info.get("rng_state")
+        if state is None:
+            return None
+        generator = np.random.Generator(getattr(np.random, state["bit_generator"])())
+        generator.bit_generator.state = state
+        return generator
+
+
+def _read_all(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the file, read now (a truncated member fails here, not later)."""
+    where = str(path)
+    if not path.is_file():
+        raise CheckpointError(f"{where}: no such checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise CheckpointError(f"{where}: not an anycnn checkpoint (a single .npy array)")
+            return {key: archive[key] for key in archive.files}
+    except CheckpointError:
+        raise
+    except ValueError as error:
+        text = str(error)
+        if "pickle" in text:
+            with open(path, "rb") as stream:
+                first = stream.read(1)
+            what = ("a Python pickle, which is never loaded (allow_pickle=False)"
+                    if first == b"\x80" else "neither an .npz archive nor an .npy array")
+            raise CheckpointError(f"{where}: not an anycnn checkpoint: the file is {what}") from None
+        raise CheckpointError(f"{where}: not a readable .npz checkpoint ({text})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as error:
+        raise CheckpointError(
+            f"{where}: truncated or corrupt checkpoint ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _json_entry(arrays: Mapping[str, np.ndarray], key: str, where: str) -> Any:
+    if key not in arrays:
+        raise CheckpointError(f"{where}: not an anycnn checkpoint (no {key!r} entry)")
+    value = arrays[key]
+    if value.dtype != np.uint8 or value.ndim != 1:
+        raise CheckpointError(f"{where}: {key!r} must be a 1-d uint8 array of JSON")
+    try:
+        return json.loads(value.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{where}: {key!r} is not valid JSON ({error})") from None
+
+
+def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The stored ``meta/info`` JSON (epoch, optimizer, history...) without restoring anything.
+
+    Raises :class:`CheckpointError` for a file that is not a readable checkpoint."""
+    path = Path(path)
+    info = _json_entry(_read_all(path), "meta/info", str(path))
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an anycnn checkpoint (format tag missing)")
+    return info
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config without the initialisation seeds (of the network and of its layers): two
+    networks that differ only there are the same model (tables are compared separately)."""
+    out = {k: v for k, v in config.items() if k != "seed"}
+    out["layers"] = [{k: v for k, v in spec.items() if k != "seed"}
+                     for spec in config.get("layers", [])]
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, network: Network | None = None,
+                    backend: str | Backend | None = None, dtype: str | None = None,
+                    model: str | None = None) -> Checkpoint:
+    """Read a checkpoint, validate every array, then restore the network (and optimizer).
+
+    Parameters
+    ----------
+    path : path
+    network : Network, optional
+        Restore into this network (to resume training): its configuration must equal the stored
+        one, apart from the initialisation seed. By default a network is rebuilt from the stored
+        configuration on ``backend`` (the current one by default) in ``dtype`` (the stored one by
+        default; a different float dtype converts the parameters).
+    model : str, optional
+        The model name expected (``"lenet5"``); another one is an error.
+
+    Returns
+    -------
+    Checkpoint
+        With ``network`` restored, ``epoch``, ``info`` (the stored JSON), and ``optimizer``
+        rebuilt from its config with its state restored when one was stored.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, truncated, not a checkpoint, of a newer format, of another model, or
+        an array is missing, unexpected, or of the wrong shape or dtype (the message names it).
+    """
+    from anycnn import optim  # optim imports network; keep module import light
+
+    path = Path(path)
+    where = str(path)
+    arrays = _read_all(path)
+    info = _json_entry(arrays, "meta/info", where)
+    config = _json_entry(arrays, "meta/config", where)
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: not an anycnn checkpoint (format tag missing)")
+    version = info.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: checkpoint format version {version!r} is newer than this anycnn "
+            f"({_version()}) reads (<= {FORMAT_VERSION}); upgrade anycnn"
+        )
+    if not isinstance(config, dict) or "layers" not in config:
+        raise CheckpointError(f"{where}: 'meta/config' is not a network configuration")
+    stored_model = config.get("name", "network")
+    if model is not None and stored_model != model:
+        raise CheckpointError(
+            f"{where}: this is a checkpoint of model {stored_model!r}, not {model!r}"
+        )
+
+    extra = {key[len("extra/"):]: value for key, value in arrays.items()
+             if key.startswith("extra/")}
+    if network is None:
+        try:
+            network = Network.from_config(config, extra_state=extra, backend=backend, dtype=dtype)
+        except (ValueError, TypeError, KeyError) as error:
+            raise CheckpointError(
+                f"{where}: cannot rebuild the network from the stored configuration: {error}"
+            ) from None
+    else:
+        if _comparable(network.config()) != _comparable(config):
+            raise CheckpointError(
+                f"{where}: this checkpoint is of another model: it holds {stored_model!r} "
+                f"({_describe(config)}), the network is {network.name!r} "
+                f"({_describe(network.config())})"
+            )
+        for name, value in network.extra_state().items():
+            if name not in extra or not np.array_equal(np.asarray(extra[name]), value):
+                raise CheckpointError(
+                    f"{where}: this checkpoint is of another model: its {name!r} differs"
+                )
+
+    # -- validate everything before assigning anything --------------------------------------
+    params = network.parameters()
+    dtype_name = network.dtype_name
+    stored_dtype = config.get("dtype", dtype_name)
+    for name, p in params.items():
+        key = f"param/{name}"
+        if key not in arrays:
+            raise CheckpointError(f"{where}: parameter {name!r} is missing")
+        value = arrays[key]
+        if tuple(value.shape) != tuple(p.shape):
+            raise CheckpointError(
+                f"{where}: parameter {name!r} has shape {tuple(value.shape)}, the model "
+                f"{network.name!r} expects {tuple(p.shape)}"
+            )
+        if value.dtype != np.dtype(stored_dtype):
+            raise CheckpointError(
+                f"{where}: parameter {name!r} is {value.dtype}, the checkpoint says "
+                f"{stored_dtype}"
+            )
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{where}: parameter {name!r} holds NaN or Inf")
+    unexpected = sorted(key for key in arrays if key.startswith("param/")
+                        and key[len("param/"):] not in params)
+    if unexpected:
+        raise CheckpointError(
+            f"{where}: unexpected parameters {', '.join(k[6:] for k in unexpected)} for model "
+            f"{network.name!r}"
+        )
+    unknown = sorted(key for key in arrays
+                     if not key.startswith(("param/", "extra/", "optim/", "meta/")))
+    if unknown:
+        raise CheckpointError(f"{where}: unexpected entries {', '.join(unknown)}")
+
+    optimizer = None
+    optimizer_state = {key[len("optim/"):]: value for key, value in arrays.items()
+                       if key.startswith("optim/")}
+    if info.get("optimizer") is not None:
+        try:
+            optimizer = optim.optimizer_from_config(network, info["optimizer"])
+        except (ValueError, TypeError, KeyError) as error:
+            raise CheckpointError(f"{where}: bad optimizer configuration: {error}") from None
+        expected = optimizer.expected_state()
+        if "steps" not in optimizer_state:
+            raise CheckpointError(f"{where}: the optimizer state 'optim/steps' is missing")
+        for key, value in optimizer_state.items():
+            if key not in expected:
+                raise CheckpointError(
+                    f"{where}: unexpected optimizer state {key!r} for a "
+                    f"{info['optimizer'].get('name')} optimizer"
+                )
+            shape, want = expected[key]
+            want = stored_dtype if want == dtype_name else want
+            if tuple(value.shape) != tuple(shape) or value.dtype != np.dtype(want):
+                raise CheckpointError(
+                    f"{where}: optimizer state {key!r} must be {want} of shape {tuple(shape)}, "
+                    f"got {value.dtype} of shape {tuple(value.shape)}"
+                )
+    elif optimizer_state:
+        raise CheckpointError(f"{where}: optimizer state without an optimizer configuration")
+    epoch = info.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{where}: bad epoch {epoch!r}")
+    state = info.get("rng_state")
+    if state is not None:
+        try:
+            Checkpoint(path, network, epoch, info).rng()
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(f"{where}: bad random generator state ({error})") from None
+
+    # -- assign -------------------------------------------------------------------------------
+    for name in params:
+        value = np.array(arrays[f"param/{name}"], dtype=np.dtype(dtype_name), copy=True)
+        network.set_parameter(name, network.backend.asarray(value, dtype=dtype_name))
+    if optimizer is not None:
+        converted = {key: (value if key == "steps" else value.astype(dtype_name, copy=False))
+                     for key, value in optimizer_state.items()}
+        optimizer.load_state_dict(converted)
+    return Checkpoint(path=path, network=network, epoch=epoch, info=info, optimizer=optimizer,
+                      optimizer_state=optimizer_state)
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    kinds = [spec.get("type", "?") for spec in config.get("layers", [])]
+    return f"input {tuple(config.get('input_shape', ()))}, {len(kinds)} layers"

@@ -1,0 +1,165 @@
+"""PNG figures: learning curves, first-layer kernels, and the feature maps of one example.
+
+matplotlib is optional (``pip install "anycnn[plot]"``) and imported only when a figure is
+drawn. Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``),
+without pyplot: no window, no global backend switch, safe in threads and on headless machines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MatplotlibMissingError", "feature_maps", "kernels", "learning_curves", "save_plots"]
+
+
+class MatplotlibMissingError(ImportError):
+    """matplotlib is not installed; the message says how to install it."""
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise MatplotlibMissingError(
+            f'plots need matplotlib ({error}); install it with: pip install "anycnn[plot]"'
+        ) from None
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _field(record: Any, name: str) -> Any:
+    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
+
+
+def learning_curves(history: Sequence[Any], path: str | os.PathLike[str]) -> Path:
+    """Train and test error (%) and mean loss per epoch, side by side.
+
+    ``history`` holds :class:`anycnn.train.EpochRecord` objects or their dicts (the metrics
+    JSON's ``history``)."""
+    if not history:
+        raise ValueError("learning_curves: the history is empty")
+    epochs = [_field(r, "epoch") for r in history]
+    figure = _figure(10, 4)
+    errors, losses = figure.subplots(1, 2)
+    for name, label in (("train_error", "train (running)"), ("test_error", "test")):
+        values = [_field(r, name) for r in history]
+        if all(v is not None for v in values):
+            errors.plot(epochs, [100 * v for v in values], marker="o", label=label)
+    errors.set_xlabel("epoch")
+    errors.set_ylabel("error (%)")
+    errors.set_yscale("log")
+    errors.grid(True, which="both", alpha=0.3)
+    errors.legend()
+    for name, label in (("train_loss", "train"), ("test_loss", "test")):
+        values = [_field(r, name) for r in history]
+        if all(v is not None for v in values):
+            losses.plot(epochs, values, marker="o", label=label)
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("mean loss")
+    losses.grid(True, alpha=0.3)
+    losses.legend()
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _grid(count: int) -> tuple[int, int]:
+    columns = min(count, max(1, math.ceil(math.sqrt(count))))
+    return math.ceil(count / columns), columns
+
+
+def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None) -> Path:
+    """The kernels of a convolution layer (the first one by default), one tile per
+    (output map, input map) pair, each scaled symmetrically around 0.
+
+    Kernels are shown as stored, in the notes' MATLAB ``conv2`` orientation (flipped relative to
+    cross-correlation)."""
+    chosen = None
+    for candidate in network.layers:
+        if "kernel" in candidate.params and (layer is None or candidate.name == layer):
+            chosen = candidate
+            break
+    if chosen is None:
+        raise ValueError(f"kernels: no convolution layer {layer or ''} in {network.name}".strip())
+    k = np.asarray(network.backend.to_host(chosen.params["kernel"]), dtype=np.float64)
+    if k.ndim == 3:  # per-input kernels of a learned combination
+        k = k[:, None]
+    c_out, c_in = k.shape[:2]
+    figure = _figure(1.2 * c_in + 1, 1.2 * c_out + 0.6)
+    axes = np.atleast_2d(figure.subplots(c_out, c_in, squeeze=False))
+    bound = float(np.abs(k).max()) or 1.0
+    for j in range(c_out):
+        for i in range(c_in):
+            ax = axes[j, i]
+            ax.imshow(k[j, i], cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    figure.suptitle(f"{chosen.name} kernels ({c_out} x {c_in}, max |k| = {bound:.3g})")
+    return _save(figure, path)
+
+
+def feature_maps(network: Any, example: Any, path: str | os.PathLike[str],
+                 max_maps: int = 16) -> Path:
+    """One example through every layer: the input, then each layer's output maps (vectors are
+    drawn as one row of cells), at most ``max_maps`` per layer.
+
+    ``example`` is one preprocessed input, ``(1, *input_shape)`` or ``input_shape``, an array of
+    the network's backend or NumPy."""
+    backend = network.backend
+    x = example
+    if isinstance(x, np.ndarray):
+        x = backend.asarray(x, dtype=network.dtype_name)
+    if tuple(x.shape) == tuple(network.input_shape):
+        x = backend.xp.reshape(x, (1, *network.input_shape))
+    network.check_input(x, "feature_maps")
+    stages = [("input", np.asarray(backend.to_host(x))[0])]
+    for layer in network.layers:
+        x = layer.forward(x)
+        if type(layer).__name__ == "Flatten":
+            continue
+        stages.append((layer.name, np.asarray(backend.to_host(x))[0]))
+    columns = min(max_maps, max(s.shape[0] if s.ndim == 3 else 1 for _, s in stages))
+    figure = _figure(1.1 * columns + 1.5, 1.2 * len(stages) + 0.5)
+    axes = np.atleast_2d(figure.subplots(len(stages), columns, squeeze=False))
+    for row, (name, value) in enumerate(stages):
+        maps = value if value.ndim == 3 else value.reshape(1, 1, -1)
+        for col in range(columns):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < min(maps.shape[0], max_maps):
+                ax.imshow(maps[col], cmap="gray", interpolation="nearest", aspect="auto")
+            else:
+                ax.axis("off")
+        axes[row, 0].set_ylabel(f"{name}\n{tuple(value.shape)}", fontsize=7)
+    figure.suptitle(f"{network.name}: one example through every layer")
+    return _save(figure, path)
+
+
+def save_plots(directory: str | os.PathLike[str], *, network: Any = None,
+               history: Sequence[Any] | None = None, example: Any = None) -> list[Path]:
+    """Write what the arguments allow: ``learning_curves.png`` (history), ``kernels.png``
+    (network) and ``feature_maps.png`` (network and example). Returns the files written."""
+    folder = Path(directory)
+    written = []
+    if history:
+        written.append(learning_curves(history, folder / "learning_curves.png"))
+    if network is not None:
+        written.append(kernels(network, folder / "kernels.png"))
+        if example is not None:
+            written.append(feature_maps(network, example, folder / "feature_maps.png"))
+    return written

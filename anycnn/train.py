@@ -1,0 +1,525 @@
+"""The training loop: preprocessing, shuffled mini-batches, updates, evaluation, progress,
+divergence checks, checkpoints and metrics.
+
+::
+
+    import anycnn
+    from anycnn import datasets, models, optim, train
+
+    ds = datasets.load("mnist")
+    net = models.lenet5(backend="auto")
+    opt = optim.Momentum(net, optim.Step(0.02, every=4, gamma=0.3), momentum=0.9)
+    result = train.train(net, ds, epochs=10, batch_size=32, optimizer=opt, seed=0)
+    print(result.history[-1].test_error)
+
+Memory: the host keeps the data set as it was loaded (``uint8`` for MNIST) and preprocesses each
+mini-batch when it is drawn (:class:`Preprocessing`), so at most one batch exists in float on
+the host; ``network.backend.asarray`` moves it to the device as it is used.
+
+Synchronisation: the loss and the error count of each batch stay on the device; they are brought
+to the host every ``report_every`` batches (one transfer for the whole window), which is also
+when a non-finite loss is detected (:class:`DivergenceError` names the first bad batch).
+
+Resuming: with ``checkpoint_dir`` a checkpoint is written after every epoch
+(:mod:`anycnn.checkpoint`), holding the parameters, the optimizer state, the state of the NumPy
+generator that shuffles, the preprocessing and the history. ``resume=True`` continues from the
+latest one; on the CPU an interrupted and resumed run ends with exactly the parameters of an
+uninterrupted one with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anycnn import checkpoint as ckpt
+from anycnn import datasets
+from anycnn.network import Network
+from anycnn.optim import SGD, Optimizer
+
+__all__ = [
+    "DivergenceError",
+    "EpochRecord",
+    "Preprocessing",
+    "TRAINING_DEFAULTS",
+    "TrainResult",
+    "evaluate",
+    "target_values",
+    "train",
+]
+
+#: Per-model defaults of the training loop and of ``anycnn train``. DLT: DeepLearnToolbox's
+#: ``test_example_CNN`` (batch 50, rate 1, plain SGD, one epoch). LeNet-5: mini-batch SGD with
+#: momentum and a rate halved every two epochs (see the README's results for how it was chosen).
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dlt": {"optimizer": "sgd", "lr": 1.0, "batch_size": 50, "epochs": 1, "momentum": None,
+            "schedule": "constant"},
+    "lenet5": {"optimizer": "momentum", "lr": 0.02, "batch_size": 32, "epochs": 2,
+               "momentum": 0.9, "schedule": "step"},
+}
+#: Fallback for networks outside the zoo.
+GENERIC_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "lr": 0.05, "batch_size": 32,
+                                    "epochs": 1, "momentum": None, "schedule": "constant"}
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the epoch and the batch.
+
+    Attributes: ``epoch`` and ``batch`` (1-based), ``value`` (the bad loss), ``checkpoint`` (the
+    last good checkpoint file, left untouched, or None)."""
+
+    def __init__(self, epoch: int, batch: int, value: float, checkpoint: Path | None = None):
+        self.epoch, self.batch, self.value, self.checkpoint = epoch, batch, value, checkpoint
+        where = (f"; the last good checkpoint is {checkpoint}" if checkpoint is not None
+                 else "; no checkpoint was written")
+        super().__init__(
+            f"training diverged: the loss is {value} at epoch {epoch}, batch {batch}; lower the "
+            f"learning rate{where}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing and targets
+# --------------------------------------------------------------------------------------------
+#: How each zoo model's inputs are prepared: DeepLearnToolbox divides by 255; LeNet-5 (and any
+#: other network) uses zero mean and unit variance (notes 2.1) with the training statistics.
+MODEL_PREPROCESSING = {"dlt": "scale01", "lenet5": "normalize"}
+
+
+@dataclass
+class Preprocessing:
+    """Turns host images (``(N, H, W)`` or ``(N, C, H, W)``, any number) into a float batch
+    ``(N, C, H', W')`` for the network, one batch at a time.
+
+    ``kind`` is ``"scale01"`` (``x / 255``, uint8 images only) or ``"normalize"``
+    (``(x - mean) / std`` with the training set's statistics). Images smaller than the network's
+    input are padded, centred, with the background value, before normalising: a 0 border becomes
+    ``-mean / std`` as LeCun pads MNIST's 28x28 digits to 32x32.
+    """
+
+    kind: str
+    input_shape: tuple[int, ...]
+    mean: float | None = None
+    std: float | None = None
+
+    @classmethod
+    def fit(cls, network: Network, images: np.ndarray, kind: str = "auto") -> Preprocessing:
+        """Choose and fit the preprocessing of ``network`` on the training ``images``.
+
+        ``kind="auto"`` takes :data:`MODEL_PREPROCESSING` by the network's name (normalize for
+        unknown names). Raises :class:`ValueError` when the images cannot feed the network."""
+        if kind == "auto":
+            kind = MODEL_PREPROCESSING.get(network.name, "normalize")
+        if kind not in ("scale01", "normalize"):
+            raise ValueError(f"preprocessing must be 'auto', 'scale01' or 'normalize', got {kind!r}")
+        shape = tuple(network.input_shape)
+        _check_fits(images, shape, network.name)
+        if kind == "scale01":
+            if images.dtype != np.uint8:
+                raise ValueError(
+                    f"scale01 preprocessing needs uint8 images, got {images.dtype}; use "
+                    "'normalize'"
+                )
+            return cls(kind, shape)
+        mean, std = datasets.mean_std(images)
+        return cls(kind, shape, mean, std)
+
+    def __call__(self, images: np.ndarray, dtype: str = "float32") -> np.ndarray:
+        """A float batch ``(N, *input_shape)`` from raw images."""
+        c, h, w = self.input_shape if len(self.input_shape) == 3 else (None, None, None)
+        x = images
+        if c is not None:
+            if x.ndim == 3:
+                x = x[:, None, :, :]
+            if x.shape[-2:] != (h, w):
+                x = datasets.pad(x, (h, w))  # background 0 before normalising
+        if self.kind == "scale01":
+            out = datasets.scale01(x, dtype=dtype)
+        else:
+            out, _, _ = datasets.normalize(x, mean=self.mean, std=self.std, dtype=dtype)
+        return out.reshape((out.shape[0], *self.input_shape))
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "input_shape": list(self.input_shape), "mean": self.mean,
+                "std": self.std}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Preprocessing:
+        return cls(config["kind"], tuple(config["input_shape"]), config.get("mean"),
+                   config.get("std"))
+
+
+def _check_fits(images: np.ndarray, shape: tuple[int, ...], model: str) -> None:
+    per_example = tuple(images.shape[1:])
+    if len(shape) == 3:
+        c, h, w = shape
+        image_c = 1 if len(per_example) == 2 else per_example[0]
+        if len(per_example) not in (2, 3) or image_c != c or per_example[-2] > h \
+                or per_example[-1] > w:
+            raise ValueError(
+                f"images of shape {per_example} cannot feed model {model!r}, whose input is "
+                f"{shape} (C, H, W); images may be smaller (they are padded), not larger"
+            )
+    elif math.prod(per_example) != math.prod(shape):
+        raise ValueError(f"images of shape {per_example} cannot feed model {model!r} ({shape})")
+
+
+def target_values(network: Network) -> tuple[float, float]:
+    """The one-of-c target values (other classes, the class) for this network's outputs.
+
+    -1/+1 for a squared error on tanh outputs (notes 2.1: LeCun's tanh reaches +-1 at its point
+    of maximum curvature); 0/1 otherwise (sigmoid outputs, softmax cross-entropy)."""
+    last = network.layers[-1]
+    activation = getattr(last, "activation", None)
+    if network.loss.name == "squared_error" and activation is not None and \
+            activation.name in ("tanh", "lecun_tanh"):
+        return -1.0, 1.0
+    return 0.0, 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EpochRecord:
+    """The figures of one epoch (errors are fractions; ``train_error`` is counted on the fly,
+    over the batches of the epoch, while the weights change)."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_error: float
+    test_error: float | None
+    test_loss: float | None
+    seconds: float
+    images_per_second: float
+    eval_seconds: float = 0.0
+    hessian_seconds: float = 0.0
+
+    def line(self, epochs: int | None = None) -> str:
+        total = f"/{epochs}" if epochs else ""
+        test = "" if self.test_error is None else f"  test error {100 * self.test_error:6.2f}%"
+        return (f"epoch {self.epoch}{total}  lr {self.lr:.3g}  loss {self.train_loss:.4f}  "
+                f"train error {100 * self.train_error:6.2f}%{test}  "
+                f"{self.seconds:.1f} s ({self.images_per_second:.0f} img/s)")
+
+
+@dataclass
+class TrainResult:
+    network: Network
+    optimizer: Optimizer
+    preprocessing: Preprocessing
+    history: list[EpochRecord] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    resumed_from: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def test_error(self) -> float | None:
+        """The last epoch's test error (a fraction)."""
+        return self.history[-1].test_error if self.history else None
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+def evaluate(network: Network, images: np.ndarray, labels: np.ndarray,
+             preprocessing: Preprocessing, *, batch_size: int = 1000) -> dict[str, float]:
+    """Error rate and mean loss on a labelled set, in chunks of ``batch_size`` patterns.
+
+    Returns ``{"error": fraction, "mistakes": count, "count": n, "loss": mean loss}``.
+    """
+    backend, xp = network.backend, network.backend.xp
+    low, high = target_values(network)
+    table = datasets.one_hot(np.arange(network.output_shape[0]), network.output_shape[0],
+                             low=low, high=high, dtype=network.dtype_name)
+    labels = np.asarray(labels)
+    mistakes, loss_total, n = 0, 0.0, images.shape[0]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            x = backend.asarray(preprocessing(images[start:stop], network.dtype_name),
+                                dtype=network.dtype_name)
+            t = backend.asarray(table[labels[start:stop]], dtype=network.dtype_name)
+            y = network.forward(x, check=start == 0)
+            predicted = np.asarray(backend.to_host(xp.argmax(y, axis=1)))
+            mistakes += int(np.count_nonzero(predicted != labels[start:stop]))
+            loss_total += float(network.loss_value(y, t)) * (stop - start)
+    return {"error": mistakes / n if n else float("nan"), "mistakes": mistakes, "count": n,
+            "loss": loss_total / n if n else float("nan")}
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temporary file in the same directory, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as stream:
+            json.dump(payload, stream, indent=1)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _curvature_batches(network: Network, images: np.ndarray, targets: np.ndarray,
+                       preprocessing: Preprocessing, chunk: int = 100
+                       ) -> Iterator[tuple[Any, Any]]:
+    backend = network.backend
+    for start in range(0, images.shape[0], chunk):
+        yield (backend.asarray(preprocessing(images[start:start + chunk], network.dtype_name),
+                               dtype=network.dtype_name),
+               backend.asarray(targets[start:start + chunk], dtype=network.dtype_name))
+
+
+def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_size: int = 50,
+          optimizer: Optimizer | None = None, seed: int = 0, limit: int | None = None,
+          progress: bool = True, checkpoint_dir: str | os.PathLike[str] | None = None,
+          resume: bool = False, metrics_path: str | os.PathLike[str] | None = None,
+          callbacks: Sequence[Callable[[EpochRecord], Any]] = (),
+          preprocessing: str | Preprocessing = "auto", report_every: int | None = None,
+          evaluate_test: bool = True, run_info: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train ``network`` on ``dataset`` for ``epochs`` passes (in total, counting resumed ones).
+
+    Parameters
+    ----------
+    network : Network
+    dataset : anycnn.datasets.Dataset
+        Training and test images on the host (``uint8`` as loaded, or floats).
+    epochs : int
+        The number of passes the run should have when it ends (a resumed run continues up to it).
+    batch_size : int
+        1 is online learning (one pattern per update, LeCun); more is mini-batch SGD.
+    optimizer : Optimizer, optional
+        Plain SGD at rate 0.01 by default. An optimizer with a ``samples`` attribute (SDLM) gets
+        that many random training patterns before each pass to estimate its curvature.
+    seed : int
+        Seeds the NumPy generator that shuffles the training set and draws SDLM's samples.
+    limit : int, optional
+        Use only the first ``limit`` training and test examples.
+    progress : bool
+        Show a tqdm progress bar (loss, images per second, time left) on stderr.
+    checkpoint_dir : path, optional
+        Write ``epoch-NNNN.npz`` there after every epoch (atomically).
+    resume : bool
+        Continue from the latest checkpoint in ``checkpoint_dir`` (if there is one): parameters,
+        optimizer state, generator state, preprocessing and history are restored.
+    metrics_path : path, optional
+        Write the history and the run's settings as JSON after every epoch.
+    callbacks : sequence of callables
+        Called with each :class:`EpochRecord` after the epoch's checkpoint is written.
+    preprocessing : "auto", "scale01", "normalize" or Preprocessing
+    report_every : int, optional
+        Batches between two transfers of the running loss to the host (progress and divergence
+        checks); about 1000 patterns' worth by default.
+    evaluate_test : bool
+        Compute the test error after each epoch.
+    run_info : mapping, optional
+        Extra JSON-able fields for the metrics file and checkpoints (command line, device...).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    DivergenceError
+        A NaN or infinite loss; no checkpoint is written for the failed epoch.
+    ValueError
+        Bad arguments, images that cannot feed the network, or more classes in the data than
+        the network has outputs; :class:`anycnn.checkpoint.CheckpointError` for a checkpoint of
+        another model.
+    """
+    for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"train: {name} must be an int >= {low}, got {value!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("train: resume=True needs a checkpoint_dir")
+    images, labels = dataset.train_images, dataset.train_labels
+    test_images, test_labels = dataset.test_images, dataset.test_labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+        test_images, test_labels = test_images[:limit], test_labels[:limit]
+    n = int(images.shape[0])
+    if n == 0:
+        raise ValueError("train: the training set is empty")
+    classes = network.output_shape[0] if len(network.output_shape) == 1 else None
+    if classes is None:
+        raise ValueError(f"train: {network.name} must end with a vector of class scores")
+    largest = int(max(labels.max(initial=0), test_labels.max(initial=0)))
+    if dataset.num_classes > classes or largest >= classes:
+        raise ValueError(
+            f"labels out of range: data set {dataset.name!r} has labels up to {largest} "
+            f"({dataset.num_classes} classes) but model {network.name!r} has {classes} outputs"
+        )
+    if optimizer is None:
+        optimizer = SGD(network, 0.01)
+    if optimizer.network is not network:
+        raise ValueError("train: the optimizer updates another network")
+    if batch_size > n:
+        batch_size = n
+
+    rng = np.random.default_rng(seed)
+    history: list[EpochRecord] = []
+    start = 0
+    resumed_from = None
+    prep: Preprocessing | None = preprocessing if isinstance(preprocessing, Preprocessing) else None
+    checkpoint_folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    last_checkpoint: Path | None = None
+    if checkpoint_folder is not None:
+        checkpoint_folder.mkdir(parents=True, exist_ok=True)
+    if resume and checkpoint_folder is not None:
+        latest = ckpt.latest_checkpoint(checkpoint_folder)
+        if latest is not None:
+            stored = ckpt.read_info(latest).get("optimizer") or {}
+            if stored.get("name") != optimizer.name:
+                raise ckpt.CheckpointError(
+                    f"{latest}: written with the {stored.get('name')!r} optimizer; resume with "
+                    f"the same one (got {optimizer.name!r})"
+                )
+            restored = ckpt.load_checkpoint(latest, network=network)
+            try:
+                optimizer.load_state_dict(restored.optimizer.state_dict())
+            except ValueError as error:
+                raise ckpt.CheckpointError(f"{latest}: {error}") from None
+            generator = restored.rng()
+            if generator is not None:
+                rng = generator
+            history = [EpochRecord(**record) for record in restored.info.get("history", [])]
+            if restored.info.get("preprocessing"):
+                prep = Preprocessing.from_config(restored.info["preprocessing"])
+            start = restored.epoch
+            resumed_from = last_checkpoint = latest
+    if prep is None:
+        prep = Preprocessing.fit(network, images, str(preprocessing))
+    else:
+        _check_fits(images, tuple(network.input_shape), network.name)
+
+    backend, xp = network.backend, network.backend.xp
+    dtype = network.dtype_name
+    low, high = target_values(network)
+    table = datasets.one_hot(np.arange(classes), classes, low=low, high=high, dtype=dtype)
+    every = report_every or max(1, math.ceil(1000 / batch_size))
+    settings = {
+        "model": network.name, "dataset": dataset.name, "epochs": epochs,
+        "batch_size": batch_size, "seed": seed, "limit": limit, "dtype": dtype,
+        "backend": backend.name, "device": str(backend.default_device),
+        "optimizer": optimizer.config(), "preprocessing": prep.config(),
+        "targets": [low, high], "train_size": n, "test_size": int(test_images.shape[0]),
+        **dict(run_info or {}),
+    }
+    result = TrainResult(network, optimizer, prep, history, resumed_from=resumed_from)
+    began = time.perf_counter()
+
+    def write_metrics() -> None:
+        if metrics_path is None:
+            return
+        tests = [r.test_error for r in history if r.test_error is not None]
+        _write_json(Path(metrics_path), {
+            **settings,
+            "anycnn_version": ckpt._version(),
+            "history": [asdict(r) for r in history],
+            "final_test_error": tests[-1] if tests else None,
+            "best_test_error": min(tests) if tests else None,
+            "seconds": sum(r.seconds + r.eval_seconds for r in history),
+        })
+
+    from tqdm.auto import tqdm
+
+    for epoch in range(start, epochs):
+        epoch_began = time.perf_counter()
+        hessian_seconds = 0.0
+        samples = getattr(optimizer, "samples", None)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if samples is not None:
+                picks = np.sort(rng.choice(n, size=min(int(samples), n), replace=False))
+                optimizer.start_epoch(epoch, _curvature_batches(
+                    network, images[picks], table[labels[picks]], prep))
+                hessian_seconds = time.perf_counter() - epoch_began
+            else:
+                optimizer.start_epoch(epoch)
+            order = datasets.batches(n, batch_size, rng=rng)
+            bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5)
+            losses: list[Any] = []
+            wrong: list[Any] = []
+            sizes: list[int] = []
+            window_start = 0
+            loss_sum, wrong_sum = 0.0, 0
+
+            def flush() -> None:
+                nonlocal loss_sum, wrong_sum, window_start
+                if not losses:
+                    return
+                values = np.asarray(backend.to_host(xp.stack(losses)), dtype=np.float64)
+                bad = np.flatnonzero(~np.isfinite(values))
+                if bad.size:
+                    bar.close()
+                    first = int(bad[0])
+                    raise DivergenceError(epoch + 1, window_start + first + 1,
+                                          float(values[first]), last_checkpoint)
+                counts = np.asarray(backend.to_host(xp.stack(wrong)))
+                loss_sum += float(np.dot(values, np.asarray(sizes, dtype=np.float64)))
+                wrong_sum += int(counts.sum())
+                window_start += len(losses)
+                seen = sum(sizes)
+                losses.clear()
+                wrong.clear()
+                sizes.clear()
+                bar.set_postfix(loss=f"{float(values @ np.ones(len(values))) / len(values):.4f}",
+                                refresh=False)
+                bar.update(seen)
+
+            for index, picks in enumerate(order):
+                x = backend.asarray(prep(images[picks], dtype), dtype=dtype)
+                t = backend.asarray(table[labels[picks]], dtype=dtype)
+                check = epoch == start and index == 0
+                y = network.forward(x, check=check)
+                losses.append(network.objective(y, t))
+                network.backward(t, check=check)
+                optimizer.step()
+                wrong.append(xp.sum(xp.astype(xp.argmax(y, axis=1) != xp.argmax(t, axis=1),
+                                              xp.int64)))
+                sizes.append(int(picks.shape[0]))
+                if len(losses) >= every:
+                    flush()
+            flush()
+            bar.close()
+        seconds = time.perf_counter() - epoch_began
+        eval_began = time.perf_counter()
+        test = (evaluate(network, test_images, test_labels, prep)
+                if evaluate_test and test_images.shape[0] else None)
+        record = EpochRecord(
+            epoch=epoch + 1, lr=optimizer.lr, train_loss=loss_sum / n, train_error=wrong_sum / n,
+            test_error=None if test is None else test["error"],
+            test_loss=None if test is None else test["loss"], seconds=seconds,
+            images_per_second=n / seconds if seconds > 0 else float("inf"),
+            eval_seconds=time.perf_counter() - eval_began, hessian_seconds=hessian_seconds)
+        history.append(record)
+        if checkpoint_folder is not None:
+            last_checkpoint = ckpt.save_checkpoint(
+                ckpt.checkpoint_path(checkpoint_folder, epoch + 1), network, epoch=epoch + 1,
+                optimizer=optimizer, rng=rng,
+                info={"history": [asdict(r) for r in history], **settings})
+            result.checkpoints.append(last_checkpoint)
+        write_metrics()
+        for callback in callbacks:
+            callback(record)
+    result.seconds = time.perf_counter() - began
+    if start >= epochs:
+        write_metrics()
+    return result
