@@ -2,16 +2,81 @@
 
 Importing this package never imports CuPy: the record below names the module, and CuPy is
 imported and the GPU probed only when the backend is first asked whether it is usable
-(``anycnn backends``, ``set_backend("cuda")``, ``auto``).
+(``anycnn backends``, ``set_backend("cuda")``, ``auto``). The rest of the public API is loaded on
+first access, and those modules import CuPy (an ImportError says what to install when it is
+missing):
 
-Untested on GPU hardware until a lent GPU runs the suite (see bench/results/ for such runs).
+* the fused kernels of the notes' chains (:mod:`anycnn_cupy._fused`):
+  :func:`upsampled_sensitivity`, :func:`subsample_forward`, :func:`bias_activation`,
+  :func:`activation_and_derivative`, :func:`sensitivity`, :func:`sgd_update_`,
+  :func:`momentum_update_`, the table :data:`FUSED` and :func:`supports_activation`
+  (which needs no CuPy);
+* :mod:`anycnn_cupy.graph`: :func:`capture_step`, CUDA-graph capture of a training step;
+* :func:`count_transfers`: records host-device transfers and synchronisations;
+* :func:`set_gemm` / :func:`gemm_mode`: cuBLAS or the elementwise GEMM for matrix products.
+
+UNTESTED ON GPU HARDWARE: everything here was written and checked on a machine without a CUDA
+device (kernel bodies compiled and run on the CPU, CUDA sources compiled with nvcc);
+bench/gpu/run_gpu_proof.sh is the run that will check it on one.
 """
 
 from __future__ import annotations
 
-from anycnn.backend import Backend
+import importlib
+from typing import Any
 
-INSTALL_HINT = 'pip install "anycnn[cuda12]" (CUDA 12 driver) or "anycnn[cuda13]" (CUDA 13)'
+from anycnn.backend import Backend
+from anycnn_cupy._guard import INSTALL_HINT
+
+__all__ = [
+    "FUSED",
+    "INSTALL_HINT",
+    "activation_and_derivative",
+    "backend",
+    "bias_activation",
+    "capture_step",
+    "count_transfers",
+    "fused_ops",
+    "gemm_mode",
+    "graph",
+    "momentum_update_",
+    "sensitivity",
+    "set_gemm",
+    "sgd_update_",
+    "subsample_forward",
+    "supports_activation",
+    "upsampled_sensitivity",
+]
+
+# name -> submodule that defines it; loaded on first access (PEP 562), never at import.
+_LAZY = {
+    "FUSED": "_fused",
+    "activation_and_derivative": "_fused",
+    "bias_activation": "_fused",
+    "momentum_update_": "_fused",
+    "sensitivity": "_fused",
+    "sgd_update_": "_fused",
+    "subsample_forward": "_fused",
+    "upsampled_sensitivity": "_fused",
+    "supports_activation": "_sources",
+    "capture_step": "graph",
+    "count_transfers": "_transfers",
+    "gemm_mode": "_kernels",
+    "set_gemm": "_kernels",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "graph":
+        return importlib.import_module("anycnn_cupy.graph")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'anycnn_cupy' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"anycnn_cupy.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def _namespace():
@@ -21,7 +86,7 @@ def _namespace():
 
 
 def _probe():
-    """Raise unless a CUDA device runs a kernel: driver, device and NVRTC must all work."""
+    """Raise unless a CUDA device runs a kernel and a GEMM: driver, device, NVRTC and cuBLAS."""
     import cupy
 
     if not cupy.cuda.is_available():  # CuPy 14: a bool, never raises
@@ -30,8 +95,10 @@ def _probe():
         except Exception as error:
             raise RuntimeError(f"no CUDA device is usable ({error})") from None
         raise RuntimeError("no CUDA device is usable (cupy.cuda.is_available() is False)")
-    # A tiny kernel launch and copy back: catches a missing libnvrtc / libcublas early.
-    (cupy.arange(4, dtype=cupy.float32) * 2).sum().item()
+    # A tiny kernel launch, a GEMM and a copy back: catches a missing libnvrtc / libcublas now
+    # rather than in the middle of a training run.
+    a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2) * 2
+    cupy.matmul(a, a).sum().item()
 
 
 def _device():
@@ -44,6 +111,13 @@ def _fast_ops():
     from anycnn_cupy import _ops
 
     return _ops.OPS
+
+
+def fused_ops():
+    """The fused operations by name (``anycnn_cupy._fused.FUSED``); imports CuPy."""
+    from anycnn_cupy import _fused
+
+    return _fused.FUSED
 
 
 def _to_numpy(x):

@@ -1,83 +1,117 @@
-"""Fast hot ops for CuPy: the same names and signatures as :mod:`anycnn.ops`.
+"""Fast hot ops for CuPy: the same names, signatures and meaning as :mod:`anycnn.ops`.
 
-Convolutions are im2col (a strided window view copied once by a CUDA copy kernel) plus one
-cuBLAS GEMM (``cupy.matmul``); up- and down-sampling are broadcast views and reshaped sums that
-CuPy runs as single elementwise / reduction kernels. CuPy 14 has no cuDNN, so GEMM is the path.
+Convolutions are im2col plus one GEMM (CuPy 14 has no cuDNN): an elementwise im2col kernel
+writes the columns, zero padding included (the 'full' convolution never materialises a padded
+copy), and its taps run backwards where MATLAB's conv2 flips the kernel, so neither the kernels
+nor the kernel gradient are ever flipped or copied. The GEMM is cuBLAS (``cupy.matmul``), or the
+elementwise GEMM while a CUDA graph is captured (Note [GEMM inside a graph] in _kernels.py).
+Up- and down-sampling and decimation are one elementwise kernel each (section 3.4 of the notes).
+
+Float32 and float64 CuPy arrays take the fast path; anything else (integers, say) goes to the
+reference op, which runs on CuPy through array-api-compat.
+
+UNTESTED ON GPU HARDWARE (see anycnn_cupy._kernels): the same code ran on the CPU through a NumPy
+stand-in for CuPy and host-compiled kernel bodies, against anycnn.ops and SciPy.
 """
 
 from __future__ import annotations
 
-import cupy
-from cupy.lib.stride_tricks import sliding_window_view
+from typing import Any
+
+from anycnn import ops as _reference
+from anycnn_cupy._guard import require_cupy
+
+cupy = require_cupy(__name__)
+
+from anycnn_cupy import _kernels as K  # noqa: E402 - after the guard, for its message
+
+Array = Any
 
 
-def _masked(kernel, selection):
+def _masked(kernel: Any, selection: Any) -> Any:
     if selection is None:
         return kernel
     return kernel * selection[:, :, None, None].astype(kernel.dtype, copy=False)
 
 
-def _correlate_gemm(x, weights, kh, kw):
-    n, c, h, w = x.shape
+def _fast(*arrays: Any) -> bool:
+    return K.is_float(*arrays) and all(a.ndim == 4 for a in arrays)
+
+
+def conv_valid(x: Array, kernel: Array, selection: Array | None = None) -> Array:
+    """``u[n, j] = sum_{i in M_j} conv2(x[n, i], kernel[j, i], 'valid')`` (section 3.1):
+    im2col with flipped taps, then one batched GEMM with the kernels as stored."""
+    if not _fast(x, kernel):
+        return _reference.conv_valid(x, kernel, selection)
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
-    windows = sliding_window_view(x, (kh, kw), axis=(2, 3))
-    columns = cupy.ascontiguousarray(windows.transpose(0, 1, 4, 5, 2, 3)).reshape(
-        n, c * kh * kw, oh * ow
-    )
-    return cupy.matmul(weights, columns).reshape(n, weights.shape[0], oh, ow)
+    cols = K.im2col(x, kh, kw, oh, ow, flip=True)  # (N, C_in kh kw, oh ow)
+    weights = _masked(kernel, selection).reshape(c_out, c_in * kh * kw)
+    return K.matmul(weights, cols).reshape(n, c_out, oh, ow)
 
 
-def conv_valid(x, kernel, selection=None):
-    c_out, c_in, kh, kw = kernel.shape
-    flipped = _masked(kernel, selection)[:, :, ::-1, ::-1]
-    return _correlate_gemm(x, cupy.ascontiguousarray(flipped).reshape(c_out, c_in * kh * kw), kh, kw)
-
-
-def conv_full(delta, kernel, selection=None):
-    c_out, c_in, kh, kw = kernel.shape
-    padded = cupy.pad(delta, ((0, 0), (0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1)))
+def conv_full(delta: Array, kernel: Array, selection: Array | None = None) -> Array:
+    """``g[n, i] = sum_j conv2(delta[n, j], rot180(kernel[j, i]), 'full')`` (section 3.2.1):
+    im2col of delta zero-padded by (kh - 1, kw - 1) inside the kernel, then one batched GEMM."""
+    if not _fast(delta, kernel):
+        return _reference.conv_full(delta, kernel, selection)
+    n, c_out, h, w = delta.shape
+    _, c_in, kh, kw = kernel.shape
+    oh, ow = h + kh - 1, w + kw - 1
+    cols = K.im2col(delta, kh, kw, oh, ow, pad=(kh - 1, kw - 1))  # (N, C_out kh kw, oh ow)
     weights = cupy.ascontiguousarray(_masked(kernel, selection).transpose(1, 0, 2, 3))
-    return _correlate_gemm(padded, weights.reshape(c_in, c_out * kh * kw), kh, kw)
+    return K.matmul(weights.reshape(c_in, c_out * kh * kw), cols).reshape(n, c_in, oh, ow)
 
 
-def conv_kernel_grad(x, delta, selection=None):
+def conv_kernel_grad(x: Array, delta: Array, selection: Array | None = None) -> Array:
+    """``dE/dk[j, i] = sum_n rot180(conv2(x[n, i], rot180(delta[n, j]), 'valid'))``, eq. (7):
+    im2col of x with flipped taps (so the result needs no rot180) and one GEMM whose inner
+    dimension runs over the batch and the output pixels."""
+    if not _fast(x, delta):
+        return _reference.conv_kernel_grad(x, delta, selection)
     n, c_in, h_in, w_in = x.shape
     _, c_out, h, w = delta.shape
     kh, kw = h_in - h + 1, w_in - w + 1
-    windows = sliding_window_view(x, (h, w), axis=(2, 3))
-    columns = cupy.ascontiguousarray(windows.transpose(1, 2, 3, 0, 4, 5)).reshape(
-        c_in * kh * kw, n * h * w
-    )
+    cols = K.im2col(x, kh, kw, h, w, flip=True, layout="npk")  # (N h w, C_in kh kw)
     deltas = cupy.ascontiguousarray(delta.transpose(1, 0, 2, 3)).reshape(c_out, n * h * w)
-    correlation = cupy.matmul(deltas, columns.T).reshape(c_out, c_in, kh, kw)
-    return _masked(cupy.ascontiguousarray(correlation[:, :, ::-1, ::-1]), selection)
+    grad = K.matmul(deltas, cols).reshape(c_out, c_in, kh, kw)
+    return _masked(grad, selection)
 
 
-def kron_upsample(x, n):
-    b, c, h, w = x.shape
-    tiles = cupy.broadcast_to(x[:, :, :, None, :, None], (b, c, h, n, w, n))
-    return tiles.reshape(b, c, h * n, w * n)
+def kron_upsample(x: Array, n: int) -> Array:
+    """``up(x) = x (kron) 1_{n x n}`` (section 3.1.1) in one elementwise kernel."""
+    if not _fast(x):
+        return _reference.kron_upsample(x, n)
+    return K.kron_upsample(x, n)
 
 
-def block_sum(x, n):
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h // n, n, w // n, n).sum(axis=(3, 5))
+def block_sum(x: Array, n: int) -> Array:
+    """The sum over each distinct n x n block (section 3.2) in one elementwise kernel."""
+    if not _fast(x) or x.shape[2] % n or x.shape[3] % n:
+        return _reference.block_sum(x, n)  # the reference raises for sizes not divisible by n
+    return K.block_sum(x, n)
 
 
-def block_mean(x, n):
-    return block_sum(x, n) * (1.0 / (n * n))
+def block_mean(x: Array, n: int) -> Array:
+    """The mean over each distinct n x n block (DeepLearnToolbox's subsampling)."""
+    if not _fast(x) or x.shape[2] % n or x.shape[3] % n:
+        return _reference.block_mean(x, n)
+    return K.block_sum(x, n, 1.0 / (n * n))
 
 
-def decimate(x, n):
-    b, c, h, w = x.shape
-    return cupy.ascontiguousarray(x[:, :, 0 : h - h % n : n, 0 : w - w % n : n])
+def decimate(x: Array, n: int) -> Array:
+    """Keep every n-th sample along rows and columns (section 3.2)."""
+    if not _fast(x):
+        return _reference.decimate(x, n)
+    return K.decimate(x, n)
 
 
-def decimate_transpose(delta, n):
-    b, c, h, w = delta.shape
-    out = cupy.zeros((b, c, h * n, w * n), dtype=delta.dtype)
-    out[:, :, ::n, ::n] = delta
-    return out
+def decimate_transpose(delta: Array, n: int) -> Array:
+    """The adjoint of :func:`decimate`: each value to the top-left of an n x n block."""
+    if not _fast(delta):
+        return _reference.decimate_transpose(delta, n)
+    return K.decimate_transpose(delta, n)
 
 
 OPS = {
