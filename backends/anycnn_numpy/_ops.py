@@ -1,67 +1,454 @@
 """Fast hot ops for NumPy: the same names and signatures as :mod:`anycnn.ops`.
 
-Convolutions are im2col (a strided window view copied once into a GEMM-friendly layout) plus one
-BLAS matrix product; up- and down-sampling are broadcast views and reshaped sums. Section 3.4 of
-the notes asks for exactly this: no per-block Python work, no per-example loops.
+Convolutions are im2col plus BLAS: a strided window view of the input is copied into a
+GEMM-friendly scratch buffer, then one matrix product per example (``np.matmul``). Up- and
+down-sampling are strided slices. Section 3.4 of the notes asks for exactly this: no per-block
+Python work, no per-example Python loops. What makes it fast (``Note [NumPy hot ops]``):
+
+* **No flips, no padding copies.** conv2 flips the kernel; instead of flipping it, the window
+  view reads the input backwards (negative strides), so the kernel is used as it is, and the
+  kernel gradient comes out in kernel order. ``conv_full`` pads into a scratch buffer whose
+  zero border is written once.
+* **Scratch buffers** (the im2col columns, the padded maps) are kept per thread and reused;
+  only results are freshly allocated, so a training step allocates what it returns and
+  nothing else.
+* **Threads over batch slices.** NumPy releases the GIL inside copies, ufunc loops and BLAS
+  calls, and OpenBLAS runs the small per-example products on the calling thread, so a large
+  batch is cut into slices that a small pool of threads (the calling thread included) takes
+  one at a time. A slice is sized so its scratch stays in the core's L2 cache. Slices are
+  taken, not assigned: when the machine is busy and a worker does not get a core, the calling
+  thread does the work itself instead of waiting at a barrier (``set_num_threads``).
+* **Little Python per call.** At batch 1 a step is dominated by interpreter overhead, so the
+  views are built with the ``ndarray`` constructor rather than ``sliding_window_view`` and the
+  per-shape arithmetic is cached.
+
+Results are the reference's up to float rounding (sums are taken in another order); partial
+sums of the kernel gradient are added in slice order, so results do not depend on the thread
+count or timing.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from anycnn import ops as _reference
 
 
-def _masked(kernel, selection):
+# --- threads -------------------------------------------------------------------------------------
+def _blas_thread_setter():
+    """OpenBLAS's ``openblas_set_num_threads_local`` (0.3.27+), or None.
+
+    It sets the number of BLAS threads for the calling thread only and returns the previous
+    value. The ops run small GEMMs, one per batch slice, on threads of their own; a GEMM that
+    OpenBLAS split over its own threads as well would leave those spinning (OpenBLAS workers
+    busy-wait for a while after each call) on the cores the slices need, and on a loaded
+    machine a split GEMM waits for a core at every call.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            function = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        function.argtypes = [ctypes.c_int]
+        function.restype = ctypes.c_int
+        return function
+    return None
+
+
+_set_blas_threads = _blas_thread_setter()
+#: OpenBLAS runs a GEMM with M*N*K up to 65536 * GEMM_MULTITHREAD_THRESHOLD (4) on one thread.
+_BLAS_SPLIT_SIZE = 65536 * 4
+
+
+_SLICE_BYTES = 1 << 20  # scratch per slice: well inside a 1-2 MiB L2
+_MIN_PARALLEL_BYTES = 1 << 19  # below this much scratch, one thread does it all
+
+
+def _default_threads() -> int:
+    value = os.environ.get("ANYCNN_NUM_THREADS", "").strip()
+    if value:
+        return max(1, int(value))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+class _Job:
+    """Slices of one op, taken one at a time by whichever thread is free."""
+
+    __slots__ = ("function", "slices", "next", "remaining", "lock", "done", "error")
+
+    def __init__(self, function, slices):
+        self.function = function
+        self.slices = slices
+        self.next = itertools.count()  # next() on a count is atomic under the GIL
+        self.remaining = len(slices)
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def work(self) -> None:
+        slices = self.slices
+        while True:
+            index = next(self.next)
+            if index >= len(slices):
+                return
+            try:
+                self.function(index, *slices[index])
+            except BaseException as error:  # re-raised in the calling thread
+                self.error = error
+            with self.lock:
+                self.remaining -= 1
+                if self.remaining == 0:
+                    self.done.set()
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.threads = _default_threads()
+        self._queue: list = []
+        self._cv = threading.Condition()
+        self._workers: list[threading.Thread] = []
+        self._pid = os.getpid()
+
+    def _ensure_workers(self) -> None:
+        if self._pid != os.getpid():  # after fork the threads are gone
+            self._workers, self._queue, self._pid = [], [], os.getpid()
+            self._cv = threading.Condition()
+        while len(self._workers) < self.threads - 1:
+            thread = threading.Thread(target=self._loop, name="anycnn-numpy", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+
+    def _loop(self) -> None:
+        if _set_blas_threads is not None:
+            _set_blas_threads(1)
+        cv = self._cv
+        while True:
+            with cv:
+                while not self._queue:
+                    cv.wait()
+                job = self._queue.pop()
+            job.work()
+
+    def run(self, function, slices, gemm_size: int = 0) -> None:
+        """Call ``function(index, start, stop)`` for every slice; return when all are done.
+
+        ``gemm_size`` is M*N*K of the largest matrix product one slice makes: above OpenBLAS's
+        threshold for splitting a GEMM over its threads, BLAS is held to one thread meanwhile.
+        """
+        if len(slices) == 1 and gemm_size <= _BLAS_SPLIT_SIZE:
+            function(0, *slices[0])
+            return
+        previous = _set_blas_threads(1) if _set_blas_threads is not None else None
+        try:
+            self._run(function, slices)
+        finally:
+            if previous is not None:
+                _set_blas_threads(previous)
+
+    def _run(self, function, slices) -> None:
+        if self.threads == 1:
+            for index, (start, stop) in enumerate(slices):
+                function(index, start, stop)
+            return
+        job = _Job(function, slices)
+        self._ensure_workers()
+        helpers = min(self.threads - 1, len(slices) - 1)
+        with self._cv:
+            self._queue.extend([job] * helpers)
+            self._cv.notify(helpers)
+        job.work()
+        job.done.wait()
+        if helpers:  # jobs no worker picked up are finished: drop them
+            with self._cv:
+                self._queue[:] = [j for j in self._queue if j is not job]
+        if job.error is not None:
+            raise job.error
+
+
+_pool = _Pool()
+
+
+def set_num_threads(count: int) -> int:
+    """Set how many threads the NumPy backend's ops use (1 = the calling thread only).
+
+    The default is the number of usable cores, at most 4; ``ANYCNN_NUM_THREADS`` overrides it.
+    Returns the previous value. BLAS threads are not affected.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {count!r}")
+    previous, _pool.threads = _pool.threads, count
+    return previous
+
+
+def get_num_threads() -> int:
+    """How many threads the NumPy backend's ops use."""
+    return _pool.threads
+
+
+def _slices(n: int, bytes_per_item: int) -> list[tuple[int, int]]:
+    """Batch slices of about _SLICE_BYTES of scratch, at least one per thread when it pays."""
+    total = n * bytes_per_item
+    count = min(n, -(-total // _SLICE_BYTES))
+    if _pool.threads > 1 and total >= _MIN_PARALLEL_BYTES:
+        count = min(n, max(count, _pool.threads))
+    if count <= 1:
+        return [(0, n)]
+    bounds = [n * i // count for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+# --- scratch buffers -----------------------------------------------------------------------------
+_local = threading.local()
+
+
+def _scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A per-thread, per-slot buffer, reused across calls (contents undefined)."""
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    size = 1
+    for s in shape:
+        size *= s
+    nbytes = size * dtype.itemsize
+    raw = buffers.get(slot)
+    if raw is None or raw.nbytes < nbytes:
+        raw = buffers[slot] = np.empty(max(nbytes, 64), dtype=np.uint8)
+    return raw[:nbytes].view(dtype).reshape(shape)
+
+
+def _zero_bordered(slot: str, shape: tuple[int, ...], dtype: np.dtype, ph: int, pw: int):
+    """A per-thread buffer whose border of ``ph`` rows and ``pw`` columns is zero.
+
+    The interior is overwritten by every caller and the border never is, so the zeros are
+    written once per buffer, not per call.
+    """
+    buffers = getattr(_local, "padded", None)
+    if buffers is None:
+        buffers = _local.padded = {}
+    key = (slot, dtype.str, shape[1:], ph, pw)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.shape[0] < shape[0]:
+        if len(buffers) > 16:
+            buffers.clear()
+        buffer = buffers[key] = np.zeros(shape, dtype=dtype)
+    return buffer[: shape[0]]
+
+
+# --- windows -------------------------------------------------------------------------------------
+def _windows(x: np.ndarray, kh: int, kw: int, oh: int, ow: int, flip: bool) -> np.ndarray:
+    """A view of shape (N, C, kh, kw, oh, ow) with ``[n, c, a, b, y, x] = x[n, c, y+a', x+b']``.
+
+    ``a' = kh-1-a`` when ``flip`` (conv2's rot180, read as negative strides), else ``a' = a``.
+    """
+    sn, sc, sh, sw = x.strides
+    if flip:
+        offset = (kh - 1) * sh + (kw - 1) * sw
+        strides = (sn, sc, -sh, -sw, sh, sw)
+    else:
+        offset = 0
+        strides = (sn, sc, sh, sw, sh, sw)
+    shape = (x.shape[0], x.shape[1], kh, kw, oh, ow)
+    if x.flags.c_contiguous:
+        return np.ndarray(shape, x.dtype, x, offset, strides)
+    return np.lib.stride_tricks.as_strided(
+        x[:, :, kh - 1 :, kw - 1 :] if flip else x, shape, strides, writeable=False
+    )
+
+
+def _usable(*arrays) -> bool:
+    """Float arrays of one dtype: what the fast paths handle; the rest goes to the reference."""
+    dtype = arrays[0].dtype
+    return dtype.kind == "f" and all(a.dtype == dtype for a in arrays)
+
+
+def _masked(kernel: np.ndarray, selection) -> np.ndarray:
     if selection is None:
         return kernel
-    return kernel * selection[:, :, None, None].astype(kernel.dtype, copy=False)
+    return kernel * selection[:, :, None, None]
 
 
-def _correlate_gemm(x, weights, kh, kw):
-    """Cross-correlate every map of x with (C_out, C_in*kh*kw) weights: (N, C_out, oh, ow)."""
-    n, c, h, w = x.shape
-    oh, ow = h - kh + 1, w - kw + 1
-    windows = sliding_window_view(x, (kh, kw), axis=(2, 3))  # (N, C, oh, ow, kh, kw), a view
-    # im2col: one copy into (N, C*kh*kw, oh*ow) so the GEMM reads contiguous rows.
-    columns = np.ascontiguousarray(windows.transpose(0, 1, 4, 5, 2, 3)).reshape(n, c * kh * kw, oh * ow)
-    out = np.matmul(weights, columns)  # (N, C_out, oh*ow)
-    return out.reshape(n, weights.shape[0], oh, ow)
+def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-d arrays, split over row slices of ``a`` on the pool's threads."""
+    m, k = a.shape
+    n = b.shape[1]
+    out = np.empty((m, n), dtype=np.result_type(a, b))
+
+    def work(index, start, stop):
+        np.matmul(a[start:stop], b, out=out[start:stop])
+
+    slices = _slices(m, (k + n) * a.dtype.itemsize)
+    _pool.run(work, slices, k * n * max(stop - start for start, stop in slices))
+    return out
 
 
+def _gemm_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-d arrays, the inner dimension split into slices summed in order."""
+    m, k = a.shape
+    n = b.shape[1]
+    slices = _slices(k, (m + n) * a.dtype.itemsize)
+    partial = [None] * len(slices)
+
+    def work(index, start, stop):
+        partial[index] = a[:, start:stop] @ b[start:stop]
+
+    _pool.run(work, slices, m * n * max(stop - start for start, stop in slices))
+    out = partial[0]
+    for part in partial[1:]:
+        out += part
+    return out
+
+
+# --- convolutions --------------------------------------------------------------------------------
 def conv_valid(x, kernel, selection=None):
-    c_out, c_in, kh, kw = kernel.shape
-    flipped = _masked(kernel, selection)[:, :, ::-1, ::-1]  # conv2 flips the kernel
-    return _correlate_gemm(x, np.ascontiguousarray(flipped).reshape(c_out, c_in * kh * kw), kh, kw)
+    if not _usable(x, kernel):
+        return _reference.conv_valid(x, kernel, selection)
+    n, c, h, w = x.shape
+    o, _, kh, kw = kernel.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    ck, p = c * kh * kw, oh * ow
+    # conv2 flips the kernel: the windows read the input backwards instead.
+    weights = np.ascontiguousarray(_masked(kernel, selection)).reshape(o, ck)
+    if p == 1:  # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
+        columns = _scratch("columns", (n, c, kh, kw, 1, 1), x.dtype)
+        np.copyto(columns, _windows(x, kh, kw, 1, 1, flip=True))
+        return _gemm(columns.reshape(n, ck), weights.T).reshape(n, o, 1, 1)
+    out = np.empty((n, o, oh, ow), dtype=x.dtype)
+    windows = _windows(x, kh, kw, oh, ow, flip=True)
+    flat = out.reshape(n, o, p)
+    dtype = x.dtype
 
+    def work(index, start, stop):
+        columns = _scratch("columns", (stop - start, c, kh, kw, oh, ow), dtype)
+        np.copyto(columns, windows[start:stop])
+        np.matmul(weights, columns.reshape(stop - start, ck, p), out=flat[start:stop])
 
-def conv_full(delta, kernel, selection=None):
-    c_out, c_in, kh, kw = kernel.shape
-    padded = np.pad(delta, ((0, 0), (0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1)))
-    weights = np.ascontiguousarray(_masked(kernel, selection).transpose(1, 0, 2, 3))
-    return _correlate_gemm(padded, weights.reshape(c_in, c_out * kh * kw), kh, kw)
+    slices = _slices(n, ck * p * dtype.itemsize)
+    _pool.run(work, slices, o * ck * p * max(b - a for a, b in slices))
+    return out
 
 
 def conv_kernel_grad(x, delta, selection=None):
-    n, c_in, h_in, w_in = x.shape
-    _, c_out, h, w = delta.shape
-    kh, kw = h_in - h + 1, w_in - w + 1
-    windows = sliding_window_view(x, (h, w), axis=(2, 3))  # (N, C_in, kh, kw, h, w)
-    columns = np.ascontiguousarray(windows.transpose(1, 2, 3, 0, 4, 5)).reshape(c_in * kh * kw, n * h * w)
-    deltas = np.ascontiguousarray(delta.transpose(1, 0, 2, 3)).reshape(c_out, n * h * w)
-    correlation = (deltas @ columns.T).reshape(c_out, c_in, kh, kw)
-    grad = np.ascontiguousarray(correlation[:, :, ::-1, ::-1])  # the outer rot180 of eq. (7)
-    return _masked(grad, selection)
+    if not _usable(x, delta):
+        return _reference.conv_kernel_grad(x, delta, selection)
+    n, c, h, w = x.shape
+    _, o, dh, dw = delta.shape
+    kh, kw = h - dh + 1, w - dw + 1
+    ck, p = c * kh * kw, dh * dw
+    dtype = x.dtype
+    # Eq. (7): dE/dk[j,i] = rot180(sum_n conv2(x_i, rot180(delta_j), 'valid')); with the windows
+    # read backwards, the columns of the forward pass give the gradient in kernel order.
+    windows = _windows(x, kh, kw, dh, dw, flip=True)
+    deltas = delta.reshape(n, o, p)
+    slices = _slices(n, (ck + o) * p * dtype.itemsize)
+    partial = [None] * len(slices)
+
+    def work(index, start, stop):
+        m = stop - start
+        # One GEMM per slice, (C_out, m*P) x (m*P, C_in*kh*kw): the batch is summed by BLAS.
+        columns = _scratch("columns", (c, kh, kw, m, dh, dw), dtype)
+        np.copyto(columns, windows[start:stop].transpose(1, 2, 3, 0, 4, 5))
+        if m == 1:
+            d = deltas[start]
+        else:
+            d = _scratch("deltas", (o, m, p), dtype)
+            np.copyto(d, deltas[start:stop].transpose(1, 0, 2))
+        partial[index] = d.reshape(o, m * p) @ columns.reshape(ck, m * p).T
+
+    _pool.run(work, slices, o * ck * p * max(b - a for a, b in slices))
+    grad = partial[0]
+    for part in partial[1:]:
+        grad += part
+    grad = grad.reshape(o, c, kh, kw)
+    if selection is not None:
+        grad *= selection[:, :, None, None]
+    return grad
 
 
+def conv_full(delta, kernel, selection=None):
+    if not _usable(delta, kernel):
+        return _reference.conv_full(delta, kernel, selection)
+    n, o, h, w = delta.shape
+    _, c, kh, kw = kernel.shape
+    oh, ow = h + kh - 1, w + kw - 1
+    dtype = delta.dtype
+    # g[n, i] = sum_j conv2(delta_j, rot180(k_ji), 'full') as col2im: one GEMM spreads every
+    # delta over the kernel's taps, T[(i, a, b), (y, x)] = sum_j k[j, i, a', b'] delta[j, y, x]
+    # (a' = kh-1-a: the 'full' convolution of the notes reads the kernel backwards), and g is
+    # the sum of the kh*kw planes of T, each shifted by (a, b).
+    weights = _masked(kernel, selection)[:, :, ::-1, ::-1]
+    weights = np.ascontiguousarray(weights.transpose(1, 2, 3, 0)).reshape(c * kh * kw, o)
+    if h == 1 and w == 1:  # nothing to shift (LeNet-5's C5): g is T itself
+        return _gemm(delta.reshape(n, o), weights.T).reshape(n, c, kh, kw)
+    # The GEMM writes T on a grid as wide as g (ow columns, delta in the first w), so that a
+    # shift by (a, b) is a flat offset a*ow + b and every shifted add runs over contiguous
+    # memory; the columns past w are zero and land where g has no contribution from them.
+    span = (h - 1) * ow + w
+    out = np.empty((n, c, oh * ow), dtype=dtype)
+
+    def work(index, start, stop):
+        m = stop - start
+        grid = _zero_bordered("grid", (m, o, h, ow), dtype, 0, kw - 1)
+        grid[:, :, :, :w] = delta[start:stop]
+        spread = _scratch("spread", (m, c, kh, kw, h * ow), dtype)
+        np.matmul(weights, grid.reshape(m, o, h * ow), out=spread.reshape(m, c * kh * kw, h * ow))
+        g = out[start:stop]
+        g[...] = 0
+        for a in range(kh):
+            for b in range(kw):
+                offset = a * ow + b
+                g[:, :, offset : offset + span] += spread[:, :, a, b, :span]
+
+    slices = _slices(n, (c * kh * kw + o) * h * ow * dtype.itemsize)
+    _pool.run(work, slices, c * kh * kw * o * h * ow)
+    return out.reshape(n, c, oh, ow)
+
+
+# --- up- and down-sampling -----------------------------------------------------------------------
 def kron_upsample(x, n):
     b, c, h, w = x.shape
-    tiles = np.broadcast_to(x[:, :, :, None, :, None], (b, c, h, n, w, n))
-    return tiles.reshape(b, c, h * n, w * n)
+    if n == 1:
+        return x.copy()
+    out = np.empty((b, c, h * n, w * n), dtype=x.dtype)
+    # Fill the first row of every n x n block column by column, then copy that row down:
+    # strided writes along one axis at a time instead of a broadcast with a length-n inner loop.
+    rows = out.reshape(b, c, h, n, w * n)
+    first = rows[:, :, :, 0, :]
+    for j in range(n):
+        first[..., j::n] = x
+    for i in range(1, n):
+        rows[:, :, :, i, :] = first
+    return out
 
 
 def block_sum(x, n):
     b, c, h, w = x.shape
-    return x.reshape(b, c, h // n, n, w // n, n).sum(axis=(3, 5))
+    if n == 1:
+        return x.copy()
+    # Sum the n rows of each block (contiguous rows), then the n columns (strided reads);
+    # a reshape and a sum over two short axes is an order of magnitude slower in NumPy.
+    rows = x.reshape(b, c, h // n, n, w)
+    tall = np.add(rows[:, :, :, 0, :], rows[:, :, :, 1, :])
+    for i in range(2, n):
+        tall += rows[:, :, :, i, :]
+    out = np.add(tall[..., 0::n], tall[..., 1::n])
+    for j in range(2, n):
+        out += tall[..., j::n]
+    return out
 
 
 def block_mean(x, n):

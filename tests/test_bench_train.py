@@ -1,0 +1,93 @@
+"""bench/train.py runs (--quick) and writes a report of the documented structure.
+
+This checks the benchmark's plumbing, never its timings: no figure is compared with another.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anycnn
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "train.py"
+TIMING_KEYS = {
+    "median_s",
+    "min_s",
+    "max_s",
+    "calls_per_rep",
+    "reps",
+    "images_per_s",
+    "load_average_1min",
+}
+MACHINE_KEYS = {"date", "slug", "cpu_model", "cpu_count", "python", "numpy", "blas", "backend"}
+
+
+def _child_env() -> dict[str, str]:
+    """Make the child import the anycnn (and NumPy plugin) this process imported."""
+    import anycnn_numpy
+
+    roots = [str(Path(m.__file__).resolve().parent.parent) for m in (anycnn, anycnn_numpy)]
+    env = {k: v for k, v in os.environ.items() if k != "ANYCNN_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        list(dict.fromkeys(roots)) + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    )
+    return env
+
+
+def test_quick_run_writes_the_report(tmp_path):
+    out = tmp_path / "train.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)],
+        cwd=tmp_path,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"bench/train.py failed:\n{done.stdout}\n{done.stderr}"
+    report = json.loads(out.read_text())
+
+    assert report["benchmark"] == "bench/train.py"
+    assert report["backend"] == "numpy" and report["quick"] is True
+    assert report["dtype"] == "float32" and report["reps"] == 2
+    assert MACHINE_KEYS <= set(report["machine"])
+    assert report["machine"]["slug"].endswith(f"-{os.cpu_count()}c")
+    assert report["epoch"] is None and report["memory"] is None  # --quick skips both
+
+    has_torch = importlib.util.find_spec("torch") is not None
+    cells = {(row["model"], row["what"], row["batch"]) for row in report["rows"]}
+    assert cells == {
+        ("dlt", "train step", 1),
+        ("dlt", "train step", 16),
+        ("lenet5", "train step", 1),
+        ("lenet5", "train step", 16),
+        ("dlt", "inference", 16),
+        ("lenet5", "inference", 16),
+    }
+    for row in report["rows"]:
+        where = f"{row['model']} {row['what']} batch {row['batch']}"
+        assert TIMING_KEYS <= set(row["anycnn"]), where
+        assert row["anycnn"]["median_s"] > 0 and row["anycnn"]["reps"] == 2, where
+        assert row["anycnn"]["min_s"] <= row["anycnn"]["median_s"] <= row["anycnn"]["max_s"]
+        if has_torch:
+            assert TIMING_KEYS <= set(row["torch"]), where
+            assert row["ratio"] == row["torch"]["median_s"] / row["anycnn"]["median_s"], where
+        else:
+            assert row["torch"] is None and row["ratio"] is None, where
+    # the table is printed with one line per cell
+    assert done.stdout.count("train step") >= 4
+    assert f"wrote {out}" in done.stdout
+
+
+def test_machine_slug_is_short_and_safe():
+    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    slug = module.machine_slug()
+    assert slug == slug.lower() and " " not in slug and len(slug) <= 48
+    assert all(ch.isalnum() or ch == "-" for ch in slug)
