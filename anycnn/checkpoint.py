@@ -214,7 +214,9 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
                 first = stream.read(1)
             what = ("a Python pickle, which is never loaded (allow_pickle=False)"
                     if first == b"\x80" else "neither an .npz archive nor an .npy array")
-            raise CheckpointError(f"{where}: not an anycnn checkpoint: the file is {what}") from None
+            raise CheckpointError(
+                f"{where}: not an anycnn checkpoint: the file is {what}"
+            ) from None
         raise CheckpointError(f"{where}: not a readable .npz checkpoint ({text})") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as error:
         raise CheckpointError(

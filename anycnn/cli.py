@@ -28,7 +28,6 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -170,7 +169,8 @@ def describe_device(backend: Any) -> str:
     device = backend.default_device
     text = f"{backend.name} on {device}"
     if str(device) == "cpu":
-        text += f" ({os.cpu_count()} cores{', ' + platform.machine() if platform.machine() else ''})"
+        machine = f", {platform.machine()}" if platform.machine() else ""
+        text += f" ({os.cpu_count()} cores{machine})"
     else:
         properties = getattr(backend.xp, "cuda", None)
         try:

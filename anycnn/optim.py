@@ -277,7 +277,9 @@ class Optimizer:
     def __init__(self, network: Network, lr: float | Schedule | Mapping[str, Any] = 0.01, *,
                  layer_rates: Mapping[str, float] | None = None):
         if not isinstance(network, Network):
-            raise TypeError(f"{type(self).__name__}: expected a Network, got {type(network).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: expected a Network, got {type(network).__name__}"
+            )
         self.network = network
         self.schedule = as_schedule(lr)
         self.layer_rates = dict(layer_rates or {})
@@ -729,7 +731,8 @@ _CURVATURE: dict[str, Callable[[Any, Array, bool], tuple[Array | None, dict]]] =
 }
 
 
-def diagonal_hessian(network: Network, x: Array, t: Array, *, check: bool = True) -> dict[str, Array]:
+def diagonal_hessian(network: Network, x: Array, t: Array, *,
+                     check: bool = True) -> dict[str, Array]:
     """LeCun's diagonal Gauss-Newton estimate of ``d^2 E^n / dw_k^2``, averaged over a batch.
 
     Runs a forward pass, then a second backward pass that mirrors back-propagation with squared

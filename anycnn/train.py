@@ -120,7 +120,9 @@ class Preprocessing:
         if kind == "auto":
             kind = MODEL_PREPROCESSING.get(network.name, "normalize")
         if kind not in ("scale01", "normalize"):
-            raise ValueError(f"preprocessing must be 'auto', 'scale01' or 'normalize', got {kind!r}")
+            raise ValueError(
+                f"preprocessing must be 'auto', 'scale01' or 'normalize', got {kind!r}"
+            )
         shape = tuple(network.input_shape)
         _check_fits(images, shape, network.name)
         if kind == "scale01":
@@ -276,6 +278,51 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
         raise
 
 
+class _Meter:
+    """The losses and error counts of an epoch's batches, kept on the device and brought to the
+    host a window at a time (one transfer per window), where non-finite losses are caught."""
+
+    def __init__(self, backend: Any, epoch: int, checkpoint: Path | None, bar: Any):
+        self.backend, self.epoch, self.checkpoint, self.bar = backend, epoch, checkpoint, bar
+        self.losses: list[Any] = []
+        self.wrong: list[Any] = []
+        self.sizes: list[int] = []
+        self.done = 0  # batches already flushed
+        self.loss_sum, self.wrong_sum = 0.0, 0
+
+    @property
+    def pending(self) -> int:
+        return len(self.losses)
+
+    def add(self, loss: Any, wrong: Any, size: int) -> None:
+        self.losses.append(loss)
+        self.wrong.append(wrong)
+        self.sizes.append(size)
+
+    def flush(self) -> None:
+        if not self.losses:
+            return
+        xp = self.backend.xp
+        values = np.asarray(self.backend.to_host(xp.stack(self.losses)), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            self.bar.close()
+            first = int(bad[0])
+            raise DivergenceError(self.epoch, self.done + first + 1, float(values[first]),
+                                  self.checkpoint)
+        counts = np.asarray(self.backend.to_host(xp.stack(self.wrong)))
+        sizes = np.asarray(self.sizes, dtype=np.float64)
+        self.loss_sum += float(values @ sizes)
+        self.wrong_sum += int(counts.sum())
+        self.done += len(values)
+        self.bar.set_postfix(loss=f"{float(values @ sizes) / float(sizes.sum()):.4f}",
+                             refresh=False)
+        self.bar.update(int(sizes.sum()))
+        self.losses.clear()
+        self.wrong.clear()
+        self.sizes.clear()
+
+
 def _curvature_batches(network: Network, images: np.ndarray, targets: np.ndarray,
                        preprocessing: Preprocessing, chunk: int = 100
                        ) -> Iterator[tuple[Any, Any]]:
@@ -385,7 +432,13 @@ def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_siz
     if resume and checkpoint_folder is not None:
         latest = ckpt.latest_checkpoint(checkpoint_folder)
         if latest is not None:
-            stored = ckpt.read_info(latest).get("optimizer") or {}
+            stored_info = ckpt.read_info(latest)
+            if stored_info.get("model") != network.name:
+                raise ckpt.CheckpointError(
+                    f"{latest}: this checkpoint is of another model: it holds "
+                    f"{stored_info.get('model')!r}, the network is {network.name!r}"
+                )
+            stored = stored_info.get("optimizer") or {}
             if stored.get("name") != optimizer.name:
                 raise ckpt.CheckpointError(
                     f"{latest}: written with the {stored.get('name')!r} optimizer; resume with "
@@ -455,56 +508,28 @@ def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_siz
             order = datasets.batches(n, batch_size, rng=rng)
             bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5)
-            losses: list[Any] = []
-            wrong: list[Any] = []
-            sizes: list[int] = []
-            window_start = 0
-            loss_sum, wrong_sum = 0.0, 0
-
-            def flush() -> None:
-                nonlocal loss_sum, wrong_sum, window_start
-                if not losses:
-                    return
-                values = np.asarray(backend.to_host(xp.stack(losses)), dtype=np.float64)
-                bad = np.flatnonzero(~np.isfinite(values))
-                if bad.size:
-                    bar.close()
-                    first = int(bad[0])
-                    raise DivergenceError(epoch + 1, window_start + first + 1,
-                                          float(values[first]), last_checkpoint)
-                counts = np.asarray(backend.to_host(xp.stack(wrong)))
-                loss_sum += float(np.dot(values, np.asarray(sizes, dtype=np.float64)))
-                wrong_sum += int(counts.sum())
-                window_start += len(losses)
-                seen = sum(sizes)
-                losses.clear()
-                wrong.clear()
-                sizes.clear()
-                bar.set_postfix(loss=f"{float(values @ np.ones(len(values))) / len(values):.4f}",
-                                refresh=False)
-                bar.update(seen)
-
+            meter = _Meter(backend, epoch + 1, last_checkpoint, bar)
             for index, picks in enumerate(order):
                 x = backend.asarray(prep(images[picks], dtype), dtype=dtype)
                 t = backend.asarray(table[labels[picks]], dtype=dtype)
                 check = epoch == start and index == 0
                 y = network.forward(x, check=check)
-                losses.append(network.objective(y, t))
+                loss = network.objective(y, t)
                 network.backward(t, check=check)
                 optimizer.step()
-                wrong.append(xp.sum(xp.astype(xp.argmax(y, axis=1) != xp.argmax(t, axis=1),
-                                              xp.int64)))
-                sizes.append(int(picks.shape[0]))
-                if len(losses) >= every:
-                    flush()
-            flush()
+                meter.add(loss, xp.sum(xp.astype(xp.argmax(y, axis=1) != xp.argmax(t, axis=1),
+                                                 xp.int64)), int(picks.shape[0]))
+                if meter.pending >= every:
+                    meter.flush()
+            meter.flush()
             bar.close()
         seconds = time.perf_counter() - epoch_began
         eval_began = time.perf_counter()
         test = (evaluate(network, test_images, test_labels, prep)
                 if evaluate_test and test_images.shape[0] else None)
         record = EpochRecord(
-            epoch=epoch + 1, lr=optimizer.lr, train_loss=loss_sum / n, train_error=wrong_sum / n,
+            epoch=epoch + 1, lr=optimizer.lr, train_loss=meter.loss_sum / n,
+            train_error=meter.wrong_sum / n,
             test_error=None if test is None else test["error"],
             test_loss=None if test is None else test["loss"], seconds=seconds,
             images_per_second=n / seconds if seconds > 0 else float("inf"),
