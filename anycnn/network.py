@@ -198,11 +198,13 @@ class Network:
 
         A layer may define ``penalty()`` returning a 0-d array of its current parameters; it then
         adds ``dOmega/dparams`` to its own ``grads`` in ``backward``. 0 when no layer has one."""
-        total = self.backend.xp.asarray(0.0, dtype=self.dtype, device=self.backend.default_device)
+        total = None
         for layer in self.layers:
             penalty = getattr(layer, "penalty", None)
             if callable(penalty):
-                total = total + penalty()
+                total = penalty() if total is None else total + penalty()
+        if total is None:  # a device-side zero: no host-to-device copy inside a training step
+            total = self.backend.xp.zeros((), dtype=self.dtype, device=self.backend.default_device)
         return total
 
     def objective(self, y: Array, t: Array) -> Array:
@@ -236,8 +238,9 @@ class Network:
         """Class indices (argmax of the outputs) for a batch, computed in chunks."""
         xp = self.backend.xp
         self.check_input(x, "Network.predict")
-        parts = [xp.argmax(self.forward(x[i : i + batch_size, ...], check=False), axis=1)
-                 for i in range(0, x.shape[0], batch_size)]
+        n = x.shape[0]  # slice stops past the end are not in the Array API (strict rejects them)
+        parts = [xp.argmax(self.forward(x[i : min(i + batch_size, n), ...], check=False), axis=1)
+                 for i in range(0, n, batch_size)]
         return parts[0] if len(parts) == 1 else xp.concat(parts)
 
     # -- description -------------------------------------------------------------------------
