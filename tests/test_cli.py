@@ -204,3 +204,20 @@ def test_python_dash_m_anycnn(tmp_path):
     assert "epoch 1/1" in done.stdout and "test error" in done.stdout
     assert json.loads((tmp_path / "m.json").read_text())["train_size"] == 500
     assert datasets.load("mnist", limit=1).num_classes == 10
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(capsys, tmp_path):
+    common = ["train", "--model", "dlt", "--limit", "100", "--batch-size", "10", "--quiet",
+              "--optimizer", "momentum", "--lr", "0.5", "--seed", "4"]
+    assert main([*common, "--epochs", "2", "--checkpoint-dir", str(tmp_path / "a")]) == 0
+    assert main([*common, "--epochs", "1", "--checkpoint-dir", str(tmp_path / "b")]) == 0
+    assert main([*common, "--epochs", "2", "--checkpoint-dir", str(tmp_path / "b"),
+                 "--resume"]) == 0
+    capsys.readouterr()
+    with np.load(tmp_path / "a" / "epoch-0002.npz") as a, \
+            np.load(tmp_path / "b" / "epoch-0002.npz") as b:
+        keys = [k for k in a.files if k.startswith(("param/", "optim/"))]
+        assert keys and sorted(keys) == sorted(k for k in b.files
+                                               if k.startswith(("param/", "optim/")))
+        for key in keys:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
