@@ -166,7 +166,10 @@ class Convolution(Layer):
         kh, kw = self.kernel_size
         if kh > h or kw > w:
             raise self.error(f"kernel {kh}x{kw} is larger than the {h}x{w} input maps")
-        seed = self.seed if self.seed is not None else int(context.rng.integers(2**31))
+        # Draw even when the seed is given, so that a network rebuilt from its config (where
+        # every seed is explicit) consumes the generator alike and gets the same parameters.
+        drawn = int(context.rng.integers(2**31))
+        seed = self.seed if self.seed is not None else drawn
         try:
             self.table = selection_table(
                 self.selection_spec, self.maps, c_in, inputs_per_map=self.inputs_per_map,
