@@ -79,6 +79,17 @@ def _json_bytes(value: Any) -> np.ndarray:
     return np.frombuffer(json.dumps(value, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
 
+def _test_stall() -> None:
+    """A test hook: ``ANYCNN_TEST_CHECKPOINT_STALL=seconds`` sleeps between writing the temporary
+    file and renaming it, so tests/test_hardening.py can SIGKILL a training process exactly
+    there. Read at each write, only here; unset (always, outside that test) it does nothing."""
+    value = os.environ.get("ANYCNN_TEST_CHECKPOINT_STALL")
+    if value:
+        import time
+
+        time.sleep(float(value))
+
+
 def checkpoint_path(directory: str | os.PathLike[str], epoch: int) -> Path:
     """The file of epoch ``epoch`` (1-based) in ``directory``: ``epoch-0003.npz``."""
     return Path(directory) / f"epoch-{int(epoch):04d}.npz"
@@ -153,6 +164,7 @@ def save_checkpoint(path: str | os.PathLike[str], network: Network, *, epoch: in
             np.savez(stream, **arrays)
             stream.flush()
             os.fsync(stream.fileno())
+        _test_stall()
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -129,7 +129,8 @@ class Network:
 
     # -- computing ---------------------------------------------------------------------------
     def check_input(self, x: Any, where: str = "Network.forward") -> None:
-        """Raise a clear error unless x is a batch for this network (backend, dtype, shape)."""
+        """Raise a clear error unless x is a batch for this network (backend, shape, dtype,
+        device, and no NaN or Inf)."""
         try:
             owner = backend_of(x, op=where)
         except TypeError as error:
@@ -158,6 +159,22 @@ class Network:
                 f"{where}: x is on {array_api_compat.device(x)} but the network is on "
                 f"{self.backend.default_device}"
             )
+        self._check_finite(x, "x", where)
+
+    def _check_finite(self, a: Any, what: str, where: str) -> None:
+        """Raise a ValueError naming how many entries of ``a`` are NaN or Inf and where the first
+        is. One reduction on the device; only the checked path (``check=True``) calls this, never
+        the training loop's unchecked steps (train.py checks the host data once instead)."""
+        xp = self.backend.xp
+        if bool(xp.all(xp.isfinite(a))):
+            return
+        host = np.asarray(self.backend.to_host(a))
+        bad = np.argwhere(~np.isfinite(host))
+        first = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"{where}: {what} holds {bad.shape[0]} non-finite value(s) (NaN or Inf) out of "
+            f"{host.size}; the first is {host[first]} at index {first}"
+        )
 
     def check_targets(self, t: Any, n: int, where: str = "Network.backward") -> None:
         owner = backend_of(t, op=where)
@@ -174,6 +191,7 @@ class Network:
             )
         if t.dtype != self.dtype:
             raise TypeError(f"{where}: targets have dtype {dtype_name(t.dtype)}, expected {self.dtype_name}")
+        self._check_finite(t, "targets", where)
 
     def forward(self, x: Array, *, check: bool = True) -> Array:
         """Outputs ``y`` for a batch ``x`` of shape ``(N, *input_shape)``; layers keep what

@@ -175,6 +175,21 @@ def _check_fits(images: np.ndarray, shape: tuple[int, ...], model: str) -> None:
         raise ValueError(f"images of shape {per_example} cannot feed model {model!r} ({shape})")
 
 
+def _check_finite_host(images: np.ndarray, where: str) -> None:
+    """Reject NaN or Inf in float host data, once, before any step: the loop's steps run
+    unchecked (``check=False``), so a bad pixel would otherwise surface as a diverged loss."""
+    if images.dtype.kind != "f":  # integer grey levels are always finite
+        return
+    finite = np.isfinite(images)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        first = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"{where} hold {bad.shape[0]} non-finite value(s) (NaN or Inf); the first is "
+            f"{images[first]} at index {first} (example {first[0]})"
+        )
+
+
 def target_values(network: Network) -> tuple[float, float]:
     """The one-of-c target values (other classes, the class) for this network's outputs.
 
@@ -245,6 +260,7 @@ def evaluate(network: Network, images: np.ndarray, labels: np.ndarray,
     table = datasets.one_hot(np.arange(network.output_shape[0]), network.output_shape[0],
                              low=low, high=high, dtype=network.dtype_name)
     labels = np.asarray(labels)
+    _check_finite_host(images, "evaluate: images")
     mistakes, loss_total, n = 0, 0.0, images.shape[0]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for start in range(0, n, batch_size):
@@ -404,6 +420,8 @@ def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_siz
     n = int(images.shape[0])
     if n == 0:
         raise ValueError("train: the training set is empty")
+    _check_finite_host(images, f"train: data set {dataset.name!r}: train_images")
+    _check_finite_host(test_images, f"train: data set {dataset.name!r}: test_images")
     classes = network.output_shape[0] if len(network.output_shape) == 1 else None
     if classes is None:
         raise ValueError(f"train: {network.name} must end with a vector of class scores")
