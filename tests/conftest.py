@@ -9,6 +9,7 @@ so a GPU job cannot pass on the CPU. CUDA is probed lazily, at fixture time, nev
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 
 import numpy as np
@@ -116,6 +117,21 @@ def _restore_backend_state():
     saved = registry._process_default
     yield
     registry._process_default = saved
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Test tensors are tiny: torch's intra-op threads only add waiting, which made torch-backed
+    tests several times slower on a busy 2-core machine. Applied only once the suite has
+    imported torch (never imported for this), restored after each test."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ gradient that is wrong by 1 %, a missing rot180 and a missing 1/N."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import oracles
 import pytest
@@ -15,22 +13,6 @@ from anycnn import models
 from anycnn.gradcheck import gradcheck
 from anycnn.layers import Convolution, Flatten, FullyConnected, Subsampling
 from anycnn.network import Network
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: torch's intra-op threads only add waiting, and on a busy 2-core
-    machine that waiting made this module several times slower. Restored after the module."""
-    if importlib.util.find_spec("torch") is None:
-        yield
-        return
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 TOLERANCE = 1e-6
 MAX_ENTRIES = 8  # per parameter, plus one directional derivative through every entry

@@ -5,8 +5,6 @@ out literally with ``np.kron`` and ``scipy.signal.convolve2d``."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import oracles
 import pytest
@@ -27,22 +25,6 @@ from anycnn.layers import (
 )
 from anycnn.network import Network
 from anycnn.testing import assert_close
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: torch's intra-op threads only add waiting, and on a busy 2-core
-    machine that waiting made this module several times slower. Restored after the module."""
-    if importlib.util.find_spec("torch") is None:
-        yield
-        return
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 LECUN_A, LECUN_B = 1.7159, 2.0 / 3.0
 

@@ -4,7 +4,6 @@ the parameters unchanged, and config / from_config round trips."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -15,22 +14,6 @@ from anycnn.backend import lookup
 from anycnn.layers import Convolution, Flatten, FullyConnected, LayerError, Subsampling
 from anycnn.network import Network
 from anycnn.testing import assert_close, dtype_name
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: torch's intra-op threads only add waiting, and on a busy 2-core
-    machine that waiting made this module several times slower. Restored after the module."""
-    if importlib.util.find_spec("torch") is None:
-        yield
-        return
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 DLT_PARAMETERS = [
     "conv1.kernel",

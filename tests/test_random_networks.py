@@ -8,10 +8,7 @@ kept away from it (test_gradcheck.py checks relu with data chosen to avoid the k
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -22,21 +19,6 @@ from anycnn.network import Network
 ACTIVATIONS = st.sampled_from(
     ["sigmoid", {"name": "sigmoid", "gain": 2.0}, "tanh", "lecun_tanh", "identity"]
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: torch's intra-op threads only add waiting, and on a busy 2-core
-    machine that waiting made this module several times slower. Restored after the module."""
-    if importlib.util.find_spec("torch") is None:
-        yield
-        return
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @st.composite

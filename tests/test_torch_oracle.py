@@ -9,8 +9,6 @@ is a masked weight; the notes' sum subsampling is ``avg_pool2d * n^2``, times be
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
@@ -25,22 +23,6 @@ from anycnn.layers import (
 )
 from anycnn.network import Network
 from anycnn.testing import assert_close
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: torch's intra-op threads only add waiting, and on a busy 2-core
-    machine that waiting made this module several times slower. Restored after the module."""
-    if importlib.util.find_spec("torch") is None:
-        yield
-        return
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 torch = pytest.importorskip("torch", reason="PyTorch is the autograd oracle of these tests")
 TF = torch.nn.functional
