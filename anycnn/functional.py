@@ -109,3 +109,44 @@ def decimate(x: Any, n: int) -> Any:
 def decimate_transpose(delta: Any, n: int) -> Any:
     be, n = _resampling("decimate_transpose", delta, n, divisible=False)
     return be.ops.decimate_transpose(delta, n)
+
+
+def _matrices(where: str, names: tuple[str, str], a: Any, b: Any) -> Any:
+    be = backend_of(a, b, op=where)
+    for name, value in zip(names, (a, b), strict=True):
+        checks.check_rank(where, name, value, 2, "(N, D)" if name in ("x", "delta") else "(M, D)")
+        checks.check_float(where, name, value)
+    checks.check_same_dtype(where, names, a, b)
+    return be
+
+
+def fully_connected(x: Any, weight: Any) -> Any:
+    where = "fully_connected"
+    be = _matrices(where, ("x", "weight"), x, weight)
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"{where}: x has {x.shape[1]} features but the weight expects D = {weight.shape[1]} "
+            f"(x {checks.shape_str(x.shape)}, weight {checks.shape_str(weight.shape)})"
+        )
+    return be.ops.fully_connected(x, weight)
+
+
+def fully_connected_weight_grad(x: Any, delta: Any) -> Any:
+    where = "fully_connected_weight_grad"
+    be = _matrices(where, ("x", "delta"), x, delta)
+    if x.shape[0] != delta.shape[0]:
+        raise ValueError(
+            f"{where}: x and delta have different batch sizes, {x.shape[0]} and {delta.shape[0]}"
+        )
+    return be.ops.fully_connected_weight_grad(x, delta)
+
+
+def fully_connected_input_grad(delta: Any, weight: Any) -> Any:
+    where = "fully_connected_input_grad"
+    be = _matrices(where, ("delta", "weight"), delta, weight)
+    if delta.shape[1] != weight.shape[0]:
+        raise ValueError(
+            f"{where}: delta has {delta.shape[1]} units but the weight has M = {weight.shape[0]} "
+            f"(delta {checks.shape_str(delta.shape)}, weight {checks.shape_str(weight.shape)})"
+        )
+    return be.ops.fully_connected_input_grad(delta, weight)

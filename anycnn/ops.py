@@ -35,6 +35,9 @@ __all__ = [
     "block_mean",
     "decimate",
     "decimate_transpose",
+    "fully_connected",
+    "fully_connected_weight_grad",
+    "fully_connected_input_grad",
 ]
 
 Array = Any
@@ -221,3 +224,55 @@ def decimate_transpose(delta: Array, n: int) -> Array:
     mask = xp.reshape(first, (1, 1, 1, n, 1, 1)) * xp.reshape(first, (1, 1, 1, 1, 1, n))
     blocks = xp.reshape(delta, (b, c, h, 1, w, 1)) * mask
     return xp.reshape(blocks, (b, c, h * n, w * n))
+
+
+def fully_connected(x: Array, weight: Array) -> Array:
+    """The inner products of a fully connected layer, ``u = W x`` of eq. (2), for a batch.
+
+    Parameters
+    ----------
+    x : array, shape (N, D)
+        One input vector per row.
+    weight : array, shape (M, D)
+
+    Returns
+    -------
+    array, shape (N, M): ``x @ weight^T`` (the bias is the layer's to add).
+    """
+    xp = array_api_compat.array_namespace(x, weight)
+    return xp.matmul(x, xp.matrix_transpose(weight))
+
+
+def fully_connected_weight_grad(x: Array, delta: Array) -> Array:
+    """Weight gradient of a fully connected layer, ``dE/dW = delta x^T`` (eq. 5), batch summed.
+
+    Parameters
+    ----------
+    x : array, shape (N, D)
+        The layer's inputs ``x^{l-1}``.
+    delta : array, shape (N, M)
+        The layer's sensitivities.
+
+    Returns
+    -------
+    array, shape (M, D): ``delta^T @ x``, the adjoint of :func:`fully_connected` in ``weight``.
+    """
+    xp = array_api_compat.array_namespace(x, delta)
+    return xp.matmul(xp.matrix_transpose(delta), x)
+
+
+def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
+    """Back-propagate sensitivities through a fully connected layer: ``W^T delta`` (eq. 3).
+
+    Parameters
+    ----------
+    delta : array, shape (N, M)
+    weight : array, shape (M, D)
+
+    Returns
+    -------
+    array, shape (N, D): ``delta @ weight``, the adjoint of :func:`fully_connected` in ``x``;
+    the layer below multiplies it by its ``f'(u)``.
+    """
+    xp = array_api_compat.array_namespace(delta, weight)
+    return xp.matmul(delta, weight)

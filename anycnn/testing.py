@@ -108,6 +108,9 @@ def check_backend(backend: Backend | str, *, seed: int = 0) -> list[str]:
         "block_mean": (x, 2),
         "decimate": (x, 2),
         "decimate_transpose": (delta, 3),
+        "fully_connected": (x.reshape(3, -1), rng.standard_normal((7, 480))),
+        "fully_connected_weight_grad": (x.reshape(3, -1), rng.standard_normal((3, 7))),
+        "fully_connected_input_grad": (rng.standard_normal((3, 7)), rng.standard_normal((7, 480))),
     }
     for name in OP_NAMES:
         fast = getattr(record.ops, name)

@@ -4,6 +4,11 @@ The notes (section 2.1) use the logistic ``f(u) = 1 / (1 + exp(-beta u))`` and t
 tangent ``f(u) = a tanh(b u)`` with LeCun's ``a = 1.7159, b = 2/3``. Section 3.4 advises computing
 f' without re-evaluating f; each derivative here takes the output ``y = f(u)`` (and ``u`` for the
 ones that need it). All are stable for ``|u|`` up to 1e4 and beyond: no overflow warnings.
+
+Layers call the two fused forms, which 3.4 recommends over calling f and f' as functions:
+``apply(u, xp)`` computes ``f(u)`` reusing ``u``'s memory (the layer's own temporary) and
+``sensitivity(dy, y, xp)`` computes ``delta = f'(u) o dy`` (eqs. 3-4) with one allocation. Both
+take the namespace from the layer, which looked it up once at build time.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ class Activation:
     def derivative(self, y: Array, u: Array | None = None) -> Array:
         raise NotImplementedError
 
+    def apply(self, u: Array, xp: Any) -> Array:
+        """``f(u)``, free to overwrite ``u`` (a temporary of the caller's)."""
+        return self.forward(u)
+
+    def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
+        """``f'(u) o dy`` from the saved output ``y``; ``dy`` and ``y`` are left unchanged."""
+        return dy * self.derivative(y)
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -44,6 +57,12 @@ class Identity(Activation):
 
     def derivative(self, y: Array, u: Array | None = None) -> Array:
         return 1.0
+
+    def apply(self, u: Array, xp: Any) -> Array:
+        return u
+
+    def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
+        return dy
 
 
 class Sigmoid(Activation):
@@ -68,6 +87,26 @@ class Sigmoid(Activation):
         d = y * (1.0 - y)
         return d * self.gain if self.gain != 1.0 else d
 
+    def apply(self, u: Array, xp: Any) -> Array:
+        # forward()'s arithmetic exactly (fused kernels elsewhere are checked against it bit
+        # for bit), with the temporaries it can spare reused in place.
+        if self.gain != 1.0:
+            u *= self.gain
+        e = xp.abs(u)
+        e *= -1.0
+        e = xp.exp(e)
+        d = e + 1.0
+        e /= d
+        return xp.where(u >= 0, 1.0 / d, e)
+
+    def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
+        delta = 1.0 - y  # dy * (y (1 - y) gain), in derivative()'s order
+        delta *= y
+        if self.gain != 1.0:
+            delta *= self.gain
+        delta *= dy
+        return delta
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "gain": self.gain}
 
@@ -87,6 +126,21 @@ class Tanh(Activation):
 
     def derivative(self, y: Array, u: Array | None = None) -> Array:
         return (self.b / self.a) * (self.a * self.a - y * y)
+
+    def apply(self, u: Array, xp: Any) -> Array:
+        if self.b != 1.0:
+            u *= self.b
+        y = xp.tanh(u)
+        if self.a != 1.0:
+            y *= self.a
+        return y
+
+    def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
+        delta = y * y  # (b / a)(a^2 - y^2) dy, as -(b / a)(y^2 - a^2) dy in place
+        delta -= self.a * self.a
+        delta *= -self.b / self.a
+        delta *= dy
+        return delta
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "a": self.a, "b": self.b}

@@ -50,12 +50,19 @@ class Layer:
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
         self._backend: Backend | None = None
+        # The backend's namespace and hot ops, looked up once at build time: at batch 1 a
+        # training step is dominated by interpreter overhead, and array_namespace() on every
+        # call was a tenth of it (Note [Hot-op dispatch]: a network stays on its backend).
+        self._xp: Any = None
+        self._ops: Any = None
 
     # -- building -------------------------------------------------------------------------
     def build(self, input_shape: Shape, context: BuildContext) -> Shape:
         """Check the input shape, allocate parameters, return the output shape."""
         self.input_shape = tuple(input_shape)
         self._backend = context.backend
+        self._xp = context.backend.xp
+        self._ops = context.backend.ops
         self.output_shape = tuple(self._build(self.input_shape, context))
         return self.output_shape
 

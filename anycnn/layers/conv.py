@@ -192,20 +192,17 @@ class Convolution(Layer):
         return (self.maps, h - kh + 1, w - kw + 1)
 
     def forward(self, x: Array) -> Array:
-        xp = array_api_compat.array_namespace(x)
-        ops = self._backend.ops
         self._x = x
-        u = ops.conv_valid(x, self.params["kernel"], self._selection)
-        u = u + xp.reshape(self.params["bias"], (1, self.maps, 1, 1))
-        self._y = self.activation.forward(u)
+        u = self._ops.conv_valid(x, self.params["kernel"], self._selection)
+        u += self.params["bias"][:, None, None]  # u is ours: add the bias and f in place
+        self._y = self.activation.apply(u, self._xp)
         return self._y
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
-        xp = array_api_compat.array_namespace(dy)
-        ops = self._backend.ops
-        delta = dy * self.activation.derivative(self._y)
+        ops = self._ops
+        delta = self.activation.sensitivity(dy, self._y, self._xp)  # f'(u) o dE/dy
         self.grads["kernel"] = ops.conv_kernel_grad(self._x, delta, self._selection)  # eq. (7)
-        self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))
+        self.grads["bias"] = self._xp.sum(delta, axis=(0, 2, 3))
         if not need_input_grad:
             return None
         return ops.conv_full(delta, self.params["kernel"], self._selection)  # 3.2.1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from anycnn.layers.activations import get_activation
@@ -22,14 +21,12 @@ class Flatten(Layer):
         return (math.prod(input_shape),)
 
     def forward(self, x: Array) -> Array:
-        xp = array_api_compat.array_namespace(x)
-        return xp.reshape(x, (x.shape[0], -1))
+        return self._xp.reshape(x, (x.shape[0], -1))
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         if not need_input_grad:
             return None
-        xp = array_api_compat.array_namespace(dy)
-        return xp.reshape(dy, (dy.shape[0], *self.input_shape))
+        return self._xp.reshape(dy, (dy.shape[0], *self.input_shape))
 
 
 class FullyConnected(Layer):
@@ -77,20 +74,20 @@ class FullyConnected(Layer):
         return (self.units,)
 
     def forward(self, x: Array) -> Array:
-        xp = array_api_compat.array_namespace(x)
         self._x = x
-        u = xp.matmul(x, xp.matrix_transpose(self.params["weight"])) + self.params["bias"]
-        self._y = self.activation.forward(u)
+        u = self._ops.fully_connected(x, self.params["weight"])  # eq. (2)
+        u += self.params["bias"]  # u is ours: add the bias and f in place
+        self._y = self.activation.apply(u, self._xp)
         return self._y
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
-        xp = array_api_compat.array_namespace(dy)
-        delta = dy * self.activation.derivative(self._y)  # eq. (4): (W^T delta) o f'(u)
-        self.grads["weight"] = xp.matmul(xp.matrix_transpose(delta), self._x)  # eq. (5)
-        self.grads["bias"] = xp.sum(delta, axis=0)  # eq. (3)
+        ops = self._ops
+        delta = self.activation.sensitivity(dy, self._y, self._xp)  # eq. (4): (W^T d) o f'(u)
+        self.grads["weight"] = ops.fully_connected_weight_grad(self._x, delta)  # eq. (5)
+        self.grads["bias"] = self._xp.sum(delta, axis=0)  # eq. (3)
         if not need_input_grad:
             return None
-        return xp.matmul(delta, self.params["weight"])
+        return ops.fully_connected_input_grad(delta, self.params["weight"])
 
     def config(self) -> dict[str, Any]:
         return {"units": self.units, "activation": self.activation.config(), "init": self.init}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from anycnn.layers.activations import get_activation
@@ -61,7 +60,7 @@ class Subsampling(Layer):
         return (c, h // self.n, w // self.n)
 
     def _down(self, x: Array) -> Array:
-        ops = self._backend.ops
+        ops = self._ops
         if self.mode == "sum":
             return ops.block_sum(x, self.n)
         if self.mode == "mean":
@@ -70,7 +69,7 @@ class Subsampling(Layer):
 
     def _up(self, delta: Array) -> Array:
         """The adjoint of down: kron up-sampling (scaled by 1/n^2 for the mean)."""
-        ops = self._backend.ops
+        ops = self._ops
         if self.mode == "decimate":
             return ops.decimate_transpose(delta, self.n)
         if self.mode == "mean":
@@ -81,25 +80,27 @@ class Subsampling(Layer):
         return xp.reshape(v, (1, v.shape[0], 1, 1))
 
     def forward(self, x: Array) -> Array:
-        xp = array_api_compat.array_namespace(x)
         d = self._down(x)
         if self.trainable:
             self._d = d
-            u = d * self._per_map(xp, self.params["beta"]) + self._per_map(xp, self.params["bias"])
-        else:
-            u = d
-        self._y = self.activation.forward(u)
+            u = d * self.params["beta"][:, None, None]
+            u += self.params["bias"][:, None, None]
+            self._y = self.activation.apply(u, self._xp)
+        elif self.mode == "decimate":  # d may be a view of x: leave its memory alone
+            self._y = self.activation.forward(d)
+        else:  # a fresh block sum that nobody else keeps: f may reuse its memory
+            self._y = self.activation.apply(d, self._xp)
         return self._y
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
-        xp = array_api_compat.array_namespace(dy)
-        delta = dy * self.activation.derivative(self._y)
+        xp = self._xp
+        delta = self.activation.sensitivity(dy, self._y, xp)
         if self.trainable:
             self.grads["beta"] = xp.sum(delta * self._d, axis=(0, 2, 3))
             self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))
             if need_input_grad:
                 # beta before up-sampling: n^2 times fewer multiplications than after.
-                delta = delta * self._per_map(xp, self.params["beta"])
+                delta = delta * self.params["beta"][:, None, None]
         if not need_input_grad:
             return None
         return self._up(delta)

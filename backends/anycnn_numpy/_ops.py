@@ -231,19 +231,20 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return raw[:nbytes].view(dtype).reshape(shape)
 
 
-def _zero_bordered(slot: str, shape: tuple[int, ...], dtype: np.dtype, ph: int, pw: int):
-    """A per-thread buffer whose border of ``ph`` rows and ``pw`` columns is zero.
+def _zero_bordered(slot: str, shape: tuple[int, ...], dtype: np.dtype, layout: tuple) -> np.ndarray:
+    """A per-thread buffer, zeroed when allocated, of which callers overwrite the same part
+    at every call: the rest (a zero border, say) stays zero without being written again.
 
-    The interior is overwritten by every caller and the border never is, so the zeros are
-    written once per buffer, not per call.
+    ``layout`` must name everything that decides which part is written. Buffers are kept by
+    slot, dtype, shape (the first axis may shrink) and layout, at most 16.
     """
-    buffers = getattr(_local, "padded", None)
+    buffers = getattr(_local, "zeroed", None)
     if buffers is None:
-        buffers = _local.padded = {}
-    key = (slot, dtype.str, shape[1:], ph, pw)
+        buffers = _local.zeroed = {}
+    key = (slot, dtype.str, shape[1:], layout)
     buffer = buffers.get(key)
     if buffer is None or buffer.shape[0] < shape[0]:
-        if len(buffers) > 16:
+        if len(buffers) >= 16:
             buffers.clear()
         buffer = buffers[key] = np.zeros(shape, dtype=dtype)
     return buffer[: shape[0]]
@@ -270,16 +271,24 @@ def _windows(x: np.ndarray, kh: int, kw: int, oh: int, ow: int, flip: bool) -> n
     )
 
 
-def _usable(*arrays) -> bool:
+def _usable(a, b) -> bool:
     """Float arrays of one dtype: what the fast paths handle; the rest goes to the reference."""
-    dtype = arrays[0].dtype
-    return dtype.kind == "f" and all(a.dtype == dtype for a in arrays)
+    return a.dtype == b.dtype and a.dtype.kind == "f"
 
 
 def _masked(kernel: np.ndarray, selection) -> np.ndarray:
     if selection is None:
         return kernel
     return kernel * selection[:, :, None, None]
+
+
+def _run(work, n: int, bytes_per_item: int, gemm_per_item: int) -> None:
+    """Run ``work(index, start, stop)`` over batch slices (see _slices and _Pool.run)."""
+    if n * bytes_per_item <= _SLICE_BYTES and n * gemm_per_item <= _BLAS_SPLIT_SIZE:
+        work(0, 0, n)  # the common small case, without the pool's bookkeeping
+        return
+    slices = _slices(n, bytes_per_item)
+    _pool.run(work, slices, gemm_per_item * max(stop - start for start, stop in slices))
 
 
 def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -291,8 +300,7 @@ def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     def work(index, start, stop):
         np.matmul(a[start:stop], b, out=out[start:stop])
 
-    slices = _slices(m, (k + n) * a.dtype.itemsize)
-    _pool.run(work, slices, k * n * max(stop - start for start, stop in slices))
+    _run(work, m, (k + n) * a.dtype.itemsize, k * n)
     return out
 
 
@@ -300,16 +308,15 @@ def _gemm_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-d arrays, the inner dimension split into slices summed in order."""
     m, k = a.shape
     n = b.shape[1]
-    slices = _slices(k, (m + n) * a.dtype.itemsize)
-    partial = [None] * len(slices)
+    partial = {}
 
     def work(index, start, stop):
         partial[index] = a[:, start:stop] @ b[start:stop]
 
-    _pool.run(work, slices, m * n * max(stop - start for start, stop in slices))
+    _run(work, k, (m + n) * a.dtype.itemsize, m * n)
     out = partial[0]
-    for part in partial[1:]:
-        out += part
+    for index in range(1, len(partial)):
+        out += partial[index]
     return out
 
 
@@ -321,24 +328,24 @@ def conv_valid(x, kernel, selection=None):
     o, _, kh, kw = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
     ck, p = c * kh * kw, oh * ow
-    # conv2 flips the kernel: the windows read the input backwards instead.
-    weights = np.ascontiguousarray(_masked(kernel, selection)).reshape(o, ck)
-    if p == 1:  # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
-        columns = _scratch("columns", (n, c, kh, kw, 1, 1), x.dtype)
-        np.copyto(columns, _windows(x, kh, kw, 1, 1, flip=True))
-        return _gemm(columns.reshape(n, ck), weights.T).reshape(n, o, 1, 1)
-    out = np.empty((n, o, oh, ow), dtype=x.dtype)
-    windows = _windows(x, kh, kw, oh, ow, flip=True)
-    flat = out.reshape(n, o, p)
     dtype = x.dtype
+    # conv2 flips the kernel: the windows read the input backwards instead.
+    weights = (kernel if selection is None else _masked(kernel, selection)).reshape(o, ck)
+    windows = _windows(x, kh, kw, oh, ow, flip=True)
+    if p == 1:  # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
+        columns = _scratch("columns", (n, c, kh, kw, 1, 1), dtype)
+        np.copyto(columns, windows)
+        return _gemm(columns.reshape(n, ck), weights.T).reshape(n, o, 1, 1)
+    out = np.empty((n, o, oh, ow), dtype=dtype)
+    flat = out.reshape(n, o, p)
 
     def work(index, start, stop):
-        columns = _scratch("columns", (stop - start, c, kh, kw, oh, ow), dtype)
+        m = stop - start
+        columns = _scratch("columns", (m, c, kh, kw, oh, ow), dtype)
         np.copyto(columns, windows[start:stop])
-        np.matmul(weights, columns.reshape(stop - start, ck, p), out=flat[start:stop])
+        np.matmul(weights, columns.reshape(m, ck, p), out=flat[start:stop])
 
-    slices = _slices(n, ck * p * dtype.itemsize)
-    _pool.run(work, slices, o * ck * p * max(b - a for a, b in slices))
+    _run(work, n, ck * p * dtype.itemsize, o * ck * p)
     return out
 
 
@@ -354,25 +361,25 @@ def conv_kernel_grad(x, delta, selection=None):
     # read backwards, the columns of the forward pass give the gradient in kernel order.
     windows = _windows(x, kh, kw, dh, dw, flip=True)
     deltas = delta.reshape(n, o, p)
-    slices = _slices(n, (ck + o) * p * dtype.itemsize)
-    partial = [None] * len(slices)
+    partial = {}
 
     def work(index, start, stop):
         m = stop - start
-        # One GEMM per slice, (C_out, m*P) x (m*P, C_in*kh*kw): the batch is summed by BLAS.
+        # One GEMM per slice, (C_out, m*P) x (m*P, C_in*kh*kw): BLAS sums over the slice.
         columns = _scratch("columns", (c, kh, kw, m, dh, dw), dtype)
-        np.copyto(columns, windows[start:stop].transpose(1, 2, 3, 0, 4, 5))
         if m == 1:
+            np.copyto(columns.reshape(c, kh, kw, dh, dw), windows[start])
             d = deltas[start]
         else:
+            np.copyto(columns, windows[start:stop].transpose(1, 2, 3, 0, 4, 5))
             d = _scratch("deltas", (o, m, p), dtype)
             np.copyto(d, deltas[start:stop].transpose(1, 0, 2))
         partial[index] = d.reshape(o, m * p) @ columns.reshape(ck, m * p).T
 
-    _pool.run(work, slices, o * ck * p * max(b - a for a, b in slices))
+    _run(work, n, (ck + o) * p * dtype.itemsize, o * ck * p)
     grad = partial[0]
-    for part in partial[1:]:
-        grad += part
+    for index in range(1, len(partial)):  # in slice order: the same sum for any thread count
+        grad += partial[index]
     grad = grad.reshape(o, c, kh, kw)
     if selection is not None:
         grad *= selection[:, :, None, None]
@@ -385,37 +392,44 @@ def conv_full(delta, kernel, selection=None):
     n, o, h, w = delta.shape
     _, c, kh, kw = kernel.shape
     oh, ow = h + kh - 1, w + kw - 1
+    taps = kh * kw
     dtype = delta.dtype
     # g[n, i] = sum_j conv2(delta_j, rot180(k_ji), 'full') as col2im: one GEMM spreads every
     # delta over the kernel's taps, T[(i, a, b), (y, x)] = sum_j k[j, i, a', b'] delta[j, y, x]
     # (a' = kh-1-a: the 'full' convolution of the notes reads the kernel backwards), and g is
-    # the sum of the kh*kw planes of T, each shifted by (a, b).
+    # the sum of the kh*kw planes of T, each shifted by (a, b). That costs the exact
+    # convolution's multiplications, where im2col of the zero-padded delta costs
+    # (h+kh-1)(w+kw-1)/(h w) times more (2.2x for LeNet-5's C3) and copies kh*kw times the delta.
     weights = _masked(kernel, selection)[:, :, ::-1, ::-1]
-    weights = np.ascontiguousarray(weights.transpose(1, 2, 3, 0)).reshape(c * kh * kw, o)
+    weights = np.ascontiguousarray(weights.transpose(1, 2, 3, 0)).reshape(c * taps, o)
     if h == 1 and w == 1:  # nothing to shift (LeNet-5's C5): g is T itself
         return _gemm(delta.reshape(n, o), weights.T).reshape(n, c, kh, kw)
-    # The GEMM writes T on a grid as wide as g (ow columns, delta in the first w), so that a
-    # shift by (a, b) is a flat offset a*ow + b and every shifted add runs over contiguous
-    # memory; the columns past w are zero and land where g has no contribution from them.
+    # T is computed on a grid as wide as g (delta in its first w columns, zeros after), so a
+    # shift by (a, b) is the flat offset a*ow + b. The shifted planes are copied at once through
+    # a strided view into a buffer of kh*kw zeroed planes of g's size, whose zeros outside the
+    # copied spans are written once per buffer, then summed over the taps by one reduction.
     span = (h - 1) * ow + w
-    out = np.empty((n, c, oh * ow), dtype=dtype)
+    size = oh * ow
+    item = dtype.itemsize
+    out = np.empty((n, c, oh, ow), dtype=dtype)
+    flat = out.reshape(n, c, size)
 
     def work(index, start, stop):
         m = stop - start
-        grid = _zero_bordered("grid", (m, o, h, ow), dtype, 0, kw - 1)
+        grid = _zero_bordered("grid", (m, o, h, ow), dtype, (w,))
         grid[:, :, :, :w] = delta[start:stop]
-        spread = _scratch("spread", (m, c, kh, kw, h * ow), dtype)
-        np.matmul(weights, grid.reshape(m, o, h * ow), out=spread.reshape(m, c * kh * kw, h * ow))
-        g = out[start:stop]
-        g[...] = 0
-        for a in range(kh):
-            for b in range(kw):
-                offset = a * ow + b
-                g[:, :, offset : offset + span] += spread[:, :, a, b, :span]
+        spread = _scratch("spread", (m, c, taps, h * ow), dtype)
+        np.matmul(weights, grid.reshape(m, o, h * ow), out=spread.reshape(m, c * taps, h * ow))
+        planes = _zero_bordered("planes", (m, c, taps, size), dtype, (kh, kw, ow, span))
+        sm, sc, st, _ = planes.strides
+        shifted = np.ndarray(
+            (m, c, kh, kw, span), dtype, planes, 0, (sm, sc, kw * st + ow * item, st + item, item)
+        )
+        np.copyto(shifted, spread.reshape(m, c, kh, kw, h * ow)[..., :span])
+        np.sum(planes, axis=2, out=flat[start:stop])
 
-    slices = _slices(n, (c * kh * kw + o) * h * ow * dtype.itemsize)
-    _pool.run(work, slices, c * kh * kw * o * h * ow)
-    return out.reshape(n, c, oh, ow)
+    _run(work, n, c * taps * (h * ow + size) * item, c * taps * o * h * ow)
+    return out
 
 
 # --- up- and down-sampling -----------------------------------------------------------------------
@@ -469,6 +483,25 @@ def decimate_transpose(delta, n):
     return out
 
 
+# --- fully connected layers ---------------------------------------------------------------------
+def fully_connected(x, weight):
+    if not _usable(x, weight):
+        return _reference.fully_connected(x, weight)
+    return _gemm(x, weight.T)
+
+
+def fully_connected_weight_grad(x, delta):
+    if not _usable(x, delta):
+        return _reference.fully_connected_weight_grad(x, delta)
+    return _gemm_sum(delta.T, x)
+
+
+def fully_connected_input_grad(delta, weight):
+    if not _usable(delta, weight):
+        return _reference.fully_connected_input_grad(delta, weight)
+    return _gemm(delta, weight)
+
+
 OPS = {
     "conv_valid": conv_valid,
     "conv_full": conv_full,
@@ -478,4 +511,7 @@ OPS = {
     "block_mean": block_mean,
     "decimate": decimate,
     "decimate_transpose": decimate_transpose,
+    "fully_connected": fully_connected,
+    "fully_connected_weight_grad": fully_connected_weight_grad,
+    "fully_connected_input_grad": fully_connected_input_grad,
 }
