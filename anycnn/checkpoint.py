@@ -132,6 +132,9 @@ def save_checkpoint(path: str | os.PathLike[str], network: Network, *, epoch: in
     pathlib.Path
     """
     path = Path(path)
+    if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or epoch < 0:
+        # load_checkpoint refuses such a file: never write one
+        raise ValueError(f"save_checkpoint: epoch must be an int >= 0, got {epoch!r}")
     backend = network.backend
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -210,6 +213,9 @@ class Checkpoint:
 def _read_all(path: Path) -> dict[str, np.ndarray]:
     """Every array of the file, read now (a truncated member fails here, not later)."""
     where = str(path)
+    if path.is_dir():
+        raise CheckpointError(f"{where}: a directory, not a checkpoint file; pass one of its "
+                              "epoch-NNNN.npz files")
     if not path.is_file():
         raise CheckpointError(f"{where}: no such checkpoint file")
     try:

@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,12 +182,34 @@ def describe_device(backend: Any) -> str:
     return text
 
 
+def _check_output(option: str, value: str | None, *, directory: bool) -> None:
+    """Raise UsageError when an output path cannot be created: a file where a directory is
+    needed (or the reverse), or a file on the way to it."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if path.exists() and path.is_dir() != directory:
+        wanted = "a directory" if directory else "a file"
+        found = "a file" if path.is_file() else "a directory"
+        raise UsageError(f"anycnn train: {option} {value} is {found}; expected {wanted}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"anycnn train: {option} {value}: {parent} is a file, not a "
+                                 "directory")
+            break
+
+
 def _train(args: argparse.Namespace) -> int:
     from anycnn import checkpoint as ckpt
     from anycnn import datasets, models, optim, train
 
     if args.resume and args.checkpoint_dir is None:
         raise UsageError("anycnn train: --resume needs --checkpoint-dir")
+    # Output paths are checked before training, not discovered to be wrong after an epoch.
+    _check_output("--checkpoint-dir", args.checkpoint_dir, directory=True)
+    _check_output("--plots", args.plots, directory=True)
+    _check_output("--metrics", args.metrics, directory=False)
     defaults = train.TRAINING_DEFAULTS.get(args.model, train.GENERIC_DEFAULTS)
     epochs = args.epochs or defaults["epochs"]
     batch_size = args.batch_size or defaults["batch_size"]
@@ -385,6 +408,11 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         _say(f"error: {_one_line(error)}", err=True)
         return EXIT_USAGE
     except ValueError as error:  # bad values caught by the library's own checks
+        if debug:
+            traceback.print_exc()
+        _say(f"error: {_one_line(error)}", err=True)
+        return EXIT_USAGE
+    except OSError as error:  # a path given cannot be read or written (the message names it)
         if debug:
             traceback.print_exc()
         _say(f"error: {_one_line(error)}", err=True)

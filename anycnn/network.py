@@ -49,11 +49,19 @@ class Network:
         self.dtype_name = dtype
         self.dtype = resolve_dtype(self.backend.xp, dtype)
         self.loss = get_loss(loss)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise TypeError(f"Network: seed must be an int, got {seed!r}")
         self.seed = int(seed)
         self.name = name
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("Network: needs at least one layer")
+        if not isinstance(input_shape, Sequence) or not all(
+                isinstance(s, int | np.integer) and not isinstance(s, bool) for s in input_shape):
+            raise TypeError(
+                f"Network: input_shape must be a tuple of ints such as (1, 28, 28) or (784,), "
+                f"got {input_shape!r}"
+            )
         input_shape = tuple(int(s) for s in input_shape)
         if not input_shape or min(input_shape) < 1:
             raise ValueError(f"Network: input_shape must be positive sizes, got {input_shape}")
@@ -65,6 +73,11 @@ class Network:
         for layer in self.layers:
             if not isinstance(layer, Layer):
                 raise TypeError(f"Network: expected Layer objects, got {type(layer).__name__}")
+            if sum(other is layer for other in self.layers) > 1:
+                raise ValueError(
+                    f"Network: the same {type(layer).__name__} object appears twice in the "
+                    "layers; a layer holds its own parameters, so create one per position"
+                )
             if layer.kind is not None:
                 position += 1
                 if layer.name is None:
@@ -120,6 +133,7 @@ class Network:
                         raise TypeError(
                             f"set_parameter({name}): expected dtype {current.dtype}, got {value.dtype}"
                         )
+                    self._check_finite(value, "the value", f"set_parameter({name})")
                 layer.params[role] = value
                 return
         raise KeyError(f"no parameter {name!r}; parameters: {', '.join(self.parameters())}")
@@ -255,6 +269,8 @@ class Network:
     def predict(self, x: Array, *, batch_size: int = 1000) -> Array:
         """Class indices (argmax of the outputs) for a batch, computed in chunks."""
         xp = self.backend.xp
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Network.predict: batch_size must be an int >= 1, got {batch_size!r}")
         self.check_input(x, "Network.predict")
         n = x.shape[0]  # slice stops past the end are not in the Array API (strict rejects them)
         parts = [xp.argmax(self.forward(x[i : min(i + batch_size, n), ...], check=False), axis=1)

@@ -96,12 +96,15 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Learning-rate schedules
 # --------------------------------------------------------------------------------------------
-def _check_rate(value: Any, what: str) -> float:
+def _check_rate(value: Any, what: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
         raise ValueError(f"{what} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    if positive and value == 0:  # a global rate of 0 trains nothing: surely a mistake
+        raise ValueError(f"{what} must be > 0 (a zero rate never changes the parameters), "
+                         f"got {value!r}")
     return value
 
 
@@ -127,7 +130,7 @@ class Constant(Schedule):
     name = "constant"
 
     def __init__(self, lr: float):
-        self.lr = _check_rate(lr, "the learning rate")
+        self.lr = _check_rate(lr, "the learning rate", positive=True)
 
     def rate(self, epoch: int) -> float:
         return self.lr
@@ -142,7 +145,7 @@ class Step(Schedule):
     name = "step"
 
     def __init__(self, lr: float, every: int = 1, gamma: float = 0.5):
-        self.lr = _check_rate(lr, "the learning rate")
+        self.lr = _check_rate(lr, "the learning rate", positive=True)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Step: every must be a positive int, got {every!r}")
         self.every = every
@@ -204,7 +207,7 @@ def lecun1998(scale: float = 1.0) -> Piecewise:
     >>> [lecun1998().rate(e) for e in (0, 1, 2, 5, 8, 12)]
     [0.0005, 0.0005, 0.0002, 0.0001, 5e-05, 1e-05]
     """
-    scale = _check_rate(scale, "lecun1998: scale")
+    scale = _check_rate(scale, "lecun1998: scale", positive=True)
     return Piecewise([r * scale for r in LECUN1998_RATES], list(LECUN1998_EPOCHS),
                      LECUN1998_FINAL * scale)
 
@@ -266,8 +269,8 @@ class Optimizer:
     Raises
     ------
     ValueError
-        A negative or non-finite rate or multiplier, or a ``layer_rates`` key that names no layer
-        or parameter (the message lists them).
+        A negative or non-finite rate or multiplier, a zero global rate, or a ``layer_rates`` key
+        that names no layer or parameter (the message lists them).
     """
 
     name = "optimizer"

@@ -261,6 +261,21 @@ def evaluate(network: Network, images: np.ndarray, labels: np.ndarray,
                              low=low, high=high, dtype=network.dtype_name)
     labels = np.asarray(labels)
     _check_finite_host(images, "evaluate: images")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"evaluate: batch_size must be an int >= 1, got {batch_size!r}")
+    classes = network.output_shape[0]
+    if labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"evaluate: expected {images.shape[0]} integer labels, one per image, got "
+            f"{labels.dtype} labels of shape {labels.shape}"
+        )
+    out_of_range = np.flatnonzero((labels < 0) | (labels >= classes))
+    if out_of_range.size:
+        first = int(out_of_range[0])
+        raise ValueError(
+            f"evaluate: labels out of range: label {int(labels[first])} at index {first} is "
+            f"outside [0, {classes}) for model {network.name!r} with {classes} outputs"
+        )
     mistakes, loss_total, n = 0, 0.0, images.shape[0]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for start in range(0, n, batch_size):
@@ -407,9 +422,11 @@ def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_siz
         the network has outputs; :class:`anycnn.checkpoint.CheckpointError` for a checkpoint of
         another model.
     """
-    for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"train: {name} must be an int >= {low}, got {value!r}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit)):
+        if name == "limit" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train: {name} must be an int >= 1, got {value!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("train: resume=True needs a checkpoint_dir")
     images, labels = dataset.train_images, dataset.train_labels
