@@ -89,9 +89,13 @@ def _default_threads() -> int:
 class _Job:
     """Slices of one op, taken one at a time by whichever thread is free."""
 
-    __slots__ = ("function", "slices", "next", "remaining", "lock", "done", "error")
+    __slots__ = ("function", "slices", "next", "remaining", "lock", "done", "error", "errstate")
 
     def __init__(self, function, slices):
+        # np.errstate is per thread (a context variable): the helpers take the caller's, so
+        # `with np.errstate(over="ignore")` around an op covers all of its slices (the training
+        # loop's divergence check relies on that to keep warnings off stderr).
+        self.errstate = np.geterr()
         self.function = function
         self.slices = slices
         self.next = itertools.count()  # next() on a count is atomic under the GIL
@@ -101,6 +105,10 @@ class _Job:
         self.error: BaseException | None = None
 
     def work(self) -> None:
+        with np.errstate(**self.errstate):
+            self._work()
+
+    def _work(self) -> None:
         slices = self.slices
         while True:
             index = next(self.next)
