@@ -222,16 +222,29 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             if not hasattr(archive, "files"):
                 raise CheckpointError(f"{where}: not an anycnn checkpoint (a single .npy array)")
-            return {key: archive[key] for key in archive.files}
+            arrays = {key: archive[key] for key in archive.files}
+        for key, value in arrays.items():  # members not named .npy come back as raw bytes
+            if not isinstance(value, np.ndarray):
+                raise CheckpointError(
+                    f"{where}: not an anycnn checkpoint: member {key!r} is not an .npy array"
+                )
+        return arrays
     except CheckpointError:
         raise
     except ValueError as error:
         text = str(error)
         if "pickle" in text:
             with open(path, "rb") as stream:
-                first = stream.read(1)
-            what = ("a Python pickle, which is never loaded (allow_pickle=False)"
-                    if first == b"\x80" else "neither an .npz archive nor an .npy array")
+                head = stream.read(6)
+            never = "which is never loaded (allow_pickle=False)"
+            if head.startswith(b"PK"):
+                what = f"an .npz archive holding an array of pickled Python objects, {never}"
+            elif head.startswith(b"\x93NUMPY"):
+                what = f"an .npy array of pickled Python objects, {never}"
+            elif head[:1] == b"\x80":
+                what = f"a Python pickle, {never}"
+            else:
+                what = "neither an .npz archive nor an .npy array"
             raise CheckpointError(
                 f"{where}: not an anycnn checkpoint: the file is {what}"
             ) from None
