@@ -89,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and report per-epoch errors",
                        description="Train a zoo model. Options left out take the model's "
-                       "defaults (lenet5: momentum 0.9, lr 0.02 halved every 2 epochs, batch "
-                       "32, 2 epochs; dlt: SGD, lr 1, batch 50, 1 epoch).")
+                       "defaults (lenet5: momentum 0.9, lr 0.02 halved every 4 epochs, batch "
+                       "32, 2 epochs; dlt: SGD, lr 1, batch 50, 1 epoch). Another --optimizer "
+                       "starts from: sgd lr 0.05; momentum lr 0.02, momentum 0.9; sdlm "
+                       "epsilon 0.003 with LeCun's schedule, mu 0.02.")
     p.add_argument("--model", choices=sorted(MODELS), default="lenet5")
     p.add_argument("--dataset", default="mnist",
                    help="mnist, fashion-mnist, or a directory with the four IDX files")
@@ -106,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "value)")
     p.add_argument("--schedule", choices=["constant", "step", "lecun"], default=None,
                    help="learning-rate schedule by epoch; lecun: LeCun et al. 1998's")
-    p.add_argument("--step-every", type=_positive_int, default=2,
-                   help="--schedule step: epochs between two decays")
-    p.add_argument("--gamma", type=_rate, default=0.5, help="--schedule step: decay factor")
+    p.add_argument("--step-every", type=_positive_int, default=None,
+                   help="--schedule step: epochs between two decays (lenet5: 4)")
+    p.add_argument("--gamma", type=_rate, default=None,
+                   help="--schedule step: decay factor (default 0.5)")
     p.add_argument("--momentum", type=_rate, default=None)
     p.add_argument("--layer-rate", type=_layer_rate, action="append", default=[],
                    metavar="LAYER=MULT", help="per-layer rate multiplier, e.g. conv1=0.5 "
@@ -219,7 +222,7 @@ def _train(args: argparse.Namespace) -> int:
                                       ("lecun" if kind == "sdlm" else "constant"))
     lr = args.lr
     if lr is None:
-        lr = defaults["lr"] if same_kind else {"sgd": 0.05, "momentum": 0.02, "sdlm": 0.0005}[kind]
+        lr = defaults["lr"] if same_kind else {"sgd": 0.05, "momentum": 0.02, "sdlm": 0.003}[kind]
     momentum = args.momentum
     if kind == "momentum" and momentum is None:
         momentum = defaults["momentum"] if same_kind and defaults["momentum"] else 0.9
@@ -232,7 +235,11 @@ def _train(args: argparse.Namespace) -> int:
     if schedule_name == "constant":
         schedule: Any = optim.Constant(lr)
     elif schedule_name == "step":
-        schedule = optim.Step(lr, every=args.step_every, gamma=args.gamma)
+        every = args.step_every or (defaults["step_every"] if defaults["schedule"] == "step"
+                                    else 4)
+        gamma = args.gamma if args.gamma is not None else (
+            defaults["gamma"] if defaults["schedule"] == "step" else 0.5)
+        schedule = optim.Step(lr, every=every, gamma=gamma)
     else:
         schedule = optim.lecun1998(lr / optim.LECUN1998_RATES[0])
 

@@ -208,8 +208,11 @@ def lecun1998(scale: float = 1.0) -> Piecewise:
     [0.0005, 0.0005, 0.0002, 0.0001, 5e-05, 1e-05]
     """
     scale = _check_rate(scale, "lecun1998: scale", positive=True)
-    return Piecewise([r * scale for r in LECUN1998_RATES], list(LECUN1998_EPOCHS),
-                     LECUN1998_FINAL * scale)
+    def scaled(rate: float) -> float:  # 12 digits: 0.0012, not 0.0012000000000000001
+        return float(f"{rate * scale:.12g}")
+
+    return Piecewise([scaled(r) for r in LECUN1998_RATES], list(LECUN1998_EPOCHS),
+                     scaled(LECUN1998_FINAL))
 
 
 SCHEDULES: dict[str, type[Schedule]] = {

@@ -57,18 +57,20 @@ __all__ = [
     "train",
 ]
 
-#: Per-model defaults of the training loop and of ``anycnn train``. DLT: DeepLearnToolbox's
-#: ``test_example_CNN`` (batch 50, rate 1, plain SGD, one epoch). LeNet-5: mini-batch SGD with
-#: momentum and a rate halved every two epochs (see the README's results for how it was chosen).
+#: Per-model defaults of ``anycnn train``. DLT: DeepLearnToolbox's ``test_example_CNN`` (batch
+#: 50, rate 1, plain SGD, one epoch: 11.3% test error). LeNet-5: mini-batch SGD with momentum
+#: 0.9, rate 0.02 halved every 4 epochs, batch 32: under 2% test error after the default 2 epochs
+#: and 0.88% after 20 on MNIST (the README's results table has the commands and times).
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "dlt": {"optimizer": "sgd", "lr": 1.0, "batch_size": 50, "epochs": 1, "momentum": None,
-            "schedule": "constant"},
+            "schedule": "constant", "step_every": 1, "gamma": 1.0},
     "lenet5": {"optimizer": "momentum", "lr": 0.02, "batch_size": 32, "epochs": 2,
-               "momentum": 0.9, "schedule": "step"},
+               "momentum": 0.9, "schedule": "step", "step_every": 4, "gamma": 0.5},
 }
 #: Fallback for networks outside the zoo.
 GENERIC_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "lr": 0.05, "batch_size": 32,
-                                    "epochs": 1, "momentum": None, "schedule": "constant"}
+                                    "epochs": 1, "momentum": None, "schedule": "constant",
+                                    "step_every": 1, "gamma": 1.0}
 
 
 class DivergenceError(RuntimeError):
