@@ -221,3 +221,30 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(capsys, tmp_pa
                                                if k.startswith(("param/", "optim/")))
         for key in keys:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_plots_without_matplotlib_say_how_to_install_it(monkeypatch, tmp_path):
+    from anycnn import plots
+
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    with pytest.raises(plots.MatplotlibMissingError, match=r'pip install "anycnn\[plot\]"'):
+        plots.learning_curves([{"epoch": 1, "train_error": 0.5, "test_error": 0.4}],
+                              tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_functions_write_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from anycnn import models, plots
+
+    net = models.lenet5(backend="cpu")
+    history = [{"epoch": e, "train_error": 0.1 / e, "test_error": 0.12 / e,
+                "train_loss": 1.0 / e, "test_loss": 1.1 / e} for e in (1, 2, 3)]
+    example = np.zeros((1, 1, 32, 32), np.float32)
+    written = plots.save_plots(tmp_path, network=net, history=history, example=example)
+    assert [p.name for p in written] == ["learning_curves.png", "kernels.png", "feature_maps.png"]
+    for path in written:
+        assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no convolution layer conv9"):
+        plots.kernels(net, tmp_path / "k.png", layer="conv9")
