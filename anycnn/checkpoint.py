@@ -79,15 +79,18 @@ def _json_bytes(value: Any) -> np.ndarray:
     return np.frombuffer(json.dumps(value, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
 
-def _test_stall() -> None:
-    """A test hook: ``ANYCNN_TEST_CHECKPOINT_STALL=seconds`` sleeps between writing the temporary
-    file and renaming it, so tests/test_hardening.py can SIGKILL a training process exactly
-    there. Read at each write, only here; unset (always, outside that test) it does nothing."""
+def _test_stall(path: Path) -> None:
+    """A test hook: ``ANYCNN_TEST_CHECKPOINT_STALL=seconds`` (every write) or
+    ``ANYCNN_TEST_CHECKPOINT_STALL=epoch-0002.npz=seconds`` (that file only) sleeps between
+    writing the temporary file and renaming it, so tests/test_hardening.py can SIGKILL a training
+    process exactly there. Read at each write, only here; unset it does nothing."""
     value = os.environ.get("ANYCNN_TEST_CHECKPOINT_STALL")
     if value:
-        import time
+        name, _, seconds = value.rpartition("=")
+        if not name or name == path.name:
+            import time
 
-        time.sleep(float(value))
+            time.sleep(float(seconds))
 
 
 def checkpoint_path(directory: str | os.PathLike[str], epoch: int) -> Path:
@@ -167,7 +170,7 @@ def save_checkpoint(path: str | os.PathLike[str], network: Network, *, epoch: in
             np.savez(stream, **arrays)
             stream.flush()
             os.fsync(stream.fileno())
-        _test_stall()
+        _test_stall(path)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
