@@ -12,8 +12,9 @@ What is timed
 * **Training steps** of ``dlt`` (DeepLearnToolbox's 6c-2s-12c-2s net, squared error) and
   ``lenet5`` (C3 connection table, trainable sum-pooling, LeCun tanh, cross-entropy) at batch
   sizes 1, 16, 50, 64 and 256: forward, loss, backward and the plain SGD update
-  ``p -= lr * g`` of every parameter. anycnn runs ``Network.compute_gradients`` (with its
-  input checks) and the update on ``Network.parameters()`` / ``Network.gradients()``.
+  ``p -= lr * g`` of every parameter. anycnn runs ``Network.compute_gradients(x, t,
+  check=False)``, as its training loop does (the data are checked once, on the host), and the
+  update on the layers' ``params`` / ``grads`` (what ``Network.parameters()`` returns).
 * **Inference** (forward only) at batch 1000.
 * **One DLT epoch** on MNIST: 60000 images in a random order, batch 50, learning rate 1 (the
   toolbox's setting), wall time of the whole loop including the batch gathering.
@@ -157,16 +158,21 @@ class AnycnnRunner:
         self.net = models.build(model, backend=backend, seed=seed)
         self.backend = self.net.backend
         self.lr = LEARNING_RATE[model]
+        # The layer protocol's params/grads dicts (what Network.parameters()/gradients() read),
+        # listed once instead of rebuilding two dicts per step.
+        self.slots = [
+            (layer.params, layer.grads, role) for layer in self.net.layers for role in layer.params
+        ]
 
     def to_device(self, x: np.ndarray, t: np.ndarray) -> tuple[Any, Any]:
         return self.backend.asarray(x), self.backend.asarray(t)
 
     def step(self, x: Any, t: Any) -> None:
-        net, lr = self.net, self.lr
-        net.compute_gradients(x, t)
-        gradients = net.gradients()
-        for name, p in net.parameters().items():
-            p -= lr * gradients[name]  # in place: the layer holds this very array
+        lr = self.lr
+        # Unchecked, as anycnn's training loop runs its steps (it checks the data once).
+        self.net.compute_gradients(x, t, check=False)
+        for params, grads, role in self.slots:
+            params[role] -= lr * grads[role]  # in place: the layer holds this very array
 
     def infer(self, x: Any) -> None:
         self.net.forward(x)
