@@ -60,13 +60,13 @@ def learning_curves(history: Sequence[Any], path: str | os.PathLike[str]) -> Pat
         values = [_field(r, name) for r in history]
         if all(v is not None for v in values):
             errors.plot(epochs, [100 * v for v in values], marker="o", label=label)
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
     errors.set_xlabel("epoch")
     errors.set_ylabel("error (%)")
     errors.set_yscale("log")
     errors.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    errors.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    errors.yaxis.set_minor_formatter(NullFormatter())
     for axis in (errors, losses):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     errors.grid(True, which="both", alpha=0.3)
