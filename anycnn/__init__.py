@@ -10,7 +10,7 @@ Importing anycnn imports neither CuPy nor any optional array library.
 ['conv1.kernel', 'conv1.bias']
 """
 
-from anycnn import functional, layers, models, ops
+from anycnn import checkpoint, datasets, functional, layers, models, ops, optim, train
 from anycnn.backend import (
     Backend,
     BackendUnavailableError,
@@ -20,6 +20,7 @@ from anycnn.backend import (
     set_backend,
     use_backend,
 )
+from anycnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from anycnn.gradcheck import GradcheckReport, gradcheck
 from anycnn.layers import (
     Convolution,
@@ -27,16 +28,36 @@ from anycnn.layers import (
     Flatten,
     FullyConnected,
     LayerError,
+    LearnedCombination,
     SquaredError,
     Subsampling,
     from_cross_correlation,
     to_cross_correlation,
+    to_selection,
 )
 from anycnn.network import Network
+from anycnn.optim import SDLM, SGD, Momentum, diagonal_hessian, lecun1998
+from anycnn.train import DivergenceError, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SDLM",
+    "SGD",
+    "CheckpointError",
+    "DivergenceError",
+    "LearnedCombination",
+    "Momentum",
+    "checkpoint",
+    "datasets",
+    "diagonal_hessian",
+    "evaluate",
+    "lecun1998",
+    "load_checkpoint",
+    "optim",
+    "save_checkpoint",
+    "to_selection",
+    "train",
     "Backend",
     "BackendUnavailableError",
     "Convolution",
