@@ -192,27 +192,31 @@ class _Pool:
                 function(index, start, stop)
             return
         job = _Job(function, slices)
+        if len(self._workers) < self.threads - 1:
+            self._late = -3  # the helpers start now: their first jobs do not count
         self._ensure_workers()
         helpers = min(self.threads - 1, len(slices) - 1)
         with self._cv:
             self._queue.extend([job] * helpers)
             self._cv.notify(helpers)
+        posted = time.perf_counter()
         job.work()
         started = time.perf_counter()
         job.done.wait()
-        waited = time.perf_counter() - started
+        finished = time.perf_counter()
+        waited = finished - started
         if helpers:  # jobs no worker picked up are finished: drop them
             with self._cv:
                 self._queue[:] = [j for j in self._queue if j is not job]
         # Note [Helpers on a busy machine]: a helper that has no core (other processes hold
-        # them) takes no slice, or takes one and is preempted while the caller waits for it;
-        # on a shared 2-core machine that made LeNet-5's batch-256 step 1.6x slower than one
-        # thread. After 3 such jobs in a row, the next 256 run on the calling thread alone,
-        # then the helpers are tried again.
-        if job.taken * 4 < len(slices) or waited > 2e-4 * len(slices):
+        # them) can take a slice and be preempted inside it while the caller waits; on a shared
+        # 2-core machine that made LeNet-5's batch-256 step 1.6x slower than one thread. After
+        # 3 jobs in a row whose caller waited for over a quarter of the job (and over 0.1 ms),
+        # the next 64 run on the calling thread alone, then the helpers are tried again.
+        if waited > 1e-4 and waited * 4 > finished - posted:
             self._late += 1
             if self._late >= 3:
-                self._late, self._alone = 0, 256
+                self._late, self._alone = 0, 64
         else:
             self._late = 0
         if job.error is not None:
@@ -404,16 +408,20 @@ def conv_kernel_grad(x, delta, selection=None):
 
     def work(index, start, stop):
         m = stop - start
-        # One GEMM per slice, (C_out, m*P) x (m*P, C_in*kh*kw): BLAS sums over the slice.
-        columns = _scratch("columns", (c, kh, kw, m, dh, dw), dtype)
+        columns = _scratch("columns", (m, c, kh, kw, dh, dw), dtype)
+        np.copyto(columns, windows[start:stop])
+        columns = columns.reshape(m, ck, p)
         if m == 1:
-            np.copyto(columns.reshape(c, kh, kw, dh, dw), windows[start])
-            d = deltas[start]
-        else:
-            np.copyto(columns, windows[start:stop].transpose(1, 2, 3, 0, 4, 5))
-            d = _scratch("deltas", (o, m, p), dtype)
-            np.copyto(d, deltas[start:stop].transpose(1, 0, 2))
-        partial[index] = d.reshape(o, m * p) @ columns.reshape(ck, m * p).T
+            partial[index] = deltas[start] @ columns[0].T
+        elif p >= 16:
+            # One small GEMM per example, summed: OpenBLAS runs products this small without
+            # its buffer lock, so the pool's threads run them side by side; one long-K GEMM
+            # per slice is as fast alone but serialises across threads (0.97x on 2 threads).
+            partial[index] = np.matmul(deltas[start:stop], columns.transpose(0, 2, 1)).sum(axis=0)
+        else:  # maps of a few pixels (LeNet-5's C5): per-example products would be outer ones
+            d = np.ascontiguousarray(deltas[start:stop].transpose(1, 0, 2)).reshape(o, m * p)
+            cols = np.ascontiguousarray(columns.transpose(1, 0, 2)).reshape(ck, m * p)
+            partial[index] = d @ cols.T
 
     _run(work, n, (ck + o) * p * dtype.itemsize, o * ck * p)
     grad = partial[0]
