@@ -255,15 +255,10 @@ def test_same_seed_gives_bit_identical_parameters_run_to_run(tmp_path):
     _assert_bitwise_equal(results["second"], results["first"], "second run")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, reported: backends/anycnn_numpy/_ops.py promises results independent of the "
-    "thread count, but _slices cuts a batch into max(cache-sized count, threads) slices and adds "
-    "the kernel-gradient partial sums per slice, so 4 threads give other float32 roundings than "
-    "1 or 2 (26 of 28 arrays differ, max relative parameter difference 3.4e-07; 3 threads: 2 "
-    "arrays differ). Same machine, same thread count: bit-identical. Remove this mark when fixed."))
 def test_results_do_not_depend_on_the_thread_count(tmp_path):
-    results = _train_side_by_side(tmp_path, {"1": {"ANYCNN_NUM_THREADS": "1"},
-                                             "4": {"ANYCNN_NUM_THREADS": "4"}})
+    runs = {n: {"ANYCNN_NUM_THREADS": n} for n in ("1", "2", "4")}
+    results = _train_side_by_side(tmp_path, runs)
+    _assert_bitwise_equal(results["2"], results["1"], "2 threads vs 1")
     _assert_bitwise_equal(results["4"], results["1"], "4 threads vs 1")
 
 

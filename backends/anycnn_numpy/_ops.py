@@ -278,12 +278,20 @@ def get_num_threads() -> int:
     return _pool.threads
 
 
+#: Slices of a batch large enough to parallelise. Fixed, not the thread count: partial sums
+#: (the kernel gradient) are added in slice order, so the same slicing on every machine gives
+#: bit-identical results whatever ANYCNN_NUM_THREADS is (tests/test_hardening.py).
+_PARALLEL_SLICES = 4
+
+
 def _slices(n: int, bytes_per_item: int) -> list[tuple[int, int]]:
-    """Batch slices of about _SLICE_BYTES of scratch, at least one per thread when it pays."""
+    """Batch slices of about _SLICE_BYTES of scratch, at least _PARALLEL_SLICES when it pays.
+
+    Depends on the batch only, never on the number of threads (see _PARALLEL_SLICES)."""
     total = n * bytes_per_item
     count = min(n, -(-total // _SLICE_BYTES))
-    if _pool.threads > 1 and total >= _MIN_PARALLEL_BYTES:
-        count = min(n, max(count, _pool.threads))
+    if total >= _MIN_PARALLEL_BYTES:
+        count = min(n, max(count, _PARALLEL_SLICES))
     if count <= 1:
         return [(0, n)]
     bounds = [n * i // count for i in range(count + 1)]
