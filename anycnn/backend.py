@@ -310,11 +310,17 @@ def _builtin_generic() -> list[Backend]:
     )
     strict.namespace = _strict_namespace
     torch = _generic(
-        "torch", "torch", (), "pip install torch", "PyTorch tensors on the CPU through array-api-compat"
+        "torch",
+        "torch",
+        (),
+        "pip install torch",
+        "PyTorch tensors on the CPU through array-api-compat",
     )
     torch.namespace = _torch_namespace
     torch.device = _torch_device
-    jax = _generic("jax", "jax", (), 'pip install "jax[cpu]"', "JAX arrays through array-api-compat")
+    jax = _generic(
+        "jax", "jax", (), 'pip install "jax[cpu]"', "JAX arrays through array-api-compat"
+    )
     return [strict, torch, jax]
 
 

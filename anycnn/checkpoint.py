@@ -111,9 +111,15 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(path: str | os.PathLike[str], network: Network, *, epoch: int,
-                    optimizer: Any = None, rng: np.random.Generator | None = None,
-                    info: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    network: Network,
+    *,
+    epoch: int,
+    optimizer: Any = None,
+    rng: np.random.Generator | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Path:
     """Write a checkpoint atomically (temporary file, fsync, :func:`os.replace`).
 
     Parameters
@@ -163,11 +169,12 @@ def save_checkpoint(path: str | os.PathLike[str], network: Network, *, epoch: in
         for key, value in optimizer.state_dict().items():
             arrays[f"optim/{key}"] = np.asarray(value)
 
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                             dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(descriptor, "wb") as stream:
-            np.savez(stream, **arrays)
+            np.savez(stream, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
             stream.flush()
             os.fsync(stream.fileno())
         _test_stall(path)
@@ -217,8 +224,9 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
     """Every array of the file, read now (a truncated member fails here, not later)."""
     where = str(path)
     if path.is_dir():
-        raise CheckpointError(f"{where}: a directory, not a checkpoint file; pass one of its "
-                              "epoch-NNNN.npz files")
+        raise CheckpointError(
+            f"{where}: a directory, not a checkpoint file; pass one of its epoch-NNNN.npz files"
+        )
     if not path.is_file():
         raise CheckpointError(f"{where}: no such checkpoint file")
     try:
@@ -285,14 +293,20 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     """A model config without the initialisation seeds (of the network and of its layers): two
     networks that differ only there are the same model (tables are compared separately)."""
     out = {k: v for k, v in config.items() if k != "seed"}
-    out["layers"] = [{k: v for k, v in spec.items() if k != "seed"}
-                     for spec in config.get("layers", [])]
+    out["layers"] = [
+        {k: v for k, v in spec.items() if k != "seed"} for spec in config.get("layers", [])
+    ]
     return out
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, network: Network | None = None,
-                    backend: str | Backend | None = None, dtype: str | None = None,
-                    model: str | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    network: Network | None = None,
+    backend: str | Backend | None = None,
+    dtype: str | None = None,
+    model: str | None = None,
+) -> Checkpoint:
     """Read a checkpoint, validate every array, then restore the network (and optimizer).
 
     Parameters
@@ -341,8 +355,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, network: Network | None = N
             f"{where}: this is a checkpoint of model {stored_model!r}, not {model!r}"
         )
 
-    extra = {key[len("extra/"):]: value for key, value in arrays.items()
-             if key.startswith("extra/")}
+    extra = {
+        key[len("extra/") :]: value for key, value in arrays.items() if key.startswith("extra/")
+    }
     if network is None:
         try:
             network = Network.from_config(config, extra_state=extra, backend=backend, dtype=dtype)
@@ -379,26 +394,28 @@ def load_checkpoint(path: str | os.PathLike[str], *, network: Network | None = N
             )
         if value.dtype != np.dtype(stored_dtype):
             raise CheckpointError(
-                f"{where}: parameter {name!r} is {value.dtype}, the checkpoint says "
-                f"{stored_dtype}"
+                f"{where}: parameter {name!r} is {value.dtype}, the checkpoint says {stored_dtype}"
             )
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{where}: parameter {name!r} holds NaN or Inf")
-    unexpected = sorted(key for key in arrays if key.startswith("param/")
-                        and key[len("param/"):] not in params)
+    unexpected = sorted(
+        key for key in arrays if key.startswith("param/") and key[len("param/") :] not in params
+    )
     if unexpected:
         raise CheckpointError(
             f"{where}: unexpected parameters {', '.join(k[6:] for k in unexpected)} for model "
             f"{network.name!r}"
         )
-    unknown = sorted(key for key in arrays
-                     if not key.startswith(("param/", "extra/", "optim/", "meta/")))
+    unknown = sorted(
+        key for key in arrays if not key.startswith(("param/", "extra/", "optim/", "meta/"))
+    )
     if unknown:
         raise CheckpointError(f"{where}: unexpected entries {', '.join(unknown)}")
 
     optimizer = None
-    optimizer_state = {key[len("optim/"):]: value for key, value in arrays.items()
-                       if key.startswith("optim/")}
+    optimizer_state = {
+        key[len("optim/") :]: value for key, value in arrays.items() if key.startswith("optim/")
+    }
     if info.get("optimizer") is not None:
         try:
             optimizer = optim.optimizer_from_config(network, info["optimizer"])
@@ -437,11 +454,19 @@ def load_checkpoint(path: str | os.PathLike[str], *, network: Network | None = N
         value = np.array(arrays[f"param/{name}"], dtype=np.dtype(dtype_name), copy=True)
         network.set_parameter(name, network.backend.asarray(value, dtype=dtype_name))
     if optimizer is not None:
-        converted = {key: (value if key == "steps" else value.astype(dtype_name, copy=False))
-                     for key, value in optimizer_state.items()}
+        converted = {
+            key: (value if key == "steps" else value.astype(dtype_name, copy=False))
+            for key, value in optimizer_state.items()
+        }
         optimizer.load_state_dict(converted)
-    return Checkpoint(path=path, network=network, epoch=epoch, info=info, optimizer=optimizer,
-                      optimizer_state=optimizer_state)
+    return Checkpoint(
+        path=path,
+        network=network,
+        epoch=epoch,
+        info=info,
+        optimizer=optimizer,
+        optimizer_state=optimizer_state,
+    )
 
 
 def _describe(config: Mapping[str, Any]) -> str:

@@ -75,62 +75,109 @@ def _layer_rate(text: str) -> tuple[str, float]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks for errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from anycnn.models import MODELS
 
-    parser = _Parser(prog="anycnn", description="Classic CNNs after Bouvrie's 2006 notes, on "
-                     "NumPy/SciPy (CPU), CuPy (CUDA) or any Array API namespace.")
+    parser = _Parser(
+        prog="anycnn",
+        description="Classic CNNs after Bouvrie's 2006 notes, on "
+        "NumPy/SciPy (CPU), CuPy (CUDA) or any Array API namespace.",
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a model and report per-epoch errors",
-                       description="Train a zoo model. Options left out take the model's "
-                       "defaults (lenet5: momentum 0.9, lr 0.02 halved every 4 epochs, batch "
-                       "32, 2 epochs; dlt: SGD, lr 1, batch 50, 1 epoch). Another --optimizer "
-                       "starts from: sgd lr 0.05; momentum lr 0.02, momentum 0.9; sdlm "
-                       "epsilon 0.003 with LeCun's schedule, mu 0.02.")
+    p = sub.add_parser(
+        "train",
+        help="train a model and report per-epoch errors",
+        description="Train a zoo model. Options left out take the model's "
+        "defaults (lenet5: momentum 0.9, lr 0.02 halved every 4 epochs, batch "
+        "32, 2 epochs; dlt: SGD, lr 1, batch 50, 1 epoch). Another --optimizer "
+        "starts from: sgd lr 0.05; momentum lr 0.02, momentum 0.9; sdlm "
+        "epsilon 0.003 with LeCun's schedule, mu 0.02.",
+    )
     p.add_argument("--model", choices=sorted(MODELS), default="lenet5")
-    p.add_argument("--dataset", default="mnist",
-                   help="mnist, fashion-mnist, or a directory with the four IDX files")
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        help="mnist, fashion-mnist, or a directory with the four IDX files",
+    )
     p.add_argument("--data-dir", default=None, help="where to look for a named data set first")
     p.add_argument("--backend", default="auto", help="auto, cpu, cuda, numpy, cupy, torch, ...")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--epochs", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="1 is online learning (one pattern per update)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="1 is online learning (one pattern per update)",
+    )
     p.add_argument("--optimizer", choices=["sgd", "momentum", "sdlm"], default=None)
-    p.add_argument("--lr", type=_rate, default=None,
-                   help="global learning rate (SDLM: epsilon; with --schedule lecun, its first "
-                   "value)")
-    p.add_argument("--schedule", choices=["constant", "step", "lecun"], default=None,
-                   help="learning-rate schedule by epoch; lecun: LeCun et al. 1998's")
-    p.add_argument("--step-every", type=_positive_int, default=None,
-                   help="--schedule step: epochs between two decays (lenet5: 4)")
-    p.add_argument("--gamma", type=_rate, default=None,
-                   help="--schedule step: decay factor (default 0.5)")
+    p.add_argument(
+        "--lr",
+        type=_rate,
+        default=None,
+        help="global learning rate (SDLM: epsilon; with --schedule lecun, its first value)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["constant", "step", "lecun"],
+        default=None,
+        help="learning-rate schedule by epoch; lecun: LeCun et al. 1998's",
+    )
+    p.add_argument(
+        "--step-every",
+        type=_positive_int,
+        default=None,
+        help="--schedule step: epochs between two decays (lenet5: 4)",
+    )
+    p.add_argument(
+        "--gamma", type=_rate, default=None, help="--schedule step: decay factor (default 0.5)"
+    )
     p.add_argument("--momentum", type=_rate, default=None)
-    p.add_argument("--layer-rate", type=_layer_rate, action="append", default=[],
-                   metavar="LAYER=MULT", help="per-layer rate multiplier, e.g. conv1=0.5 "
-                   "(repeatable)")
+    p.add_argument(
+        "--layer-rate",
+        type=_layer_rate,
+        action="append",
+        default=[],
+        metavar="LAYER=MULT",
+        help="per-layer rate multiplier, e.g. conv1=0.5 (repeatable)",
+    )
     p.add_argument("--mu", type=_rate, default=0.02, help="SDLM damping (LeCun: 0.02)")
-    p.add_argument("--hessian-samples", type=_positive_int, default=500,
-                   help="SDLM: patterns used to estimate the curvature before each epoch")
-    p.add_argument("--loss", choices=["cross_entropy", "squared_error"], default=None,
-                   help="lenet5 only (default cross_entropy); dlt uses squared_error")
+    p.add_argument(
+        "--hessian-samples",
+        type=_positive_int,
+        default=500,
+        help="SDLM: patterns used to estimate the curvature before each epoch",
+    )
+    p.add_argument(
+        "--loss",
+        choices=["cross_entropy", "squared_error"],
+        default=None,
+        help="lenet5 only (default cross_entropy); dlt uses squared_error",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=_positive_int, default=None,
-                   help="use only the first N training and test examples")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="use only the first N training and test examples",
+    )
     p.add_argument("--checkpoint-dir", default=None)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in --checkpoint-dir")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --checkpoint-dir",
+    )
     p.add_argument("--metrics", default=None, metavar="FILE.json")
-    p.add_argument("--plots", default=None, metavar="DIR",
-                   help="write learning curves, kernels and feature maps as PNG (needs "
-                   "matplotlib)")
+    p.add_argument(
+        "--plots",
+        default=None,
+        metavar="DIR",
+        help="write learning curves, kernels and feature maps as PNG (needs matplotlib)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _common(p)
 
@@ -148,8 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=_positive_int, default=2)
     g.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--tolerance", type=_rate, default=None,
-                   help="largest relative error that passes (1e-6 in float64, 1e-2 in float32)")
+    g.add_argument(
+        "--tolerance",
+        type=_rate,
+        default=None,
+        help="largest relative error that passes (1e-6 in float64, 1e-2 in float32)",
+    )
     _common(g)
 
     b = sub.add_parser("backends", help="list the array backends and whether they are usable")
@@ -198,8 +249,9 @@ def _check_output(option: str, value: str | None, *, directory: bool) -> None:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise UsageError(f"anycnn train: {option} {value}: {parent} is a file, not a "
-                                 "directory")
+                raise UsageError(
+                    f"anycnn train: {option} {value}: {parent} is a file, not a directory"
+                )
             break
 
 
@@ -218,8 +270,9 @@ def _train(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or defaults["batch_size"]
     kind = args.optimizer or defaults["optimizer"]
     same_kind = kind == defaults["optimizer"]
-    schedule_name = args.schedule or (defaults["schedule"] if same_kind else
-                                      ("lecun" if kind == "sdlm" else "constant"))
+    schedule_name = args.schedule or (
+        defaults["schedule"] if same_kind else ("lecun" if kind == "sdlm" else "constant")
+    )
     lr = args.lr
     if lr is None:
         lr = defaults["lr"] if same_kind else {"sgd": 0.05, "momentum": 0.02, "sdlm": 0.003}[kind]
@@ -235,10 +288,12 @@ def _train(args: argparse.Namespace) -> int:
     if schedule_name == "constant":
         schedule: Any = optim.Constant(lr)
     elif schedule_name == "step":
-        every = args.step_every or (defaults["step_every"] if defaults["schedule"] == "step"
-                                    else 4)
-        gamma = args.gamma if args.gamma is not None else (
-            defaults["gamma"] if defaults["schedule"] == "step" else 0.5)
+        every = args.step_every or (defaults["step_every"] if defaults["schedule"] == "step" else 4)
+        gamma = (
+            args.gamma
+            if args.gamma is not None
+            else (defaults["gamma"] if defaults["schedule"] == "step" else 0.5)
+        )
         schedule = optim.Step(lr, every=every, gamma=gamma)
     else:
         schedule = optim.lecun1998(lr / optim.LECUN1998_RATES[0])
@@ -252,8 +307,9 @@ def _train(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if kind == "sdlm":
         extra = {"mu": args.mu, "samples": args.hessian_samples}
-    opt = optim.build_optimizer(kind, net, lr=schedule, momentum=momentum,
-                                layer_rates=dict(args.layer_rate), **extra)
+    opt = optim.build_optimizer(
+        kind, net, lr=schedule, momentum=momentum, layer_rates=dict(args.layer_rate), **extra
+    )
     if args.checkpoint_dir and not args.resume and ckpt.latest_checkpoint(args.checkpoint_dir):
         raise UsageError(
             f"anycnn train: {args.checkpoint_dir} already holds checkpoints; pass --resume to "
@@ -265,16 +321,23 @@ def _train(args: argparse.Namespace) -> int:
     if not quiet:
         rate = f"lr {schedule!r}" if schedule_name != "constant" else f"lr {lr:g}"
         mom = f", momentum {momentum:g}" if momentum else ""
-        _say(f"anycnn train: {args.model} on {dataset.name} "
-             f"({dataset.train_images.shape[0]} train / {dataset.test_images.shape[0]} test), "
-             f"backend {device}, {args.dtype}")
-        _say(f"  optimizer {kind}, {rate}{mom}, batch {batch_size}, {epochs} epoch(s), "
-             f"seed {args.seed}")
+        _say(
+            f"anycnn train: {args.model} on {dataset.name} "
+            f"({dataset.train_images.shape[0]} train / {dataset.test_images.shape[0]} test), "
+            f"backend {device}, {args.dtype}"
+        )
+        _say(
+            f"  optimizer {kind}, {rate}{mom}, batch {batch_size}, {epochs} epoch(s), "
+            f"seed {args.seed}"
+        )
 
     if args.resume and not quiet:
         latest = ckpt.latest_checkpoint(args.checkpoint_dir)
-        _say(f"  resuming from {latest}" if latest else
-             f"  no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
+        _say(
+            f"  resuming from {latest}"
+            if latest
+            else f"  no checkpoint in {args.checkpoint_dir} yet: starting from scratch"
+        )
 
     from tqdm.auto import tqdm
 
@@ -282,27 +345,45 @@ def _train(args: argparse.Namespace) -> int:
         if not quiet:
             tqdm.write(record.line(epochs) + f"  (eval {record.eval_seconds:.1f} s)")
 
-    run_info = {"command": "anycnn " + " ".join(shlex.quote(a) for a in args.argv),
-                "device_description": device, "machine": platform.node(),
-                "cpu_count": os.cpu_count()}
+    run_info = {
+        "command": "anycnn " + " ".join(shlex.quote(a) for a in args.argv),
+        "device_description": device,
+        "machine": platform.node(),
+        "cpu_count": os.cpu_count(),
+    }
     result = train.train(
-        net, dataset, epochs=epochs, batch_size=batch_size, optimizer=opt, seed=args.seed,
+        net,
+        dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=opt,
+        seed=args.seed,
         progress=not quiet and (sys.stderr.isatty() or bool(os.environ.get("ANYCNN_PROGRESS"))),
-        checkpoint_dir=args.checkpoint_dir, resume=args.resume, metrics_path=args.metrics,
-        callbacks=[report], run_info=run_info)
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        metrics_path=args.metrics,
+        callbacks=[report],
+        run_info=run_info,
+    )
     if args.plots:
         from anycnn import plots
 
         x0 = result.preprocessing(dataset.test_images[:1], net.dtype_name)
-        written = plots.save_plots(args.plots, network=net, history=result.history,
-                                   example=net.backend.asarray(x0, dtype=net.dtype_name))
+        written = plots.save_plots(
+            args.plots,
+            network=net,
+            history=result.history,
+            example=net.backend.asarray(x0, dtype=net.dtype_name),
+        )
         if not quiet:
             _say("plots: " + ", ".join(str(p) for p in written))
     final = result.history[-1] if result.history else None
     total = sum(r.seconds for r in result.history)
     if final is not None and final.test_error is not None:
-        _say(f"test error {100 * final.test_error:.2f}% after {final.epoch} epoch(s); "
-             f"training time {total:.1f} s ({device})")
+        _say(
+            f"test error {100 * final.test_error:.2f}% after {final.epoch} epoch(s); "
+            f"training time {total:.1f} s ({device})"
+        )
     return EXIT_OK
 
 
@@ -329,10 +410,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     result = train.evaluate(net, dataset.test_images, dataset.test_labels, prep)
     seconds = time.perf_counter() - began
-    _say(f"{args.checkpoint}: {net.name}, epoch {restored.epoch}, on {dataset.name} "
-         f"({result['count']} test images), backend {describe_device(backend)}")
-    _say(f"test error {100 * result['error']:.2f}% ({result['mistakes']}/{result['count']}), "
-         f"mean loss {result['loss']:.4f}, {seconds:.1f} s")
+    _say(
+        f"{args.checkpoint}: {net.name}, epoch {restored.epoch}, on {dataset.name} "
+        f"({result['count']} test images), backend {describe_device(backend)}"
+    )
+    _say(
+        f"test error {100 * result['error']:.2f}% ({result['mistakes']}/{result['count']}), "
+        f"mean loss {result['loss']:.4f}, {seconds:.1f} s"
+    )
     return EXIT_OK
 
 
@@ -345,14 +430,28 @@ def _gradcheck(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.batch, *net.input_shape))
     low, high = train.target_values(net)
-    t = datasets.one_hot(rng.integers(0, net.output_shape[0], args.batch), net.output_shape[0],
-                         low=low, high=high, dtype=args.dtype)
-    tolerance = args.tolerance if args.tolerance is not None else (
-        1e-6 if args.dtype == "float64" else 1e-2)
-    report = gradcheck(net, backend.asarray(x, dtype=args.dtype),
-                       backend.asarray(t, dtype=args.dtype), tolerance=tolerance)
-    _say(f"gradcheck: {args.model}, batch {args.batch}, {args.dtype}, backend "
-         f"{describe_device(backend)}")
+    t = datasets.one_hot(
+        rng.integers(0, net.output_shape[0], args.batch),
+        net.output_shape[0],
+        low=low,
+        high=high,
+        dtype=args.dtype,
+    )
+    tolerance = (
+        args.tolerance
+        if args.tolerance is not None
+        else (1e-6 if args.dtype == "float64" else 1e-2)
+    )
+    report = gradcheck(
+        net,
+        backend.asarray(x, dtype=args.dtype),
+        backend.asarray(t, dtype=args.dtype),
+        tolerance=tolerance,
+    )
+    _say(
+        f"gradcheck: {args.model}, batch {args.batch}, {args.dtype}, backend "
+        f"{describe_device(backend)}"
+    )
     _say(str(report))
     return EXIT_OK if report.passed else EXIT_FAILED
 
@@ -363,16 +462,21 @@ def _backends(args: argparse.Namespace) -> int:
     rows = [("name", "aliases", "available", "reason / description")]
     for record in available_backends():
         reason = record.description if record.available else record.unavailable_reason
-        rows.append((record.name, ", ".join(record.aliases) or "-",
-                     "yes" if record.available else "no", reason or ""))
+        rows.append(
+            (
+                record.name,
+                ", ".join(record.aliases) or "-",
+                "yes" if record.available else "no",
+                reason or "",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         _say("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
     return EXIT_OK
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "gradcheck": _gradcheck,
-            "backends": _backends}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "gradcheck": _gradcheck, "backends": _backends}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -433,5 +537,12 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-__all__ = ["EXIT_DIVERGED", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser",
-           "main"]
+__all__ = [
+    "EXIT_DIVERGED",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "main",
+]

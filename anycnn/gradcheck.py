@@ -54,18 +54,31 @@ class GradcheckReport:
         lines = [f"{'parameter':<22}{'entries':>8}{'max rel err':>14}{'max abs err':>14}"]
         for c in self.checks:
             flag = "" if c.max_relative_error <= self.tolerance else "  FAIL"
-            lines.append(f"{c.name:<22}{c.entries:>8}{c.max_relative_error:>14.3e}"
-                         f"{c.max_abs_error:>14.3e}{flag}")
+            lines.append(
+                f"{c.name:<22}{c.entries:>8}{c.max_relative_error:>14.3e}"
+                f"{c.max_abs_error:>14.3e}{flag}"
+            )
         verdict = "PASS" if self.passed else "FAIL"
-        lines.append(f"{verdict}: max relative error {self.max_relative_error:.3e} "
-                     f"(tolerance {self.tolerance:.1e}), loss {self.loss:.6g}")
+        lines.append(
+            f"{verdict}: max relative error {self.max_relative_error:.3e} "
+            f"(tolerance {self.tolerance:.1e}), loss {self.loss:.6g}"
+        )
         return "\n".join(lines)
 
 
-def gradcheck(network: Network, x: Any, t: Any, *, eps: float = 1e-4, order: int = 4,
-              max_entries: int = 40,
-              tolerance: float = 1e-6, seed: int = 0, floor: float = 1e-10,
-              parameters: list[str] | None = None) -> GradcheckReport:
+def gradcheck(
+    network: Network,
+    x: Any,
+    t: Any,
+    *,
+    eps: float = 1e-4,
+    order: int = 4,
+    max_entries: int = 40,
+    tolerance: float = 1e-6,
+    seed: int = 0,
+    floor: float = 1e-10,
+    parameters: list[str] | None = None,
+) -> GradcheckReport:
     """Check back-propagation against central differences for every parameter.
 
     Parameters
@@ -124,8 +137,11 @@ def gradcheck(network: Network, x: Any, t: Any, *, eps: float = 1e-4, order: int
         base = backend.to_host(original).astype(np.float64)
         grad = analytic[name]
         flat_size = base.size
-        picks = (np.arange(flat_size) if flat_size <= max_entries
-                 else rng.choice(flat_size, size=max_entries, replace=False))
+        picks = (
+            np.arange(flat_size)
+            if flat_size <= max_entries
+            else rng.choice(flat_size, size=max_entries, replace=False)
+        )
         numeric, expected = [], []
         try:
             for index in picks:
@@ -142,8 +158,9 @@ def gradcheck(network: Network, x: Any, t: Any, *, eps: float = 1e-4, order: int
         finally:
             network.set_parameter(name, original, check=False)
         numeric_a, expected_a = np.asarray(numeric), np.asarray(expected)
-        scale = max(float(np.abs(grad).max(initial=0.0)), float(np.abs(numeric_a).max(initial=0.0)),
-                    floor)
+        scale = max(
+            float(np.abs(grad).max(initial=0.0)), float(np.abs(numeric_a).max(initial=0.0)), floor
+        )
         abs_err = float(np.abs(numeric_a - expected_a).max(initial=0.0))
         report.checks.append(ParameterCheck(name, len(numeric), abs_err / scale, abs_err, scale))
     return report

@@ -24,12 +24,20 @@ def dlt(*, backend: Any = None, dtype: str = "float32", seed: int = 0) -> Networ
         Flatten(),
         FullyConnected(10, activation="sigmoid", init="glorot"),
     ]
-    return Network(layers, (1, 28, 28), loss="squared_error", dtype=dtype, backend=backend,
-                   seed=seed, name="dlt")
+    return Network(
+        layers,
+        (1, 28, 28),
+        loss="squared_error",
+        dtype=dtype,
+        backend=backend,
+        seed=seed,
+        name="dlt",
+    )
 
 
-def lenet5(*, loss: str = "cross_entropy", backend: Any = None, dtype: str = "float32",
-           seed: int = 0) -> Network:
+def lenet5(
+    *, loss: str = "cross_entropy", backend: Any = None, dtype: str = "float32", seed: int = 0
+) -> Network:
     """LeNet-5 (LeCun et al. 1998) on the 28x28 MNIST image padded to 32x32.
 
     C1 6@5x5; S2 6@14x14 (2x2 sums with a trainable coefficient and bias); C3 16@5x5 with the
@@ -50,11 +58,11 @@ def lenet5(*, loss: str = "cross_entropy", backend: Any = None, dtype: str = "fl
         Convolution(120, 5, activation=act, init="lecun"),
         Flatten(),
         FullyConnected(84, activation=act, init="lecun"),
-        FullyConnected(10, activation="identity" if loss == "cross_entropy" else act,
-                       init="lecun"),
+        FullyConnected(10, activation="identity" if loss == "cross_entropy" else act, init="lecun"),
     ]
-    return Network(layers, (1, 32, 32), loss=loss, dtype=dtype, backend=backend, seed=seed,
-                   name="lenet5")
+    return Network(
+        layers, (1, 32, 32), loss=loss, dtype=dtype, backend=backend, seed=seed, name="lenet5"
+    )
 
 
 MODELS = {"dlt": dlt, "lenet5": lenet5}

@@ -40,9 +40,17 @@ class Network:
     conv5, fc6, fc7.
     """
 
-    def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], *,
-                 loss: Any = "squared_error", dtype: str = "float32",
-                 backend: str | Backend | None = None, seed: int = 0, name: str = "network"):
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        input_shape: Sequence[int],
+        *,
+        loss: Any = "squared_error",
+        dtype: str = "float32",
+        backend: str | Backend | None = None,
+        seed: int = 0,
+        name: str = "network",
+    ):
         self.backend = (lookup(backend) if backend is not None else get_backend()).require()
         if dtype not in ("float32", "float64"):
             raise ValueError(f"Network: dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -57,7 +65,8 @@ class Network:
         if not self.layers:
             raise ValueError("Network: needs at least one layer")
         if not isinstance(input_shape, Sequence) or not all(
-                isinstance(s, int | np.integer) and not isinstance(s, bool) for s in input_shape):
+            isinstance(s, int | np.integer) and not isinstance(s, bool) for s in input_shape
+        ):
             raise TypeError(
                 f"Network: input_shape must be a tuple of ints such as (1, 28, 28) or (784,), "
                 f"got {input_shape!r}"
@@ -107,7 +116,9 @@ class Network:
 
     def gradients(self) -> dict[str, Array]:
         """The gradients filled by the last :meth:`backward`, by parameter name."""
-        return {name: layer.grads[role] for name, layer, role in self._slots() if role in layer.grads}
+        return {
+            name: layer.grads[role] for name, layer, role in self._slots() if role in layer.grads
+        }
 
     def parameter_layers(self) -> dict[str, Layer]:
         """The layer owning each parameter (per-layer learning rates use this)."""
@@ -131,7 +142,8 @@ class Network:
                         )
                     if value.dtype != current.dtype:
                         raise TypeError(
-                            f"set_parameter({name}): expected dtype {current.dtype}, got {value.dtype}"
+                            f"set_parameter({name}): expected dtype {current.dtype}, "
+                            f"got {value.dtype}"
                         )
                     self._check_finite(value, "the value", f"set_parameter({name})")
                 layer.params[role] = value
@@ -204,7 +216,9 @@ class Network:
                 f"{self.layers[-1].describe()}, got {tuple(t.shape)}"
             )
         if t.dtype != self.dtype:
-            raise TypeError(f"{where}: targets have dtype {dtype_name(t.dtype)}, expected {self.dtype_name}")
+            raise TypeError(
+                f"{where}: targets have dtype {dtype_name(t.dtype)}, expected {self.dtype_name}"
+            )
         self._check_finite(t, "targets", where)
 
     def forward(self, x: Array, *, check: bool = True) -> Array:
@@ -273,8 +287,10 @@ class Network:
             raise ValueError(f"Network.predict: batch_size must be an int >= 1, got {batch_size!r}")
         self.check_input(x, "Network.predict")
         n = x.shape[0]  # slice stops past the end are not in the Array API (strict rejects them)
-        parts = [xp.argmax(self.forward(x[i : min(i + batch_size, n), ...], check=False), axis=1)
-                 for i in range(0, n, batch_size)]
+        parts = [
+            xp.argmax(self.forward(x[i : min(i + batch_size, n), ...], check=False), axis=1)
+            for i in range(0, n, batch_size)
+        ]
         return parts[0] if len(parts) == 1 else xp.concat(parts)
 
     # -- description -------------------------------------------------------------------------
@@ -294,12 +310,21 @@ class Network:
 
     def extra_state(self) -> dict[str, np.ndarray]:
         """Non-parameter arrays by name (input-map tables), on the host."""
-        return {f"{layer.name}.{key}": value for layer in self.layers
-                for key, value in layer.extra_state().items()}
+        return {
+            f"{layer.name}.{key}": value
+            for layer in self.layers
+            for key, value in layer.extra_state().items()
+        }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, extra_state: dict[str, np.ndarray] | None = None,
-                    backend: str | Backend | None = None, dtype: str | None = None) -> Network:
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        *,
+        extra_state: dict[str, np.ndarray] | None = None,
+        backend: str | Backend | None = None,
+        dtype: str | None = None,
+    ) -> Network:
         """Rebuild a network from :meth:`config` (parameters freshly initialised)."""
         extra_state = extra_state or {}
         layers = []
@@ -314,16 +339,26 @@ class Network:
                     raise ValueError(f"the configuration needs the input-map table {key!r}")
                 spec["selection"] = extra_state[key]
             layers.append(LAYER_TYPES[kind](**spec))
-        return cls(layers, config["input_shape"], loss=config["loss"],
-                   dtype=dtype or config["dtype"], backend=backend, seed=config["seed"],
-                   name=config.get("name", "network"))
+        return cls(
+            layers,
+            config["input_shape"],
+            loss=config["loss"],
+            dtype=dtype or config["dtype"],
+            backend=backend,
+            seed=config["seed"],
+            name=config.get("name", "network"),
+        )
 
     def summary(self) -> str:
-        lines = [f"{self.name}: input {self.input_shape}, {self.dtype_name}, "
-                 f"backend {self.backend.name}, loss {self.loss.name}"]
+        lines = [
+            f"{self.name}: input {self.input_shape}, {self.dtype_name}, "
+            f"backend {self.backend.name}, loss {self.loss.name}"
+        ]
         for layer in self.layers:
             count = sum(int(np.prod(p.shape)) for p in layer.params.values())
-            lines.append(f"  {layer.name:<10} {layer!r:<44} -> {layer.output_shape}  {count} params")
+            lines.append(
+                f"  {layer.name:<10} {layer!r:<44} -> {layer.output_shape}  {count} params"
+            )
         lines.append(f"  {self.num_parameters()} parameters")
         return "\n".join(lines)
 

@@ -103,8 +103,9 @@ def _check_rate(value: Any, what: str, *, positive: bool = False) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
     if positive and value == 0:  # a global rate of 0 trains nothing: surely a mistake
-        raise ValueError(f"{what} must be > 0 (a zero rate never changes the parameters), "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{what} must be > 0 (a zero rate never changes the parameters), got {value!r}"
+        )
     return value
 
 
@@ -186,8 +187,12 @@ class Piecewise(Schedule):
         return self.final
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "rates": list(self.rates), "epochs": list(self.epochs),
-                "final": self.final}
+        return {
+            "name": self.name,
+            "rates": list(self.rates),
+            "epochs": list(self.epochs),
+            "final": self.final,
+        }
 
 
 #: The global rates of LeCun et al. (1998), section III.C, and how many passes each lasts.
@@ -208,16 +213,16 @@ def lecun1998(scale: float = 1.0) -> Piecewise:
     [0.0005, 0.0005, 0.0002, 0.0001, 5e-05, 1e-05]
     """
     scale = _check_rate(scale, "lecun1998: scale", positive=True)
+
     def scaled(rate: float) -> float:  # 12 digits: 0.0012, not 0.0012000000000000001
         return float(f"{rate * scale:.12g}")
 
-    return Piecewise([scaled(r) for r in LECUN1998_RATES], list(LECUN1998_EPOCHS),
-                     scaled(LECUN1998_FINAL))
+    return Piecewise(
+        [scaled(r) for r in LECUN1998_RATES], list(LECUN1998_EPOCHS), scaled(LECUN1998_FINAL)
+    )
 
 
-SCHEDULES: dict[str, type[Schedule]] = {
-    cls.name: cls for cls in (Constant, Step, Piecewise)
-}
+SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (Constant, Step, Piecewise)}
 
 
 def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
@@ -280,8 +285,13 @@ class Optimizer:
     #: names of the per-parameter state arrays (each shaped like its parameter)
     slots: tuple[str, ...] = ()
 
-    def __init__(self, network: Network, lr: float | Schedule | Mapping[str, Any] = 0.01, *,
-                 layer_rates: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        network: Network,
+        lr: float | Schedule | Mapping[str, Any] = 0.01,
+        *,
+        layer_rates: Mapping[str, float] | None = None,
+    ):
         if not isinstance(network, Network):
             raise TypeError(
                 f"{type(self).__name__}: expected a Network, got {type(network).__name__}"
@@ -302,14 +312,14 @@ class Optimizer:
         layer_names = {layer.name for layer in self.network.layers}
         for key, value in layer_rates.items():
             if key not in layer_names and key not in owners:
-                with_params = sorted({layer.name for layer in owners.values()})
+                with_params = sorted({str(layer.name) for layer in owners.values()})
                 raise ValueError(
                     f"layer_rates: {key!r} is neither a layer nor a parameter of "
                     f"{self.network.name}; layers with parameters: {', '.join(with_params)}"
                 )
             _check_rate(value, f"layer_rates[{key!r}]")
         return {
-            name: float(layer_rates.get(name, layer_rates.get(layer.name, 1.0)))
+            name: float(layer_rates.get(name, layer_rates.get(str(layer.name), 1.0)))
             for name, layer in owners.items()
         }
 
@@ -393,7 +403,8 @@ class Optimizer:
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: unexpected state {key!r} "
                     f"(a {self.name} optimizer keeps: steps"
-                    + "".join(f", {slot}/<parameter>" for slot in self.slots) + ")"
+                    + "".join(f", {slot}/<parameter>" for slot in self.slots)
+                    + ")"
                 )
             shape, dtype = expected[key]
             array = np.asarray(value)
@@ -444,8 +455,14 @@ class Momentum(Optimizer):
     name = "momentum"
     slots = ("velocity",)
 
-    def __init__(self, network: Network, lr: float | Schedule | Mapping[str, Any] = 0.01, *,
-                 momentum: float = 0.9, layer_rates: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        network: Network,
+        lr: float | Schedule | Mapping[str, Any] = 0.01,
+        *,
+        momentum: float = 0.9,
+        layer_rates: Mapping[str, float] | None = None,
+    ):
         super().__init__(network, lr, layer_rates=layer_rates)
         momentum = _check_rate(momentum, "the momentum")
         if momentum >= 1:
@@ -493,11 +510,18 @@ class SDLM(Optimizer):
     """
 
     name = "sdlm"
-    slots = ("hessian", "velocity")
+    slots: tuple[str, ...] = ("hessian", "velocity")
 
-    def __init__(self, network: Network, lr: float | Schedule | Mapping[str, Any] | None = None, *,
-                 mu: float = 0.02, samples: int = 500, momentum: float = 0.0,
-                 layer_rates: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        network: Network,
+        lr: float | Schedule | Mapping[str, Any] | None = None,
+        *,
+        mu: float = 0.02,
+        samples: int = 500,
+        momentum: float = 0.0,
+        layer_rates: Mapping[str, float] | None = None,
+    ):
         super().__init__(network, lecun1998() if lr is None else lr, layer_rates=layer_rates)
         mu = _check_rate(mu, "SDLM: mu")
         if mu <= 0:
@@ -575,8 +599,12 @@ class SDLM(Optimizer):
         self._apply(name, p, v)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "mu": self.mu, "samples": self.samples,
-                "momentum": self.momentum}
+        return {
+            **super().config(),
+            "mu": self.mu,
+            "samples": self.samples,
+            "momentum": self.momentum,
+        }
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in (SGD, Momentum, SDLM)}
@@ -592,9 +620,15 @@ def optimizer_from_config(network: Network, config: Mapping[str, Any]) -> Optimi
     return OPTIMIZERS[name](network, **options)
 
 
-def build_optimizer(name: str, network: Network, *, lr: float | Schedule | None = None,
-                    momentum: float | None = None, layer_rates: Mapping[str, float] | None = None,
-                    **options: Any) -> Optimizer:
+def build_optimizer(
+    name: str,
+    network: Network,
+    *,
+    lr: float | Schedule | None = None,
+    momentum: float | None = None,
+    layer_rates: Mapping[str, float] | None = None,
+    **options: Any,
+) -> Optimizer:
     """An optimizer by name: ``"sgd"``, ``"momentum"`` or ``"sdlm"``.
 
     ``lr`` defaults to 0.01 (SGD, momentum) or :func:`lecun1998` (SDLM); ``momentum`` to 0.9 for
@@ -608,9 +642,13 @@ def build_optimizer(name: str, network: Network, *, lr: float | Schedule | None 
             raise ValueError("the sgd optimizer has no momentum; use --optimizer momentum")
         return SGD(network, 0.01 if lr is None else lr, layer_rates=layer_rates, **options)
     if key == "momentum":
-        return Momentum(network, 0.01 if lr is None else lr,
-                        momentum=0.9 if momentum is None else momentum,
-                        layer_rates=layer_rates, **options)
+        return Momentum(
+            network,
+            0.01 if lr is None else lr,
+            momentum=0.9 if momentum is None else momentum,
+            layer_rates=layer_rates,
+            **options,
+        )
     return SDLM(network, lr, momentum=momentum or 0.0, layer_rates=layer_rates, **options)
 
 
@@ -653,8 +691,7 @@ def _convolution(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None
     ops = layer._backend.ops
     d2u = _squared_slope(layer, d2y)
     x, k, selection = layer._x, layer.params["kernel"], layer._selection
-    h = {"kernel": ops.conv_kernel_grad(x * x, d2u, selection),
-         "bias": xp.sum(d2u, axis=(0, 2, 3))}
+    h = {"kernel": ops.conv_kernel_grad(x * x, d2u, selection), "bias": xp.sum(d2u, axis=(0, 2, 3))}
     return (ops.conv_full(d2u, k * k, selection) if need_input else None), h
 
 
@@ -699,7 +736,8 @@ def _learned_combination(layer: Any, d2y: Array, need_input: bool) -> tuple[Arra
         # z_i = x_i * k_i, one map per input: a convolution with a diagonal input-map table.
         eye = xp.eye(c_in, dtype=xp.bool, device=device)
         diagonal = xp.reshape(kernel, (c_in, 1, *kernel.shape[1:])) * xp.ones(
-            (1, c_in, 1, 1), dtype=kernel.dtype, device=device)
+            (1, c_in, 1, 1), dtype=kernel.dtype, device=device
+        )
         z = ops.conv_valid(x, diagonal, eye)  # (N, C_in, oh, ow)
         v = ops.conv_valid(x, layer._kernel)  # (N, C_out, oh, ow) = sum_i alpha_ij z_i
         a = xp.tensordot(d2u, z * z, axes=([0, 2, 3], [0, 2, 3]))  # (C_out, C_in)
@@ -710,10 +748,12 @@ def _learned_combination(layer: Any, d2y: Array, need_input: bool) -> tuple[Arra
         # z_ji = x_i * k_ji for every pair: C_out * C_in maps.
         kh, kw = kernel.shape[2:]
         expand = xp.reshape(kernel, (c_out * c_in, 1, kh, kw)) * xp.ones(
-            (1, c_in, 1, 1), dtype=kernel.dtype, device=device)
+            (1, c_in, 1, 1), dtype=kernel.dtype, device=device
+        )
         eye = xp.eye(c_in, dtype=xp.bool, device=device)
-        table = xp.reshape(xp.broadcast_to(eye[None, :, :], (c_out, c_in, c_in)),
-                           (c_out * c_in, c_in))
+        table = xp.reshape(
+            xp.broadcast_to(eye[None, :, :], (c_out, c_in, c_in)), (c_out * c_in, c_in)
+        )
         z = ops.conv_valid(x, expand, table)  # (N, C_out*C_in, oh, ow)
         n, _, oh, ow = z.shape
         z = xp.reshape(z, (n, c_out, c_in, oh, ow))
@@ -737,8 +777,9 @@ _CURVATURE: dict[str, Callable[[Any, Array, bool], tuple[Array | None, dict]]] =
 }
 
 
-def diagonal_hessian(network: Network, x: Array, t: Array, *,
-                     check: bool = True) -> dict[str, Array]:
+def diagonal_hessian(
+    network: Network, x: Array, t: Array, *, check: bool = True
+) -> dict[str, Array]:
     """LeCun's diagonal Gauss-Newton estimate of ``d^2 E^n / dw_k^2``, averaged over a batch.
 
     Runs a forward pass, then a second backward pass that mirrors back-propagation with squared

@@ -118,8 +118,9 @@ def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None
     return _save(figure, path)
 
 
-def feature_maps(network: Any, example: Any, path: str | os.PathLike[str],
-                 max_maps: int = 16) -> Path:
+def feature_maps(
+    network: Any, example: Any, path: str | os.PathLike[str], max_maps: int = 16
+) -> Path:
     """One example through every layer: the input, then each layer's output maps (vectors are
     drawn as one row of cells), at most ``max_maps`` per layer.
 
@@ -156,8 +157,13 @@ def feature_maps(network: Any, example: Any, path: str | os.PathLike[str],
     return _save(figure, path)
 
 
-def save_plots(directory: str | os.PathLike[str], *, network: Any = None,
-               history: Sequence[Any] | None = None, example: Any = None) -> list[Path]:
+def save_plots(
+    directory: str | os.PathLike[str],
+    *,
+    network: Any = None,
+    history: Sequence[Any] | None = None,
+    example: Any = None,
+) -> list[Path]:
     """Write what the arguments allow: ``learning_curves.png`` (history), ``kernels.png``
     (network) and ``feature_maps.png`` (network and example). Returns the files written."""
     folder = Path(directory)

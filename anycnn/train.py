@@ -62,15 +62,38 @@ __all__ = [
 #: 0.9, rate 0.02 halved every 4 epochs, batch 32: under 2% test error after the default 2 epochs
 #: and 0.88% after 20 on MNIST (the README's results table has the commands and times).
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dlt": {"optimizer": "sgd", "lr": 1.0, "batch_size": 50, "epochs": 1, "momentum": None,
-            "schedule": "constant", "step_every": 1, "gamma": 1.0},
-    "lenet5": {"optimizer": "momentum", "lr": 0.02, "batch_size": 32, "epochs": 2,
-               "momentum": 0.9, "schedule": "step", "step_every": 4, "gamma": 0.5},
+    "dlt": {
+        "optimizer": "sgd",
+        "lr": 1.0,
+        "batch_size": 50,
+        "epochs": 1,
+        "momentum": None,
+        "schedule": "constant",
+        "step_every": 1,
+        "gamma": 1.0,
+    },
+    "lenet5": {
+        "optimizer": "momentum",
+        "lr": 0.02,
+        "batch_size": 32,
+        "epochs": 2,
+        "momentum": 0.9,
+        "schedule": "step",
+        "step_every": 4,
+        "gamma": 0.5,
+    },
 }
 #: Fallback for networks outside the zoo.
-GENERIC_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "lr": 0.05, "batch_size": 32,
-                                    "epochs": 1, "momentum": None, "schedule": "constant",
-                                    "step_every": 1, "gamma": 1.0}
+GENERIC_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "batch_size": 32,
+    "epochs": 1,
+    "momentum": None,
+    "schedule": "constant",
+    "step_every": 1,
+    "gamma": 1.0,
+}
 
 
 class DivergenceError(RuntimeError):
@@ -81,8 +104,11 @@ class DivergenceError(RuntimeError):
 
     def __init__(self, epoch: int, batch: int, value: float, checkpoint: Path | None = None):
         self.epoch, self.batch, self.value, self.checkpoint = epoch, batch, value, checkpoint
-        where = (f"; the last good checkpoint is {checkpoint}" if checkpoint is not None
-                 else "; no checkpoint was written")
+        where = (
+            f"; the last good checkpoint is {checkpoint}"
+            if checkpoint is not None
+            else "; no checkpoint was written"
+        )
         super().__init__(
             f"training diverged: the loss is {value} at epoch {epoch}, batch {batch}; lower the "
             f"learning rate{where}"
@@ -130,8 +156,7 @@ class Preprocessing:
         if kind == "scale01":
             if images.dtype != np.uint8:
                 raise ValueError(
-                    f"scale01 preprocessing needs uint8 images, got {images.dtype}; use "
-                    "'normalize'"
+                    f"scale01 preprocessing needs uint8 images, got {images.dtype}; use 'normalize'"
                 )
             return cls(kind, shape)
         mean, std = datasets.mean_std(images)
@@ -145,6 +170,7 @@ class Preprocessing:
             if x.ndim == 3:
                 x = x[:, None, :, :]
             if x.shape[-2:] != (h, w):
+                assert h is not None and w is not None
                 x = datasets.pad(x, (h, w))  # background 0 before normalising
         if self.kind == "scale01":
             out = datasets.scale01(x, dtype=dtype)
@@ -153,13 +179,18 @@ class Preprocessing:
         return out.reshape((out.shape[0], *self.input_shape))
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "input_shape": list(self.input_shape), "mean": self.mean,
-                "std": self.std}
+        return {
+            "kind": self.kind,
+            "input_shape": list(self.input_shape),
+            "mean": self.mean,
+            "std": self.std,
+        }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Preprocessing:
-        return cls(config["kind"], tuple(config["input_shape"]), config.get("mean"),
-                   config.get("std"))
+        return cls(
+            config["kind"], tuple(config["input_shape"]), config.get("mean"), config.get("std")
+        )
 
 
 def _check_fits(images: np.ndarray, shape: tuple[int, ...], model: str) -> None:
@@ -167,8 +198,12 @@ def _check_fits(images: np.ndarray, shape: tuple[int, ...], model: str) -> None:
     if len(shape) == 3:
         c, h, w = shape
         image_c = 1 if len(per_example) == 2 else per_example[0]
-        if len(per_example) not in (2, 3) or image_c != c or per_example[-2] > h \
-                or per_example[-1] > w:
+        if (
+            len(per_example) not in (2, 3)
+            or image_c != c
+            or per_example[-2] > h
+            or per_example[-1] > w
+        ):
             raise ValueError(
                 f"images of shape {per_example} cannot feed model {model!r}, whose input is "
                 f"{shape} (C, H, W); images may be smaller (they are padded), not larger"
@@ -199,8 +234,11 @@ def target_values(network: Network) -> tuple[float, float]:
     of maximum curvature); 0/1 otherwise (sigmoid outputs, softmax cross-entropy)."""
     last = network.layers[-1]
     activation = getattr(last, "activation", None)
-    if network.loss.name == "squared_error" and activation is not None and \
-            activation.name in ("tanh", "lecun_tanh"):
+    if (
+        network.loss.name == "squared_error"
+        and activation is not None
+        and activation.name in ("tanh", "lecun_tanh")
+    ):
         return -1.0, 1.0
     return 0.0, 1.0
 
@@ -227,9 +265,11 @@ class EpochRecord:
     def line(self, epochs: int | None = None) -> str:
         total = f"/{epochs}" if epochs else ""
         test = "" if self.test_error is None else f"  test error {100 * self.test_error:6.2f}%"
-        return (f"epoch {self.epoch}{total}  lr {self.lr:.3g}  loss {self.train_loss:.4f}  "
-                f"train error {100 * self.train_error:6.2f}%{test}  "
-                f"{self.seconds:.1f} s ({self.images_per_second:.0f} img/s)")
+        return (
+            f"epoch {self.epoch}{total}  lr {self.lr:.3g}  loss {self.train_loss:.4f}  "
+            f"train error {100 * self.train_error:6.2f}%{test}  "
+            f"{self.seconds:.1f} s ({self.images_per_second:.0f} img/s)"
+        )
 
 
 @dataclass
@@ -251,16 +291,27 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
-def evaluate(network: Network, images: np.ndarray, labels: np.ndarray,
-             preprocessing: Preprocessing, *, batch_size: int = 1000) -> dict[str, float]:
+def evaluate(
+    network: Network,
+    images: np.ndarray,
+    labels: np.ndarray,
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 1000,
+) -> dict[str, float]:
     """Error rate and mean loss on a labelled set, in chunks of ``batch_size`` patterns.
 
     Returns ``{"error": fraction, "mistakes": count, "count": n, "loss": mean loss}``.
     """
     backend, xp = network.backend, network.backend.xp
     low, high = target_values(network)
-    table = datasets.one_hot(np.arange(network.output_shape[0]), network.output_shape[0],
-                             low=low, high=high, dtype=network.dtype_name)
+    table = datasets.one_hot(
+        np.arange(network.output_shape[0]),
+        network.output_shape[0],
+        low=low,
+        high=high,
+        dtype=network.dtype_name,
+    )
     labels = np.asarray(labels)
     _check_finite_host(images, "evaluate: images")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -282,15 +333,20 @@ def evaluate(network: Network, images: np.ndarray, labels: np.ndarray,
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            x = backend.asarray(preprocessing(images[start:stop], network.dtype_name),
-                                dtype=network.dtype_name)
+            x = backend.asarray(
+                preprocessing(images[start:stop], network.dtype_name), dtype=network.dtype_name
+            )
             t = backend.asarray(table[labels[start:stop]], dtype=network.dtype_name)
             y = network.forward(x, check=start == 0)
             predicted = np.asarray(backend.to_host(xp.argmax(y, axis=1)))
             mistakes += int(np.count_nonzero(predicted != labels[start:stop]))
             loss_total += float(network.loss_value(y, t)) * (stop - start)
-    return {"error": mistakes / n if n else float("nan"), "mistakes": mistakes, "count": n,
-            "loss": loss_total / n if n else float("nan")}
+    return {
+        "error": mistakes / n if n else float("nan"),
+        "mistakes": mistakes,
+        "count": n,
+        "loss": loss_total / n if n else float("nan"),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,8 +355,9 @@ def evaluate(network: Network, images: np.ndarray, labels: np.ndarray,
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON atomically (temporary file in the same directory, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                             dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(descriptor, "w") as stream:
             json.dump(payload, stream, indent=1)
@@ -341,38 +398,60 @@ class _Meter:
         if bad.size:
             self.bar.close()
             first = int(bad[0])
-            raise DivergenceError(self.epoch, self.done + first + 1, float(values[first]),
-                                  self.checkpoint)
+            raise DivergenceError(
+                self.epoch, self.done + first + 1, float(values[first]), self.checkpoint
+            )
         counts = np.asarray(self.backend.to_host(xp.stack(self.wrong)))
         sizes = np.asarray(self.sizes, dtype=np.float64)
         self.loss_sum += float(values @ sizes)
         self.wrong_sum += int(counts.sum())
         self.done += len(values)
-        self.bar.set_postfix(loss=f"{float(values @ sizes) / float(sizes.sum()):.4f}",
-                             refresh=False)
+        self.bar.set_postfix(
+            loss=f"{float(values @ sizes) / float(sizes.sum()):.4f}", refresh=False
+        )
         self.bar.update(int(sizes.sum()))
         self.losses.clear()
         self.wrong.clear()
         self.sizes.clear()
 
 
-def _curvature_batches(network: Network, images: np.ndarray, targets: np.ndarray,
-                       preprocessing: Preprocessing, chunk: int = 100
-                       ) -> Iterator[tuple[Any, Any]]:
+def _curvature_batches(
+    network: Network,
+    images: np.ndarray,
+    targets: np.ndarray,
+    preprocessing: Preprocessing,
+    chunk: int = 100,
+) -> Iterator[tuple[Any, Any]]:
     backend = network.backend
     for start in range(0, images.shape[0], chunk):
-        yield (backend.asarray(preprocessing(images[start:start + chunk], network.dtype_name),
-                               dtype=network.dtype_name),
-               backend.asarray(targets[start:start + chunk], dtype=network.dtype_name))
+        yield (
+            backend.asarray(
+                preprocessing(images[start : start + chunk], network.dtype_name),
+                dtype=network.dtype_name,
+            ),
+            backend.asarray(targets[start : start + chunk], dtype=network.dtype_name),
+        )
 
 
-def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_size: int = 50,
-          optimizer: Optimizer | None = None, seed: int = 0, limit: int | None = None,
-          progress: bool = True, checkpoint_dir: str | os.PathLike[str] | None = None,
-          resume: bool = False, metrics_path: str | os.PathLike[str] | None = None,
-          callbacks: Sequence[Callable[[EpochRecord], Any]] = (),
-          preprocessing: str | Preprocessing = "auto", report_every: int | None = None,
-          evaluate_test: bool = True, run_info: Mapping[str, Any] | None = None) -> TrainResult:
+def train(
+    network: Network,
+    dataset: datasets.Dataset,
+    *,
+    epochs: int,
+    batch_size: int = 50,
+    optimizer: Optimizer | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    metrics_path: str | os.PathLike[str] | None = None,
+    callbacks: Sequence[Callable[[EpochRecord], Any]] = (),
+    preprocessing: str | Preprocessing = "auto",
+    report_every: int | None = None,
+    evaluate_test: bool = True,
+    run_info: Mapping[str, Any] | None = None,
+) -> TrainResult:
     """Train ``network`` on ``dataset`` for ``epochs`` passes (in total, counting resumed ones).
 
     Parameters
@@ -505,11 +584,20 @@ def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_siz
     table = datasets.one_hot(np.arange(classes), classes, low=low, high=high, dtype=dtype)
     every = report_every or max(1, math.ceil(1000 / batch_size))
     settings = {
-        "model": network.name, "dataset": dataset.name, "epochs": epochs,
-        "batch_size": batch_size, "seed": seed, "limit": limit, "dtype": dtype,
-        "backend": backend.name, "device": str(backend.default_device),
-        "optimizer": optimizer.config(), "preprocessing": prep.config(),
-        "targets": [low, high], "train_size": n, "test_size": int(test_images.shape[0]),
+        "model": network.name,
+        "dataset": dataset.name,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "limit": limit,
+        "dtype": dtype,
+        "backend": backend.name,
+        "device": str(backend.default_device),
+        "optimizer": optimizer.config(),
+        "preprocessing": prep.config(),
+        "targets": [low, high],
+        "train_size": n,
+        "test_size": int(test_images.shape[0]),
         **dict(run_info or {}),
     }
     result = TrainResult(network, optimizer, prep, history, resumed_from=resumed_from)
@@ -519,14 +607,17 @@ def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_siz
         if metrics_path is None:
             return
         tests = [r.test_error for r in history if r.test_error is not None]
-        _write_json(Path(metrics_path), {
-            **settings,
-            "anycnn_version": ckpt._version(),
-            "history": [asdict(r) for r in history],
-            "final_test_error": tests[-1] if tests else None,
-            "best_test_error": min(tests) if tests else None,
-            "seconds": sum(r.seconds + r.eval_seconds for r in history),
-        })
+        _write_json(
+            Path(metrics_path),
+            {
+                **settings,
+                "anycnn_version": ckpt._version(),
+                "history": [asdict(r) for r in history],
+                "final_test_error": tests[-1] if tests else None,
+                "best_test_error": min(tests) if tests else None,
+                "seconds": sum(r.seconds + r.eval_seconds for r in history),
+            },
+        )
 
     from tqdm.auto import tqdm
 
@@ -537,14 +628,22 @@ def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_siz
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if samples is not None:
                 picks = np.sort(rng.choice(n, size=min(int(samples), n), replace=False))
-                optimizer.start_epoch(epoch, _curvature_batches(
-                    network, images[picks], table[labels[picks]], prep))
+                optimizer.start_epoch(
+                    epoch, _curvature_batches(network, images[picks], table[labels[picks]], prep)
+                )
                 hessian_seconds = time.perf_counter() - epoch_began
             else:
                 optimizer.start_epoch(epoch)
             order = datasets.batches(n, batch_size, rng=rng)
-            bar = tqdm(total=n, unit="img", desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5)
+            bar = tqdm(
+                total=n,
+                unit="img",
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not progress,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
             meter = _Meter(backend, epoch + 1, last_checkpoint, bar)
             for index, picks in enumerate(order):
                 x = backend.asarray(prep(images[picks], dtype), dtype=dtype)
@@ -554,29 +653,44 @@ def train(network: Network, dataset: datasets.Dataset, *, epochs: int, batch_siz
                 loss = network.objective(y, t)
                 network.backward(t, check=check)
                 optimizer.step()
-                meter.add(loss, xp.sum(xp.astype(xp.argmax(y, axis=1) != xp.argmax(t, axis=1),
-                                                 xp.int64)), int(picks.shape[0]))
+                meter.add(
+                    loss,
+                    xp.sum(xp.astype(xp.argmax(y, axis=1) != xp.argmax(t, axis=1), xp.int64)),
+                    int(picks.shape[0]),
+                )
                 if meter.pending >= every:
                     meter.flush()
             meter.flush()
             bar.close()
         seconds = time.perf_counter() - epoch_began
         eval_began = time.perf_counter()
-        test = (evaluate(network, test_images, test_labels, prep)
-                if evaluate_test and test_images.shape[0] else None)
+        test = (
+            evaluate(network, test_images, test_labels, prep)
+            if evaluate_test and test_images.shape[0]
+            else None
+        )
         record = EpochRecord(
-            epoch=epoch + 1, lr=optimizer.lr, train_loss=meter.loss_sum / n,
+            epoch=epoch + 1,
+            lr=optimizer.lr,
+            train_loss=meter.loss_sum / n,
             train_error=meter.wrong_sum / n,
             test_error=None if test is None else test["error"],
-            test_loss=None if test is None else test["loss"], seconds=seconds,
+            test_loss=None if test is None else test["loss"],
+            seconds=seconds,
             images_per_second=n / seconds if seconds > 0 else float("inf"),
-            eval_seconds=time.perf_counter() - eval_began, hessian_seconds=hessian_seconds)
+            eval_seconds=time.perf_counter() - eval_began,
+            hessian_seconds=hessian_seconds,
+        )
         history.append(record)
         if checkpoint_folder is not None:
             last_checkpoint = ckpt.save_checkpoint(
-                ckpt.checkpoint_path(checkpoint_folder, epoch + 1), network, epoch=epoch + 1,
-                optimizer=optimizer, rng=rng,
-                info={"history": [asdict(r) for r in history], **settings})
+                ckpt.checkpoint_path(checkpoint_folder, epoch + 1),
+                network,
+                epoch=epoch + 1,
+                optimizer=optimizer,
+                rng=rng,
+                info={"history": [asdict(r) for r in history], **settings},
+            )
             result.checkpoints.append(last_checkpoint)
         write_metrics()
         for callback in callbacks:

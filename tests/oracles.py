@@ -42,9 +42,7 @@ def conv_kernel_grad(x, delta, selection=None):
         for i in range(c_in):
             if sel[j, i]:  # eq. (7): rot180(conv2(x_i, rot180(delta_j), 'valid'))
                 for b in range(n):
-                    out[j, i] += np.rot90(
-                        correlate2d(x[b, i], delta[b, j], mode="valid"), 2
-                    )
+                    out[j, i] += np.rot90(correlate2d(x[b, i], delta[b, j], mode="valid"), 2)
     return out
 
 

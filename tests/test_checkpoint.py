@@ -36,8 +36,14 @@ def test_round_trip(tmp_path, kind):
     net, opt = _trained(kind)
     rng = np.random.default_rng(42)
     rng.random(3)
-    path = ckpt.save_checkpoint(tmp_path / "c.npz", net, epoch=3, optimizer=opt, rng=rng,
-                                info={"history": [{"epoch": 1}], "preprocessing": {"kind": "x"}})
+    path = ckpt.save_checkpoint(
+        tmp_path / "c.npz",
+        net,
+        epoch=3,
+        optimizer=opt,
+        rng=rng,
+        info={"history": [{"epoch": 1}], "preprocessing": {"kind": "x"}},
+    )
     loaded = ckpt.load_checkpoint(path, backend="cpu")
     assert loaded.epoch == 3 and loaded.info["history"] == [{"epoch": 1}]
     assert loaded.network.config() == net.config()
@@ -61,8 +67,9 @@ def test_extra_state_travels_with_the_config(tmp_path):
         config = json.loads(archive["meta/config"].tobytes())
     assert config["name"] == "lenet5"
     loaded = ckpt.load_checkpoint(path)
-    np.testing.assert_array_equal(loaded.network.extra_state()["conv3.table"],
-                                  net.extra_state()["conv3.table"])
+    np.testing.assert_array_equal(
+        loaded.network.extra_state()["conv3.table"], net.extra_state()["conv3.table"]
+    )
     assert loaded.optimizer is None
 
 
@@ -105,8 +112,11 @@ def test_checkpoint_of_another_model_is_refused_before_any_assignment(tmp_path):
     path = ckpt.save_checkpoint(tmp_path / "dlt.npz", dlt, epoch=1)
     lenet = models.lenet5(backend="cpu")
     before = _host(lenet)
-    with pytest.raises(ckpt.CheckpointError, match=r"dlt.npz: this checkpoint is of another "
-                       r"model: it holds 'dlt'.*the network is 'lenet5'"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"dlt.npz: this checkpoint is of another "
+        r"model: it holds 'dlt'.*the network is 'lenet5'",
+    ):
         ckpt.load_checkpoint(path, network=lenet)
     for name, value in before.items():
         np.testing.assert_array_equal(_host(lenet)[name], value)
@@ -134,29 +144,44 @@ def test_a_wrong_shape_is_named_and_nothing_is_assigned(tmp_path):
     _rewrite(path, shrink)
     target = models.dlt(backend="cpu", seed=5)
     before = _host(target)
-    with pytest.raises(ckpt.CheckpointError,
-                       match=r"parameter 'fc5.weight' has shape \(10, 10\), the model 'dlt' "
-                       r"expects \(10, 192\)"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"parameter 'fc5.weight' has shape \(10, 10\), the model 'dlt' "
+        r"expects \(10, 192\)",
+    ):
         ckpt.load_checkpoint(path, network=target)
     for name, value in before.items():
         np.testing.assert_array_equal(_host(target)[name], value)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda a: a.pop("param/conv1.bias"), "parameter 'conv1.bias' is missing"),
-    (lambda a: a.__setitem__("param/conv9.kernel", np.zeros(3, np.float32)),
-     "unexpected parameters conv9.kernel"),
-    (lambda a: a.__setitem__("param/conv1.bias", np.zeros(6, np.float64)),
-     "parameter 'conv1.bias' is float64, the checkpoint says float32"),
-    (lambda a: a.__setitem__("optim/velocity/conv1.bias", np.zeros(5, np.float32)),
-     r"optimizer state 'velocity/conv1.bias' must be float32 of shape \(6,\)"),
-    (lambda a: a.pop("optim/steps"), "'optim/steps' is missing"),
-    (lambda a: a.__setitem__("param/conv1.bias", np.full(6, np.nan, np.float32)),
-     "'conv1.bias' holds NaN"),
-    (lambda a: a.pop("meta/config"), "not an anycnn checkpoint \\(no 'meta/config' entry\\)"),
-    (lambda a: a.__setitem__("meta/info", np.frombuffer(b"{nope", np.uint8)),
-     "'meta/info' is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.pop("param/conv1.bias"), "parameter 'conv1.bias' is missing"),
+        (
+            lambda a: a.__setitem__("param/conv9.kernel", np.zeros(3, np.float32)),
+            "unexpected parameters conv9.kernel",
+        ),
+        (
+            lambda a: a.__setitem__("param/conv1.bias", np.zeros(6, np.float64)),
+            "parameter 'conv1.bias' is float64, the checkpoint says float32",
+        ),
+        (
+            lambda a: a.__setitem__("optim/velocity/conv1.bias", np.zeros(5, np.float32)),
+            r"optimizer state 'velocity/conv1.bias' must be float32 of shape \(6,\)",
+        ),
+        (lambda a: a.pop("optim/steps"), "'optim/steps' is missing"),
+        (
+            lambda a: a.__setitem__("param/conv1.bias", np.full(6, np.nan, np.float32)),
+            "'conv1.bias' holds NaN",
+        ),
+        (lambda a: a.pop("meta/config"), "not an anycnn checkpoint \\(no 'meta/config' entry\\)"),
+        (
+            lambda a: a.__setitem__("meta/info", np.frombuffer(b"{nope", np.uint8)),
+            "'meta/info' is not valid JSON",
+        ),
+    ],
+)
 def test_validation_errors(tmp_path, change, message):
     net, opt = _trained("momentum", model="dlt")
     path = ckpt.save_checkpoint(tmp_path / "c.npz", net, epoch=1, optimizer=opt)
@@ -209,8 +234,10 @@ class _Boom:
 def test_a_pickle_disguised_as_a_checkpoint_is_never_unpickled(tmp_path, capfd):
     path = tmp_path / "evil.npz"
     path.write_bytes(pickle.dumps({"param/conv1.kernel": _Boom()}))
-    with pytest.raises(ckpt.CheckpointError, match="evil.npz: not an anycnn checkpoint: the file "
-                       "is a Python pickle"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match="evil.npz: not an anycnn checkpoint: the file is a Python pickle",
+    ):
         ckpt.load_checkpoint(path)
     assert "pwned" not in capfd.readouterr().out
     # an .npz whose member is an object array (pickled inside) is refused as well

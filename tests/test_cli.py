@@ -47,8 +47,12 @@ def _idx_dir(tmp_path, labels_max=9, n=30, files=None):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 28, 28))
     labels = np.arange(n) % (labels_max + 1)
-    content = {"train-images-idx3-ubyte.gz": images, "train-labels-idx1-ubyte.gz": labels,
-               "t10k-images-idx3-ubyte.gz": images, "t10k-labels-idx1-ubyte.gz": labels}
+    content = {
+        "train-images-idx3-ubyte.gz": images,
+        "train-labels-idx1-ubyte.gz": labels,
+        "t10k-images-idx3-ubyte.gz": images,
+        "t10k-labels-idx1-ubyte.gz": labels,
+    }
     for name in files or content:
         _write_idx(folder / name, content[name])
     return folder
@@ -56,9 +60,22 @@ def _idx_dir(tmp_path, labels_max=9, n=30, files=None):
 
 def test_train_dlt_prints_epochs_and_writes_metrics(capsys, tmp_path):
     metrics = tmp_path / "m.json"
-    code, out, err = _run(capsys, "train", "--model", "dlt", "--limit", "200", "--epochs", "2",
-                          "--backend", "cpu", "--metrics", str(metrics),
-                          "--checkpoint-dir", str(tmp_path / "ck"))
+    code, out, err = _run(
+        capsys,
+        "train",
+        "--model",
+        "dlt",
+        "--limit",
+        "200",
+        "--epochs",
+        "2",
+        "--backend",
+        "cpu",
+        "--metrics",
+        str(metrics),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+    )
     assert code == EXIT_OK, err
     assert "backend numpy on cpu" in out
     assert "optimizer sgd, lr 1, batch 50" in out  # DeepLearnToolbox's settings by default
@@ -66,20 +83,51 @@ def test_train_dlt_prints_epochs_and_writes_metrics(capsys, tmp_path):
     data = json.loads(metrics.read_text())
     assert data["model"] == "dlt" and len(data["history"]) == 2
     assert data["command"].startswith("anycnn train --model dlt")
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch-0001.npz",
-                                                                   "epoch-0002.npz"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "epoch-0001.npz",
+        "epoch-0002.npz",
+    ]
 
-    code, out, err = _run(capsys, "evaluate", str(tmp_path / "ck" / "epoch-0002.npz"),
-                          "--limit", "200", "--backend", "cpu")
+    code, out, err = _run(
+        capsys,
+        "evaluate",
+        str(tmp_path / "ck" / "epoch-0002.npz"),
+        "--limit",
+        "200",
+        "--backend",
+        "cpu",
+    )
     assert code == EXIT_OK, err
     assert f"test error {100 * data['final_test_error']:.2f}%" in out
 
     # the same directory again without --resume would mix two runs: refused
-    code, out, err = _run(capsys, "train", "--model", "dlt", "--limit", "200", "--epochs", "3",
-                          "--checkpoint-dir", str(tmp_path / "ck"))
+    code, out, err = _run(
+        capsys,
+        "train",
+        "--model",
+        "dlt",
+        "--limit",
+        "200",
+        "--epochs",
+        "3",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+    )
     assert code == EXIT_USAGE and "pass --resume" in _one_line_error(err)
-    code, out, err = _run(capsys, "train", "--model", "dlt", "--limit", "200", "--epochs", "3",
-                          "--checkpoint-dir", str(tmp_path / "ck"), "--resume", "--quiet")
+    code, out, err = _run(
+        capsys,
+        "train",
+        "--model",
+        "dlt",
+        "--limit",
+        "200",
+        "--epochs",
+        "3",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--resume",
+        "--quiet",
+    )
     assert code == EXIT_OK, err
     assert (tmp_path / "ck" / "epoch-0003.npz").exists()
     assert len(json.loads(metrics.read_text())["history"]) == 2  # --metrics was not given again
@@ -87,28 +135,42 @@ def test_train_dlt_prints_epochs_and_writes_metrics(capsys, tmp_path):
 
 def test_train_with_plots(capsys, tmp_path):
     pytest.importorskip("matplotlib")
-    code, out, err = _run(capsys, "train", "--model", "dlt", "--limit", "50", "--epochs", "1",
-                          "--plots", str(tmp_path / "plots"), "--quiet")
+    code, out, err = _run(
+        capsys,
+        "train",
+        "--model",
+        "dlt",
+        "--limit",
+        "50",
+        "--epochs",
+        "1",
+        "--plots",
+        str(tmp_path / "plots"),
+        "--quiet",
+    )
     assert code == EXIT_OK, err
     for name in ("learning_curves.png", "kernels.png", "feature_maps.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--model", "alexnet"], "argument --model: invalid choice: 'alexnet'"),
-    (["train", "--dataset", "cifar"], "unknown data set 'cifar'"),
-    (["train", "--backend", "tpu"], "unknown backend 'tpu'"),
-    (["train", "--lr", "nan"], "argument --lr: must be a finite number >= 0, got nan"),
-    (["train", "--lr", "-0.1"], "argument --lr: must be a finite number >= 0"),
-    (["train", "--lr", "inf"], "argument --lr: must be a finite number >= 0"),
-    (["train", "--epochs", "0"], "argument --epochs: must be >= 1"),
-    (["train", "--momentum", "1.5", "--optimizer", "momentum"], "--momentum must be in [0, 1)"),
-    (["train", "--model", "dlt", "--loss", "cross_entropy"], "squared_error only"),
-    (["train", "--layer-rate", "conv9=0.5", "--limit", "10"], "'conv9' is neither a layer"),
-    (["train", "--resume"], "--resume needs --checkpoint-dir"),
-    (["evaluate", "nowhere.npz", "--backend", "cpu"], "nowhere.npz: no such checkpoint file"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "alexnet"], "argument --model: invalid choice: 'alexnet'"),
+        (["train", "--dataset", "cifar"], "unknown data set 'cifar'"),
+        (["train", "--backend", "tpu"], "unknown backend 'tpu'"),
+        (["train", "--lr", "nan"], "argument --lr: must be a finite number >= 0, got nan"),
+        (["train", "--lr", "-0.1"], "argument --lr: must be a finite number >= 0"),
+        (["train", "--lr", "inf"], "argument --lr: must be a finite number >= 0"),
+        (["train", "--epochs", "0"], "argument --epochs: must be >= 1"),
+        (["train", "--momentum", "1.5", "--optimizer", "momentum"], "--momentum must be in [0, 1)"),
+        (["train", "--model", "dlt", "--loss", "cross_entropy"], "squared_error only"),
+        (["train", "--layer-rate", "conv9=0.5", "--limit", "10"], "'conv9' is neither a layer"),
+        (["train", "--resume"], "--resume needs --checkpoint-dir"),
+        (["evaluate", "nowhere.npz", "--backend", "cpu"], "nowhere.npz: no such checkpoint file"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
 def test_user_mistakes_exit_2_with_one_line(capsys, argv, message):
     code, out, err = _run(capsys, *argv)
     assert code == EXIT_USAGE
@@ -125,8 +187,7 @@ def test_unavailable_backend(capsys):
 
 
 def test_data_directory_without_the_four_files(capsys, tmp_path):
-    folder = _idx_dir(tmp_path, files=["train-images-idx3-ubyte.gz",
-                                       "train-labels-idx1-ubyte.gz"])
+    folder = _idx_dir(tmp_path, files=["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"])
     code, out, err = _run(capsys, "train", "--dataset", str(folder))
     assert code == EXIT_USAGE
     line = _one_line_error(err)
@@ -135,19 +196,37 @@ def test_data_directory_without_the_four_files(capsys, tmp_path):
 
 def test_labels_out_of_range(capsys, tmp_path):
     folder = _idx_dir(tmp_path, labels_max=11)
-    code, out, err = _run(capsys, "train", "--model", "dlt", "--dataset", str(folder),
-                          "--quiet")
+    code, out, err = _run(capsys, "train", "--model", "dlt", "--dataset", str(folder), "--quiet")
     assert code == EXIT_USAGE
     assert "labels out of range" in _one_line_error(err)
     assert "'dlt' has 10 outputs" in err
 
 
 def test_checkpoint_of_another_model(capsys, tmp_path):
-    code, _, err = _run(capsys, "train", "--model", "dlt", "--limit", "20", "--quiet",
-                        "--checkpoint-dir", str(tmp_path))
+    code, _, err = _run(
+        capsys,
+        "train",
+        "--model",
+        "dlt",
+        "--limit",
+        "20",
+        "--quiet",
+        "--checkpoint-dir",
+        str(tmp_path),
+    )
     assert code == EXIT_OK, err
-    code, out, err = _run(capsys, "train", "--model", "lenet5", "--limit", "20", "--resume",
-                          "--checkpoint-dir", str(tmp_path), "--quiet")
+    code, out, err = _run(
+        capsys,
+        "train",
+        "--model",
+        "lenet5",
+        "--limit",
+        "20",
+        "--resume",
+        "--checkpoint-dir",
+        str(tmp_path),
+        "--quiet",
+    )
     assert code == EXIT_USAGE
     assert "this checkpoint is of another model: it holds 'dlt'" in _one_line_error(err)
 
@@ -160,9 +239,23 @@ def test_debug_shows_the_traceback(capsys):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to NaN
 def test_divergence_exits_3_naming_epoch_and_batch(capsys, tmp_path):
-    code, out, err = _run(capsys, "train", "--model", "lenet5", "--limit", "100", "--lr", "1e30",
-                          "--optimizer", "sgd", "--batch-size", "10", "--quiet",
-                          "--checkpoint-dir", str(tmp_path))
+    code, out, err = _run(
+        capsys,
+        "train",
+        "--model",
+        "lenet5",
+        "--limit",
+        "100",
+        "--lr",
+        "1e30",
+        "--optimizer",
+        "sgd",
+        "--batch-size",
+        "10",
+        "--quiet",
+        "--checkpoint-dir",
+        str(tmp_path),
+    )
     assert code == EXIT_DIVERGED
     line = _one_line_error(err)
     assert "training diverged" in line and "at epoch 1, batch" in line
@@ -197,9 +290,26 @@ def test_version_and_help(capsys):
 def test_python_dash_m_anycnn(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "backends")]))
     done = subprocess.run(
-        [sys.executable, "-m", "anycnn", "train", "--model", "dlt", "--limit", "500",
-         "--epochs", "1", "--metrics", str(tmp_path / "m.json")],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "anycnn",
+            "train",
+            "--model",
+            "dlt",
+            "--limit",
+            "500",
+            "--epochs",
+            "1",
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "epoch 1/1" in done.stdout and "test error" in done.stdout
     assert json.loads((tmp_path / "m.json").read_text())["train_size"] == 500
@@ -207,18 +317,36 @@ def test_python_dash_m_anycnn(tmp_path):
 
 
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(capsys, tmp_path):
-    common = ["train", "--model", "dlt", "--limit", "100", "--batch-size", "10", "--quiet",
-              "--optimizer", "momentum", "--lr", "0.5", "--seed", "4"]
+    common = [
+        "train",
+        "--model",
+        "dlt",
+        "--limit",
+        "100",
+        "--batch-size",
+        "10",
+        "--quiet",
+        "--optimizer",
+        "momentum",
+        "--lr",
+        "0.5",
+        "--seed",
+        "4",
+    ]
     assert main([*common, "--epochs", "2", "--checkpoint-dir", str(tmp_path / "a")]) == 0
     assert main([*common, "--epochs", "1", "--checkpoint-dir", str(tmp_path / "b")]) == 0
-    assert main([*common, "--epochs", "2", "--checkpoint-dir", str(tmp_path / "b"),
-                 "--resume"]) == 0
+    assert (
+        main([*common, "--epochs", "2", "--checkpoint-dir", str(tmp_path / "b"), "--resume"]) == 0
+    )
     capsys.readouterr()
-    with np.load(tmp_path / "a" / "epoch-0002.npz") as a, \
-            np.load(tmp_path / "b" / "epoch-0002.npz") as b:
+    with (
+        np.load(tmp_path / "a" / "epoch-0002.npz") as a,
+        np.load(tmp_path / "b" / "epoch-0002.npz") as b,
+    ):
         keys = [k for k in a.files if k.startswith(("param/", "optim/"))]
-        assert keys and sorted(keys) == sorted(k for k in b.files
-                                               if k.startswith(("param/", "optim/")))
+        assert keys and sorted(keys) == sorted(
+            k for k in b.files if k.startswith(("param/", "optim/"))
+        )
         for key in keys:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
@@ -229,8 +357,9 @@ def test_plots_without_matplotlib_say_how_to_install_it(monkeypatch, tmp_path):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     with pytest.raises(plots.MatplotlibMissingError, match=r'pip install "anycnn\[plot\]"'):
-        plots.learning_curves([{"epoch": 1, "train_error": 0.5, "test_error": 0.4}],
-                              tmp_path / "c.png")
+        plots.learning_curves(
+            [{"epoch": 1, "train_error": 0.5, "test_error": 0.4}], tmp_path / "c.png"
+        )
     assert not (tmp_path / "c.png").exists()
 
 
@@ -239,8 +368,16 @@ def test_plot_functions_write_pngs(tmp_path):
     from anycnn import models, plots
 
     net = models.lenet5(backend="cpu")
-    history = [{"epoch": e, "train_error": 0.1 / e, "test_error": 0.12 / e,
-                "train_loss": 1.0 / e, "test_loss": 1.1 / e} for e in (1, 2, 3)]
+    history = [
+        {
+            "epoch": e,
+            "train_error": 0.1 / e,
+            "test_error": 0.12 / e,
+            "train_loss": 1.0 / e,
+            "test_loss": 1.1 / e,
+        }
+        for e in (1, 2, 3)
+    ]
     example = np.zeros((1, 1, 32, 32), np.float32)
     written = plots.save_plots(tmp_path, network=net, history=history, example=example)
     assert [p.name for p in written] == ["learning_curves.png", "kernels.png", "feature_maps.png"]

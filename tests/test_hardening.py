@@ -62,9 +62,30 @@ def _host(net):
 # --------------------------------------------------------------------------------------------
 # The rate is 0.01 in epoch 1 and 0.01 * 1e8 = 1e6 from epoch 2 on: epoch 1 trains and writes a
 # good checkpoint, epoch 2 diverges within a few batches.
-DIVERGE = ["train", "--model", "lenet5", "--limit", "200", "--optimizer", "sgd", "--lr", "0.01",
-           "--schedule", "step", "--step-every", "1", "--gamma", "1e8", "--epochs", "3",
-           "--batch-size", "32", "--seed", "3", "--quiet"]
+DIVERGE = [
+    "train",
+    "--model",
+    "lenet5",
+    "--limit",
+    "200",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.01",
+    "--schedule",
+    "step",
+    "--step-every",
+    "1",
+    "--gamma",
+    "1e8",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "32",
+    "--seed",
+    "3",
+    "--quiet",
+]
 
 
 def test_divergence_names_epoch_and_batch_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -83,8 +104,17 @@ def test_divergence_names_epoch_and_batch_and_keeps_the_last_good_checkpoint(tmp
             saved["params"] = _host(net)
 
     with pytest.raises(train.DivergenceError) as caught:
-        train.train(net, ds, epochs=3, batch_size=32, optimizer=opt, seed=3, progress=False,
-                    checkpoint_dir=folder, callbacks=[snapshot])
+        train.train(
+            net,
+            ds,
+            epochs=3,
+            batch_size=32,
+            optimizer=opt,
+            seed=3,
+            progress=False,
+            checkpoint_dir=folder,
+            callbacks=[snapshot],
+        )
     error = caught.value
     good = folder / "epoch-0001.npz"
     assert error.epoch == 2 and 1 <= error.batch <= 7 and not math.isfinite(error.value)
@@ -102,8 +132,14 @@ def test_cli_divergence_exits_3_with_one_line(tmp_path):
     backend's helper threads, which once leaked past np.errstate), naming epoch, batch and the
     last good checkpoint; that checkpoint loads and equals a run that stops after epoch 1."""
     folder = tmp_path / "diverged"
-    done = subprocess.run(_anycnn(*DIVERGE, "--checkpoint-dir", str(folder)), capture_output=True,
-                          text=True, env=_env(), cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        _anycnn(*DIVERGE, "--checkpoint-dir", str(folder)),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == EXIT_DIVERGED, done.stderr
     good = folder / "epoch-0001.npz"
     assert done.stderr.count("\n") == 1, done.stderr
@@ -113,16 +149,36 @@ def test_cli_divergence_exits_3_with_one_line(tmp_path):
     assert ckpt.load_checkpoint(good).epoch == 1
 
     reference = tmp_path / "one-epoch"
-    stop_after_one = [*DIVERGE[: DIVERGE.index("--epochs")], "--epochs", "1",
-                      *DIVERGE[DIVERGE.index("--epochs") + 2:]]
+    stop_after_one = [
+        *DIVERGE[: DIVERGE.index("--epochs")],
+        "--epochs",
+        "1",
+        *DIVERGE[DIVERGE.index("--epochs") + 2 :],
+    ]
     assert main([*stop_after_one, "--checkpoint-dir", str(reference)]) == EXIT_OK
     _assert_bitwise_equal(_arrays(good), _arrays(reference / "epoch-0001.npz"), "epoch 1")
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # the loop's np.errstate covers all threads
 def test_a_huge_rate_diverges_in_the_first_epoch(tmp_path, capsys):
-    code = main(["train", "--model", "lenet5", "--limit", "200", "--lr", "1e6", "--optimizer",
-                 "sgd", "--epochs", "2", "--quiet", "--checkpoint-dir", str(tmp_path)])
+    code = main(
+        [
+            "train",
+            "--model",
+            "lenet5",
+            "--limit",
+            "200",
+            "--lr",
+            "1e6",
+            "--optimizer",
+            "sgd",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--checkpoint-dir",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_DIVERGED
     assert err.count("\n") == 1 and "at epoch 1, batch" in err
@@ -139,12 +195,33 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_and_resume_w
     then finishes epoch 2 with exactly the arrays the killed process had written (its temporary
     file was complete and fsync-ed, only the rename was missing)."""
     folder = tmp_path / "run"
-    argv = ["train", "--model", "dlt", "--limit", "200", "--epochs", "2", "--batch-size", "20",
-            "--optimizer", "momentum", "--lr", "0.5", "--seed", "4", "--quiet",
-            "--checkpoint-dir", str(folder)]
+    argv = [
+        "train",
+        "--model",
+        "dlt",
+        "--limit",
+        "200",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "20",
+        "--optimizer",
+        "momentum",
+        "--lr",
+        "0.5",
+        "--seed",
+        "4",
+        "--quiet",
+        "--checkpoint-dir",
+        str(folder),
+    ]
     process = subprocess.Popen(
-        _anycnn(*argv), env=_env(ANYCNN_TEST_CHECKPOINT_STALL="epoch-0002.npz=120"), cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _anycnn(*argv),
+        env=_env(ANYCNN_TEST_CHECKPOINT_STALL="epoch-0002.npz=120"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     temporary = []
     try:
@@ -195,8 +272,16 @@ def test_every_load_refuses_pickles(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "load", spy)
     ckpt.load_checkpoint(folder / "epoch-0001.npz")
     ckpt.read_info(folder / "epoch-0001.npz")
-    train.train(net, datasets.load("mnist", limit=20), epochs=2, optimizer=opt, progress=False,
-                checkpoint_dir=folder, resume=True, evaluate_test=False)
+    train.train(
+        net,
+        datasets.load("mnist", limit=20),
+        epochs=2,
+        optimizer=opt,
+        progress=False,
+        checkpoint_dir=folder,
+        resume=True,
+        evaluate_test=False,
+    )
     assert len(calls) >= 3 and all(value is False for value in calls), calls
 
 
@@ -234,10 +319,29 @@ def _train_side_by_side(tmp_path, runs):
     processes = {}
     for index, (name, extra) in enumerate(runs.items()):
         folder = tmp_path / f"run{index}"
-        processes[name] = (folder, subprocess.Popen(
-            _anycnn("train", "--limit", "2000", "--epochs", "1", "--backend", "cpu", "--seed",
-                    "11", "--quiet", "--checkpoint-dir", str(folder)),
-            env=_env(**extra), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        processes[name] = (
+            folder,
+            subprocess.Popen(
+                _anycnn(
+                    "train",
+                    "--limit",
+                    "2000",
+                    "--epochs",
+                    "1",
+                    "--backend",
+                    "cpu",
+                    "--seed",
+                    "11",
+                    "--quiet",
+                    "--checkpoint-dir",
+                    str(folder),
+                ),
+                env=_env(**extra),
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            ),
+        )
     results = {}
     for name, (folder, process) in processes.items():
         _, err = process.communicate(timeout=300)
@@ -283,8 +387,10 @@ def _twenty_steps(backend, dtype, images, labels):
     be = net.backend
     for step in range(20):
         picks = slice(8 * step, 8 * step + 8)
-        net.compute_gradients(be.asarray(prep(images[picks], dtype), dtype=dtype),
-                              be.asarray(table[labels[picks]], dtype=dtype))
+        net.compute_gradients(
+            be.asarray(prep(images[picks], dtype), dtype=dtype),
+            be.asarray(table[labels[picks]], dtype=dtype),
+        )
         opt.step()
     return {k: v.astype(np.float64) for k, v in _host(net).items()}
 
@@ -308,8 +414,10 @@ def test_backends_agree_after_twenty_sgd_steps(dtype, one_torch_thread):
     results = {n: _twenty_steps(n, dtype, ds.train_images, ds.train_labels) for n in names}
     report = []
     for a, b in itertools.combinations(names, 2):
-        difference = max(np.max(np.abs(results[a][k] - results[b][k]))
-                         / np.max(np.abs(results[a][k])) for k in results[a])
+        difference = max(
+            np.max(np.abs(results[a][k] - results[b][k])) / np.max(np.abs(results[a][k]))
+            for k in results[a]
+        )
         report.append(f"{dtype} {a} vs {b}: max relative parameter difference {difference:.2g}")
         assert difference < TOLERANCE[dtype], report[-1]
     print("\n".join(report))  # the measurement: pytest -rP tests/test_hardening.py shows it

@@ -4,11 +4,11 @@ device preservation, and the errors of the checked entry points (anycnn.function
 from __future__ import annotations
 
 import numpy as np
+import oracles
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import oracles
 from anycnn import functional as F
 from anycnn import ops as reference
 from anycnn.testing import assert_close
@@ -35,7 +35,10 @@ def conv_case(draw):
 
 
 def _arrays(backend, dtype, *arrays):
-    return [None if a is None else backend.asarray(a, dtype=a.dtype.name if a.dtype == bool else dtype) for a in arrays]
+    return [
+        None if a is None else backend.asarray(a, dtype=a.dtype.name if a.dtype == bool else dtype)
+        for a in arrays
+    ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -55,8 +58,12 @@ def test_convolutions_match_scipy(backend, dtype, case):
         ("conv_full", (bd, bk, bsel), (d, k, sel)),
         ("conv_kernel_grad", (bx, bd, bsel), (x, d, sel)),
     ]:
-        expected = getattr(oracles, name)(*[a if a is None else a.astype(np.float64) if a.dtype != bool else a for a in host])
-        assert_close(getattr(F, name)(*args), expected.astype(dtype), backend=backend, err_msg=f"{name}: ")
+        expected = getattr(oracles, name)(
+            *[a if a is None else a.astype(np.float64) if a.dtype != bool else a for a in host]
+        )
+        assert_close(
+            getattr(F, name)(*args), expected.astype(dtype), backend=backend, err_msg=f"{name}: "
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -137,25 +144,40 @@ def test_reference_ops_run_on_backend(backend, rng):
 def test_errors_name_operation_and_shapes(backend, rng):
     x = backend.asarray(rng.standard_normal((2, 3, 8, 8)), dtype="float32")
     k = backend.asarray(rng.standard_normal((4, 3, 3, 3)), dtype="float32")
-    with pytest.raises(ValueError, match=r"conv_valid: x must be a 4-d \(N, C, H, W\) array, got shape \(3, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"conv_valid: x must be a 4-d \(N, C, H, W\) array, got shape \(3, 8, 8\)"
+    ):
         F.conv_valid(x[0, ...], k)
-    with pytest.raises(ValueError, match=r"conv_valid: kernel 9x9 is larger than the 8x8 input maps"):
+    with pytest.raises(
+        ValueError, match=r"conv_valid: kernel 9x9 is larger than the 8x8 input maps"
+    ):
         F.conv_valid(x, backend.asarray(np.ones((4, 3, 9, 9)), dtype="float32"))
     with pytest.raises(ValueError, match=r"x has 3 maps but the kernel expects C_in = 2"):
         F.conv_valid(x, backend.asarray(np.ones((4, 2, 3, 3)), dtype="float32"))
-    with pytest.raises(TypeError, match=r"conv_valid: x and kernel must share a dtype, got .*float32 and .*float64"):
+    with pytest.raises(
+        TypeError, match=r"conv_valid: x and kernel must share a dtype, got .*float32 and .*float64"
+    ):
         F.conv_valid(x, backend.asarray(np.ones((4, 3, 3, 3)), dtype="float64"))
-    with pytest.raises(TypeError, match=r"conv_valid: x must have a real floating dtype .* got .*int"):
+    with pytest.raises(
+        TypeError, match=r"conv_valid: x must have a real floating dtype .* got .*int"
+    ):
         F.conv_valid(backend.asarray(np.ones((2, 3, 8, 8), dtype=np.int32)), k)
-    with pytest.raises(ValueError, match=r"selection must be a \(C_out, C_in\) = \(4, 3\) boolean table, got shape \(3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"selection must be a \(C_out, C_in\) = \(4, 3\) boolean table, got shape \(3, 4\)",
+    ):
         F.conv_valid(x, k, backend.asarray(np.ones((3, 4), dtype=bool)))
     with pytest.raises(ValueError, match=r"block_sum: 8x8 maps are not divisible by 3"):
         F.block_sum(x, 3)
     with pytest.raises(ValueError, match=r"decimate: the factor n must be a positive int, got 0"):
         F.decimate(x, 0)
-    with pytest.raises(ValueError, match=r"conv_full: delta has 3 maps but the kernel has C_out = 4"):
+    with pytest.raises(
+        ValueError, match=r"conv_full: delta has 3 maps but the kernel has C_out = 4"
+    ):
         F.conv_full(x, k)
-    with pytest.raises(ValueError, match=r"conv_kernel_grad: x and delta have different batch sizes, 2 and 1"):
+    with pytest.raises(
+        ValueError, match=r"conv_kernel_grad: x and delta have different batch sizes, 2 and 1"
+    ):
         F.conv_kernel_grad(x, x[:1, ...])
 
 
@@ -176,7 +198,9 @@ def test_two_devices_is_an_error():
     array_api_strict = pytest.importorskip("array_api_strict")
     a = array_api_strict.asarray(np.ones((1, 1, 4, 4)))
     b = array_api_strict.asarray(np.ones((1, 1, 2, 2)), device=array_api_strict.Device("device1"))
-    with pytest.raises(ValueError, match=r"conv_valid: arrays on two devices: .*CPU_DEVICE.* and .*device1"):
+    with pytest.raises(
+        ValueError, match=r"conv_valid: arrays on two devices: .*CPU_DEVICE.* and .*device1"
+    ):
         F.conv_valid(a, b)
 
 

@@ -18,31 +18,55 @@ from anycnn.network import Network
 
 def _tiny_fc(backend, dtype="float64", loss="cross_entropy", seed=0):
     return Network(
-        [L.FullyConnected(5, activation="tanh"),
-         L.FullyConnected(3, activation="identity" if loss == "cross_entropy" else "sigmoid")],
-        (4,), loss=loss, dtype=dtype, backend=backend, seed=seed, name="tiny_fc")
+        [
+            L.FullyConnected(5, activation="tanh"),
+            L.FullyConnected(3, activation="identity" if loss == "cross_entropy" else "sigmoid"),
+        ],
+        (4,),
+        loss=loss,
+        dtype=dtype,
+        backend=backend,
+        seed=seed,
+        name="tiny_fc",
+    )
 
 
 def _tiny_conv(backend, variant="sum", dtype="float64", seed=0):
     if variant == "sum":  # LeNet-like: trainable sum pooling, tanh, a selection table, CE
-        layers = [L.Convolution(2, 3, activation="tanh"),
-                  L.Subsampling(2, "sum", activation="tanh"),
-                  L.Convolution(3, 2, selection="random", inputs_per_map=1, activation="tanh"),
-                  L.Flatten(), L.FullyConnected(3, activation="identity")]
+        layers = [
+            L.Convolution(2, 3, activation="tanh"),
+            L.Subsampling(2, "sum", activation="tanh"),
+            L.Convolution(3, 2, selection="random", inputs_per_map=1, activation="tanh"),
+            L.Flatten(),
+            L.FullyConnected(3, activation="identity"),
+        ]
         loss = "cross_entropy"
     elif variant == "mean":  # DLT-like: fixed mean pooling, sigmoid, squared error
-        layers = [L.Convolution(2, 3, activation="sigmoid"),
-                  L.Subsampling(2, "mean", trainable=False),
-                  L.Convolution(3, 2, activation="sigmoid"),
-                  L.Flatten(), L.FullyConnected(3, activation="sigmoid")]
+        layers = [
+            L.Convolution(2, 3, activation="sigmoid"),
+            L.Subsampling(2, "mean", trainable=False),
+            L.Convolution(3, 2, activation="sigmoid"),
+            L.Flatten(),
+            L.FullyConnected(3, activation="sigmoid"),
+        ]
         loss = "squared_error"
     else:  # decimation with a trainable beta
-        layers = [L.Convolution(2, 3, activation="tanh"),
-                  L.Subsampling(2, "decimate", activation="identity"),
-                  L.Flatten(), L.FullyConnected(3, activation="tanh")]
+        layers = [
+            L.Convolution(2, 3, activation="tanh"),
+            L.Subsampling(2, "decimate", activation="identity"),
+            L.Flatten(),
+            L.FullyConnected(3, activation="tanh"),
+        ]
         loss = "squared_error"
-    return Network(layers, (1, 8, 8), loss=loss, dtype=dtype, backend=backend, seed=seed,
-                   name=f"tiny_conv_{variant}")
+    return Network(
+        layers,
+        (1, 8, 8),
+        loss=loss,
+        dtype=dtype,
+        backend=backend,
+        seed=seed,
+        name=f"tiny_conv_{variant}",
+    )
 
 
 def _batch(net, rng, n=3):
@@ -68,8 +92,9 @@ def _randomize(net, rng):
 
 def _host(net, arrays):
     """Host float64 copies (NumPy's to_host returns the live array, which steps update)."""
-    return {k: np.array(net.backend.to_host(v), dtype=np.float64, copy=True)
-            for k, v in arrays.items()}
+    return {
+        k: np.array(net.backend.to_host(v), dtype=np.float64, copy=True) for k, v in arrays.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,8 +135,11 @@ def test_momentum_two_steps(backend, rng):
         np.testing.assert_allclose(p2[name], p0[name] - v1 - v2, rtol=1e-12, atol=1e-15)
     state = opt.state_dict()
     assert int(state["steps"]) == 2
-    np.testing.assert_allclose(state["velocity/fc2.weight"], 0.5 * 0.1 * g1["fc2.weight"]
-                               + 0.1 * g2["fc2.weight"], rtol=1e-12)
+    np.testing.assert_allclose(
+        state["velocity/fc2.weight"],
+        0.5 * 0.1 * g1["fc2.weight"] + 0.1 * g2["fc2.weight"],
+        rtol=1e-12,
+    )
 
 
 def test_per_layer_rates_scale_the_right_layers(backend, rng):
@@ -152,8 +180,9 @@ def test_state_dict_round_trip_and_validation():
     other = optim.Momentum(_tiny_fc("numpy"), 0.1)
     other.load_state_dict(state)
     assert other.steps == 1
-    np.testing.assert_array_equal(other.state_dict()["velocity/fc1.weight"],
-                                  state["velocity/fc1.weight"])
+    np.testing.assert_array_equal(
+        other.state_dict()["velocity/fc1.weight"], state["velocity/fc1.weight"]
+    )
     bad = dict(state)
     bad["velocity/fc1.weight"] = np.zeros((2, 2))
     with pytest.raises(ValueError, match=r"velocity/fc1.weight.*shape \(5, 4\)"):
@@ -165,9 +194,11 @@ def test_state_dict_round_trip_and_validation():
 
 def test_config_round_trip():
     net = _tiny_fc("numpy")
-    for opt in (optim.SGD(net, optim.Step(0.1, 2, 0.5), layer_rates={"fc1": 0.5}),
-                optim.Momentum(net, 0.02, momentum=0.8),
-                optim.SDLM(net, optim.lecun1998(2.0), mu=0.05, samples=100)):
+    for opt in (
+        optim.SGD(net, optim.Step(0.1, 2, 0.5), layer_rates={"fc1": 0.5}),
+        optim.Momentum(net, 0.02, momentum=0.8),
+        optim.SDLM(net, optim.lecun1998(2.0), mu=0.05, samples=100),
+    ):
         again = optim.optimizer_from_config(net, opt.config())
         assert type(again) is type(opt)
         assert again.config() == opt.config()
@@ -210,8 +241,9 @@ def _jacobian(fn, value, eps=1e-6):
         plus, minus = flat.copy(), flat.copy()
         plus[i] += eps
         minus[i] -= eps
-        columns.append((fn(plus.reshape(value.shape)) - fn(minus.reshape(value.shape)))
-                       .reshape(-1) / (2 * eps))
+        columns.append(
+            (fn(plus.reshape(value.shape)) - fn(minus.reshape(value.shape))).reshape(-1) / (2 * eps)
+        )
     return np.stack(columns, axis=1)
 
 
@@ -252,7 +284,8 @@ def _squared_jacobian_oracle(net, x_host, t_host):
                 jp = _jacobian(by_param, np.asarray(b.to_host(original), dtype=np.float64))
                 layer.params[role] = original
                 total[f"{layer.name}.{role}"] = total[f"{layer.name}.{role}"] + (
-                    (jp * jp).T @ g).reshape(original.shape)
+                    (jp * jp).T @ g
+                ).reshape(original.shape)
             jx = _jacobian(through, xin)
             g = (jx * jx).T @ g
     return {name: value / x_host.shape[0] for name, value in total.items()}
@@ -273,8 +306,13 @@ def test_diagonal_hessian_matches_squared_jacobians(make):
     for name in expected:
         assert got[name].shape == expected[name].shape, name
         assert np.all(got[name] >= 0), name
-        np.testing.assert_allclose(got[name], expected[name], rtol=1e-6,
-                                   atol=1e-9 * np.abs(expected[name]).max(), err_msg=name)
+        np.testing.assert_allclose(
+            got[name],
+            expected[name],
+            rtol=1e-6,
+            atol=1e-9 * np.abs(expected[name]).max(),
+            err_msg=name,
+        )
 
 
 def test_diagonal_hessian_learned_combination():
@@ -283,18 +321,30 @@ def test_diagonal_hessian_learned_combination():
         pytest.skip("anycnn.layers has no LearnedCombination")
     rng = np.random.default_rng(5)
     for kernels in ("per_input", "per_pair"):
-        net = Network([L.Convolution(3, 3, activation="tanh"),
-                       learned(2, 2, kernels=kernels, activation="tanh"),
-                       L.Flatten(), L.FullyConnected(3, activation="identity")],
-                      (1, 6, 6), loss="cross_entropy", dtype="float64", backend="numpy")
+        net = Network(
+            [
+                L.Convolution(3, 3, activation="tanh"),
+                learned(2, 2, kernels=kernels, activation="tanh"),
+                L.Flatten(),
+                L.FullyConnected(3, activation="identity"),
+            ],
+            (1, 6, 6),
+            loss="cross_entropy",
+            dtype="float64",
+            backend="numpy",
+        )
         _randomize(net, rng)
         x, t, x_host, t_host = _batch(net, rng)
         got = _host(net, optim.diagonal_hessian(net, x, t))
         expected = _squared_jacobian_oracle(net, x_host, t_host)
         for name in expected:
-            np.testing.assert_allclose(got[name], expected[name], rtol=1e-6,
-                                       atol=1e-9 * np.abs(expected[name]).max(),
-                                       err_msg=f"{kernels} {name}")
+            np.testing.assert_allclose(
+                got[name],
+                expected[name],
+                rtol=1e-6,
+                atol=1e-9 * np.abs(expected[name]).max(),
+                err_msg=f"{kernels} {name}",
+            )
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
@@ -302,9 +352,13 @@ def test_diagonal_hessian_is_the_exact_gauss_newton_diagonal_for_one_layer(loss)
     """For one layer, LeCun's approximation drops nothing: it equals diag(J^T H_E J), with J the
     Jacobian of the outputs by all parameters and H_E the exact Hessian of E^n in the outputs."""
     rng = np.random.default_rng(7)
-    net = Network([L.FullyConnected(3, activation="identity" if loss == "cross_entropy"
-                                    else "sigmoid")], (4,), loss=loss, dtype="float64",
-                  backend="numpy")
+    net = Network(
+        [L.FullyConnected(3, activation="identity" if loss == "cross_entropy" else "sigmoid")],
+        (4,),
+        loss=loss,
+        dtype="float64",
+        backend="numpy",
+    )
     _randomize(net, rng)
     x, t, x_host, t_host = _batch(net, rng, n=4)
     got = _host(net, optim.diagonal_hessian(net, x, t))
@@ -333,8 +387,9 @@ def test_diagonal_hessian_is_the_exact_gauss_newton_diagonal_for_one_layer(loss)
     exact /= x_host.shape[0]
     expected = dict(zip(names, np.split(exact, np.cumsum(sizes)[:-1]), strict=True))
     for k, shape in zip(names, shapes, strict=True):
-        np.testing.assert_allclose(got[k], expected[k].reshape(shape), rtol=1e-6, atol=1e-12,
-                                   err_msg=k)
+        np.testing.assert_allclose(
+            got[k], expected[k].reshape(shape), rtol=1e-6, atol=1e-12, err_msg=k
+        )
 
 
 def test_diagonal_hessian_rejects_unknown_layers():
@@ -373,8 +428,7 @@ def test_sdlm_steps_are_positive_and_bounded(backend, rng):
     p1 = _host(net, net.parameters())
     eta = _host(net, opt.step_sizes())
     for name in p0:
-        np.testing.assert_allclose(p1[name], p0[name] - eta[name] * g[name], rtol=1e-12,
-                                   atol=1e-15)
+        np.testing.assert_allclose(p1[name], p0[name] - eta[name] * g[name], rtol=1e-12, atol=1e-15)
 
 
 def test_sdlm_needs_data_for_its_first_epoch():

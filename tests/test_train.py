@@ -18,8 +18,9 @@ def mnist():
 
 
 def _small(ds, n):
-    return datasets.Dataset("mnist", ds.train_images[:n], ds.train_labels[:n],
-                            ds.test_images[:n], ds.test_labels[:n])
+    return datasets.Dataset(
+        "mnist", ds.train_images[:n], ds.train_labels[:n], ds.test_images[:n], ds.test_labels[:n]
+    )
 
 
 def _params(net):
@@ -37,10 +38,18 @@ def _optimizer(kind, net):
 def _small_cnn():
     """A small convolutional net that leaves its initial plateau within a few dozen updates
     (LeNet-5 and DLT need an epoch of full MNIST for that)."""
-    return Network([layers.Convolution(4, 5, activation="tanh"),
-                    layers.Subsampling(2, "sum", activation="tanh"), layers.Flatten(),
-                    layers.FullyConnected(10, activation="identity")],
-                   (1, 28, 28), loss="cross_entropy", backend="cpu", name="small")
+    return Network(
+        [
+            layers.Convolution(4, 5, activation="tanh"),
+            layers.Subsampling(2, "sum", activation="tanh"),
+            layers.Flatten(),
+            layers.FullyConnected(10, activation="identity"),
+        ],
+        (1, 28, 28),
+        loss="cross_entropy",
+        backend="cpu",
+        name="small",
+    )
 
 
 @pytest.mark.parametrize("kind", ["sgd", "momentum", "sdlm"])
@@ -49,8 +58,11 @@ def test_training_reduces_the_loss(mnist, kind):
     net = _small_cnn()
     prep = train.Preprocessing.fit(net, ds.train_images)
     before = train.evaluate(net, ds.train_images, ds.train_labels, prep)
-    opt = {"sgd": lambda: optim.SGD(net, 0.1), "momentum": lambda: optim.Momentum(net, 0.02),
-           "sdlm": lambda: optim.SDLM(net, 0.005, samples=100)}[kind]()
+    opt = {
+        "sgd": lambda: optim.SGD(net, 0.1),
+        "momentum": lambda: optim.Momentum(net, 0.02),
+        "sdlm": lambda: optim.SDLM(net, 0.005, samples=100),
+    }[kind]()
     result = train.train(net, ds, epochs=3, batch_size=10, optimizer=opt, progress=False, seed=1)
     after = train.evaluate(net, ds.train_images, ds.train_labels, prep)
     assert after["loss"] < 0.8 * before["loss"]
@@ -65,17 +77,42 @@ def test_resume_gives_bit_identical_parameters(mnist, tmp_path, kind):
     ds = _small(mnist, 120)
     straight = models.dlt(backend="cpu", seed=3)
     opt_a = _optimizer(kind, straight)
-    train.train(straight, ds, epochs=2, batch_size=20, optimizer=opt_a, seed=7, progress=False,
-                checkpoint_dir=tmp_path / "a")
+    train.train(
+        straight,
+        ds,
+        epochs=2,
+        batch_size=20,
+        optimizer=opt_a,
+        seed=7,
+        progress=False,
+        checkpoint_dir=tmp_path / "a",
+    )
 
     first = models.dlt(backend="cpu", seed=3)
-    train.train(first, ds, epochs=1, batch_size=20, optimizer=_optimizer(kind, first), seed=7,
-                progress=False, checkpoint_dir=tmp_path / "b")
+    train.train(
+        first,
+        ds,
+        epochs=1,
+        batch_size=20,
+        optimizer=_optimizer(kind, first),
+        seed=7,
+        progress=False,
+        checkpoint_dir=tmp_path / "b",
+    )
     del first  # the "interrupted" process is gone; a new one resumes from the files
     resumed = models.dlt(backend="cpu", seed=99)  # another init: every parameter is restored
     opt_b = _optimizer(kind, resumed)
-    result = train.train(resumed, ds, epochs=2, batch_size=20, optimizer=opt_b, seed=12345,
-                         progress=False, checkpoint_dir=tmp_path / "b", resume=True)
+    result = train.train(
+        resumed,
+        ds,
+        epochs=2,
+        batch_size=20,
+        optimizer=opt_b,
+        seed=12345,
+        progress=False,
+        checkpoint_dir=tmp_path / "b",
+        resume=True,
+    )
 
     assert result.resumed_from == tmp_path / "b" / "epoch-0001.npz"
     assert [r.epoch for r in result.history] == [1, 2]
@@ -92,11 +129,26 @@ def test_resume_gives_bit_identical_parameters(mnist, tmp_path, kind):
 def test_resume_with_nothing_left_to_do(mnist, tmp_path):
     ds = _small(mnist, 40)
     net = models.dlt(backend="cpu")
-    train.train(net, ds, epochs=1, batch_size=20, optimizer=optim.SGD(net, 1.0),
-                progress=False, checkpoint_dir=tmp_path)
+    train.train(
+        net,
+        ds,
+        epochs=1,
+        batch_size=20,
+        optimizer=optim.SGD(net, 1.0),
+        progress=False,
+        checkpoint_dir=tmp_path,
+    )
     again = models.dlt(backend="cpu")
-    result = train.train(again, ds, epochs=1, batch_size=20, optimizer=optim.SGD(again, 1.0),
-                         progress=False, checkpoint_dir=tmp_path, resume=True)
+    result = train.train(
+        again,
+        ds,
+        epochs=1,
+        batch_size=20,
+        optimizer=optim.SGD(again, 1.0),
+        progress=False,
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
     assert len(result.history) == 1
     for name, value in _params(net).items():
         np.testing.assert_array_equal(value, _params(again)[name])
@@ -107,17 +159,37 @@ def test_resume_with_another_optimizer_is_refused(mnist, tmp_path):
 
     ds = _small(mnist, 40)
     net = models.dlt(backend="cpu")
-    train.train(net, ds, epochs=1, batch_size=20, optimizer=optim.SGD(net, 1.0),
-                progress=False, checkpoint_dir=tmp_path)
+    train.train(
+        net,
+        ds,
+        epochs=1,
+        batch_size=20,
+        optimizer=optim.SGD(net, 1.0),
+        progress=False,
+        checkpoint_dir=tmp_path,
+    )
     other = models.dlt(backend="cpu")
     with pytest.raises(CheckpointError, match="'sgd' optimizer; resume with the same one"):
-        train.train(other, ds, epochs=2, batch_size=20, optimizer=optim.Momentum(other, 0.1),
-                    progress=False, checkpoint_dir=tmp_path, resume=True)
+        train.train(
+            other,
+            ds,
+            epochs=2,
+            batch_size=20,
+            optimizer=optim.Momentum(other, 0.1),
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
 
 
 def _linear(backend="cpu"):
-    return Network([layers.Flatten(), layers.FullyConnected(10, activation="identity")],
-                   (1, 28, 28), loss="squared_error", backend=backend, name="linear")
+    return Network(
+        [layers.Flatten(), layers.FullyConnected(10, activation="identity")],
+        (1, 28, 28),
+        loss="squared_error",
+        backend=backend,
+        name="linear",
+    )
 
 
 def test_divergence_names_epoch_and_batch_and_keeps_the_last_checkpoint(mnist, tmp_path):
@@ -127,8 +199,17 @@ def test_divergence_names_epoch_and_batch_and_keeps_the_last_checkpoint(mnist, t
     # (||x||^2 ~ 100 for MNIST digits in [0, 1]) and the loss overflows within a few batches.
     opt = optim.SGD(net, optim.Step(1e-3, every=1, gamma=1e4))
     with pytest.raises(train.DivergenceError) as caught:
-        train.train(net, ds, epochs=3, batch_size=1, optimizer=opt, progress=False,
-                    checkpoint_dir=tmp_path, report_every=7, preprocessing="scale01")
+        train.train(
+            net,
+            ds,
+            epochs=3,
+            batch_size=1,
+            optimizer=opt,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            report_every=7,
+            preprocessing="scale01",
+        )
     error = caught.value
     assert error.epoch == 2 and error.batch > 1
     assert f"epoch 2, batch {error.batch}" in str(error)
@@ -143,15 +224,31 @@ def test_divergence_names_epoch_and_batch_and_keeps_the_last_checkpoint(mnist, t
 def test_a_checkpoint_is_not_rewritten_when_training_diverges(mnist, tmp_path):
     ds = _small(mnist, 50)
     net = _linear()
-    train.train(net, ds, epochs=1, batch_size=10, optimizer=optim.SGD(net, 1e-3),
-                progress=False, checkpoint_dir=tmp_path, preprocessing="scale01")
+    train.train(
+        net,
+        ds,
+        epochs=1,
+        batch_size=10,
+        optimizer=optim.SGD(net, 1e-3),
+        progress=False,
+        checkpoint_dir=tmp_path,
+        preprocessing="scale01",
+    )
     path = tmp_path / "epoch-0001.npz"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     again = _linear()
     with pytest.raises(train.DivergenceError, match="epoch 2"):
-        train.train(again, ds, epochs=2, batch_size=1, optimizer=optim.SGD(again, 100.0),
-                    progress=False, checkpoint_dir=tmp_path, resume=True,
-                    preprocessing="scale01")
+        train.train(
+            again,
+            ds,
+            epochs=2,
+            batch_size=1,
+            optimizer=optim.SGD(again, 100.0),
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            preprocessing="scale01",
+        )
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.npz"]
 
@@ -166,9 +263,12 @@ def test_preprocessing_per_model(mnist):
     assert x.shape == (5, 1, 32, 32) and x.dtype == np.float32
     background = np.float32(-mean / std)
     assert np.all(x[:, :, :2, :] == background) and np.all(x[:, :, :, -2:] == background)
-    np.testing.assert_allclose(x[:, 0, 2:30, 2:30],
-                               (mnist.train_images[:5].astype(np.float64) - mean) / std,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        x[:, 0, 2:30, 2:30],
+        (mnist.train_images[:5].astype(np.float64) - mean) / std,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     dlt = models.dlt(backend="cpu")
     prep = train.Preprocessing.fit(dlt, mnist.train_images)
     assert prep.kind == "scale01"
@@ -187,8 +287,14 @@ def test_target_values():
 
 
 def test_labels_out_of_range(mnist):
-    ds = datasets.Dataset("twelve", mnist.train_images[:20], np.arange(20) % 12,
-                          mnist.test_images[:20], np.arange(20) % 12, num_classes=12)
+    ds = datasets.Dataset(
+        "twelve",
+        mnist.train_images[:20],
+        np.arange(20) % 12,
+        mnist.test_images[:20],
+        np.arange(20) % 12,
+        num_classes=12,
+    )
     net = models.dlt(backend="cpu")
     with pytest.raises(ValueError, match="labels out of range.*up to 11.*'dlt' has 10 outputs"):
         train.train(net, ds, epochs=1, progress=False)
@@ -198,9 +304,17 @@ def test_metrics_file_and_progress_bar(mnist, tmp_path, capsys):
     ds = _small(mnist, 60)
     net = models.dlt(backend="cpu")
     seen = []
-    train.train(net, ds, epochs=2, batch_size=20, optimizer=optim.SGD(net, 1.0), progress=True,
-                metrics_path=tmp_path / "m.json", callbacks=[seen.append],
-                run_info={"command": "test"})
+    train.train(
+        net,
+        ds,
+        epochs=2,
+        batch_size=20,
+        optimizer=optim.SGD(net, 1.0),
+        progress=True,
+        metrics_path=tmp_path / "m.json",
+        callbacks=[seen.append],
+        run_info={"command": "test"},
+    )
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert [r["epoch"] for r in metrics["history"]] == [1, 2]
     assert metrics["final_test_error"] == seen[-1].test_error

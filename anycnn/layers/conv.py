@@ -31,7 +31,12 @@ def lenet5_table() -> np.ndarray:
 
 
 def selection_table(
-    spec: Any, c_out: int, c_in: int, *, inputs_per_map: int = 3, seed: int | None = None,
+    spec: Any,
+    c_out: int,
+    c_in: int,
+    *,
+    inputs_per_map: int = 3,
+    seed: int | None = None,
     where: str = "Convolution",
 ) -> np.ndarray:
     """The boolean ``(C_out, C_in)`` input-map table ``M_j`` of a selection spec (section 3.1).
@@ -141,9 +146,18 @@ class Convolution(Layer):
 
     kind = "conv"
 
-    def __init__(self, maps: int, kernel_size: int | tuple[int, int], *,
-                 selection: Any = "full", activation: Any = "sigmoid", init: str = "glorot",
-                 inputs_per_map: int = 3, seed: int | None = None, name: str | None = None):
+    def __init__(
+        self,
+        maps: int,
+        kernel_size: int | tuple[int, int],
+        *,
+        selection: Any = "full",
+        activation: Any = "sigmoid",
+        init: str = "glorot",
+        inputs_per_map: int = 3,
+        seed: int | None = None,
+        name: str | None = None,
+    ):
         super().__init__(name)
         if isinstance(maps, bool) or not isinstance(maps, int) or maps < 1:
             raise ValueError(f"Convolution: maps must be a positive int, got {maps!r}")
@@ -172,8 +186,12 @@ class Convolution(Layer):
         seed = self.seed if self.seed is not None else drawn
         try:
             self.table = selection_table(
-                self.selection_spec, self.maps, c_in, inputs_per_map=self.inputs_per_map,
-                seed=seed, where=self.describe(),
+                self.selection_spec,
+                self.maps,
+                c_in,
+                inputs_per_map=self.inputs_per_map,
+                seed=seed,
+                where=self.describe(),
             )
         except ValueError as error:
             raise self.error(str(error).split(": ", 1)[-1]) from None

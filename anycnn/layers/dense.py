@@ -26,6 +26,7 @@ class Flatten(Layer):
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         if not need_input_grad:
             return None
+        assert self.input_shape is not None, "Flatten.backward before build"
         return self._xp.reshape(dy, (dy.shape[0], *self.input_shape))
 
 
@@ -47,8 +48,14 @@ class FullyConnected(Layer):
 
     kind = "fc"
 
-    def __init__(self, units: int, activation: Any = "sigmoid", *, init: str = "glorot",
-                 name: str | None = None):
+    def __init__(
+        self,
+        units: int,
+        activation: Any = "sigmoid",
+        *,
+        init: str = "glorot",
+        name: str | None = None,
+    ):
         super().__init__(name)
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"FullyConnected: units must be a positive int, got {units!r}")
@@ -64,9 +71,7 @@ class FullyConnected(Layer):
                 f"expects a vector input, got maps of shape {input_shape}; add Flatten() before it"
             )
         fan_in = input_shape[0]
-        bound = (
-            math.sqrt(6.0 / (fan_in + self.units)) if self.init == "glorot" else 2.4 / fan_in
-        )
+        bound = math.sqrt(6.0 / (fan_in + self.units)) if self.init == "glorot" else 2.4 / fan_in
         self.params["weight"] = self._host_param(
             context, context.rng.uniform(-bound, bound, (self.units, fan_in))
         )

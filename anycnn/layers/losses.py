@@ -71,8 +71,11 @@ class CrossEntropy(Loss):
         return (p * xp.sum(t, axis=1, keepdims=True) - t) * (1.0 / y.shape[0])
 
 
-LOSSES: dict[str, type[Loss]] = {"squared_error": SquaredError, "mse": SquaredError,
-                                 "cross_entropy": CrossEntropy}
+LOSSES: dict[str, type[Loss]] = {
+    "squared_error": SquaredError,
+    "mse": SquaredError,
+    "cross_entropy": CrossEntropy,
+}
 
 
 def get_loss(spec: str | Loss | dict[str, Any]) -> Loss:

@@ -37,8 +37,15 @@ class Subsampling(Layer):
 
     kind = "sub"
 
-    def __init__(self, n: int = 2, mode: str = "sum", *, activation: Any = "identity",
-                 trainable: bool = True, name: str | None = None):
+    def __init__(
+        self,
+        n: int = 2,
+        mode: str = "sum",
+        *,
+        activation: Any = "identity",
+        trainable: bool = True,
+        name: str | None = None,
+    ):
         super().__init__(name)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Subsampling: the factor n must be a positive int, got {n!r}")
@@ -106,8 +113,12 @@ class Subsampling(Layer):
         return self._up(delta)
 
     def config(self) -> dict[str, Any]:
-        return {"n": self.n, "mode": self.mode, "activation": self.activation.config(),
-                "trainable": self.trainable}
+        return {
+            "n": self.n,
+            "mode": self.mode,
+            "activation": self.activation.config(),
+            "trainable": self.trainable,
+        }
 
     def __repr__(self) -> str:
         extra = "" if self.trainable else ", fixed"
