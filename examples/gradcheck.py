@@ -27,10 +27,12 @@ def main() -> int:
         net = models.build(name, backend=args.backend, dtype="float64")
         x = rng.standard_normal((args.batch, *net.input_shape))
         low, high = train.target_values(net)  # +-1 targets for tanh outputs, else 0/1
-        t = datasets.one_hot(rng.integers(0, 10, args.batch), 10, low=low, high=high,
-                             dtype="float64")
-        report = gradcheck(net, net.backend.asarray(x, dtype="float64"),
-                           net.backend.asarray(t, dtype="float64"))
+        t = datasets.one_hot(
+            rng.integers(0, 10, args.batch), 10, low=low, high=high, dtype="float64"
+        )
+        report = gradcheck(
+            net, net.backend.asarray(x, dtype="float64"), net.backend.asarray(t, dtype="float64")
+        )
         print(f"== {name} ({net.num_parameters()} parameters, backend {net.backend.name})")
         print(report)
         failed |= not report.passed

@@ -67,8 +67,10 @@ def main() -> None:
             x = net.backend.asarray(prepare(ds.test_images[start : start + 1000]))
             predicted = net.backend.to_host(net.predict(x))
             mistakes += int(np.count_nonzero(predicted != ds.test_labels[start : start + 1000]))
-        print(f"epoch {epoch + 1}: lr {opt.lr:.3g}, mean loss {float(total) / count:.4f}, "
-              f"test error {100 * mistakes / len(ds.test_labels):.2f}%, {seconds:.1f} s")
+        print(
+            f"epoch {epoch + 1}: lr {opt.lr:.3g}, mean loss {float(total) / count:.4f}, "
+            f"test error {100 * mistakes / len(ds.test_labels):.2f}%, {seconds:.1f} s"
+        )
 
 
 if __name__ == "__main__":
