@@ -35,12 +35,9 @@ The benchmark never asserts: it prints figures, ratios and a verdict on the note
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import machine_info  # bench/ is sys.path[0] when run as a script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -338,47 +336,6 @@ def judge_claims(up: dict[str, Any], down: dict[str, Any]) -> list[dict[str, Any
 
 
 # --- machine and output -----------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def machine_info(record: Any) -> dict[str, Any]:
-    import scipy
-
-    import anycnn
-
-    try:
-        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
-        blas_name = f"{blas.get('name')} {blas.get('version')}"
-    except (AttributeError, KeyError, TypeError):
-        blas_name = "unknown"
-    library = importlib.import_module(record.array_module)
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "blas": blas_name,
-        "anycnn": anycnn.__version__,
-        "backend_library": f"{record.array_module} {getattr(library, '__version__', '?')}",
-        "threads_env": {
-            k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-            if k in os.environ
-        },
-    }
-
-
 def format_table(hot: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> str:
     lines = []
     header = f"{'op':<44} {'backend':<17} {'median ms':>10} {'ratio':>16}"
@@ -442,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     out = args.out or RESULTS / f"ops-{record.name}{'-quick' if args.quick else ''}.json"
 
-    info = machine_info(record)
+    info = machine_info(record.name, record.array_module)
     print(
         f"anycnn bench/ops.py: backend {record.name} ({info['backend_library']}), float32, "
         f"batch {batch}, median of {reps} after {warmup} warm-up round(s), interleaved"

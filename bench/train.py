@@ -41,12 +41,9 @@ side by side is the figure to read. The benchmark never asserts anything about s
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -57,6 +54,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import (  # bench/ is sys.path[0] when run as a script
+    load_average,
+    machine_info,
+    machine_slug,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -65,62 +67,6 @@ BATCH_SIZES = (1, 16, 50, 64, 256)
 INFERENCE_BATCH = 1000
 INPUT_SIZE = {"dlt": 28, "lenet5": 32}
 LEARNING_RATE = {"dlt": 1.0, "lenet5": 0.01}
-
-
-# --- the machine ------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_slug() -> str:
-    """A short name for the machine: the CPU model's words and the core count (amd-epyc-2c)."""
-    words = re.sub(r"\(.*?\)|@.*$|\b(processor|cpu|\d+-core)\b", " ", cpu_model(), flags=re.I)
-    slug = "-".join(re.findall(r"[a-z0-9]+", words.lower())[:4]) or "cpu"
-    return f"{slug}-{os.cpu_count()}c"
-
-
-def load_average() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def machine_info(backend_name: str) -> dict[str, Any]:
-    import scipy
-
-    import anycnn
-
-    try:
-        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
-        blas_name = f"{blas.get('name')} {blas.get('version')}"
-    except (AttributeError, KeyError, TypeError):
-        blas_name = "unknown"
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "slug": machine_slug(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "blas": blas_name,
-        "anycnn": anycnn.__version__,
-        "backend": backend_name,
-        "load_average_at_start": load_average(),
-        "threads_env": {
-            k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-            if k in os.environ
-        },
-    }
 
 
 # --- data -------------------------------------------------------------------------------------

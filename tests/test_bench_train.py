@@ -85,7 +85,7 @@ def test_quick_run_writes_the_report(tmp_path):
 
 
 def test_machine_slug_is_short_and_safe():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
+    spec = importlib.util.spec_from_file_location("bench_machine", BENCH.parent / "_machine.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     slug = module.machine_slug()
