@@ -189,6 +189,11 @@ def save_checkpoint(
             os.fsync(directory)
         finally:
             os.close(directory)
+    # A process killed between writing and renaming leaves its temporary file behind; once this
+    # target is safely written, such leftovers for the same target are garbage.
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
     return path
 
 

@@ -249,6 +249,7 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_and_resume_w
     resumed = ckpt.load_checkpoint(folder / "epoch-0002.npz")
     assert resumed.epoch == 2 and len(resumed.info["history"]) == 2
     _assert_bitwise_equal(_arrays(folder / "epoch-0002.npz"), killed, "resumed epoch 2")
+    assert not temporary[0].exists(), "the killed run's temporary file was left behind"
 
 
 # --------------------------------------------------------------------------------------------
