@@ -151,7 +151,8 @@ class Network:
         raise KeyError(f"no parameter {name!r}; parameters: {', '.join(self.parameters())}")
 
     def num_parameters(self) -> int:
-        return sum(int(np.prod(p.shape)) for p in self.parameters().values())
+        """Free parameters: kernels outside an input-map selection are not counted (3.1)."""
+        return sum(layer.parameter_count() for layer in self.layers)
 
     # -- computing ---------------------------------------------------------------------------
     def check_input(self, x: Any, where: str = "Network.forward") -> None:
@@ -355,7 +356,7 @@ class Network:
             f"backend {self.backend.name}, loss {self.loss.name}"
         ]
         for layer in self.layers:
-            count = sum(int(np.prod(p.shape)) for p in layer.params.values())
+            count = layer.parameter_count()
             lines.append(
                 f"  {layer.name:<10} {layer!r:<44} -> {layer.output_shape}  {count} params"
             )

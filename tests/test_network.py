@@ -435,3 +435,12 @@ def test_from_config_may_change_backend_and_dtype(backend):
     net = models.dlt(backend="numpy")
     rebuilt = Network.from_config(net.config(), extra_state=net.extra_state(), dtype="float64")
     assert rebuilt.backend is backend and rebuilt.dtype_name == "float64"
+
+
+def test_parameter_count_leaves_out_unselected_kernels():
+    """LeCun et al. (1998): C3 has 1,516 trainable parameters (60 kernels of 5x5 + 16 biases),
+    not the 2,416 entries of its (16, 6, 5, 5) kernel array."""
+    net = models.lenet5(backend="numpy")
+    by_layer = {layer.name: layer.parameter_count() for layer in net.layers}
+    assert by_layer["conv3"] == 1516 and by_layer["conv1"] == 156 and by_layer["sub2"] == 12
+    assert net.num_parameters() == sum(by_layer.values()) == 60850

@@ -13,6 +13,7 @@ convolution below a subsampling layer gets ``delta = f'(u) o beta up(delta_next)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,10 @@ class Layer:
     def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments (checkpoints rebuild layers from these)."""
         return {}
+
+    def parameter_count(self) -> int:
+        """How many free parameters the layer has (entries of its parameter arrays by default)."""
+        return sum(math.prod(p.shape) for p in self.params.values())
 
     def extra_state(self) -> dict[str, np.ndarray]:
         """Non-parameter arrays a checkpoint must keep (e.g. an input-map table), on the host."""

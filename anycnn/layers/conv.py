@@ -236,6 +236,13 @@ class Convolution(Layer):
             "seed": self.seed,
         }
 
+    def parameter_count(self) -> int:
+        """Kernels outside the selection are not parameters: ``|M| kh kw`` weights plus biases."""
+        if self.table is None:
+            return super().parameter_count()
+        kh, kw = self.kernel_size
+        return int(self.table.sum()) * kh * kw + self.maps
+
     def extra_state(self) -> dict[str, np.ndarray]:
         return {} if self.table is None else {"table": self.table}
 
