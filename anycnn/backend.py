@@ -60,6 +60,8 @@ __all__ = [
 #: Names of the hot operations, in the order of anycnn.ops. A backend's op table may override
 #: any of them and nothing else (tests/test_backend_parity.py checks names and signatures).
 OP_NAMES: tuple[str, ...] = tuple(_reference.__all__)
+#: Optional fused ops a backend's table may add (``Note [Fused ops]`` in anycnn.ops).
+FUSED_OP_NAMES: tuple[str, ...] = _reference.FUSED_OP_NAMES
 
 
 class BackendUnavailableError(RuntimeError):
@@ -92,7 +94,8 @@ class Backend:
         Raises an exception describing why the backend is unusable (after the import worked),
         e.g. no CUDA device. Called once, lazily; the outcome is cached.
     fast_ops : callable, optional
-        Returns a mapping from op names to fast implementations. Called once, lazily.
+        Returns a mapping from op names to fast implementations. Called once, lazily. It may
+        also hold fused ops (:data:`FUSED_OP_NAMES`), which go to ``ops.fused``.
     to_numpy : callable, optional
         Copies an array of this backend to a NumPy array on the host.
     """
@@ -177,17 +180,20 @@ class Backend:
         table = self._state.get("ops")
         if table is None:
             self.require()
-            overrides = dict(self.fast_ops()) if self.fast_ops is not None else {}
-            unknown = sorted(set(overrides) - set(OP_NAMES))
+            given = dict(self.fast_ops()) if self.fast_ops is not None else {}
+            unknown = sorted(set(given) - set(OP_NAMES) - set(FUSED_OP_NAMES))
             if unknown:
                 raise TypeError(
                     f"backend {self.name!r} overrides unknown hot ops {unknown}; "
-                    f"known ops: {list(OP_NAMES)}"
+                    f"known ops: {list(OP_NAMES)}, fused ops: {list(FUSED_OP_NAMES)}"
                 )
+            overrides = {name: f for name, f in given.items() if name in OP_NAMES}
             table = types.SimpleNamespace(
                 **{name: overrides.get(name, getattr(_reference, name)) for name in OP_NAMES}
             )
             table.overridden = frozenset(overrides)
+            # Note [Fused ops] in anycnn.ops: optional; a layer calls the chain when one is absent.
+            table.fused = {name: f for name, f in given.items() if name in FUSED_OP_NAMES}
             self._state["ops"] = table
         return table
 

@@ -40,6 +40,9 @@ __all__ = [
     "fully_connected_input_grad",
 ]
 
+#: Fused ops (``Note [Fused ops]``): optional, never part of a backend's required table.
+FUSED_OP_NAMES: tuple[str, ...] = ("conv_valid_activate",)
+
 Array = Any
 
 
@@ -276,3 +279,30 @@ def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
     """
     xp = array_api_compat.array_namespace(delta, weight)
     return xp.matmul(delta, weight)
+
+
+# --- fused ops -----------------------------------------------------------------------------------
+# Note [Fused ops]
+# ~~~~~~~~~~~~~~~~
+# Section 3.4 asks that what can be done together be done together. A fused op computes a chain
+# of the ops above (and an activation) in one call, so a backend can keep the intermediate in
+# cache or registers: the NumPy backend applies the bias and f to each batch slice of the
+# convolution while the slice is still in L2, on the pool's threads. Fused ops are optional: a
+# backend lists the ones it has in its op table's ``fused`` mapping, and a layer that finds none
+# calls the chain itself. The functions here define what each must compute; they are the oracle
+# of the tests, not a fallback (they would run the reference convolution on any backend).
+
+
+def conv_valid_activate(
+    x: Array, kernel: Array, bias: Array, activation: Any, selection: Array | None = None
+) -> Array:
+    """``f(conv_valid(x, kernel, selection) + bias)``: the whole forward pass of a convolution
+    layer, ``x_j = f(sum_{i in M_j} x_i * k_ij + b_j)`` (section 3.1).
+
+    ``activation`` is an :class:`anycnn.layers.Activation`; ``bias`` has shape ``(C_out,)``. A
+    fused version must give exactly what ``activation.apply(u, xp)`` gives on ``u`` (the layers
+    are tested for the same bits with and without it).
+    """
+    xp = array_api_compat.array_namespace(x, kernel, bias)
+    u = conv_valid(x, kernel, selection) + bias[:, None, None]
+    return activation.apply(u, xp)

@@ -45,6 +45,26 @@ def test_every_op_of_every_available_backend_matches_the_reference(backend):
         function = getattr(table, name)
         assert function.__name__ == name, f"{backend.name}.ops.{name} is {function.__name__}"
         assert_same_signature(f"{backend.name}.ops", name, function)
+    assert set(table.fused) <= set(registry.FUSED_OP_NAMES)
+    for name, function in table.fused.items():
+        assert function.__name__ == name, f"{backend.name}.ops.fused[{name!r}] is {function}"
+        assert_same_signature(f"{backend.name}.ops.fused", name, function)
+
+
+def test_fused_op_names_are_reference_functions_outside_the_required_table():
+    assert not set(registry.FUSED_OP_NAMES) & set(registry.OP_NAMES)
+    for name in registry.FUSED_OP_NAMES:
+        assert getattr(reference, name).__name__ == name
+
+
+def test_a_backend_with_an_unknown_fused_name_is_refused():
+    record = registry.Backend(
+        name="bogus_fused",
+        array_module="numpy",
+        fast_ops=lambda: {"conv_valid_activate_typo": lambda x: x},
+    )
+    with pytest.raises(TypeError, match="conv_valid_activate_typo"):
+        _ = record.ops
 
 
 def _plugin_table(module: str):
@@ -64,7 +84,7 @@ def test_every_plugin_op_table_matches_the_reference(module, library):
     if importlib.util.find_spec(library) is None:
         pytest.skip(f"{library} is not installed, so {module} cannot be imported")
     table = _plugin_table(module)
-    unknown = sorted(set(table) - set(registry.OP_NAMES))
+    unknown = sorted(set(table) - set(registry.OP_NAMES) - set(registry.FUSED_OP_NAMES))
     assert not unknown, f"{module}.OPS overrides unknown ops {unknown}"
     for name, function in table.items():
         assert function.__name__ == name, f"{module}.OPS[{name!r}] is {function.__name__}"

@@ -140,6 +140,88 @@ def test_reference_ops_run_on_backend(backend, rng):
     assert_close(reference.block_sum(bx, 2), oracles.block_sum(x, 2), backend=backend)
 
 
+# --- batches large enough for every fast path ---------------------------------------------------
+# The hypothesis cases above use batches of 1-3; a backend's fast ops may take other paths for
+# large batches (the NumPy backend: batch slices on its threads, Note [Wide columns]). These are
+# the zoo's layer shapes at batches that cross those thresholds.
+LAYER_SHAPES = {
+    "dlt-c1": ((1, 28, 28), (6, 1, 5, 5)),
+    "dlt-c3": ((6, 12, 12), (12, 6, 5, 5)),
+    "lenet5-c3": ((6, 14, 14), (16, 6, 5, 5)),
+    "lenet5-c5": ((16, 5, 5), (20, 16, 5, 5)),
+    "wide-rows": ((2, 9, 40), (3, 2, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("layer", list(LAYER_SHAPES))
+def test_large_batches_match_scipy(backend, layer, batch, rng):
+    (c, h, w), kshape = LAYER_SHAPES[layer]
+    x = rng.standard_normal((batch, c, h, w))
+    k = rng.standard_normal(kshape)
+    d = rng.standard_normal((batch, kshape[0], h - kshape[2] + 1, w - kshape[3] + 1))
+    bx, bk, bd = _arrays(backend, "float32", x, k, d)
+    for name, args, host in [
+        ("conv_valid", (bx, bk), (x, k)),
+        ("conv_full", (bd, bk), (d, k)),
+        ("conv_kernel_grad", (bx, bd), (x, d)),
+    ]:
+        expected = getattr(oracles, name)(*host)
+        # float32 sums of up to 64 x 100 products: absolute error relative to the largest entry
+        atol = 1e-5 * float(np.abs(expected).max())
+        assert_close(
+            getattr(F, name)(*args),
+            expected.astype("float32"),
+            backend=backend,
+            rtol=1e-5,
+            atol=atol,
+            err_msg=f"{name}: ",
+        )
+
+
+def test_strided_inputs_match_contiguous_ones(backend, rng):
+    """Views whose rows are not contiguous (a transposed batch) give the same results."""
+    x = backend.asarray(rng.standard_normal((12, 40, 36, 2)), dtype="float32")
+    d = backend.asarray(rng.standard_normal((12, 3, 32, 30)), dtype="float32")
+    k = backend.asarray(rng.standard_normal((3, 2, 5, 5)), dtype="float32")
+    view = backend.xp.permute_dims(x, (0, 3, 2, 1))[:, :, :, :32]  # (12, 2, 36, 32), strided
+    dense = backend.asarray(backend.to_host(view).copy())
+    assert_close(F.conv_valid(view, k), backend.to_host(F.conv_valid(dense, k)), backend=backend)
+    dview = d[:, :, :, :28]
+    dd = backend.asarray(backend.to_host(dview).copy())
+    assert_close(
+        F.conv_kernel_grad(view, dview),
+        backend.to_host(F.conv_kernel_grad(dense, dd)),
+        backend=backend,
+        rtol=1e-5,
+        atol=1e-4,
+    )
+
+
+# --- fused ops (Note [Fused ops] in anycnn.ops) ----------------------------------------------------
+@pytest.mark.parametrize("activation", ["sigmoid", "lecun_tanh", "relu", "identity"])
+@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("layer", list(LAYER_SHAPES))
+def test_fused_conv_gives_the_bits_of_the_chain(backend, layer, batch, activation, rng):
+    """A backend's fused conv + bias + f equals, bit for bit, conv_valid, the bias and
+    ``activation.apply``; and both agree with the reference definition."""
+    from anycnn.layers.activations import get_activation
+
+    (c, h, w), kshape = LAYER_SHAPES[layer]
+    act = get_activation(activation)
+    x = backend.asarray(rng.standard_normal((batch, c, h, w)), dtype="float32")
+    k = backend.asarray(rng.standard_normal(kshape) * 0.3, dtype="float32")
+    b = backend.asarray(rng.standard_normal(kshape[0]), dtype="float32")
+    sel = backend.asarray(rng.random(kshape[:2]) < 0.7) if kshape[1] > 1 else None
+    u = backend.ops.conv_valid(x, k, sel)
+    u += b[:, None, None]
+    chain = backend.to_host(act.apply(u, backend.xp))
+    fused = backend.ops.fused.get("conv_valid_activate")
+    if fused is not None:
+        np.testing.assert_array_equal(backend.to_host(fused(x, k, b, act, sel)), chain)
+    assert_close(reference.conv_valid_activate(x, k, b, act, sel), chain, backend=backend)
+
+
 # --- bad input ---------------------------------------------------------------------------------
 def test_errors_name_operation_and_shapes(backend, rng):
     x = backend.asarray(rng.standard_normal((2, 3, 8, 8)), dtype="float32")

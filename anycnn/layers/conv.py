@@ -211,6 +211,12 @@ class Convolution(Layer):
 
     def forward(self, x: Array) -> Array:
         self._x = x
+        fused = self._ops.fused.get("conv_valid_activate")  # Note [Fused ops] in anycnn.ops
+        if fused is not None:
+            self._y = fused(
+                x, self.params["kernel"], self.params["bias"], self.activation, self._selection
+            )
+            return self._y
         u = self._ops.conv_valid(x, self.params["kernel"], self._selection)
         u += self.params["bias"][:, None, None]  # u is ours: add the bias and f in place
         self._y = self.activation.apply(u, self._xp)

@@ -79,10 +79,9 @@ ACTIVATIONS_PREAMBLE = r"""
 template <typename T>
 __device__ __forceinline__ T anycnn_f(int act, T u, T p1, T p2) {
   if (act == 1) {
-    // exp of a non-positive number only: never overflows (anycnn.layers.Sigmoid does the same)
-    const T z = p1 * u;
-    const T e = exp(-fabs(z));
-    return z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+    // anycnn.layers.Sigmoid's arithmetic: exp(-z) = inf for z < -88 (float32) gives 1/inf = 0
+    const T e = exp(u * -p1);
+    return T(1) / (e + T(1));
   }
   if (act == 2) return p1 * tanh(p2 * u);
   if (act == 3) return u > T(0) ? u : T(0);
