@@ -294,3 +294,41 @@ def test_ops_keep_the_device():
     k = array_api_strict.asarray(np.ones((3, 2, 3, 3)), device=dev)
     for out in (F.conv_valid(x, k), F.kron_upsample(x, 2), F.block_sum(x, 2), F.decimate(x, 3)):
         assert out.device == dev
+
+
+# --- the NumPy backend's compiled kernel (Note [Kernel gradient as dot products]) ----------------
+@pytest.mark.parametrize("batch", [1, 5, 64])
+@pytest.mark.parametrize("layer", list(LAYER_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numpy_kernel_gradient_with_and_without_numba(monkeypatch, layer, batch, dtype, rng):
+    """The compiled sums and BLAS give the same kernel gradient (to rounding), and both match
+    SciPy; without Numba (or with ANYCNN_NUMBA=0) the backend runs on BLAS alone."""
+    _jit = pytest.importorskip("anycnn_numpy._jit")
+    from anycnn_numpy import _ops
+
+    (c, h, w), kshape = LAYER_SHAPES[layer]
+    x = rng.standard_normal((batch, c, h, w)).astype(dtype)
+    d = rng.standard_normal((batch, kshape[0], h - kshape[2] + 1, w - kshape[3] + 1)).astype(dtype)
+    sel = rng.random(kshape[:2]) < 0.7
+    expected = oracles.conv_kernel_grad(x, d, sel)
+    atol = (1e-5 if dtype == "float32" else 1e-12) * float(np.abs(expected).max())
+    results = {}
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(_jit, "kernel_grad_sum", None)
+        elif _jit.kernel_grad_sum is None:
+            continue  # Numba is not installed here: only the BLAS path exists
+        results[compiled] = _ops.conv_kernel_grad(x, d, sel)
+        np.testing.assert_allclose(results[compiled], expected, rtol=1e-5, atol=atol)
+        assert np.all(results[compiled][~sel] == 0)
+
+
+def test_numba_can_be_switched_off():
+    """ANYCNN_NUMBA=0 leaves the compiled kernel out (read when the backend is first imported)."""
+    import subprocess
+    import sys
+
+    code = "from anycnn_numpy import _jit; print(_jit.kernel_grad_sum is None)"
+    env = {**__import__("os").environ, "ANYCNN_NUMBA": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stderr

@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from anycnn import ops as _reference
+from anycnn_numpy import _jit
 
 
 # --- threads -------------------------------------------------------------------------------------
@@ -525,6 +526,7 @@ def conv_kernel_grad(x, delta, selection=None):
     # Eq. (7): dE/dk[j,i] = rot180(sum_n conv2(x_i, rot180(delta_j), 'valid')); with the windows
     # read backwards, the columns of the forward pass give the gradient in kernel order.
     partial = {}
+    dots = _dots(o * ck, p)
     wide = _wide_windows(x, kh, kw, dh) if n > 1 and p >= 16 and _use_wide(w, dw) else None
     if wide is not None:  # Note [Wide columns]; the deltas get zeros at the unwanted outputs
         q = dh * w
@@ -536,12 +538,15 @@ def conv_kernel_grad(x, delta, selection=None):
             np.copyto(columns[..., :span], wide[start:stop])
             grid = _zero_bordered("dgrid", (m, o, dh, w), dtype, (dw,))
             np.copyto(grid[..., :dw], delta[start:stop])
+            if dots is not None:  # Note [Kernel gradient as dot products]
+                partial[index] = dots(grid.reshape(m, o, q), columns.reshape(m, ck, q))
+                return
             columns = columns.reshape(m, ck, q).transpose(0, 2, 1)
             partial[index] = np.matmul(grid.reshape(m, o, q), columns).sum(axis=0)
 
         _run(work_wide, n, (ck + o) * q * dtype.itemsize, o * ck * q)
     else:
-        _kernel_grad_columns(x, delta, kh, kw, partial)
+        _kernel_grad_columns(x, delta, kh, kw, partial, dots)
     grad = partial[0]
     for index in range(1, len(partial)):  # in slice order: the same sum for any thread count
         grad += partial[index]
@@ -551,7 +556,14 @@ def conv_kernel_grad(x, delta, selection=None):
     return grad
 
 
-def _kernel_grad_columns(x, delta, kh, kw, partial) -> None:
+def _dots(result_size: int, length: int):
+    """The compiled kernel-gradient sum when it is the faster way, else None (BLAS)."""
+    if _jit.kernel_grad_sum is None or result_size > _jit.MAX_RESULT or length < _jit.MIN_LENGTH:
+        return None
+    return _jit.kernel_grad_sum
+
+
+def _kernel_grad_columns(x, delta, kh, kw, partial, dots) -> None:
     """conv_kernel_grad's partial sums, one per batch slice, by plain im2col."""
     n, c, h, w = x.shape
     _, o, dh, dw = delta.shape
@@ -565,7 +577,9 @@ def _kernel_grad_columns(x, delta, kh, kw, partial) -> None:
         columns = _scratch("columns", (m, c, kh, kw, dh, dw), dtype)
         np.copyto(columns, windows[start:stop])
         columns = columns.reshape(m, ck, p)
-        if m == 1:
+        if dots is not None:  # Note [Kernel gradient as dot products]
+            partial[index] = dots(np.ascontiguousarray(deltas[start:stop]), columns)
+        elif m == 1:
             partial[index] = deltas[start] @ columns[0].T
         elif p >= 16:
             # One small GEMM per example, summed: OpenBLAS runs products this small without
