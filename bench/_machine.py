@@ -64,11 +64,22 @@ def machine_info(backend_name: str, array_module: str | None = None) -> dict[str
         "load_average_at_start": load_average(),
         "threads_env": {
             k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ANYCNN_NUMBA")
             if k in os.environ
         },
     }
     if array_module is not None:
         library = importlib.import_module(array_module)
         info["backend_library"] = f"{array_module} {getattr(library, '__version__', '?')}"
+    if backend_name == "numpy":  # Note [Kernel gradient as dot products]: on with numba
+        from anycnn_numpy import _jit
+
+        try:
+            import numba
+
+            numba_version = numba.__version__
+        except ImportError:
+            numba_version = None
+        info["numba"] = numba_version
+        info["numba_kernels"] = _jit.kernel_grad_sum is not None
     return info

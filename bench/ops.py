@@ -21,6 +21,9 @@ What is timed
   ``order=0`` standing in for MATLAB's ``imresize``) and block-sum down-sampling 6@28x28 ->
   14x14 (anycnn, convolution with ones then strided indexing, reshape + sum, four strided
   slices, and a Python loop over the 14x14 blocks standing in for ``blkproc``).
+* **Kernel-gradient sums** (NumPy with Numba installed): eq. (7)'s per-example products
+  ``sum_n D[n] @ C[n].T`` at the zoo's layer shapes, 64 examples, on one thread, by OpenBLAS
+  and by the compiled kernel of ``anycnn_numpy._jit`` (Note [Kernel gradient as dot products]).
 * **A plain copy** of the output bytes (``np.copyto`` into a preallocated array) next to each
   memory-bound op: the ratio says how far from memory speed the op is. The ops allocate their
   output and the copy does not, so a ratio near 1 is the floor, not a target.
@@ -253,6 +256,43 @@ def downsampling_alternatives(x: np.ndarray) -> dict[str, Callable[[], np.ndarra
 
 CONVOLUTION_WITH_ONES = ("signal.convolve", "signal.fftconvolve")
 
+#: (name, C_out, C_in kh kw, positions P of the wide grid) of eq. (7)'s per-example products.
+KERNEL_GRAD_SHAPES = [
+    ("DLT C1", 6, 25, 24 * 28),
+    ("LeNet-5 C1", 6, 25, 28 * 32),
+    ("DLT C3", 12, 150, 8 * 12),
+    ("LeNet-5 C3", 16, 150, 10 * 14),
+]
+
+
+def kernel_grad_comparisons(batch: int, reps: int, warmup: int, seed: int) -> list[dict[str, Any]]:
+    """Note [Kernel gradient as dot products]: sum_n D[n] @ C[n].T by OpenBLAS (what the
+    backend does without Numba) and by the compiled kernel, on the calling thread alone."""
+    from anycnn_numpy import _jit
+
+    if _jit.kernel_grad_sum is None:
+        return []
+    dots = _jit.kernel_grad_sum
+    rng = np.random.default_rng(seed + 2)
+    comparisons = []
+    for name, o, k, p in KERNEL_GRAD_SHAPES:
+        d = rng.standard_normal((batch, o, p)).astype(np.float32)
+        c = rng.standard_normal((batch, k, p)).astype(np.float32)
+        candidates = {
+            "BLAS: matmul per example, summed": lambda d=d, c=c: np.matmul(
+                d, c.transpose(0, 2, 1)
+            ).sum(axis=0),
+            "Numba: 3x2-blocked dot products": lambda d=d, c=c: dots(d, c),
+        }
+        # float32 sums of batch * P products, in two orders: agreement to 1e-5 of the largest
+        scale = float(np.abs(candidates["BLAS: matmul per example, summed"]()).max())
+        comparisons.append(
+            run_comparison(
+                f"kernel gradient sums, {name}", d, candidates, reps, warmup, atol=1e-5 * scale
+            )
+        )
+    return comparisons
+
 
 def run_comparison(
     title: str,
@@ -260,6 +300,7 @@ def run_comparison(
     candidates: dict[str, Callable[[], np.ndarray]],
     reps: int,
     warmup: int,
+    atol: float = 1e-5,
 ) -> dict[str, Any]:
     from anycnn.backend import lookup
 
@@ -271,7 +312,7 @@ def run_comparison(
         agrees[name] = bool(
             result.shape == expected.shape
             and result.dtype == expected.dtype
-            and np.allclose(result, expected, rtol=1e-5, atol=1e-5)
+            and np.allclose(result, expected, rtol=1e-5, atol=atol)
         )
     copy_label, copy = copy_of(lookup("numpy"), expected.shape)
     timed = dict(candidates)
@@ -423,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         comparisons = [up, down]
         claims = judge_claims(up, down)
+        comparisons += kernel_grad_comparisons(min(batch, 64), reps, warmup, args.seed)
 
     print(format_table(hot, comparisons))
     if claims:

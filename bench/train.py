@@ -633,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['cpu_model']} ({info['cpu_count']} CPUs, {slug}), NumPy {info['numpy']} "
         f"({info['blas']}), load average {info['load_average_at_start']}"
     )
+    if "numba_kernels" in info:
+        state = "on" if info["numba_kernels"] else "off (BLAS only)"
+        print(f"compiled kernel gradients (Numba {info['numba'] or 'not installed'}): {state}")
     print()
 
     rows = []

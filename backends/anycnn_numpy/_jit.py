@@ -10,8 +10,9 @@ both operands at every call, and ran at 33 GFLOP/s on one core of this project's
 :func:`kernel_grad_sum` computes the same sums as dot products along P, 3 delta rows x 2 columns
 at a time (six accumulators, each vectorised along P by LLVM): 101-127 GFLOP/s on those
 shapes, 99 vs 78 on DLT's C3 (12 x 150, P = 96) and 93 vs 83 on LeNet-5's C3 (16 x 150,
-P = 140); float64 1.4-4x (one thread, 64 examples; /tmp measurements of 2026-11-25 recorded in
-bench/README.md). Sums are taken in another order than BLAS's: results agree to rounding.
+P = 140); float64 1.4-4x (one thread, 64 examples, 2026-11-25; ``python bench/ops.py`` measures
+the float32 cases again, interleaved). Sums are taken in another order than BLAS's: results
+agree to rounding.
 
 Numba is optional. Without it, or with ``ANYCNN_NUMBA=0``, :data:`kernel_grad_sum` is None and
 the backend uses BLAS. The kernel is compiled at its first use for each dtype (about a second;
