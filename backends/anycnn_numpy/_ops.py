@@ -388,6 +388,15 @@ def _wide_windows(x: np.ndarray, kh: int, kw: int, oh: int) -> np.ndarray | None
     return np.ndarray((n, c, kh, kw, span), x.dtype, x, offset, (sn, sc, -sh, -sw, sw))
 
 
+def _wide_columns(wide: np.ndarray, start: int, stop: int, q: int) -> np.ndarray:
+    """Examples ``start:stop`` of :func:`_wide_windows` copied into a per-thread buffer of rows of
+    ``q = oh w`` entries, whose last ``q - span`` entries stay zero (never written)."""
+    _, c, kh, kw, span = wide.shape
+    columns = _zero_bordered("wide", (stop - start, c, kh, kw, q), wide.dtype, (span,))
+    np.copyto(columns[..., :span], wide[start:stop])
+    return columns
+
+
 def _use_wide(w: int, ow: int) -> bool:
     """Wide columns pay when the rows are short and the GEMM grows little (Note [Wide columns]),
     for batches of more than one example (one LeNet-5 C3 example: 27 us wide, 19 us plain)."""
@@ -487,12 +496,10 @@ def _conv_valid(x, kernel, selection, epilogue):
     wide = _wide_windows(x, kh, kw, oh) if n > 1 and _use_wide(w, ow) else None
     if wide is not None:  # Note [Wide columns]
         q = oh * w
-        span = wide.shape[-1]
 
         def work_wide(index, start, stop):
             m = stop - start
-            columns = _zero_bordered("wide", (m, c, kh, kw, q), dtype, (span,))
-            np.copyto(columns[..., :span], wide[start:stop])
+            columns = _wide_columns(wide, start, stop, q)
             grid = _scratch("grid", (m, o, oh, w), dtype)
             np.matmul(weights, columns.reshape(m, ck, q), out=grid.reshape(m, o, q))
             np.copyto(out[start:stop], grid[..., :ow])
@@ -531,12 +538,10 @@ def conv_kernel_grad(x, delta, selection=None):
     wide = _wide_windows(x, kh, kw, dh) if n > 1 and p >= 16 and _use_wide(w, dw) else None
     if wide is not None:  # Note [Wide columns]; the deltas get zeros at the unwanted outputs
         q = dh * w
-        span = wide.shape[-1]
 
         def work_wide(index, start, stop):
             m = stop - start
-            columns = _zero_bordered("wide", (m, c, kh, kw, q), dtype, (span,))
-            np.copyto(columns[..., :span], wide[start:stop])
+            columns = _wide_columns(wide, start, stop, q)
             grid = _zero_bordered("dgrid", (m, o, dh, w), dtype, (dw,))
             np.copyto(grid[..., :dw], delta[start:stop])
             if dots is not None:  # Note [Kernel gradient as dot products]
