@@ -224,11 +224,18 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_and_resume_w
     )
     deadline = time.monotonic() + 240
     temporary = []
+    killed = None
     try:
         while time.monotonic() < deadline and process.poll() is None:
             temporary = list(folder.glob(".epoch-0002.npz.*.tmp"))
             if temporary and (folder / "epoch-0001.npz").exists():
-                break
+                # The file shows up when writing starts: wait until it is whole (its zip
+                # directory comes last), i.e. the writer is in the stall before the rename.
+                try:
+                    killed = _arrays(temporary[0])  # what epoch 2 had reached before the kill
+                    break
+                except Exception:
+                    pass
             time.sleep(0.02)
         assert process.poll() is None, process.stderr.read().decode()
         assert temporary, "the epoch-2 temporary file never appeared"
@@ -243,7 +250,8 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_and_resume_w
     assert not (folder / "epoch-0002.npz").exists()
     assert ckpt.latest_checkpoint(folder) == folder / "epoch-0001.npz"
     assert ckpt.load_checkpoint(folder / "epoch-0001.npz").epoch == 1
-    killed = _arrays(temporary[0])  # what epoch 2 had reached before the kill
+    assert killed is not None, "the epoch-2 temporary file was never complete"
+    _assert_bitwise_equal(_arrays(temporary[0]), killed, "the temporary file after the kill")
 
     assert main([*argv, "--resume"]) == EXIT_OK
     resumed = ckpt.load_checkpoint(folder / "epoch-0002.npz")
