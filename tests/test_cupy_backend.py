@@ -38,6 +38,7 @@ import textwrap
 import types
 from pathlib import Path
 
+import array_api_compat
 import numpy as np
 import oracles
 import pytest
@@ -594,6 +595,39 @@ def test_convolutions_match_scipy(impl, dtype, gemm, case, rng):
                 atol=TOL[dtype]["atol"] * max(1.0, scale),
                 err_msg=f"{name} ({impl.name}, gemm={gemm})",
             )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["sigmoid", {"name": "sigmoid", "gain": 2.0}, "lecun_tanh"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:7])))
+def test_fused_conv_forward_is_the_chain(impl, dtype, activation, case, rng):
+    """conv_valid_activate (Note [Fused ops]): the GEMM, then the bias_activation kernel, gives
+    f(conv_valid + b) of the layers' activations: bit for bit on the GPU (same exp, same order
+    of operations), to rounding on the host (the C++ library's exp is not NumPy's); a user
+    activation without a fused kernel takes the chain."""
+    n, c_in, c_out, kh, kw, h, w, with_selection = case
+    act = get_activation(activation)
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    k = (rng.standard_normal((c_out, c_in, kh, kw)) * 0.3).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    sel = rng.random((c_out, c_in)) < 0.6 if with_selection else None
+    bx, bk, bb = impl.put(x), impl.put(k), impl.put(b)
+    bsel = None if sel is None else impl.put(sel)
+    u = impl._ops.conv_valid(bx, bk, bsel)
+    u += bb[:, None, None]
+    chain = impl.get(act.apply(u, array_api_compat.array_namespace(u)))
+    fused = impl.get(impl._ops.conv_valid_activate(bx, bk, bb, act, bsel))
+    if impl.name == "cuda":
+        np.testing.assert_array_equal(fused, chain)
+    else:
+        _close(fused, chain, dtype)
+    odd = type("Odd", (Sigmoid,), {})()  # no fused kernel: the chain itself
+    u = impl._ops.conv_valid(bx, bk, bsel)
+    u += bb[:, None, None]
+    np.testing.assert_array_equal(
+        impl.get(impl._ops.conv_valid_activate(bx, bk, bb, odd, bsel)),
+        impl.get(odd.apply(u, array_api_compat.array_namespace(u))),
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

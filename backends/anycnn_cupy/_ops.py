@@ -23,7 +23,9 @@ from anycnn_cupy._guard import require_cupy
 
 cupy = require_cupy(__name__)
 
+from anycnn_cupy import _fused  # noqa: E402
 from anycnn_cupy import _kernels as K  # noqa: E402 - after the guard, for its message
+from anycnn_cupy._sources import supports_activation  # noqa: E402
 
 Array = Any
 
@@ -49,6 +51,21 @@ def conv_valid(x: Array, kernel: Array, selection: Array | None = None) -> Array
     cols = K.im2col(x, kh, kw, oh, ow, flip=True)  # (N, C_in kh kw, oh ow)
     weights = _masked(kernel, selection).reshape(c_out, c_in * kh * kw)
     return K.matmul(weights, cols).reshape(n, c_out, oh, ow)
+
+
+def conv_valid_activate(
+    x: Array, kernel: Array, bias: Array, activation: Any, selection: Array | None = None
+) -> Array:
+    """``f(conv_valid(x, kernel) + bias)`` (``Note [Fused ops]`` in anycnn.ops): the GEMM, then
+    one elementwise kernel for the bias and f (``anycnn_cupy._fused.bias_activation``) instead of
+    the chain's separate passes. Activations without a fused kernel take the chain."""
+    u = conv_valid(x, kernel, selection)
+    if _fast(x, kernel) and bias.dtype == u.dtype and supports_activation(activation):
+        return _fused.bias_activation(u, bias, activation=activation)
+    import array_api_compat
+
+    u += bias[:, None, None]
+    return activation.apply(u, array_api_compat.array_namespace(u))
 
 
 def conv_full(delta: Array, kernel: Array, selection: Array | None = None) -> Array:
@@ -116,6 +133,7 @@ def decimate_transpose(delta: Array, n: int) -> Array:
 
 OPS = {
     "conv_valid": conv_valid,
+    "conv_valid_activate": conv_valid_activate,
     "conv_full": conv_full,
     "conv_kernel_grad": conv_kernel_grad,
     "kron_upsample": kron_upsample,
