@@ -112,6 +112,19 @@ _SLICE_BYTES = 1 << 20  # scratch per slice: about a core's L2
 _MIN_PARALLEL_BYTES = 1 << 21
 
 
+# Note [Small jobs alone]
+# ~~~~~~~~~~~~~~~~~~~~~~~
+# The slices of an op run side by side only while each spends its time inside NumPy calls that
+# release the GIL; a slice also runs Python between those calls, and two threads then hand the
+# GIL back and forth. Below about 2 MiB of scratch in all, an op's slices run faster on the
+# calling thread alone: DLT's training step at batch 16 took 0.85 ms with helpers and 0.69 ms
+# without, LeNet-5's 1.46 and 1.20 ms (bench/train.py-style timing, 2026-11-25); at batch 50 and
+# above the helpers win again. The slices are the same either way (determinism), and BLAS stays
+# at one thread, since OpenBLAS's own threads spin after each call on the cores the next op's
+# helpers need (LeNet-5 at batch 256 went from 12.4 to 17.9 ms when they did not).
+_MIN_THREADED_BYTES = 1 << 21
+
+
 def _default_threads() -> int:
     value = os.environ.get("ANYCNN_NUM_THREADS", "").strip()
     if value:
@@ -204,18 +217,23 @@ class _Pool:
                 job = self._queue.pop()
             job.work(helper=True)
 
-    def run(self, function, slices, gemm_size: int = 0) -> None:
+    def run(self, function, slices, gemm_size: int = 0, parallel: bool = True) -> None:
         """Call ``function(index, start, stop)`` for every slice; return when all are done.
 
         ``gemm_size`` is M*N*K of the largest matrix product one slice makes: above OpenBLAS's
         threshold for splitting a GEMM over its threads, BLAS is held to one thread meanwhile.
+        ``parallel=False`` runs the slices on the calling thread (Note [Small jobs alone]).
         """
         if len(slices) == 1 and gemm_size <= _BLAS_SPLIT_SIZE:
             function(0, *slices[0])
             return
         previous = _set_blas_threads(1) if _set_blas_threads is not None else None
         try:
-            self._run(function, slices)
+            if parallel:
+                self._run(function, slices)
+            else:
+                for index, (start, stop) in enumerate(slices):
+                    function(index, start, stop)
         finally:
             if previous is not None:
                 _set_blas_threads(previous)
@@ -420,7 +438,8 @@ def _run(work, n: int, bytes_per_item: int, gemm_per_item: int) -> None:
         work(0, 0, n)  # the common small case, without the pool's bookkeeping
         return
     slices = _slices(n, bytes_per_item)
-    _pool.run(work, slices, gemm_per_item * max(stop - start for start, stop in slices))
+    gemm_size = gemm_per_item * max(stop - start for start, stop in slices)
+    _pool.run(work, slices, gemm_size, parallel=n * bytes_per_item >= _MIN_THREADED_BYTES)
 
 
 def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
