@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Fused ops (``Note [Fused ops]``): optional, never part of a backend's required table.
-FUSED_OP_NAMES: tuple[str, ...] = ("conv_valid_activate",)
+FUSED_OP_NAMES: tuple[str, ...] = ("conv_valid_activate", "sensitivity")
 
 Array = Any
 
@@ -287,7 +287,8 @@ def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
 # Section 3.4 asks that what can be done together be done together. A fused op computes a chain
 # of the ops above (and an activation) in one call, so a backend can keep the intermediate in
 # cache or registers: the NumPy backend applies the bias and f to each batch slice of the
-# convolution while the slice is still in L2, on the pool's threads. Fused ops are optional: a
+# convolution while the slice is still in L2, on the pool's threads, and forms a layer's
+# sensitivity f'(u) o dy in one compiled pass instead of four. Fused ops are optional: a
 # backend lists the ones it has in its op table's ``fused`` mapping, and a layer that finds none
 # calls the chain itself. The functions here define what each must compute; they are the oracle
 # of the tests, not a fallback (they would run the reference convolution on any backend).
@@ -306,3 +307,13 @@ def conv_valid_activate(
     xp = array_api_compat.array_namespace(x, kernel, bias)
     u = conv_valid(x, kernel, selection) + bias[:, None, None]
     return activation.apply(u, xp)
+
+
+def sensitivity(dy: Array, y: Array, activation: Any) -> Array:
+    """``delta = f'(u) o dy`` from the saved output ``y = f(u)``: a layer's sensitivity,
+    eqs. (3)-(4), ``delta^l = f'(u^l) o dE/dx^l``, with f' computed from the output (3.4).
+
+    ``activation`` is an :class:`anycnn.layers.Activation`. A fused version must give exactly what
+    ``activation.sensitivity(dy, y, xp)`` gives, and leave ``dy`` and ``y`` unchanged.
+    """
+    return activation.sensitivity(dy, y, array_api_compat.array_namespace(dy, y))

@@ -222,6 +222,55 @@ def test_fused_conv_gives_the_bits_of_the_chain(backend, layer, batch, activatio
     assert_close(reference.conv_valid_activate(x, k, b, act, sel), chain, backend=backend)
 
 
+SENSITIVITY_ACTIVATIONS = [
+    "sigmoid",
+    {"name": "sigmoid", "gain": 2.0},
+    "lecun_tanh",
+    {"name": "tanh", "a": 1.5, "b": 0.5},
+    "tanh",
+    "relu",
+    "identity",
+]
+
+
+@pytest.mark.parametrize("activation", SENSITIVITY_ACTIVATIONS, ids=str)
+@pytest.mark.parametrize("shape", [(1, 6, 24, 24), (256, 6, 24, 24), (50, 12, 8, 8), (64, 84)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_sensitivity_gives_the_bits_of_the_activation(backend, activation, shape, dtype, rng):
+    """A backend's fused f'(u) o dy equals ``activation.sensitivity`` bit for bit (on CuPy to
+    rounding: CUDA contracts multiply-adds), leaves dy and y alone, and the reference op is the
+    activation's method; a user subclass that redefines f' is not mistaken for its parent."""
+    from anycnn.layers.activations import Sigmoid, get_activation
+
+    act = get_activation(activation)
+    u = rng.standard_normal(shape) * 3
+    y = backend.asarray(act.forward(u), dtype=dtype)
+    dy = backend.asarray(rng.standard_normal(shape), dtype=dtype)
+    y_before, dy_before = backend.to_host(y).copy(), backend.to_host(dy).copy()
+    chain = backend.to_host(act.sensitivity(dy, y, backend.xp))
+    np.testing.assert_array_equal(backend.to_host(reference.sensitivity(dy, y, act)), chain)
+    fused = backend.ops.fused.get("sensitivity")
+    if fused is None:
+        return
+    got = backend.to_host(fused(dy, y, act))
+    if backend.name == "cupy":
+        assert_close(got, chain, backend=backend)
+    else:
+        np.testing.assert_array_equal(got, chain)
+    np.testing.assert_array_equal(backend.to_host(y), y_before)
+    np.testing.assert_array_equal(backend.to_host(dy), dy_before)
+
+    class Doubled(Sigmoid):  # a user activation with its own f': the fused op must not guess
+        def sensitivity(self, dy, y, xp):
+            return 2.0 * super().sensitivity(dy, y, xp)
+
+    doubled = Doubled()
+    np.testing.assert_array_equal(
+        backend.to_host(fused(dy, y, doubled)),
+        backend.to_host(doubled.sensitivity(dy, y, backend.xp)),
+    )
+
+
 # --- bad input ---------------------------------------------------------------------------------
 def test_errors_name_operation_and_shapes(backend, rng):
     x = backend.asarray(rng.standard_normal((2, 3, 8, 8)), dtype="float32")
@@ -323,6 +372,41 @@ def test_numpy_kernel_gradient_with_and_without_numba(monkeypatch, layer, batch,
         assert np.all(results[compiled][~sel] == 0)
 
 
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("shape", [(1, 1, 6, 6), (5, 6, 12, 24), (256, 6, 24, 24)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numpy_resampling_with_and_without_numba(monkeypatch, n, shape, dtype, rng):
+    """Note [Resampling kernels]: the compiled block sums, block means and kron up-sampling give
+    the bits of the NumPy slices they replace; a strided input takes the NumPy slices."""
+    _jit = pytest.importorskip("anycnn_numpy._jit")
+    from anycnn_numpy import _ops
+
+    if _jit.block_sum_into is None:
+        pytest.skip("Numba is not installed here: only the NumPy path exists")
+    b, c, h, w = shape  # h and w divisible by 2 and 3
+    x = rng.standard_normal(shape).astype(dtype)
+    small = rng.standard_normal(shape).astype(dtype)
+    strided = rng.standard_normal((b, c, h, 2 * w)).astype(dtype)[..., ::2]
+
+    def run():
+        return [
+            _ops.block_sum(x, n),
+            _ops.block_mean(x, n),
+            _ops.kron_upsample(small, n),
+            _ops.block_sum(strided, n),
+            _ops.kron_upsample(small[..., ::-1], n),
+        ]
+
+    compiled = run()
+    monkeypatch.setattr(_jit, "block_sum_into", None)
+    monkeypatch.setattr(_jit, "kron_into", None)
+    plain = run()
+    for a, p in zip(compiled, plain, strict=True):
+        np.testing.assert_array_equal(a, p)
+    np.testing.assert_array_equal(compiled[2], np.kron(small, np.ones((n, n), dtype)))
+    np.testing.assert_allclose(compiled[0], oracles.block_sum(x, n), rtol=1e-5, atol=1e-5)
+
+
 def test_numba_can_be_switched_off():
     """ANYCNN_NUMBA=0 leaves the compiled kernel out (read when the backend is first imported)."""
     import subprocess
@@ -343,8 +427,19 @@ def test_numpy_ops_give_the_same_bits_on_one_thread_and_on_several(monkeypatch, 
     d = rng.standard_normal((96, 6, 28, 28)).astype("float32")
     k = rng.standard_normal((6, 1, 5, 5)).astype("float32")
     assert 96 * (25 + 6) * 28 * 32 * 4 >= _ops._MIN_THREADED_BYTES  # threaded by default
-    threaded = [_ops.conv_kernel_grad(x, d), _ops.conv_valid(x, k), _ops.block_sum(d, 2)]
+    from anycnn.layers.activations import LeCunTanh
+
+    def run():
+        return [
+            _ops.conv_kernel_grad(x, d),
+            _ops.conv_valid(x, k),
+            _ops.block_sum(d, 2),
+            _ops.kron_upsample(d, 2),
+            _ops.sensitivity(d, np.tanh(d), LeCunTanh()),
+        ]
+
+    threaded = run()
     monkeypatch.setattr(_ops, "_MIN_THREADED_BYTES", 1 << 62)
-    alone = [_ops.conv_kernel_grad(x, d), _ops.conv_valid(x, k), _ops.block_sum(d, 2)]
+    alone = run()
     for a, b in zip(threaded, alone, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -43,6 +43,9 @@ class Layer:
 
     #: prefix of the default name: conv, sub, fc, ...; None for layers that are not numbered
     kind: str | None = None
+    #: a layer with an activation f sets it, and its forward pass saves its output y = f(u)
+    activation: Any
+    _y: Array
 
     def __init__(self, name: str | None = None):
         self.name = name
@@ -56,6 +59,7 @@ class Layer:
         # call was a tenth of it (Note [Hot-op dispatch]: a network stays on its backend).
         self._xp: Any = None
         self._ops: Any = None
+        self._fused_sensitivity: Any = None
 
     # -- building -------------------------------------------------------------------------
     def build(self, input_shape: Shape, context: BuildContext) -> Shape:
@@ -64,11 +68,21 @@ class Layer:
         self._backend = context.backend
         self._xp = context.backend.xp
         self._ops = context.backend.ops
+        # Note [Fused ops] in anycnn.ops: the backend's one-pass f'(u) o dy, if it has one.
+        self._fused_sensitivity = self._ops.fused.get("sensitivity")
         self.output_shape = tuple(self._build(self.input_shape, context))
         return self.output_shape
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         raise NotImplementedError
+
+    def _sensitivity(self, dy: Array) -> Array:
+        """``delta = f'(u) o dy`` (eqs. 3-4) from the saved output ``self._y``, through the
+        backend's fused op when it has one (the same bits)."""
+        fused = self._fused_sensitivity
+        if fused is not None:
+            return fused(dy, self._y, self.activation)
+        return self.activation.sensitivity(dy, self._y, self._xp)
 
     def error(self, message: str) -> LayerError:
         return LayerError(f"{self.describe()}: {message}")

@@ -224,7 +224,7 @@ class Convolution(Layer):
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         ops = self._ops
-        delta = self.activation.sensitivity(dy, self._y, self._xp)  # f'(u) o dE/dy
+        delta = self._sensitivity(dy)  # f'(u) o dE/dy
         self.grads["kernel"] = ops.conv_kernel_grad(self._x, delta, self._selection)  # eq. (7)
         self.grads["bias"] = self._xp.sum(delta, axis=(0, 2, 3))
         if not need_input_grad:

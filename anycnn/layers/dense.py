@@ -87,7 +87,7 @@ class FullyConnected(Layer):
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         ops = self._ops
-        delta = self.activation.sensitivity(dy, self._y, self._xp)  # eq. (4): (W^T d) o f'(u)
+        delta = self._sensitivity(dy)  # eq. (4): (W^T d) o f'(u)
         self.grads["weight"] = ops.fully_connected_weight_grad(self._x, delta)  # eq. (5)
         self.grads["bias"] = self._xp.sum(delta, axis=0)  # eq. (3)
         if not need_input_grad:

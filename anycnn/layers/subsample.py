@@ -101,7 +101,7 @@ class Subsampling(Layer):
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         xp = self._xp
-        delta = self.activation.sensitivity(dy, self._y, xp)
+        delta = self._sensitivity(dy)
         if self.trainable:
             self.grads["beta"] = xp.sum(delta * self._d, axis=(0, 2, 3))
             self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))

@@ -68,6 +68,22 @@ def conv_valid_activate(
     return activation.apply(u, array_api_compat.array_namespace(u))
 
 
+def sensitivity(dy: Array, y: Array, activation: Any) -> Array:
+    """``f'(u) o dy`` (``Note [Fused ops]`` in anycnn.ops) in one elementwise kernel
+    (``anycnn_cupy._fused.sensitivity``) instead of the activation's separate passes.
+    Activations without a fused kernel, and mixed dtypes or shapes, take the chain."""
+    if (
+        K.is_float(dy, y)
+        and dy.dtype == y.dtype
+        and tuple(dy.shape) == tuple(y.shape)
+        and supports_activation(activation)
+    ):
+        return _fused.sensitivity(dy, y, activation=activation)
+    import array_api_compat
+
+    return activation.sensitivity(dy, y, array_api_compat.array_namespace(dy, y))
+
+
 def conv_full(delta: Array, kernel: Array, selection: Array | None = None) -> Array:
     """``g[n, i] = sum_j conv2(delta[n, j], rot180(kernel[j, i]), 'full')`` (section 3.2.1):
     im2col of delta zero-padded by (kh - 1, kw - 1) inside the kernel, then one batched GEMM."""
@@ -134,6 +150,7 @@ def decimate_transpose(delta: Array, n: int) -> Array:
 OPS = {
     "conv_valid": conv_valid,
     "conv_valid_activate": conv_valid_activate,
+    "sensitivity": sensitivity,
     "conv_full": conv_full,
     "conv_kernel_grad": conv_kernel_grad,
     "kron_upsample": kron_upsample,

@@ -1,5 +1,5 @@
 """anycnn's CPU backend: NumPy arrays, fast hot ops on BLAS (im2col + GEMM) and NumPy strides,
-and one kernel compiled by Numba when it is installed (``_jit.py``).
+and a few loops compiled by Numba when it is installed (``_jit.py``).
 
 Importing this package is cheap: it builds the :class:`anycnn.backend.Backend` record and
 imports the ops only when they are first used.
@@ -33,8 +33,8 @@ backend = Backend(
     array_module="numpy",
     aliases=("cpu", "np"),
     description=(
-        "NumPy arrays on the CPU; convolutions as im2col + BLAS GEMM, kernel gradients "
-        "compiled by Numba when it is installed (anycnn[jit])"
+        "NumPy arrays on the CPU; convolutions as im2col + BLAS GEMM; kernel gradients, "
+        "resampling and f' compiled by Numba when it is installed (anycnn[jit])"
     ),
     install_hint="pip install numpy",
     namespace=_namespace,

@@ -674,12 +674,65 @@ def conv_full(delta, kernel, selection=None):
     return out
 
 
+# --- sensitivities -------------------------------------------------------------------------------
+def sensitivity(dy, y, activation):
+    """Fused ``f'(u) o dy`` (``Note [Fused ops]`` in anycnn.ops) for the logistic and the scaled
+    tanh: one compiled pass on the pool's threads (Note [Sensitivity kernel] in _jit), the bits
+    of ``activation.sensitivity``; other activations, dtypes or layouts take that method."""
+    from anycnn.layers.activations import LeCunTanh, Sigmoid, Tanh
+
+    kernel = _jit.sensitivity_into
+    kind = type(activation)  # exact types: a subclass may redefine f'
+    if (
+        kernel is None
+        or kind not in (Sigmoid, Tanh, LeCunTanh)
+        or dy.dtype != y.dtype
+        or dy.shape != y.shape
+        or not (_compiled_layout(dy) and _compiled_layout(y))
+        or y.ndim == 0
+        or y.size == 0
+    ):
+        return activation.sensitivity(dy, y, np)
+    t = y.dtype.type
+    if kind is Sigmoid:
+        code, p0, p1, scaled = 0, t(activation.gain), t(0), activation.gain != 1.0
+    else:
+        a, b = activation.a, activation.b
+        code, p0, p1, scaled = 1, t(a * a), t(-b / a), True
+    n = y.shape[0]
+    flat_dy, flat_y = dy.reshape(n, -1), y.reshape(n, -1)
+    out = np.empty_like(y)
+    flat = out.reshape(n, -1)
+
+    def work(index, start, stop):
+        kernel(flat_dy, flat_y, code, p0, p1, scaled, flat, start, stop)
+
+    _run(work, n, 3 * flat.shape[1] * y.itemsize, 0)
+    return out
+
+
 # --- up- and down-sampling -----------------------------------------------------------------------
+def _compiled_layout(x: np.ndarray) -> bool:
+    """Arrays the compiled resampling kernels take: C-contiguous float32/float64."""
+    return x.flags.c_contiguous and x.dtype in _COMPILED_DTYPES
+
+
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def kron_upsample(x, n):
     b, c, h, w = x.shape
     if n == 1:
         return x.copy()
     out = np.empty((b, c, h * n, w * n), dtype=x.dtype)
+    kron_into = _jit.kron_into
+    if kron_into is not None and _compiled_layout(x):  # Note [Resampling kernels] in _jit
+
+        def work_compiled(index, start, stop):
+            kron_into(x, n, out, start, stop)
+
+        _run(work_compiled, b, c * h * w * n * n * x.dtype.itemsize, 0)
+        return out
     # Fill the first row of every n x n block column by column, then copy that row down:
     # strided writes along one axis at a time instead of a broadcast with a length-n inner loop.
     rows = out.reshape(b, c, h, n, w * n)
@@ -699,8 +752,17 @@ def _block_sum(x, n, scale):
     b, c, h, w = x.shape
     # Sum the n rows of each block (contiguous rows), then the n columns (strided reads);
     # a reshape and a sum over two short axes is an order of magnitude slower in NumPy.
-    rows = x.reshape(b, c, h // n, n, w)
     out = np.empty((b, c, h // n, w // n), dtype=x.dtype)
+    block_sum_into = _jit.block_sum_into
+    if block_sum_into is not None and _compiled_layout(x):  # Note [Resampling kernels] in _jit
+        factor = x.dtype.type(1 if scale is None else scale)
+
+        def work_compiled(index, start, stop):
+            block_sum_into(x, n, factor, out, start, stop)
+
+        _run(work_compiled, b, c * h * w * x.dtype.itemsize, 0)
+        return out
+    rows = x.reshape(b, c, h // n, n, w)
 
     def work(index, start, stop):
         tall = np.add(rows[start:stop, :, :, 0, :], rows[start:stop, :, :, 1, :])
@@ -765,6 +827,7 @@ def fully_connected_input_grad(delta, weight):
 OPS = {
     "conv_valid": conv_valid,
     "conv_valid_activate": conv_valid_activate,
+    "sensitivity": sensitivity,
     "conv_full": conv_full,
     "conv_kernel_grad": conv_kernel_grad,
     "kron_upsample": kron_upsample,
