@@ -631,6 +631,25 @@ def test_fused_conv_forward_is_the_chain(impl, dtype, activation, case, rng):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["sigmoid", {"name": "sigmoid", "gain": 2.0}, "lecun_tanh"])
+@pytest.mark.parametrize("shape", [(3, 6, 8, 8), (5, 84)])
+def test_fused_sensitivity_op_is_the_chain(impl, dtype, activation, shape, rng):
+    """The op table's ``sensitivity`` (Note [Fused ops]) runs the sensitivity kernel: the
+    activation's ``sensitivity`` to rounding (CUDA contracts multiply-adds), dy and y left alone;
+    a user activation without a fused kernel takes its own method."""
+    act = get_activation(activation)
+    y = act.forward(rng.standard_normal(shape) * 2).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    by, bdy = impl.put(y), impl.put(dy)
+    chain = act.sensitivity(dy, y, np)
+    _close(impl.get(impl._ops.sensitivity(bdy, by, act)), chain, dtype)
+    np.testing.assert_array_equal(impl.get(by), y)
+    np.testing.assert_array_equal(impl.get(bdy), dy)
+    odd = type("Odd", (Sigmoid,), {"sensitivity": lambda self, dy, y, xp: dy * 3})()
+    np.testing.assert_array_equal(impl.get(impl._ops.sensitivity(bdy, by, odd)), dy * 3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(
     ("shape", "n"), [((2, 3, 8, 6), 2), ((1, 2, 9, 9), 3), ((3, 1, 4, 4), 1), ((2, 2, 7, 5), 2)]
 )
