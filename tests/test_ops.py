@@ -407,6 +407,27 @@ def test_numpy_resampling_with_and_without_numba(monkeypatch, n, shape, dtype, r
     np.testing.assert_allclose(compiled[0], oracles.block_sum(x, n), rtol=1e-5, atol=1e-5)
 
 
+def test_spin_wait_sees_another_threads_write():
+    """Note [Spinning helpers]: the compiled spin returns as soon as another thread changes the
+    watched value (its load is not hoisted out of the loop), and gives up after its turns."""
+    import threading
+    import time
+
+    _jit = pytest.importorskip("anycnn_numpy._jit")
+    if _jit.spin_while is None:
+        pytest.skip("Numba is not installed here: the pool blocks without spinning")
+    flag = np.zeros(2, np.int64)
+    assert _jit.spin_while(flag, 1, 0, 1000) is False  # unchanged: gives up
+    assert _jit.spin_while(flag, 1, 7, 1000) is True  # already different
+    writer = threading.Timer(0.02, lambda: flag.__setitem__(1, 5))
+    writer.start()
+    start = time.perf_counter()
+    seen = _jit.spin_while(flag, 1, 0, 1 << 40)  # would spin for hours if the load were hoisted
+    writer.join()
+    assert seen is True
+    assert time.perf_counter() - start < 60
+
+
 def test_numba_can_be_switched_off():
     """ANYCNN_NUMBA=0 leaves the compiled kernel out (read when the backend is first imported)."""
     import subprocess
@@ -416,6 +437,10 @@ def test_numba_can_be_switched_off():
     env = {**__import__("os").environ, "ANYCNN_NUMBA": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr
+    code = "from anycnn_numpy import _ops; print(_ops._spin.turns)"
+    env = {**__import__("os").environ, "ANYCNN_SPIN_US": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "0", out.stderr
 
 
 def test_numpy_ops_give_the_same_bits_on_one_thread_and_on_several(monkeypatch, rng):

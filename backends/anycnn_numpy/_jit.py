@@ -182,12 +182,67 @@ def _compile() -> dict[str, Callable[..., Any]]:
                     target[i] = ((v[i] * v[i] - p0) * p1) * d[i]
         return out
 
+    spin_while = _spin_kernel(numba)
+
     return {
+        "spin_while": spin_while,
         "sensitivity_into": sensitivity_into,
         "kernel_grad_sum": kernel_grad_sum,
         "block_sum_into": block_sum_into,
         "kron_into": kron_into,
     }
+
+
+def _spin_kernel(numba: Any) -> Callable[..., Any] | None:
+    """``spin_while(flag, index, value, limit)``: Note [Spinning helpers] in _ops.
+
+    Loops while ``flag[index] == value``, at most ``limit`` times, without the GIL; True when the
+    value changed. The load is atomic (relaxed): a plain one would be hoisted out of the loop by
+    LLVM, which may assume no other thread writes the array. On x86-64 each turn issues PAUSE,
+    which tells the core that it spins. None where the intrinsics are not available.
+    """
+    import platform
+
+    try:
+        from llvmlite import ir
+        from numba.core import cgutils, types
+        from numba.core.extending import intrinsic
+    except ImportError:  # pragma: no cover - a Numba without these internals
+        return None
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+
+    @intrinsic
+    def load_relaxed(typingctx, array, index):  # pragma: no cover - compiled
+        def codegen(context, builder, signature, args):
+            array_type = signature.args[0]
+            view = context.make_array(array_type)(context, builder, args[0])
+            pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]])
+            return builder.load_atomic(pointer, "monotonic", array_type.dtype.bitwidth // 8)
+
+        return array.dtype(array, index), codegen
+
+    @intrinsic
+    def pause(typingctx):  # pragma: no cover - compiled
+        def codegen(context, builder, signature, args):
+            if x86:
+                function_type = ir.FunctionType(ir.VoidType(), [])
+                name = "llvm.x86.sse2.pause"
+                builder.call(
+                    cgutils.get_or_insert_function(builder.module, function_type, name), []
+                )
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    @numba.njit(nogil=True, cache=True)
+    def spin_while(flag, index, value, limit):  # pragma: no cover - compiled
+        for _ in range(limit):
+            if load_relaxed(flag, index) != value:
+                return True
+            pause()
+        return False
+
+    return spin_while
 
 
 _kernels = _compile()
@@ -208,6 +263,9 @@ kron_into = _kernels.get("kron_into")
 #: ``sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop)``: rows ``start:stop`` of
 #: the 2-d ``out = f'(u) o dy`` (Note [Sensitivity kernel]); or None without Numba.
 sensitivity_into = _kernels.get("sensitivity_into")
+
+#: ``spin_while(flag, index, value, limit) -> bool`` (Note [Spinning helpers] in _ops), or None.
+spin_while = _kernels.get("spin_while")
 
 #: Results at most this large (C_out x C_in kh kw) go to the kernel; larger ones to BLAS, whose
 #: cache blocking pays there. Products along fewer than MIN_LENGTH positions go to BLAS too.
