@@ -428,6 +428,28 @@ def test_spin_wait_sees_another_threads_write():
     assert time.perf_counter() - start < 60
 
 
+def test_compiled_kernels_are_cached_once(tmp_path):
+    """Numba's on-disk cache keeps one entry per kernel and signature: a second process loads the
+    spin kernel instead of adding files (it once added an entry per process, its intrinsics being
+    closures)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    code = "from anycnn_numpy import _ops; print(_ops._spin.turns > 0)"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("ANYCNN_NUMBA", None)
+    env.pop("ANYCNN_SPIN_US", None)
+    counts = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == "True", out.stderr
+        counts.append(sum(1 for p in tmp_path.rglob("*") if p.is_file()))
+    assert counts[0] > 0
+    assert counts[1] == counts[0]
+
+
 def test_numba_can_be_switched_off():
     """ANYCNN_NUMBA=0 leaves the compiled kernel out (read when the backend is first imported)."""
     import subprocess

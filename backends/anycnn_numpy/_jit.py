@@ -193,22 +193,25 @@ def _compile() -> dict[str, Callable[..., Any]]:
     }
 
 
-def _spin_kernel(numba: Any) -> Callable[..., Any] | None:
-    """``spin_while(flag, index, value, limit)``: Note [Spinning helpers] in _ops.
+def _spin_intrinsics() -> tuple[Any, Any]:
+    """``(load_relaxed, pause)``: Numba intrinsics for :func:`spin_while`, or ``(None, None)``.
 
-    Loops while ``flag[index] == value``, at most ``limit`` times, without the GIL; True when the
-    value changed. The load is atomic (relaxed): a plain one would be hoisted out of the loop by
-    LLVM, which may assume no other thread writes the array. On x86-64 each turn issues PAUSE,
-    which tells the core that it spins. None where the intrinsics are not available.
+    ``load_relaxed(array, index)`` is an atomic (relaxed) load: a plain one would be hoisted out
+    of the spin loop by LLVM, which may assume no other thread writes the array. ``pause()``
+    issues x86's PAUSE (a no-op elsewhere), which tells the core that it spins. They are module
+    globals, not closures, so that Numba's on-disk cache recognises the kernel that uses them
+    in the next process (with closures every process added a cache entry).
     """
-    import platform
-
+    if _disabled():
+        return None, None
     try:
+        import platform
+
         from llvmlite import ir
         from numba.core import cgutils, types
         from numba.core.extending import intrinsic
-    except ImportError:  # pragma: no cover - a Numba without these internals
-        return None
+    except ImportError:
+        return None, None
     x86 = platform.machine().lower() in ("x86_64", "amd64")
 
     @intrinsic
@@ -234,12 +237,27 @@ def _spin_kernel(numba: Any) -> Callable[..., Any] | None:
 
         return types.void(), codegen
 
+    return load_relaxed, pause
+
+
+_load_relaxed, _pause = _spin_intrinsics()
+
+
+def _spin_kernel(numba: Any) -> Callable[..., Any] | None:
+    """``spin_while(flag, index, value, limit)``: Note [Spinning helpers] in _ops.
+
+    Loops while ``flag[index] == value``, at most ``limit`` times, without the GIL; True when the
+    value changed. None where the intrinsics are not available.
+    """
+    if _load_relaxed is None:
+        return None
+
     @numba.njit(nogil=True, cache=True)
     def spin_while(flag, index, value, limit):  # pragma: no cover - compiled
         for _ in range(limit):
-            if load_relaxed(flag, index) != value:
+            if _load_relaxed(flag, index) != value:
                 return True
-            pause()
+            _pause()
         return False
 
     return spin_while
