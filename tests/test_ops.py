@@ -430,14 +430,23 @@ def test_spin_wait_sees_another_threads_write():
 
 def test_compiled_kernels_are_cached_once(tmp_path):
     """Numba's on-disk cache keeps one entry per kernel and signature: a second process loads the
-    spin kernel instead of adding files (it once added an entry per process, its intrinsics being
-    closures)."""
+    kernels instead of adding files (the spin kernel once added an entry per process, its
+    intrinsics being closures)."""
     import os
     import subprocess
     import sys
 
     pytest.importorskip("numba")
-    code = "from anycnn_numpy import _ops; print(_ops._spin.turns > 0)"
+    code = (
+        "import numpy as np\n"
+        "from anycnn.layers.activations import Sigmoid\n"
+        "from anycnn_numpy import _ops\n"
+        "x = np.ones((8, 6, 12, 12), np.float32)\n"
+        "d = np.ones((8, 12, 8, 8), np.float32)\n"
+        "_ops.conv_kernel_grad(x, d), _ops.block_sum(x, 2), _ops.kron_upsample(x, 2)\n"
+        "_ops.sensitivity(x, x, Sigmoid())\n"
+        "print(_ops._spin.turns > 0)\n"
+    )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     env.pop("ANYCNN_NUMBA", None)
     env.pop("ANYCNN_SPIN_US", None)
