@@ -21,12 +21,6 @@ import numpy as np
 Array = Any
 
 
-def _is_numpy(xp: Any) -> bool:
-    """Whether a namespace computes on NumPy arrays in place (NumPy itself or its compat
-    wrapper; not array-api-strict, whose arrays take no ``out=``)."""
-    return getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy")
-
-
 class Activation:
     """Base class: ``forward(u) -> y`` and ``derivative(y, u) -> f'(u)``."""
 
@@ -99,7 +93,7 @@ class Sigmoid(Activation):
         # forward()'s arithmetic exactly (the layers are tested for the same bits with and
         # without the backends' fused ops), in place in u: four passes over the maps.
         u *= -self.gain
-        if _is_numpy(xp):
+        if array_api_compat.is_numpy_namespace(xp):  # NumPy arrays take out=
             with np.errstate(over="ignore"):
                 np.exp(u, out=u)
             u += 1.0
@@ -140,7 +134,7 @@ class Tanh(Activation):
     def apply(self, u: Array, xp: Any) -> Array:
         if self.b != 1.0:
             u *= self.b
-        y = np.tanh(u, out=u) if _is_numpy(xp) else xp.tanh(u)
+        y = np.tanh(u, out=u) if array_api_compat.is_numpy_namespace(xp) else xp.tanh(u)
         if self.a != 1.0:
             y *= self.a
         return y
