@@ -475,14 +475,14 @@ def test_numba_can_be_switched_off():
 
 
 def test_numpy_ops_give_the_same_bits_on_one_thread_and_on_several(monkeypatch, rng):
-    """Note [Small jobs alone]: whether an op's slices run side by side or on the calling thread,
-    the slices and so the sums are the same: bit-identical results."""
+    """Whether an op's slices run side by side or one after another on the calling thread, the
+    slices and so the sums are the same: bit-identical results."""
     from anycnn_numpy import _ops
 
     x = rng.standard_normal((96, 1, 32, 32)).astype("float32")
     d = rng.standard_normal((96, 6, 28, 28)).astype("float32")
     k = rng.standard_normal((6, 1, 5, 5)).astype("float32")
-    assert 96 * (25 + 6) * 28 * 32 * 4 >= _ops._MIN_THREADED_BYTES  # threaded by default
+    assert 96 * (25 + 6) * 28 * 32 * 4 >= 2 * _ops._SLICE_BYTES  # several slices by default
     from anycnn.layers.activations import LeCunTanh
 
     def run():
@@ -495,7 +495,7 @@ def test_numpy_ops_give_the_same_bits_on_one_thread_and_on_several(monkeypatch, 
         ]
 
     threaded = run()
-    monkeypatch.setattr(_ops, "_MIN_THREADED_BYTES", 1 << 62)
+    monkeypatch.setattr(_ops._pool, "threads", 1)
     alone = run()
     for a, b in zip(threaded, alone, strict=True):
         np.testing.assert_array_equal(a, b)

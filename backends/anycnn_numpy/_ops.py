@@ -125,13 +125,13 @@ _MIN_PARALLEL_BYTES = 1 << 21
 # ~~~~~~~~~~~~~~~~~~~~~~~
 # The slices of an op run side by side only while each spends its time inside NumPy calls that
 # release the GIL; a slice also runs Python between those calls, and two threads then hand the
-# GIL back and forth. Below about 2 MiB of scratch in all, an op's slices run faster on the
-# calling thread alone: DLT's training step at batch 16 took 0.85 ms with helpers and 0.69 ms
-# without, LeNet-5's 1.46 and 1.20 ms (bench/train.py-style timing, 2026-11-25); at batch 50 and
-# above the helpers win again. The slices are the same either way (determinism), and BLAS stays
-# at one thread, since OpenBLAS's own threads spin after each call on the cores the next op's
-# helpers need (LeNet-5 at batch 256 went from 12.4 to 17.9 ms when they did not).
-_MIN_THREADED_BYTES = 1 << 21
+# GIL back and forth. Below about 2 MiB of scratch in all, an op ran faster on the calling
+# thread alone: DLT's training step at batch 16 took 0.85 ms with helpers and 0.69 ms without,
+# LeNet-5's 1.46 and 1.20 ms (bench/train.py-style timing, 2026-11-25); at batch 50 and above
+# the helpers win again. Since slices hold _SLICE_BYTES = 2 MiB (Note [Few large slices]), such
+# an op is a single slice, which _run calls on the calling thread. BLAS stays at one thread
+# while slices run, since OpenBLAS's own threads spin after each call on the cores the next
+# op's helpers need (LeNet-5 at batch 256 went from 12.4 to 17.9 ms when they did not).
 
 
 def _default_threads() -> int:
@@ -237,23 +237,18 @@ class _Pool:
                     job = self._queue.pop()
             job.work(helper=True)
 
-    def run(self, function, slices, gemm_size: int = 0, parallel: bool = True) -> None:
+    def run(self, function, slices, gemm_size: int = 0) -> None:
         """Call ``function(index, start, stop)`` for every slice; return when all are done.
 
         ``gemm_size`` is M*N*K of the largest matrix product one slice makes: above OpenBLAS's
         threshold for splitting a GEMM over its threads, BLAS is held to one thread meanwhile.
-        ``parallel=False`` runs the slices on the calling thread (Note [Small jobs alone]).
         """
         if len(slices) == 1 and gemm_size <= _BLAS_SPLIT_SIZE:
             function(0, *slices[0])
             return
         previous = _set_blas_threads(1) if _set_blas_threads is not None else None
         try:
-            if parallel:
-                self._run(function, slices)
-            else:
-                for index, (start, stop) in enumerate(slices):
-                    function(index, start, stop)
+            self._run(function, slices)
         finally:
             if previous is not None:
                 _set_blas_threads(previous)
@@ -511,11 +506,11 @@ def _masked(kernel: np.ndarray, selection) -> np.ndarray:
 def _run(work, n: int, bytes_per_item: int, gemm_per_item: int) -> None:
     """Run ``work(index, start, stop)`` over batch slices (see _slices and _Pool.run)."""
     if n * bytes_per_item <= _SLICE_BYTES and n * gemm_per_item <= _BLAS_SPLIT_SIZE:
-        work(0, 0, n)  # the common small case, without the pool's bookkeeping
+        work(0, 0, n)  # the common small case, alone (Note [Small jobs alone])
         return
     slices = _slices(n, bytes_per_item)
     gemm_size = gemm_per_item * max(stop - start for start, stop in slices)
-    _pool.run(work, slices, gemm_size, parallel=n * bytes_per_item >= _MIN_THREADED_BYTES)
+    _pool.run(work, slices, gemm_size)
 
 
 def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
