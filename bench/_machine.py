@@ -64,7 +64,14 @@ def machine_info(backend_name: str, array_module: str | None = None) -> dict[str
         "load_average_at_start": load_average(),
         "threads_env": {
             k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ANYCNN_NUMBA")
+            for k in (
+                "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "ANYCNN_NUMBA",
+                "ANYCNN_NUM_THREADS",
+                "ANYCNN_SPIN_US",
+            )
             if k in os.environ
         },
     }
