@@ -372,6 +372,49 @@ def test_numpy_kernel_gradient_with_and_without_numba(monkeypatch, layer, batch,
         assert np.all(results[compiled][~sel] == 0)
 
 
+@pytest.mark.parametrize("batch", [1, 5, 64])
+@pytest.mark.parametrize("layer", list(LAYER_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "blas"])
+def test_numpy_convolutions_direct_and_blas(monkeypatch, direct, dtype, layer, batch, rng):
+    """Note [Direct convolutions]: the compiled direct kernels and the im2col + BLAS paths they
+    stand in for both match SciPy, with and without an input-map selection, bias included;
+    the kernel gradient is zero outside the selection."""
+    _jit = pytest.importorskip("anycnn_numpy._jit")
+    from anycnn_numpy import _ops
+
+    from anycnn.layers.activations import Identity
+
+    if direct and _jit.correlate_into is None:
+        pytest.skip("Numba is not installed here: only the BLAS paths exist")
+    if not direct:
+        monkeypatch.setattr(_jit, "correlate_into", None)
+    (c, h, w), kshape = LAYER_SHAPES[layer]
+    x = rng.standard_normal((batch, c, h, w)).astype(dtype)
+    k = rng.standard_normal(kshape).astype(dtype)
+    b = rng.standard_normal(kshape[0]).astype(dtype)
+    d = rng.standard_normal((batch, kshape[0], h - kshape[2] + 1, w - kshape[3] + 1)).astype(dtype)
+    rtol = 2e-5 if dtype == "float32" else 1e-12
+    for sel in (None, rng.random(kshape[:2]) < 0.6):
+        cases = [
+            (_ops.conv_valid(x, k, sel), oracles.conv_valid(x, k, sel)),
+            (
+                _ops.conv_valid_activate(x, k, b, Identity(), sel),
+                oracles.conv_valid(x, k, sel) + b[:, None, None],
+            ),
+            (_ops.conv_full(d, k, sel), oracles.conv_full(d, k, sel)),
+            (_ops.conv_kernel_grad(x, d, sel), oracles.conv_kernel_grad(x, d, sel)),
+        ]
+        for name, (got, expected) in zip(
+            ["valid", "valid+bias", "full", "grad"], cases, strict=True
+        ):
+            assert got.dtype == dtype and got.shape == expected.shape, name
+            atol = rtol * float(np.abs(expected).max())
+            np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=name)
+        if sel is not None:
+            assert np.all(cases[3][0][~sel] == 0)
+
+
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("shape", [(1, 1, 6, 6), (5, 6, 12, 24), (256, 6, 24, 24)])
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -183,8 +183,12 @@ def _compile() -> dict[str, Callable[..., Any]]:
         return out
 
     spin_while = _spin_kernel(numba)
+    from anycnn_numpy import _direct  # Note [Direct convolutions]
 
     return {
+        "correlate_into": _direct.correlate_into,
+        "correlate_grad": _direct.correlate_grad,
+        "direct_chunk": _direct.chunk_size,
         "spin_while": spin_while,
         "sensitivity_into": sensitivity_into,
         "kernel_grad_sum": kernel_grad_sum,
@@ -281,6 +285,14 @@ kron_into = _kernels.get("kron_into")
 #: ``sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop)``: rows ``start:stop`` of
 #: the 2-d ``out = f'(u) o dy`` (Note [Sensitivity kernel]); or None without Numba.
 sensitivity_into = _kernels.get("sensitivity_into")
+
+#: The direct convolutions (Note [Direct convolutions] in ``_direct``), or None without Numba:
+#: ``correlate_into(x, pad_h, pad_w, wts, bias, active, out, start, stop, chunk)``,
+#: ``correlate_grad(x, delta, active, start, stop, chunk) -> (O, C, kh, kw)`` and
+#: ``direct_chunk(rows, width, itemsize) -> chunk``.
+correlate_into = _kernels.get("correlate_into")
+correlate_grad = _kernels.get("correlate_grad")
+direct_chunk = _kernels.get("direct_chunk")
 
 #: ``spin_while(flag, index, value, limit) -> bool`` (Note [Spinning helpers] in _ops), or None.
 spin_while = _kernels.get("spin_while")

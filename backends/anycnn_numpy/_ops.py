@@ -29,6 +29,7 @@ count or timing.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -542,6 +543,62 @@ def _gemm_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+# --- direct convolutions (Note [Direct convolutions] in _direct) ----------------------------------
+#: Layers with more (C_out x C_in) map pairs than this stay on im2col + BLAS, whose blocking pays
+#: when the GEMMs get large.
+_DIRECT_MAX_PAIRS = 512
+#: A direct convolution is cut into batch slices for the pool's threads from this many
+#: multiply-adds on (about 25 us on one core), and into slices of about _DIRECT_SLICE_MACS; the
+#: count depends on the batch only (and is even), as _slices' does.
+_DIRECT_PARALLEL_MACS = 2_000_000
+_DIRECT_SLICE_MACS = 8_000_000
+
+
+def _direct(x: np.ndarray, other: np.ndarray, pairs: int) -> bool:
+    """Whether the compiled direct convolutions take ``x`` with ``other`` (kernel or deltas) of a
+    layer of ``pairs`` map pairs: both C-contiguous float32/float64 of one dtype."""
+    return (
+        _jit.correlate_into is not None
+        and pairs <= _DIRECT_MAX_PAIRS
+        and other.dtype == x.dtype
+        and _compiled_layout(x)
+        and _compiled_layout(other)
+    )
+
+
+def _active(selection, o: int, c: int) -> np.ndarray:
+    """The (C_out, C_in) bool table of the pairs to compute: the selection, or all of them."""
+    if selection is None:
+        return _ones_table(o, c)
+    return np.ascontiguousarray(selection, dtype=bool)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones_table(o: int, c: int) -> np.ndarray:
+    table = np.ones((o, c), dtype=bool)
+    table.flags.writeable = False
+    return table
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(size: int, dtype: np.dtype) -> np.ndarray:
+    zeros = np.zeros(size, dtype=dtype)
+    zeros.flags.writeable = False
+    return zeros
+
+
+def _run_direct(work, n: int, macs_per_item: int) -> None:
+    """Run ``work(index, start, stop)`` over batch slices sized by multiply-adds (see above)."""
+    total = n * macs_per_item
+    if n == 1 or total < _DIRECT_PARALLEL_MACS:
+        work(0, 0, n)
+        return
+    count = max(_PARALLEL_SLICES, -(-total // _DIRECT_SLICE_MACS))
+    count = min(n, -(-count // _PARALLEL_SLICES) * _PARALLEL_SLICES)
+    bounds = [n * i // count for i in range(count + 1)]
+    _pool.run(work, [(bounds[i], bounds[i + 1]) for i in range(count)])
+
+
 # --- convolutions --------------------------------------------------------------------------------
 def conv_valid(x, kernel, selection=None):
     if not _usable(x, kernel):
@@ -555,26 +612,53 @@ def conv_valid_activate(x, kernel, bias, activation, selection=None):
     it is in cache, on the pool's threads. Elementwise, so the bits are those of the chain."""
     if not (_usable(x, kernel) and bias.dtype == x.dtype):
         return _reference.conv_valid_activate(x, kernel, bias, activation, selection)
-    shift = bias[:, None, None]
 
     def epilogue(u):
-        u += shift
         y = activation.apply(u, np)
         if y is not u:
             np.copyto(u, y)
 
-    return _conv_valid(x, kernel, selection, epilogue)
+    return _conv_valid(x, kernel, selection, epilogue, bias)
 
 
-def _conv_valid(x, kernel, selection, epilogue):
-    """conv_valid, with ``epilogue(out_slice)`` applied in place to every batch slice."""
+def _with_bias(epilogue, bias):
+    """``epilogue`` after adding ``bias`` (C_out,) to every map of the slice."""
+    shift = bias[:, None, None]
+
+    def biased(u):
+        u += shift
+        if epilogue is not None:
+            epilogue(u)
+
+    return biased
+
+
+def _conv_valid(x, kernel, selection, epilogue, shift=None):
+    """conv_valid (plus ``shift[j]`` on map j when given), with ``epilogue(out_slice)`` applied
+    in place to every batch slice."""
     n, c, h, w = x.shape
     o, _, kh, kw = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
     ck, p = c * kh * kw, oh * ow
     dtype = x.dtype
     # conv2 flips the kernel: the windows read the input backwards instead.
-    weights = (kernel if selection is None else _masked(kernel, selection)).reshape(o, ck)
+    masked = _masked(kernel, selection)
+    weights = masked.reshape(o, ck)
+    out = None if p == 1 else np.empty((n, o, oh, ow), dtype=dtype)
+    if p > 1 and _direct(x, kernel, o * c):  # Note [Direct convolutions] in _direct
+        flipped = np.ascontiguousarray(masked[:, :, ::-1, ::-1])  # conv2 -> correlation
+        bias = _zeros(o, dtype) if shift is None else np.ascontiguousarray(shift)
+        active, chunk = _active(selection, o, c), _jit.direct_chunk(oh, w, dtype.itemsize)
+
+        def work_direct(index, start, stop):
+            _jit.correlate_into(x, 0, 0, flipped, bias, active, out, start, stop, chunk)
+            if epilogue is not None:
+                epilogue(out[start:stop])
+
+        _run_direct(work_direct, n, o * ck * p)
+        return out
+    if shift is not None:  # the BLAS paths add the bias in the epilogue
+        epilogue = _with_bias(epilogue, shift)
     if p == 1:  # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
         columns = _scratch("columns", (n, c, kh, kw, 1, 1), dtype)
         np.copyto(columns, _windows(x, kh, kw, oh, ow, flip=True))
@@ -582,7 +666,6 @@ def _conv_valid(x, kernel, selection, epilogue):
         if epilogue is not None:
             epilogue(out)
         return out
-    out = np.empty((n, o, oh, ow), dtype=dtype)
     wide = _wide_windows(x, kh, kw, oh) if n > 1 and _use_wide(w, ow) else None
     if wide is not None:  # Note [Wide columns]
         q = oh * w
@@ -624,6 +707,17 @@ def conv_kernel_grad(x, delta, selection=None):
     # Eq. (7): dE/dk[j,i] = rot180(sum_n conv2(x_i, rot180(delta_j), 'valid')); with the windows
     # read backwards, the columns of the forward pass give the gradient in kernel order.
     partial = {}
+    if _direct(x, delta, o * c):  # Note [Direct convolutions] in _direct
+        active, chunk = _active(selection, o, c), _jit.direct_chunk(dh, w, dtype.itemsize)
+
+        def work_direct(index, start, stop):
+            partial[index] = _jit.correlate_grad(x, delta, active, start, stop, chunk)
+
+        _run_direct(work_direct, n, o * ck * p)
+        grad = _sum_in_order(partial)[:, :, ::-1, ::-1]  # correlation -> conv2 orientation
+        if selection is not None:
+            grad = grad * selection[:, :, None, None]
+        return np.ascontiguousarray(grad)
     dots = _dots(o * ck, p)
     wide = _wide_windows(x, kh, kw, dh) if n > 1 and p >= 16 and _use_wide(w, dw) else None
     if wide is not None:  # Note [Wide columns]; the deltas get zeros at the unwanted outputs
@@ -643,13 +737,18 @@ def conv_kernel_grad(x, delta, selection=None):
         _run(work_wide, n, (ck + o) * q * dtype.itemsize, o * ck * q)
     else:
         _kernel_grad_columns(x, delta, kh, kw, partial, dots)
-    grad = partial[0]
-    for index in range(1, len(partial)):  # in slice order: the same sum for any thread count
-        grad += partial[index]
-    grad = grad.reshape(o, c, kh, kw)
+    grad = _sum_in_order(partial).reshape(o, c, kh, kw)
     if selection is not None:
         grad *= selection[:, :, None, None]
     return grad
+
+
+def _sum_in_order(partial: dict) -> np.ndarray:
+    """The sum of per-slice partial results, in slice order: the same for any thread count."""
+    total = partial[0]
+    for index in range(1, len(partial)):
+        total += partial[index]
+    return total
 
 
 def _dots(result_size: int, length: int):

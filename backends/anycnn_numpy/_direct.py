@@ -1,0 +1,248 @@
+"""Direct convolution kernels of the NumPy backend, compiled by Numba (``anycnn[jit]``).
+
+Imported by ``_jit`` only when Numba is there; ``_ops`` calls them through ``_jit``.
+
+Note [Direct convolutions]
+~~~~~~~~~~~~~~~~~~~~~~~~~~
+im2col + GEMM spends most of its time moving data, not multiplying: on DLT's C1 at batch 256
+the im2col copy, the GEMM and the copy out of the wide grid took 0.35, 0.45 and 0.21 ms on one
+core of this project's 2-core Xeon (2026-12-01), and the GEMMs of these layers are too small for
+BLAS to run near its peak. The kernels here compute the three convolutions of the notes
+directly, as correlations, on a layout that makes every inner loop long and contiguous:
+
+* **Interleaved rows.** A chunk of ``m`` examples is copied into ``t[i, r, e, s]`` (map, row,
+  example, column): for a fixed input map, row ``r`` of all ``m`` examples lies side by side, so
+  the whole chunk of map ``i`` is one run of ``H * m * W`` numbers. An output pixel ``(y, x)``
+  of example ``e`` sits at ``q = y (m W) + e W + x`` on a grid of the same layout, and tap
+  ``(a, b)`` of the kernel reads ``t[i].flat[q + a (m W) + b]``: one offset for the whole grid.
+  The grid's columns ``x >= ow`` are computed and thrown away (``W / ow`` more work: 1.17 for
+  C1, 1.5 for C3), which is what buys the long runs (~2,700 numbers for C1 at ``m = 4``).
+* **Five taps, two maps per pass.** The innermost loop runs along ``q`` and adds five taps of
+  one kernel row for two output maps: five loads of ``t`` feed ten multiply-adds, and each
+  grid entry is loaded and stored once per five taps. LLVM vectorises it (8 float32 lanes on
+  AVX2/AVX-512 machines); alone it ran at 98-122 GFLOP/s on one core here.
+* **Chunks sized for L1.** ``m`` is chosen so that the two grid maps a pass updates take about
+  12 KiB.
+
+``correlate_into`` is the forward 'valid' convolution (the kernel flipped into correlation
+weights) and, on a zero-padded copy of the deltas with the kernels transposed and flipped, the
+'full' convolution of 3.2.1; ``correlate_grad`` is eq. (7)'s kernel gradient as dot products
+along the same grid, the deltas copied onto it with zeros in the thrown-away columns. Input-map
+selections are honoured by skipping pairs of maps outside ``M_j`` (the kernels there are zero).
+Sums are taken in another order than im2col + BLAS (and reassociated: ``fastmath``): results
+agree with the reference to rounding, and depend on the batch slicing only, never on threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: Bytes of one grid map a pass updates (two per pass): see Note [Direct convolutions].
+GRID_BYTES = 12 << 10
+
+
+def chunk_size(rows: int, width: int, itemsize: int) -> int:
+    """Examples per interleaved chunk: two grid maps of about GRID_BYTES."""
+    return max(1, GRID_BYTES // (rows * width * itemsize))
+
+
+@numba.njit(nogil=True, cache=True)
+def _interleave(x, n0, m, pad_h, pad_w, t):  # pragma: no cover - compiled
+    """``t[i, r, e, s] = x[n0 + e, i, r - pad_h, s - pad_w]``, zero outside ``x``."""
+    _, c, h, w = x.shape
+    hp, wp = h + 2 * pad_h, w + 2 * pad_w
+    rw = m * wp
+    zero = t.dtype.type(0)
+    for i in range(c):
+        for r in range(hp):
+            row = t[(i * hp + r) * rw : (i * hp + r + 1) * rw]
+            y = r - pad_h
+            if y < 0 or y >= h:
+                for s in range(rw):
+                    row[s] = zero
+                continue
+            for e in range(m):
+                target = row[e * wp : (e + 1) * wp]
+                source = x[n0 + e, i, y]
+                for s in range(pad_w):
+                    target[s] = zero
+                    target[pad_w + w + s] = zero
+                for s in range(w):
+                    target[pad_w + s] = source[s]
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _correlate_pair(t, plane, rw, wts, active, j0, j1, g0, g1, span):  # pragma: no cover
+    """``g[q] += sum_i sum_{a,b} wts[j, i, a, b] t[i plane + a rw + b + q]`` for maps j0, j1."""
+    c, kh, kw = wts.shape[1], wts.shape[2], wts.shape[3]
+    for i in range(c):
+        if not (active[j0, i] or active[j1, i]):
+            continue
+        for a in range(kh):
+            base = i * plane + a * rw
+            b = 0
+            while b < kw:
+                o = base + b
+                w0 = wts[j0, i, a]
+                w1 = wts[j1, i, a]
+                if kw - b >= 5:
+                    p0, p1, p2, p3, p4 = w0[b], w0[b + 1], w0[b + 2], w0[b + 3], w0[b + 4]
+                    r0, r1, r2, r3, r4 = w1[b], w1[b + 1], w1[b + 2], w1[b + 3], w1[b + 4]
+                    x0, x1, x2 = t[o : o + span], t[o + 1 : o + 1 + span], t[o + 2 : o + 2 + span]
+                    x3, x4 = t[o + 3 : o + 3 + span], t[o + 4 : o + 4 + span]
+                    for q in range(span):
+                        e0, e1, e2, e3, e4 = x0[q], x1[q], x2[q], x3[q], x4[q]
+                        g0[q] += p0 * e0 + p1 * e1 + p2 * e2 + p3 * e3 + p4 * e4
+                        g1[q] += r0 * e0 + r1 * e1 + r2 * e2 + r3 * e3 + r4 * e4
+                    b += 5
+                elif kw - b >= 3:
+                    p0, p1, p2 = w0[b], w0[b + 1], w0[b + 2]
+                    r0, r1, r2 = w1[b], w1[b + 1], w1[b + 2]
+                    x0, x1, x2 = t[o : o + span], t[o + 1 : o + 1 + span], t[o + 2 : o + 2 + span]
+                    for q in range(span):
+                        e0, e1, e2 = x0[q], x1[q], x2[q]
+                        g0[q] += p0 * e0 + p1 * e1 + p2 * e2
+                        g1[q] += r0 * e0 + r1 * e1 + r2 * e2
+                    b += 3
+                else:
+                    p0, r0 = w0[b], w1[b]
+                    x0 = t[o : o + span]
+                    for q in range(span):
+                        e0 = x0[q]
+                        g0[q] += p0 * e0
+                        g1[q] += r0 * e0
+                    b += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _extract(g, base, rw, bias, out_map):  # pragma: no cover - compiled
+    """``out_map[y, x] = g[base + y rw + x] + bias`` (one example's map off the grid)."""
+    oh, ow = out_map.shape
+    for y in range(oh):
+        row = out_map[y]
+        source = g[base + y * rw : base + y * rw + ow]
+        for s in range(ow):
+            row[s] = source[s] + bias
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def correlate_into(x, pad_h, pad_w, wts, bias, active, out, start, stop, chunk):  # pragma: no cover
+    """``out[n, j] = bias[j] + sum_i corr(pad(x[n, i]), wts[j, i], 'valid')``, n in [start, stop).
+
+    ``x`` (N, C, H, W), ``wts`` (O, C, kh, kw) correlation weights, ``active`` (O, C) bool,
+    ``out`` (N, O, H + 2 pad_h - kh + 1, W + 2 pad_w - kw + 1); all C-contiguous, one dtype.
+    """
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    o = wts.shape[0]
+    oh, ow = out.shape[2], out.shape[3]
+    hp, wp = h + 2 * pad_h, w + 2 * pad_w
+    t = np.empty(c * hp * chunk * wp, x.dtype)
+    grid = np.empty((2, oh * chunk * wp), x.dtype)
+    for n0 in range(start, stop, chunk):
+        m = min(chunk, stop - n0)
+        _interleave(x, n0, m, pad_h, pad_w, t)
+        rw = m * wp
+        span = (oh - 1) * rw + (m - 1) * wp + ow
+        for j in range(0, o, 2):
+            j1 = min(j + 1, o - 1)
+            g0, g1 = grid[0, :span], grid[1, :span]
+            g0[:] = 0
+            g1[:] = 0
+            _correlate_pair(t, hp * rw, rw, wts, active, j, j1, g0, g1, span)
+            for e in range(m):  # the bias last, as a separate ``u += b`` would add it
+                _extract(g0, e * wp, rw, bias[j], out[n0 + e, j])
+                if j1 != j:
+                    _extract(g1, e * wp, rw, bias[j1], out[n0 + e, j1])
+    return out
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _grad_pair(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no cover
+    """``out[j, i, a, b] += sum_q d_j[q] t[i plane + a rw + b + q]`` for j0, j1 (once if equal)."""
+    c, kh, kw = out.shape[1], out.shape[2], out.shape[3]
+    zero = t.dtype.type(0)
+    for i in range(c):
+        if not (active[j0, i] or active[j1, i]):
+            continue
+        for a in range(kh):
+            base = i * plane + a * rw
+            b = 0
+            while b < kw:
+                o = base + b
+                k0, k1 = out[j0, i, a], out[j1, i, a]
+                if kw - b >= 5:
+                    x0, x1, x2 = t[o : o + span], t[o + 1 : o + 1 + span], t[o + 2 : o + 2 + span]
+                    x3, x4 = t[o + 3 : o + 3 + span], t[o + 4 : o + 4 + span]
+                    s0 = s1 = s2 = s3 = s4 = zero
+                    u0 = u1 = u2 = u3 = u4 = zero
+                    for q in range(span):
+                        e0, e1, e2, e3, e4 = x0[q], x1[q], x2[q], x3[q], x4[q]
+                        f, g = d0[q], d1[q]
+                        s0 += f * e0
+                        s1 += f * e1
+                        s2 += f * e2
+                        s3 += f * e3
+                        s4 += f * e4
+                        u0 += g * e0
+                        u1 += g * e1
+                        u2 += g * e2
+                        u3 += g * e3
+                        u4 += g * e4
+                    k0[b] += s0
+                    k0[b + 1] += s1
+                    k0[b + 2] += s2
+                    k0[b + 3] += s3
+                    k0[b + 4] += s4
+                    if j1 != j0:
+                        k1[b] += u0
+                        k1[b + 1] += u1
+                        k1[b + 2] += u2
+                        k1[b + 3] += u3
+                        k1[b + 4] += u4
+                    b += 5
+                else:
+                    x0 = t[o : o + span]
+                    s0 = u0 = zero
+                    for q in range(span):
+                        e0 = x0[q]
+                        s0 += d0[q] * e0
+                        u0 += d1[q] * e0
+                    k0[b] += s0
+                    if j1 != j0:
+                        k1[b] += u0
+                    b += 1
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def correlate_grad(x, delta, active, start, stop, chunk):  # pragma: no cover - compiled
+    """``g[j, i, a, b] = sum_{n in [start, stop)} sum_{y, x} delta[n, j, y, x] x[n, i, y+a, x+b]``.
+
+    The kernel gradient of :func:`correlate_into`'s weights (eq. (7) before its rot180), for
+    pairs in ``active`` (O, C) only (zero elsewhere). ``x`` (N, C, H, W), ``delta``
+    (N, O, H - kh + 1, W - kw + 1), C-contiguous, one dtype.
+    """
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    o, dh, dw = delta.shape[1], delta.shape[2], delta.shape[3]
+    kh, kw = h - dh + 1, w - dw + 1
+    out = np.zeros((o, c, kh, kw), x.dtype)
+    t = np.empty(c * h * chunk * w, x.dtype)
+    grid = np.zeros((o, dh * chunk * w), x.dtype)  # columns x >= dw stay zero...
+    for n0 in range(start, stop, chunk):
+        m = min(chunk, stop - n0)
+        if m != chunk and n0 != start:  # ...unless a shorter last chunk moves them
+            grid[:] = 0
+        _interleave(x, n0, m, 0, 0, t)
+        rw = m * w
+        span = (dh - 1) * rw + (m - 1) * w + dw
+        for j in range(o):
+            for e in range(m):
+                for y in range(dh):
+                    row = grid[j, y * rw + e * w : y * rw + e * w + dw]
+                    source = delta[n0 + e, j, y]
+                    for s in range(dw):
+                        row[s] = source[s]
+        for j in range(0, o, 2):
+            j1 = min(j + 1, o - 1)
+            _grad_pair(t, h * rw, rw, active, j, j1, grid[j, :span], grid[j1, :span], span, out)
+    return out
