@@ -48,39 +48,50 @@ def chunk_size(rows: int, width: int, itemsize: int) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
-def _interleave(x, n0, m, pad_h, pad_w, t):  # pragma: no cover - compiled
-    """``t[i, r, e, s] = x[n0 + e, i, r - pad_h, s - pad_w]``, zero outside ``x``."""
+def _interleave(x, n0, m, pad, t):  # pragma: no cover - compiled
+    """Examples ``n0 : n0 + m`` of ``x`` on interleaved rows, ``pad`` zero columns between them.
+
+    ``t[i, r]`` is row ``r`` of map ``i`` of every example side by side, each preceded by ``pad``
+    zeros and the last followed by ``pad`` more: example ``e``'s pixel ``(r, s)`` is at
+    ``t[i, r, pad + e (w + pad) + s]``, and a row is ``m (w + pad) + pad`` long. The zeros between
+    two examples are the right padding of one and the left padding of the next.
+    """
     _, c, h, w = x.shape
-    hp, wp = h + 2 * pad_h, w + 2 * pad_w
-    rw = m * wp
+    stride = w + pad
+    rw = m * stride + pad
     zero = t.dtype.type(0)
     for i in range(c):
-        for r in range(hp):
-            row = t[(i * hp + r) * rw : (i * hp + r + 1) * rw]
-            y = r - pad_h
-            if y < 0 or y >= h:
-                for s in range(rw):
-                    row[s] = zero
-                continue
+        for r in range(h):
+            row = t[(i * h + r) * rw : (i * h + r + 1) * rw]
+            for s in range(pad):
+                row[s] = zero
             for e in range(m):
-                target = row[e * wp : (e + 1) * wp]
-                source = x[n0 + e, i, y]
-                for s in range(pad_w):
-                    target[s] = zero
-                    target[pad_w + w + s] = zero
+                target = row[pad + e * stride : (e + 1) * stride + pad]
+                source = x[n0 + e, i, r]
                 for s in range(w):
-                    target[pad_w + s] = source[s]
+                    target[s] = source[s]
+                for s in range(pad):
+                    target[w + s] = zero
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
-def _correlate_pair(t, plane, rw, wts, active, j0, j1, g0, g1, span):  # pragma: no cover
-    """``g[q] += sum_i sum_{a,b} wts[j, i, a, b] t[i plane + a rw + b + q]`` for maps j0, j1."""
+def _correlate_pair(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # pragma: no cover
+    """``g[q] += sum_i sum_{a,b} wts[j, i, a, b] t[i plane + a rw + b + q]`` for maps j0, j1.
+
+    ``t`` holds the ``h`` rows of data only: the zero rows of a ``pad_h`` padding above and below
+    are not stored, and the grid rows ``y`` whose tap row ``y + a - pad_h`` would fall on them
+    are skipped (for a given ``a`` the others are one run of ``q``)."""
     c, kh, kw = wts.shape[1], wts.shape[2], wts.shape[3]
+    total = g0.shape[0]
     for i in range(c):
         if not (active[j0, i] or active[j1, i]):
             continue
         for a in range(kh):
-            base = i * plane + a * rw
+            q0 = max(0, pad_h - a) * rw
+            span = min((pad_h + h - a) * rw, total) - q0
+            if span <= 0:
+                continue
+            base = i * plane + (a - pad_h) * rw + q0
             b = 0
             while b < kw:
                 o = base + b
@@ -91,27 +102,29 @@ def _correlate_pair(t, plane, rw, wts, active, j0, j1, g0, g1, span):  # pragma:
                     r0, r1, r2, r3, r4 = w1[b], w1[b + 1], w1[b + 2], w1[b + 3], w1[b + 4]
                     x0, x1, x2 = t[o : o + span], t[o + 1 : o + 1 + span], t[o + 2 : o + 2 + span]
                     x3, x4 = t[o + 3 : o + 3 + span], t[o + 4 : o + 4 + span]
+                    h0, h1 = g0[q0 : q0 + span], g1[q0 : q0 + span]
                     for q in range(span):
                         e0, e1, e2, e3, e4 = x0[q], x1[q], x2[q], x3[q], x4[q]
-                        g0[q] += p0 * e0 + p1 * e1 + p2 * e2 + p3 * e3 + p4 * e4
-                        g1[q] += r0 * e0 + r1 * e1 + r2 * e2 + r3 * e3 + r4 * e4
+                        h0[q] += p0 * e0 + p1 * e1 + p2 * e2 + p3 * e3 + p4 * e4
+                        h1[q] += r0 * e0 + r1 * e1 + r2 * e2 + r3 * e3 + r4 * e4
                     b += 5
                 elif kw - b >= 3:
                     p0, p1, p2 = w0[b], w0[b + 1], w0[b + 2]
                     r0, r1, r2 = w1[b], w1[b + 1], w1[b + 2]
                     x0, x1, x2 = t[o : o + span], t[o + 1 : o + 1 + span], t[o + 2 : o + 2 + span]
+                    h0, h1 = g0[q0 : q0 + span], g1[q0 : q0 + span]
                     for q in range(span):
                         e0, e1, e2 = x0[q], x1[q], x2[q]
-                        g0[q] += p0 * e0 + p1 * e1 + p2 * e2
-                        g1[q] += r0 * e0 + r1 * e1 + r2 * e2
+                        h0[q] += p0 * e0 + p1 * e1 + p2 * e2
+                        h1[q] += r0 * e0 + r1 * e1 + r2 * e2
                     b += 3
                 else:
                     p0, r0 = w0[b], w1[b]
-                    x0 = t[o : o + span]
+                    x0, h0, h1 = t[o : o + span], g0[q0 : q0 + span], g1[q0 : q0 + span]
                     for q in range(span):
                         e0 = x0[q]
-                        g0[q] += p0 * e0
-                        g1[q] += r0 * e0
+                        h0[q] += p0 * e0
+                        h1[q] += r0 * e0
                     b += 1
 
 
@@ -136,24 +149,24 @@ def correlate_into(x, pad_h, pad_w, wts, bias, active, out, start, stop, chunk):
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     o = wts.shape[0]
     oh, ow = out.shape[2], out.shape[3]
-    hp, wp = h + 2 * pad_h, w + 2 * pad_w
-    t = np.empty(c * hp * chunk * wp, x.dtype)
-    grid = np.empty((2, oh * chunk * wp), x.dtype)
+    stride = w + pad_w  # of one example along an interleaved row
+    t = np.empty(c * h * (chunk * stride + pad_w), x.dtype)
+    grid = np.empty((2, oh * (chunk * stride + pad_w)), x.dtype)
     for n0 in range(start, stop, chunk):
         m = min(chunk, stop - n0)
-        _interleave(x, n0, m, pad_h, pad_w, t)
-        rw = m * wp
-        span = (oh - 1) * rw + (m - 1) * wp + ow
+        _interleave(x, n0, m, pad_w, t)
+        rw = m * stride + pad_w
+        span = (oh - 1) * rw + (m - 1) * stride + ow
         for j in range(0, o, 2):
             j1 = min(j + 1, o - 1)
             g0, g1 = grid[0, :span], grid[1, :span]
             g0[:] = 0
             g1[:] = 0
-            _correlate_pair(t, hp * rw, rw, wts, active, j, j1, g0, g1, span)
+            _correlate_pair(t, h * rw, rw, wts, active, j, j1, g0, g1, pad_h, h)
             for e in range(m):  # the bias last, as a separate ``u += b`` would add it
-                _extract(g0, e * wp, rw, bias[j], out[n0 + e, j])
+                _extract(g0, e * stride, rw, bias[j], out[n0 + e, j])
                 if j1 != j:
-                    _extract(g1, e * wp, rw, bias[j1], out[n0 + e, j1])
+                    _extract(g1, e * stride, rw, bias[j1], out[n0 + e, j1])
     return out
 
 
@@ -232,7 +245,7 @@ def correlate_grad(x, delta, active, start, stop, chunk):  # pragma: no cover - 
         m = min(chunk, stop - n0)
         if m != chunk and n0 != start:  # ...unless a shorter last chunk moves them
             grid[:] = 0
-        _interleave(x, n0, m, 0, 0, t)
+        _interleave(x, n0, m, 0, t)
         rw = m * w
         span = (dh - 1) * rw + (m - 1) * w + dw
         for j in range(o):

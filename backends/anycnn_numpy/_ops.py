@@ -808,6 +808,20 @@ def conv_full(delta, kernel, selection=None):
     # That costs the exact convolution's multiplications (im2col of the zero-padded delta costs
     # (h+kh-1)/h times more) and moves kh planes of g's size where a spread over all kh*kw taps
     # moved kh*kw (DLT's C3 at batch 256: 1.55 -> 1.14 ms, LeNet-5's C3 3.3 -> 2.2 ms).
+    if h * w > 1 and _direct(delta, kernel, o * c):  # Note [Direct convolutions] in _direct
+        # g[i] = sum_j corr(pad(delta_j), k_ji): the kernels transposed, not flipped.
+        weights = np.ascontiguousarray(_masked(kernel, selection).transpose(1, 0, 2, 3))
+        active = _active(None if selection is None else selection.T, c, o)
+        chunk = _jit.direct_chunk(oh, w + kw - 1, dtype.itemsize)
+        out = np.empty((n, c, oh, ow), dtype=dtype)
+
+        def work_direct(index, start, stop):
+            _jit.correlate_into(
+                delta, kh - 1, kw - 1, weights, _zeros(c, dtype), active, out, start, stop, chunk
+            )
+
+        _run_direct(work_direct, n, o * c * taps * h * w)
+        return out
     weights = _masked(kernel, selection)[:, :, ::-1, ::-1]
     if h == 1 and w == 1:  # nothing to shift (LeNet-5's C5): g[i, a, b] = sum_j k' delta
         spread = np.ascontiguousarray(weights.transpose(1, 2, 3, 0)).reshape(c * taps, o)
