@@ -189,6 +189,7 @@ def _compile() -> dict[str, Callable[..., Any]]:
         "correlate_into": _direct.correlate_into,
         "correlate_grad": _direct.correlate_grad,
         "direct_chunk": _direct.chunk_size,
+        "direct_activations": (_direct.IDENTITY, _direct.LOGISTIC, _direct.TANH),
         "spin_while": spin_while,
         "sensitivity_into": sensitivity_into,
         "kernel_grad_sum": kernel_grad_sum,
@@ -293,6 +294,9 @@ sensitivity_into = _kernels.get("sensitivity_into")
 correlate_into = _kernels.get("correlate_into")
 correlate_grad = _kernels.get("correlate_grad")
 direct_chunk = _kernels.get("direct_chunk")
+#: Codes of the activations correlate_into applies itself (Note [Compiled activations]):
+#: ``(identity, logistic, tanh)``, or None without Numba.
+direct_activations = _kernels.get("direct_activations")
 
 #: ``spin_while(flag, index, value, limit) -> bool`` (Note [Spinning helpers] in _ops), or None.
 spin_while = _kernels.get("spin_while")

@@ -607,9 +607,13 @@ def conv_valid(x, kernel, selection=None):
 
 
 def conv_valid_activate(x, kernel, bias, activation, selection=None):
-    """Fused ``f(conv_valid(x, kernel) + bias)`` (``Note [Fused ops]`` in anycnn.ops): the bias
-    and ``activation.apply`` run on each batch slice of the output right after its GEMM, while
-    it is in cache, on the pool's threads. Elementwise, so the bits are those of the chain."""
+    """Fused ``f(conv_valid(x, kernel) + bias)`` (``Note [Fused ops]`` in anycnn.ops).
+
+    On the direct convolutions, float32 logistic and tanh layers get f as each map leaves the
+    grid (Note [Compiled activations] in _direct: to float32 rounding of the chain, not its
+    bits); otherwise the bias and ``activation.apply`` run on each batch slice of the output
+    right after it is computed, while it is in cache, on the pool's threads (the chain's bits).
+    """
     if not (_usable(x, kernel) and bias.dtype == x.dtype):
         return _reference.conv_valid_activate(x, kernel, bias, activation, selection)
 
@@ -618,7 +622,26 @@ def conv_valid_activate(x, kernel, bias, activation, selection=None):
         if y is not u:
             np.copyto(u, y)
 
-    return _conv_valid(x, kernel, selection, epilogue, bias)
+    compiled = _compiled_activation(activation, x.dtype)
+    return _conv_valid(x, kernel, selection, epilogue, bias, compiled)
+
+
+def _compiled_activation(activation, dtype: np.dtype) -> tuple | None:
+    """``(kind, p0, p1)`` of the direct kernels' own f (Note [Compiled activations]), or None."""
+    from anycnn.layers.activations import Identity, LeCunTanh, Sigmoid, Tanh
+
+    kind = type(activation)  # exact types: a subclass may redefine f
+    if dtype != np.float32 or _jit.direct_activations is None:
+        return None
+    codes = _jit.direct_activations
+    t = dtype.type
+    if kind is Identity:
+        return (codes[0], t(0), t(0))
+    if kind is Sigmoid:
+        return (codes[1], t(activation.gain), t(0))
+    if kind in (Tanh, LeCunTanh):
+        return (codes[2], t(activation.a), t(activation.b))
+    return None
 
 
 def _with_bias(epilogue, bias):
@@ -633,9 +656,10 @@ def _with_bias(epilogue, bias):
     return biased
 
 
-def _conv_valid(x, kernel, selection, epilogue, shift=None):
+def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None):
     """conv_valid (plus ``shift[j]`` on map j when given), with ``epilogue(out_slice)`` applied
-    in place to every batch slice."""
+    in place to every batch slice; ``compiled`` is a direct kernel's activation code (
+    used instead of the epilogue when the direct kernels take the layer)."""
     n, c, h, w = x.shape
     o, _, kh, kw = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
@@ -649,9 +673,12 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None):
         flipped = np.ascontiguousarray(masked[:, :, ::-1, ::-1])  # conv2 -> correlation
         bias = _zeros(o, dtype) if shift is None else np.ascontiguousarray(shift)
         active, chunk = _active(selection, o, c), _jit.direct_chunk(oh, w, dtype.itemsize)
+        act = compiled or (0, dtype.type(0), dtype.type(0))
+        if compiled is not None:
+            epilogue = None
 
         def work_direct(index, start, stop):
-            _jit.correlate_into(x, 0, 0, flipped, bias, active, out, start, stop, chunk)
+            _jit.correlate_into(x, 0, 0, flipped, bias, active, act, out, start, stop, chunk)
             if epilogue is not None:
                 epilogue(out[start:stop])
 
@@ -813,11 +840,22 @@ def conv_full(delta, kernel, selection=None):
         weights = np.ascontiguousarray(_masked(kernel, selection).transpose(1, 0, 2, 3))
         active = _active(None if selection is None else selection.T, c, o)
         chunk = _jit.direct_chunk(oh, w + kw - 1, dtype.itemsize)
+        identity = (0, dtype.type(0), dtype.type(0))
         out = np.empty((n, c, oh, ow), dtype=dtype)
 
         def work_direct(index, start, stop):
             _jit.correlate_into(
-                delta, kh - 1, kw - 1, weights, _zeros(c, dtype), active, out, start, stop, chunk
+                delta,
+                kh - 1,
+                kw - 1,
+                weights,
+                _zeros(c, dtype),
+                active,
+                identity,
+                out,
+                start,
+                stop,
+                chunk,
             )
 
         _run_direct(work_direct, n, o * c * taps * h * w)
