@@ -11,7 +11,7 @@ import numpy as np
 
 from anycnn import _checks as checks
 from anycnn.backend import Backend, backend_of, get_backend, lookup, resolve_dtype
-from anycnn.layers import LAYER_TYPES, BuildContext, Layer, LayerError, get_loss
+from anycnn.layers import LAYER_TYPES, BuildContext, Layer, LayerError, Subsampling, get_loss
 from anycnn.layers.base import Array
 from anycnn.testing import dtype_name
 
@@ -103,6 +103,14 @@ class Network:
                 raise LayerError(f"{error} (input shape {shape} from {previous})") from None
         self.output_shape = shape
         self._outputs: Array | None = None
+        # Note [Deferred up-sampling]: the subsampling layers whose up-sampling the layer below
+        # forms in its own backward pass.
+        self._defer_up = {
+            index
+            for index in range(1, len(self.layers))
+            if isinstance(self.layers[index], Subsampling)
+            and self.layers[index - 1].takes_upsampled
+        }
 
     # -- parameters --------------------------------------------------------------------------
     def _slots(self) -> Iterator[tuple[str, Layer, str]]:
@@ -268,7 +276,10 @@ class Network:
         dy = self.loss.gradient(self._outputs, t)
         last = len(self.layers) - 1
         for index in range(last, -1, -1):
-            dy = self.layers[index].backward(dy, need_input_grad=index > 0)
+            if index in self._defer_up:
+                dy = self.layers[index].backward(dy, defer_up=True)
+            else:
+                dy = self.layers[index].backward(dy, need_input_grad=index > 0)
 
     def compute_gradients(self, x: Array, t: Array, *, check: bool = True) -> Array:
         """Forward, loss and backward for one batch; returns the total error ``E + Omega``

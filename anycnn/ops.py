@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Fused ops (``Note [Fused ops]``): optional, never part of a backend's required table.
-FUSED_OP_NAMES: tuple[str, ...] = ("conv_valid_activate", "sensitivity")
+FUSED_OP_NAMES: tuple[str, ...] = ("conv_valid_activate", "conv_backward", "sensitivity")
 
 Array = Any
 
@@ -301,12 +301,40 @@ def conv_valid_activate(
     layer, ``x_j = f(sum_{i in M_j} x_i * k_ij + b_j)`` (section 3.1).
 
     ``activation`` is an :class:`anycnn.layers.Activation`; ``bias`` has shape ``(C_out,)``. A
-    fused version must give exactly what ``activation.apply(u, xp)`` gives on ``u`` (the layers
-    are tested for the same bits with and without it).
+    fused version must give what ``activation.apply(u, xp)`` gives on ``u`` to within 4 ulp (the
+    layers are tested against the chain): its own vectorised f is allowed, a different f is not.
     """
     xp = array_api_compat.array_namespace(x, kernel, bias)
     u = conv_valid(x, kernel, selection) + bias[:, None, None]
     return activation.apply(u, xp)
+
+
+def conv_backward(
+    x: Array,
+    dy: Array,
+    y: Array,
+    activation: Any,
+    selection: Array | None = None,
+    up: int = 1,
+    need_delta: bool = True,
+) -> tuple[Array, Array, Array | None]:
+    """The parameter gradients of a convolution layer ``y = f(conv_valid(x, k) + b)`` in one call
+    (3.1.1): ``(dE/dk, dE/db, delta)``.
+
+    ``delta = f'(u) o dE/dy`` from the saved output ``y``, where ``dE/dy = up(dy)``, the kron
+    up-sampling by ``up`` (:func:`kron_upsample`) when the layer above is a subsampling layer:
+    then this is the notes' ``delta_j = beta_j (f'(u_j) o up(delta_j^{l+1}))``, the
+    subsampling layer having already multiplied its sensitivity by ``beta``. ``dE/dk`` is eq. (7)
+    (:func:`conv_kernel_grad`), ``dE/db_j = sum_{n,u,v} delta``; ``delta`` itself is returned
+    when ``need_delta`` (the layer below needs ``conv_full(delta, k)``), else None. A fused
+    version must agree with this to float rounding.
+    """
+    xp = array_api_compat.array_namespace(x, dy, y)
+    if up > 1:
+        dy = kron_upsample(dy, up)
+    delta = activation.sensitivity(dy, y, xp)
+    grad = conv_kernel_grad(x, delta, selection)
+    return grad, xp.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
 
 
 def sensitivity(dy: Array, y: Array, activation: Any) -> Array:

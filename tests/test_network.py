@@ -444,3 +444,25 @@ def test_parameter_count_leaves_out_unselected_kernels():
     by_layer = {layer.name: layer.parameter_count() for layer in net.layers}
     assert by_layer["conv3"] == 1516 and by_layer["conv1"] == 156 and by_layer["sub2"] == 12
     assert net.num_parameters() == sum(by_layer.values()) == 60850
+
+
+def test_deferred_upsampling_gives_the_gradients_of_the_chain(backend, monkeypatch):
+    """Note [Deferred up-sampling]: where the backend fuses conv_backward, a network hands each
+    convolution below a subsampling layer the un-up-sampled deltas, and its gradients are those
+    of the layer-by-layer chain (float64, to rounding); without the fused op nothing is deferred."""
+    rng = np.random.default_rng(3)
+    x = rng.random((5, 1, 32, 32))
+    t = np.eye(10)[rng.integers(0, 10, 5)]
+
+    def gradients():
+        net = models.lenet5(backend=backend.name, dtype="float64", seed=1)
+        net.compute_gradients(backend.asarray(x, dtype="float64"), backend.asarray(t, "float64"))
+        return net, {k: backend.to_host(v) for k, v in net.gradients().items()}
+
+    net, fused = gradients()
+    assert bool(net._defer_up) == ("conv_backward" in backend.ops.fused)
+    monkeypatch.delitem(backend.ops.fused, "conv_backward", raising=False)
+    net, chain = gradients()
+    assert not net._defer_up
+    for name, g in chain.items():
+        np.testing.assert_allclose(fused[name], g, rtol=1e-10, atol=1e-13, err_msg=name)

@@ -224,6 +224,45 @@ def test_fused_conv_matches_the_chain(backend, layer, batch, activation, rng):
     assert_close(reference.conv_valid_activate(x, k, b, act, sel), chain, backend=backend)
 
 
+@pytest.mark.parametrize("up", [1, 2, 3])
+@pytest.mark.parametrize(
+    "activation", [{"name": "sigmoid", "gain": 2.0}, "lecun_tanh", "identity", "relu"], ids=str
+)
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("layer", ["dlt-c1", "dlt-c3", "lenet5-c3", "wide-rows"])
+def test_fused_conv_backward_matches_the_chain(backend, layer, batch, activation, up, rng):
+    """A backend's fused conv_backward (Note [Fused ops]) gives the reference's kernel and bias
+    gradients to rounding and, when asked for, the sensitivity delta = f'(u) o up(dy) (float64);
+    the kernel gradient is zero outside the selection. A layer whose maps the up-sampling does
+    not divide takes up = 1."""
+    from anycnn.layers.activations import get_activation
+
+    (c, h, w), kshape = LAYER_SHAPES[layer]
+    dh, dw = h - kshape[2] + 1, w - kshape[3] + 1
+    if dh % up or dw % up:
+        up = 1
+    act = get_activation(activation)
+    x = backend.asarray(rng.standard_normal((batch, c, h, w)), dtype="float64")
+    y = backend.asarray(act.forward(rng.standard_normal((batch, kshape[0], dh, dw))), "float64")
+    dy = backend.asarray(rng.standard_normal((batch, kshape[0], dh // up, dw // up)), "float64")
+    table = rng.random(kshape[:2]) < 0.7
+    sel = backend.asarray(table) if kshape[1] > 1 else None
+    expected = reference.conv_backward(x, dy, y, act, sel, up, True)
+    fused = backend.ops.fused.get("conv_backward")
+    if fused is None:
+        pytest.skip(f"{backend.name} has no fused conv_backward")
+    for need_delta in (True, False):
+        got = fused(x, dy, y, act, sel, up, need_delta)
+        for name, a, b in zip(("kernel grad", "bias grad"), got[:2], expected[:2], strict=True):
+            assert_close(a, backend.to_host(b), backend=backend, err_msg=name)
+        if need_delta:
+            assert_close(got[2], backend.to_host(expected[2]), backend=backend, err_msg="delta")
+        else:
+            assert got[2] is None
+        if sel is not None:
+            assert np.all(backend.to_host(got[0])[~table] == 0)
+
+
 SENSITIVITY_ACTIVATIONS = [
     "sigmoid",
     {"name": "sigmoid", "gain": 2.0},
@@ -510,32 +549,47 @@ def test_spin_wait_sees_another_threads_write():
 def test_compiled_kernels_are_cached_once(tmp_path):
     """Numba's on-disk cache keeps one entry per kernel and signature: a second process loads the
     kernels instead of adding files (the spin kernel once added an entry per process, its
-    intrinsics being closures)."""
+    intrinsics being closures); and the kernels it loads give the bits of the ones the first
+    process compiled (a training step of both zoo models, float32)."""
     import os
     import subprocess
     import sys
 
     pytest.importorskip("numba")
     code = (
+        "import hashlib\n"
         "import numpy as np\n"
+        "from anycnn import models\n"
         "from anycnn.layers.activations import Sigmoid\n"
         "from anycnn_numpy import _ops\n"
         "x = np.ones((8, 6, 12, 12), np.float32)\n"
         "d = np.ones((8, 12, 8, 8), np.float32)\n"
         "_ops.conv_kernel_grad(x, d), _ops.block_sum(x, 2), _ops.kron_upsample(x, 2)\n"
         "_ops.sensitivity(x, x, Sigmoid())\n"
-        "print(_ops._spin.turns > 0)\n"
+        "digest = hashlib.md5()\n"
+        "for name, size in (('dlt', 28), ('lenet5', 32)):\n"
+        "    net = models.build(name, dtype='float32', seed=3)\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    images = rng.random((40, 1, size, size), dtype=np.float32)\n"
+        "    targets = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 40)]\n"
+        "    net.compute_gradients(images, targets)\n"
+        "    for g in net.gradients().values():\n"
+        "        digest.update(np.asarray(g).tobytes())\n"
+        "print(_ops._spin.turns > 0, digest.hexdigest())\n"
     )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     env.pop("ANYCNN_NUMBA", None)
     env.pop("ANYCNN_SPIN_US", None)
-    counts = []
+    counts, digests = [], []
     for _ in range(2):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        assert out.stdout.strip() == "True", out.stderr
+        spins, digest = out.stdout.split()
+        assert spins == "True", out.stderr
+        digests.append(digest)
         counts.append(sum(1 for p in tmp_path.rglob("*") if p.is_file()))
     assert counts[0] > 0
     assert counts[1] == counts[0]
+    assert digests[1] == digests[0]
 
 
 def test_numba_can_be_switched_off():

@@ -38,11 +38,36 @@ class BuildContext:
     rng: np.random.Generator
 
 
+class Upsampled:
+    """``dE/dx = kron_upsample(delta, n)``, handed down before it is formed.
+
+    Note [Deferred up-sampling]
+    ~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    Section 3.1.1 writes a convolution layer's sensitivity below a subsampling layer as one
+    formula, ``delta_j = beta_j (f'(u_j) o up(delta_j^{l+1}))``, and 3.4 counts the up-sampling
+    among the bottlenecks. Formed op by op it writes the up-sampled map (n^2 times the deltas of
+    the layer above), reads it back for f', writes delta and reads it again for the bias and the
+    kernel gradients: at DLT's C1, four passes over the step's largest arrays. When the layer
+    below takes it (``takes_upsampled``: a convolution on a backend with the fused
+    ``conv_backward``), :class:`anycnn.Network` asks the subsampling layer above it for this
+    instead of ``up(delta)`` (``backward(dy, defer_up=True)``; for a block sum or mean, with
+    beta and the mean's 1/n^2 already applied to ``delta``), and the convolution forms
+    ``delta_j`` in the same pass as its gradients.
+    """
+
+    __slots__ = ("delta", "n")
+
+    def __init__(self, delta: Array, n: int):
+        self.delta, self.n = delta, n
+
+
 class Layer:
     """Base class of all layers (see the module docstring for the protocol)."""
 
     #: prefix of the default name: conv, sub, fc, ...; None for layers that are not numbered
     kind: str | None = None
+    #: Whether ``backward`` accepts an :class:`Upsampled` ``dy`` (Note [Deferred up-sampling]).
+    takes_upsampled: bool = False
     #: a layer with an activation f sets it, and its forward pass saves its output y = f(u)
     activation: Any
     _y: Array

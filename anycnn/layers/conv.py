@@ -10,7 +10,7 @@ import array_api_compat
 import numpy as np
 
 from anycnn.layers.activations import get_activation
-from anycnn.layers.base import Array, BuildContext, Layer, Shape
+from anycnn.layers.base import Array, BuildContext, Layer, Shape, Upsampled
 
 # LeCun et al. 1998, Table I: which S2 maps (rows) each C3 map (columns) combines.
 _LENET5_C3 = [
@@ -222,11 +222,28 @@ class Convolution(Layer):
         self._y = self.activation.apply(u, self._xp)
         return self._y
 
-    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+    @property
+    def takes_upsampled(self) -> bool:  # type: ignore[override]
+        """Note [Deferred up-sampling]: on a backend with the fused ``conv_backward``."""
+        return self._ops is not None and "conv_backward" in self._ops.fused
+
+    def backward(self, dy: Array | Upsampled, need_input_grad: bool = True) -> Array | None:
         ops = self._ops
-        delta = self._sensitivity(dy)  # f'(u) o dE/dy
-        self.grads["kernel"] = ops.conv_kernel_grad(self._x, delta, self._selection)  # eq. (7)
-        self.grads["bias"] = self._xp.sum(delta, axis=(0, 2, 3))
+        fused = ops.fused.get("conv_backward")  # Note [Fused ops] in anycnn.ops
+        up = 1
+        if isinstance(dy, Upsampled):  # Note [Deferred up-sampling]: dE/dy = up(dy.delta)
+            dy, up = dy.delta, dy.n
+        if fused is not None:  # delta = f'(u) o up(dy), eq. (7), the bias sums: one call
+            kernel_grad, bias_grad, delta = fused(
+                self._x, dy, self._y, self.activation, self._selection, up, need_input_grad
+            )
+        else:
+            if up > 1:
+                dy = ops.kron_upsample(dy, up)
+            delta = self._sensitivity(dy)  # f'(u) o dE/dy
+            kernel_grad = ops.conv_kernel_grad(self._x, delta, self._selection)  # eq. (7)
+            bias_grad = self._xp.sum(delta, axis=(0, 2, 3))
+        self.grads["kernel"], self.grads["bias"] = kernel_grad, bias_grad
         if not need_input_grad:
             return None
         return ops.conv_full(delta, self.params["kernel"], self._selection)  # 3.2.1

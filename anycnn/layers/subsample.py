@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from anycnn.layers.activations import get_activation
-from anycnn.layers.base import Array, BuildContext, Layer, Shape
+from anycnn.layers.base import Array, BuildContext, Layer, Shape, Upsampled
 
 MODES = ("sum", "mean", "decimate")
 
@@ -74,13 +74,16 @@ class Subsampling(Layer):
             return ops.block_mean(x, self.n)
         return ops.decimate(x, self.n)
 
-    def _up(self, delta: Array) -> Array:
-        """The adjoint of down: kron up-sampling (scaled by 1/n^2 for the mean)."""
+    def _up(self, delta: Array, defer: bool) -> Array | Upsampled:
+        """The adjoint of down: kron up-sampling (scaled by 1/n^2 for the mean), or with ``defer``
+        that up-sampling left to the layer below (Note [Deferred up-sampling])."""
         ops = self._ops
         if self.mode == "decimate":
             return ops.decimate_transpose(delta, self.n)
         if self.mode == "mean":
             delta = delta * (1.0 / (self.n * self.n))
+        if defer and self.n > 1:
+            return Upsampled(delta, self.n)
         return ops.kron_upsample(delta, self.n)
 
     def _per_map(self, xp: Any, v: Array) -> Array:
@@ -99,7 +102,12 @@ class Subsampling(Layer):
             self._y = self.activation.apply(d, self._xp)
         return self._y
 
-    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+    def backward(
+        self, dy: Array, need_input_grad: bool = True, *, defer_up: bool = False
+    ) -> Array | Upsampled | None:
+        """Fill the gradients of beta and b; return ``dE/dx = beta up(delta)``, or with
+        ``defer_up`` the :class:`Upsampled` ``beta delta`` for a layer below that forms the
+        up-sampling itself (Note [Deferred up-sampling]; :class:`anycnn.Network` asks for it)."""
         xp = self._xp
         delta = self._sensitivity(dy)
         if self.trainable:
@@ -110,7 +118,7 @@ class Subsampling(Layer):
                 delta = delta * self.params["beta"][:, None, None]
         if not need_input_grad:
             return None
-        return self._up(delta)
+        return self._up(delta, defer_up)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -322,18 +322,79 @@ def _grad_pair(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no c
                     b += 1
 
 
-@numba.njit(nogil=True, fastmath=True, cache=True)
-def correlate_grad(x, delta, active, start, stop, chunk):  # pragma: no cover - compiled
-    """``g[j, i, a, b] = sum_{n in [start, stop)} sum_{y, x} delta[n, j, y, x] x[n, i, y+a, x+b]``.
+#: Sensitivity codes of :func:`correlate_grad` (the formulas of Note [Sensitivity kernel] in _jit):
+#: ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's ``(y^2 - p0) p1 dy``.
+GIVEN, LOGISTIC_SENSITIVITY, TANH_SENSITIVITY = 0, 1, 2
 
-    The kernel gradient of :func:`correlate_into`'s weights (eq. (7) before its rot180), for
-    pairs in ``active`` (O, C) only (zero elsewhere). ``x`` (N, C, H, W), ``delta``
-    (N, O, H - kh + 1, W - kw + 1), C-contiguous, one dtype.
+
+# Multiply-adds contracted, nothing reassociated. Without any fastmath flag here (under a caller
+# with fastmath=True) LeNet-5's gradients came out with other bits from a fresh compile than
+# from Numba's on-disk cache; with the flags spelled out they agree (tested).
+@numba.njit(nogil=True, fastmath=_ACTIVATION_MATH, error_model="numpy", cache=True)
+def _sensitivity_map(dy, up, y, kind, p0, p1, scaled, target):  # pragma: no cover - compiled
+    """``target = (f'(u) o up(dy)).ravel()`` for (rows, dw) maps from their output ``y``, in the
+    order of operations of ``Activation.sensitivity`` (its multiply-adds fused: the same values
+    to rounding); ``up(dy)`` is the kron up-sampling of 3.1.1 by ``up`` (``rows`` divisible by
+    ``up``). One loop per case over whole maps, each vectorised (row by row, the calls cost more
+    than the arithmetic)."""
+    dh, dw = y.shape
+    if up == 1:
+        source = dy.ravel()
+        for s in range(dh * dw):
+            target[s] = source[s]
+    elif up == 2 and dh % 2 == 0 and dw % 2 == 0:  # two target rows per row of dy, unrolled
+        for r in range(dh >> 1):
+            top, source = target[2 * r * dw : (2 * r + 1) * dw], dy[r]
+            bottom = target[(2 * r + 1) * dw : (2 * r + 2) * dw]
+            for s in range(dw >> 1):
+                v = source[s]
+                top[2 * s] = v
+                top[2 * s + 1] = v
+                bottom[2 * s] = v
+                bottom[2 * s + 1] = v
+    else:
+        for r in range(dh):
+            row, source = target[r * dw : (r + 1) * dw], dy[r // up]
+            for s in range(dw):
+                row[s] = source[s // up]
+    v = y.ravel()
+    one = target.dtype.type(1)
+    if kind == LOGISTIC_SENSITIVITY:
+        if scaled:
+            for s in range(dh * dw):
+                target[s] = (((one - v[s]) * v[s]) * p0) * target[s]
+        else:
+            for s in range(dh * dw):
+                target[s] = ((one - v[s]) * v[s]) * target[s]
+    elif kind == TANH_SENSITIVITY:
+        for s in range(dh * dw):
+            target[s] = ((v[s] * v[s] - p0) * p1) * target[s]
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def correlate_grad(
+    x, dy, y, sens, up, active, start, stop, chunk, delta_out
+):  # pragma: no cover - compiled
+    """The kernel and bias gradients of a convolution layer over examples ``start:stop``.
+
+    ``delta = f'(u) o up(dy)`` (``sens = (kind, p0, p1, scaled)``, :func:`_sensitivity_map`;
+    ``y`` the layer's output, unused for GIVEN; ``up(dy)`` the kron up-sampling by ``up``, so
+    ``dy`` is (N, O, dh / up, dw / up)) is formed map by map as it is copied onto the grid, and
+    written to ``delta_out`` when that is (N, O, dh, dw) (pass a (0, 0, 0, 0) array otherwise).
+    Returns ``g[j, i, a, b] = sum_n sum_{y,x} delta[n, j, y, x] x[n, i, y+a, x+b]`` (eq. (7)
+    before its rot180, for pairs in ``active`` (O, C) only, zero elsewhere) and the bias
+    gradient ``sum_n sum_{y,x} delta[n, j, y, x]`` (per map, then in float64). ``x`` is
+    (N, C, H, W) and ``y`` (N, O, dh, dw); all C-contiguous, one dtype.
     """
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    o, dh, dw = delta.shape[1], delta.shape[2], delta.shape[3]
+    o, dh, dw = y.shape[1], y.shape[2], y.shape[3]
     kh, kw = h - dh + 1, w - dw + 1
+    kind, p0, p1, scaled = sens
+    keep = delta_out.shape[0] > 0
     out = np.zeros((o, c, kh, kw), x.dtype)
+    bias = np.zeros(o, np.float64)  # of per-map float32 sums
+    zero = x.dtype.type(0)
+    delta = np.empty(o * dh * dw, x.dtype)
     t = np.empty(c * h * chunk * w, x.dtype)
     grid = np.zeros((o, dh * chunk * w), x.dtype)  # columns x >= dw stay zero...
     for n0 in range(start, stop, chunk):
@@ -343,14 +404,32 @@ def correlate_grad(x, delta, active, start, stop, chunk):  # pragma: no cover - 
         _interleave(x, n0, m, 0, t)
         rw = m * w
         span = (dh - 1) * rw + (m - 1) * w + dw
-        for j in range(o):
-            for e in range(m):
-                for y in range(dh):
-                    row = grid[j, y * rw + e * w : y * rw + e * w + dw]
-                    source = delta[n0 + e, j, y]
+        for e in range(m):  # all maps of an example at once: (O dh, dw) rows, kron intact
+            _sensitivity_map(
+                dy[n0 + e].reshape(o * (dh // up), dw // up),
+                up,
+                y[n0 + e].reshape(o * dh, dw),
+                kind,
+                p0,
+                p1,
+                scaled,
+                delta,
+            )
+            if keep:
+                target = delta_out[n0 + e].ravel()
+                for s in range(o * dh * dw):
+                    target[s] = delta[s]
+            for j in range(o):
+                part = delta[j * dh * dw : (j + 1) * dh * dw]
+                total = zero
+                for s in range(dh * dw):
+                    total += part[s]
+                bias[j] += total
+                for r in range(dh):
+                    row = grid[j, r * rw + e * w : r * rw + e * w + dw]
                     for s in range(dw):
-                        row[s] = source[s]
+                        row[s] = part[r * dw + s]
         for j in range(0, o, 2):
             j1 = min(j + 1, o - 1)
             _grad_pair(t, h * rw, rw, active, j, j1, grid[j, :span], grid[j1, :span], span, out)
-    return out
+    return out, bias

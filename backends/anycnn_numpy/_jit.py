@@ -190,6 +190,11 @@ def _compile() -> dict[str, Callable[..., Any]]:
         "correlate_grad": _direct.correlate_grad,
         "direct_chunk": _direct.chunk_size,
         "direct_activations": (_direct.IDENTITY, _direct.LOGISTIC, _direct.TANH),
+        "direct_sensitivities": {
+            "identity": _direct.GIVEN,
+            "logistic": _direct.LOGISTIC_SENSITIVITY,
+            "tanh": _direct.TANH_SENSITIVITY,
+        },
         "spin_while": spin_while,
         "sensitivity_into": sensitivity_into,
         "kernel_grad_sum": kernel_grad_sum,
@@ -289,7 +294,7 @@ sensitivity_into = _kernels.get("sensitivity_into")
 
 #: The direct convolutions (Note [Direct convolutions] in ``_direct``), or None without Numba:
 #: ``correlate_into(x, pad_h, pad_w, wts, bias, active, out, start, stop, chunk)``,
-#: ``correlate_grad(x, delta, active, start, stop, chunk) -> (O, C, kh, kw)`` and
+#: ``correlate_grad(x, dy, y, sens, up, active, start, stop, chunk, delta_out) -> (grad, bias)``,
 #: ``direct_chunk(rows, width, itemsize) -> chunk``.
 correlate_into = _kernels.get("correlate_into")
 correlate_grad = _kernels.get("correlate_grad")
@@ -297,6 +302,8 @@ direct_chunk = _kernels.get("direct_chunk")
 #: Codes of the activations correlate_into applies itself (Note [Compiled activations]):
 #: ``(identity, logistic, tanh)``, or None without Numba.
 direct_activations = _kernels.get("direct_activations")
+#: Codes of the sensitivities correlate_grad forms itself, by formula name, or None.
+direct_sensitivities = _kernels.get("direct_sensitivities")
 
 #: ``spin_while(flag, index, value, limit) -> bool`` (Note [Spinning helpers] in _ops), or None.
 spin_while = _kernels.get("spin_while")

@@ -726,6 +726,8 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None):
 def conv_kernel_grad(x, delta, selection=None):
     if not _usable(x, delta):
         return _reference.conv_kernel_grad(x, delta, selection)
+    if _direct(x, delta, delta.shape[1] * x.shape[1]):  # Note [Direct convolutions] in _direct
+        return _direct_backward(x, delta, delta, ("identity", 0, 0, False), selection, 1, None)[0]
     n, c, h, w = x.shape
     _, o, dh, dw = delta.shape
     kh, kw = h - dh + 1, w - dw + 1
@@ -734,17 +736,6 @@ def conv_kernel_grad(x, delta, selection=None):
     # Eq. (7): dE/dk[j,i] = rot180(sum_n conv2(x_i, rot180(delta_j), 'valid')); with the windows
     # read backwards, the columns of the forward pass give the gradient in kernel order.
     partial = {}
-    if _direct(x, delta, o * c):  # Note [Direct convolutions] in _direct
-        active, chunk = _active(selection, o, c), _jit.direct_chunk(dh, w, dtype.itemsize)
-
-        def work_direct(index, start, stop):
-            partial[index] = _jit.correlate_grad(x, delta, active, start, stop, chunk)
-
-        _run_direct(work_direct, n, o * ck * p)
-        grad = _sum_in_order(partial)[:, :, ::-1, ::-1]  # correlation -> conv2 orientation
-        if selection is not None:
-            grad = grad * selection[:, :, None, None]
-        return np.ascontiguousarray(grad)
     dots = _dots(o * ck, p)
     wide = _wide_windows(x, kh, kw, dh) if n > 1 and p >= 16 and _use_wide(w, dw) else None
     if wide is not None:  # Note [Wide columns]; the deltas get zeros at the unwanted outputs
@@ -768,6 +759,80 @@ def conv_kernel_grad(x, delta, selection=None):
     if selection is not None:
         grad *= selection[:, :, None, None]
     return grad
+
+
+def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True):
+    """Fused parameter gradients of a convolution layer (``Note [Fused ops]`` in anycnn.ops):
+    on the direct kernels, ``delta = f'(u) o up(dy)`` is formed as it is copied onto the
+    kernel-gradient grid, the bias gradient summed there, and delta written out only when
+    asked for (Note [Direct convolutions] in _direct); otherwise the chain of backend ops."""
+    formula = _sensitivity_formula(activation, y)
+    c, o = x.shape[1], y.shape[1]
+    if (
+        formula is not None
+        and _usable(x, dy)
+        and dy.dtype == y.dtype
+        and dy.shape[:2] == y.shape[:2]
+        and dy.shape[2] * up == y.shape[2]
+        and dy.shape[3] * up == y.shape[3]
+        and _direct(x, dy, o * c)
+        and _compiled_layout(y)
+    ):
+        return _direct_backward(x, dy, y, formula, selection, up, need_delta)
+    if up > 1:
+        dy = kron_upsample(dy, up)
+    delta = sensitivity(dy, y, activation)
+    grad = conv_kernel_grad(x, delta, selection)
+    return grad, np.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
+
+
+def _direct_backward(x, dy, y, formula, selection, up, need_delta):
+    """conv_backward on the direct kernels: ``(kernel_grad, bias_grad, delta or None)``."""
+    n, c, h, w = x.shape
+    _, o, dh, dw = y.shape
+    kh, kw = h - dh + 1, w - dw + 1
+    dtype = x.dtype
+    name, p0, p1, scaled = formula
+    codes = _jit.direct_sensitivities
+    t = dtype.type
+    sens = (codes[name], t(p0), t(p1), scaled)
+    active, chunk = _active(selection, o, c), _jit.direct_chunk(dh, w, dtype.itemsize)
+    delta = np.empty(y.shape, dtype) if need_delta else np.empty((0, 0, 0, 0), dtype)
+    partial, bias = {}, {}
+
+    def work(index, start, stop):
+        partial[index], bias[index] = _jit.correlate_grad(
+            x, dy, y, sens, up, active, start, stop, chunk, delta
+        )
+
+    _run_direct(work, n, o * c * kh * kw * dh * dw)
+    grad = _sum_in_order(partial)[:, :, ::-1, ::-1]  # correlation -> conv2 orientation
+    if selection is not None:
+        grad = grad * selection[:, :, None, None]
+    return (
+        np.ascontiguousarray(grad),
+        _sum_in_order(bias).astype(dtype),
+        delta if need_delta else None,
+    )
+
+
+def _sensitivity_formula(activation, y) -> tuple | None:
+    """``(name, p0, p1, scaled)`` of the compiled ``f'(u) o dy`` (Note [Sensitivity kernel] in
+    _jit) for ``activation`` on outputs like ``y``, or None: ``"logistic"``, ``gain y (1 - y)``
+    (``scaled`` when the gain is not 1); ``"tanh"``, ``(y^2 - a^2)(-b / a)``; ``"identity"``."""
+    from anycnn.layers.activations import Identity, LeCunTanh, Sigmoid, Tanh
+
+    kind = type(activation)  # exact types: a subclass may redefine f'
+    if y.dtype not in _COMPILED_DTYPES:
+        return None
+    if kind is Sigmoid:
+        return ("logistic", activation.gain, 0.0, activation.gain != 1.0)
+    if kind in (Tanh, LeCunTanh):
+        a, b = activation.a, activation.b
+        return ("tanh", a * a, -b / a, True)
+    if kind is Identity:
+        return ("identity", 0.0, 0.0, False)
+    return None
 
 
 def _sum_in_order(partial: dict) -> np.ndarray:
@@ -901,13 +966,12 @@ def sensitivity(dy, y, activation):
     """Fused ``f'(u) o dy`` (``Note [Fused ops]`` in anycnn.ops) for the logistic and the scaled
     tanh: one compiled pass on the pool's threads (Note [Sensitivity kernel] in _jit), the bits
     of ``activation.sensitivity``; other activations, dtypes or layouts take that method."""
-    from anycnn.layers.activations import LeCunTanh, Sigmoid, Tanh
-
     kernel = _jit.sensitivity_into
-    kind = type(activation)  # exact types: a subclass may redefine f'
+    formula = _sensitivity_formula(activation, y)
     if (
         kernel is None
-        or kind not in (Sigmoid, Tanh, LeCunTanh)
+        or formula is None
+        or formula[0] == "identity"
         or dy.dtype != y.dtype
         or dy.shape != y.shape
         or not (_compiled_layout(dy) and _compiled_layout(y))
@@ -916,11 +980,8 @@ def sensitivity(dy, y, activation):
     ):
         return activation.sensitivity(dy, y, np)
     t = y.dtype.type
-    if kind is Sigmoid:
-        code, p0, p1, scaled = 0, t(activation.gain), t(0), activation.gain != 1.0
-    else:
-        a, b = activation.a, activation.b
-        code, p0, p1, scaled = 1, t(a * a), t(-b / a), True
+    name, p0, p1, scaled = formula
+    code, p0, p1 = (0 if name == "logistic" else 1), t(p0), t(p1)
     n = y.shape[0]
     flat_dy, flat_y = dy.reshape(n, -1), y.reshape(n, -1)
     out = np.empty_like(y)
@@ -1049,6 +1110,7 @@ def fully_connected_input_grad(delta, weight):
 OPS = {
     "conv_valid": conv_valid,
     "conv_valid_activate": conv_valid_activate,
+    "conv_backward": conv_backward,
     "sensitivity": sensitivity,
     "conv_full": conv_full,
     "conv_kernel_grad": conv_kernel_grad,
