@@ -286,9 +286,11 @@ def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
 # ~~~~~~~~~~~~~~~~
 # Section 3.4 asks that what can be done together be done together. A fused op computes a chain
 # of the ops above (and an activation) in one call, so a backend can keep the intermediate in
-# cache or registers: the NumPy backend applies the bias and f to each batch slice of the
-# convolution while the slice is still in L2, on the pool's threads, and forms a layer's
-# sensitivity f'(u) o dy in one compiled pass instead of four. Fused ops are optional: a
+# cache or registers: the NumPy backend applies the bias and f to each map of the convolution
+# as it leaves the compiled kernel, forms a layer's sensitivity f'(u) o dy in one compiled pass
+# instead of four, and with conv_backward forms a convolution layer's sensitivity (up-sampling
+# included, Note [Deferred up-sampling] in anycnn.layers.base), kernel and bias gradients in
+# one pass over its kernel-gradient grid. Fused ops are optional: a
 # backend lists the ones it has in its op table's ``fused`` mapping, and a layer that finds none
 # calls the chain itself. The functions here define what each must compute; they are the oracle
 # of the tests, not a fallback (they would run the reference convolution on any backend).

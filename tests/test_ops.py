@@ -392,9 +392,12 @@ def test_ops_keep_the_device():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_numpy_kernel_gradient_with_and_without_numba(monkeypatch, layer, batch, dtype, rng):
     """The compiled sums and BLAS give the same kernel gradient (to rounding), and both match
-    SciPy; without Numba (or with ANYCNN_NUMBA=0) the backend runs on BLAS alone."""
+    SciPy; without Numba (or with ANYCNN_NUMBA=0) the backend runs on BLAS alone. (The direct
+    kernels, which take these layers first, are switched off: test_numpy_convolutions_direct_and_blas.)"""
     _jit = pytest.importorskip("anycnn_numpy._jit")
     from anycnn_numpy import _ops
+
+    monkeypatch.setattr(_jit, "correlate_into", None)
 
     (c, h, w), kshape = LAYER_SHAPES[layer]
     x = rng.standard_normal((batch, c, h, w)).astype(dtype)

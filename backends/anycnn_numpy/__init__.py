@@ -1,5 +1,6 @@
-"""anycnn's CPU backend: NumPy arrays, fast hot ops on BLAS (im2col + GEMM) and NumPy strides,
-and a few loops compiled by Numba when it is installed (``_jit.py``).
+"""anycnn's CPU backend: NumPy arrays; with Numba installed, direct convolutions and loops
+compiled by it (``_direct.py``, ``_jit.py``), else hot ops on BLAS (im2col + GEMM) and NumPy
+strides.
 
 Importing this package is cheap: it builds the :class:`anycnn.backend.Backend` record and
 imports the ops only when they are first used.
@@ -33,8 +34,8 @@ backend = Backend(
     array_module="numpy",
     aliases=("cpu", "np"),
     description=(
-        "NumPy arrays on the CPU; convolutions as im2col + BLAS GEMM; kernel gradients, "
-        "resampling and f' compiled by Numba when it is installed (anycnn[jit])"
+        "NumPy arrays on the CPU; convolutions, resampling and f' compiled by Numba when it is "
+        "installed (anycnn[jit]: direct convolutions), else im2col + BLAS GEMM"
     ),
     install_hint="pip install numpy",
     namespace=_namespace,

@@ -27,6 +27,9 @@ Note [Sensitivity kernel] (``sensitivity_into``): the layers' ``delta = f'(u) o 
 saved outputs took four NumPy passes (Sigmoid.sensitivity); one compiled pass, in the same order
 of operations, gives the same bits.
 
+The direct convolutions (``Note [Direct convolutions]``) live in ``_direct``, imported from here
+when Numba is there; with them the sums above serve the layers they do not take.
+
 Numba is optional. Without it, or with ``ANYCNN_NUMBA=0``, the kernels here are None and the
 backend uses BLAS and NumPy. A kernel is compiled at its first use for each dtype (about a second;
 Numba caches the machine code on disk where it can) and runs without the GIL, so the backend's
