@@ -24,6 +24,10 @@ What is timed
 * **Kernel-gradient sums** (NumPy with Numba installed): eq. (7)'s per-example products
   ``sum_n D[n] @ C[n].T`` at the zoo's layer shapes, 64 examples, on one thread, by OpenBLAS
   and by the compiled kernel of ``anycnn_numpy._jit`` (Note [Kernel gradient as dot products]).
+* **Direct convolutions** (NumPy with Numba installed): ``conv_valid``, ``conv_kernel_grad`` and
+  (below the first layer) ``conv_full`` of the NumPy backend at DLT's and LeNet-5's C1 and C3,
+  batch 256, on one thread, on the compiled direct kernels and on im2col + BLAS (Note [Direct
+  convolutions] in ``anycnn_numpy._direct``).
 * **A plain copy** of the output bytes (``np.copyto`` into a preallocated array) next to each
   memory-bound op: the ratio says how far from memory speed the op is. The ops allocate their
   output and the copy does not, so a ratio near 1 is the floor, not a target.
@@ -294,6 +298,65 @@ def kernel_grad_comparisons(batch: int, reps: int, warmup: int, seed: int) -> li
     return comparisons
 
 
+DIRECT_LAYERS = [  # (name, input (C, H, W), kernel (C_out, C_in, kh, kw), LeNet-5 table?)
+    ("DLT C1", (1, 28, 28), (6, 1, 5, 5), False),
+    ("DLT C3", (6, 12, 12), (12, 6, 5, 5), False),
+    ("LeNet-5 C1", (1, 32, 32), (6, 1, 5, 5), False),
+    ("LeNet-5 C3", (6, 14, 14), (16, 6, 5, 5), True),
+]
+
+
+def direct_comparisons(batch: int, reps: int, warmup: int, seed: int) -> list[dict[str, Any]]:
+    """Note [Direct convolutions]: the NumPy backend's three convolutions on its compiled direct
+    kernels and on im2col + BLAS (what it does without Numba), on the calling thread alone."""
+    from anycnn_numpy import _jit, _ops
+
+    if _jit.correlate_into is None:
+        return []
+    direct = _jit.correlate_into
+
+    def on_blas(function: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            _jit.correlate_into = None
+            try:
+                return function()
+            finally:
+                _jit.correlate_into = direct
+
+        return run
+
+    rng = np.random.default_rng(seed + 3)
+    comparisons = []
+    previous = _ops.set_num_threads(1)
+    try:
+        for name, (c, h, w), kshape, table in DIRECT_LAYERS:
+            x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+            k = (rng.standard_normal(kshape) * 0.2).astype(np.float32)
+            oh, ow = h - kshape[2] + 1, w - kshape[3] + 1
+            d = rng.standard_normal((batch, kshape[0], oh, ow)).astype(np.float32)
+            sel = lenet5_table() if table else None
+            ops = {
+                "conv_valid": (x, lambda x=x, k=k, sel=sel: _ops.conv_valid(x, k, sel)),
+                "conv_kernel_grad": (
+                    x,
+                    lambda x=x, d=d, sel=sel: _ops.conv_kernel_grad(x, d, sel),
+                ),
+            }
+            if c > 1:  # a first layer needs no input gradient
+                ops["conv_full"] = (d, lambda d=d, k=k, sel=sel: _ops.conv_full(d, k, sel))
+            for op, (first, function) in ops.items():
+                candidates = {"im2col + BLAS": on_blas(function), "direct (Numba)": function}
+                scale = float(np.abs(candidates["im2col + BLAS"]()).max())
+                comparisons.append(
+                    run_comparison(
+                        f"{op}, {name}", first, candidates, reps, warmup, atol=1e-5 * scale
+                    )
+                )
+    finally:
+        _ops.set_num_threads(previous)
+    return comparisons
+
+
 def run_comparison(
     title: str,
     x: np.ndarray,
@@ -465,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         comparisons = [up, down]
         claims = judge_claims(up, down)
         comparisons += kernel_grad_comparisons(min(batch, 64), reps, warmup, args.seed)
+        comparisons += direct_comparisons(batch, reps, warmup, args.seed)
 
     print(format_table(hot, comparisons))
     if claims:

@@ -93,21 +93,28 @@ def test_quick_numpy_run_writes_the_report(tmp_path):
     assert titles[:2] == ["up-sampling by 2", "down-sampling by 2 (block sums)"]
     up, down = report["comparisons"][:2]
     assert up["output"][2:] == [28, 28] and down["output"][2:] == [14, 14]
-    kernel_sums = report["comparisons"][2:]  # with Numba installed (the test extra has it)
+    # with Numba installed (the test extra has it): the kernel-gradient sums, then the direct
+    # convolutions against im2col + BLAS (conv_full below the first layers only)
+    kernel_sums = report["comparisons"][2:6]
+    direct = report["comparisons"][6:]
     if importlib.util.find_spec("numba") is not None:
-        assert [t.split(", ")[1] for t in titles[2:]] == [
-            "DLT C1",
-            "LeNet-5 C1",
-            "DLT C3",
-            "LeNet-5 C3",
-        ]
+        layers = ["DLT C1", "LeNet-5 C1", "DLT C3", "LeNet-5 C3"]
+        assert [t.split(", ")[1] for t in titles[2:6]] == layers
         for comparison in kernel_sums:
             assert {c["name"].split(":")[0] for c in comparison["candidates"]} == {"BLAS", "Numba"}
+        assert titles[6:] == [
+            f"{op}, {layer}"
+            for layer in ["DLT C1", "DLT C3", "LeNet-5 C1", "LeNet-5 C3"]
+            for op in ["conv_valid", "conv_kernel_grad"] + (["conv_full"] if "C3" in layer else [])
+        ]
+        for comparison in direct:
+            names = {c["name"] for c in comparison["candidates"]}
+            assert names == {"im2col + BLAS", "direct (Numba)"}
     else:
-        assert kernel_sums == []
+        assert kernel_sums == [] and direct == []
     for comparison in report["comparisons"]:
         names = [c["name"] for c in comparison["candidates"]]
-        assert names[0].startswith("anycnn ") or comparison in kernel_sums
+        assert names[0].startswith("anycnn ") or comparison in kernel_sums + direct
         assert min(c["ratio_vs_fastest"] for c in comparison["candidates"]) == pytest.approx(1.0)
         for candidate in comparison["candidates"]:
             _check_timing(candidate, candidate["name"])

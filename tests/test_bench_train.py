@@ -91,3 +91,27 @@ def test_machine_slug_is_short_and_safe():
     slug = module.machine_slug()
     assert slug == slug.lower() and " " not in slug and len(slug) <= 48
     assert all(ch.isalnum() or ch == "-" for ch in slug)
+
+
+def test_layer_profile_runs_and_reports_every_layer(tmp_path):
+    """bench/layers.py (the per-layer step profile the README cites) times every layer's forward
+    and backward of both zoo models; its JSON names them in step order."""
+    from anycnn import models
+
+    script = BENCH.parent / "layers.py"
+    for model in ("dlt", "lenet5"):
+        done = subprocess.run(
+            [sys.executable, str(script), model, "2", "--steps", "2", "--warmup", "1", "--json"],
+            cwd=tmp_path,
+            env=_child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        names = [layer.name for layer in models.build(model).layers]
+        expected = [f"{n}.forward" for n in names] + [f"{n}.backward" for n in reversed(names)]
+        assert list(report["layers_ms"]) == expected
+        assert report["model"] == model and report["batch"] == 2 and report["steps"] == 2
+        assert report["step_ms"] > 0 and all(ms > 0 for ms in report["layers_ms"].values())
