@@ -105,10 +105,11 @@ class Network:
         self._outputs: Array | None = None
         # Note [Deferred up-sampling]: the subsampling layers whose up-sampling the layer below
         # forms in its own backward pass.
-        self._defer_up = {
-            index
-            for index in range(1, len(self.layers))
-            if isinstance(self.layers[index], Subsampling)
+        self._defer_up: dict[int, Subsampling] = {
+            index: layer
+            for index, layer in enumerate(self.layers)
+            if index > 0
+            and isinstance(layer, Subsampling)
             and self.layers[index - 1].takes_upsampled
         }
 
@@ -276,8 +277,9 @@ class Network:
         dy = self.loss.gradient(self._outputs, t)
         last = len(self.layers) - 1
         for index in range(last, -1, -1):
-            if index in self._defer_up:
-                dy = self.layers[index].backward(dy, defer_up=True)
+            deferring = self._defer_up.get(index)
+            if deferring is not None:
+                dy = deferring.backward(dy, defer_up=True)
             else:
                 dy = self.layers[index].backward(dy, need_input_grad=index > 0)
 

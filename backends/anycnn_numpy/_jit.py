@@ -11,8 +11,11 @@ both operands at every call, and ran at 33 GFLOP/s on one core of this project's
 at a time (six accumulators, each vectorised along P by LLVM): 101-127 GFLOP/s on those
 shapes, 99 vs 78 on DLT's C3 (12 x 150, P = 96) and 93 vs 83 on LeNet-5's C3 (16 x 150,
 P = 140); float64 1.4-4x (one thread, 64 examples, 2026-11-25; ``python bench/ops.py`` measures
-the float32 cases again, interleaved). Sums are taken in another order than BLAS's: results
-agree to rounding.
+the float32 cases again, interleaved). That was on the AMD EPYC; on the Intel Xeon of 2026-12-01
+BLAS was 1.2x faster on the C1 shapes and the kernel 1.2-1.4x faster on the C3 ones. With
+Numba installed the direct convolutions (``_direct``) take these layers first: the kernel serves
+the layers they do not take. Sums are taken in another order than BLAS's: results agree to
+rounding.
 
 Note [Resampling kernels]
 ~~~~~~~~~~~~~~~~~~~~~~~~~

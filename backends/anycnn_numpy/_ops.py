@@ -732,7 +732,7 @@ def conv_kernel_grad(x, delta, selection=None):
     if not _usable(x, delta):
         return _reference.conv_kernel_grad(x, delta, selection)
     if _direct(x, delta, delta.shape[1] * x.shape[1]):  # Note [Direct convolutions] in _direct
-        return _direct_backward(x, delta, delta, ("identity", 0, 0, False), selection, 1, None)[0]
+        return _direct_backward(x, delta, delta, ("identity", 0, 0, False), selection, 1, False)[0]
     n, c, h, w = x.shape
     _, o, dh, dw = delta.shape
     kh, kw = h - dh + 1, w - dw + 1
