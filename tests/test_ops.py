@@ -423,7 +423,8 @@ def test_numpy_kernel_gradient_with_and_without_numba(monkeypatch, layer, batch,
 def test_numpy_convolutions_direct_and_blas(monkeypatch, direct, dtype, layer, batch, rng):
     """Note [Direct convolutions]: the compiled direct kernels and the im2col + BLAS paths they
     stand in for both match SciPy, with and without an input-map selection, bias included;
-    the kernel gradient is zero outside the selection."""
+    the kernel gradient is zero outside the selection; the fused conv_backward (identity f, so
+    delta = up(dy)) gives SciPy's kernel gradient and the sums of delta on both paths."""
     _jit = pytest.importorskip("anycnn_numpy._jit")
     from anycnn_numpy import _ops
 
@@ -449,9 +450,17 @@ def test_numpy_convolutions_direct_and_blas(monkeypatch, direct, dtype, layer, b
             (_ops.conv_full(d, k, sel), oracles.conv_full(d, k, sel)),
             (_ops.conv_kernel_grad(x, d, sel), oracles.conv_kernel_grad(x, d, sel)),
         ]
-        for name, (got, expected) in zip(
-            ["valid", "valid+bias", "full", "grad"], cases, strict=True
-        ):
+        up = 2 if d.shape[2] % 2 == 0 and d.shape[3] % 2 == 0 else 1
+        small = np.ascontiguousarray(d[:, :, ::up, ::up])
+        spread = np.kron(small, np.ones((up, up), dtype))
+        fused = _ops.conv_backward(x, small, d, Identity(), sel, up, True)
+        cases += [
+            (fused[0], oracles.conv_kernel_grad(x, spread, sel)),
+            (fused[1], spread.sum(axis=(0, 2, 3))),
+            (fused[2], spread),
+        ]
+        names = ["valid", "valid+bias", "full", "grad", "fused grad", "fused bias", "fused delta"]
+        for name, (got, expected) in zip(names, cases, strict=True):
             assert got.dtype == dtype and got.shape == expected.shape, name
             atol = rtol * float(np.abs(expected).max())
             np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=name)
