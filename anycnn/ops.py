@@ -41,7 +41,12 @@ __all__ = [
 ]
 
 #: Fused ops (``Note [Fused ops]``): optional, never part of a backend's required table.
-FUSED_OP_NAMES: tuple[str, ...] = ("conv_valid_activate", "conv_backward", "sensitivity")
+FUSED_OP_NAMES: tuple[str, ...] = (
+    "conv_valid_activate",
+    "conv_backward",
+    "subsample_backward",
+    "sensitivity",
+)
 
 Array = Any
 
@@ -337,6 +342,23 @@ def conv_backward(
     delta = activation.sensitivity(dy, y, xp)
     grad = conv_kernel_grad(x, delta, selection)
     return grad, xp.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
+
+
+def subsample_backward(
+    dy: Array, y: Array, d: Array, beta: Array, activation: Any, need_input_grad: bool = True
+) -> tuple[Array, Array, Array | None]:
+    """The gradients of a trainable subsampling layer (3.2.1) from ``dE/dy``: ``(dE/dbeta,
+    dE/db, beta delta)`` with ``delta = f'(u) o dE/dy`` from the saved output ``y``,
+    ``dE/dbeta_j = sum delta_j o d_j``, ``dE/db_j = sum delta_j``, and ``beta_j delta_j`` (what the
+    layer up-samples into ``dE/dx``; None without ``need_input_grad``). A fused version must give
+    ``beta delta``'s bits and the sums to float rounding.
+    """
+    xp = array_api_compat.array_namespace(dy, y, d, beta)
+    delta = activation.sensitivity(dy, y, xp)
+    grad_beta = xp.sum(delta * d, axis=(0, 2, 3))
+    grad_bias = xp.sum(delta, axis=(0, 2, 3))
+    scaled = delta * beta[:, None, None] if need_input_grad else None
+    return grad_beta, grad_bias, scaled
 
 
 def sensitivity(dy: Array, y: Array, activation: Any) -> Array:

@@ -263,6 +263,33 @@ def test_fused_conv_backward_matches_the_chain(backend, layer, batch, activation
             assert np.all(backend.to_host(got[0])[~table] == 0)
 
 
+@pytest.mark.parametrize(
+    "activation", [{"name": "sigmoid", "gain": 2.0}, "lecun_tanh", "identity", "relu"], ids=str
+)
+@pytest.mark.parametrize("shape", [(1, 6, 14, 14), (64, 16, 5, 5), (300, 6, 14, 14)])
+def test_fused_subsample_backward_matches_the_chain(backend, shape, activation, rng):
+    """A backend's fused subsample_backward (Note [Fused ops]) gives the reference's dE/dbeta,
+    dE/db and beta delta to rounding (float64), and no beta delta without need_input_grad."""
+    from anycnn.layers.activations import get_activation
+
+    act = get_activation(activation)
+    y = backend.asarray(act.forward(rng.standard_normal(shape)), dtype="float64")
+    dy, d = (backend.asarray(rng.standard_normal(shape), dtype="float64") for _ in range(2))
+    beta = backend.asarray(rng.standard_normal(shape[1]), dtype="float64")
+    expected = reference.subsample_backward(dy, y, d, beta, act, True)
+    fused = backend.ops.fused.get("subsample_backward")
+    if fused is None:
+        pytest.skip(f"{backend.name} has no fused subsample_backward")
+    for need_input_grad in (True, False):
+        got = fused(dy, y, d, beta, act, need_input_grad)
+        for name, a, b in zip(("beta", "bias"), got[:2], expected[:2], strict=True):
+            assert_close(a, backend.to_host(b), backend=backend, err_msg=name)
+        if need_input_grad:
+            assert_close(got[2], backend.to_host(expected[2]), backend=backend, err_msg="out")
+        else:
+            assert got[2] is None
+
+
 SENSITIVITY_ACTIVATIONS = [
     "sigmoid",
     {"name": "sigmoid", "gain": 2.0},

@@ -109,13 +109,20 @@ class Subsampling(Layer):
         ``defer_up`` the :class:`Upsampled` ``beta delta`` for a layer below that forms the
         up-sampling itself (Note [Deferred up-sampling]; :class:`anycnn.Network` asks for it)."""
         xp = self._xp
-        delta = self._sensitivity(dy)
-        if self.trainable:
-            self.grads["beta"] = xp.sum(delta * self._d, axis=(0, 2, 3))
-            self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))
-            if need_input_grad:
-                # beta before up-sampling: n^2 times fewer multiplications than after.
-                delta = delta * self.params["beta"][:, None, None]
+        fused = self._ops.fused.get("subsample_backward")  # Note [Fused ops] in anycnn.ops
+        if self.trainable and fused is not None:  # beta delta: before up-sampling, n^2 x fewer
+            beta = self.params["beta"]
+            self.grads["beta"], self.grads["bias"], delta = fused(
+                dy, self._y, self._d, beta, self.activation, need_input_grad
+            )
+        else:
+            delta = self._sensitivity(dy)
+            if self.trainable:
+                self.grads["beta"] = xp.sum(delta * self._d, axis=(0, 2, 3))
+                self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))
+                if need_input_grad:
+                    # beta before up-sampling: n^2 times fewer multiplications than after.
+                    delta = delta * self.params["beta"][:, None, None]
         if not need_input_grad:
             return None
         return self._up(delta, defer_up)

@@ -433,3 +433,36 @@ def correlate_grad(
             j1 = min(j + 1, o - 1)
             _grad_pair(t, h * rw, rw, active, j, j1, grid[j, :span], grid[j1, :span], span, out)
     return out, bias
+
+
+@numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+def subsample_sums_into(delta, d, beta, out, start, stop):  # pragma: no cover - compiled
+    """A trainable subsampling layer's gradients over examples ``start:stop`` (3.2.1) from its
+    sensitivity ``delta``: writes ``out = beta delta`` when ``out`` is (N, C, h, w) (a
+    (0, 0, 0, 0) array otherwise; a product, so the chain's bits) and returns the partial
+    ``(sum delta o d, sum delta)`` per map. Each example's maps are one run of ``C h w``
+    numbers: the sums go into per-pixel accumulators (no reduction inside the loops) and are
+    reduced per map once, at the end (reassociated: the chain's sums to rounding).
+    """
+    c, size = delta.shape[1], delta.shape[2] * delta.shape[3]
+    total = c * size
+    keep = out.shape[0] > 0
+    factor = np.empty(total, delta.dtype)  # beta per pixel
+    for ch in range(c):
+        factor[ch * size : (ch + 1) * size] = beta[ch]
+    with_d, plain = np.zeros(total, delta.dtype), np.zeros(total, delta.dtype)
+    for b in range(start, stop):
+        e, down = delta[b].ravel(), d[b].ravel()
+        for s in range(total):
+            with_d[s] += e[s] * down[s]
+            plain[s] += e[s]
+        if keep:
+            target = out[b].ravel()
+            for s in range(total):
+                target[s] = e[s] * factor[s]
+    grad_beta, grad_bias = np.zeros(c), np.zeros(c)
+    for ch in range(c):
+        for s in range(ch * size, (ch + 1) * size):
+            grad_beta[ch] += with_d[s]
+            grad_bias[ch] += plain[s]
+    return grad_beta, grad_bias

@@ -194,6 +194,7 @@ def _compile() -> dict[str, Callable[..., Any]]:
     return {
         "correlate_into": _direct.correlate_into,
         "correlate_grad": _direct.correlate_grad,
+        "subsample_sums_into": _direct.subsample_sums_into,
         "direct_chunk": _direct.chunk_size,
         "direct_activations": (_direct.IDENTITY, _direct.LOGISTIC, _direct.TANH),
         "direct_sensitivities": {
@@ -304,6 +305,9 @@ sensitivity_into = _kernels.get("sensitivity_into")
 #: ``direct_chunk(rows, width, itemsize) -> chunk``.
 correlate_into = _kernels.get("correlate_into")
 correlate_grad = _kernels.get("correlate_grad")
+#: ``subsample_sums_into(delta, d, beta, out, start, stop) -> (grad_beta, grad_bias)``: a
+#: trainable subsampling layer's gradients from its sensitivity; or None without Numba.
+subsample_sums_into = _kernels.get("subsample_sums_into")
 direct_chunk = _kernels.get("direct_chunk")
 #: Codes of the activations correlate_into applies itself (Note [Compiled activations]):
 #: ``(identity, logistic, tanh)``, or None without Numba.

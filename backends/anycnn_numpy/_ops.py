@@ -999,6 +999,35 @@ def sensitivity(dy, y, activation):
     return out
 
 
+# --- trainable subsampling layers (a fused op, Note [Fused ops] in anycnn.ops) -------------------
+def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
+    """Fused gradients of a trainable subsampling layer: ``delta = f'(u) o dy`` by the
+    ``sensitivity`` op (the chain's bits), then the sums of ``delta o d`` and ``delta`` per map
+    and ``beta delta`` in one compiled pass per batch slice (``beta delta`` the chain's bits,
+    the sums to rounding: taken in another order)."""
+    kernel = _jit.subsample_sums_into
+    if (
+        kernel is None
+        or any(a.dtype != y.dtype or a.shape != y.shape or not _compiled_layout(a) for a in (dy, d))
+        or beta.dtype != y.dtype
+        or not _compiled_layout(y)
+    ):
+        return _reference.subsample_backward(dy, y, d, beta, activation, need_input_grad)
+    delta = sensitivity(dy, y, activation)
+    if not (_compiled_layout(delta) and delta.dtype == y.dtype):
+        return _reference.subsample_backward(dy, y, d, beta, activation, need_input_grad)
+    out = np.empty_like(y) if need_input_grad else np.empty((0, 0, 0, 0), y.dtype)
+    betas, biases = {}, {}
+
+    def work(index, start, stop):
+        betas[index], biases[index] = kernel(delta, d, beta, out, start, stop)
+
+    _run(work, y.shape[0], 3 * y[0].size * y.itemsize, 0)
+    grad_beta = _sum_in_order(betas).astype(y.dtype)
+    grad_bias = _sum_in_order(biases).astype(y.dtype)
+    return grad_beta, grad_bias, out if need_input_grad else None
+
+
 # --- up- and down-sampling -----------------------------------------------------------------------
 def _compiled_layout(x: np.ndarray) -> bool:
     """Arrays the compiled resampling kernels take: C-contiguous float32/float64."""
@@ -1116,6 +1145,7 @@ OPS = {
     "conv_valid": conv_valid,
     "conv_valid_activate": conv_valid_activate,
     "conv_backward": conv_backward,
+    "subsample_backward": subsample_backward,
     "sensitivity": sensitivity,
     "conv_full": conv_full,
     "conv_kernel_grad": conv_kernel_grad,
