@@ -25,10 +25,15 @@ directly, as correlations, on a layout that makes every inner loop long and cont
   12 KiB.
 
 ``correlate_into`` is the forward 'valid' convolution (the kernel flipped into correlation
-weights) and, on a zero-padded copy of the deltas with the kernels transposed and flipped, the
-'full' convolution of 3.2.1; ``correlate_grad`` is eq. (7)'s kernel gradient as dot products
-along the same grid, the deltas copied onto it with zeros in the thrown-away columns. Input-map
-selections are honoured by skipping pairs of maps outside ``M_j`` (the kernels there are zero).
+weights) and, on the deltas zero-padded by ``kh - 1``, ``kw - 1`` with the kernels transposed
+(not flipped: conv2 of ``rot180(k)`` is a correlation with ``k``), the 'full' convolution of
+3.2.1; there the zero columns between two examples serve both (no grid column is thrown away)
+and the zero rows are not stored, the taps that would read them skipped. ``correlate_grad`` is
+eq. (7)'s kernel gradient as dot products along the same grid, delta copied onto it with zeros
+in the thrown-away columns; it also forms delta itself, ``f'(u) o up(dy)``, map by map as it
+copies it (the fused ``conv_backward``, Note [Deferred up-sampling]), and sums the bias gradient
+there. Input-map selections are honoured by skipping pairs of maps outside ``M_j`` (the kernels
+there are zero).
 Sums are taken in another order than im2col + BLAS (and reassociated: ``fastmath``): results
 agree with the reference to rounding, and depend on the batch slicing only, never on threads.
 """
