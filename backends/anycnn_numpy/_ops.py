@@ -641,12 +641,18 @@ def _compiled_activation(activation, dtype: np.dtype) -> tuple | None:
     codes = _jit.direct_activations
     t = dtype.type
     if kind is Identity:
-        return (codes[0], t(0), t(0))
+        return _no_activation(dtype)
     if kind is Sigmoid:
         return (codes[1], t(activation.gain), t(0))
     if kind in (Tanh, LeCunTanh):
         return (codes[2], t(activation.a), t(activation.b))
     return None
+
+
+def _no_activation(dtype: np.dtype) -> tuple:
+    """The direct kernels' activation code for f = identity (the bias only)."""
+    t = dtype.type
+    return (_jit.direct_activations[0], t(0), t(0))
 
 
 def _with_bias(epilogue, bias):
@@ -678,7 +684,7 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None):
         flipped = np.ascontiguousarray(masked[:, :, ::-1, ::-1])  # conv2 -> correlation
         bias = _zeros(o, dtype) if shift is None else np.ascontiguousarray(shift)
         active, chunk = _active(selection, o, c), _jit.direct_chunk(oh, w, dtype.itemsize)
-        act = compiled or (0, dtype.type(0), dtype.type(0))
+        act = compiled or _no_activation(dtype)
         if compiled is not None:
             epilogue = None
 
@@ -910,7 +916,7 @@ def conv_full(delta, kernel, selection=None):
         weights = np.ascontiguousarray(_masked(kernel, selection).transpose(1, 0, 2, 3))
         active = _active(None if selection is None else selection.T, c, o)
         chunk = _jit.direct_chunk(oh, w + kw - 1, dtype.itemsize)
-        identity = (0, dtype.type(0), dtype.type(0))
+        identity = _no_activation(dtype)
         out = np.empty((n, c, oh, ow), dtype=dtype)
 
         def work_direct(index, start, stop):
