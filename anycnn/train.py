@@ -128,10 +128,11 @@ class Preprocessing:
     """Turns host images (``(N, H, W)`` or ``(N, C, H, W)``, any number) into a float batch
     ``(N, C, H', W')`` for the network, one batch at a time.
 
-    ``kind`` is ``"scale01"`` (``x / 255``, uint8 images only) or ``"normalize"``
-    (``(x - mean) / std`` with the training set's statistics). Images smaller than the network's
-    input are padded, centred, with the background value, before normalising: a 0 border becomes
-    ``-mean / std`` as LeCun pads MNIST's 28x28 digits to 32x32.
+    ``kind`` is ``"scale01"`` (``x / 255``, uint8 images only), ``"normalize"``
+    (``(x - mean) / std`` with the training set's statistics) or ``"none"`` (float inputs cast to
+    the network's dtype: :meth:`anycnn.Network.fit` without a preprocessing). Images smaller
+    than the network's input are padded, centred, with the background value, before
+    normalising: a 0 border becomes ``-mean / std`` as LeCun pads MNIST's 28x28 digits to 32x32.
     """
 
     kind: str
@@ -147,12 +148,14 @@ class Preprocessing:
         unknown names). Raises :class:`ValueError` when the images cannot feed the network."""
         if kind == "auto":
             kind = MODEL_PREPROCESSING.get(network.name, "normalize")
-        if kind not in ("scale01", "normalize"):
+        if kind not in ("scale01", "normalize", "none"):
             raise ValueError(
-                f"preprocessing must be 'auto', 'scale01' or 'normalize', got {kind!r}"
+                f"preprocessing must be 'auto', 'scale01', 'normalize' or 'none', got {kind!r}"
             )
         shape = tuple(network.input_shape)
         _check_fits(images, shape, network.name)
+        if kind == "none":
+            return cls(kind, shape)
         if kind == "scale01":
             if images.dtype != np.uint8:
                 raise ValueError(
@@ -174,6 +177,8 @@ class Preprocessing:
                 x = datasets.pad(x, (h, w))  # background 0 before normalising
         if self.kind == "scale01":
             out = datasets.scale01(x, dtype=dtype)
+        elif self.kind == "none":
+            out = np.asarray(x, dtype=dtype)
         else:
             out, _, _ = datasets.normalize(x, mean=self.mean, std=self.std, dtype=dtype)
         return out.reshape((out.shape[0], *self.input_shape))
@@ -451,6 +456,7 @@ def train(
     report_every: int | None = None,
     evaluate_test: bool = True,
     run_info: Mapping[str, Any] | None = None,
+    shuffle: bool = True,
 ) -> TrainResult:
     """Train ``network`` on ``dataset`` for ``epochs`` passes (in total, counting resumed ones).
 
@@ -489,6 +495,8 @@ def train(
         Compute the test error after each epoch.
     run_info : mapping, optional
         Extra JSON-able fields for the metrics file and checkpoints (command line, device...).
+    shuffle : bool
+        Visit the training examples in a new random order each epoch (in order otherwise).
 
     Returns
     -------
@@ -634,7 +642,7 @@ def train(
                 hessian_seconds = time.perf_counter() - epoch_began
             else:
                 optimizer.start_epoch(epoch)
-            order = datasets.batches(n, batch_size, rng=rng)
+            order = datasets.batches(n, batch_size, rng=rng, shuffle=shuffle)
             bar = tqdm(
                 total=n,
                 unit="img",
