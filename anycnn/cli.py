@@ -20,6 +20,7 @@ rate, a checkpoint of another model, labels out of range...), reported as one li
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import platform
@@ -497,7 +498,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().print_help()
         return EXIT_USAGE
     args.argv = argv
-    return _run(args, debug)
+    # The library's log (backend fallback and why, devices, compilation, threads) is silent in
+    # a program; the command line shows it on stderr (all of it with --debug), not with --quiet.
+    log = logging.getLogger("anycnn")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("anycnn: %(message)s"))
+    level = log.level
+    if not getattr(args, "quiet", False):
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG if debug else logging.INFO)
+    try:
+        return _run(args, debug)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:

@@ -719,7 +719,7 @@ class Network:
         # The data set of the loop holds images (N, H, W) / (N, C, H, W); vectors (N, D) of a
         # network on vectors ride as (N, 1, 1, D) and are reshaped back by the preprocessing.
         def as_images(a: np.ndarray) -> np.ndarray:
-            return a.reshape(a.shape[0], 1, 1, -1) if a.ndim == 2 else a
+            return a.reshape(a.shape[0], 1, 1, a.shape[1]) if a.ndim == 2 else a
 
         dataset = datasets.Dataset(
             name="arrays",
