@@ -535,17 +535,17 @@ class SDLM(Optimizer):
     """LeCun's stochastic diagonal Levenberg-Marquardt (1998, Appendix C).
 
     Each parameter ``w_k`` moves by ``-eta_k dE/dw_k`` with ``eta_k = epsilon / (mu + h_kk)``:
-    ``epsilon`` is the global rate (by default the schedule :func:`lecun1998`) times the
-    parameter's multiplier, and ``h_kk`` the diagonal Gauss-Newton curvature estimated by
-    :func:`diagonal_hessian` before each pass, on the batches given to :meth:`start_epoch`
-    (``Note [Diagonal Gauss-Newton curvature]``). ``mu`` (0.02 in the paper) bounds the step by
-    ``epsilon / mu``.
+    ``epsilon`` is the global rate (by default :func:`lecun1998` scaled to start at
+    :attr:`default_lr`, 0.003) times the parameter's multiplier, and ``h_kk`` the diagonal
+    Gauss-Newton curvature estimated by :func:`diagonal_hessian` before each pass, on the
+    batches given to :meth:`start_epoch` (``Note [Diagonal Gauss-Newton curvature]``). ``mu``
+    (0.02 in the paper) bounds the step by ``epsilon / mu``.
 
     Parameters
     ----------
     network : Network
     lr : float, Schedule or dict
-        ``epsilon``; :func:`lecun1998` by default.
+        ``epsilon``; by default :func:`lecun1998` scaled to start at :attr:`default_lr` (0.003).
     mu : float
         The damping, > 0.
     samples : int
