@@ -506,14 +506,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args.argv = argv
     # The library's log (backend fallback and why, devices, compilation, threads) is silent in
-    # a program; the command line shows it on stderr (all of it with --debug), not with --quiet.
+    # a program; the command line shows it on stderr: its decisions (INFO) under the header of
+    # `anycnn train`, everything with --debug, warnings always; nothing more with --quiet.
     log = logging.getLogger("anycnn")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("anycnn: %(message)s"))
     level = log.level
-    if not getattr(args, "quiet", False):
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG if debug else logging.INFO)
+    quiet = getattr(args, "quiet", False)
+    log.addHandler(handler)
+    if debug:
+        log.setLevel(logging.DEBUG)
+    elif args.command == "train" and not quiet:
+        log.setLevel(logging.INFO)
+    else:
+        log.setLevel(logging.WARNING)
     try:
         return _run(args, debug)
     finally:
