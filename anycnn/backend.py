@@ -396,7 +396,12 @@ class Backend:
 
 
 def resolve_dtype(xp: Any, dtype: Any) -> Any:
-    """The namespace's dtype for a name such as ``"float32"``; dtypes pass through."""
+    """The namespace's dtype for a name such as ``"float32"``; dtypes pass through.
+
+    >>> import numpy as np
+    >>> resolve_dtype(np, "float32")
+    <class 'numpy.float32'>
+    """
     if isinstance(dtype, str):
         try:
             return getattr(xp, dtype)
@@ -631,6 +636,10 @@ def available_backends() -> list[Backend]:
     """Every known backend, probed: ``.available`` and, when not, ``.unavailable_reason``.
 
     Probing imports each installed array library (CuPy included) once and caches the answer.
+
+    >>> import anycnn
+    >>> {b.name: b.available for b in anycnn.available_backends()}["numpy"]
+    True
     """
     records = list(_backends().values())
     for record in records:
@@ -649,7 +658,14 @@ def set_backend(name: str | Backend) -> Backend:
     """Choose the backend for new arrays in this process (``"cpu"``, ``"cuda"``, ``"auto"``...).
 
     Raises :class:`BackendUnavailableError` at once if it cannot be used. Inside a
-    :func:`use_backend` block the block's choice still wins until the block ends.
+    :func:`use_backend` block the block's choice still wins until the block ends. A name may
+    carry a device (``"cuda:1"``, ``Note [Devices]``).
+
+    >>> import anycnn
+    >>> previous = anycnn.get_backend()
+    >>> anycnn.set_backend("cpu").name
+    'numpy'
+    >>> _ = anycnn.set_backend(previous)
     """
     global _process_default
     record = lookup(name).require()
@@ -680,6 +696,11 @@ def get_backend() -> Backend:
     In order: the innermost :func:`use_backend` block, then :func:`set_backend`, then the
     environment variable ``ANYCNN_BACKEND`` (read now, at first use, not at import), then
     ``auto``.
+
+    >>> import anycnn
+    >>> with anycnn.use_backend("strict"):
+    ...     anycnn.get_backend().name
+    'array_api_strict'
     """
     global _process_default
     record = _current.get()
@@ -713,6 +734,10 @@ def backend_of(*arrays: Any, op: str = "anycnn") -> Backend:
         Arrays from two namespaces, or something that is not an array.
     ValueError
         Arrays on two devices.
+
+    >>> import numpy as np, anycnn
+    >>> anycnn.backend_of(np.zeros(3), 2.0).name
+    'numpy'
     """
     present = [a for a in arrays if a is not None and not isinstance(a, int | float | bool)]
     if not present:

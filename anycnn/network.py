@@ -49,6 +49,37 @@ class Network:
     Layers without a name are named by kind and position, counting only layers with
     parameters or subsampling (Flatten is not counted): LeNet-5 reads conv1, sub2, conv3, sub4,
     conv5, fc6, fc7.
+
+    Raises
+    ------
+    LayerError
+        A layer that cannot take the shape the previous one produces (the message names both).
+    ValueError, TypeError
+        A bad ``input_shape``, ``dtype``, ``seed`` or layer list.
+
+    Warns
+    -----
+    UserWarning
+        A sigmoid or tanh output layer under the cross-entropy loss (4.3: its softmax wants
+        linear outputs).
+
+    Examples
+    --------
+    The network of the notes' section 3 on the current backend (NumPy or array-api-strict in
+    the doctests), a forward pass and the loss gradient:
+
+    >>> import numpy as np, anycnn
+    >>> from anycnn import Convolution, Subsampling, Flatten, FullyConnected, Network
+    >>> net = Network([Convolution(2, 3, activation="tanh"), Subsampling(2), Flatten(),
+    ...                FullyConnected(3, activation="identity")],
+    ...               input_shape=(1, 8, 8), loss="cross_entropy", dtype="float64")
+    >>> [layer.name for layer in net.layers]
+    ['conv1', 'sub2', 'flatten2', 'fc3']
+    >>> x = net.backend.asarray(np.ones((4, 1, 8, 8)), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(3)[[0, 1, 2, 0]], dtype="float64")
+    >>> loss = net.compute_gradients(x, t)
+    >>> sorted(net.gradients())[:2]
+    ['conv1.bias', 'conv1.kernel']
     """
 
     def __init__(
