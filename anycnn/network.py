@@ -152,6 +152,8 @@ class Network:
         self.preprocessing: Any = None
         #: The optimizer of the last :meth:`fit` (saved by :meth:`save`, moved by :meth:`to`).
         self.optimizer: Any = None
+        #: Passes over training data so far by :meth:`fit` (stored as the checkpoint's epoch).
+        self.epochs_trained = 0
         self._flag_output_and_loss()
         # Note [Deferred up-sampling]: the subsampling layers whose up-sampling the layer below
         # forms in its own backward pass.
@@ -663,7 +665,8 @@ class Network:
         optimizer : str or anycnn.optim.Optimizer
             ``"sgd"``, ``"momentum"``, ``"sdlm"`` (with ``lr``) or an optimizer of this network.
             A later ``fit`` with the same name continues with the same optimizer (its momentum
-            and step count), as Keras does.
+            and step count), as Keras does; a learning-rate schedule counts the epochs of each
+            ``fit`` call from 0.
         lr : float or anycnn.optim.Schedule, optional
             The global rate for an optimizer given by name (its default when omitted).
         validation_data : (x, y), optional
@@ -774,6 +777,7 @@ class Network:
             evaluate_test=validation_data is not None,
         )
         self.optimizer = opt
+        self.epochs_trained += len(result.history)
         self.preprocessing = None if result.preprocessing.kind == "none" else result.preprocessing
         return History.from_records(result.history)
 
@@ -816,9 +820,8 @@ class Network:
         if self.preprocessing is not None:
             info["preprocessing"] = self.preprocessing.config()
         optimizer = self.optimizer if include_optimizer else None
-        epoch = 0 if optimizer is None else int(optimizer.epoch) + (optimizer.steps > 0)
         return checkpoint.save_checkpoint(
-            Path(path), self, epoch=epoch, optimizer=optimizer, info=info
+            Path(path), self, epoch=self.epochs_trained, optimizer=optimizer, info=info
         )
 
     # -- description -------------------------------------------------------------------------
@@ -949,6 +952,7 @@ def load(
     if restored.info.get("preprocessing"):
         net.preprocessing = train.Preprocessing.from_config(restored.info["preprocessing"])
     net.optimizer = restored.optimizer
+    net.epochs_trained = restored.epoch
     return net
 
 
