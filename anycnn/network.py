@@ -907,7 +907,14 @@ class Network:
 class History:
     """What :meth:`Network.fit` returns, as Keras' ``History``: ``history`` maps ``"loss"``,
     ``"error"``, ``"seconds"`` (and ``"val_loss"``, ``"val_error"`` with validation data) to one
-    value per epoch; ``records`` are the loop's :class:`anycnn.train.EpochRecord`."""
+    value per epoch; ``records`` are the loop's :class:`anycnn.train.EpochRecord`.
+
+    >>> import numpy as np, anycnn
+    >>> net = anycnn.models.dlt()
+    >>> history = net.fit(np.zeros((8, 1, 28, 28)), np.arange(8), epochs=2, batch_size=4)
+    >>> history.epoch, sorted(history.history)
+    ([0, 1], ['error', 'loss', 'seconds'])
+    """
 
     history: dict[str, list[float]] = field(default_factory=dict)
     records: list[Any] = field(default_factory=list)
@@ -944,6 +951,11 @@ def load(
     ------
     anycnn.checkpoint.CheckpointError
         A file that is not a readable anycnn checkpoint (the message names it and why).
+
+    >>> import os, tempfile, anycnn
+    >>> path = anycnn.models.dlt().save(os.path.join(tempfile.mkdtemp(), "dlt.npz"))
+    >>> anycnn.load(path).name
+    'dlt'
     """
     from anycnn import checkpoint, train
 
