@@ -647,6 +647,7 @@ class Network:
         seed: int = 0,
         progress: bool = False,
         preprocessing: Any = None,
+        gradient_hooks: Sequence[Callable[[Any], Any]] = (),
     ) -> History:
         """Train on arrays for ``epochs`` passes with the loop of ``anycnn train``
         (:func:`anycnn.train.train`: the same code, so the same seed gives the same bits).
@@ -683,6 +684,9 @@ class Network:
             Fitted on ``x``, recorded on the network (:attr:`preprocessing`), saved by
             :meth:`save` and applied by :meth:`predict` and :meth:`evaluate`. ``None`` keeps
             the one the network already has (none for a new network).
+        gradient_hooks : sequence of callables
+            Run by the loop's step between back-propagation and the update
+            (:data:`anycnn.train.GradientHook`: gradient averaging across processes, clipping).
 
         Returns
         -------
@@ -775,6 +779,7 @@ class Network:
             callbacks=callbacks,
             preprocessing=prep,
             evaluate_test=validation_data is not None,
+            gradient_hooks=gradient_hooks,
         )
         self.optimizer = opt
         self.epochs_trained += len(result.history)

@@ -191,3 +191,12 @@ def test_anycnn_train_is_callable():
     net = models.dlt(backend="numpy")
     result = anycnn.train(net, data, epochs=1, batch_size=10, progress=False)
     assert len(result.history) == 1
+
+
+def test_fit_runs_the_loops_gradient_hooks(rng):
+    """fit is the loop of `anycnn train`: its step's gradient hooks run here too."""
+    x, labels = _toy(rng, 8)
+    calls = []
+    net = models.dlt(backend="numpy")
+    net.fit(x, labels, epochs=1, batch_size=4, gradient_hooks=[calls.append])
+    assert len(calls) == 2 and all(isinstance(c, anycnn.train.Trainer) for c in calls)
