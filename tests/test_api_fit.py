@@ -188,7 +188,7 @@ def test_fit_on_vectors(rng):
 def test_anycnn_train_is_callable():
     """`anycnn.train(net, ...)` runs the loop; `anycnn.train.train` is the same function."""
     data = datasets.load("mnist", limit=20)
-    net = models.dlt(backend="numpy")
+    net = models.dlt(backend="numpy", dtype="float64")  # the kernels the other tests compiled
     result = anycnn.train(net, data, epochs=1, batch_size=10, progress=False)
     assert len(result.history) == 1
 
