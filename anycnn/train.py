@@ -678,9 +678,8 @@ class Trainer:
                 name, network.backend.asarray(value, dtype=network.dtype_name), check=False
             )
         self.optimizer.load_state_dict(payload["optimizer"])
-        state = payload["rng"]
-        self.rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
-        self.rng.bit_generator.state = state
+        # The same allow-list of bit generators as a checkpoint's (never getattr by name).
+        self.rng = ckpt._generator_from_state(payload["rng"], "rank 0's generator state")
         self.history[:] = [EpochRecord(**record) for record in payload["history"]]
         self.prep = Preprocessing.from_config(payload["preprocessing"])
         self.start = int(payload["start"])
