@@ -413,10 +413,10 @@ def rank_threads(comm: Communicator, cores: int | None = None) -> int:
 def set_rank_threads(comm: Communicator) -> int:
     """Give the NumPy backend's ops (and BLAS, where threadpoolctl is installed) the threads
     of :func:`rank_threads`, so ``mpiexec -n 2`` on 2 cores does not oversubscribe them.
-    Does nothing for a single process without ``ANYCNN_NUM_THREADS`` (the backend's own
-    default stands). Returns the count."""
+    Does nothing when this process is alone on its host (the backend's own default, which
+    reads ``ANYCNN_NUM_THREADS`` too, stands). Returns the count."""
     count = rank_threads(comm)
-    if comm.local_size <= 1 and not os.environ.get("ANYCNN_NUM_THREADS", "").strip():
+    if comm.local_size <= 1:
         return count
     try:
         from anycnn_numpy import _ops

@@ -309,3 +309,30 @@ def test_shards_cover_a_batch_once():
             assert all(bounds[i][1] == bounds[i + 1][0] for i in range(size - 1))
             sizes = [b - a for a, b in bounds]
             assert max(sizes) - min(sizes) <= 1
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank(fresh_world):
+    """select_device on a CuPy stand-in: local rank modulo the GPUs of the host; nothing for
+    the CPU backend."""
+    import types
+
+    used = []
+
+    class Device:
+        def __init__(self, index):
+            self.index = index
+
+        def use(self):
+            used.append(self.index)
+
+    cuda = types.SimpleNamespace(
+        Device=Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)
+    )
+    fresh_world.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    comm = distributed.SingleCommunicator()
+    for local_rank in range(3):
+        comm.local_rank = local_rank
+        distributed.select_device(types.SimpleNamespace(name="cupy"), comm)
+    assert used == [0, 1, 0]
+    assert distributed.select_device(types.SimpleNamespace(name="numpy"), comm) is None
+    assert used == [0, 1, 0]
