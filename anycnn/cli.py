@@ -319,7 +319,7 @@ def _train(args: argparse.Namespace) -> int:
 
     comm = distributed.init(args.distributed)
     backend = _backend(args.backend)
-    distributed.select_device(backend, comm)  # one GPU per process, by local rank
+    backend = distributed.select_device(backend, comm)  # one GPU per process, by local rank
     dataset = datasets.load(args.dataset, data_dir=args.data_dir, limit=args.limit)
     options: dict[str, Any] = {"backend": backend, "dtype": args.dtype, "seed": args.seed}
     if args.loss is not None and args.model != "dlt":

@@ -352,12 +352,7 @@ def init(
         key = "mpi" if launched_by_mpi() else "single"
     if _world is not None and _world.engine == key:
         return _world
-    if key == "single":
-        size = _launch_size(os.environ)
-        if size is not None and size > 1 and engine != "single":
-            raise DistributedError(
-                f"an MPI launcher started {size} processes but the single engine was chosen"
-            )
+    if key == "single":  # asked for by name under mpiexec: N independent processes
         world: Communicator = SingleCommunicator()
     else:
         try:
@@ -433,17 +428,22 @@ def set_rank_threads(comm: Communicator) -> int:
 
 
 def select_device(backend: Any, comm: Communicator) -> Any:
-    """Make the GPU of this process current: ``local_rank`` modulo the GPUs on this host (one
-    process per GPU). Does nothing for a CPU backend. Returns the device (or None)."""
-    name = getattr(backend, "name", str(backend))
-    if name != "cupy":
-        return None
+    """The backend on this process's GPU: one process per GPU, GPU ``local_rank`` modulo the
+    GPUs of this host (``backend.on("N")``, as the name ``"cuda:N"`` gives), made current for
+    CuPy (streams and NCCL). A CPU backend, or one whose device was named (``"cuda:1"``), is
+    returned as it is (a named device is made current)."""
+    if getattr(backend, "name", None) != "cupy":
+        return backend
+    if getattr(backend, "parent", None) is not None:  # the device was named: keep it
+        use = getattr(backend.default_device, "use", None)
+        if use is not None:
+            use()
+        return backend
     import cupy
 
-    count = cupy.cuda.runtime.getDeviceCount()
-    device = cupy.cuda.Device(comm.local_rank % count)
-    device.use()
-    return device
+    index = comm.local_rank % max(1, cupy.cuda.runtime.getDeviceCount())
+    cupy.cuda.Device(index).use()
+    return backend.on(str(index)) if index else backend
 
 
 # --------------------------------------------------------------------------------------------

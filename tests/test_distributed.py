@@ -312,8 +312,8 @@ def test_shards_cover_a_batch_once():
 
 
 def test_each_process_takes_the_gpu_of_its_local_rank(fresh_world):
-    """select_device on a CuPy stand-in: local rank modulo the GPUs of the host; nothing for
-    the CPU backend."""
+    """select_device on a CuPy stand-in: local rank modulo the GPUs of the host, made current
+    and given as the backend's device; a named device and the CPU backend are kept."""
     import types
 
     used = []
@@ -329,10 +329,15 @@ def test_each_process_takes_the_gpu_of_its_local_rank(fresh_world):
         Device=Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)
     )
     fresh_world.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    cupy_backend = types.SimpleNamespace(name="cupy", parent=None, on=lambda spec: f"cuda:{spec}")
     comm = distributed.SingleCommunicator()
+    chosen = []
     for local_rank in range(3):
         comm.local_rank = local_rank
-        distributed.select_device(types.SimpleNamespace(name="cupy"), comm)
+        chosen.append(distributed.select_device(cupy_backend, comm))
     assert used == [0, 1, 0]
-    assert distributed.select_device(types.SimpleNamespace(name="numpy"), comm) is None
-    assert used == [0, 1, 0]
+    assert chosen == [cupy_backend, "cuda:1", cupy_backend]
+    named = types.SimpleNamespace(name="cupy", parent=cupy_backend, default_device=Device(1))
+    assert distributed.select_device(named, comm) is named and used[-1] == 1
+    cpu = types.SimpleNamespace(name="numpy")
+    assert distributed.select_device(cpu, comm) is cpu
