@@ -225,8 +225,8 @@ def nccl_stand_in(comm) -> dict:
 
 # --------------------------------------------------------------------------------------------
 def task_train(comm, out: str, folder: str, epochs: str) -> None:
-    """Train LeNet-5 with momentum up to EPOCHS, resuming from FOLDER (any world size)."""
-    net = build("lenet5")
+    """Train DLT with momentum up to EPOCHS, resuming from FOLDER (any world size)."""
+    net = build("dlt")
     result = train.train(
         net,
         data(),

@@ -138,7 +138,7 @@ def test_a_checkpoint_resumes_with_another_world_size(tmp_path):
     second = _launch(2, str(WORKER), "train", str(tmp_path / "b.json"), str(folder), "2")
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((tmp_path / "b.json").read_text())["resumed_from"].endswith("0001.npz")
-    net = build("lenet5")
+    net = build("dlt")
     result = train.train(
         net,
         data(),
@@ -153,7 +153,7 @@ def test_a_checkpoint_resumes_with_another_world_size(tmp_path):
         distributed=False,
     )
     assert result.resumed_from is not None and result.resumed_from.name == "epoch-0002.npz"
-    whole = build("lenet5")
+    whole = build("dlt")
     train.train(
         whole,
         data(),
