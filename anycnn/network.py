@@ -648,6 +648,7 @@ class Network:
         progress: bool = False,
         preprocessing: Any = None,
         gradient_hooks: Sequence[Callable[[Any], Any]] = (),
+        distributed: Any = None,
     ) -> History:
         """Train on arrays for ``epochs`` passes with the loop of ``anycnn train``
         (:func:`anycnn.train.train`: the same code, so the same seed gives the same bits).
@@ -687,6 +688,9 @@ class Network:
         gradient_hooks : sequence of callables
             Run by the loop's step between back-propagation and the update
             (:data:`anycnn.train.GradientHook`: gradient averaging across processes, clipping).
+        distributed : None, bool, "auto", "mpi", "single" or a communicator
+            As :func:`anycnn.train.train`: under ``mpiexec`` every process runs ``fit`` on the
+            same arrays and trains its shard of each global batch (:mod:`anycnn.distributed`).
 
         Returns
         -------
@@ -780,6 +784,7 @@ class Network:
             preprocessing=prep,
             evaluate_test=validation_data is not None,
             gradient_hooks=gradient_hooks,
+            distributed=distributed,
         )
         self.optimizer = opt
         self.epochs_trained += len(result.history)
