@@ -495,8 +495,7 @@ def load(
 
     Examples
     --------
-    >>> from anycnn import datasets
-    >>> ds = datasets.load("mnist", limit=100)      # the embedded MNIST, offline
+    >>> ds = load("mnist", limit=100)      # the embedded MNIST, offline
     >>> ds.train_images.shape, ds.train_images.dtype.name, ds.num_classes
     ((100, 28, 28), 'uint8', 10)
     """
