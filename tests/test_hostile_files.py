@@ -10,10 +10,10 @@ import json
 import math
 import os
 import re
-import resource
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -32,6 +32,20 @@ def _env(**extra):
     env.pop("ANYCNN_TEST_CHECKPOINT_STALL", None)
     env.update(extra)
     return env
+
+
+class _Peak:
+    """The peak of memory allocated through Python and NumPy (tracemalloc) inside the block, in
+    bytes: unlike ru_maxrss it is not masked by an earlier test's peak."""
+
+    def __enter__(self):
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        return self
+
+    def __exit__(self, *exc):
+        self.bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
 
 
 def _small_checkpoint(path, *, kind="momentum", epoch=1, seed=1):
@@ -202,9 +216,9 @@ def test_a_deflate_bomb_is_refused_from_the_directory_before_decompressing(tmp_p
         archive.compression = zipfile.ZIP_DEFLATED
         _deflated_zeros(archive, "param/fc5.weight", (2**16, 2**10))
     assert path.stat().st_size < 2**20
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _evaluate_fails(path, capsys, "param/fc5.weight' would expand from .* decompression bomb")
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
+    with _Peak() as peak:
+        _evaluate_fails(path, capsys, "param/fc5.weight' would expand from .* decompression bomb")
+    assert peak.bytes < 2**25
 
 
 @pytest.mark.parametrize(
@@ -336,9 +350,9 @@ def test_config_sizes_are_bounded_by_the_arrays_in_the_file(tmp_path, capsys, ch
     input ended in MemoryError tracebacks. Now one line, and nothing large is allocated."""
     path = _small_checkpoint(tmp_path / "c.npz")
     _edit_config(path, change)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _evaluate_fails(path, capsys, message)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
+    with _Peak() as peak:
+        _evaluate_fails(path, capsys, message)
+    assert peak.bytes < 2**25
 
 
 @pytest.mark.parametrize(
@@ -384,3 +398,77 @@ def test_nan_optimizer_state_and_dropped_velocity_are_refused(tmp_path, capsys):
     del arrays["optim/velocity/conv1.bias"]
     _write(path, arrays)
     _evaluate_fails(path, capsys, "'velocity/conv1.bias' missing after 5 steps")
+
+
+# --------------------------------------------------------------------------------------------
+# 3. IDX data: memory follows the data present, never the header's claim
+# --------------------------------------------------------------------------------------------
+def _idx_header(code, dims):
+    return struct.pack(">HBB", 0, code, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_a_sparse_idx_file_is_refused_without_allocating(tmp_path):
+    """Issue 20: a sparse file using 92 KiB of disk made the loader zero-fill 3.1 GB."""
+    from anycnn import datasets
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    dims = (1_000_000, 56, 56)  # 3.1 GB announced, and the file is that long: all holes
+    with open(path, "wb") as stream:
+        stream.write(_idx_header(0x08, dims))
+        stream.truncate(16 + math.prod(dims))
+    with _Peak() as peak:
+        with pytest.raises(datasets.DatasetError, match="sparse file: header announces"):
+            datasets.read_idx(path)
+        # with a limit only the images kept are read, and a sparse prefix is no threat
+        assert datasets.read_idx(path, max_items=3).shape == (3, 56, 56)
+    assert peak.bytes < 2**20
+
+
+def test_a_gzip_bomb_is_refused_while_decompressing(tmp_path):
+    """Issue 20: a 3 MB .gz reached 3.1 GB, then a MemoryError traceback."""
+    import gzip
+
+    from anycnn import datasets
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    dims = (100_000, 56, 56)  # 314 MB of zeros: ~300 KB compressed
+    with gzip.open(path, "wb", compresslevel=9) as stream:
+        stream.write(_idx_header(0x08, dims))
+        chunk = bytes(2**20)
+        for _ in range(math.prod(dims) // len(chunk)):
+            stream.write(chunk)
+        stream.write(bytes(math.prod(dims) % len(chunk)))
+    assert path.stat().st_size < 2**21
+    with _Peak() as peak:
+        with pytest.raises(datasets.DatasetError, match="expands more than 100 times"):
+            datasets.read_idx(path)
+    bound = datasets.MAX_GZIP_RATIO * path.stat().st_size + 2**23  # bytes it may decompress
+    assert peak.bytes < 2 * bound < math.prod(dims) / 2
+    assert datasets.read_idx(path, max_items=2).shape == (2, 56, 56)
+
+
+def test_load_with_a_limit_reads_only_the_images_it_keeps(tmp_path):
+    """A data directory whose training images claim (and hold) 200,000 images: ``limit=10``
+    reads 10 of them, and the counts are still checked against the labels."""
+    from anycnn import datasets
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"train": 200_000, "t10k": 50}
+    for split, n in sizes.items():
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(
+            _idx_header(0x08, images.shape) + images.tobytes()
+        )
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(
+            _idx_header(0x08, labels.shape) + labels.tobytes()
+        )
+    with _Peak() as peak:
+        data = datasets.load(folder, limit=10)
+    assert data.train_images.shape == (10, 28, 28) and data.test_images.shape == (10, 28, 28)
+    assert peak.bytes < 2**22  # the 157 MB of training images stay on disk
+    (folder / "train-labels-idx1-ubyte").write_bytes(_idx_header(0x08, (7,)) + bytes(7))
+    with pytest.raises(datasets.DatasetError, match="200000 images in .* but 7 labels"):
+        datasets.load(folder, limit=10)
