@@ -472,3 +472,57 @@ def test_load_with_a_limit_reads_only_the_images_it_keeps(tmp_path):
     (folder / "train-labels-idx1-ubyte").write_bytes(_idx_header(0x08, (7,)) + bytes(7))
     with pytest.raises(datasets.DatasetError, match="200000 images in .* but 7 labels"):
         datasets.load(folder, limit=10)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Building and restoring a deep network is linear in its layers
+# --------------------------------------------------------------------------------------------
+def _traced_lines(function, filename):
+    """How many lines of ``filename`` ran (sys.settrace) during ``function()``: a count of work
+    that does not depend on the machine's speed, unlike a timing."""
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename != filename:
+            return None
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        function()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def _deep(n, tmp_path=None):
+    from anycnn import FullyConnected, Network
+
+    layers = [FullyConnected(2, activation="identity") for _ in range(n)]
+    return Network(layers, input_shape=(2,), backend="cpu")
+
+
+def test_building_a_deep_network_is_linear(tmp_path):
+    """Issue 20: one ``is`` scan per layer made 40k layers take 31 s. Lines run in network.py
+    for 2n layers are about twice those for n (four times when quadratic)."""
+    import anycnn.network
+
+    where = anycnn.network.__file__
+    small = _traced_lines(lambda: _deep(300), where)
+    large = _traced_lines(lambda: _deep(600), where)
+    assert large < 2.5 * small, (small, large)
+
+
+def test_restoring_a_deep_checkpoint_is_linear(tmp_path):
+    """Restoring set each of 2n parameters by a scan over all of them (``set_parameter``)."""
+    import anycnn.network
+
+    where = anycnn.network.__file__
+    counts = []
+    for n in (200, 400):
+        path = ckpt.save_checkpoint(tmp_path / f"deep{n}.npz", _deep(n), epoch=1)
+        counts.append(_traced_lines(lambda path=path: ckpt.load_checkpoint(path), where))
+    assert counts[1] < 2.5 * counts[0], counts
