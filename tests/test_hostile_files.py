@@ -526,3 +526,232 @@ def test_restoring_a_deep_checkpoint_is_linear(tmp_path):
         path = ckpt.save_checkpoint(tmp_path / f"deep{n}.npz", _deep(n), epoch=1)
         counts.append(_traced_lines(lambda path=path: ckpt.load_checkpoint(path), where))
     assert counts[1] < 2.5 * counts[0], counts
+
+
+# --------------------------------------------------------------------------------------------
+# 7, 8. One run per checkpoint directory; resume trusts the stored epoch, not the file name
+# --------------------------------------------------------------------------------------------
+TRAIN = ["train", "--model", "dlt", "--limit", "64", "--batch-size", "32", "--quiet"]
+
+
+def test_a_second_run_on_a_locked_directory_is_refused_and_told_who_holds_it(tmp_path, capsys):
+    """Issue 20: two ``train --resume`` on one directory crashed (ENOENT after an epoch) or both
+    exited 0 with the directory a mix of two runs. A real process holds the lock here."""
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from anycnn.checkpoint import DirectoryLock; "
+            f"lock = DirectoryLock({str(folder)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code = main([*TRAIN, "--epochs", "1", "--checkpoint-dir", str(folder), "--resume"])
+        err = capsys.readouterr().err
+        assert code == EXIT_USAGE and err.count("\n") == 1, err
+        assert f"in use by another anycnn run (process {holder.pid} on host " in err
+        assert list(folder.glob("epoch-*")) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the lock with the process: the directory is usable again
+    assert main([*TRAIN, "--epochs", "1", "--checkpoint-dir", str(folder), "--resume"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-0001.npz"]
+
+
+def test_two_concurrent_resumes_never_mix_runs(tmp_path):
+    """Two real processes resume the same directory at once: exactly one trains (epochs 2-3),
+    the other is refused with one line, and every file belongs to one run."""
+    folder = tmp_path / "ck"
+    assert main([*TRAIN, "--epochs", "1", "--checkpoint-dir", str(folder)]) == 0
+    argv = [sys.executable, "-m", "anycnn", *TRAIN, "--epochs", "3"]
+    runs = [
+        subprocess.Popen(
+            [*argv, "--seed", str(seed), "--checkpoint-dir", str(folder), "--resume"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for seed in (1, 2)
+    ]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, EXIT_USAGE], [0, 0]), results
+    for code, err in results:
+        if code == EXIT_USAGE:
+            assert err.count("\n") == 1 and "another" in err, err
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["epoch-0001.npz", "epoch-0002.npz", "epoch-0003.npz"], names
+    run_ids = {ckpt.read_info(folder / name)["run_id"] for name in names}
+    assert len(run_ids) == 1
+
+
+def test_resume_refuses_a_file_whose_name_and_epoch_disagree(tmp_path, capsys):
+    """Issue 20: another run's epoch-1 file copied in as epoch-0009.npz made --resume restart
+    from epoch 1 and overwrite the good epoch 2 and 3 files, exit 0."""
+    folder, other = tmp_path / "ck", tmp_path / "other"
+    assert main([*TRAIN, "--epochs", "3", "--checkpoint-dir", str(folder)]) == 0
+    assert main([*TRAIN, "--epochs", "1", "--seed", "5", "--checkpoint-dir", str(other)]) == 0
+    good = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (folder / "epoch-0009.npz").write_bytes((other / "epoch-0001.npz").read_bytes())
+    capsys.readouterr()
+    code = main([*TRAIN, "--epochs", "12", "--checkpoint-dir", str(folder), "--resume"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and err.count("\n") == 1, err
+    assert "the file name says epoch 9 but it holds epoch 1" in err
+    for name, data in good.items():
+        assert (folder / name).read_bytes() == data
+
+
+def test_a_fresh_run_never_overwrites_another_runs_checkpoints(tmp_path, capsys):
+    folder = tmp_path / "ck"
+    assert main([*TRAIN, "--epochs", "2", "--checkpoint-dir", str(folder)]) == 0
+    good = {p.name: p.read_bytes() for p in folder.iterdir()}
+    capsys.readouterr()
+    assert main([*TRAIN, "--epochs", "2", "--seed", "9", "--checkpoint-dir", str(folder)]) == 2
+    assert "holds checkpoints" in capsys.readouterr().err
+    # the library refuses as well (the command line says so before building anything)
+    from anycnn import datasets, train
+
+    net = models.build("dlt", backend="cpu", seed=9)
+    with pytest.raises(ckpt.CheckpointError, match="holds checkpoints of another run"):
+        train.train(
+            net, datasets.load("mnist", limit=64), epochs=2, checkpoint_dir=folder, progress=False
+        )
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == good
+
+
+def test_odd_file_names_in_a_checkpoint_directory_are_ignored(tmp_path):
+    """Issue 20: a stray ``epoch-\u00b2.npz`` broke the directory ("invalid literal for int()")."""
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for name in ("epoch-\u00b2.npz", "epoch-\u0663.npz", "epoch-.npz", "epoch-12a.npz"):
+        (folder / name).write_bytes(b"junk")
+    assert ckpt.latest_checkpoint(folder) is None
+    path = _small_checkpoint(folder / "epoch-0002.npz", epoch=2)
+    assert ckpt.latest_checkpoint(folder) == path
+    assert ckpt.epoch_of("epoch-\u00b2.npz") is None and ckpt.epoch_of(path) == 2
+
+
+def test_a_bad_history_entry_on_resume_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "ck"
+    assert main([*TRAIN, "--epochs", "1", "--checkpoint-dir", str(folder)]) == 0
+    _edit_info(folder / "epoch-0001.npz", _info_change("history", [{"nonsense": 1}]))
+    capsys.readouterr()
+    code = main([*TRAIN, "--epochs", "2", "--checkpoint-dir", str(folder), "--resume"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and err.count("\n") == 1 and "bad history" in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Silent wrongs of the files written
+# --------------------------------------------------------------------------------------------
+def test_metrics_never_replace_a_checkpoint(tmp_path, capsys):
+    """Issue 20: ``--metrics ck/epoch-0002.npz`` replaced that checkpoint with JSON, exit 0."""
+    folder = tmp_path / "ck"
+    assert main([*TRAIN, "--epochs", "2", "--checkpoint-dir", str(folder)]) == 0
+    before = (folder / "epoch-0002.npz").read_bytes()
+    capsys.readouterr()
+    metrics = str(folder / "epoch-0002.npz")
+    code = main(
+        [*TRAIN, "--epochs", "1", "--checkpoint-dir", str(tmp_path / "b"), "--metrics", metrics]
+    )
+    assert code == EXIT_USAGE and "named like a checkpoint" in capsys.readouterr().err
+    assert (folder / "epoch-0002.npz").read_bytes() == before
+    other = tmp_path / "model.bin"
+    other.write_bytes(b"PK\x03\x04 not json")
+    code = main([*TRAIN, "--epochs", "1", "--metrics", str(other)])
+    assert code == EXIT_USAGE and "not a metrics file" in capsys.readouterr().err
+    assert other.read_bytes() == b"PK\x03\x04 not json"
+
+
+def test_a_250_character_metrics_name_works(tmp_path):
+    """Issue 20: its temporary name exceeded 255 bytes and the run failed after epoch 1."""
+    metrics = tmp_path / ("m" * 245 + ".json")
+    assert main([*TRAIN, "--epochs", "1", "--metrics", str(metrics)]) == 0
+    assert json.loads(metrics.read_text())["history"][0]["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [metrics.name]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_files_get_the_umask_and_no_host_name(tmp_path, mask):
+    """Issue 20 (and 13): checkpoints and metrics were created 0600 whatever the umask, and
+    recorded the host name (which leaves with every file handed on)."""
+    import socket
+
+    old = os.umask(mask)
+    try:
+        folder, metrics = tmp_path / "ck", tmp_path / "m.json"
+        assert (
+            main(
+                [
+                    *TRAIN,
+                    "--epochs",
+                    "1",
+                    "--checkpoint-dir",
+                    str(folder),
+                    "--metrics",
+                    str(metrics),
+                ]
+            )
+            == 0
+        )
+    finally:
+        os.umask(old)
+    for path in (folder / "epoch-0001.npz", metrics):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, (path, oct(path.stat().st_mode))
+    host = socket.gethostname()
+    assert host not in json.dumps(ckpt.read_info(folder / "epoch-0001.npz"))
+    assert host not in metrics.read_text()
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(stream, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    folder = tmp_path / "ck"
+    code = main([*TRAIN, "--epochs", "1", "--checkpoint-dir", str(folder)])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and err.count("\n") == 1, err
+    assert f"cannot write the checkpoint {folder / 'epoch-0001.npz'}: No space left" in err
+    assert list(folder.iterdir()) == []  # no temporary file left behind
+
+
+def test_the_stored_model_name_is_printed_escaped(tmp_path, capsys):
+    """Issue 20: newlines and escape codes in a stored name could fake output lines."""
+    path = _small_checkpoint(tmp_path / "c.npz")
+    _edit_config(path, lambda c: c.__setitem__("name", "dlt\nerror: fake\x1b[2J"))
+    code = main(["evaluate", str(path), "--limit", "8"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "\x1b" not in out and "\nerror: fake" not in out and "dlt\\nerror: fake" in out
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Plots never follow a symlink
+# --------------------------------------------------------------------------------------------
+def test_plots_replace_a_symlink_instead_of_writing_through_it(tmp_path):
+    """Issue 20: with ``plots/kernels.png -> ../victim.txt``, ``train --plots`` overwrote
+    ``victim.txt``."""
+    pytest.importorskip("matplotlib")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    names = ("kernels.png", "learning_curves.png", "feature_maps.png")
+    for name in names:
+        (plots / name).symlink_to(Path("..") / "victim.txt")
+    assert main([*TRAIN, "--epochs", "1", "--plots", str(plots)]) == 0
+    assert victim.read_text() == "precious"
+    written = sorted(plots.iterdir())
+    assert written and not any(p.is_symlink() for p in written)
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
