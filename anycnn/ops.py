@@ -103,6 +103,29 @@ def _pad2(x: Array, ph: int, pw: int, xp: Any) -> Array:
     return x
 
 
+def fit_maps(x: Array, h: int, w: int) -> Array:
+    """``x`` cropped or zero-padded at the bottom and right to ``(N, C, h, w)``.
+
+    Not a hot op (a slice, or one concatenation): the subsampling layers' ``remainder`` crops
+    (``"drop"``) or pads (``"pad"``) their input to whole blocks with it, and its adjoint, the
+    same call with the input's size, takes ``up(delta)`` back (zeros for the dropped rows, the
+    padded rows cut off). Returns ``x`` itself when it already has that size.
+    """
+    xp = array_api_compat.array_namespace(x)
+    n, c, rows, cols = x.shape
+    if (rows, cols) == (h, w):
+        return x
+    x = x[:, :, : min(rows, h), : min(cols, w)]
+    dev = array_api_compat.device(x)
+    if cols < w:
+        x = xp.concat(
+            [x, xp.zeros((n, c, x.shape[2], w - cols), dtype=x.dtype, device=dev)], axis=3
+        )
+    if rows < h:
+        x = xp.concat([x, xp.zeros((n, c, h - rows, w), dtype=x.dtype, device=dev)], axis=2)
+    return x
+
+
 def conv_full(delta: Array, kernel: Array, selection: Array | None = None) -> Array:
     """Back-propagate sensitivities through a convolution: ``conv2(delta, rot180(k), 'full')``.
 
@@ -329,7 +352,8 @@ def conv_backward(
     (3.1.1): ``(dE/dk, dE/db, delta)``.
 
     ``delta = f'(u) o dE/dy`` from the saved output ``y``, where ``dE/dy = up(dy)``, the kron
-    up-sampling by ``up`` (:func:`kron_upsample`) when the layer above is a subsampling layer:
+    up-sampling by ``up`` (:func:`kron_upsample`) when the layer above is a subsampling layer,
+    cropped or zero-padded to ``y``'s size (:func:`fit_maps`) when that layer has a remainder:
     then this is the notes' ``delta_j = beta_j (f'(u_j) o up(delta_j^{l+1}))``, the
     subsampling layer having already multiplied its sensitivity by ``beta``. ``dE/dk`` is eq. (7)
     (:func:`conv_kernel_grad`), ``dE/db_j = sum_{n,u,v} delta``; ``delta`` itself is returned
@@ -338,7 +362,7 @@ def conv_backward(
     """
     xp = array_api_compat.array_namespace(x, dy, y)
     if up > 1:
-        dy = kron_upsample(dy, up)
+        dy = fit_maps(kron_upsample(dy, up), y.shape[2], y.shape[3])
     delta = activation.sensitivity(dy, y, xp)
     grad = conv_kernel_grad(x, delta, selection)
     return grad, xp.sum(delta, axis=(0, 2, 3)), delta if need_delta else None

@@ -66,15 +66,21 @@ def torch_loss_and_gradients(net, x, t):
         if isinstance(layer, Convolution):
             mask = torch.tensor(layer.table, dtype=torch.float64)[:, :, None, None]
             weight = to_cross_correlation(p["kernel"]) * mask  # differentiable: a torch flip
-            u = TF.conv2d(h, weight, p["bias"])
+            u = TF.conv2d(h, weight, p["bias"], padding=_torch_padding(layer))
         elif isinstance(layer, Subsampling):
             n = layer.n
+            # remainder="pad" is PyTorch's ceil_mode (a partial block averages the samples
+            # present), "drop" its default; "error" layers only see whole blocks.
+            ceil = layer.remainder == "pad"
             if layer.mode == "sum":
-                down = TF.avg_pool2d(h, n) * (n * n)
+                down = TF.avg_pool2d(h, n, ceil_mode=ceil, divisor_override=1)
             elif layer.mode == "mean":
-                down = TF.avg_pool2d(h, n)
+                down = TF.avg_pool2d(h, n, ceil_mode=ceil)
             else:
-                down = h[:, :, ::n, ::n]
+                rows, cols = h.shape[2], h.shape[3]
+                if not ceil:
+                    rows, cols = rows - rows % n, cols - cols % n
+                down = h[:, :, :rows:n, :cols:n]
             u = down * _per_map(p["beta"]) + _per_map(p["bias"]) if layer.trainable else down
         elif isinstance(layer, FullyConnected):
             u = TF.linear(h, p["weight"], p["bias"])
@@ -88,6 +94,12 @@ def torch_loss_and_gradients(net, x, t):
         loss = 0.5 * ((h - target) ** 2).sum() / h.shape[0]  # eq. (1), averaged over the batch
     loss.backward()
     return loss.item(), {name: leaf.grad.numpy() for name, leaf in leaves.items()}
+
+
+def _torch_padding(layer):
+    """PyTorch's ``padding`` argument for the layer's: its names, or the (rows, columns) ints."""
+    spec = getattr(layer, "padding", "valid")
+    return spec if isinstance(spec, str) else tuple(spec)
 
 
 def _compare(net, x_host, t_host):
@@ -157,6 +169,34 @@ SMALL = {
         loss="cross_entropy",
         dtype="float64",
         seed=4,
+    ),
+    # issue 23: odd map sizes, each remainder and mode of the subsampling layers
+    "remainders-odd-maps": lambda: Network(
+        [
+            Convolution(3, 2, activation="tanh"),
+            Subsampling(2, "mean", activation="sigmoid", remainder="pad"),
+            Convolution(4, (2, 1), selection="pairs", activation="tanh"),
+            Subsampling(3, "sum", activation="tanh", remainder="drop"),
+            Flatten(),
+            FullyConnected(3, activation="sigmoid"),
+        ],
+        (2, 12, 10),
+        dtype="float64",
+        seed=5,
+    ),
+    "remainders-decimate": lambda: Network(
+        [
+            Convolution(2, (3, 2), activation="sigmoid"),
+            Subsampling(2, "decimate", activation="tanh", remainder="pad"),
+            Convolution(3, 2, activation="tanh"),
+            Subsampling(2, "decimate", trainable=False, remainder="drop"),
+            Subsampling(1, "mean", trainable=False, remainder="drop"),
+            Flatten(),
+            FullyConnected(2, activation="identity"),
+        ],
+        (1, 11, 12),
+        dtype="float64",
+        seed=6,
     ),
 }
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from anycnn.layers.activations import get_activation
 from anycnn.layers.base import Array, BuildContext, Layer, Shape, Upsampled
+from anycnn.ops import fit_maps
 
 # LeCun et al. 1998, Table I: which S2 maps (rows) each C3 map (columns) combines.
 _LENET5_C3 = [
@@ -238,8 +239,8 @@ class Convolution(Layer):
                 self._x, dy, self._y, self.activation, self._selection, up, need_input_grad
             )
         else:
-            if up > 1:
-                dy = ops.kron_upsample(dy, up)
+            if up > 1:  # a subsampling remainder: fit up(dy) to y (anycnn.ops.fit_maps)
+                dy = fit_maps(ops.kron_upsample(dy, up), *self._y.shape[2:])
             delta = self._sensitivity(dy)  # f'(u) o dE/dy
             kernel_grad = ops.conv_kernel_grad(self._x, delta, self._selection)  # eq. (7)
             bias_grad = self._xp.sum(delta, axis=(0, 2, 3))

@@ -784,17 +784,23 @@ def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True):
         and _usable(x, dy)
         and dy.dtype == y.dtype
         and dy.shape[:2] == y.shape[:2]
-        and dy.shape[2] * up == y.shape[2]
-        and dy.shape[3] * up == y.shape[3]
+        and _fits_up(dy.shape[2], up, y.shape[2])
+        and _fits_up(dy.shape[3], up, y.shape[3])
         and _direct(x, dy, o * c)
         and _compiled_layout(y)
     ):
         return _direct_backward(x, dy, y, formula, selection, up, need_delta)
     if up > 1:
-        dy = kron_upsample(dy, up)
+        dy = np.ascontiguousarray(_reference.fit_maps(kron_upsample(dy, up), *y.shape[2:]))
     delta = sensitivity(dy, y, activation)
     grad = conv_kernel_grad(x, delta, selection)
     return grad, np.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
+
+
+def _fits_up(small: int, up: int, size: int) -> bool:
+    """Whether ``up(dy)`` along an axis of ``small`` deltas covers ``size`` outputs up to a
+    subsampling remainder: ``size // up`` deltas ("drop") or ``ceil(size / up)`` ("pad")."""
+    return size // up <= small <= -(-size // up) and small > 0
 
 
 def _direct_backward(x, dy, y, formula, selection, up, need_delta):
