@@ -22,9 +22,24 @@ def _maps(where: str, name: str, x: Any) -> None:
     checks.check_float(where, name, x)
 
 
-def conv_valid(x: Any, kernel: Any, selection: Any = None) -> Any:
+def _padding(where: str, padding: Any) -> tuple[int, int]:
+    """``(ph, pw)``: two non-negative ints (Note [Zero padding] in anycnn.ops)."""
+    try:
+        ph, pw = padding
+    except (TypeError, ValueError):
+        ph = pw = None
+    for value in (ph, pw):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"{where}: padding must be (rows, columns), two non-negative ints, got {padding!r}"
+            )
+    return int(ph), int(pw)
+
+
+def conv_valid(x: Any, kernel: Any, selection: Any = None, padding: Any = (0, 0)) -> Any:
     where = "conv_valid"
     be = backend_of(x, kernel, selection, op=where)
+    ph, pw = _padding(where, padding)
     _maps(where, "x", x)
     checks.check_rank(where, "kernel", kernel, 4, "(C_out, C_in, kh, kw)")
     checks.check_same_dtype(where, ("x", "kernel"), x, kernel)
@@ -34,17 +49,22 @@ def conv_valid(x: Any, kernel: Any, selection: Any = None) -> Any:
             f"{where}: x has {x.shape[1]} maps but the kernel expects C_in = {c_in} "
             f"(x {checks.shape_str(x.shape)}, kernel {checks.shape_str(kernel.shape)})"
         )
-    if kh > x.shape[2] or kw > x.shape[3]:
+    if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
+        padded = f" padded by ({ph}, {pw})" if ph or pw else ""
         raise ValueError(
-            f"{where}: kernel {kh}x{kw} is larger than the {x.shape[2]}x{x.shape[3]} input maps"
+            f"{where}: kernel {kh}x{kw} is larger than the {x.shape[2]}x{x.shape[3]} input "
+            f"maps{padded}"
         )
     checks.check_selection(where, selection, c_out, c_in)
+    if ph or pw:
+        return be.ops.conv_valid(x, kernel, selection, (ph, pw))
     return be.ops.conv_valid(x, kernel, selection)
 
 
-def conv_full(delta: Any, kernel: Any, selection: Any = None) -> Any:
+def conv_full(delta: Any, kernel: Any, selection: Any = None, padding: Any = (0, 0)) -> Any:
     where = "conv_full"
     be = backend_of(delta, kernel, selection, op=where)
+    ph, pw = _padding(where, padding)
     _maps(where, "delta", delta)
     checks.check_rank(where, "kernel", kernel, 4, "(C_out, C_in, kh, kw)")
     checks.check_same_dtype(where, ("delta", "kernel"), delta, kernel)
@@ -54,13 +74,23 @@ def conv_full(delta: Any, kernel: Any, selection: Any = None) -> Any:
             f"{where}: delta has {delta.shape[1]} maps but the kernel has C_out = {c_out} "
             f"(delta {checks.shape_str(delta.shape)}, kernel {checks.shape_str(kernel.shape)})"
         )
+    _, _, kh, kw = kernel.shape
+    if 2 * ph >= delta.shape[2] + kh - 1 or 2 * pw >= delta.shape[3] + kw - 1:
+        raise ValueError(
+            f"{where}: padding ({ph}, {pw}) leaves no input: the 'full' convolution of "
+            f"{delta.shape[2]}x{delta.shape[3]} deltas with a {kh}x{kw} kernel has "
+            f"{delta.shape[2] + kh - 1}x{delta.shape[3] + kw - 1} maps"
+        )
     checks.check_selection(where, selection, c_out, c_in)
+    if ph or pw:
+        return be.ops.conv_full(delta, kernel, selection, (ph, pw))
     return be.ops.conv_full(delta, kernel, selection)
 
 
-def conv_kernel_grad(x: Any, delta: Any, selection: Any = None) -> Any:
+def conv_kernel_grad(x: Any, delta: Any, selection: Any = None, padding: Any = (0, 0)) -> Any:
     where = "conv_kernel_grad"
     be = backend_of(x, delta, selection, op=where)
+    ph, pw = _padding(where, padding)
     _maps(where, "x", x)
     _maps(where, "delta", delta)
     checks.check_same_dtype(where, ("x", "delta"), x, delta)
@@ -68,12 +98,15 @@ def conv_kernel_grad(x: Any, delta: Any, selection: Any = None) -> Any:
         raise ValueError(
             f"{where}: x and delta have different batch sizes, {x.shape[0]} and {delta.shape[0]}"
         )
-    if delta.shape[2] > x.shape[2] or delta.shape[3] > x.shape[3]:
+    if delta.shape[2] > x.shape[2] + 2 * ph or delta.shape[3] > x.shape[3] + 2 * pw:
+        padded = f" padded by ({ph}, {pw})" if ph or pw else ""
         raise ValueError(
             f"{where}: delta maps {delta.shape[2]}x{delta.shape[3]} are larger than the "
-            f"{x.shape[2]}x{x.shape[3]} input maps"
+            f"{x.shape[2]}x{x.shape[3]} input maps{padded}"
         )
     checks.check_selection(where, selection, delta.shape[1], x.shape[1])
+    if ph or pw:
+        return be.ops.conv_kernel_grad(x, delta, selection, (ph, pw))
     return be.ops.conv_kernel_grad(x, delta, selection)
 
 

@@ -565,6 +565,45 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("padding", [(1, 1), (2, 0), (3, 2)], ids=str)
+@pytest.mark.parametrize("case", CONV_CASES[1:3], ids=lambda c: "x".join(map(str, c[:7])))
+def test_padded_convolutions_match_scipy(impl, dtype, padding, case, rng):
+    """Note [Zero padding] in anycnn.ops: im2col pads (and, for the 'full' convolution, crops
+    by a smaller or negative padding) in its index arithmetic; SciPy on np.pad-ded maps."""
+    n, c_in, c_out, kh, kw, h, w, with_selection = case
+    ph, pw = padding
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    k = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+    d = rng.standard_normal((n, c_out, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1)).astype(dtype)
+    sel = rng.random((c_out, c_in)) < 0.6 if with_selection else None
+    bx, bk, bd = (impl.put(a) for a in (x, k, d))
+    bsel = None if sel is None else impl.put(sel)
+    x64, k64, d64 = (a.astype(np.float64) for a in (x, k, d))
+    padded = np.pad(x64, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    full = oracles.conv_full(d64, k64, sel)
+    expected = {
+        "conv_valid": oracles.conv_valid(padded, k64, sel),
+        "conv_full": full[:, :, ph : full.shape[2] - ph, pw : full.shape[3] - pw],
+        "conv_kernel_grad": oracles.conv_kernel_grad(padded, d64, sel),
+    }
+    got = {
+        "conv_valid": impl._ops.conv_valid(bx, bk, bsel, padding),
+        "conv_full": impl._ops.conv_full(bd, bk, bsel, padding),
+        "conv_kernel_grad": impl._ops.conv_kernel_grad(bx, bd, bsel, padding),
+    }
+    for name, out in got.items():
+        assert out.dtype == np.dtype(dtype), name
+        scale = float(np.abs(expected[name]).max())
+        _close(
+            impl.get(out),
+            expected[name],
+            dtype,
+            atol=TOL[dtype]["atol"] * max(1.0, scale),
+            err_msg=f"{name} ({impl.name}, padding={padding})",
+        )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("gemm", ["cublas", "kernel"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:7])))
 def test_convolutions_match_scipy(impl, dtype, gemm, case, rng):

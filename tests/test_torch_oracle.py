@@ -5,6 +5,8 @@ with ``torch.nn.functional`` and differentiated by autograd; the loss and every 
 The translation is the public one: anycnn kernels are MATLAB ``conv2`` kernels (flipped), so
 ``F.conv2d`` (a cross-correlation) gets ``to_cross_correlation(kernel)``; an input-map selection
 is a masked weight; the notes' sum subsampling is ``avg_pool2d * n^2``, times beta, plus b.
+A layer's ``padding`` is conv2d's, and a subsampling remainder ``"pad"`` is avg_pool2d's
+``ceil_mode=True`` (``"drop"`` its default).
 """
 
 from __future__ import annotations
@@ -184,6 +186,20 @@ SMALL = {
         dtype="float64",
         seed=5,
     ),
+    # issue 23: zero padding ("same", ints, rows only) with rectangular kernels and maps
+    "padding-rectangular": lambda: Network(
+        [
+            Convolution(3, (3, 5), padding="same", activation="tanh"),
+            Subsampling(2, "sum", activation="sigmoid", remainder="drop"),
+            Convolution(4, (2, 3), padding=(1, 0), selection="pairs", activation="tanh"),
+            Convolution(2, 2, padding=2, activation="relu"),
+            Flatten(),
+            FullyConnected(3, activation="sigmoid"),
+        ],
+        (2, 9, 7),
+        dtype="float64",
+        seed=7,
+    ),
     "remainders-decimate": lambda: Network(
         [
             Convolution(2, (3, 2), activation="sigmoid"),
@@ -220,6 +236,20 @@ def test_kernel_conversion_round_trip(backend, rng):
     assert_close(
         to_cross_correlation(from_cross_correlation(k)), k_host, backend=backend, rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("padding", ["same", 1, (2, 0)], ids=str)
+def test_padded_convolution_is_torch_conv2d_with_padding(backend, rng, padding):
+    """Forward values with zero padding: F.conv2d(padding=...) of the converted kernel, on a
+    rectangular kernel and rectangular maps."""
+    net = Network(
+        [Convolution(3, (3, 5), padding=padding, activation="identity")], (2, 6, 8), dtype="float64"
+    )
+    x_host = rng.standard_normal((2, 2, 6, 8))
+    y = net.forward(backend.asarray(x_host, dtype="float64"))
+    kernel = torch.tensor(backend.to_host(net.parameters()["conv1.kernel"]))
+    expected = TF.conv2d(torch.tensor(x_host), to_cross_correlation(kernel), padding=padding)
+    assert_close(y, expected.numpy(), backend=backend)
 
 
 def test_convolution_layer_is_torch_conv2d_of_the_converted_kernel(backend, rng):

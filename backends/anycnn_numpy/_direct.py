@@ -28,7 +28,9 @@ directly, as correlations, on a layout that makes every inner loop long and cont
 weights) and, on the deltas zero-padded by ``kh - 1``, ``kw - 1`` with the kernels transposed
 (not flipped: conv2 of ``rot180(k)`` is a correlation with ``k``), the 'full' convolution of
 3.2.1; there the zero columns between two examples serve both (no grid column is thrown away)
-and the zero rows are not stored, the taps that would read them skipped. ``correlate_grad`` is
+and the zero rows are not stored, the taps that would read them skipped. The same padding
+serves a layer's ``padding`` (Note [Zero padding] in anycnn.ops): ``(ph, pw)`` in the forward
+convolution, ``(kh - 1 - ph, kw - 1 - pw)`` in the 'full' one (its crop). ``correlate_grad`` is
 eq. (7)'s kernel gradient as dot products along the same grid, delta copied onto it with zeros
 in the thrown-away columns; it also forms delta itself, ``f'(u) o up(dy)``, map by map as it
 copies it (the fused ``conv_backward``, Note [Deferred up-sampling]), and sums the bias gradient
@@ -250,7 +252,11 @@ def correlate_into(
     oh, ow = out.shape[2], out.shape[3]
     kind, p0, p1 = act
     stride = w + pad_w  # of one example along an interleaved row
-    t = np.empty(c * h * (chunk * stride + pad_w), x.dtype)
+    # kw more: the last taps of the last map read up to kw - 1 numbers past its rows for grid
+    # columns that are thrown away; they must stay inside the buffer.
+    used = c * h * (chunk * stride + pad_w)
+    t = np.empty(used + wts.shape[3], x.dtype)
+    t[used:] = 0
     grid = np.empty((2, oh * (chunk * stride + pad_w)), x.dtype)
     for n0 in range(start, stop, chunk):
         m = min(chunk, stop - n0)
