@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from anycnn import checkpoint as ckpt
-from anycnn import datasets
+from anycnn import datasets, subnormals
 from anycnn.network import Network
 from anycnn.optim import SGD, Optimizer
 
@@ -476,6 +476,7 @@ class Trainer:
         evaluate_test: bool = True,
         run_info: Mapping[str, Any] | None = None,
         gradient_hooks: Sequence[GradientHook] = (),
+        flush_subnormals: bool | None = None,
     ):
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit)):
             if name == "limit" and value is None:
@@ -487,6 +488,9 @@ class Trainer:
         self.network, self.dataset, self.epochs, self.seed = network, dataset, epochs, seed
         self.progress, self.callbacks = progress, list(callbacks)
         self.gradient_hooks = list(gradient_hooks)
+        self.flush_subnormals = (
+            subnormals.default_enabled() if flush_subnormals is None else bool(flush_subnormals)
+        )
         self.evaluate_test, self.limit = evaluate_test, limit
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
         self._load_data(dataset, limit)
@@ -652,7 +656,11 @@ class Trainer:
         network, optimizer = self.network, self.optimizer
         xp = network.backend.xp
         epoch_began = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # Note [Subnormals] in anycnn.subnormals: saturated units must not slow training down.
+        with (
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+            subnormals.flushing(self.flush_subnormals),
+        ):
             hessian_seconds = self.start_epoch(epoch)
             order = datasets.batches(self.n, self.batch_size, rng=self.rng)
             bar = tqdm(
@@ -768,6 +776,7 @@ def train(
     evaluate_test: bool = True,
     run_info: Mapping[str, Any] | None = None,
     gradient_hooks: Sequence[GradientHook] = (),
+    flush_subnormals: bool | None = None,
 ) -> TrainResult:
     """Train ``network`` on ``dataset`` for ``epochs`` passes (in total, counting resumed ones).
 
@@ -813,6 +822,11 @@ def train(
     gradient_hooks : sequence of callables
         Each is called with the :class:`Trainer` after every back-propagation, before the
         optimizer's update (:data:`GradientHook`).
+    flush_subnormals : bool, optional
+        Run each pass with subnormal floats flushed to zero on the CPU (Note [Subnormals] in
+        :mod:`anycnn.subnormals`: saturated logistic units otherwise slow steps down many
+        times; a change below 1.2e-38 per operation). On by default; ``False`` or
+        ``ANYCNN_FLUSH_SUBNORMALS=0`` turns it off. FTZ/DAZ are restored after each pass.
 
     Returns
     -------
@@ -845,4 +859,5 @@ def train(
         evaluate_test=evaluate_test,
         run_info=run_info,
         gradient_hooks=gradient_hooks,
+        flush_subnormals=flush_subnormals,
     ).run()

@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from anycnn import ops as _reference
+from anycnn import subnormals as _subnormals
 from anycnn_numpy import _jit
 
 
@@ -165,6 +166,7 @@ class _Job:
         "errstate",
         "taken",
         "flag",
+        "flush",
     )
 
     def __init__(self, function, slices):
@@ -172,6 +174,8 @@ class _Job:
         # `with np.errstate(over="ignore")` around an op covers all of its slices (the training
         # loop's divergence check relies on that to keep warnings off stderr).
         self.errstate = np.geterr()
+        # Note [Subnormals] in anycnn.subnormals: helpers flush subnormals when the caller does.
+        self.flush = _subnormals.is_flushing()
         self.function = function
         self.slices = slices
         self.next = itertools.count()  # next() on a count is atomic under the GIL
@@ -183,6 +187,9 @@ class _Job:
         self.flag = np.zeros(1, np.int64)  # 1 once done: what a spinning caller watches
 
     def work(self, helper: bool = False) -> None:
+        if helper and getattr(_local, "flush", False) != self.flush:
+            _subnormals.set_flush_bits(self.flush)  # this pool thread's MXCSR, kept for the next
+            _local.flush = self.flush
         with np.errstate(**self.errstate):
             self._work(helper)
 
