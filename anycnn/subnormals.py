@@ -49,7 +49,6 @@ import platform
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 __all__ = ["FLUSH_BITS", "available", "flushing", "is_flushing", "default_enabled"]
 
@@ -68,47 +67,9 @@ def _compile() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     if os.environ.get("ANYCNN_NUMBA", "1").strip() == "0":
         return None
     try:
-        import numba
-        from llvmlite import ir
-        from numba import types
-        from numba.core import cgutils
-        from numba.extending import intrinsic
+        from anycnn._mxcsr import get_csr, set_csr
     except ImportError:
         return None
-
-    def call(builder: Any, name: str, slot: Any) -> None:
-        byte_pointer = ir.PointerType(ir.IntType(8))
-        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer])
-        function = cgutils.get_or_insert_function(builder.module, function_type, name)
-        builder.call(function, [builder.bitcast(slot, byte_pointer)])
-
-    @intrinsic
-    def stmxcsr(typingctx):  # pragma: no cover - compiled
-        def codegen(context, builder, signature, args):
-            slot = cgutils.alloca_once(builder, ir.IntType(32))
-            call(builder, "llvm.x86.sse.stmxcsr", slot)
-            return builder.load(slot)
-
-        return types.uint32(), codegen
-
-    @intrinsic
-    def ldmxcsr(typingctx, value):  # pragma: no cover - compiled
-        def codegen(context, builder, signature, args):
-            slot = cgutils.alloca_once(builder, ir.IntType(32))
-            builder.store(args[0], slot)
-            call(builder, "llvm.x86.sse.ldmxcsr", slot)
-            return context.get_dummy_value()
-
-        return types.void(types.uint32), codegen
-
-    @numba.njit(nogil=True)
-    def get_csr():  # pragma: no cover - compiled
-        return stmxcsr()
-
-    @numba.njit(nogil=True)
-    def set_csr(value):  # pragma: no cover - compiled
-        ldmxcsr(numba.uint32(value))
-
     try:
         set_csr(get_csr())  # compile both now, where a failure can still be reported as None
     except Exception:  # noqa: BLE001 - an LLVM without the intrinsics: no flushing, no crash
