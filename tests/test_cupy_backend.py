@@ -776,6 +776,49 @@ def test_zoo_models_get_the_same_gradients_through_the_cupy_ops(host_modules, mo
         np.testing.assert_allclose(got[name], want[name], rtol=1e-11, atol=1e-14, err_msg=name)
 
 
+def test_any_size_network_gets_the_same_gradients_through_the_cupy_ops(host_modules, rng):
+    """Issue 23's network through the CuPy backend's ops on the host: 3x64x64 inputs, a 'valid'
+    and a 'same' 3x3 convolution, subsampling layers that drop a remainder (31 -> 15)."""
+    import array_api_compat.numpy
+
+    from anycnn.backend import Backend
+    from anycnn.layers import Convolution, Flatten, FullyConnected, Subsampling
+    from anycnn.network import Network
+
+    emulated = Backend(
+        name="cupy_ops_on_host",
+        array_module="numpy",
+        namespace=lambda: array_api_compat.numpy,
+        device=lambda: "cpu",
+        fast_ops=lambda: host_modules["_ops"].OPS,
+    )
+
+    def build(backend):
+        return Network(
+            [
+                Convolution(4, 3, padding="valid", activation="tanh"),
+                Subsampling(2, "mean", remainder="drop"),
+                Convolution(6, (3, 3), padding="same", selection="pairs", activation="sigmoid"),
+                Subsampling(2, "sum", activation="tanh", remainder="drop"),
+                Flatten(),
+                FullyConnected(3, activation="sigmoid"),
+            ],
+            (3, 64, 64),
+            dtype="float64",
+            backend=backend,
+        )
+
+    cpu, emu = build("numpy"), build(emulated)
+    x = rng.standard_normal((3, 3, 64, 64))
+    t = np.eye(3)[[0, 2, 1]]
+    emu.compute_gradients(x, t, check=False)
+    cpu.compute_gradients(x, t)
+    want, got = cpu.gradients(), emu.gradients()
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-11, atol=1e-14, err_msg=name)
+
+
 def test_gemm_mode_and_matmul_dispatch(host_modules):
     kernels = host_modules["_kernels"]
     assert not kernels.uses_kernel_gemm()  # auto, and the (host) stream is not capturing
