@@ -141,12 +141,15 @@ def fit_maps(x: Array, h: int, w: int) -> Array:
 # ``conv_kernel_grad(pad(x), delta)``, and the sensitivity of the padded input is the notes'
 # ``conv2(delta, rot180(k), 'full')``, of size ``H + 2 ph``; the zeros are constants, so the
 # sensitivity of x itself is that 'full' convolution cropped back by (ph, pw) on each side (the
-# adjoint of pad is the crop). The ops take ``padding`` and never form the padded copies where
-# they can avoid them: the reference reads the 'full' convolution's window at an offset (a
-# ``delta`` padded by ``kh - 1`` rows, output rows ``ph .. ph + H - 1``), the NumPy backend's
-# direct kernels pad as they interleave rows and skip the zero rows (Note [Direct
-# convolutions]), CuPy's im2col pads in its index arithmetic. PyTorch's ``conv2d(padding=...)``
-# is the same padding (its kernels are the rot180 of ours: DESIGN.md's conv2 convention).
+# adjoint of pad is the crop). The ops take ``padding`` and avoid the padded copies where they
+# can: the reference reads the 'full' convolution's windows at an offset (a ``delta`` padded by
+# ``kh - 1`` rows, output rows ``ph .. ph + H - 1``); the NumPy backend's direct kernels pad the
+# forward convolution as they interleave rows and compute the cropped 'full' one with ``ph``
+# fewer rows of padding (Note [Direct convolutions]), while its eq. (7) and its BLAS paths run
+# on a zero-padded copy of x; CuPy's im2col pads in its index arithmetic. PyTorch's
+# ``conv2d(padding=...)`` is the same padding (its kernels are the rot180 of ours: DESIGN.md's
+# conv2 convention). Padding is one amount per spatial axis, so the N-D layers take the same
+# specification (``anycnn.layers.conv.resolve_padding``).
 
 
 def conv_full(
