@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from anycnn import checkpoint as ckpt
-from anycnn import datasets
+from anycnn import datasets, subnormals
 from anycnn.backend import resolve_dtype
 from anycnn.network import Network
 from anycnn.optim import SGD, Optimizer
@@ -555,6 +555,7 @@ class Trainer:
         gradient_hooks: Sequence[GradientHook] = (),
         distributed: Any = None,
         shuffle: bool = True,
+        flush_subnormals: bool | None = None,
     ):
         from anycnn import distributed as dist
 
@@ -569,6 +570,9 @@ class Trainer:
         self.progress, self.callbacks = progress, list(callbacks)
         self.gradient_hooks = list(gradient_hooks)
         self.shuffle = bool(shuffle)
+        self.flush_subnormals = (
+            subnormals.default_enabled() if flush_subnormals is None else bool(flush_subnormals)
+        )
         self.evaluate_test, self.limit = evaluate_test, limit
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
         if self.metrics_path is not None and ckpt.epoch_of(self.metrics_path) is not None:
@@ -844,7 +848,11 @@ class Trainer:
         network, optimizer = self.network, self.optimizer
         xp = network.backend.xp
         epoch_began = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # Note [Subnormals] in anycnn.subnormals: saturated units must not slow training down.
+        with (
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+            subnormals.flushing(self.flush_subnormals),
+        ):
             hessian_seconds = self.start_epoch(epoch)
             order = datasets.batches(self.n, self.batch_size, rng=self.rng, shuffle=self.shuffle)
             bar = tqdm(
@@ -1024,6 +1032,7 @@ def train(
     gradient_hooks: Sequence[GradientHook] = (),
     distributed: Any = None,
     shuffle: bool = True,
+    flush_subnormals: bool | None = None,
 ) -> TrainResult:
     """Train ``network`` on ``dataset`` for ``epochs`` passes (in total, counting resumed ones).
 
@@ -1076,6 +1085,11 @@ def train(
         gradients are averaged, and only rank 0 writes checkpoints, metrics and progress.
     shuffle : bool
         Visit the training examples in a new random order each epoch (in order otherwise).
+    flush_subnormals : bool, optional
+        Run each pass with subnormal floats flushed to zero on the CPU (Note [Subnormals] in
+        :mod:`anycnn.subnormals`: saturated logistic units otherwise slow steps down many
+        times; a change below 1.2e-38 per operation). On by default; ``False`` or
+        ``ANYCNN_FLUSH_SUBNORMALS=0`` turns it off. FTZ/DAZ are restored after each pass.
 
     Returns
     -------
@@ -1110,4 +1124,5 @@ def train(
         gradient_hooks=gradient_hooks,
         distributed=distributed,
         shuffle=shuffle,
+        flush_subnormals=flush_subnormals,
     ).run()
