@@ -169,8 +169,8 @@ def _compile() -> dict[str, Callable[..., Any]]:
 
     # Note [Sensitivity kernel]: delta = f'(u) o dy from the saved output y, one pass instead of
     # the activation's four; kind 0 is the logistic, gain (y (1 - y)) in Sigmoid.sensitivity's
-    # order, kind 1 the scaled tanh, (b / a)(a^2 - y^2) as Tanh.sensitivity computes it,
-    # -(b / a)(y^2 - a^2). No fastmath: no reordering, no fused multiply-adds, the same bits.
+    # order, kind 1 the scaled tanh, ((a - y)(y + a))(b / a) as Tanh.sensitivity computes it
+    # (exactly 0 where y saturates at a). No fastmath: no reordering, no fused multiply-adds, the same bits.
     @numba.njit(nogil=True, cache=True)
     def sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop):  # pragma: no cover
         one = y.dtype.type(1)
@@ -185,7 +185,7 @@ def _compile() -> dict[str, Callable[..., Any]]:
                     target[i] = t * d[i]
             else:
                 for i in range(size):
-                    target[i] = ((v[i] * v[i] - p0) * p1) * d[i]
+                    target[i] = (((p0 - v[i]) * (v[i] + p0)) * p1) * d[i]
         return out
 
     spin_while = _spin_kernel(numba)
