@@ -170,7 +170,8 @@ def _compile() -> dict[str, Callable[..., Any]]:
     # Note [Sensitivity kernel]: delta = f'(u) o dy from the saved output y, one pass instead of
     # the activation's four; kind 0 is the logistic, gain (y (1 - y)) in Sigmoid.sensitivity's
     # order, kind 1 the scaled tanh, ((a - y)(y + a))(b / a) as Tanh.sensitivity computes it
-    # (exactly 0 where y saturates at a). No fastmath: no reordering, no fused multiply-adds, the same bits.
+    # (exactly 0 where y saturates at a). No fastmath: no reordering, no fused multiply-adds,
+    # the same bits.
     @numba.njit(nogil=True, cache=True)
     def sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop):  # pragma: no cover
         one = y.dtype.type(1)
