@@ -270,6 +270,13 @@ def test_gradcheck(capsys):
     assert code == EXIT_FAILED and "FAIL" in out
 
 
+def test_gradcheck_float32_passes(capsys):
+    """Issue 13, bug 2: float32 back-propagation against float64 differences of its copy."""
+    code, out, err = _run(capsys, "gradcheck", "--model", "dlt", "--dtype", "float32")
+    assert code == EXIT_OK, out + err
+    assert "PASS" in out and "tolerance 1.0e-04" in out
+
+
 def test_backends_table(capsys):
     code, out, err = _run(capsys, "backends")
     assert code == EXIT_OK
