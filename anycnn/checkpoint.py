@@ -220,9 +220,56 @@ class Checkpoint:
         state = self.info.get("rng_state")
         if state is None:
             return None
-        generator = np.random.Generator(getattr(np.random, state["bit_generator"])())
-        generator.bit_generator.state = state
-        return generator
+        return _generator_from_state(state, str(self.path))
+
+
+# The bit generators a checkpoint may name. A name read from a file is only ever a key into this
+# table, never looked up as an attribute: ``getattr(np.random, name)()`` with a name like "test"
+# or "seed" would call that function (numpy.random.test starts pytest, which imports conftest.py
+# from the current directory).
+_BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
+    "PCG64": np.random.PCG64,
+    "PCG64DXSM": np.random.PCG64DXSM,
+    "MT19937": np.random.MT19937,
+    "Philox": np.random.Philox,
+    "SFC64": np.random.SFC64,
+}
+
+
+def _generator_from_state(state: Any, where: str) -> np.random.Generator:
+    """A generator in the stored ``bit_generator.state``; :class:`CheckpointError` for anything
+    that is not the state of one of the allowed bit generators (:data:`_BIT_GENERATORS`)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{where}: bad random generator state: a {type(state).__name__}, not an object"
+        )
+    name = state.get("bit_generator")
+    kind = _BIT_GENERATORS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        shown = name if isinstance(name, str) else type(name).__name__
+        raise CheckpointError(
+            f"{where}: bad random generator state: bit generator {_quote(shown)} is not one of "
+            f"{', '.join(_BIT_GENERATORS)}"
+        )
+    bit_generator = kind()
+    try:
+        bit_generator.state = state
+    except Exception as error:  # NumPy's setter: TypeError, ValueError, KeyError, OverflowError
+        raise CheckpointError(
+            f"{where}: bad random generator state for {name} "
+            f"({type(error).__name__}: {_quote(str(error))})"
+        ) from None
+    return np.random.Generator(bit_generator)
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    """``text`` made safe to print on one line: control characters and non-ASCII escaped
+    (a name read from a file can hold newlines or terminal escape codes), cut to ``limit``."""
+    shown = text.encode("ascii", "backslashreplace").decode("ascii")
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    if len(shown) > limit:
+        shown = shown[: limit - 3] + "..."
+    return repr(shown)
 
 
 def _read_all(path: Path) -> dict[str, np.ndarray]:
@@ -449,10 +496,7 @@ def load_checkpoint(
         raise CheckpointError(f"{where}: bad epoch {epoch!r}")
     state = info.get("rng_state")
     if state is not None:
-        try:
-            Checkpoint(path, network, epoch, info).rng()
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise CheckpointError(f"{where}: bad random generator state ({error})") from None
+        _generator_from_state(state, where)
 
     # -- assign -------------------------------------------------------------------------------
     for name in params:
