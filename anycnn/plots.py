@@ -15,21 +15,37 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MatplotlibMissingError", "feature_maps", "kernels", "learning_curves", "save_plots"]
+__all__ = [
+    "MatplotlibMissingError",
+    "feature_maps",
+    "kernels",
+    "learning_curves",
+    "require_matplotlib",
+    "save_plots",
+]
 
 
 class MatplotlibMissingError(ImportError):
     """matplotlib is not installed; the message says how to install it."""
 
 
-def _figure(width: float, height: float) -> Any:
+def require_matplotlib() -> None:
+    """Raise :class:`MatplotlibMissingError` (saying how to install it) unless matplotlib can
+    draw here: callers check before a long run, not after it."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
     except ImportError as error:
         raise MatplotlibMissingError(
             f'plots need matplotlib ({error}); install it with: pip install "anycnn[plot]"'
         ) from None
+
+
+def _figure(width: float, height: float) -> Any:
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
     return figure
