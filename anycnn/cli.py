@@ -113,6 +113,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from anycnn.models import MODELS
+    from anycnn.optim import OPTIMIZERS
 
     parser = _Parser(
         prog="anycnn",
@@ -129,8 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a zoo model. Options left out take the model's "
         "defaults (lenet5: momentum 0.9, lr 0.02 halved every 4 epochs, batch "
         "32, 2 epochs; dlt: SGD, lr 1, batch 50, 1 epoch). Another --optimizer "
-        "starts from: sgd lr 0.05; momentum lr 0.02, momentum 0.9; sdlm "
-        "epsilon 0.003 with LeCun's schedule, mu 0.02.",
+        "starts from its own default rate: "
+        + "; ".join(
+            f"{name} lr {cls.default_lr:g}"
+            + (" with LeCun's schedule" if cls.default_schedule == "lecun" else "")
+            for name, cls in OPTIMIZERS.items()
+        )
+        + " (momentum 0.9; sdlm mu 0.02).",
         formatter_class=_Help,
     )
     p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="the zoo model")
@@ -165,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--optimizer",
-        choices=["sgd", "momentum", "sdlm"],
+        choices=sorted(OPTIMIZERS),
         default=None,
         help="the update rule (default: the model's, lenet5 momentum, dlt sgd)",
     )
@@ -453,12 +459,13 @@ def _train(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or defaults["batch_size"]
     kind = args.optimizer or defaults["optimizer"]
     same_kind = kind == defaults["optimizer"]
+    optimizer_class = optim.OPTIMIZERS[kind]
     schedule_name = args.schedule or (
-        defaults["schedule"] if same_kind else ("lecun" if kind == "sdlm" else "constant")
+        defaults["schedule"] if same_kind else optimizer_class.default_schedule
     )
     lr = args.lr
     if lr is None:
-        lr = defaults["lr"] if same_kind else {"sgd": 0.05, "momentum": 0.02, "sdlm": 0.003}[kind]
+        lr = defaults["lr"] if same_kind else optimizer_class.default_lr
     momentum = args.momentum
     if kind == "momentum" and momentum is None:
         momentum = defaults["momentum"] if same_kind and defaults["momentum"] else 0.9

@@ -89,6 +89,7 @@ __all__ = [
     "diagonal_hessian",
     "lecun1998",
     "optimizer_from_config",
+    "register_optimizer",
     "schedule_from_config",
 ]
 
@@ -284,11 +285,17 @@ class Optimizer:
     name = "optimizer"
     #: names of the per-parameter state arrays (each shaped like its parameter)
     slots: tuple[str, ...] = ()
+    #: The global rate used when none is given (the constructor, :func:`build_optimizer` and
+    #: ``anycnn train`` without ``--lr``); for SDLM the first value of :attr:`default_schedule`.
+    default_lr: float = 0.05
+    #: The schedule used when no rate is given: ``"constant"``, or ``"lecun"``
+    #: (:func:`lecun1998` scaled to start at :attr:`default_lr`).
+    default_schedule: str = "constant"
 
     def __init__(
         self,
         network: Network,
-        lr: float | Schedule | Mapping[str, Any] = 0.01,
+        lr: float | Schedule | Mapping[str, Any] | None = None,
         *,
         layer_rates: Mapping[str, float] | None = None,
     ):
@@ -297,7 +304,7 @@ class Optimizer:
                 f"{type(self).__name__}: expected a Network, got {type(network).__name__}"
             )
         self.network = network
-        self.schedule = as_schedule(lr)
+        self.schedule = self.default_rate() if lr is None else as_schedule(lr)
         self.layer_rates = dict(layer_rates or {})
         self.multipliers = self._multipliers(self.layer_rates)
         self.steps = 0
@@ -306,6 +313,31 @@ class Optimizer:
         self._xp = network.backend.xp
         self._in_place = _writable(self._xp)
         self._state: dict[str, dict[str, Array]] = {slot: {} for slot in self.slots}
+
+    @classmethod
+    def default_rate(cls, lr: float | None = None) -> Schedule:
+        """The default schedule of this optimizer, starting at ``lr`` (default
+        :attr:`default_lr`)."""
+        lr = cls.default_lr if lr is None else lr
+        if cls.default_schedule == "lecun":
+            return lecun1998(lr / LECUN1998_RATES[0])
+        return Constant(lr)
+
+    @classmethod
+    def build(
+        cls,
+        network: Network,
+        *,
+        lr: float | Schedule | None = None,
+        momentum: float | None = None,
+        layer_rates: Mapping[str, float] | None = None,
+        **options: Any,
+    ) -> Optimizer:
+        """This optimizer from the generic options of :func:`build_optimizer` (``momentum``
+        None: the class's default; a class without momentum refuses a non-zero one)."""
+        if momentum:
+            raise ValueError(f"the {cls.name} optimizer has no momentum; use --optimizer momentum")
+        return cls(network, lr, layer_rates=layer_rates, **options)
 
     def _multipliers(self, layer_rates: Mapping[str, float]) -> dict[str, float]:
         owners = self.network.parameter_layers()
@@ -440,6 +472,7 @@ class SGD(Optimizer):
     """
 
     name = "sgd"
+    default_lr = 0.05
 
     def _update(self, name: str, p: Array, g: Array) -> None:
         self._apply(name, p, self.rate(name) * g)
@@ -454,11 +487,12 @@ class Momentum(Optimizer):
 
     name = "momentum"
     slots = ("velocity",)
+    default_lr = 0.02
 
     def __init__(
         self,
         network: Network,
-        lr: float | Schedule | Mapping[str, Any] = 0.01,
+        lr: float | Schedule | Mapping[str, Any] | None = None,
         *,
         momentum: float = 0.9,
         layer_rates: Mapping[str, float] | None = None,
@@ -468,6 +502,20 @@ class Momentum(Optimizer):
         if momentum >= 1:
             raise ValueError(f"the momentum must be in [0, 1), got {momentum!r}")
         self.momentum = momentum
+
+    @classmethod
+    def build(
+        cls,
+        network: Network,
+        *,
+        lr: float | Schedule | None = None,
+        momentum: float | None = None,
+        layer_rates: Mapping[str, float] | None = None,
+        **options: Any,
+    ) -> Optimizer:
+        if momentum is not None:
+            options["momentum"] = momentum
+        return cls(network, lr, layer_rates=layer_rates, **options)
 
     def _update(self, name: str, p: Array, g: Array) -> None:
         v = self._buffer("velocity", name, p)
@@ -487,17 +535,17 @@ class SDLM(Optimizer):
     """LeCun's stochastic diagonal Levenberg-Marquardt (1998, Appendix C).
 
     Each parameter ``w_k`` moves by ``-eta_k dE/dw_k`` with ``eta_k = epsilon / (mu + h_kk)``:
-    ``epsilon`` is the global rate (by default the schedule :func:`lecun1998`) times the
-    parameter's multiplier, and ``h_kk`` the diagonal Gauss-Newton curvature estimated by
-    :func:`diagonal_hessian` before each pass, on the batches given to :meth:`start_epoch`
-    (``Note [Diagonal Gauss-Newton curvature]``). ``mu`` (0.02 in the paper) bounds the step by
-    ``epsilon / mu``.
+    ``epsilon`` is the global rate (by default :func:`lecun1998` scaled to start at
+    :attr:`default_lr`, 0.003) times the parameter's multiplier, and ``h_kk`` the diagonal
+    Gauss-Newton curvature estimated by :func:`diagonal_hessian` before each pass, on the
+    batches given to :meth:`start_epoch` (``Note [Diagonal Gauss-Newton curvature]``). ``mu``
+    (0.02 in the paper) bounds the step by ``epsilon / mu``.
 
     Parameters
     ----------
     network : Network
     lr : float, Schedule or dict
-        ``epsilon``; :func:`lecun1998` by default.
+        ``epsilon``; by default :func:`lecun1998` scaled to start at :attr:`default_lr` (0.003).
     mu : float
         The damping, > 0.
     samples : int
@@ -511,6 +559,8 @@ class SDLM(Optimizer):
 
     name = "sdlm"
     slots: tuple[str, ...] = ("hessian", "velocity")
+    default_lr = 0.003
+    default_schedule = "lecun"
 
     def __init__(
         self,
@@ -522,7 +572,7 @@ class SDLM(Optimizer):
         momentum: float = 0.0,
         layer_rates: Mapping[str, float] | None = None,
     ):
-        super().__init__(network, lecun1998() if lr is None else lr, layer_rates=layer_rates)
+        super().__init__(network, lr, layer_rates=layer_rates)
         mu = _check_rate(mu, "SDLM: mu")
         if mu <= 0:
             raise ValueError(f"SDLM: mu must be > 0 (it bounds the step by epsilon / mu), got {mu}")
@@ -598,6 +648,8 @@ class SDLM(Optimizer):
             self._state["velocity"][name] = v
         self._apply(name, p, v)
 
+    build = vars(Momentum)["build"]  # momentum passed through when given
+
     def config(self) -> dict[str, Any]:
         return {
             **super().config(),
@@ -607,7 +659,26 @@ class SDLM(Optimizer):
         }
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in (SGD, Momentum, SDLM)}
+#: The optimizers by name; :func:`register_optimizer` adds one (``anycnn train --optimizer``,
+#: :func:`build_optimizer` and :func:`optimizer_from_config` look names up here).
+OPTIMIZERS: dict[str, type[Optimizer]] = {}
+
+
+def register_optimizer(cls: type[Optimizer]) -> type[Optimizer]:
+    """Register an :class:`Optimizer` subclass under its ``name`` (usable as a decorator).
+
+    Raises :class:`ValueError` for a name already taken by another class."""
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise TypeError(f"register_optimizer: expected an Optimizer subclass, got {cls!r}")
+    key = str(cls.name).strip().lower()
+    if OPTIMIZERS.get(key, cls) is not cls:
+        raise ValueError(f"register_optimizer: the name {key!r} is taken by {OPTIMIZERS[key]!r}")
+    OPTIMIZERS[key] = cls
+    return cls
+
+
+for _cls in (SGD, Momentum, SDLM):
+    register_optimizer(_cls)
 
 
 def optimizer_from_config(network: Network, config: Mapping[str, Any]) -> Optimizer:
@@ -629,27 +700,19 @@ def build_optimizer(
     layer_rates: Mapping[str, float] | None = None,
     **options: Any,
 ) -> Optimizer:
-    """An optimizer by name: ``"sgd"``, ``"momentum"`` or ``"sdlm"``.
+    """An optimizer by name from :data:`OPTIMIZERS` (``"sgd"``, ``"momentum"``, ``"sdlm"``...).
 
-    ``lr`` defaults to 0.01 (SGD, momentum) or :func:`lecun1998` (SDLM); ``momentum`` to 0.9 for
-    ``"momentum"`` and 0 for ``"sdlm"``; other options go to the class (``mu``, ``samples``).
+    ``lr`` defaults to the class's :meth:`Optimizer.default_rate` (SGD 0.05, momentum 0.02,
+    SDLM :func:`lecun1998` from 0.003); ``momentum`` to the class's default (0.9 for
+    ``"momentum"``, 0 for ``"sdlm"``; refused by ``"sgd"``); other options go to the class
+    (``mu``, ``samples``).
     """
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-    if key == "sgd":
-        if momentum:
-            raise ValueError("the sgd optimizer has no momentum; use --optimizer momentum")
-        return SGD(network, 0.01 if lr is None else lr, layer_rates=layer_rates, **options)
-    if key == "momentum":
-        return Momentum(
-            network,
-            0.01 if lr is None else lr,
-            momentum=0.9 if momentum is None else momentum,
-            layer_rates=layer_rates,
-            **options,
-        )
-    return SDLM(network, lr, momentum=momentum or 0.0, layer_rates=layer_rates, **options)
+    return OPTIMIZERS[key].build(
+        network, lr=lr, momentum=momentum, layer_rates=layer_rates, **options
+    )
 
 
 # --------------------------------------------------------------------------------------------

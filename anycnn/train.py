@@ -51,7 +51,9 @@ __all__ = [
     "EpochRecord",
     "Preprocessing",
     "TRAINING_DEFAULTS",
+    "GradientHook",
     "TrainResult",
+    "Trainer",
     "evaluate",
     "target_values",
     "train",
@@ -433,6 +435,320 @@ def _curvature_batches(
         )
 
 
+#: A gradient hook: called by :meth:`Trainer.step` with the trainer after back-propagation and
+#: before the optimizer's update; it may read and change ``trainer.network.gradients()`` in
+#: place (data-parallel averaging, clipping, accumulation...).
+GradientHook = Callable[["Trainer"], Any]
+
+
+class Trainer:
+    """The training loop in three parts: setup and resume (the constructor), one pass
+    (:meth:`run_epoch`) and one update (:meth:`step`); :meth:`run` runs the passes.
+
+    The arguments are those of :func:`train`, plus ``gradient_hooks``: callables run by
+    :meth:`step` between back-propagation and the optimizer's update (:data:`GradientHook`).
+    ``Trainer(...).run()`` is ``train(...)``.
+
+    Attributes set up here and read by hooks and subclasses: ``network``, ``optimizer``,
+    ``prep`` (the :class:`Preprocessing`), ``rng`` (the generator that shuffles), ``history``,
+    ``start`` (the first epoch to run, 0-based, after a resume), ``batch_size``, ``epochs``,
+    ``images``/``labels`` (the training set after ``limit``), ``table`` (one-of-c targets by
+    class), ``last_checkpoint`` and ``result``.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        dataset: datasets.Dataset,
+        *,
+        epochs: int,
+        batch_size: int = 50,
+        optimizer: Optimizer | None = None,
+        seed: int = 0,
+        limit: int | None = None,
+        progress: bool = True,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        metrics_path: str | os.PathLike[str] | None = None,
+        callbacks: Sequence[Callable[[EpochRecord], Any]] = (),
+        preprocessing: str | Preprocessing = "auto",
+        report_every: int | None = None,
+        evaluate_test: bool = True,
+        run_info: Mapping[str, Any] | None = None,
+        gradient_hooks: Sequence[GradientHook] = (),
+    ):
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit)):
+            if name == "limit" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"train: {name} must be an int >= 1, got {value!r}")
+        if resume and checkpoint_dir is None:
+            raise ValueError("train: resume=True needs a checkpoint_dir")
+        self.network, self.dataset, self.epochs, self.seed = network, dataset, epochs, seed
+        self.progress, self.callbacks = progress, list(callbacks)
+        self.gradient_hooks = list(gradient_hooks)
+        self.evaluate_test, self.limit = evaluate_test, limit
+        self.metrics_path = Path(metrics_path) if metrics_path is not None else None
+        self._load_data(dataset, limit)
+        if optimizer is None:
+            optimizer = SGD(network)
+        if optimizer.network is not network:
+            raise ValueError("train: the optimizer updates another network")
+        self.optimizer = optimizer
+        self.batch_size = min(batch_size, self.n)
+
+        self.rng = np.random.default_rng(seed)
+        self.history: list[EpochRecord] = []
+        self.start = 0
+        self.resumed_from: Path | None = None
+        self.prep: Preprocessing | None = (
+            preprocessing if isinstance(preprocessing, Preprocessing) else None
+        )
+        self.checkpoint_folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.last_checkpoint: Path | None = None
+        if self.checkpoint_folder is not None:
+            self.checkpoint_folder.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_folder is not None:
+            self._resume(self.checkpoint_folder)
+        if self.prep is None:
+            self.prep = Preprocessing.fit(network, self.images, str(preprocessing))
+        else:
+            _check_fits(self.images, tuple(network.input_shape), network.name)
+
+        self.dtype = network.dtype_name
+        low, high = target_values(network)
+        self.table = datasets.one_hot(
+            np.arange(self.classes), self.classes, low=low, high=high, dtype=self.dtype
+        )
+        self.report_every = report_every or max(1, math.ceil(1000 / self.batch_size))
+        self.settings: dict[str, Any] = {
+            "model": network.name,
+            "dataset": dataset.name,
+            "epochs": epochs,
+            "batch_size": self.batch_size,
+            "seed": seed,
+            "limit": limit,
+            "dtype": self.dtype,
+            "backend": network.backend.name,
+            "device": str(network.backend.default_device),
+            "optimizer": optimizer.config(),
+            "preprocessing": self.prep.config(),
+            "targets": [low, high],
+            "train_size": self.n,
+            "test_size": int(self.test_images.shape[0]),
+            **dict(run_info or {}),
+        }
+        self.result = TrainResult(
+            network, optimizer, self.prep, self.history, resumed_from=self.resumed_from
+        )
+
+    # -- setup ------------------------------------------------------------------------------
+    def _load_data(self, dataset: datasets.Dataset, limit: int | None) -> None:
+        network = self.network
+        images, labels = dataset.train_images, dataset.train_labels
+        test_images, test_labels = dataset.test_images, dataset.test_labels
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+            test_images, test_labels = test_images[:limit], test_labels[:limit]
+        self.n = int(images.shape[0])
+        if self.n == 0:
+            raise ValueError("train: the training set is empty")
+        _check_finite_host(images, f"train: data set {dataset.name!r}: train_images")
+        _check_finite_host(test_images, f"train: data set {dataset.name!r}: test_images")
+        classes = network.output_shape[0] if len(network.output_shape) == 1 else None
+        if classes is None:
+            raise ValueError(f"train: {network.name} must end with a vector of class scores")
+        largest = int(max(labels.max(initial=0), test_labels.max(initial=0)))
+        if dataset.num_classes > classes or largest >= classes:
+            raise ValueError(
+                f"labels out of range: data set {dataset.name!r} has labels up to {largest} "
+                f"({dataset.num_classes} classes) but model {network.name!r} has {classes} outputs"
+            )
+        self.classes = classes
+        self.images, self.labels = images, labels
+        self.test_images, self.test_labels = test_images, test_labels
+
+    def _resume(self, folder: Path) -> None:
+        """Restore the latest checkpoint in ``folder``, if there is one: parameters, optimizer
+        state, generator state, history and preprocessing."""
+        network, optimizer = self.network, self.optimizer
+        latest = ckpt.latest_checkpoint(folder)
+        if latest is None:
+            return
+        stored_info = ckpt.read_info(latest)
+        if stored_info.get("model") != network.name:
+            raise ckpt.CheckpointError(
+                f"{latest}: this checkpoint is of another model: it holds "
+                f"{stored_info.get('model')!r}, the network is {network.name!r}"
+            )
+        stored = stored_info.get("optimizer") or {}
+        if stored.get("name") != optimizer.name:
+            raise ckpt.CheckpointError(
+                f"{latest}: written with the {stored.get('name')!r} optimizer; resume with "
+                f"the same one (got {optimizer.name!r})"
+            )
+        restored = ckpt.load_checkpoint(latest, network=network)
+        try:
+            optimizer.load_state_dict(restored.optimizer.state_dict())
+        except ValueError as error:
+            raise ckpt.CheckpointError(f"{latest}: {error}") from None
+        generator = restored.rng()
+        if generator is not None:
+            self.rng = generator
+        self.history[:] = [EpochRecord(**record) for record in restored.info.get("history", [])]
+        if restored.info.get("preprocessing"):
+            self.prep = Preprocessing.from_config(restored.info["preprocessing"])
+        self.start = restored.epoch
+        self.resumed_from = self.last_checkpoint = latest
+
+    # -- one update -------------------------------------------------------------------------
+    def step(self, x: Any, t: Any, *, check: bool = False) -> tuple[Any, Any]:
+        """One update on the batch ``x`` (inputs) and ``t`` (targets), arrays of the network's
+        backend: forward, loss, back-propagation, the gradient hooks, the optimizer's update.
+
+        Returns the batch's mean loss and the outputs ``y``, both left on the device."""
+        network = self.network
+        y = network.forward(x, check=check)
+        loss = network.objective(y, t)
+        network.backward(t, check=check)
+        for hook in self.gradient_hooks:
+            hook(self)
+        self.optimizer.step()
+        return loss, y
+
+    # -- one pass ---------------------------------------------------------------------------
+    def batch_arrays(self, picks: np.ndarray) -> tuple[Any, Any]:
+        """The device inputs and targets of the training examples ``picks``."""
+        backend, dtype = self.network.backend, self.dtype
+        assert self.prep is not None
+        x = backend.asarray(self.prep(self.images[picks], dtype), dtype=dtype)
+        t = backend.asarray(self.table[self.labels[picks]], dtype=dtype)
+        return x, t
+
+    def start_epoch(self, epoch: int) -> float:
+        """Prepare the optimizer for pass ``epoch`` (SDLM: its curvature estimate on samples
+        drawn from ``rng``); returns the seconds spent estimating curvature."""
+        optimizer = self.optimizer
+        samples = getattr(optimizer, "samples", None)
+        if samples is None:
+            optimizer.start_epoch(epoch)
+            return 0.0
+        began = time.perf_counter()
+        picks = np.sort(self.rng.choice(self.n, size=min(int(samples), self.n), replace=False))
+        assert self.prep is not None
+        optimizer.start_epoch(
+            epoch,
+            _curvature_batches(
+                self.network, self.images[picks], self.table[self.labels[picks]], self.prep
+            ),
+        )
+        return time.perf_counter() - began
+
+    def run_epoch(self, epoch: int) -> EpochRecord:
+        """Pass ``epoch`` (0-based) over the shuffled training set, then the test error,
+        the checkpoint, the metrics file and the callbacks. Returns the epoch's record."""
+        from tqdm.auto import tqdm
+
+        network, optimizer = self.network, self.optimizer
+        xp = network.backend.xp
+        epoch_began = time.perf_counter()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            hessian_seconds = self.start_epoch(epoch)
+            order = datasets.batches(self.n, self.batch_size, rng=self.rng)
+            bar = tqdm(
+                total=self.n,
+                unit="img",
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                disable=not self.progress,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
+            meter = _Meter(network.backend, epoch + 1, self.last_checkpoint, bar)
+            for index, picks in enumerate(order):
+                x, t = self.batch_arrays(picks)
+                loss, y = self.step(x, t, check=epoch == self.start and index == 0)
+                meter.add(
+                    loss,
+                    xp.sum(xp.astype(xp.argmax(y, axis=1) != xp.argmax(t, axis=1), xp.int64)),
+                    int(picks.shape[0]),
+                )
+                if meter.pending >= self.report_every:
+                    meter.flush()
+            meter.flush()
+            bar.close()
+        seconds = time.perf_counter() - epoch_began
+        eval_began = time.perf_counter()
+        test = self.evaluate() if self.evaluate_test and self.test_images.shape[0] else None
+        record = EpochRecord(
+            epoch=epoch + 1,
+            lr=optimizer.lr,
+            train_loss=meter.loss_sum / self.n,
+            train_error=meter.wrong_sum / self.n,
+            test_error=None if test is None else test["error"],
+            test_loss=None if test is None else test["loss"],
+            seconds=seconds,
+            images_per_second=self.n / seconds if seconds > 0 else float("inf"),
+            eval_seconds=time.perf_counter() - eval_began,
+            hessian_seconds=hessian_seconds,
+        )
+        self.history.append(record)
+        self.save_checkpoint(epoch + 1)
+        self.write_metrics()
+        for callback in self.callbacks:
+            callback(record)
+        return record
+
+    def evaluate(self) -> dict[str, float]:
+        """The test error and loss of the current parameters (:func:`evaluate`)."""
+        assert self.prep is not None
+        return evaluate(self.network, self.test_images, self.test_labels, self.prep)
+
+    # -- files ------------------------------------------------------------------------------
+    def save_checkpoint(self, epoch: int) -> Path | None:
+        """Write ``epoch-NNNN.npz`` in the checkpoint folder (if there is one)."""
+        if self.checkpoint_folder is None:
+            return None
+        self.last_checkpoint = ckpt.save_checkpoint(
+            ckpt.checkpoint_path(self.checkpoint_folder, epoch),
+            self.network,
+            epoch=epoch,
+            optimizer=self.optimizer,
+            rng=self.rng,
+            info={"history": [asdict(r) for r in self.history], **self.settings},
+        )
+        self.result.checkpoints.append(self.last_checkpoint)
+        return self.last_checkpoint
+
+    def write_metrics(self) -> None:
+        """Write the metrics JSON (settings and history), if a path was given."""
+        if self.metrics_path is None:
+            return
+        tests = [r.test_error for r in self.history if r.test_error is not None]
+        _write_json(
+            self.metrics_path,
+            {
+                **self.settings,
+                "anycnn_version": ckpt._version(),
+                "history": [asdict(r) for r in self.history],
+                "final_test_error": tests[-1] if tests else None,
+                "best_test_error": min(tests) if tests else None,
+                "seconds": sum(r.seconds + r.eval_seconds for r in self.history),
+            },
+        )
+
+    # -- the whole run ----------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Run the passes from ``start`` up to ``epochs``; returns the :class:`TrainResult`."""
+        began = time.perf_counter()
+        for epoch in range(self.start, self.epochs):
+            self.run_epoch(epoch)
+        self.result.seconds = time.perf_counter() - began
+        if self.start >= self.epochs:
+            self.write_metrics()
+        return self.result
+
+
 def train(
     network: Network,
     dataset: datasets.Dataset,
@@ -451,8 +767,12 @@ def train(
     report_every: int | None = None,
     evaluate_test: bool = True,
     run_info: Mapping[str, Any] | None = None,
+    gradient_hooks: Sequence[GradientHook] = (),
 ) -> TrainResult:
     """Train ``network`` on ``dataset`` for ``epochs`` passes (in total, counting resumed ones).
+
+    ``train(...)`` is ``Trainer(...).run()`` (:class:`Trainer` splits the loop into setup,
+    pass and update, with gradient hooks between back-propagation and the update).
 
     Parameters
     ----------
@@ -464,8 +784,9 @@ def train(
     batch_size : int
         1 is online learning (one pattern per update, LeCun); more is mini-batch SGD.
     optimizer : Optimizer, optional
-        Plain SGD at rate 0.01 by default. An optimizer with a ``samples`` attribute (SDLM) gets
-        that many random training patterns before each pass to estimate its curvature.
+        Plain SGD at its default rate (:attr:`anycnn.optim.SGD.default_lr`) by default. An
+        optimizer with a ``samples`` attribute (SDLM) gets that many random training patterns
+        before each pass to estimate its curvature.
     seed : int
         Seeds the NumPy generator that shuffles the training set and draws SDLM's samples.
     limit : int, optional
@@ -489,6 +810,9 @@ def train(
         Compute the test error after each epoch.
     run_info : mapping, optional
         Extra JSON-able fields for the metrics file and checkpoints (command line, device...).
+    gradient_hooks : sequence of callables
+        Each is called with the :class:`Trainer` after every back-propagation, before the
+        optimizer's update (:data:`GradientHook`).
 
     Returns
     -------
@@ -503,199 +827,22 @@ def train(
         the network has outputs; :class:`anycnn.checkpoint.CheckpointError` for a checkpoint of
         another model.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit)):
-        if name == "limit" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train: {name} must be an int >= 1, got {value!r}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("train: resume=True needs a checkpoint_dir")
-    images, labels = dataset.train_images, dataset.train_labels
-    test_images, test_labels = dataset.test_images, dataset.test_labels
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-        test_images, test_labels = test_images[:limit], test_labels[:limit]
-    n = int(images.shape[0])
-    if n == 0:
-        raise ValueError("train: the training set is empty")
-    _check_finite_host(images, f"train: data set {dataset.name!r}: train_images")
-    _check_finite_host(test_images, f"train: data set {dataset.name!r}: test_images")
-    classes = network.output_shape[0] if len(network.output_shape) == 1 else None
-    if classes is None:
-        raise ValueError(f"train: {network.name} must end with a vector of class scores")
-    largest = int(max(labels.max(initial=0), test_labels.max(initial=0)))
-    if dataset.num_classes > classes or largest >= classes:
-        raise ValueError(
-            f"labels out of range: data set {dataset.name!r} has labels up to {largest} "
-            f"({dataset.num_classes} classes) but model {network.name!r} has {classes} outputs"
-        )
-    if optimizer is None:
-        optimizer = SGD(network, 0.01)
-    if optimizer.network is not network:
-        raise ValueError("train: the optimizer updates another network")
-    if batch_size > n:
-        batch_size = n
-
-    rng = np.random.default_rng(seed)
-    history: list[EpochRecord] = []
-    start = 0
-    resumed_from = None
-    prep: Preprocessing | None = preprocessing if isinstance(preprocessing, Preprocessing) else None
-    checkpoint_folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    last_checkpoint: Path | None = None
-    if checkpoint_folder is not None:
-        checkpoint_folder.mkdir(parents=True, exist_ok=True)
-    if resume and checkpoint_folder is not None:
-        latest = ckpt.latest_checkpoint(checkpoint_folder)
-        if latest is not None:
-            stored_info = ckpt.read_info(latest)
-            if stored_info.get("model") != network.name:
-                raise ckpt.CheckpointError(
-                    f"{latest}: this checkpoint is of another model: it holds "
-                    f"{stored_info.get('model')!r}, the network is {network.name!r}"
-                )
-            stored = stored_info.get("optimizer") or {}
-            if stored.get("name") != optimizer.name:
-                raise ckpt.CheckpointError(
-                    f"{latest}: written with the {stored.get('name')!r} optimizer; resume with "
-                    f"the same one (got {optimizer.name!r})"
-                )
-            restored = ckpt.load_checkpoint(latest, network=network)
-            try:
-                optimizer.load_state_dict(restored.optimizer.state_dict())
-            except ValueError as error:
-                raise ckpt.CheckpointError(f"{latest}: {error}") from None
-            generator = restored.rng()
-            if generator is not None:
-                rng = generator
-            history = [EpochRecord(**record) for record in restored.info.get("history", [])]
-            if restored.info.get("preprocessing"):
-                prep = Preprocessing.from_config(restored.info["preprocessing"])
-            start = restored.epoch
-            resumed_from = last_checkpoint = latest
-    if prep is None:
-        prep = Preprocessing.fit(network, images, str(preprocessing))
-    else:
-        _check_fits(images, tuple(network.input_shape), network.name)
-
-    backend, xp = network.backend, network.backend.xp
-    dtype = network.dtype_name
-    low, high = target_values(network)
-    table = datasets.one_hot(np.arange(classes), classes, low=low, high=high, dtype=dtype)
-    every = report_every or max(1, math.ceil(1000 / batch_size))
-    settings = {
-        "model": network.name,
-        "dataset": dataset.name,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "seed": seed,
-        "limit": limit,
-        "dtype": dtype,
-        "backend": backend.name,
-        "device": str(backend.default_device),
-        "optimizer": optimizer.config(),
-        "preprocessing": prep.config(),
-        "targets": [low, high],
-        "train_size": n,
-        "test_size": int(test_images.shape[0]),
-        **dict(run_info or {}),
-    }
-    result = TrainResult(network, optimizer, prep, history, resumed_from=resumed_from)
-    began = time.perf_counter()
-
-    def write_metrics() -> None:
-        if metrics_path is None:
-            return
-        tests = [r.test_error for r in history if r.test_error is not None]
-        _write_json(
-            Path(metrics_path),
-            {
-                **settings,
-                "anycnn_version": ckpt._version(),
-                "history": [asdict(r) for r in history],
-                "final_test_error": tests[-1] if tests else None,
-                "best_test_error": min(tests) if tests else None,
-                "seconds": sum(r.seconds + r.eval_seconds for r in history),
-            },
-        )
-
-    from tqdm.auto import tqdm
-
-    for epoch in range(start, epochs):
-        epoch_began = time.perf_counter()
-        hessian_seconds = 0.0
-        samples = getattr(optimizer, "samples", None)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            if samples is not None:
-                picks = np.sort(rng.choice(n, size=min(int(samples), n), replace=False))
-                optimizer.start_epoch(
-                    epoch, _curvature_batches(network, images[picks], table[labels[picks]], prep)
-                )
-                hessian_seconds = time.perf_counter() - epoch_began
-            else:
-                optimizer.start_epoch(epoch)
-            order = datasets.batches(n, batch_size, rng=rng)
-            bar = tqdm(
-                total=n,
-                unit="img",
-                desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not progress,
-                leave=False,
-                dynamic_ncols=True,
-                mininterval=0.5,
-            )
-            meter = _Meter(backend, epoch + 1, last_checkpoint, bar)
-            for index, picks in enumerate(order):
-                x = backend.asarray(prep(images[picks], dtype), dtype=dtype)
-                t = backend.asarray(table[labels[picks]], dtype=dtype)
-                check = epoch == start and index == 0
-                y = network.forward(x, check=check)
-                loss = network.objective(y, t)
-                network.backward(t, check=check)
-                optimizer.step()
-                meter.add(
-                    loss,
-                    xp.sum(xp.astype(xp.argmax(y, axis=1) != xp.argmax(t, axis=1), xp.int64)),
-                    int(picks.shape[0]),
-                )
-                if meter.pending >= every:
-                    meter.flush()
-            meter.flush()
-            bar.close()
-        seconds = time.perf_counter() - epoch_began
-        eval_began = time.perf_counter()
-        test = (
-            evaluate(network, test_images, test_labels, prep)
-            if evaluate_test and test_images.shape[0]
-            else None
-        )
-        record = EpochRecord(
-            epoch=epoch + 1,
-            lr=optimizer.lr,
-            train_loss=meter.loss_sum / n,
-            train_error=meter.wrong_sum / n,
-            test_error=None if test is None else test["error"],
-            test_loss=None if test is None else test["loss"],
-            seconds=seconds,
-            images_per_second=n / seconds if seconds > 0 else float("inf"),
-            eval_seconds=time.perf_counter() - eval_began,
-            hessian_seconds=hessian_seconds,
-        )
-        history.append(record)
-        if checkpoint_folder is not None:
-            last_checkpoint = ckpt.save_checkpoint(
-                ckpt.checkpoint_path(checkpoint_folder, epoch + 1),
-                network,
-                epoch=epoch + 1,
-                optimizer=optimizer,
-                rng=rng,
-                info={"history": [asdict(r) for r in history], **settings},
-            )
-            result.checkpoints.append(last_checkpoint)
-        write_metrics()
-        for callback in callbacks:
-            callback(record)
-    result.seconds = time.perf_counter() - began
-    if start >= epochs:
-        write_metrics()
-    return result
+    return Trainer(
+        network,
+        dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        seed=seed,
+        limit=limit,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        metrics_path=metrics_path,
+        callbacks=callbacks,
+        preprocessing=preprocessing,
+        report_every=report_every,
+        evaluate_test=evaluate_test,
+        run_info=run_info,
+        gradient_hooks=gradient_hooks,
+    ).run()

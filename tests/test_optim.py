@@ -438,7 +438,9 @@ def test_sdlm_needs_data_for_its_first_epoch():
         opt.start_epoch(0)
     with pytest.raises(ValueError, match="mu must be > 0"):
         optim.SDLM(net, mu=0)
-    assert opt.lr == pytest.approx(5e-4)  # lecun1998 by default
+    # LeCun's schedule by default, scaled to start at the class's default rate
+    assert opt.lr == optim.SDLM.default_lr == 0.003
+    assert opt.schedule.config() == optim.lecun1998(0.003 / 0.0005).config()
 
 
 def test_sdlm_reduces_the_loss():

@@ -331,3 +331,89 @@ def test_online_learning_batch_of_one(mnist):
     result = train.train(net, ds, epochs=1, batch_size=1, optimizer=opt, progress=False)
     assert opt.steps == 30
     assert 0 <= result.history[0].train_error <= 1
+
+
+# --------------------------------------------------------------------------------------------
+# The training-step seam: Trainer.step and its gradient hooks
+# --------------------------------------------------------------------------------------------
+def test_gradient_hooks_run_between_backward_and_the_update(mnist):
+    """A hook that doubles the gradients gives, with SGD at rate r, the parameters of rate 2r;
+    one that zeroes them leaves the parameters where they were."""
+    ds = _small(mnist, 40)
+
+    def run(rate, hooks):
+        net = _small_cnn()
+        seen = []
+
+        def record(trainer):
+            seen.append(trainer.optimizer.steps)  # the update of this step has not run yet
+
+        train.train(
+            net,
+            ds,
+            epochs=1,
+            batch_size=10,
+            optimizer=optim.SGD(net, rate),
+            progress=False,
+            evaluate_test=False,
+            gradient_hooks=[record, *hooks],
+        )
+        return _params(net), seen
+
+    def double(trainer):
+        for g in trainer.network.gradients().values():
+            g *= 2.0
+
+    def zero(trainer):
+        for g in trainer.network.gradients().values():
+            g *= 0.0
+
+    plain, seen = run(0.2, [])
+    doubled, _ = run(0.1, [double])
+    assert seen == [0, 1, 2, 3]
+    for name in plain:
+        np.testing.assert_allclose(doubled[name], plain[name], rtol=1e-5, atol=1e-6)
+    still, _ = run(0.2, [zero])
+    start = _params(_small_cnn())
+    for name in start:
+        np.testing.assert_array_equal(still[name], start[name])
+
+
+def test_trainer_parts_give_the_result_of_train(mnist):
+    """Trainer(...).run() is train(...): same parameters bit for bit, one step at a time too."""
+    ds = _small(mnist, 30)
+    net = _small_cnn()
+    train.train(net, ds, epochs=2, batch_size=8, optimizer=optim.SGD(net, 0.1), progress=False)
+    other = _small_cnn()
+    trainer = train.Trainer(
+        other, ds, epochs=2, batch_size=8, optimizer=optim.SGD(other, 0.1), progress=False
+    )
+    records = [trainer.run_epoch(epoch) for epoch in range(trainer.start, trainer.epochs)]
+    assert [r.epoch for r in records] == [1, 2]
+    for name, value in _params(net).items():
+        np.testing.assert_array_equal(_params(other)[name], value)
+
+
+def test_optimizer_defaults_live_in_the_classes_and_the_registry():
+    net = _small_cnn()
+    assert optim.SGD(net).lr == optim.SGD.default_lr
+    assert optim.Momentum(net).lr == optim.Momentum.default_lr
+    assert optim.build_optimizer("sdlm", net).lr == optim.SDLM.default_lr
+
+    class Halving(optim.SGD):
+        name = "halving"
+        default_lr = 0.25
+
+        def _update(self, name, p, g):
+            self._apply(name, p, 0.5 * self.rate(name) * g)
+
+    try:
+        optim.register_optimizer(Halving)
+        built = optim.build_optimizer("halving", net)
+        assert type(built) is Halving and built.lr == 0.25
+        with pytest.raises(ValueError, match="taken"):
+            optim.register_optimizer(type("Other", (optim.SGD,), {"name": "halving"}))
+    finally:
+        optim.OPTIMIZERS.pop("halving", None)
+    with pytest.raises(ValueError, match="sgd optimizer has no momentum"):
+        optim.build_optimizer("sgd", net, momentum=0.5)
