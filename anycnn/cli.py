@@ -630,10 +630,12 @@ def _check_resume(
         if stored is None or stored == current:
             return
         words = f"{text} {_setting(current)} (the checkpoint's: {_setting(stored)})"
-        always = options[0] in ("--model", "--dtype")
+        always = options[0] == "--dtype"  # it cannot be resumed
         (refused if always or given.intersection(options) else noted).append(words)
 
-    compare(("--model",), "--model", info.get("model"), net.name)
+    stored_opt, current_opt = info.get("optimizer") or {}, optimizer.config()
+    if info.get("model") != net.name or stored_opt.get("name") != current_opt.get("name"):
+        return  # train() refuses another model or optimizer with its own message
     compare(("--dtype",), "--dtype", info.get("dtype"), net.dtype_name)
     compare(("--dataset", "--data-dir"), "--dataset", info.get("dataset"), dataset.name)
     # train() takes at most the whole training set per batch, and stores that
@@ -646,7 +648,6 @@ def _check_resume(
         if info.get(key) is not None and info[key] != count:
             text = f"--limit: {count} {words} images (the checkpoint's run had {info[key]})"
             (refused if "--limit" in given else noted).append(text)
-    stored_opt, current_opt = info.get("optimizer") or {}, optimizer.config()
     rate_options = ("--lr", "--schedule", "--step-every", "--gamma", "--optimizer")
     for key in sorted(set(stored_opt) | set(current_opt) if stored_opt else ()):
         options = {

@@ -230,7 +230,7 @@ def test_checkpoint_of_another_model(capsys, tmp_path):
         "--quiet",
     )
     assert code == EXIT_USAGE
-    assert "--model lenet5 (the checkpoint's: dlt)" in _one_line_error(err)
+    assert "this checkpoint is of another model: it holds 'dlt'" in _one_line_error(err)
 
 
 def test_debug_shows_the_traceback(capsys):
