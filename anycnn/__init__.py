@@ -10,6 +10,8 @@ Importing anycnn imports neither CuPy nor any optional array library.
 ['conv1.kernel', 'conv1.bias']
 """
 
+import logging as _logging
+
 from anycnn import checkpoint, datasets, functional, layers, models, ops, optim, train
 from anycnn.backend import (
     Backend,
@@ -22,6 +24,7 @@ from anycnn.backend import (
 )
 from anycnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from anycnn.gradcheck import GradcheckReport, gradcheck
+from anycnn.interop import to_torch
 from anycnn.layers import (
     Convolution,
     CrossEntropy,
@@ -35,11 +38,25 @@ from anycnn.layers import (
     to_cross_correlation,
     to_selection,
 )
-from anycnn.network import Network
+from anycnn.network import History, Network, load
 from anycnn.optim import SDLM, SGD, Momentum, diagonal_hessian, lecun1998
 from anycnn.train import DivergenceError, evaluate
 
 __version__ = "0.1.0"
+
+# The library's log (backend fallback and why, devices, kernel compilation, thread counts) is
+# silent unless the application configures logging; the CLI shows it.
+_logging.getLogger("anycnn").addHandler(_logging.NullHandler())
+
+
+class _CallableModule(type(train)):  # type: ignore[misc]
+    """``anycnn.train`` is the training module and, called, its :func:`anycnn.train.train`."""
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.train(*args, **kwargs)
+
+
+train.__class__ = _CallableModule
 
 __all__ = [
     "SDLM",
@@ -65,6 +82,9 @@ __all__ = [
     "Flatten",
     "FullyConnected",
     "GradcheckReport",
+    "History",
+    "load",
+    "to_torch",
     "LayerError",
     "Network",
     "SquaredError",

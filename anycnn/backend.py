@@ -24,6 +24,7 @@ import contextvars
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import threading
 import types
@@ -42,9 +43,14 @@ __all__ = [
     "backend_of",
     "get_backend",
     "lookup",
+    "parse_name",
     "set_backend",
     "use_backend",
 ]
+
+#: What the library decides on its own (backend fallback, devices, kernel compilation, threads).
+#: Silent by default (``anycnn/__init__.py`` gives it a NullHandler); the CLI shows it.
+logger = logging.getLogger("anycnn")
 
 # Note [Hot-op dispatch]
 # ~~~~~~~~~~~~~~~~~~~~~~
@@ -98,6 +104,21 @@ class Backend:
         also hold fused ops (:data:`FUSED_OP_NAMES`), which go to ``ops.fused``.
     to_numpy : callable, optional
         Copies an array of this backend to a NumPy array on the host.
+    device_for : callable, optional
+        Turns the device part of a name such as ``"cuda:1"`` (here ``"1"``) into a device of this
+        backend, raising :class:`ValueError` when there is no such device. By default the
+        namespace's own devices (``__array_namespace_info__().devices()``) are matched by name,
+        and ``"0"`` means the default device.
+
+    Examples
+    --------
+    A backend's name may carry a device (``Note [Devices]``):
+
+    >>> import anycnn
+    >>> anycnn.backend.lookup("cpu").name
+    'numpy'
+    >>> anycnn.backend.lookup("strict:device1").default_device
+    array_api_strict.Device('device1')
     """
 
     name: str
@@ -110,12 +131,17 @@ class Backend:
     probe: Callable[[], None] | None = None
     fast_ops: Callable[[], Mapping[str, Callable[..., Any]]] | None = None
     to_numpy: Callable[[Any], Any] | None = None
+    device_for: Callable[[str], Any] | None = None
     load_error: str | None = None
+    #: The record of the backend's default device when this one is a device of it (``on``).
+    parent: Backend | None = field(default=None, repr=False)
     _state: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- availability ---------------------------------------------------------------------
     def _status(self) -> tuple[bool, str]:
+        if self.parent is not None:
+            return self.parent._status()
         with self._lock:
             if "status" not in self._state:
                 self._state["status"] = self._check()
@@ -166,7 +192,7 @@ class Backend:
     @property
     def xp(self) -> Any:
         """The array namespace (Array API, compat-wrapped where needed)."""
-        return self.require()._state["xp"]
+        return (self.parent or self).require()._state["xp"]
 
     @property
     def default_device(self) -> Any:
@@ -174,9 +200,90 @@ class Backend:
         return self.require()._state["device"]
 
     @property
+    def base(self) -> Backend:
+        """The backend itself, whichever device this record is for (:meth:`on`)."""
+        return self.parent or self
+
+    @property
+    def label(self) -> str:
+        """The name with the device when it is not the backend's default: ``cupy:1``."""
+        if self.parent is None:
+            return self.name
+        return f"{self.name}:{self.device_spec}"
+
+    @property
+    def device_spec(self) -> str:
+        """The device part of :attr:`label` (``""`` for the backend's default device)."""
+        return str(self._state.get("spec", ""))
+
+    def on(self, device: Any) -> Backend:
+        """This backend with new arrays on ``device`` (a device of the namespace, or the device
+        part of a name: ``"1"`` for ``"cuda:1"``, ``"device1"`` for ``"strict:device1"``).
+
+        The same record is returned for the same device, and the backend itself for its
+        default device, so networks and arrays compare their backends by identity.
+
+        Raises
+        ------
+        ValueError
+            No such device here; the message names the devices there are.
+        BackendUnavailableError
+            The backend itself is unusable.
+        """
+        root = self.base.require()
+        if isinstance(device, str):
+            spec = device.strip()
+            resolved = root._resolve_device(spec)
+        else:
+            resolved, spec = device, str(device)
+        if resolved == root.default_device:
+            return root
+        with root._lock:
+            cache = root._state.setdefault("devices", {})
+            key = str(resolved)
+            record = cache.get(key)
+            if record is None:
+                record = Backend(
+                    name=root.name,
+                    array_module=root.array_module,
+                    aliases=(),
+                    description=root.description,
+                    install_hint=root.install_hint,
+                    to_numpy=root.to_numpy,
+                    device_for=root.device_for,
+                    parent=root,
+                )
+                record._state.update(device=resolved, spec=spec)
+                cache[key] = record
+                logger.info("backend %s: new arrays go to device %s", root.name, resolved)
+        return record
+
+    def _resolve_device(self, spec: str) -> Any:
+        if self.device_for is not None:
+            return self.device_for(spec)
+        default = self.default_device
+        if spec in ("", "0", str(default)):
+            return default
+        devices: list[Any] = []
+        info = getattr(self.xp, "__array_namespace_info__", None)
+        if info is not None:
+            with contextlib.suppress(Exception):
+                devices = list(info().devices())
+        for candidate in devices:
+            if spec in (str(candidate), getattr(candidate, "name", None)):
+                return candidate
+            text = repr(candidate)
+            if f"'{spec}'" in text:  # array_api_strict.Device('device1')
+                return candidate
+        known = ", ".join(repr(str(d)) for d in devices) or repr(str(default))
+        raise ValueError(f"backend {self.name!r} has no device {spec!r}; devices here: {known}")
+
+    @property
     def ops(self) -> types.SimpleNamespace:
         """The hot operations: the reference ops of :mod:`anycnn.ops` with this backend's fast
         versions laid over them (``Note [Hot-op dispatch]``)."""
+        if self.parent is not None:
+            return self.parent.ops
         table = self._state.get("ops")
         if table is None:
             self.require()
@@ -205,25 +312,69 @@ class Backend:
         return getattr(xp, "__name__", "").split(".")[0] == self.array_module
 
     def asarray(self, data: Any, dtype: Any = None, *, copy: bool | None = None) -> Any:
-        """Put host data (NumPy arrays, lists, scalars) on this backend's default device.
+        """Put data on this backend's default device: host data (NumPy arrays, lists, scalars)
+        or any array that speaks DLPack (PyTorch tensors, array-api-strict, JAX, CuPy arrays).
 
-        ``dtype`` may be a dtype of the namespace or its name (``"float32"``).
+        ``dtype`` may be a dtype of the namespace or its name (``"float32"``). Another library's
+        array comes through ``from_dlpack``: without a copy when it already lives on this
+        device, copied to it otherwise (``Note [Array interop]``). ``copy=True`` always copies.
+
+        Raises
+        ------
+        TypeError
+            An array of a library that does not speak DLPack, or one DLPack cannot bring here
+            (the message carries the library's reason).
+
+        Examples
+        --------
+        >>> import numpy as np, torch, anycnn
+        >>> t = torch.arange(4.0)
+        >>> x = anycnn.backend.lookup("cpu").asarray(t)     # zero-copy: the same memory
+        >>> type(x).__name__, np.shares_memory(x, t.numpy())
+        ('ndarray', True)
         """
         xp = self.xp
         if isinstance(dtype, str):
             dtype = resolve_dtype(xp, dtype)
-        if array_api_compat.is_array_api_obj(data) and not self.owns(
-            array_api_compat.array_namespace(data)
+        device = self.default_device
+        if (
+            array_api_compat.is_array_api_obj(data)
+            and not array_api_compat.is_numpy_array(data)
+            and not self.owns(array_api_compat.array_namespace(data))
         ):
-            # Cross-backend data goes through the host explicitly; only NumPy is accepted
-            # implicitly, since it is where data sets live (anycnn.datasets).
-            if not array_api_compat.is_numpy_array(data):
+            data = self._from_dlpack(data, device)
+        return xp.asarray(data, dtype=dtype, device=device, copy=copy)
+
+    # Note [Array interop]
+    # ~~~~~~~~~~~~~~~~~~~~
+    # Arrays of another library reach a backend through DLPack (the Array API's interchange):
+    # `xp.from_dlpack(x)` shares the memory when x is on a device this namespace can address
+    # (a CPU tensor into NumPy, an array-api-strict array into PyTorch), and raises when it is
+    # not (a CUDA tensor into NumPy); then the standard's `from_dlpack(x, device=..., copy=True)`
+    # asks the producer for a copy on our device. NumPy arrays skip DLPack: `asarray` takes them
+    # on every namespace. The entry points that take user data (`Backend.asarray`,
+    # `Network.fit/evaluate/predict/predict_classes/set_parameter`, `anycnn.Network.to`) accept
+    # such arrays; the inner step (`forward`, `backward`, `compute_gradients`) does not convert:
+    # it checks, so that a training loop never copies behind the user's back.
+    def _from_dlpack(self, data: Any, device: Any) -> Any:
+        xp = self.xp
+        source = array_api_compat.array_namespace(data).__name__
+        if not hasattr(data, "__dlpack__"):
+            raise TypeError(
+                f"{self.name}.asarray: got an array of {source}, which does not speak DLPack; "
+                "convert it to NumPy on the host first"
+            )
+        try:
+            return xp.from_dlpack(data)
+        except Exception as first:
+            try:
+                return xp.from_dlpack(data, device=device, copy=True)
+            except Exception:
                 raise TypeError(
-                    f"{self.name}.asarray: got an array of "
-                    f"{array_api_compat.array_namespace(data).__name__}; convert it to NumPy "
-                    "on the host first (Backend.to_host)"
-                )
-        return xp.asarray(data, dtype=dtype, device=self.default_device, copy=copy)
+                    f"{self.name}.asarray: cannot bring an array of {source} on "
+                    f"{array_api_compat.device(data)} to {device} through DLPack "
+                    f"({_one_line(first)})"
+                ) from None
 
     def to_host(self, x: Any) -> Any:
         """Copy an array of this backend into a NumPy array."""
@@ -239,14 +390,18 @@ class Backend:
             return numpy.asarray(x)
 
     def __repr__(self) -> str:
-        state = "available" if self._state.get("status", (None,))[0] else "not probed"
-        if "status" in self._state and not self._state["status"][0]:
-            state = "unavailable"
-        return f"<Backend {self.name!r} ({state})>"
+        status = self.base._state.get("status")
+        state = "not probed" if status is None else ("available" if status[0] else "unavailable")
+        return f"<Backend {self.label!r} ({state})>"
 
 
 def resolve_dtype(xp: Any, dtype: Any) -> Any:
-    """The namespace's dtype for a name such as ``"float32"``; dtypes pass through."""
+    """The namespace's dtype for a name such as ``"float32"``; dtypes pass through.
+
+    >>> import numpy as np
+    >>> resolve_dtype(np, "float32")
+    <class 'numpy.float32'>
+    """
     if isinstance(dtype, str):
         try:
             return getattr(xp, dtype)
@@ -306,6 +461,26 @@ def _torch_device() -> Any:
     return torch.device("cpu")
 
 
+def _torch_device_for(spec: str) -> Any:
+    import torch
+
+    try:
+        device = torch.device(spec if spec and not spec.isdigit() else f"cpu:{spec or 0}")
+    except RuntimeError as error:
+        raise ValueError(f"backend 'torch' has no device {spec!r}: {error}") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        index = 0 if device.index is None else device.index
+        if index >= count:
+            raise ValueError(
+                f"backend 'torch' has no device {spec!r}: torch sees {count} CUDA device(s)"
+            )
+        return torch.device("cuda", index)
+    raise ValueError(f"backend 'torch' has no device {spec!r}: use cpu or cuda:N")
+
+
 def _builtin_generic() -> list[Backend]:
     strict = _generic(
         "array_api_strict",
@@ -324,6 +499,7 @@ def _builtin_generic() -> list[Backend]:
     )
     torch.namespace = _torch_namespace
     torch.device = _torch_device
+    torch.device_for = _torch_device_for
     jax = _generic(
         "jax", "jax", (), 'pip install "jax[cpu]"', "JAX arrays through array-api-compat"
     )
@@ -390,33 +566,80 @@ def known_names() -> list[str]:
     return names
 
 
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    """Log a decision at INFO the first time it is taken in this process."""
+    if message not in _logged:
+        _logged.add(message)
+        logger.info("%s", message)
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    """Split a backend name into the backend and its device: ``"cuda:1"`` gives
+    ``("cuda", "1")``, ``"torch:cuda:0"`` gives ``("torch", "cuda:0")``, ``"cpu"`` gives
+    ``("cpu", "")``.
+
+    >>> parse_name("cuda:1")
+    ('cuda', '1')
+    """
+    key, _, device = name.strip().partition(":")
+    return key.strip().lower().replace("-", "_"), device.strip()
+
+
+# Note [Devices]
+# ~~~~~~~~~~~~~~
+# A backend name may carry a device after a colon: "cuda:1", "torch:cuda:0", "strict:device1".
+# `lookup` parses it and returns `record.on(device)`: the backend's record for its default device,
+# or a derived record (same namespace and ops, `parent` the backend, another `default_device`),
+# one per device, so identity comparisons stay valid. New arrays go to that device; hot ops still
+# dispatch on their inputs, and `backend_of` returns the backend's own record: a network compares
+# `owner.base` and then the device, and names both when they differ.
 def lookup(name: str | Backend) -> Backend:
-    """The backend record for a name or alias (``auto`` resolves to CUDA if usable, else CPU).
+    """The backend record for a name or alias, optionally with a device (``"cuda:1"``);
+    ``auto`` resolves to CUDA if usable, else CPU, and logs why it fell back.
 
     Raises
     ------
     ValueError
-        For an unknown name; the message lists the known ones.
+        For an unknown name (the message lists the known ones) or an unknown device.
+    BackendUnavailableError
+        When a device is named on a backend that cannot be used here.
     """
     if isinstance(name, Backend):
         return name
     if not isinstance(name, str):
         raise TypeError(f"backend name must be a str, got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_")
+    key, device = parse_name(name)
     backends = _backends()
+    record: Backend | None = None
     if key == "auto":
         cupy = backends.get("cupy")
-        return cupy if cupy is not None and cupy.available else backends["numpy"]
-    for record in backends.values():
-        if key == record.name or key in record.aliases:
-            return record
-    raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(known_names())}")
+        if cupy is not None and cupy.available:
+            record = cupy
+        else:
+            reason = "no CuPy backend" if cupy is None else cupy.unavailable_reason
+            _log_once(f"backend auto: CUDA is not usable ({reason}); using numpy (CPU)")
+            record = backends["numpy"]
+    else:
+        for candidate in backends.values():
+            if key == candidate.name or key in candidate.aliases:
+                record = candidate
+                break
+    if record is None:
+        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(known_names())}")
+    return record.on(device) if device else record
 
 
 def available_backends() -> list[Backend]:
     """Every known backend, probed: ``.available`` and, when not, ``.unavailable_reason``.
 
     Probing imports each installed array library (CuPy included) once and caches the answer.
+
+    >>> import anycnn
+    >>> {b.name: b.available for b in anycnn.available_backends()}["numpy"]
+    True
     """
     records = list(_backends().values())
     for record in records:
@@ -435,7 +658,14 @@ def set_backend(name: str | Backend) -> Backend:
     """Choose the backend for new arrays in this process (``"cpu"``, ``"cuda"``, ``"auto"``...).
 
     Raises :class:`BackendUnavailableError` at once if it cannot be used. Inside a
-    :func:`use_backend` block the block's choice still wins until the block ends.
+    :func:`use_backend` block the block's choice still wins until the block ends. A name may
+    carry a device (``"cuda:1"``, ``Note [Devices]``).
+
+    >>> import anycnn
+    >>> previous = anycnn.get_backend()
+    >>> anycnn.set_backend("cpu").name
+    'numpy'
+    >>> _ = anycnn.set_backend(previous)
     """
     global _process_default
     record = lookup(name).require()
@@ -466,6 +696,11 @@ def get_backend() -> Backend:
     In order: the innermost :func:`use_backend` block, then :func:`set_backend`, then the
     environment variable ``ANYCNN_BACKEND`` (read now, at first use, not at import), then
     ``auto``.
+
+    >>> import anycnn
+    >>> with anycnn.use_backend("strict"):
+    ...     anycnn.get_backend().name
+    'array_api_strict'
     """
     global _process_default
     record = _current.get()
@@ -499,6 +734,10 @@ def backend_of(*arrays: Any, op: str = "anycnn") -> Backend:
         Arrays from two namespaces, or something that is not an array.
     ValueError
         Arrays on two devices.
+
+    >>> import numpy as np, anycnn
+    >>> anycnn.backend_of(np.zeros(3), 2.0).name
+    'numpy'
     """
     present = [a for a in arrays if a is not None and not isinstance(a, int | float | bool)]
     if not present:

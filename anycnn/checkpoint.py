@@ -20,7 +20,12 @@ Writing is atomic (:func:`save_checkpoint`): the file is written to a temporary 
 directory, flushed and fsync-ed, then renamed over the target with :func:`os.replace`, so a crash
 leaves either the old file or the new one, never half of one.
 
-Reading (:func:`load_checkpoint`) rebuilds the network from its configuration and checks every
+Reading treats the file as untrusted input (Note [Reading an untrusted checkpoint]): names,
+compression, dtypes, shapes and sizes are checked from the zip directory and the .npy headers,
+and every size the configuration gives is bounded by the file's own arrays, before any array is
+read; nothing is ever unpickled, and nothing named in the file is looked up as code.
+
+:func:`load_checkpoint` rebuilds the network from its configuration and checks every
 array's name, shape and dtype against it, and the optimizer state against the optimizer rebuilt
 from its config, *before* assigning anything. A truncated file, a file of another kind (a pickle
 renamed ``.npz``), or a checkpoint of another model raises :class:`CheckpointError` naming the
@@ -31,14 +36,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
+import struct
 import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -257,88 +265,525 @@ def _generator_from_state(state: Any, where: str) -> np.random.Generator:
     except Exception as error:  # NumPy's setter: TypeError, ValueError, KeyError, OverflowError
         raise CheckpointError(
             f"{where}: bad random generator state for {name} "
-            f"({type(error).__name__}: {_quote(str(error))})"
+            f"({type(error).__name__}: {_clean(str(error))})"
         ) from None
     return np.random.Generator(bit_generator)
+
+
+def _clean(text: str, limit: int = 300) -> str:
+    """An error text from a library, made safe to print on one line (see :func:`_quote`)."""
+    shown = text.encode("ascii", "backslashreplace").decode("ascii")
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _quote(text: str, limit: int = 80) -> str:
     """``text`` made safe to print on one line: control characters and non-ASCII escaped
     (a name read from a file can hold newlines or terminal escape codes), cut to ``limit``."""
-    shown = text.encode("ascii", "backslashreplace").decode("ascii")
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
-    if len(shown) > limit:
-        shown = shown[: limit - 3] + "..."
-    return repr(shown)
+    return repr(_clean(text, limit))
 
 
-def _read_all(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the file, read now (a truncated member fails here, not later)."""
-    where = str(path)
-    if path.is_dir():
-        raise CheckpointError(
-            f"{where}: a directory, not a checkpoint file; pass one of its epoch-NNNN.npz files"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"{where}: no such checkpoint file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise CheckpointError(f"{where}: not an anycnn checkpoint (a single .npy array)")
-            arrays = {key: archive[key] for key in archive.files}
-        for key, value in arrays.items():  # members not named .npy come back as raw bytes
-            if not isinstance(value, np.ndarray):
-                raise CheckpointError(
-                    f"{where}: not an anycnn checkpoint: member {key!r} is not an .npy array"
-                )
-        return arrays
-    except CheckpointError:
-        raise
-    except ValueError as error:
-        text = str(error)
-        if "pickle" in text:
-            with open(path, "rb") as stream:
-                head = stream.read(6)
-            never = "which is never loaded (allow_pickle=False)"
-            if head.startswith(b"PK"):
-                what = f"an .npz archive holding an array of pickled Python objects, {never}"
-            elif head.startswith(b"\x93NUMPY"):
-                what = f"an .npy array of pickled Python objects, {never}"
-            elif head[:1] == b"\x80":
-                what = f"a Python pickle, {never}"
-            else:
-                what = "neither an .npz archive nor an .npy array"
+# -- reading: validate the structure from the zip directory and the .npy headers first ---------
+# Note [Reading an untrusted checkpoint]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A checkpoint is treated as untrusted input, as safetensors treats its files. Before a byte of
+# array data is read:
+#
+# 1. the zip central directory (names, flags, methods, sizes; no data) is checked: at most
+#    MAX_MEMBERS members, unique names of the form ``meta/config``, ``meta/info``,
+#    ``param/<name>``, ``extra/<name>.table``, ``optim/<key>`` (``.npy``), stored or deflated
+#    only, no encryption, an uncompressed total under MAX_CHECKPOINT_BYTES, and deflated members
+#    no larger than MAX_DEFLATE_RATIO times their compressed size (a bomb's ratio is ~1000);
+# 2. every member's .npy header (at most MAX_NPY_HEADER bytes, read through the zip stream) is
+#    parsed: a plain numeric dtype (never ``object``: nothing is unpickled), at most 8
+#    dimensions, and a member size that equals header + data exactly;
+# 3. the two JSON entries (at most MAX_META_BYTES each) are parsed and their structure checked;
+# 4. every size the configuration gives (maps, units, kernel sizes, the input shape) is checked
+#    against the shapes the parameter headers declare (:func:`_check_sizes`), so that rebuilding
+#    the network allocates no more than the file's own arrays hold;
+# only then are the arrays read, each exactly as large as its header says, CRC-checked.
+
+#: hard limits of :func:`load_checkpoint` (see Note [Reading an untrusted checkpoint])
+MAX_MEMBERS = 100_000
+MAX_META_BYTES = 64 * 2**20
+MAX_NPY_HEADER = 64 * 2**10
+MAX_CHECKPOINT_BYTES = 8 * 2**30
+MAX_DEFLATE_RATIO = 64
+MAX_INPUT_ELEMENTS = 2**26
+_ALLOWED_DTYPES = {"<f4", "<f8", "|u1", "|b1", "<i8", "<i4", "<i2", "|i1", "<u4", "<u2"}
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}(/[A-Za-z0-9_.\-]{1,200}){0,3}")
+
+
+@dataclass
+class _Member:
+    info: zipfile.ZipInfo
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran: bool
+    offset: int  # bytes of the .npy header
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _refuse_non_archive(path: Path, where: str) -> None:
+    with open(path, "rb") as stream:
+        head = stream.read(6)
+    never = "which is never loaded (allow_pickle=False)"
+    if head.startswith(b"\x93NUMPY"):
+        from numpy.lib import format as npy
+
+        objects = False
+        with contextlib.suppress(Exception), open(path, "rb") as stream:
+            npy.read_magic(stream)
+            _, _, dtype = npy.read_array_header_1_0(stream, max_header_size=MAX_NPY_HEADER)
+            objects = dtype.hasobject
+        if objects:
             raise CheckpointError(
-                f"{where}: not an anycnn checkpoint: the file is {what}"
-            ) from None
-        raise CheckpointError(f"{where}: not a readable .npz checkpoint ({text})") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as error:
+                f"{where}: not an anycnn checkpoint: the file is an .npy array of pickled "
+                f"Python objects, {never}"
+            )
         raise CheckpointError(
-            f"{where}: truncated or corrupt checkpoint ({type(error).__name__}: {error})"
+            f"{where}: not an anycnn checkpoint: the file is a single .npy array, not an .npz "
+            "archive of one"
+        )
+    if head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{where}: not an anycnn checkpoint: the file is a Python pickle, {never}"
+        )
+    if head.startswith(b"PK"):
+        return
+    raise CheckpointError(
+        f"{where}: not an anycnn checkpoint: the file is neither an .npz archive nor an .npy array"
+    )
+
+
+class _Archive:
+    """An open checkpoint whose structure has been checked (steps 1 and 2 of
+    Note [Reading an untrusted checkpoint]); :meth:`read` reads one member's array."""
+
+    def __init__(self, path: Path):
+        self.path, self.where = path, str(path)
+        where = self.where
+        if path.is_dir():
+            raise CheckpointError(
+                f"{where}: a directory, not a checkpoint file; pass one of its epoch-NNNN.npz files"
+            )
+        if not path.is_file():
+            raise CheckpointError(f"{where}: no such checkpoint file")
+        _refuse_non_archive(path, where)
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            OSError,
+            ValueError,
+            NotImplementedError,
+            struct.error,
+            RuntimeError,
+        ) as error:
+            raise CheckpointError(
+                f"{where}: truncated or corrupt checkpoint ({type(error).__name__}: "
+                f"{_clean(str(error))})"
+            ) from None
+        try:
+            self.members = self._directory()
+            for key, member in self.members.items():
+                self._header(key, member)
+        except BaseException:
+            self.zip.close()
+            raise
+
+    def close(self) -> None:
+        self.zip.close()
+
+    def _directory(self) -> dict[str, _Member]:
+        where = self.where
+        infos = self.zip.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise CheckpointError(f"{where}: {len(infos)} members, more than {MAX_MEMBERS}")
+        members: dict[str, _Member] = {}
+        total = 0
+        for info in infos:
+            raw = info.filename
+            key = raw[:-4] if raw.endswith(".npy") else raw
+            if not raw.endswith(".npy") and _NAME.fullmatch(raw) and raw.startswith("meta/"):
+                raise CheckpointError(
+                    f"{where}: not an anycnn checkpoint: member {_quote(raw)} is not an .npy array"
+                )
+            if not raw.endswith(".npy") or not _NAME.fullmatch(key) or ".." in key:
+                raise CheckpointError(f"{where}: unexpected member {_quote(raw)}")
+            if not key.startswith(("meta/", "param/", "extra/", "optim/")) or (
+                key.startswith("meta/") and key not in ("meta/config", "meta/info")
+            ):
+                raise CheckpointError(f"{where}: unexpected entry {_quote(key)}")
+            if key in members:
+                raise CheckpointError(f"{where}: member {_quote(key)} appears twice")
+            if info.flag_bits & 0x1:
+                raise CheckpointError(f"{where}: member {_quote(key)} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise CheckpointError(
+                    f"{where}: member {_quote(key)} uses compression method "
+                    f"{info.compress_type}; only stored (0) and deflate (8) are read"
+                )
+            if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+                raise CheckpointError(
+                    f"{where}: member {_quote(key)}: stored, yet its sizes differ "
+                    f"({info.compress_size} and {info.file_size} bytes)"
+                )
+            if (
+                info.compress_type == zipfile.ZIP_DEFLATED
+                and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 2**20
+            ):
+                raise CheckpointError(
+                    f"{where}: member {_quote(key)} would expand from {info.compress_size} to "
+                    f"{info.file_size} bytes, more than {MAX_DEFLATE_RATIO} times (a "
+                    "decompression bomb?)"
+                )
+            total += info.file_size
+            if total > MAX_CHECKPOINT_BYTES:
+                raise CheckpointError(
+                    f"{where}: the members hold more than {MAX_CHECKPOINT_BYTES} bytes "
+                    "uncompressed, more than a checkpoint may (MAX_CHECKPOINT_BYTES)"
+                )
+            if info.header_offset + info.compress_size > self._size():
+                raise CheckpointError(
+                    f"{where}: truncated or corrupt checkpoint (member {_quote(key)} ends past "
+                    "the end of the file)"
+                )
+            members[key] = _Member(info, np.dtype(np.uint8), (0,), False, 0)
+        return members
+
+    def _size(self) -> int:
+        return self.path.stat().st_size
+
+    def _open(self, member: _Member) -> Any:
+        return self.zip.open(member.info)
+
+    def _header(self, key: str, member: _Member) -> None:
+        where = self.where
+        from numpy.lib import format as npy
+
+        try:
+            with self._open(member) as stream:
+                version = npy.read_magic(stream)
+                reader = (
+                    npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                )
+                if version not in ((1, 0), (2, 0), (3, 0)):
+                    raise ValueError(f"unknown .npy version {version}")
+                shape, fortran, dtype = reader(stream, max_header_size=MAX_NPY_HEADER)
+                offset = stream.tell()
+        except CheckpointError:
+            raise
+        except ValueError as error:
+            if "pickle" in str(error) or "object" in str(error):
+                raise CheckpointError(
+                    f"{where}: not an anycnn checkpoint: the file is an .npz archive holding an "
+                    "array of pickled Python objects, which is never loaded (allow_pickle=False): "
+                    f"member {_quote(key)}"
+                ) from None
+            raise CheckpointError(
+                f"{where}: member {_quote(key)} is not an .npy array ({_clean(str(error))})"
+            ) from None
+        except Exception as error:  # zipfile/zlib/struct errors of a corrupt member
+            raise CheckpointError(
+                f"{where}: truncated or corrupt checkpoint (member {_quote(key)}: "
+                f"{type(error).__name__}: {_clean(str(error))})"
+            ) from None
+        if dtype.hasobject or dtype.str not in _ALLOWED_DTYPES:
+            if dtype.hasobject:
+                raise CheckpointError(
+                    f"{where}: not an anycnn checkpoint: the file is an .npz archive holding an "
+                    "array of pickled Python objects, which is never loaded (allow_pickle=False): "
+                    f"member {_quote(key)}"
+                )
+            raise CheckpointError(f"{where}: member {_quote(key)} has dtype {dtype.str!r}")
+        if len(shape) > 8:
+            raise CheckpointError(f"{where}: member {_quote(key)} has {len(shape)} dimensions")
+        member.dtype, member.shape, member.fortran, member.offset = dtype, shape, fortran, offset
+        if member.info.file_size != offset + member.nbytes:
+            raise CheckpointError(
+                f"{where}: truncated or corrupt checkpoint (member {_quote(key)}: its header "
+                f"declares {dtype} {shape}, {member.nbytes} bytes of data, but the member "
+                f"holds {member.info.file_size - offset})"
+            )
+
+    def read(self, key: str) -> np.ndarray:
+        """The array of member ``key``, exactly as large as its checked header says."""
+        member = self.members[key]
+        try:
+            with self._open(member) as stream:
+                stream.read(member.offset)
+                data = stream.read(member.nbytes)
+                if len(data) != member.nbytes or stream.read(1):
+                    raise EOFError(f"member {key!r} is shorter or longer than its header says")
+        except Exception as error:  # a bad CRC, a truncated stream, zlib errors
+            raise CheckpointError(
+                f"{self.where}: truncated or corrupt checkpoint ({type(error).__name__}: "
+                f"{_clean(str(error))})"
+            ) from None
+        order: Literal["C", "F"] = "F" if member.fortran else "C"
+        return np.frombuffer(data, dtype=member.dtype).reshape(member.shape, order=order)
+
+    def json(self, key: str) -> Any:
+        where = self.where
+        member = self.members.get(key)
+        if member is None:
+            raise CheckpointError(f"{where}: not an anycnn checkpoint (no {key!r} entry)")
+        if member.dtype != np.uint8 or len(member.shape) != 1:
+            raise CheckpointError(f"{where}: {key!r} must be a 1-d uint8 array of JSON")
+        if member.nbytes > MAX_META_BYTES:
+            raise CheckpointError(
+                f"{where}: {key!r} holds {member.nbytes} bytes of JSON, more than {MAX_META_BYTES}"
+            )
+        return _parse_json(self.read(key).tobytes(), key, where)
+
+
+def _parse_json(data: bytes, key: str, where: str) -> Any:
+    """JSON without NaN or Infinity constants; a too deeply nested document (the C parser's
+    RecursionError) is one :class:`CheckpointError` (the structure is checked afterwards)."""
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed")
+
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise CheckpointError(
+            f"{where}: {key!r} is not valid JSON ({_clean(str(error))})"
         ) from None
 
 
-def _json_entry(arrays: Mapping[str, np.ndarray], key: str, where: str) -> Any:
-    if key not in arrays:
-        raise CheckpointError(f"{where}: not an anycnn checkpoint (no {key!r} entry)")
-    value = arrays[key]
-    if value.dtype != np.uint8 or value.ndim != 1:
-        raise CheckpointError(f"{where}: {key!r} must be a 1-d uint8 array of JSON")
-    try:
-        return json.loads(value.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{where}: {key!r} is not valid JSON ({error})") from None
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_info(info: Any, where: str) -> dict[str, Any]:
+    """The structure of ``meta/info`` (step 3 of Note [Reading an untrusted checkpoint])."""
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: not an anycnn checkpoint (format tag missing)")
+    version = info.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: checkpoint format version "
+            f"{version if _is_int(version) else _quote(str(version))} is newer than this "
+            f"anycnn ({_version()}) reads (<= {FORMAT_VERSION}); upgrade anycnn"
+        )
+    epoch = info.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= 10**9:
+        raise CheckpointError(f"{where}: bad epoch {_quote(str(epoch))}")
+    for key in ("model", "dataset", "anycnn_version", "run_id"):
+        if key in info and info[key] is not None and not isinstance(info[key], str):
+            raise CheckpointError(f"{where}: {key!r} must be a string in 'meta/info'")
+    optimizer = info.get("optimizer")
+    if optimizer is not None and (
+        not isinstance(optimizer, dict) or not isinstance(optimizer.get("name"), str)
+    ):
+        raise CheckpointError(f"{where}: bad optimizer configuration: not an object with a name")
+    history = info.get("history", [])
+    if not isinstance(history, list) or not all(
+        isinstance(record, dict)
+        and all(
+            isinstance(k, str) and (v is None or isinstance(v, int | float))
+            for k, v in record.items()
+        )
+        for record in history
+    ):
+        raise CheckpointError(
+            f"{where}: bad metrics history in 'meta/info': a list of objects of numbers expected"
+        )
+    prep = info.get("preprocessing")
+    if prep is not None:
+        if not isinstance(prep, dict) or prep.get("kind") not in ("scale01", "normalize"):
+            kind = prep.get("kind") if isinstance(prep, dict) else prep
+            raise CheckpointError(
+                f"{where}: bad preprocessing {_quote(str(kind))}: 'kind' must be 'scale01' or "
+                "'normalize'"
+            )
+        for key in ("mean", "std"):
+            value = prep.get(key)
+            if value is not None and (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+            ):
+                raise CheckpointError(f"{where}: bad preprocessing {key} {_quote(str(value))}")
+        if prep["kind"] == "normalize" and not (
+            isinstance(prep.get("std"), int | float)
+            and prep["std"] > 0
+            and isinstance(prep.get("mean"), int | float)
+        ):
+            raise CheckpointError(
+                f"{where}: bad preprocessing: 'normalize' needs a finite mean and a std > 0"
+            )
+    return info
+
+
+def _check_config(config: Any, where: str) -> dict[str, Any]:
+    """The structure of ``meta/config`` (step 3 of Note [Reading an untrusted checkpoint])."""
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise CheckpointError(f"{where}: 'meta/config' is not a network configuration")
+    shape = config.get("input_shape")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 3
+        or not all(_is_int(s) and s >= 1 for s in shape)
+    ):
+        raise CheckpointError(
+            f"{where}: bad input shape {_quote(str(shape))} in 'meta/config': 1 to 3 positive "
+            "sizes expected"
+        )
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise CheckpointError(
+            f"{where}: input shape {tuple(shape)} has more than {MAX_INPUT_ELEMENTS} elements"
+        )
+    if not config["layers"] or not all(
+        isinstance(spec, dict)
+        and isinstance(spec.get("type"), str)
+        and isinstance(spec.get("name"), str)
+        for spec in config["layers"]
+    ):
+        raise CheckpointError(
+            f"{where}: bad layer list in 'meta/config': objects with a 'type' and a 'name' expected"
+        )
+    if not isinstance(config.get("name", "network"), str):
+        raise CheckpointError(f"{where}: the model name in 'meta/config' is not a string")
+    if config.get("dtype") not in ("float32", "float64"):
+        raise CheckpointError(
+            f"{where}: bad dtype {_quote(str(config.get('dtype')))} in 'meta/config'"
+        )
+    if not _is_int(config.get("seed")):
+        raise CheckpointError(f"{where}: bad seed in 'meta/config'")
+    return config
+
+
+#: elements a layer may allocate beyond what the file's own arrays for it hold
+_SLACK = 2**20
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    if _is_int(value) and value >= 1:
+        return value, value
+    if isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
+        return value[0], value[1]
+    return None
+
+
+def _check_sizes(config: dict[str, Any], members: Mapping[str, _Member], where: str) -> None:
+    """Step 4 of Note [Reading an untrusted checkpoint]: walk the layers with an upper bound of
+    each one's input shape and refuse a layer whose configuration would allocate more than the
+    file's arrays for it hold (plus :data:`_SLACK`), before :meth:`Network.from_config` allocates
+    anything. Exact shapes are checked after the build, with the designed messages."""
+    held: dict[str, int] = {}
+    for key, member in members.items():
+        if key.startswith("param/"):
+            layer = key[len("param/") :].rsplit(".", 1)[0]
+            held[layer] = held.get(layer, 0) + math.prod(member.shape)
+    shape = tuple(config["input_shape"])
+    for spec in config["layers"]:
+        kind, name = spec["type"], spec["name"]
+        spatial = shape[1:] if len(shape) == 3 else None
+        need = 0
+        if kind in ("Convolution", "LearnedCombination") and spatial is not None:
+            maps, kernel = spec.get("maps"), _pair(spec.get("kernel_size"))
+            if not (_is_int(maps) and maps >= 1) or kernel is None:
+                return  # the layer's own constructor refuses this with its message
+            kh, kw = kernel
+            need = maps * shape[0] * (kh * kw + 2) + maps
+            padding = spec.get("padding", 0)
+            if padding == "same":
+                pads = (kh - 1, kw - 1)
+            elif _is_int(padding) or padding in ("valid", None):
+                pads = (2 * abs(padding),) * 2 if _is_int(padding) else (0, 0)
+            elif isinstance(padding, list) and len(padding) == 2 and all(map(_is_int, padding)):
+                pads = (2 * abs(padding[0]), 2 * abs(padding[1]))
+            else:  # a form this bound does not know: as if padded by a whole kernel each side
+                pads = (2 * kh, 2 * kw)
+            shape = (
+                maps,
+                max(spatial[0] - kh + 1 + pads[0], 1),
+                max(spatial[1] - kw + 1 + pads[1], 1),
+            )
+        elif kind == "Subsampling" and spatial is not None:
+            n = spec.get("n")
+            if not (_is_int(n) and n >= 1):
+                return
+            need = 2 * shape[0]
+            shape = (shape[0], -(-spatial[0] // n), -(-spatial[1] // n))
+        elif kind == "FullyConnected":
+            units = spec.get("units")
+            if not (_is_int(units) and units >= 1):
+                return
+            need = units * (math.prod(shape) + 1)
+            shape = (units,)
+        elif kind == "Flatten":
+            shape = (math.prod(shape),)
+        if need > held.get(name, 0) + _SLACK:
+            raise CheckpointError(
+                f"{where}: layer {_quote(name)} ({kind}) as configured would allocate about "
+                f"{need} parameters, but the file holds {held.get(name, 0)} for it"
+            )
+
+
+def _check_members(config: dict[str, Any], members: Mapping[str, _Member], where: str) -> None:
+    """Every member's name and size is one the configuration implies (before any data is read):
+    parameters of its layers, the input-map tables of its convolutions, and optimizer state
+    shaped like the parameter it belongs to."""
+    layers = {spec["name"] for spec in config["layers"]}
+    tables = {f"{spec['name']}.table" for spec in config["layers"] if spec["type"] == "Convolution"}
+    unexpected = sorted(
+        key[len("param/") :]
+        for key in members
+        if key.startswith("param/") and key[len("param/") :].rsplit(".", 1)[0] not in layers
+    )
+    if unexpected:
+        raise CheckpointError(
+            f"{where}: unexpected parameters {', '.join(unexpected)} for model "
+            f"{_quote(str(config.get('name', 'network')))}"
+        )
+    unknown = sorted(
+        key for key in members if key.startswith("extra/") and key[len("extra/") :] not in tables
+    )
+    if unknown:
+        raise CheckpointError(f"{where}: unexpected entries {', '.join(map(_quote, unknown))}")
+    for key, member in members.items():
+        if not key.startswith("optim/"):
+            continue
+        state = key[len("optim/") :]
+        if state == "steps":
+            if member.shape != () or member.dtype != np.int64:
+                raise CheckpointError(
+                    f"{where}: optimizer state 'steps' must be int64 of shape (), got "
+                    f"{member.dtype} of shape {member.shape}"
+                )
+            continue
+        if "/" not in state:
+            raise CheckpointError(f"{where}: unexpected optimizer state {_quote(state)}")
+        # a bound only: exact shapes and dtypes are checked against the rebuilt optimizer
+        param = members.get("param/" + state.split("/", 1)[1])
+        room = (0 if param is None else math.prod(param.shape)) + _SLACK
+        if math.prod(member.shape) > room:
+            raise CheckpointError(
+                f"{where}: optimizer state {state!r} of shape {member.shape} is larger than its "
+                "parameter"
+            )
 
 
 def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The stored ``meta/info`` JSON (epoch, optimizer, history...) without restoring anything.
+    """The stored ``meta/info`` JSON (epoch, optimizer, history...) without restoring anything
+    (and without reading any array but the JSON).
 
     Raises :class:`CheckpointError` for a file that is not a readable checkpoint."""
     path = Path(path)
-    info = _json_entry(_read_all(path), "meta/info", str(path))
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an anycnn checkpoint (format tag missing)")
-    return info
+    archive = _Archive(path)
+    try:
+        return _check_info(archive.json("meta/info"), str(path))
+    finally:
+        archive.close()
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -388,24 +833,21 @@ def load_checkpoint(
 
     path = Path(path)
     where = str(path)
-    arrays = _read_all(path)
-    info = _json_entry(arrays, "meta/info", where)
-    config = _json_entry(arrays, "meta/config", where)
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(f"{where}: not an anycnn checkpoint (format tag missing)")
-    version = info.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{where}: checkpoint format version {version!r} is newer than this anycnn "
-            f"({_version()}) reads (<= {FORMAT_VERSION}); upgrade anycnn"
-        )
-    if not isinstance(config, dict) or "layers" not in config:
-        raise CheckpointError(f"{where}: 'meta/config' is not a network configuration")
-    stored_model = config.get("name", "network")
-    if model is not None and stored_model != model:
-        raise CheckpointError(
-            f"{where}: this is a checkpoint of model {stored_model!r}, not {model!r}"
-        )
+    archive = _Archive(path)
+    try:
+        info = _check_info(archive.json("meta/info"), where)
+        config = _check_config(archive.json("meta/config"), where)
+        stored_model = config.get("name", "network")
+        if model is not None and stored_model != model:
+            raise CheckpointError(
+                f"{where}: this is a checkpoint of model {_quote(stored_model)}, not {model!r}"
+            )
+        _check_members(config, archive.members, where)
+        if network is None:
+            _check_sizes(config, archive.members, where)
+        arrays = {key: archive.read(key) for key in archive.members if not key.startswith("meta/")}
+    finally:
+        archive.close()
 
     extra = {
         key[len("extra/") :]: value for key, value in arrays.items() if key.startswith("extra/")
@@ -413,14 +855,22 @@ def load_checkpoint(
     if network is None:
         try:
             network = Network.from_config(config, extra_state=extra, backend=backend, dtype=dtype)
-        except (ValueError, TypeError, KeyError) as error:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+        ) as error:
             raise CheckpointError(
-                f"{where}: cannot rebuild the network from the stored configuration: {error}"
+                f"{where}: cannot rebuild the network from the stored configuration: "
+                f"{_clean(str(error))}"
             ) from None
     else:
         if _comparable(network.config()) != _comparable(config):
             raise CheckpointError(
-                f"{where}: this checkpoint is of another model: it holds {stored_model!r} "
+                f"{where}: this checkpoint is of another model: it holds {_quote(stored_model)} "
                 f"({_describe(config)}), the network is {network.name!r} "
                 f"({_describe(network.config())}); "
                 + _difference(_comparable(config), _comparable(network.config()))
@@ -477,7 +927,18 @@ def load_checkpoint(
         expected = optimizer.expected_state()
         if "steps" not in optimizer_state:
             raise CheckpointError(f"{where}: the optimizer state 'optim/steps' is missing")
+        steps = int(optimizer_state["steps"]) if "steps" in optimizer_state else 0
+        if steps < 0:
+            raise CheckpointError(f"{where}: the optimizer state 'optim/steps' is {steps} < 0")
+        missing = sorted(key for key in expected if key not in optimizer_state)
+        if steps > 0 and missing:  # after a step every slot holds every parameter's buffer
+            raise CheckpointError(
+                f"{where}: optimizer state {', '.join(map(_quote, missing[:3]))}"
+                f"{' ...' if len(missing) > 3 else ''} missing after {steps} steps"
+            )
         for key, value in optimizer_state.items():
+            if key != "steps" and not np.all(np.isfinite(value)):
+                raise CheckpointError(f"{where}: optimizer state {key!r} holds NaN or Inf")
             if key not in expected:
                 raise CheckpointError(
                     f"{where}: unexpected optimizer state {key!r} for a "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import math
 import os
 import platform
@@ -871,7 +872,26 @@ def _main(argv: list[str]) -> int:
         build_parser().print_help()
         return EXIT_USAGE
     args.argv = argv
-    return _run(args, debug)
+    # The library's log (backend fallback and why, devices, compilation, threads) is silent in
+    # a program; the command line shows it on stderr: its decisions (INFO) under the header of
+    # `anycnn train`, everything with --debug, warnings always; nothing more with --quiet.
+    log = logging.getLogger("anycnn")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("anycnn: %(message)s"))
+    level = log.level
+    quiet = getattr(args, "quiet", False)
+    log.addHandler(handler)
+    if debug:
+        log.setLevel(logging.DEBUG)
+    elif args.command == "train" and not quiet:
+        log.setLevel(logging.INFO)
+    else:
+        log.setLevel(logging.WARNING)
+    try:
+        return _run(args, debug)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def _run(args: argparse.Namespace, debug: bool) -> int:

@@ -2,12 +2,21 @@
 
 Each function validates its arguments once (rank, dtype, shapes, one namespace and one device),
 then runs the implementation of the backend that owns the arrays (``Note [Hot-op dispatch]`` in
-:mod:`anycnn.backend`). The maths and conventions are documented on the reference versions in
-:mod:`anycnn.ops`.
+:mod:`anycnn.backend`). The maths and conventions are those of the reference versions in
+:mod:`anycnn.ops`, whose docstrings each function here carries.
+
+The functions are generated from one table (:data:`CHECKS`): an op's entry names its array
+arguments and the check of its arguments; its signature and documentation are those of the
+reference op, so a parameter added there (a padding, a remainder rule) reaches the checked
+entry point without another copy of the wrapper.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from anycnn import _checks as checks
@@ -17,14 +26,14 @@ from anycnn.backend import backend_of
 __all__ = list(reference.__all__)
 
 
+# --- the checks, one per kind of op -------------------------------------------------------------
 def _maps(where: str, name: str, x: Any) -> None:
     checks.check_rank(where, name, x, 4, "(N, C, H, W)")
     checks.check_float(where, name, x)
 
 
-def conv_valid(x: Any, kernel: Any, selection: Any = None) -> Any:
-    where = "conv_valid"
-    be = backend_of(x, kernel, selection, op=where)
+def _check_conv_valid(where: str, a: dict[str, Any]) -> None:
+    x, kernel = a["x"], a["kernel"]
     _maps(where, "x", x)
     checks.check_rank(where, "kernel", kernel, 4, "(C_out, C_in, kh, kw)")
     checks.check_same_dtype(where, ("x", "kernel"), x, kernel)
@@ -38,13 +47,11 @@ def conv_valid(x: Any, kernel: Any, selection: Any = None) -> Any:
         raise ValueError(
             f"{where}: kernel {kh}x{kw} is larger than the {x.shape[2]}x{x.shape[3]} input maps"
         )
-    checks.check_selection(where, selection, c_out, c_in)
-    return be.ops.conv_valid(x, kernel, selection)
+    checks.check_selection(where, a.get("selection"), c_out, c_in)
 
 
-def conv_full(delta: Any, kernel: Any, selection: Any = None) -> Any:
-    where = "conv_full"
-    be = backend_of(delta, kernel, selection, op=where)
+def _check_conv_full(where: str, a: dict[str, Any]) -> None:
+    delta, kernel = a["delta"], a["kernel"]
     _maps(where, "delta", delta)
     checks.check_rank(where, "kernel", kernel, 4, "(C_out, C_in, kh, kw)")
     checks.check_same_dtype(where, ("delta", "kernel"), delta, kernel)
@@ -54,13 +61,11 @@ def conv_full(delta: Any, kernel: Any, selection: Any = None) -> Any:
             f"{where}: delta has {delta.shape[1]} maps but the kernel has C_out = {c_out} "
             f"(delta {checks.shape_str(delta.shape)}, kernel {checks.shape_str(kernel.shape)})"
         )
-    checks.check_selection(where, selection, c_out, c_in)
-    return be.ops.conv_full(delta, kernel, selection)
+    checks.check_selection(where, a.get("selection"), c_out, c_in)
 
 
-def conv_kernel_grad(x: Any, delta: Any, selection: Any = None) -> Any:
-    where = "conv_kernel_grad"
-    be = backend_of(x, delta, selection, op=where)
+def _check_conv_kernel_grad(where: str, a: dict[str, Any]) -> None:
+    x, delta = a["x"], a["delta"]
     _maps(where, "x", x)
     _maps(where, "delta", delta)
     checks.check_same_dtype(where, ("x", "delta"), x, delta)
@@ -73,80 +78,212 @@ def conv_kernel_grad(x: Any, delta: Any, selection: Any = None) -> Any:
             f"{where}: delta maps {delta.shape[2]}x{delta.shape[3]} are larger than the "
             f"{x.shape[2]}x{x.shape[3]} input maps"
         )
-    checks.check_selection(where, selection, delta.shape[1], x.shape[1])
-    return be.ops.conv_kernel_grad(x, delta, selection)
+    checks.check_selection(where, a.get("selection"), delta.shape[1], x.shape[1])
 
 
-def _resampling(where: str, x: Any, n: Any, divisible: bool) -> tuple[Any, int]:
-    be = backend_of(x, op=where)
-    _maps(where, "x", x)
-    n = checks.check_factor(where, n)
-    if divisible:
-        checks.check_divisible(where, tuple(x.shape), n)
-    return be, n
+def _resampling(divisible: bool) -> Callable[[str, dict[str, Any]], None]:
+    def check(where: str, a: dict[str, Any]) -> None:
+        name = "delta" if "delta" in a else "x"
+        _maps(where, name, a[name])
+        a["n"] = checks.check_factor(where, a["n"])
+        if divisible:
+            checks.check_divisible(where, tuple(a[name].shape), a["n"])
+
+    return check
 
 
-def kron_upsample(x: Any, n: int) -> Any:
-    be, n = _resampling("kron_upsample", x, n, divisible=False)
-    return be.ops.kron_upsample(x, n)
+def _matrices(a_name: str, b_name: str) -> Callable[[str, dict[str, Any]], None]:
+    def check(where: str, a: dict[str, Any]) -> None:
+        for name in (a_name, b_name):
+            layout = "(N, D)" if name in ("x", "delta") else "(M, D)"
+            checks.check_rank(where, name, a[name], 2, layout)
+            checks.check_float(where, name, a[name])
+        checks.check_same_dtype(where, (a_name, b_name), a[a_name], a[b_name])
+
+    return check
 
 
-def block_sum(x: Any, n: int) -> Any:
-    be, n = _resampling("block_sum", x, n, divisible=True)
-    return be.ops.block_sum(x, n)
-
-
-def block_mean(x: Any, n: int) -> Any:
-    be, n = _resampling("block_mean", x, n, divisible=True)
-    return be.ops.block_mean(x, n)
-
-
-def decimate(x: Any, n: int) -> Any:
-    be, n = _resampling("decimate", x, n, divisible=True)
-    return be.ops.decimate(x, n)
-
-
-def decimate_transpose(delta: Any, n: int) -> Any:
-    be, n = _resampling("decimate_transpose", delta, n, divisible=False)
-    return be.ops.decimate_transpose(delta, n)
-
-
-def _matrices(where: str, names: tuple[str, str], a: Any, b: Any) -> Any:
-    be = backend_of(a, b, op=where)
-    for name, value in zip(names, (a, b), strict=True):
-        checks.check_rank(where, name, value, 2, "(N, D)" if name in ("x", "delta") else "(M, D)")
-        checks.check_float(where, name, value)
-    checks.check_same_dtype(where, names, a, b)
-    return be
-
-
-def fully_connected(x: Any, weight: Any) -> Any:
-    where = "fully_connected"
-    be = _matrices(where, ("x", "weight"), x, weight)
+def _check_fully_connected(where: str, a: dict[str, Any]) -> None:
+    _matrices("x", "weight")(where, a)
+    x, weight = a["x"], a["weight"]
     if x.shape[1] != weight.shape[1]:
         raise ValueError(
             f"{where}: x has {x.shape[1]} features but the weight expects D = {weight.shape[1]} "
             f"(x {checks.shape_str(x.shape)}, weight {checks.shape_str(weight.shape)})"
         )
-    return be.ops.fully_connected(x, weight)
 
 
-def fully_connected_weight_grad(x: Any, delta: Any) -> Any:
-    where = "fully_connected_weight_grad"
-    be = _matrices(where, ("x", "delta"), x, delta)
+def _check_fully_connected_weight_grad(where: str, a: dict[str, Any]) -> None:
+    _matrices("x", "delta")(where, a)
+    x, delta = a["x"], a["delta"]
     if x.shape[0] != delta.shape[0]:
         raise ValueError(
             f"{where}: x and delta have different batch sizes, {x.shape[0]} and {delta.shape[0]}"
         )
-    return be.ops.fully_connected_weight_grad(x, delta)
 
 
-def fully_connected_input_grad(delta: Any, weight: Any) -> Any:
-    where = "fully_connected_input_grad"
-    be = _matrices(where, ("delta", "weight"), delta, weight)
+def _check_fully_connected_input_grad(where: str, a: dict[str, Any]) -> None:
+    _matrices("delta", "weight")(where, a)
+    delta, weight = a["delta"], a["weight"]
     if delta.shape[1] != weight.shape[0]:
         raise ValueError(
             f"{where}: delta has {delta.shape[1]} units but the weight has M = {weight.shape[0]} "
             f"(delta {checks.shape_str(delta.shape)}, weight {checks.shape_str(weight.shape)})"
         )
-    return be.ops.fully_connected_input_grad(delta, weight)
+
+
+# --- the table ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """How one op is checked: its array arguments (one namespace, one device), the check of all
+    its arguments (it may normalise them, e.g. ``n`` to an int), and a doctest example."""
+
+    arrays: tuple[str, ...]
+    check: Callable[[str, dict[str, Any]], None]
+    example: str
+
+
+_PRELUDE = """    >>> import numpy as np, anycnn
+    >>> from anycnn import functional as F
+    >>> be = anycnn.get_backend()        # the doctests run on NumPy and on array-api-strict
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+"""
+
+#: Every hot op of :mod:`anycnn.ops`, with its check and a short example.
+CHECKS: dict[str, Check] = {
+    "conv_valid": Check(
+        ("x", "kernel", "selection"),
+        _check_conv_valid,
+        """    >>> u = F.conv_valid(a(1, 1, 3, 3), be.asarray(np.ones((2, 1, 2, 2)), "float64"))
+    >>> tuple(u.shape), float(u[0, 0, 0, 0])      # 0 + 1 + 3 + 4
+    ((1, 2, 2, 2), 8.0)
+""",
+    ),
+    "conv_full": Check(
+        ("delta", "kernel", "selection"),
+        _check_conv_full,
+        """    >>> g = F.conv_full(a(1, 2, 2, 2), be.asarray(np.ones((2, 1, 2, 2)), "float64"))
+    >>> tuple(g.shape), float(g[0, 0, 0, 0])      # delta[0, 0, 0, 0] + delta[0, 1, 0, 0]
+    ((1, 1, 3, 3), 4.0)
+""",
+    ),
+    "conv_kernel_grad": Check(
+        ("x", "delta", "selection"),
+        _check_conv_kernel_grad,
+        """    >>> delta = be.asarray(np.ones((1, 2, 2, 2)), "float64")
+    >>> dk = F.conv_kernel_grad(a(1, 1, 3, 3), delta)
+    >>> tuple(dk.shape)
+    (2, 1, 2, 2)
+""",
+    ),
+    "kron_upsample": Check(
+        ("x",),
+        _resampling(divisible=False),
+        """    >>> up = F.kron_upsample(a(1, 1, 2, 2), 2)
+    >>> tuple(up.shape), float(up[0, 0, 1, 1]), float(up[0, 0, 3, 3])
+    ((1, 1, 4, 4), 0.0, 3.0)
+""",
+    ),
+    "block_sum": Check(
+        ("x",),
+        _resampling(divisible=True),
+        """    >>> float(F.block_sum(a(1, 1, 2, 2), 2)[0, 0, 0, 0])   # 0 + 1 + 2 + 3
+    6.0
+""",
+    ),
+    "block_mean": Check(
+        ("x",),
+        _resampling(divisible=True),
+        """    >>> float(F.block_mean(a(1, 1, 2, 2), 2)[0, 0, 0, 0])
+    1.5
+""",
+    ),
+    "decimate": Check(
+        ("x",),
+        _resampling(divisible=True),
+        """    >>> float(F.decimate(a(1, 1, 4, 4), 2)[0, 0, 1, 1])   # x[0, 0, 2, 2]
+    10.0
+""",
+    ),
+    "decimate_transpose": Check(
+        ("delta",),
+        _resampling(divisible=False),
+        """    >>> g = F.decimate_transpose(a(1, 1, 2, 2), 2)
+    >>> tuple(g.shape), float(g[0, 0, 2, 2]), float(g[0, 0, 1, 1])
+    ((1, 1, 4, 4), 3.0, 0.0)
+""",
+    ),
+    "fully_connected": Check(
+        ("x", "weight"),
+        _check_fully_connected,
+        """    >>> u = F.fully_connected(a(2, 3), be.asarray(np.ones((4, 3)), "float64"))
+    >>> tuple(u.shape), float(u[1, 0])               # 3 + 4 + 5
+    ((2, 4), 12.0)
+""",
+    ),
+    "fully_connected_weight_grad": Check(
+        ("x", "delta"),
+        _check_fully_connected_weight_grad,
+        """    >>> tuple(F.fully_connected_weight_grad(a(2, 3), a(2, 4)).shape)
+    (4, 3)
+""",
+    ),
+    "fully_connected_input_grad": Check(
+        ("delta", "weight"),
+        _check_fully_connected_input_grad,
+        """    >>> tuple(F.fully_connected_input_grad(a(2, 4), a(4, 3)).shape)
+    (2, 3)
+""",
+    ),
+}
+
+
+def _checked(name: str, spec: Check) -> Callable[..., Any]:
+    """The checked entry point of op ``name``: the reference op's signature and docstring."""
+    op = getattr(reference, name)
+    signature = inspect.signature(op)
+
+    @functools.wraps(op)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{name}: {error}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        owner = backend_of(*(arguments.get(a) for a in spec.arrays), op=name)
+        spec.check(name, arguments)
+        return getattr(owner.ops, name)(**arguments)
+
+    doc = inspect.cleandoc(op.__doc__ or "")
+    checked.__doc__ = (
+        f"{doc}\n\n"
+        f"Checked entry point: validates {', '.join(spec.arrays)} (rank, dtype, shapes, one "
+        "namespace and one device) and raises a TypeError or ValueError naming the argument, "
+        "then runs the op of the backend that owns the arrays (``Note [Hot-op dispatch]``).\n\n"
+        "Examples\n--------\n" + inspect.cleandoc(_PRELUDE + spec.example) + "\n"
+    )
+    checked.__module__ = __name__
+    checked.__wrapped__ = op  # type: ignore[attr-defined]
+    return checked
+
+
+_missing = sorted(set(reference.__all__) - set(CHECKS))
+if _missing:  # a new reference op needs its line in the table
+    raise ImportError(f"anycnn.functional: no checks for the ops {_missing}")
+
+conv_valid = _checked("conv_valid", CHECKS["conv_valid"])
+conv_full = _checked("conv_full", CHECKS["conv_full"])
+conv_kernel_grad = _checked("conv_kernel_grad", CHECKS["conv_kernel_grad"])
+kron_upsample = _checked("kron_upsample", CHECKS["kron_upsample"])
+block_sum = _checked("block_sum", CHECKS["block_sum"])
+block_mean = _checked("block_mean", CHECKS["block_mean"])
+decimate = _checked("decimate", CHECKS["decimate"])
+decimate_transpose = _checked("decimate_transpose", CHECKS["decimate_transpose"])
+fully_connected = _checked("fully_connected", CHECKS["fully_connected"])
+fully_connected_weight_grad = _checked(
+    "fully_connected_weight_grad", CHECKS["fully_connected_weight_grad"]
+)
+fully_connected_input_grad = _checked(
+    "fully_connected_input_grad", CHECKS["fully_connected_input_grad"]
+)

@@ -1,9 +1,20 @@
 """A network: a sequence of layers built from an input shape, with forward, backward, the loss,
-and parameters and gradients by name (``"conv1.kernel"``, ``"sub2.beta"``, ...)."""
+and parameters and gradients by name (``"conv1.kernel"``, ``"sub2.beta"``, ...).
+
+Besides the notes' step (``forward``, ``backward``, ``compute_gradients``), a network has the
+API users of Keras and PyTorch expect: :meth:`Network.fit` / :meth:`Network.evaluate` /
+:meth:`Network.predict` / :meth:`Network.predict_classes` on arrays, :meth:`Network.save` and
+:func:`anycnn.load`, :meth:`Network.state_dict`, :meth:`Network.to` and
+:func:`anycnn.to_torch`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import array_api_compat
@@ -38,6 +49,37 @@ class Network:
     Layers without a name are named by kind and position, counting only layers with
     parameters or subsampling (Flatten is not counted): LeNet-5 reads conv1, sub2, conv3, sub4,
     conv5, fc6, fc7.
+
+    Raises
+    ------
+    LayerError
+        A layer that cannot take the shape the previous one produces (the message names both).
+    ValueError, TypeError
+        A bad ``input_shape``, ``dtype``, ``seed`` or layer list.
+
+    Warns
+    -----
+    UserWarning
+        A sigmoid or tanh output layer under the cross-entropy loss (4.3: its softmax wants
+        linear outputs).
+
+    Examples
+    --------
+    The network of the notes' section 3 on the current backend (NumPy or array-api-strict in
+    the doctests), a forward pass and the loss gradient:
+
+    >>> import numpy as np, anycnn
+    >>> from anycnn import Convolution, Subsampling, Flatten, FullyConnected, Network
+    >>> net = Network([Convolution(2, 3, activation="tanh"), Subsampling(2), Flatten(),
+    ...                FullyConnected(3, activation="identity")],
+    ...               input_shape=(1, 8, 8), loss="cross_entropy", dtype="float64")
+    >>> [layer.name for layer in net.layers]
+    ['conv1', 'sub2', 'flatten2', 'fc3']
+    >>> x = net.backend.asarray(np.ones((4, 1, 8, 8)), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(3)[[0, 1, 2, 0]], dtype="float64")
+    >>> loss = net.compute_gradients(x, t)
+    >>> sorted(net.gradients())[:2]
+    ['conv1.bias', 'conv1.kernel']
     """
 
     def __init__(
@@ -103,6 +145,14 @@ class Network:
                 raise LayerError(f"{error} (input shape {shape} from {previous})") from None
         self.output_shape = shape
         self._outputs: Array | None = None
+        #: How raw inputs become the network's inputs (``anycnn.train.Preprocessing``), recorded
+        #: by :meth:`fit` (and read back from a checkpoint by :func:`anycnn.load`), applied by
+        #: :meth:`predict`, :meth:`predict_classes` and :meth:`evaluate`; ``None``: inputs are
+        #: used as given (floats, cast to the network's dtype).
+        self.preprocessing: Any = None
+        #: The optimizer of the last :meth:`fit` (saved by :meth:`save`, moved by :meth:`to`).
+        self.optimizer: Any = None
+        self._flag_output_and_loss()
         # Note [Deferred up-sampling]: the subsampling layers whose up-sampling the layer below
         # forms in its own backward pass.
         self._defer_up: dict[int, Subsampling] = {
@@ -112,6 +162,20 @@ class Network:
             and isinstance(layer, Subsampling)
             and self.layers[index - 1].takes_upsampled
         }
+
+    def _flag_output_and_loss(self) -> None:
+        """Warn about an output activation that fights the loss (4.3: the cross-entropy's softmax
+        wants linear outputs; a squashed output makes its gradient vanish)."""
+        activation = getattr(self.layers[-1], "activation", None)
+        name = getattr(activation, "name", "identity")
+        if self.loss.name == "cross_entropy" and name in ("sigmoid", "tanh", "lecun_tanh"):
+            warnings.warn(
+                f"Network {self.name!r}: the output layer {self.layers[-1].describe()} applies "
+                f"{name} before the cross-entropy loss, which applies the softmax itself "
+                "(section 4.3); use activation='identity' on the output layer",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # -- parameters --------------------------------------------------------------------------
     def _slots(self) -> Iterator[tuple[str, Layer, str]]:
@@ -134,30 +198,91 @@ class Network:
         return {name: layer for name, layer, _ in self._slots()}
 
     def set_parameter(self, name: str, value: Array, *, check: bool = True) -> None:
-        """Replace a parameter (optimizers and checkpoints call this)."""
+        """Replace a parameter by a copy of ``value``.
+
+        ``value`` may be an array of the network's backend, a NumPy array or any DLPack-capable
+        array (``Note [Array interop]`` in :mod:`anycnn.backend`); it must have the parameter's
+        shape and dtype and be finite. It is copied, so the optimizer's in-place updates never
+        reach the caller's array. ``check=False`` (the optimizers' own path) takes a fresh array
+        of the network's backend as it is, without a copy.
+
+        Raises
+        ------
+        KeyError
+            No such parameter (the message lists them).
+        TypeError, ValueError
+            Wrong dtype, shape or device, or NaN/Inf in the value.
+
+        Examples
+        --------
+        >>> import numpy as np, anycnn
+        >>> net = anycnn.models.dlt(backend="cpu")
+        >>> bias = np.ones(6, dtype=np.float32)
+        >>> net.set_parameter("conv1.bias", bias)
+        >>> net.parameters()["conv1.bias"] is bias       # a copy: bias stays the caller's
+        False
+        """
         for slot, layer, role in self._slots():
             if slot == name:
                 if check:
+                    where = f"set_parameter({name})"
                     current = layer.params[role]
-                    if backend_of(value, op=f"set_parameter({name})") is not self.backend:
-                        raise TypeError(
-                            f"set_parameter({name}): value is not an array of the network's "
-                            f"backend {self.backend.name}"
-                        )
+                    value = self._to_network(value, where, "value")
                     if tuple(value.shape) != tuple(current.shape):
                         raise ValueError(
-                            f"set_parameter({name}): expected shape {tuple(current.shape)}, "
+                            f"{where}: expected shape {tuple(current.shape)}, "
                             f"got {tuple(value.shape)}"
                         )
                     if value.dtype != current.dtype:
                         raise TypeError(
-                            f"set_parameter({name}): expected dtype {current.dtype}, "
-                            f"got {value.dtype}"
+                            f"{where}: expected dtype {current.dtype}, got {value.dtype}"
                         )
-                    self._check_finite(value, "the value", f"set_parameter({name})")
+                    self._check_finite(value, "the value", where)
+                    value = self.backend.xp.asarray(value, copy=True)
                 layer.params[role] = value
                 return
         raise KeyError(f"no parameter {name!r}; parameters: {', '.join(self.parameters())}")
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every parameter by name, as NumPy copies on the host (PyTorch's ``state_dict``).
+
+        >>> import anycnn
+        >>> state = anycnn.models.dlt(backend="cpu").state_dict()
+        >>> {name: value.shape for name, value in state.items()}["fc5.weight"]
+        (10, 192)
+        """
+        return {
+            name: np.array(self.backend.to_host(value), copy=True)
+            for name, value in self.parameters().items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Set every parameter from ``state`` (:meth:`state_dict`'s layout; host, backend or
+        DLPack arrays). Everything is checked before anything is assigned.
+
+        Raises
+        ------
+        KeyError
+            A parameter is missing from ``state``, or ``state`` names one the network lacks.
+        TypeError, ValueError
+            As :meth:`set_parameter`.
+        """
+        names = list(self.parameters())
+        missing = [n for n in names if n not in state]
+        unexpected = [n for n in state if n not in names]
+        if missing or unexpected:
+            raise KeyError(
+                f"load_state_dict: missing {missing or 'nothing'}, unexpected "
+                f"{unexpected or 'nothing'}; parameters: {', '.join(names)}"
+            )
+        snapshot = self.parameters()
+        try:
+            for name in names:
+                self.set_parameter(name, state[name])
+        except Exception:
+            for name, value in snapshot.items():  # all or nothing
+                self.set_parameter(name, value, check=False)
+            raise
 
     def num_parameters(self) -> int:
         """Free parameters: kernels outside an input-map selection are not counted (3.1)."""
@@ -173,7 +298,7 @@ class Network:
             raise TypeError(
                 f"{error}; use net.backend.asarray(x) to put data on the network's backend"
             ) from None
-        if owner is not self.backend:
+        if owner.base is not self.backend.base:
             raise TypeError(
                 f"{where}: x is a {owner.name} array but the network lives on "
                 f"{self.backend.name}; use net.backend.asarray(x)"
@@ -190,11 +315,7 @@ class Network:
                 f"{where}: x has dtype {dtype_name(x.dtype)} but the network is "
                 f"{self.dtype_name}; convert with net.backend.asarray(x, dtype='{self.dtype_name}')"
             )
-        if array_api_compat.device(x) != self.backend.default_device:
-            raise ValueError(
-                f"{where}: x is on {array_api_compat.device(x)} but the network is on "
-                f"{self.backend.default_device}"
-            )
+        self._check_device(x, "x", where)
         self._check_finite(x, "x", where)
 
     def _check_finite(self, a: Any, what: str, where: str) -> None:
@@ -212,9 +333,37 @@ class Network:
             f"{host.size}; the first is {host[first]} at index {first}"
         )
 
+    def _check_device(self, a: Any, what: str, where: str) -> None:
+        device = array_api_compat.device(a)
+        if device != self.backend.default_device:
+            raise ValueError(
+                f"{where}: {what} is on device {device} but the network is on "
+                f"{self.backend.default_device} (backend {self.backend.label}); move the data "
+                f"with net.backend.asarray({what}) or the network with net.to(...)"
+            )
+
+    def _to_network(self, a: Any, where: str, what: str) -> Any:
+        """``a`` as an array of the network's backend and device: host and DLPack-capable arrays
+        are brought over (zero-copy where possible), dtypes are kept."""
+        if isinstance(a, list | tuple | int | float):
+            raise TypeError(
+                f"{where}: {what} must be an array, got {type(a).__name__}; "
+                f"use net.backend.asarray({what})"
+            )
+        if not array_api_compat.is_array_api_obj(a):
+            raise TypeError(
+                f"{where}: {what} must be an array, got {type(a).__module__}.{type(a).__name__}"
+            )
+        owner = backend_of(a, op=where)
+        if owner.base is not self.backend.base or array_api_compat.device(a) != (
+            self.backend.default_device
+        ):
+            a = self.backend.asarray(a)
+        return a
+
     def check_targets(self, t: Any, n: int, where: str = "Network.backward") -> None:
         owner = backend_of(t, op=where)
-        if owner is not self.backend:
+        if owner.base is not self.backend.base:
             raise TypeError(
                 f"{where}: targets are a {owner.name} array but the network lives on "
                 f"{self.backend.name}"
@@ -229,6 +378,7 @@ class Network:
             raise TypeError(
                 f"{where}: targets have dtype {dtype_name(t.dtype)}, expected {self.dtype_name}"
             )
+        self._check_device(t, "targets", where)
         self._check_finite(t, "targets", where)
 
     def forward(self, x: Array, *, check: bool = True) -> Array:
@@ -294,18 +444,382 @@ class Network:
         self.backward(t, check=False)
         return value
 
-    def predict(self, x: Array, *, batch_size: int = 1000) -> Array:
-        """Class indices (argmax of the outputs) for a batch, computed in chunks."""
-        xp = self.backend.xp
+    # -- the Keras-style API -----------------------------------------------------------------
+    # Note [Inputs of the high-level API]
+    # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    # fit / evaluate / predict / predict_classes take raw inputs: host NumPy arrays, arrays of
+    # any backend, or DLPack-capable arrays (Note [Array interop]). With a preprocessing recorded
+    # on the network (fit's `preprocessing=`, or a CLI checkpoint) the inputs are raw images,
+    # prepared on the host a chunk at a time exactly as `anycnn train` prepares them. Without
+    # one, they must already be floats of the network's input shape; they are cast to the
+    # network's dtype (that is the documented contract of these methods, as in Keras), never
+    # anything else: integer pixels without a preprocessing are an error saying what to pass.
+    def _chunks(self, x: Any, batch_size: int, where: str) -> Iterator[Array]:
+        """Network-ready batches of at most ``batch_size`` examples of the raw inputs ``x``."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Network.predict: batch_size must be an int >= 1, got {batch_size!r}")
-        self.check_input(x, "Network.predict")
-        n = x.shape[0]  # slice stops past the end are not in the Array API (strict rejects them)
+            raise ValueError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}")
+        if self.preprocessing is not None:
+            host = self._host(x, where, "x")
+            if host.ndim < 2 or host.shape[0] < 1:
+                raise ValueError(f"{where}: x must be a non-empty batch, got {host.shape}")
+            from anycnn import train
+
+            train._check_fits(host, tuple(self.input_shape), self.name)
+            train._check_finite_host(host, f"{where}: x")
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                for start in range(0, host.shape[0], batch_size):
+                    batch = self.preprocessing(host[start : start + batch_size], self.dtype_name)
+                    yield self.backend.asarray(batch, dtype=self.dtype_name)
+            return
+        a = self._to_network(x, where, "x")
+        xp = self.backend.xp
+        if not xp.isdtype(a.dtype, "real floating"):
+            raise TypeError(
+                f"{where}: x has dtype {dtype_name(a.dtype)}; without a preprocessing the network "
+                "takes floats. Pass preprocessing='scale01' (pixels / 255) or 'normalize' to "
+                "fit(), or convert the data yourself"
+            )
+        if a.dtype != self.dtype:
+            a = xp.astype(a, self.dtype)
+        self.check_input(a, where)
+        n = a.shape[0]  # slice stops past the end are not in the Array API (strict rejects them)
+        for start in range(0, n, batch_size):
+            yield a[start : min(start + batch_size, n), ...]
+
+    def _host(self, a: Any, where: str, what: str) -> np.ndarray:
+        """Any array (or nested list) as a NumPy array on the host."""
+        if isinstance(a, np.ndarray):
+            return a
+        if array_api_compat.is_array_api_obj(a):
+            return np.asarray(backend_of(a, op=where).to_host(a))
+        if isinstance(a, list | tuple):
+            return np.asarray(a)
+        raise TypeError(
+            f"{where}: {what} must be an array, got {type(a).__module__}.{type(a).__name__}"
+        )
+
+    def _labels(self, y: Any, n: int, where: str) -> np.ndarray:
+        """Integer class labels from integer labels ``(N,)`` or one-of-c targets ``(N, C)``."""
+        labels = self._host(y, where, "y")
+        classes = self.output_shape[0] if len(self.output_shape) == 1 else None
+        if classes is None:
+            raise ValueError(f"{where}: {self.name} must end with a vector of class scores")
+        if labels.ndim == 2:
+            if labels.shape != (n, classes):
+                raise ValueError(
+                    f"{where}: one-of-c targets must have shape ({n}, {classes}) for "
+                    f"{self.layers[-1].describe()}, got {labels.shape}"
+                )
+            high = labels.max(axis=1, keepdims=True)
+            low = labels.min(axis=1, keepdims=True)
+            if not (
+                np.all(high > low)
+                and np.all(np.count_nonzero(labels == high, axis=1) == 1)
+                and np.all((labels == high) | (labels == low))
+            ):
+                raise ValueError(
+                    f"{where}: 2-d targets must be one-of-c (one high value per row, the rest "
+                    "low); give integer class labels of shape (N,) otherwise"
+                )
+            return np.argmax(labels, axis=1).astype(np.int64)
+        if labels.ndim != 1 or labels.shape[0] != n:
+            raise ValueError(
+                f"{where}: expected {n} labels, one per example: integers of shape ({n},) or "
+                f"one-of-c targets of shape ({n}, {classes}); got shape {labels.shape}"
+            )
+        if labels.dtype.kind not in "iu":
+            raise TypeError(
+                f"{where}: labels must be integers (class indices) of shape ({n},), got dtype "
+                f"{labels.dtype}; or give one-of-c targets of shape ({n}, {classes})"
+            )
+        bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        if bad.size:
+            first = int(bad[0])
+            raise ValueError(
+                f"{where}: label {int(labels[first])} at index {first} is outside "
+                f"[0, {classes}) for {self.layers[-1].describe()} with {classes} outputs"
+            )
+        return labels.astype(np.int64, copy=False)
+
+    def predict(self, x: Any, *, batch_size: int = 1000) -> Array:
+        """The outputs ``y`` (the last layer's scores, Keras' ``predict``) for inputs ``x``,
+        computed in chunks of ``batch_size``; an array of the network's backend ``(N, *out)``.
+
+        ``x`` is raw data when the network records a preprocessing, floats of its input shape
+        otherwise (``Note [Inputs of the high-level API]``); host, backend or DLPack arrays.
+        With ``loss="cross_entropy"`` the outputs are the logits (the softmax is the loss's).
+        The class indices are :meth:`predict_classes`.
+
+        Examples
+        --------
+        >>> import numpy as np, anycnn
+        >>> net = anycnn.models.dlt(backend="cpu")
+        >>> y = net.predict(np.zeros((3, 1, 28, 28), dtype=np.float32))
+        >>> y.shape
+        (3, 10)
+        """
+        xp = self.backend.xp
         parts = [
-            xp.argmax(self.forward(x[i : min(i + batch_size, n), ...], check=False), axis=1)
-            for i in range(0, n, batch_size)
+            self.forward(batch, check=False)
+            for batch in self._chunks(x, batch_size, "Network.predict")
         ]
         return parts[0] if len(parts) == 1 else xp.concat(parts)
+
+    def predict_classes(self, x: Any, *, batch_size: int = 1000) -> Array:
+        """The class indices ``argmax(y)`` for inputs ``x`` (see :meth:`predict`), an integer
+        array ``(N,)`` of the network's backend.
+
+        >>> import numpy as np, anycnn
+        >>> net = anycnn.models.dlt(backend="cpu")
+        >>> net.predict_classes(np.zeros((2, 1, 28, 28), dtype=np.float32)).shape
+        (2,)
+        """
+        xp = self.backend.xp
+        parts = [
+            xp.argmax(self.forward(batch, check=False), axis=1)
+            for batch in self._chunks(x, batch_size, "Network.predict_classes")
+        ]
+        return parts[0] if len(parts) == 1 else xp.concat(parts)
+
+    def _preparation(self) -> Any:
+        from anycnn import train
+
+        if self.preprocessing is not None:
+            return self.preprocessing
+        return train.Preprocessing("none", tuple(self.input_shape))
+
+    def evaluate(self, x: Any, y: Any, *, batch_size: int = 1000) -> dict[str, float]:
+        """The mean loss and the error rate on labelled data, as ``anycnn evaluate`` computes
+        them (:func:`anycnn.train.evaluate`, the same code).
+
+        ``y``: integer class labels ``(N,)`` or one-of-c targets ``(N, C)``. Returns
+        ``{"loss", "error", "mistakes", "count"}`` (``error`` a fraction).
+
+        Examples
+        --------
+        >>> import numpy as np, anycnn
+        >>> net = anycnn.models.dlt(backend="cpu")
+        >>> x = np.zeros((4, 1, 28, 28), dtype=np.float32)
+        >>> sorted(net.evaluate(x, np.array([0, 1, 2, 3])))
+        ['count', 'error', 'loss', 'mistakes']
+        """
+        from anycnn import train
+
+        where = "Network.evaluate"
+        prep = self._preparation()
+        images = self._host(x, where, "x")
+        if images.ndim < 2 or images.shape[0] < 1:
+            raise ValueError(f"{where}: x must be a non-empty batch, got shape {images.shape}")
+        if self.preprocessing is None:
+            images = self._raw_floats(images, where)
+        labels = self._labels(y, images.shape[0], where)
+        return train.evaluate(self, images, labels, prep, batch_size=batch_size)
+
+    def _raw_floats(self, images: np.ndarray, where: str) -> np.ndarray:
+        """Host inputs for a network without preprocessing: floats of its input shape."""
+        if images.dtype.kind != "f":
+            raise TypeError(
+                f"{where}: x has dtype {images.dtype}; without a preprocessing the network "
+                "takes floats. Pass preprocessing='scale01' (pixels / 255) or 'normalize' to "
+                "fit(), or convert the data yourself"
+            )
+        if tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"{where}: {self.layers[0].describe()} expects a batch of shape "
+                f"(N, {', '.join(map(str, self.input_shape))}), got {tuple(images.shape)}"
+            )
+        return images
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        optimizer: Any = "sgd",
+        lr: Any = None,
+        validation_data: tuple[Any, Any] | None = None,
+        callbacks: Sequence[Callable[[Any], Any]] = (),
+        shuffle: bool = True,
+        seed: int = 0,
+        progress: bool = False,
+        preprocessing: Any = None,
+    ) -> History:
+        """Train on arrays for ``epochs`` passes with the loop of ``anycnn train``
+        (:func:`anycnn.train.train`: the same code, so the same seed gives the same bits).
+
+        Parameters
+        ----------
+        x : array
+            Training inputs: host, backend or DLPack arrays. Raw images (``(N, H, W)`` or
+            ``(N, C, H, W)``, uint8 or floats) when ``preprocessing`` is given; otherwise floats
+            of shape ``(N, *input_shape)``, cast to the network's dtype.
+        y : array
+            Integer class labels ``(N,)`` or one-of-c targets ``(N, C)``; the targets the loss
+            sees are made from the labels (:func:`anycnn.train.target_values`).
+        epochs, batch_size : int
+            Passes over the data; patterns per update (1 is online learning).
+        optimizer : str or anycnn.optim.Optimizer
+            ``"sgd"``, ``"momentum"``, ``"sdlm"`` (with ``lr``) or an optimizer of this network.
+            A later ``fit`` with the same name continues with the same optimizer (its momentum
+            and step count), as Keras does.
+        lr : float or anycnn.optim.Schedule, optional
+            The global rate for an optimizer given by name (its default when omitted).
+        validation_data : (x, y), optional
+            Evaluated after each epoch (``val_loss``, ``val_error`` in the history).
+        callbacks : sequence of callables
+            Called with each epoch's :class:`anycnn.train.EpochRecord`.
+        shuffle : bool
+            Visit the examples in a new random order each epoch (seeded by ``seed``).
+        seed : int
+            Seeds the shuffling (and SDLM's curvature samples).
+        progress : bool
+            A progress bar on stderr.
+        preprocessing : None, "auto", "scale01", "normalize" or Preprocessing
+            Fitted on ``x``, recorded on the network (:attr:`preprocessing`), saved by
+            :meth:`save` and applied by :meth:`predict` and :meth:`evaluate`. ``None`` keeps
+            the one the network already has (none for a new network).
+
+        Returns
+        -------
+        History
+            ``history.history["loss"]``, ``["error"]``, ``["seconds"]`` (and ``val_loss``,
+            ``val_error``) per epoch, and the records.
+
+        Examples
+        --------
+        >>> import numpy as np, anycnn
+        >>> rng = np.random.default_rng(0)
+        >>> x, y = rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)
+        >>> net = anycnn.models.dlt(backend="cpu")
+        >>> history = net.fit(x, y, epochs=2, batch_size=16, lr=0.5)
+        >>> len(history.history["loss"]), sorted(net.evaluate(x, y))[:2]
+        (2, ['count', 'error'])
+        """
+        from anycnn import datasets, optim, train
+
+        where = "Network.fit"
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
+        images = self._host(x, where, "x")
+        if images.ndim < 2 or images.shape[0] < 1:
+            raise ValueError(f"{where}: x must be a non-empty batch, got shape {images.shape}")
+        labels = self._labels(y, images.shape[0], where)
+        if validation_data is not None:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+                raise TypeError(f"{where}: validation_data must be a pair (x, y)")
+            test_images = self._host(validation_data[0], where, "validation_data[0]")
+            test_labels = self._labels(
+                validation_data[1], test_images.shape[0], f"{where}: validation_data"
+            )
+        else:
+            test_images, test_labels = images[:0], labels[:0]
+
+        if preprocessing is None and self.preprocessing is None:
+            images = self._raw_floats(images, where)
+            if validation_data is not None:
+                test_images = self._raw_floats(test_images, f"{where}: validation_data")
+            prep: Any = train.Preprocessing("none", tuple(self.input_shape))
+        elif preprocessing is None:
+            prep = self.preprocessing
+        else:
+            prep = preprocessing
+        if isinstance(optimizer, str):
+            key = optimizer.strip().lower()
+            if (
+                self.optimizer is not None
+                and self.optimizer.name == key
+                and lr is None
+                and self.optimizer.network is self
+            ):
+                opt = self.optimizer
+            else:
+                opt = optim.build_optimizer(key, self, lr=lr)
+        elif isinstance(optimizer, optim.Optimizer):
+            if lr is not None:
+                raise ValueError(f"{where}: give lr to the optimizer itself, not to fit")
+            opt = optimizer
+        else:
+            raise TypeError(
+                f"{where}: optimizer must be a name ('sgd', 'momentum', 'sdlm') or an "
+                f"anycnn.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+
+        # The data set of the loop holds images (N, H, W) / (N, C, H, W); vectors (N, D) of a
+        # network on vectors ride as (N, 1, 1, D) and are reshaped back by the preprocessing.
+        def as_images(a: np.ndarray) -> np.ndarray:
+            return a.reshape(a.shape[0], 1, 1, a.shape[1]) if a.ndim == 2 else a
+
+        dataset = datasets.Dataset(
+            name="arrays",
+            train_images=as_images(images),
+            train_labels=labels,
+            test_images=as_images(test_images),
+            test_labels=test_labels,
+            num_classes=int(self.output_shape[0]),
+        )
+        result = train.train(
+            self,
+            dataset,
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=opt,
+            seed=seed,
+            shuffle=shuffle,
+            progress=progress,
+            callbacks=callbacks,
+            preprocessing=prep,
+            evaluate_test=validation_data is not None,
+        )
+        self.optimizer = opt
+        self.preprocessing = None if result.preprocessing.kind == "none" else result.preprocessing
+        return History.from_records(result.history)
+
+    def to(self, target: str | Backend, *, optimizer: Any = None) -> Network:
+        """Move the network, in place, to another backend or device (``"strict"``, ``"torch"``,
+        ``"cuda:1"``, a :class:`~anycnn.Backend`) and return it, as PyTorch's ``Module.to``.
+
+        Parameters (and their values, exactly), the preprocessing, and the state of the
+        network's optimizer (:attr:`optimizer`, the one of the last :meth:`fit`) and of
+        ``optimizer`` move with it, so training continues where it stood. The layer objects are
+        rebuilt on the target: hold on to the network, not to its layers.
+
+        >>> import anycnn
+        >>> net = anycnn.models.dlt(backend="cpu")
+        >>> net.to("strict").backend.name
+        'array_api_strict'
+        """
+        from anycnn.interop import move
+
+        return move(self, target, optimizer=optimizer)
+
+    def save(self, path: str | os.PathLike[str], *, include_optimizer: bool = True) -> Path:
+        """Write the network (and its preprocessing and optimizer) to one ``.npz`` file, in the
+        pickle-free checkpoint format of :mod:`anycnn.checkpoint`; :func:`anycnn.load` reads
+        it back (and so does ``anycnn evaluate``).
+
+        Examples
+        --------
+        >>> import os, tempfile, numpy as np, anycnn
+        >>> net = anycnn.models.dlt(backend="cpu")
+        >>> path = net.save(os.path.join(tempfile.mkdtemp(), "dlt.npz"))
+        >>> again = anycnn.load(path, backend="cpu")
+        >>> x = np.ones((2, 1, 28, 28), dtype=np.float32)
+        >>> bool(np.array_equal(net.predict(x), again.predict(x)))
+        True
+        """
+        from anycnn import checkpoint
+
+        info: dict[str, Any] = {}
+        if self.preprocessing is not None:
+            info["preprocessing"] = self.preprocessing.config()
+        optimizer = self.optimizer if include_optimizer else None
+        epoch = 0 if optimizer is None else int(optimizer.epoch) + (optimizer.steps > 0)
+        return checkpoint.save_checkpoint(
+            Path(path), self, epoch=epoch, optimizer=optimizer, info=info
+        )
 
     # -- description -------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -364,10 +878,16 @@ class Network:
         )
 
     def summary(self) -> str:
+        """A table of the layers, their output shapes and parameter counts, with the
+        preprocessing the network applies to raw inputs (when it has one)."""
         lines = [
             f"{self.name}: input {self.input_shape}, {self.dtype_name}, "
-            f"backend {self.backend.name}, loss {self.loss.name}"
+            f"backend {self.backend.label}, loss {self.loss.name}"
         ]
+        prep = self.preprocessing
+        if prep is not None:
+            stats = "" if prep.mean is None else f" (mean {prep.mean:.6g}, std {prep.std:.6g})"
+            lines.append(f"  preprocessing {prep.kind}{stats}, applied by predict/evaluate")
         for layer in self.layers:
             count = layer.parameter_count()
             lines.append(
@@ -377,7 +897,59 @@ class Network:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"<Network {self.name!r}: {len(self.layers)} layers on {self.backend.name}>"
+        return f"<Network {self.name!r}: {len(self.layers)} layers on {self.backend.label}>"
 
 
-__all__ = ["Network", "checks"]
+@dataclass
+class History:
+    """What :meth:`Network.fit` returns, as Keras' ``History``: ``history`` maps ``"loss"``,
+    ``"error"``, ``"seconds"`` (and ``"val_loss"``, ``"val_error"`` with validation data) to one
+    value per epoch; ``records`` are the loop's :class:`anycnn.train.EpochRecord`."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    records: list[Any] = field(default_factory=list)
+
+    @property
+    def epoch(self) -> list[int]:
+        """The epochs (0-based, as Keras)."""
+        return [record.epoch - 1 for record in self.records]
+
+    @classmethod
+    def from_records(cls, records: Sequence[Any]) -> History:
+        history: dict[str, list[float]] = {
+            "loss": [r.train_loss for r in records],
+            "error": [r.train_error for r in records],
+            "seconds": [r.seconds for r in records],
+        }
+        if records and records[0].test_error is not None:
+            history["val_loss"] = [r.test_loss for r in records]
+            history["val_error"] = [r.test_error for r in records]
+        return cls(history, list(records))
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    backend: str | Backend | None = None,
+    dtype: str | None = None,
+) -> Network:
+    """Read a network written by :meth:`Network.save` (or a checkpoint of ``anycnn train``):
+    its parameters, its preprocessing, and its optimizer (``net.optimizer``), on ``backend``
+    (the current one by default).
+
+    Raises
+    ------
+    anycnn.checkpoint.CheckpointError
+        A file that is not a readable anycnn checkpoint (the message names it and why).
+    """
+    from anycnn import checkpoint, train
+
+    restored = checkpoint.load_checkpoint(path, backend=backend, dtype=dtype)
+    net = restored.network
+    if restored.info.get("preprocessing"):
+        net.preprocessing = train.Preprocessing.from_config(restored.info["preprocessing"])
+    net.optimizer = restored.optimizer
+    return net
+
+
+__all__ = ["History", "Network", "checks", "load"]

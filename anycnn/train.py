@@ -130,10 +130,11 @@ class Preprocessing:
     """Turns host images (``(N, H, W)`` or ``(N, C, H, W)``, any number) into a float batch
     ``(N, C, H', W')`` for the network, one batch at a time.
 
-    ``kind`` is ``"scale01"`` (``x / 255``, uint8 images only) or ``"normalize"``
-    (``(x - mean) / std`` with the training set's statistics). Images smaller than the network's
-    input are padded, centred, with the background value, before normalising: a 0 border becomes
-    ``-mean / std`` as LeCun pads MNIST's 28x28 digits to 32x32.
+    ``kind`` is ``"scale01"`` (``x / 255``, uint8 images only), ``"normalize"``
+    (``(x - mean) / std`` with the training set's statistics) or ``"none"`` (float inputs cast to
+    the network's dtype: :meth:`anycnn.Network.fit` without a preprocessing). Images smaller
+    than the network's input are padded, centred, with the background value, before
+    normalising: a 0 border becomes ``-mean / std`` as LeCun pads MNIST's 28x28 digits to 32x32.
     """
 
     kind: str
@@ -149,12 +150,14 @@ class Preprocessing:
         unknown names). Raises :class:`ValueError` when the images cannot feed the network."""
         if kind == "auto":
             kind = MODEL_PREPROCESSING.get(network.name, "normalize")
-        if kind not in ("scale01", "normalize"):
+        if kind not in ("scale01", "normalize", "none"):
             raise ValueError(
-                f"preprocessing must be 'auto', 'scale01' or 'normalize', got {kind!r}"
+                f"preprocessing must be 'auto', 'scale01', 'normalize' or 'none', got {kind!r}"
             )
         shape = tuple(network.input_shape)
         _check_fits(images, shape, network.name)
+        if kind == "none":
+            return cls(kind, shape)
         if kind == "scale01":
             if images.dtype != np.uint8:
                 raise ValueError(
@@ -176,6 +179,8 @@ class Preprocessing:
                 x = datasets.pad(x, (h, w))  # background 0 before normalising
         if self.kind == "scale01":
             out = datasets.scale01(x, dtype=dtype)
+        elif self.kind == "none":
+            out = np.asarray(x, dtype=dtype)
         else:
             out, _, _ = datasets.normalize(x, mean=self.mean, std=self.std, dtype=dtype)
         return out.reshape((out.shape[0], *self.input_shape))
@@ -476,6 +481,7 @@ class Trainer:
         evaluate_test: bool = True,
         run_info: Mapping[str, Any] | None = None,
         gradient_hooks: Sequence[GradientHook] = (),
+        shuffle: bool = True,
     ):
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit)):
             if name == "limit" and value is None:
@@ -487,6 +493,7 @@ class Trainer:
         self.network, self.dataset, self.epochs, self.seed = network, dataset, epochs, seed
         self.progress, self.callbacks = progress, list(callbacks)
         self.gradient_hooks = list(gradient_hooks)
+        self.shuffle = bool(shuffle)
         self.evaluate_test, self.limit = evaluate_test, limit
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
         self._load_data(dataset, limit)
@@ -654,7 +661,7 @@ class Trainer:
         epoch_began = time.perf_counter()
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             hessian_seconds = self.start_epoch(epoch)
-            order = datasets.batches(self.n, self.batch_size, rng=self.rng)
+            order = datasets.batches(self.n, self.batch_size, rng=self.rng, shuffle=self.shuffle)
             bar = tqdm(
                 total=self.n,
                 unit="img",
@@ -768,6 +775,7 @@ def train(
     evaluate_test: bool = True,
     run_info: Mapping[str, Any] | None = None,
     gradient_hooks: Sequence[GradientHook] = (),
+    shuffle: bool = True,
 ) -> TrainResult:
     """Train ``network`` on ``dataset`` for ``epochs`` passes (in total, counting resumed ones).
 
@@ -813,6 +821,8 @@ def train(
     gradient_hooks : sequence of callables
         Each is called with the :class:`Trainer` after every back-propagation, before the
         optimizer's update (:data:`GradientHook`).
+    shuffle : bool
+        Visit the training examples in a new random order each epoch (in order otherwise).
 
     Returns
     -------
@@ -845,4 +855,5 @@ def train(
         evaluate_test=evaluate_test,
         run_info=run_info,
         gradient_hooks=gradient_hooks,
+        shuffle=shuffle,
     ).run()

@@ -166,7 +166,7 @@ def sparsity_stats(alpha: np.ndarray) -> dict[str, float]:
 
 
 def test_error(net: Network, x: np.ndarray, labels: np.ndarray) -> float:
-    predicted = net.backend.to_host(net.predict(net.backend.asarray(x), batch_size=1000))
+    predicted = net.backend.to_host(net.predict_classes(net.backend.asarray(x), batch_size=1000))
     return float((predicted != labels).mean())
 
 

@@ -65,7 +65,7 @@ def main() -> None:
         mistakes = 0
         for start in range(0, len(ds.test_labels), 1000):
             x = net.backend.asarray(prepare(ds.test_images[start : start + 1000]))
-            predicted = net.backend.to_host(net.predict(x))
+            predicted = net.backend.to_host(net.predict_classes(x))
             mistakes += int(np.count_nonzero(predicted != ds.test_labels[start : start + 1000]))
         print(
             f"epoch {epoch + 1}: lr {opt.lr:.3g}, mean loss {float(total) / count:.4f}, "

@@ -42,7 +42,10 @@ def test_round_trip(tmp_path, kind):
         epoch=3,
         optimizer=opt,
         rng=rng,
-        info={"history": [{"epoch": 1}], "preprocessing": {"kind": "x"}},
+        info={
+            "history": [{"epoch": 1}],
+            "preprocessing": {"kind": "scale01", "input_shape": [1, 32, 32]},
+        },
     )
     loaded = ckpt.load_checkpoint(path, backend="cpu")
     assert loaded.epoch == 3 and loaded.info["history"] == [{"epoch": 1}]

@@ -24,4 +24,5 @@ def test_readme_python_block_runs(index, capsys):
     namespace: dict[str, object] = {"__name__": "readme"}
     exec(compile(_python_blocks()[index], f"README.md python block {index}", "exec"), namespace)
     out = capsys.readouterr().out
-    assert "PASS: max relative error" in out  # the tour's gradcheck report
+    if "gradcheck(" in _python_blocks()[index]:
+        assert "PASS: max relative error" in out  # the tour's gradcheck report

@@ -209,6 +209,12 @@ def _by_name(name: str) -> type[Activation]:
     try:
         return ACTIVATIONS[name.lower()]
     except KeyError:
+        if name.lower() == "softmax":  # what a Keras user writes for a classifier's last layer
+            raise ValueError(
+                "unknown activation 'softmax': the softmax belongs to the loss here; give the "
+                "output layer activation='identity' and the network loss='cross_entropy' "
+                "(section 4.3), which applies the softmax itself"
+            ) from None
         raise ValueError(
             f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}"
         ) from None

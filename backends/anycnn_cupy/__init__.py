@@ -107,6 +107,20 @@ def _device():
     return cupy.cuda.Device()
 
 
+def _device_for(spec):
+    """``cuda:1`` -> ``cupy.cuda.Device(1)`` (Note [Devices] in anycnn.backend); untested on
+    hardware with more than one GPU."""
+    import cupy
+
+    text = spec.removeprefix("cuda:").strip()
+    if not text.isdigit():
+        raise ValueError(f"backend 'cupy' has no device {spec!r}: give a device number, cuda:N")
+    count = cupy.cuda.runtime.getDeviceCount()
+    if int(text) >= count:
+        raise ValueError(f"backend 'cupy' has no device {spec!r}: {count} CUDA device(s) here")
+    return cupy.cuda.Device(int(text))
+
+
 def _fast_ops():
     from anycnn_cupy import _ops
 
@@ -135,6 +149,7 @@ backend = Backend(
     namespace=_namespace,
     device=_device,
     probe=_probe,
+    device_for=_device_for,
     fast_ops=_fast_ops,
     to_numpy=_to_numpy,
 )

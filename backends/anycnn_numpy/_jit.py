@@ -41,6 +41,7 @@ thread pool runs it on batch slices side by side.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -282,6 +283,14 @@ def _spin_kernel(numba: Any) -> Callable[..., Any] | None:
 
 
 _kernels = _compile()
+logging.getLogger("anycnn").info(
+    "numpy backend: %s",
+    "Numba kernels enabled (compiled on first use, cached on disk by Numba)"
+    if _kernels
+    else "Numba kernels off ("
+    + ("ANYCNN_NUMBA=0" if _disabled() else "numba is not installed: pip install 'anycnn[jit]'")
+    + "); NumPy and BLAS only",
+)
 
 #: ``kernel_grad_sum(d, c) = sum_n d[n] @ c[n].T`` for C-contiguous ``d`` (M, O, P) and ``c``
 #: (M, K, P) of one float dtype, or None without Numba (Note [Kernel gradient as dot products]).

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 import threading
 import time
@@ -208,6 +209,12 @@ class _Job:
 class _Pool:
     def __init__(self) -> None:
         self.threads = _default_threads()
+        logging.getLogger("anycnn").info(
+            "numpy backend: %d thread(s) for the ops (ANYCNN_NUM_THREADS=%s; usable cores: %s)",
+            self.threads,
+            os.environ.get("ANYCNN_NUM_THREADS", "unset"),
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        )
         self._queue: list = []
         self._cv = threading.Condition()
         self._workers: list[threading.Thread] = []
