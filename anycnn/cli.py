@@ -260,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
         'pip install "anycnn[plot]"; default: none)',
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument(
+        "--distributed",
+        nargs="?",
+        const="mpi",
+        default="auto",
+        choices=["auto", "mpi", "single"],
+        help="data-parallel engine: auto (MPI when started by mpiexec), mpi (the same as "
+        "--distributed alone) or single; --batch-size is then the global batch",
+    )
     _common(p)
 
     e = sub.add_parser("evaluate", help="test error of a checkpoint", formatter_class=_Help)
@@ -489,7 +498,11 @@ def _train(args: argparse.Namespace) -> int:
     else:
         schedule = optim.lecun1998(lr / optim.LECUN1998_RATES[0])
 
+    from anycnn import distributed
+
+    comm = distributed.init(args.distributed)
     backend = _backend(args.backend)
+    backend = distributed.select_device(backend, comm)  # one GPU per process, by local rank
     dataset = datasets.load(args.dataset, data_dir=args.data_dir, limit=args.limit)
     options: dict[str, Any] = {"backend": backend, "dtype": args.dtype, "seed": args.seed}
     if args.loss is not None and args.model != "dlt":
@@ -510,7 +523,7 @@ def _train(args: argparse.Namespace) -> int:
         _check_resume(args, net, dataset, batch_size, opt)
 
     device = describe_device(backend)
-    quiet = args.quiet
+    quiet = args.quiet or comm.rank != 0  # only rank 0 reports
     if not quiet:
         rate = _describe_schedule(schedule)
         mom = f", momentum {momentum:g}" if momentum else ""
@@ -523,6 +536,11 @@ def _train(args: argparse.Namespace) -> int:
             f"  optimizer {kind}, {rate}{mom}, batch {batch_size}, {epochs} epoch(s), "
             f"seed {args.seed}"
         )
+        if comm.size > 1:
+            _say(
+                f"  world: {comm.size} processes x {_threads(backend)} thread(s) "
+                f"({comm.engine}), global batch {batch_size}"
+            )
 
     if args.resume and not quiet:
         latest = ckpt.latest_checkpoint(args.checkpoint_dir)
@@ -543,6 +561,7 @@ def _train(args: argparse.Namespace) -> int:
         "device_description": device,
         "machine": platform.node(),
         "cpu_count": os.cpu_count(),
+        "threads": _threads(backend),
     }
     _warm_up(net, min(batch_size, dataset.train_images.shape[0]), quiet=quiet)
     try:
@@ -559,10 +578,15 @@ def _train(args: argparse.Namespace) -> int:
             metrics_path=args.metrics,
             callbacks=[report],
             run_info=run_info,
+            distributed=comm,
         )
     except KeyboardInterrupt:
+        if comm.size > 1:
+            raise  # _run() aborts the whole job
         _say("interrupted: " + _kept(args, finished=False), err=True)
         return EXIT_INTERRUPTED
+    if comm.rank != 0:
+        return EXIT_OK
     if args.plots:
         from anycnn import plots
 
@@ -725,6 +749,15 @@ def _warm_up(net: Any, batch_size: int, *, quiet: bool) -> None:
         timer.cancel()
     if spoke.is_set():
         _say(f"  compiled in {time.perf_counter() - began:.1f} s")
+
+
+def _threads(backend: Any) -> int:
+    """The threads of the NumPy backend's ops in this process (1 for other backends)."""
+    if getattr(backend, "name", None) != "numpy":
+        return 1
+    from anycnn_numpy import _ops
+
+    return _ops.get_num_threads()
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -904,9 +937,11 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         return COMMANDS[args.command](args)
     except DivergenceError as error:
+        # Detected collectively: every rank stops at the same batch; rank 0 reports.
         if debug:
             traceback.print_exc()
-        _say(f"error: {error}", err=True)
+        if _world_rank() == 0:
+            _say(f"error: {error}", err=True)
         return EXIT_DIVERGED
     except (
         UsageError,
@@ -917,23 +952,39 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     ) as error:
         if debug:
             traceback.print_exc()
-        _say(f"error: {_one_line(error)}", err=True)
-        return EXIT_USAGE
+        return _fail(f"error: {_one_line(error)}", EXIT_USAGE)
     except ValueError as error:  # bad values caught by the library's own checks
         if debug:
             traceback.print_exc()
-        _say(f"error: {_one_line(error)}", err=True)
-        return EXIT_USAGE
+        return _fail(f"error: {_one_line(error)}", EXIT_USAGE)
     except BrokenPipeError:
         raise  # main() ends quietly
     except OSError as error:  # a path given cannot be read or written (the message names it)
         if debug:
             traceback.print_exc()
-        _say(f"error: {_one_line(error)}", err=True)
-        return EXIT_USAGE
+        return _fail(f"error: {_one_line(error)}", EXIT_USAGE)
     except KeyboardInterrupt:
-        _say("interrupted", err=True)
-        return EXIT_INTERRUPTED
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _world_rank() -> int:
+    from anycnn import distributed
+
+    return distributed._world.rank if distributed._world is not None else 0
+
+
+def _fail(message: str, code: int) -> int:
+    """Report an error; in a job of several processes, name the rank and abort the whole job
+    (the others may be waiting in a collective: nothing may hang)."""
+    from anycnn import distributed
+
+    world = distributed._world
+    if world is None or world.size == 1:
+        _say(message, err=True)
+        return code
+    _say(f"anycnn: rank {world.rank} of {world.size}: {message}", err=True)
+    world.abort(code)
+    return code  # pragma: no cover - abort ends the process
 
 
 def _one_line(error: BaseException) -> str:

@@ -586,8 +586,17 @@ class SDLM(Optimizer):
         self._state = {slot: {} for slot in self.slots}
         self._scale: dict[str, Array] = {}
 
-    def estimate_curvature(self, data: Iterable[tuple[Array, Array]]) -> dict[str, Array]:
-        """Mean diagonal Gauss-Newton curvature over the patterns of ``data``, stored as ``h``."""
+    def estimate_curvature(
+        self,
+        data: Iterable[tuple[Array, Array]],
+        *,
+        reduce: Callable[[dict[str, Array], int], tuple[dict[str, Array], int]] | None = None,
+    ) -> dict[str, Array]:
+        """Mean diagonal Gauss-Newton curvature over the patterns of ``data``, stored as ``h``.
+
+        ``reduce`` (data parallelism: :meth:`anycnn.distributed.GradientAverager.reduce_curvature`)
+        turns this process's pattern-weighted sums and count into the sums and count over all
+        processes before the division."""
         total: dict[str, Array] = {}
         count = 0
         for x, t in data:
@@ -597,18 +606,27 @@ class SDLM(Optimizer):
                 weighted = value * float(n)
                 total[name] = weighted if name not in total else total[name] + weighted
             count += n
+        if reduce is not None:
+            total, count = reduce(total, count)
         if count == 0:
             raise ValueError("SDLM: no patterns to estimate the curvature on")
         self._state["hessian"] = {name: value * (1.0 / count) for name, value in total.items()}
         return self._state["hessian"]
 
-    def start_epoch(self, epoch: int, data: Iterable[tuple[Array, Array]] | None = None) -> None:
+    def start_epoch(
+        self,
+        epoch: int,
+        data: Iterable[tuple[Array, Array]] | None = None,
+        *,
+        reduce: Callable[[dict[str, Array], int], tuple[dict[str, Array], int]] | None = None,
+    ) -> None:
         """Take the epoch's ``epsilon`` and, with ``data``, re-estimate ``h`` before the pass.
 
-        Without ``data`` the last estimate is kept (it must exist)."""
+        Without ``data`` the last estimate is kept (it must exist). ``reduce``: see
+        :meth:`estimate_curvature`."""
         super().start_epoch(epoch)
         if data is not None:
-            self.estimate_curvature(data)
+            self.estimate_curvature(data, reduce=reduce)
         elif not self._state["hessian"]:
             raise ValueError(
                 "SDLM.start_epoch: give data (batches (x, t)) to estimate the curvature on"

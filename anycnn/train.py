@@ -43,6 +43,7 @@ import numpy as np
 
 from anycnn import checkpoint as ckpt
 from anycnn import datasets
+from anycnn.backend import resolve_dtype
 from anycnn.network import Network
 from anycnn.optim import SGD, Optimizer
 
@@ -305,11 +306,18 @@ def evaluate(
     preprocessing: Preprocessing,
     *,
     batch_size: int = 1000,
+    comm: Any = None,
 ) -> dict[str, float]:
     """Error rate and mean loss on a labelled set, in chunks of ``batch_size`` patterns.
 
     Returns ``{"error": fraction, "mistakes": count, "count": n, "loss": mean loss}``.
+
+    With ``comm`` (an :mod:`anycnn.distributed` communicator of more than one process) every
+    rank evaluates its contiguous slice of the set and the counts are summed: the error is
+    exactly the single-process figure (the loss differs in the last bits: other sum order).
     """
+    if comm is not None and comm.size > 1:
+        return _evaluate_sharded(network, images, labels, preprocessing, batch_size, comm)
     backend, xp = network.backend, network.backend.xp
     low, high = target_values(network)
     table = datasets.one_hot(
@@ -356,6 +364,34 @@ def evaluate(
     }
 
 
+def _evaluate_sharded(
+    network: Network,
+    images: np.ndarray,
+    labels: np.ndarray,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    comm: Any,
+) -> dict[str, float]:
+    from anycnn.distributed import shard
+
+    n = int(images.shape[0])
+    start, stop = shard(n, comm)
+    sums = np.zeros(3, dtype=np.float64)  # mistakes, patterns, loss sum
+    if stop > start:
+        local = evaluate(
+            network, images[start:stop], labels[start:stop], preprocessing, batch_size=batch_size
+        )
+        sums[:] = (local["mistakes"], local["count"], local["loss"] * local["count"])
+    comm.allreduce_(sums)
+    mistakes, count = int(round(sums[0])), int(round(sums[1]))
+    return {
+        "error": mistakes / count if count else float("nan"),
+        "mistakes": mistakes,
+        "count": count,
+        "loss": float(sums[2]) / count if count else float("nan"),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -379,8 +415,11 @@ class _Meter:
     """The losses and error counts of an epoch's batches, kept on the device and brought to the
     host a window at a time (one transfer per window), where non-finite losses are caught."""
 
-    def __init__(self, backend: Any, epoch: int, checkpoint: Path | None, bar: Any):
+    def __init__(
+        self, backend: Any, epoch: int, checkpoint: Path | None, bar: Any, comm: Any = None
+    ):
         self.backend, self.epoch, self.checkpoint, self.bar = backend, epoch, checkpoint, bar
+        self.comm = comm if comm is not None and comm.size > 1 else None
         self.losses: list[Any] = []
         self.wrong: list[Any] = []
         self.sizes: list[int] = []
@@ -401,6 +440,9 @@ class _Meter:
             return
         xp = self.backend.xp
         values = np.asarray(self.backend.to_host(xp.stack(self.losses)), dtype=np.float64)
+        if self.comm is not None:
+            self._flush_collective(values)
+            return
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             self.bar.close()
@@ -417,6 +459,31 @@ class _Meter:
             loss=f"{float(values @ sizes) / float(sizes.sum()):.4f}", refresh=False
         )
         self.bar.update(int(sizes.sum()))
+        self.losses.clear()
+        self.wrong.clear()
+        self.sizes.clear()
+
+    def _flush_collective(self, values: np.ndarray) -> None:
+        """The window's loss sums, error counts and sizes summed over the ranks (one
+        allreduce), so every rank sees a NaN of any rank and stops at the same batch."""
+        xp = self.backend.xp
+        k = len(values)
+        sizes = np.asarray(self.sizes, dtype=np.float64)
+        counts = np.asarray(self.backend.to_host(xp.stack(self.wrong)), dtype=np.float64)
+        window = np.concatenate([values * sizes, counts, sizes])
+        self.comm.allreduce_(window)
+        sums, counts, sizes = window[:k], window[k : 2 * k], window[2 * k :]
+        bad = np.flatnonzero(~np.isfinite(sums))
+        if bad.size:
+            self.bar.close()
+            first = int(bad[0])
+            value = float(sums[first] / sizes[first]) if sizes[first] else float(sums[first])
+            raise DivergenceError(self.epoch, self.done + first + 1, value, self.checkpoint)
+        self.loss_sum += float(sums.sum())
+        self.wrong_sum += int(round(float(counts.sum())))
+        self.done += k
+        self.bar.set_postfix(loss=f"{float(sums.sum()) / float(sizes.sum()):.4f}", refresh=False)
+        self.bar.update(int(round(float(sizes.sum()))))
         self.losses.clear()
         self.wrong.clear()
         self.sizes.clear()
@@ -481,8 +548,11 @@ class Trainer:
         evaluate_test: bool = True,
         run_info: Mapping[str, Any] | None = None,
         gradient_hooks: Sequence[GradientHook] = (),
+        distributed: Any = None,
         shuffle: bool = True,
     ):
+        from anycnn import distributed as dist
+
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit)):
             if name == "limit" and value is None:
                 continue
@@ -503,6 +573,23 @@ class Trainer:
             raise ValueError("train: the optimizer updates another network")
         self.optimizer = optimizer
         self.batch_size = min(batch_size, self.n)
+        # Note [Data-parallel step] in anycnn.distributed: batch_size is the global batch.
+        self.comm = dist.init("auto" if distributed is None else distributed)
+        self.distributed = self.comm.size > 1
+        self.is_root = self.comm.rank == 0
+        #: This rank's share of the current global batch (b_r / B; 1 in one process).
+        self.shard_weight = 1.0
+        self.averager: dist.GradientAverager | None = None
+        if self.distributed:
+            if self.batch_size < self.comm.size:
+                raise ValueError(
+                    f"train: the global batch_size {self.batch_size} is smaller than the "
+                    f"{self.comm.size} processes; give every process at least one pattern "
+                    f"(batch_size >= {self.comm.size})"
+                )
+            self.averager = dist.GradientAverager(self.comm, network)
+            self.gradient_hooks.insert(0, self.averager)
+            self.progress = progress and self.is_root
 
         self.rng = np.random.default_rng(seed)
         self.history: list[EpochRecord] = []
@@ -513,14 +600,10 @@ class Trainer:
         )
         self.checkpoint_folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.last_checkpoint: Path | None = None
-        if self.checkpoint_folder is not None:
-            self.checkpoint_folder.mkdir(parents=True, exist_ok=True)
-        if resume and self.checkpoint_folder is not None:
-            self._resume(self.checkpoint_folder)
-        if self.prep is None:
-            self.prep = Preprocessing.fit(network, self.images, str(preprocessing))
+        if self.distributed:
+            self._setup_distributed(resume, preprocessing)
         else:
-            _check_fits(self.images, tuple(network.input_shape), network.name)
+            self._setup(resume, preprocessing)
 
         self.dtype = network.dtype_name
         low, high = target_values(network)
@@ -543,6 +626,7 @@ class Trainer:
             "targets": [low, high],
             "train_size": self.n,
             "test_size": int(self.test_images.shape[0]),
+            "world_size": self.comm.size,
             **dict(run_info or {}),
         }
         self.result = TrainResult(
@@ -550,6 +634,65 @@ class Trainer:
         )
 
     # -- setup ------------------------------------------------------------------------------
+    def _setup(self, resume: bool, preprocessing: str | Preprocessing) -> None:
+        """Checkpoint folder, resume, preprocessing."""
+        if self.checkpoint_folder is not None:
+            self.checkpoint_folder.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_folder is not None:
+            self._resume(self.checkpoint_folder)
+        if self.prep is None:
+            self.prep = Preprocessing.fit(self.network, self.images, str(preprocessing))
+        else:
+            _check_fits(self.images, tuple(self.network.input_shape), self.network.name)
+
+    def _setup_distributed(self, resume: bool, preprocessing: str | Preprocessing) -> None:
+        """Rank 0 sets up (and resumes) alone, then broadcasts parameters, optimizer state,
+        generator state, history and preprocessing; an error there is raised on every rank."""
+        payload: Any = None
+        if self.is_root:
+            try:
+                self._setup(resume, preprocessing)
+                payload = self._state_payload()
+            except Exception as error:  # re-raised below, on every rank
+                payload = error
+        payload = self.comm.broadcast_object(payload, root=0)
+        if isinstance(payload, Exception):
+            raise payload
+        if not self.is_root:
+            _check_fits(self.images, tuple(self.network.input_shape), self.network.name)
+            self._load_payload(payload)
+
+    def _state_payload(self) -> dict[str, Any]:
+        backend = self.network.backend
+        assert self.prep is not None
+        return {
+            "parameters": {
+                name: np.array(backend.to_host(value), copy=True)
+                for name, value in self.network.parameters().items()
+            },
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "history": [asdict(r) for r in self.history],
+            "preprocessing": self.prep.config(),
+            "start": self.start,
+            "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
+        }
+
+    def _load_payload(self, payload: Mapping[str, Any]) -> None:
+        network = self.network
+        for name, value in payload["parameters"].items():
+            network.set_parameter(
+                name, network.backend.asarray(value, dtype=network.dtype_name), check=False
+            )
+        self.optimizer.load_state_dict(payload["optimizer"])
+        # The same allow-list of bit generators as a checkpoint's (never getattr by name).
+        self.rng = ckpt._generator_from_state(payload["rng"], "rank 0's generator state")
+        self.history[:] = [EpochRecord(**record) for record in payload["history"]]
+        self.prep = Preprocessing.from_config(payload["preprocessing"])
+        self.start = int(payload["start"])
+        if payload["resumed_from"] is not None:
+            self.resumed_from = self.last_checkpoint = Path(payload["resumed_from"])
+
     def _load_data(self, dataset: datasets.Dataset, limit: int | None) -> None:
         network = self.network
         images, labels = dataset.train_images, dataset.train_labels
@@ -643,6 +786,22 @@ class Trainer:
         began = time.perf_counter()
         picks = np.sort(self.rng.choice(self.n, size=min(int(samples), self.n), replace=False))
         assert self.prep is not None
+        if self.distributed:
+            # Every rank drew the same sample; each estimates on its slice, and the sums and
+            # counts are added across ranks before dividing (Note [Data-parallel step]).
+            from anycnn.distributed import shard
+
+            lo, hi = shard(len(picks), self.comm)
+            picks = picks[lo:hi]
+            assert self.averager is not None
+            optimizer.start_epoch(  # type: ignore[call-arg]
+                epoch,
+                _curvature_batches(
+                    self.network, self.images[picks], self.table[self.labels[picks]], self.prep
+                ),
+                reduce=self.averager.reduce_curvature,
+            )
+            return time.perf_counter() - began
         optimizer.start_epoch(
             epoch,
             _curvature_batches(
@@ -671,8 +830,13 @@ class Trainer:
                 dynamic_ncols=True,
                 mininterval=0.5,
             )
-            meter = _Meter(network.backend, epoch + 1, self.last_checkpoint, bar)
+            meter = _Meter(network.backend, epoch + 1, self.last_checkpoint, bar, self.comm)
             for index, picks in enumerate(order):
+                if self.distributed:
+                    picks = self._shard(picks)
+                    if not picks.size:
+                        meter.add(*self._empty_step(), 0)
+                        continue
                 x, t = self.batch_arrays(picks)
                 loss, y = self.step(x, t, check=epoch == self.start and index == 0)
                 meter.add(
@@ -706,16 +870,48 @@ class Trainer:
             callback(record)
         return record
 
+    def _shard(self, picks: np.ndarray) -> np.ndarray:
+        """This rank's slice of a global batch; sets :attr:`shard_weight` to ``b_r / B``."""
+        from anycnn.distributed import shard
+
+        lo, hi = shard(len(picks), self.comm)
+        self.shard_weight = (hi - lo) / len(picks)
+        return picks[lo:hi]
+
+    def _empty_step(self) -> tuple[Any, Any]:
+        """A step of a rank without patterns in this (last, small) global batch: it adds zeros
+        to the gradient sum (its weight is 0) and applies the same update as the others."""
+        for hook in self.gradient_hooks:
+            hook(self)
+        self.optimizer.step()
+        xp, device = self.network.backend.xp, self.network.backend.default_device
+        return (
+            xp.zeros((), dtype=resolve_dtype(xp, self.dtype), device=device),
+            xp.zeros((), dtype=xp.int64, device=device),
+        )
+
     def evaluate(self) -> dict[str, float]:
-        """The test error and loss of the current parameters (:func:`evaluate`)."""
+        """The test error and loss of the current parameters (:func:`evaluate`; sharded over
+        the ranks when distributed)."""
         assert self.prep is not None
-        return evaluate(self.network, self.test_images, self.test_labels, self.prep)
+        return evaluate(self.network, self.test_images, self.test_labels, self.prep, comm=self.comm)
 
     # -- files ------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> Path | None:
         """Write ``epoch-NNNN.npz`` in the checkpoint folder (if there is one)."""
         if self.checkpoint_folder is None:
             return None
+        if self.distributed:
+            path = ckpt.checkpoint_path(self.checkpoint_folder, epoch)
+            if self.is_root:
+                self._save(epoch)
+            self.comm.barrier()  # no rank goes on before the checkpoint is complete
+            self.last_checkpoint = path
+            return path
+        return self._save(epoch)
+
+    def _save(self, epoch: int) -> Path:
+        assert self.checkpoint_folder is not None
         self.last_checkpoint = ckpt.save_checkpoint(
             ckpt.checkpoint_path(self.checkpoint_folder, epoch),
             self.network,
@@ -729,7 +925,7 @@ class Trainer:
 
     def write_metrics(self) -> None:
         """Write the metrics JSON (settings and history), if a path was given."""
-        if self.metrics_path is None:
+        if self.metrics_path is None or not self.is_root:
             return
         tests = [r.test_error for r in self.history if r.test_error is not None]
         _write_json(
@@ -775,6 +971,7 @@ def train(
     evaluate_test: bool = True,
     run_info: Mapping[str, Any] | None = None,
     gradient_hooks: Sequence[GradientHook] = (),
+    distributed: Any = None,
     shuffle: bool = True,
 ) -> TrainResult:
     """Train ``network`` on ``dataset`` for ``epochs`` passes (in total, counting resumed ones).
@@ -821,6 +1018,11 @@ def train(
     gradient_hooks : sequence of callables
         Each is called with the :class:`Trainer` after every back-propagation, before the
         optimizer's update (:data:`GradientHook`).
+    distributed : None, bool, "auto", "mpi", "single" or a communicator
+        Data parallelism (:mod:`anycnn.distributed`): None or "auto" uses MPI when an MPI
+        launcher started this process; True forces MPI, False one process. With N processes
+        ``batch_size`` is the global batch, each process takes its slice of every batch, the
+        gradients are averaged, and only rank 0 writes checkpoints, metrics and progress.
     shuffle : bool
         Visit the training examples in a new random order each epoch (in order otherwise).
 
@@ -855,5 +1057,6 @@ def train(
         evaluate_test=evaluate_test,
         run_info=run_info,
         gradient_hooks=gradient_hooks,
+        distributed=distributed,
         shuffle=shuffle,
     ).run()
