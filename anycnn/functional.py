@@ -32,8 +32,26 @@ def _maps(where: str, name: str, x: Any) -> None:
     checks.check_float(where, name, x)
 
 
+def _padding(where: str, a: dict[str, Any]) -> tuple[int, int]:
+    """Normalise ``a["padding"]`` to ``(ph, pw)``, two non-negative ints (Note [Zero padding]
+    in anycnn.ops), and return it."""
+    padding = a.get("padding", (0, 0))
+    try:
+        ph, pw = padding
+    except (TypeError, ValueError):
+        ph = pw = None
+    for value in (ph, pw):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"{where}: padding must be (rows, columns), two non-negative ints, got {padding!r}"
+            )
+    a["padding"] = (int(ph), int(pw))
+    return a["padding"]
+
+
 def _check_conv_valid(where: str, a: dict[str, Any]) -> None:
     x, kernel = a["x"], a["kernel"]
+    ph, pw = _padding(where, a)
     _maps(where, "x", x)
     checks.check_rank(where, "kernel", kernel, 4, "(C_out, C_in, kh, kw)")
     checks.check_same_dtype(where, ("x", "kernel"), x, kernel)
@@ -43,15 +61,18 @@ def _check_conv_valid(where: str, a: dict[str, Any]) -> None:
             f"{where}: x has {x.shape[1]} maps but the kernel expects C_in = {c_in} "
             f"(x {checks.shape_str(x.shape)}, kernel {checks.shape_str(kernel.shape)})"
         )
-    if kh > x.shape[2] or kw > x.shape[3]:
+    if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
+        padded = f" padded by ({ph}, {pw})" if ph or pw else ""
         raise ValueError(
-            f"{where}: kernel {kh}x{kw} is larger than the {x.shape[2]}x{x.shape[3]} input maps"
+            f"{where}: kernel {kh}x{kw} is larger than the {x.shape[2]}x{x.shape[3]} input "
+            f"maps{padded}"
         )
     checks.check_selection(where, a.get("selection"), c_out, c_in)
 
 
 def _check_conv_full(where: str, a: dict[str, Any]) -> None:
     delta, kernel = a["delta"], a["kernel"]
+    ph, pw = _padding(where, a)
     _maps(where, "delta", delta)
     checks.check_rank(where, "kernel", kernel, 4, "(C_out, C_in, kh, kw)")
     checks.check_same_dtype(where, ("delta", "kernel"), delta, kernel)
@@ -61,11 +82,19 @@ def _check_conv_full(where: str, a: dict[str, Any]) -> None:
             f"{where}: delta has {delta.shape[1]} maps but the kernel has C_out = {c_out} "
             f"(delta {checks.shape_str(delta.shape)}, kernel {checks.shape_str(kernel.shape)})"
         )
+    kh, kw = kernel.shape[2], kernel.shape[3]
+    if 2 * ph >= delta.shape[2] + kh - 1 or 2 * pw >= delta.shape[3] + kw - 1:
+        raise ValueError(
+            f"{where}: padding ({ph}, {pw}) leaves no input: the 'full' convolution of "
+            f"{delta.shape[2]}x{delta.shape[3]} deltas with a {kh}x{kw} kernel has "
+            f"{delta.shape[2] + kh - 1}x{delta.shape[3] + kw - 1} maps"
+        )
     checks.check_selection(where, a.get("selection"), c_out, c_in)
 
 
 def _check_conv_kernel_grad(where: str, a: dict[str, Any]) -> None:
     x, delta = a["x"], a["delta"]
+    ph, pw = _padding(where, a)
     _maps(where, "x", x)
     _maps(where, "delta", delta)
     checks.check_same_dtype(where, ("x", "delta"), x, delta)
@@ -73,10 +102,11 @@ def _check_conv_kernel_grad(where: str, a: dict[str, Any]) -> None:
         raise ValueError(
             f"{where}: x and delta have different batch sizes, {x.shape[0]} and {delta.shape[0]}"
         )
-    if delta.shape[2] > x.shape[2] or delta.shape[3] > x.shape[3]:
+    if delta.shape[2] > x.shape[2] + 2 * ph or delta.shape[3] > x.shape[3] + 2 * pw:
+        padded = f" padded by ({ph}, {pw})" if ph or pw else ""
         raise ValueError(
             f"{where}: delta maps {delta.shape[2]}x{delta.shape[3]} are larger than the "
-            f"{x.shape[2]}x{x.shape[3]} input maps"
+            f"{x.shape[2]}x{x.shape[3]} input maps{padded}"
         )
     checks.check_selection(where, a.get("selection"), delta.shape[1], x.shape[1])
 

@@ -58,7 +58,9 @@ def _masked(kernel: Array, selection: Array | None, xp: Any) -> Array:
     return kernel * xp.reshape(xp.astype(selection, kernel.dtype), (c_out, c_in, 1, 1))
 
 
-def conv_valid(x: Array, kernel: Array, selection: Array | None = None) -> Array:
+def conv_valid(
+    x: Array, kernel: Array, selection: Array | None = None, padding: tuple[int, int] = (0, 0)
+) -> Array:
     """Sum over selected input maps of their 'valid' convolutions: the forward pass of 3.1.
 
     Computes ``u[n, j] = sum_{i in M_j} conv2(x[n, i], kernel[j, i], 'valid')``, the inner sum of
@@ -67,15 +69,20 @@ def conv_valid(x: Array, kernel: Array, selection: Array | None = None) -> Array
     Parameters
     ----------
     x : array, shape (N, C_in, H, W)
-    kernel : array, shape (C_out, C_in, kh, kw), with kh <= H and kw <= W
+    kernel : array, shape (C_out, C_in, kh, kw), with kh <= H + 2 ph and kw <= W + 2 pw
     selection : bool array, shape (C_out, C_in), optional
         The input maps ``M_j`` of each output map; all of them when omitted.
+    padding : (int, int)
+        ``(ph, pw)`` rows and columns of zeros added on each side of every map first (Note
+        [Zero padding]); the notes' 'valid' convolution is ``(0, 0)``.
 
     Returns
     -------
-    array, shape (N, C_out, H - kh + 1, W - kw + 1)
+    array, shape (N, C_out, H + 2 ph - kh + 1, W + 2 pw - kw + 1)
     """
     xp = array_api_compat.array_namespace(x, kernel)
+    if padding[0] or padding[1]:
+        x = _pad2(x, padding[0], padding[1], xp)
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
@@ -103,59 +110,116 @@ def _pad2(x: Array, ph: int, pw: int, xp: Any) -> Array:
     return x
 
 
-def conv_full(delta: Array, kernel: Array, selection: Array | None = None) -> Array:
+def fit_maps(x: Array, h: int, w: int) -> Array:
+    """``x`` cropped or zero-padded at the bottom and right to ``(N, C, h, w)``.
+
+    Not a hot op (a slice, or one concatenation): the subsampling layers' ``remainder`` crops
+    (``"drop"``) or pads (``"pad"``) their input to whole blocks with it, and its adjoint, the
+    same call with the input's size, takes ``up(delta)`` back (zeros for the dropped rows, the
+    padded rows cut off). Returns ``x`` itself when it already has that size.
+    """
+    xp = array_api_compat.array_namespace(x)
+    n, c, rows, cols = x.shape
+    if (rows, cols) == (h, w):
+        return x
+    x = x[:, :, : min(rows, h), : min(cols, w)]
+    dev = array_api_compat.device(x)
+    if cols < w:
+        x = xp.concat(
+            [x, xp.zeros((n, c, x.shape[2], w - cols), dtype=x.dtype, device=dev)], axis=3
+        )
+    if rows < h:
+        x = xp.concat([x, xp.zeros((n, c, h - rows, w), dtype=x.dtype, device=dev)], axis=2)
+    return x
+
+
+# Note [Zero padding]
+# ~~~~~~~~~~~~~~~~~~
+# A convolution layer with ``padding=(ph, pw)`` convolves its maps with ph rows and pw columns of
+# zeros added on each side: ``u = conv_valid(pad(x), k)``, and everything of 3.1.1 and 3.2.1
+# holds for ``pad(x)``. So the kernel gradient is eq. (7) on the padded input,
+# ``conv_kernel_grad(pad(x), delta)``, and the sensitivity of the padded input is the notes'
+# ``conv2(delta, rot180(k), 'full')``, of size ``H + 2 ph``; the zeros are constants, so the
+# sensitivity of x itself is that 'full' convolution cropped back by (ph, pw) on each side (the
+# adjoint of pad is the crop). The ops take ``padding`` and avoid the padded copies where they
+# can: the reference reads the 'full' convolution's windows at an offset (a ``delta`` padded by
+# ``kh - 1`` rows, output rows ``ph .. ph + H - 1``); the NumPy backend's direct kernels pad the
+# forward convolution as they interleave rows and compute the cropped 'full' one with ``ph``
+# fewer rows of padding (Note [Direct convolutions]), while its eq. (7) and its BLAS paths run
+# on a zero-padded copy of x; CuPy's im2col pads in its index arithmetic. PyTorch's
+# ``conv2d(padding=...)`` is the same padding (its kernels are the rot180 of ours: DESIGN.md's
+# conv2 convention). Padding is one amount per spatial axis, so the N-D layers take the same
+# specification (``anycnn.layers.conv.resolve_padding``).
+
+
+def conv_full(
+    delta: Array, kernel: Array, selection: Array | None = None, padding: tuple[int, int] = (0, 0)
+) -> Array:
     """Back-propagate sensitivities through a convolution: ``conv2(delta, rot180(k), 'full')``.
 
     Computes ``g[n, i] = sum_{j : i in M_j} conv2(delta[n, j], rot180(kernel[j, i]), 'full')``,
     the sum of section 3.2.1 (``delta_i = f'(u_i) o g_i`` for the layer below). It is the adjoint
-    of :func:`conv_valid` in its first argument: ``<conv_valid(x, k), d> = <x, conv_full(d, k)>``.
+    of :func:`conv_valid` in its first argument: ``<conv_valid(x, k), d> = <x, conv_full(d, k)>``,
+    for the same ``padding`` too: then ``g`` is the 'full' convolution cropped by ``(ph, pw)`` on
+    each side (Note [Zero padding]).
 
     Parameters
     ----------
     delta : array, shape (N, C_out, h, w)
     kernel : array, shape (C_out, C_in, kh, kw)
     selection : bool array, shape (C_out, C_in), optional
+    padding : (int, int)
+        The ``(ph, pw)`` of the forward convolution.
 
     Returns
     -------
-    array, shape (N, C_in, h + kh - 1, w + kw - 1)
+    array, shape (N, C_in, h + kh - 1 - 2 ph, w + kw - 1 - 2 pw)
     """
     xp = array_api_compat.array_namespace(delta, kernel)
     n, c_out, h, w = delta.shape
     _, c_in, kh, kw = kernel.shape
+    ph, pw = padding
     padded = _pad2(delta, kh - 1, kw - 1, xp)
     k = _masked(kernel, selection, xp)
-    oh, ow = h + kh - 1, w + kw - 1
+    oh, ow = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
     out = None
-    # conv2 with rot180(k) is a cross-correlation with k itself: no flip here.
+    # conv2 with rot180(k) is a cross-correlation with k itself: no flip here; the crop of
+    # Note [Zero padding] is the offset (ph, pw) of every window.
     for a in range(kh):
         for b in range(kw):
-            patch = padded[:, :, a : a + oh, b : b + ow]  # (N, C_out, oh, ow)
+            patch = padded[:, :, ph + a : ph + a + oh, pw + b : pw + b + ow]  # (N, C_out, oh, ow)
             term = xp.tensordot(patch, k[:, :, a, b], axes=([1], [0]))  # (N, oh, ow, C_in)
             out = term if out is None else out + term
     return xp.permute_dims(out, (0, 3, 1, 2))
 
 
-def conv_kernel_grad(x: Array, delta: Array, selection: Array | None = None) -> Array:
+def conv_kernel_grad(
+    x: Array, delta: Array, selection: Array | None = None, padding: tuple[int, int] = (0, 0)
+) -> Array:
     """Kernel gradient of a convolution layer, eq. (7) in its rot180 / 'valid' form.
 
     Computes ``dE/dk[j, i] = sum_n rot180(conv2(x[n, i], rot180(delta[n, j]), 'valid'))``, summed
     over the batch; zero outside the selection. It is the adjoint of :func:`conv_valid` in its
-    second argument: ``<conv_valid(x, k), d> = <k, conv_kernel_grad(x, d)>``.
+    second argument: ``<conv_valid(x, k), d> = <k, conv_kernel_grad(x, d)>``, for the same
+    ``padding`` too (then eq. (7) runs on the padded ``x``: Note [Zero padding]).
 
     Parameters
     ----------
     x : array, shape (N, C_in, H, W)
         The layer's input maps (``x^{l-1}``).
     delta : array, shape (N, C_out, h, w)
-        The layer's sensitivities; the kernel size is ``(H - h + 1, W - w + 1)``.
+        The layer's sensitivities; the kernel size is ``(H + 2 ph - h + 1, W + 2 pw - w + 1)``.
     selection : bool array, shape (C_out, C_in), optional
+    padding : (int, int)
+        The ``(ph, pw)`` of the forward convolution.
 
     Returns
     -------
-    array, shape (C_out, C_in, H - h + 1, W - w + 1)
+    array, shape (C_out, C_in, H + 2 ph - h + 1, W + 2 pw - w + 1)
     """
     xp = array_api_compat.array_namespace(x, delta)
+    if padding[0] or padding[1]:
+        x = _pad2(x, padding[0], padding[1], xp)
     _, _, h_in, w_in = x.shape
     _, _, h, w = delta.shape
     kh, kw = h_in - h + 1, w_in - w + 1
@@ -302,7 +366,12 @@ def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
 
 
 def conv_valid_activate(
-    x: Array, kernel: Array, bias: Array, activation: Any, selection: Array | None = None
+    x: Array,
+    kernel: Array,
+    bias: Array,
+    activation: Any,
+    selection: Array | None = None,
+    padding: tuple[int, int] = (0, 0),
 ) -> Array:
     """``f(conv_valid(x, kernel, selection) + bias)``: the whole forward pass of a convolution
     layer, ``x_j = f(sum_{i in M_j} x_i * k_ij + b_j)`` (section 3.1).
@@ -312,7 +381,7 @@ def conv_valid_activate(
     layers are tested against the chain): its own vectorised f is allowed, a different f is not.
     """
     xp = array_api_compat.array_namespace(x, kernel, bias)
-    u = conv_valid(x, kernel, selection) + bias[:, None, None]
+    u = conv_valid(x, kernel, selection, padding) + bias[:, None, None]
     return activation.apply(u, xp)
 
 
@@ -324,23 +393,26 @@ def conv_backward(
     selection: Array | None = None,
     up: int = 1,
     need_delta: bool = True,
+    padding: tuple[int, int] = (0, 0),
 ) -> tuple[Array, Array, Array | None]:
     """The parameter gradients of a convolution layer ``y = f(conv_valid(x, k) + b)`` in one call
     (3.1.1): ``(dE/dk, dE/db, delta)``.
 
     ``delta = f'(u) o dE/dy`` from the saved output ``y``, where ``dE/dy = up(dy)``, the kron
-    up-sampling by ``up`` (:func:`kron_upsample`) when the layer above is a subsampling layer:
+    up-sampling by ``up`` (:func:`kron_upsample`) when the layer above is a subsampling layer,
+    cropped or zero-padded to ``y``'s size (:func:`fit_maps`) when that layer has a remainder:
     then this is the notes' ``delta_j = beta_j (f'(u_j) o up(delta_j^{l+1}))``, the
     subsampling layer having already multiplied its sensitivity by ``beta``. ``dE/dk`` is eq. (7)
     (:func:`conv_kernel_grad`), ``dE/db_j = sum_{n,u,v} delta``; ``delta`` itself is returned
-    when ``need_delta`` (the layer below needs ``conv_full(delta, k)``), else None. A fused
-    version must agree with this to float rounding.
+    when ``need_delta`` (the layer below needs ``conv_full(delta, k)``), else None. With
+    ``padding`` the layer's convolution pads ``x`` (Note [Zero padding]) and so does eq. (7).
+    A fused version must agree with this to float rounding.
     """
     xp = array_api_compat.array_namespace(x, dy, y)
     if up > 1:
-        dy = kron_upsample(dy, up)
+        dy = fit_maps(kron_upsample(dy, up), y.shape[2], y.shape[3])
     delta = activation.sensitivity(dy, y, xp)
-    grad = conv_kernel_grad(x, delta, selection)
+    grad = conv_kernel_grad(x, delta, selection, padding)
     return grad, xp.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
 
 

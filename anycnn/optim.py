@@ -772,8 +772,12 @@ def _convolution(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None
     ops = layer._backend.ops
     d2u = _squared_slope(layer, d2y)
     x, k, selection = layer._x, layer.params["kernel"], layer._selection
-    h = {"kernel": ops.conv_kernel_grad(x * x, d2u, selection), "bias": xp.sum(d2u, axis=(0, 2, 3))}
-    return (ops.conv_full(d2u, k * k, selection) if need_input else None), h
+    pad = layer._padding_args  # Note [Zero padding] in anycnn.ops: zeros have no curvature
+    h = {
+        "kernel": ops.conv_kernel_grad(x * x, d2u, selection, *pad),
+        "bias": xp.sum(d2u, axis=(0, 2, 3)),
+    }
+    return (ops.conv_full(d2u, k * k, selection, *pad) if need_input else None), h
 
 
 def _subsampling(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
@@ -792,9 +796,11 @@ def _subsampling(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None
         return None, h
     n = layer.n
     if layer.mode == "decimate":
-        return ops.decimate_transpose(d2d, n), h
+        return layer._unfit(ops.decimate_transpose(d2d, n)), h
+    if layer._inv_counts is not None:  # a padded block mean: (1 / count)^2 per block
+        return layer._unfit(ops.kron_upsample(d2d * (layer._inv_counts**2), n)), h
     up = ops.kron_upsample(d2d, n)
-    return (up * (1.0 / float(n**4)) if layer.mode == "mean" else up), h
+    return layer._unfit(up * (1.0 / float(n**4)) if layer.mode == "mean" else up), h
 
 
 def _flatten(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:

@@ -565,6 +565,45 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("padding", [(1, 1), (2, 0), (3, 2)], ids=str)
+@pytest.mark.parametrize("case", CONV_CASES[1:3], ids=lambda c: "x".join(map(str, c[:7])))
+def test_padded_convolutions_match_scipy(impl, dtype, padding, case, rng):
+    """Note [Zero padding] in anycnn.ops: im2col pads (and, for the 'full' convolution, crops
+    by a smaller or negative padding) in its index arithmetic; SciPy on np.pad-ded maps."""
+    n, c_in, c_out, kh, kw, h, w, with_selection = case
+    ph, pw = padding
+    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
+    k = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+    d = rng.standard_normal((n, c_out, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1)).astype(dtype)
+    sel = rng.random((c_out, c_in)) < 0.6 if with_selection else None
+    bx, bk, bd = (impl.put(a) for a in (x, k, d))
+    bsel = None if sel is None else impl.put(sel)
+    x64, k64, d64 = (a.astype(np.float64) for a in (x, k, d))
+    padded = np.pad(x64, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    full = oracles.conv_full(d64, k64, sel)
+    expected = {
+        "conv_valid": oracles.conv_valid(padded, k64, sel),
+        "conv_full": full[:, :, ph : full.shape[2] - ph, pw : full.shape[3] - pw],
+        "conv_kernel_grad": oracles.conv_kernel_grad(padded, d64, sel),
+    }
+    got = {
+        "conv_valid": impl._ops.conv_valid(bx, bk, bsel, padding),
+        "conv_full": impl._ops.conv_full(bd, bk, bsel, padding),
+        "conv_kernel_grad": impl._ops.conv_kernel_grad(bx, bd, bsel, padding),
+    }
+    for name, out in got.items():
+        assert out.dtype == np.dtype(dtype), name
+        scale = float(np.abs(expected[name]).max())
+        _close(
+            impl.get(out),
+            expected[name],
+            dtype,
+            atol=TOL[dtype]["atol"] * max(1.0, scale),
+            err_msg=f"{name} ({impl.name}, padding={padding})",
+        )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("gemm", ["cublas", "kernel"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:7])))
 def test_convolutions_match_scipy(impl, dtype, gemm, case, rng):
@@ -730,6 +769,49 @@ def test_zoo_models_get_the_same_gradients_through_the_cupy_ops(host_modules, mo
     x, t = _batch(cpu, 8, rng, "float64")
     with host_modules["_kernels"].gemm_mode(gemm):
         emu.compute_gradients(x, t, check=False)
+    cpu.compute_gradients(x, t)
+    want, got = cpu.gradients(), emu.gradients()
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-11, atol=1e-14, err_msg=name)
+
+
+def test_any_size_network_gets_the_same_gradients_through_the_cupy_ops(host_modules, rng):
+    """Issue 23's network through the CuPy backend's ops on the host: 3x64x64 inputs, a 'valid'
+    and a 'same' 3x3 convolution, subsampling layers that drop a remainder (31 -> 15)."""
+    import array_api_compat.numpy
+
+    from anycnn.backend import Backend
+    from anycnn.layers import Convolution, Flatten, FullyConnected, Subsampling
+    from anycnn.network import Network
+
+    emulated = Backend(
+        name="cupy_ops_on_host",
+        array_module="numpy",
+        namespace=lambda: array_api_compat.numpy,
+        device=lambda: "cpu",
+        fast_ops=lambda: host_modules["_ops"].OPS,
+    )
+
+    def build(backend):
+        return Network(
+            [
+                Convolution(4, 3, padding="valid", activation="tanh"),
+                Subsampling(2, "mean", remainder="drop"),
+                Convolution(6, (3, 3), padding="same", selection="pairs", activation="sigmoid"),
+                Subsampling(2, "sum", activation="tanh", remainder="drop"),
+                Flatten(),
+                FullyConnected(3, activation="sigmoid"),
+            ],
+            (3, 64, 64),
+            dtype="float64",
+            backend=backend,
+        )
+
+    cpu, emu = build("numpy"), build(emulated)
+    x = rng.standard_normal((3, 3, 64, 64))
+    t = np.eye(3)[[0, 2, 1]]
+    emu.compute_gradients(x, t, check=False)
     cpu.compute_gradients(x, t)
     want, got = cpu.gradients(), emu.gradients()
     assert set(got) == set(want)

@@ -50,6 +50,16 @@ def _tiny_conv(backend, variant="sum", dtype="float64", seed=0):
             L.FullyConnected(3, activation="sigmoid"),
         ]
         loss = "squared_error"
+    elif variant == "padded":  # issue 23: zero padding and both subsampling remainders
+        layers = [
+            L.Convolution(2, 3, padding="same", activation="tanh"),
+            L.Subsampling(3, "mean", activation="identity", remainder="pad"),
+            L.Convolution(3, 2, padding=(1, 0), activation="tanh"),
+            L.Subsampling(2, "sum", trainable=False, remainder="drop"),
+            L.Flatten(),
+            L.FullyConnected(3, activation="identity"),
+        ]
+        loss = "cross_entropy"
     else:  # decimation with a trainable beta
         layers = [
             L.Convolution(2, 3, activation="tanh"),
@@ -291,7 +301,7 @@ def _squared_jacobian_oracle(net, x_host, t_host):
     return {name: value / x_host.shape[0] for name, value in total.items()}
 
 
-@pytest.mark.parametrize("make", ["fc", "conv-sum", "conv-mean", "conv-decimate"])
+@pytest.mark.parametrize("make", ["fc", "conv-sum", "conv-mean", "conv-decimate", "conv-padded"])
 def test_diagonal_hessian_matches_squared_jacobians(make):
     rng = np.random.default_rng(3)
     if make == "fc":

@@ -5,6 +5,8 @@ with ``torch.nn.functional`` and differentiated by autograd; the loss and every 
 The translation is the public one: anycnn kernels are MATLAB ``conv2`` kernels (flipped), so
 ``F.conv2d`` (a cross-correlation) gets ``to_cross_correlation(kernel)``; an input-map selection
 is a masked weight; the notes' sum subsampling is ``avg_pool2d * n^2``, times beta, plus b.
+A layer's ``padding`` is conv2d's, and a subsampling remainder ``"pad"`` is avg_pool2d's
+``ceil_mode=True`` (``"drop"`` its default).
 """
 
 from __future__ import annotations
@@ -66,15 +68,21 @@ def torch_loss_and_gradients(net, x, t):
         if isinstance(layer, Convolution):
             mask = torch.tensor(layer.table, dtype=torch.float64)[:, :, None, None]
             weight = to_cross_correlation(p["kernel"]) * mask  # differentiable: a torch flip
-            u = TF.conv2d(h, weight, p["bias"])
+            u = TF.conv2d(h, weight, p["bias"], padding=_torch_padding(layer))
         elif isinstance(layer, Subsampling):
             n = layer.n
+            # remainder="pad" is PyTorch's ceil_mode (a partial block averages the samples
+            # present), "drop" its default; "error" layers only see whole blocks.
+            ceil = layer.remainder == "pad"
             if layer.mode == "sum":
-                down = TF.avg_pool2d(h, n) * (n * n)
+                down = TF.avg_pool2d(h, n, ceil_mode=ceil, divisor_override=1)
             elif layer.mode == "mean":
-                down = TF.avg_pool2d(h, n)
+                down = TF.avg_pool2d(h, n, ceil_mode=ceil)
             else:
-                down = h[:, :, ::n, ::n]
+                rows, cols = h.shape[2], h.shape[3]
+                if not ceil:
+                    rows, cols = rows - rows % n, cols - cols % n
+                down = h[:, :, :rows:n, :cols:n]
             u = down * _per_map(p["beta"]) + _per_map(p["bias"]) if layer.trainable else down
         elif isinstance(layer, FullyConnected):
             u = TF.linear(h, p["weight"], p["bias"])
@@ -88,6 +96,12 @@ def torch_loss_and_gradients(net, x, t):
         loss = 0.5 * ((h - target) ** 2).sum() / h.shape[0]  # eq. (1), averaged over the batch
     loss.backward()
     return loss.item(), {name: leaf.grad.numpy() for name, leaf in leaves.items()}
+
+
+def _torch_padding(layer):
+    """PyTorch's ``padding`` argument for the layer's: its names, or the (rows, columns) ints."""
+    spec = getattr(layer, "padding", "valid")
+    return spec if isinstance(spec, str) else tuple(spec)
 
 
 def _compare(net, x_host, t_host):
@@ -158,6 +172,48 @@ SMALL = {
         dtype="float64",
         seed=4,
     ),
+    # issue 23: odd map sizes, each remainder and mode of the subsampling layers
+    "remainders-odd-maps": lambda: Network(
+        [
+            Convolution(3, 2, activation="tanh"),
+            Subsampling(2, "mean", activation="sigmoid", remainder="pad"),
+            Convolution(4, (2, 1), selection="pairs", activation="tanh"),
+            Subsampling(3, "sum", activation="tanh", remainder="drop"),
+            Flatten(),
+            FullyConnected(3, activation="sigmoid"),
+        ],
+        (2, 12, 10),
+        dtype="float64",
+        seed=5,
+    ),
+    # issue 23: zero padding ("same", ints, rows only) with rectangular kernels and maps
+    "padding-rectangular": lambda: Network(
+        [
+            Convolution(3, (3, 5), padding="same", activation="tanh"),
+            Subsampling(2, "sum", activation="sigmoid", remainder="drop"),
+            Convolution(4, (2, 3), padding=(1, 0), selection="pairs", activation="tanh"),
+            Convolution(2, 2, padding=2, activation="relu"),
+            Flatten(),
+            FullyConnected(3, activation="sigmoid"),
+        ],
+        (2, 9, 7),
+        dtype="float64",
+        seed=7,
+    ),
+    "remainders-decimate": lambda: Network(
+        [
+            Convolution(2, (3, 2), activation="sigmoid"),
+            Subsampling(2, "decimate", activation="tanh", remainder="pad"),
+            Convolution(3, 2, activation="tanh"),
+            Subsampling(2, "decimate", trainable=False, remainder="drop"),
+            Subsampling(1, "mean", trainable=False, remainder="drop"),
+            Flatten(),
+            FullyConnected(2, activation="identity"),
+        ],
+        (1, 11, 12),
+        dtype="float64",
+        seed=6,
+    ),
 }
 
 
@@ -180,6 +236,20 @@ def test_kernel_conversion_round_trip(backend, rng):
     assert_close(
         to_cross_correlation(from_cross_correlation(k)), k_host, backend=backend, rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("padding", ["same", 1, (2, 0)], ids=str)
+def test_padded_convolution_is_torch_conv2d_with_padding(backend, rng, padding):
+    """Forward values with zero padding: F.conv2d(padding=...) of the converted kernel, on a
+    rectangular kernel and rectangular maps."""
+    net = Network(
+        [Convolution(3, (3, 5), padding=padding, activation="identity")], (2, 6, 8), dtype="float64"
+    )
+    x_host = rng.standard_normal((2, 2, 6, 8))
+    y = net.forward(backend.asarray(x_host, dtype="float64"))
+    kernel = torch.tensor(backend.to_host(net.parameters()["conv1.kernel"]))
+    expected = TF.conv2d(torch.tensor(x_host), to_cross_correlation(kernel), padding=padding)
+    assert_close(y, expected.numpy(), backend=backend)
 
 
 def test_convolution_layer_is_torch_conv2d_of_the_converted_kernel(backend, rng):

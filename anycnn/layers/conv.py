@@ -11,6 +11,7 @@ import numpy as np
 
 from anycnn.layers.activations import get_activation
 from anycnn.layers.base import Array, BuildContext, Layer, Shape, Upsampled
+from anycnn.ops import fit_maps
 
 # LeCun et al. 1998, Table I: which S2 maps (rows) each C3 map (columns) combines.
 _LENET5_C3 = [
@@ -119,14 +120,63 @@ def from_cross_correlation(weight: Array) -> Array:
     return to_cross_correlation(weight)
 
 
+PADDINGS = ("valid", "same")
+
+
+def resolve_padding(padding: Any, kernel_size: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """The zero rows / columns added on each side, one int per spatial axis, of a ``padding``
+    spec: ``"valid"`` (none: the notes' convolution), ``"same"`` (``(k - 1) / 2`` along an axis
+    of odd kernel size k, so the output has the input's size), an int (every axis) or one int
+    per axis. Written for any number of spatial axes (the N-D layers take the same spec).
+
+    Raises
+    ------
+    ValueError
+        An unknown name, a negative or non-int amount, the wrong number of axes, or ``"same"``
+        with an even kernel size (it would need more zeros on one side than on the other).
+    """
+    axes = len(kernel_size)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * axes
+        if padding == "same":
+            even = [k for k in kernel_size if k % 2 == 0]
+            if even:
+                size = "x".join(map(str, kernel_size))
+                raise ValueError(
+                    f"{where}: padding='same' needs odd kernel sizes (the zeros go evenly on both "
+                    f"sides), got a {size} kernel; give the padding as ints instead"
+                )
+            return tuple((k - 1) // 2 for k in kernel_size)
+        raise ValueError(
+            f"{where}: padding must be 'valid', 'same', an int or {axes} ints, got {padding!r}"
+        )
+    amounts = (padding,) * axes if isinstance(padding, int) else tuple(padding)
+    if len(amounts) != axes or any(
+        isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in amounts
+    ):
+        raise ValueError(
+            f"{where}: padding must be 'valid', 'same', a non-negative int or {axes} of them, "
+            f"got {padding!r}"
+        )
+    return tuple(int(p) for p in amounts)
+
+
 class Convolution(Layer):
-    """``x_j = f(sum_{i in M_j} x_i * k_ij + b_j)`` with 'valid' convolutions (section 3.1).
+    """``x_j = f(sum_{i in M_j} x_i * k_ij + b_j)`` with 'valid' convolutions (section 3.1), of
+    the maps zero-padded when asked.
 
     Parameters
     ----------
     maps : int
         Number of output maps ``C_out``.
     kernel_size : int or (int, int)
+        ``(kh, kw)``; rectangular kernels (and maps) are fine.
+    padding : "valid", "same", int or (int, int)
+        Zero rows and columns added on each side of every input map before the convolution
+        (PyTorch's ``conv2d(padding=...)``): ``"valid"`` (none, the notes' layer, the default),
+        ``"same"`` (output maps of the input's size; odd kernel sizes only), ``p`` or
+        ``(ph, pw)``. The output maps are ``(H + 2 ph - kh + 1, W + 2 pw - kw + 1)``.
     selection : str or bool array
         The input maps ``M_j`` of each output map; see :func:`selection_table`. Kernels outside
         the selection are not parameters: they stay zero and their gradient is zero.
@@ -142,6 +192,10 @@ class Convolution(Layer):
     Back-propagation: ``delta = f'(u) o dE/dy``; the kernel gradient by eq. (7) in its rot180 /
     'valid' form (:func:`anycnn.ops.conv_kernel_grad`); the bias gradient is the sum of ``delta``
     over the batch and positions; ``dE/dx = sum_j conv2(delta_j, rot180(k_ij), 'full')`` (3.2.1).
+    With padding, eq. (7) runs on the padded maps and ``dE/dx`` is that 'full' convolution
+    cropped by ``(ph, pw)`` on each side (``Note [Zero padding]`` in :mod:`anycnn.ops`).
+    Kernels follow MATLAB's ``conv2`` (flipped), as everywhere in anycnn: padding does not
+    change that; :func:`to_cross_correlation` converts them for PyTorch.
     """
 
     kind = "conv"
@@ -151,6 +205,7 @@ class Convolution(Layer):
         maps: int,
         kernel_size: int | tuple[int, int],
         *,
+        padding: str | int | tuple[int, int] = "valid",
         selection: Any = "full",
         activation: Any = "sigmoid",
         init: str = "glorot",
@@ -167,6 +222,11 @@ class Convolution(Layer):
         if init not in ("glorot", "lecun"):
             raise ValueError(f"Convolution: init must be 'glorot' or 'lecun', got {init!r}")
         self.maps, self.kernel_size = maps, (int(kh), int(kw))
+        self.pad = resolve_padding(padding, self.kernel_size, "Convolution")
+        self.padding = padding if isinstance(padding, str) else self.pad
+        # Passed to the ops only when there is padding, so that the unpadded calls stay those of
+        # the notes' layer (and third-party backends without padding keep working for it).
+        self._padding_args: tuple[tuple[int, ...], ...] = (self.pad,) if any(self.pad) else ()
         self.selection_spec = selection if isinstance(selection, str) else np.asarray(selection)
         self.activation = get_activation(activation)
         self.init, self.inputs_per_map, self.seed = init, inputs_per_map, seed
@@ -178,8 +238,10 @@ class Convolution(Layer):
             raise self.error(f"expects (C, H, W) maps, got input shape {input_shape}")
         c_in, h, w = input_shape
         kh, kw = self.kernel_size
-        if kh > h or kw > w:
-            raise self.error(f"kernel {kh}x{kw} is larger than the {h}x{w} input maps")
+        ph, pw = self.pad
+        if kh > h + 2 * ph or kw > w + 2 * pw:
+            padded = f" padded by ({ph}, {pw})" if ph or pw else ""
+            raise self.error(f"kernel {kh}x{kw} is larger than the {h}x{w} input maps{padded}")
         # Draw even when the seed is given, so that a network rebuilt from its config (where
         # every seed is explicit) consumes the generator alike and gets the same parameters.
         drawn = int(context.rng.integers(2**31))
@@ -207,17 +269,22 @@ class Convolution(Layer):
         kernel *= self.table[:, :, None, None]
         self.params["kernel"] = self._host_param(context, kernel)
         self.params["bias"] = self._host_param(context, np.zeros(self.maps))
-        return (self.maps, h - kh + 1, w - kw + 1)
+        return (self.maps, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1)
 
     def forward(self, x: Array) -> Array:
         self._x = x
         fused = self._ops.fused.get("conv_valid_activate")  # Note [Fused ops] in anycnn.ops
         if fused is not None:
             self._y = fused(
-                x, self.params["kernel"], self.params["bias"], self.activation, self._selection
+                x,
+                self.params["kernel"],
+                self.params["bias"],
+                self.activation,
+                self._selection,
+                *self._padding_args,
             )
             return self._y
-        u = self._ops.conv_valid(x, self.params["kernel"], self._selection)
+        u = self._ops.conv_valid(x, self.params["kernel"], self._selection, *self._padding_args)
         u += self.params["bias"][:, None, None]  # u is ours: add the bias and f in place
         self._y = self.activation.apply(u, self._xp)
         return self._y
@@ -235,23 +302,34 @@ class Convolution(Layer):
             dy, up = dy.delta, dy.n
         if fused is not None:  # delta = f'(u) o up(dy), eq. (7), the bias sums: one call
             kernel_grad, bias_grad, delta = fused(
-                self._x, dy, self._y, self.activation, self._selection, up, need_input_grad
+                self._x,
+                dy,
+                self._y,
+                self.activation,
+                self._selection,
+                up,
+                need_input_grad,
+                *self._padding_args,
             )
         else:
-            if up > 1:
-                dy = ops.kron_upsample(dy, up)
+            if up > 1:  # a subsampling remainder: fit up(dy) to y (anycnn.ops.fit_maps)
+                dy = fit_maps(ops.kron_upsample(dy, up), *self._y.shape[2:])
             delta = self._sensitivity(dy)  # f'(u) o dE/dy
-            kernel_grad = ops.conv_kernel_grad(self._x, delta, self._selection)  # eq. (7)
+            kernel_grad = ops.conv_kernel_grad(  # eq. (7)
+                self._x, delta, self._selection, *self._padding_args
+            )
             bias_grad = self._xp.sum(delta, axis=(0, 2, 3))
         self.grads["kernel"], self.grads["bias"] = kernel_grad, bias_grad
         if not need_input_grad:
             return None
-        return ops.conv_full(delta, self.params["kernel"], self._selection)  # 3.2.1
+        # 3.2.1; with padding, cropped back (Note [Zero padding] in anycnn.ops)
+        return ops.conv_full(delta, self.params["kernel"], self._selection, *self._padding_args)
 
     def config(self) -> dict[str, Any]:
         return {
             "maps": self.maps,
             "kernel_size": list(self.kernel_size),
+            "padding": self.padding if isinstance(self.padding, str) else list(self.pad),
             "selection": "table",  # the table itself travels in extra_state()
             "activation": self.activation.config(),
             "init": self.init,
@@ -272,4 +350,7 @@ class Convolution(Layer):
     def __repr__(self) -> str:
         kh, kw = self.kernel_size
         sel = self.selection_spec if isinstance(self.selection_spec, str) else "table"
-        return f"Convolution({self.maps}@{kh}x{kw}, {sel}, {self.activation.name})"
+        pad = ""
+        if self.padding != "valid":
+            pad = f", padding={self.padding if isinstance(self.padding, str) else self.pad}"
+        return f"Convolution({self.maps}@{kh}x{kw}, {sel}, {self.activation.name}{pad})"

@@ -40,26 +40,35 @@ def _fast(*arrays: Any) -> bool:
     return K.is_float(*arrays) and all(a.ndim == 4 for a in arrays)
 
 
-def conv_valid(x: Array, kernel: Array, selection: Array | None = None) -> Array:
+def conv_valid(
+    x: Array, kernel: Array, selection: Array | None = None, padding: tuple[int, int] = (0, 0)
+) -> Array:
     """``u[n, j] = sum_{i in M_j} conv2(x[n, i], kernel[j, i], 'valid')`` (section 3.1):
-    im2col with flipped taps, then one batched GEMM with the kernels as stored."""
+    im2col with flipped taps, then one batched GEMM with the kernels as stored. ``padding``
+    is im2col's (Note [Zero padding] in anycnn.ops): no padded copy."""
     if not _fast(x, kernel):
-        return _reference.conv_valid(x, kernel, selection)
+        return _reference.conv_valid(x, kernel, selection, padding)
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = kernel.shape
-    oh, ow = h - kh + 1, w - kw + 1
-    cols = K.im2col(x, kh, kw, oh, ow, flip=True)  # (N, C_in kh kw, oh ow)
+    ph, pw = padding
+    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    cols = K.im2col(x, kh, kw, oh, ow, pad=(ph, pw), flip=True)  # (N, C_in kh kw, oh ow)
     weights = _masked(kernel, selection).reshape(c_out, c_in * kh * kw)
     return K.matmul(weights, cols).reshape(n, c_out, oh, ow)
 
 
 def conv_valid_activate(
-    x: Array, kernel: Array, bias: Array, activation: Any, selection: Array | None = None
+    x: Array,
+    kernel: Array,
+    bias: Array,
+    activation: Any,
+    selection: Array | None = None,
+    padding: tuple[int, int] = (0, 0),
 ) -> Array:
     """``f(conv_valid(x, kernel) + bias)`` (``Note [Fused ops]`` in anycnn.ops): the GEMM, then
     one elementwise kernel for the bias and f (``anycnn_cupy._fused.bias_activation``) instead of
     the chain's separate passes. Activations without a fused kernel take the chain."""
-    u = conv_valid(x, kernel, selection)
+    u = conv_valid(x, kernel, selection, padding)
     if _fast(x, kernel) and bias.dtype == u.dtype and supports_activation(activation):
         return _fused.bias_activation(u, bias, activation=activation)
     import array_api_compat
@@ -84,29 +93,37 @@ def sensitivity(dy: Array, y: Array, activation: Any) -> Array:
     return activation.sensitivity(dy, y, array_api_compat.array_namespace(dy, y))
 
 
-def conv_full(delta: Array, kernel: Array, selection: Array | None = None) -> Array:
+def conv_full(
+    delta: Array, kernel: Array, selection: Array | None = None, padding: tuple[int, int] = (0, 0)
+) -> Array:
     """``g[n, i] = sum_j conv2(delta[n, j], rot180(kernel[j, i]), 'full')`` (section 3.2.1):
-    im2col of delta zero-padded by (kh - 1, kw - 1) inside the kernel, then one batched GEMM."""
+    im2col of delta zero-padded by (kh - 1, kw - 1) inside the kernel, then one batched GEMM;
+    a layer's ``padding`` crops it (Note [Zero padding] in anycnn.ops), i.e. pads delta by
+    (ph, pw) less (a negative im2col padding crops: its bounds check does it)."""
     if not _fast(delta, kernel):
-        return _reference.conv_full(delta, kernel, selection)
+        return _reference.conv_full(delta, kernel, selection, padding)
     n, c_out, h, w = delta.shape
     _, c_in, kh, kw = kernel.shape
-    oh, ow = h + kh - 1, w + kw - 1
-    cols = K.im2col(delta, kh, kw, oh, ow, pad=(kh - 1, kw - 1))  # (N, C_out kh kw, oh ow)
+    ph, pw = padding
+    oh, ow = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
+    cols = K.im2col(delta, kh, kw, oh, ow, pad=(kh - 1 - ph, kw - 1 - pw))  # (N, O kh kw, oh ow)
     weights = cupy.ascontiguousarray(_masked(kernel, selection).transpose(1, 0, 2, 3))
     return K.matmul(weights.reshape(c_in, c_out * kh * kw), cols).reshape(n, c_in, oh, ow)
 
 
-def conv_kernel_grad(x: Array, delta: Array, selection: Array | None = None) -> Array:
+def conv_kernel_grad(
+    x: Array, delta: Array, selection: Array | None = None, padding: tuple[int, int] = (0, 0)
+) -> Array:
     """``dE/dk[j, i] = sum_n rot180(conv2(x[n, i], rot180(delta[n, j]), 'valid'))``, eq. (7):
     im2col of x with flipped taps (so the result needs no rot180) and one GEMM whose inner
-    dimension runs over the batch and the output pixels."""
+    dimension runs over the batch and the output pixels; ``padding`` is im2col's."""
     if not _fast(x, delta):
-        return _reference.conv_kernel_grad(x, delta, selection)
+        return _reference.conv_kernel_grad(x, delta, selection, padding)
     n, c_in, h_in, w_in = x.shape
     _, c_out, h, w = delta.shape
-    kh, kw = h_in - h + 1, w_in - w + 1
-    cols = K.im2col(x, kh, kw, h, w, flip=True, layout="npk")  # (N h w, C_in kh kw)
+    ph, pw = padding
+    kh, kw = h_in + 2 * ph - h + 1, w_in + 2 * pw - w + 1
+    cols = K.im2col(x, kh, kw, h, w, pad=(ph, pw), flip=True, layout="npk")  # (N h w, C kh kw)
     deltas = cupy.ascontiguousarray(delta.transpose(1, 0, 2, 3)).reshape(c_out, n * h * w)
     grad = K.matmul(deltas, cols).reshape(c_out, c_in, kh, kw)
     return _masked(grad, selection)

@@ -28,7 +28,9 @@ directly, as correlations, on a layout that makes every inner loop long and cont
 weights) and, on the deltas zero-padded by ``kh - 1``, ``kw - 1`` with the kernels transposed
 (not flipped: conv2 of ``rot180(k)`` is a correlation with ``k``), the 'full' convolution of
 3.2.1; there the zero columns between two examples serve both (no grid column is thrown away)
-and the zero rows are not stored, the taps that would read them skipped. ``correlate_grad`` is
+and the zero rows are not stored, the taps that would read them skipped. The same padding
+serves a layer's ``padding`` (Note [Zero padding] in anycnn.ops): ``(ph, pw)`` in the forward
+convolution, ``(kh - 1 - ph, kw - 1 - pw)`` in the 'full' one (its crop). ``correlate_grad`` is
 eq. (7)'s kernel gradient as dot products along the same grid, delta copied onto it with zeros
 in the thrown-away columns; it also forms delta itself, ``f'(u) o up(dy)``, map by map as it
 copies it (the fused ``conv_backward``, Note [Deferred up-sampling]), and sums the bias gradient
@@ -250,7 +252,11 @@ def correlate_into(
     oh, ow = out.shape[2], out.shape[3]
     kind, p0, p1 = act
     stride = w + pad_w  # of one example along an interleaved row
-    t = np.empty(c * h * (chunk * stride + pad_w), x.dtype)
+    # kw more: the last taps of the last map read up to kw - 1 numbers past its rows for grid
+    # columns that are thrown away; they must stay inside the buffer.
+    used = c * h * (chunk * stride + pad_w)
+    t = np.empty(used + wts.shape[3], x.dtype)
+    t[used:] = 0
     grid = np.empty((2, oh * (chunk * stride + pad_w)), x.dtype)
     for n0 in range(start, stop, chunk):
         m = min(chunk, stop - n0)
@@ -327,6 +333,24 @@ def _grad_pair(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no c
                     b += 1
 
 
+@numba.njit(nogil=True, cache=True)
+def _fit_upsampled(dy, up, maps, target, dh, dw):  # pragma: no cover - compiled
+    """``target = fit(kron(dy_j, 1_{up x up}), (dh, dw)).ravel()`` for each of ``maps`` maps
+    stacked along ``dy``'s rows: up-sampled, then cut at or zero-padded to ``dh x dw``."""
+    sh, sw = dy.shape[0] // maps, dy.shape[1]
+    zero = target.dtype.type(0)
+    for j in range(maps):
+        for r in range(dh):
+            row = target[(j * dh + r) * dw : (j * dh + r + 1) * dw]
+            if r // up >= sh:
+                for s in range(dw):
+                    row[s] = zero
+                continue
+            source = dy[j * sh + r // up]
+            for s in range(dw):
+                row[s] = source[s // up] if s // up < sw else zero
+
+
 #: Sensitivity codes of :func:`correlate_grad` (the formulas of Note [Sensitivity kernel] in _jit):
 #: ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's
 #: ``((p0 - y)(y + p0)) p1 dy`` (``p0 = a``, ``p1 = b / a``).
@@ -337,17 +361,21 @@ GIVEN, LOGISTIC_SENSITIVITY, TANH_SENSITIVITY = 0, 1, 2
 # with fastmath=True) LeNet-5's gradients came out with other bits from a fresh compile than
 # from Numba's on-disk cache; with the flags spelled out they agree (tested).
 @numba.njit(nogil=True, fastmath=_ACTIVATION_MATH, error_model="numpy", cache=True)
-def _sensitivity_map(dy, up, y, kind, p0, p1, scaled, target):  # pragma: no cover - compiled
+def _sensitivity_map(dy, up, y, maps, kind, p0, p1, scaled, target):  # pragma: no cover
     """``target = (f'(u) o up(dy)).ravel()`` for (rows, dw) maps from their output ``y``, in the
     order of operations of ``Activation.sensitivity`` (its multiply-adds fused: the same values
     to rounding); ``up(dy)`` is the kron up-sampling of 3.1.1 by ``up`` (``rows`` divisible by
-    ``up``). One loop per case over whole maps, each vectorised (row by row, the calls cost more
-    than the arithmetic)."""
+    ``up``; ``maps`` maps stacked along the rows). When ``dy`` has not ``rows / up`` rows of
+    ``dw / up`` (a subsampling layer's remainder), ``up(dy)`` is fitted to each map's size
+    (cropped, or zeros past its end: ``anycnn.ops.fit_maps``). One loop per case over whole
+    maps, each vectorised (row by row, the calls cost more than the arithmetic)."""
     dh, dw = y.shape
     if up == 1:
         source = dy.ravel()
         for s in range(dh * dw):
             target[s] = source[s]
+    elif dy.shape[0] * up != dh or dy.shape[1] * up != dw:  # a subsampling remainder
+        _fit_upsampled(dy, up, maps, target, dh // maps, dw)
     elif up == 2 and dh % 2 == 0 and dw % 2 == 0:  # two target rows per row of dy, unrolled
         for r in range(dh >> 1):
             top, source = target[2 * r * dw : (2 * r + 1) * dw], dy[r]
@@ -385,8 +413,10 @@ def correlate_grad(
 
     ``delta = f'(u) o up(dy)`` (``sens = (kind, p0, p1, scaled)``, :func:`_sensitivity_map`;
     ``y`` the layer's output, unused for GIVEN; ``up(dy)`` the kron up-sampling by ``up``, so
-    ``dy`` is (N, O, dh / up, dw / up)) is formed map by map as it is copied onto the grid, and
-    written to ``delta_out`` when that is (N, O, dh, dw) (pass a (0, 0, 0, 0) array otherwise).
+    ``dy`` is (N, O, dh / up, dw / up), or floor / ceil of those with a subsampling remainder,
+    up(dy) then cut or zero-padded to (dh, dw)) is formed map by map as it is copied onto the
+    grid, and written to ``delta_out`` when that is (N, O, dh, dw) (pass a (0, 0, 0, 0) array
+    otherwise).
     Returns ``g[j, i, a, b] = sum_n sum_{y,x} delta[n, j, y, x] x[n, i, y+a, x+b]`` (eq. (7)
     before its rot180, for pairs in ``active`` (O, C) only, zero elsewhere) and the bias
     gradient ``sum_n sum_{y,x} delta[n, j, y, x]`` (per map, then in float64). ``x`` is
@@ -412,9 +442,10 @@ def correlate_grad(
         span = (dh - 1) * rw + (m - 1) * w + dw
         for e in range(m):  # all maps of an example at once: (O dh, dw) rows, kron intact
             _sensitivity_map(
-                dy[n0 + e].reshape(o * (dh // up), dw // up),
+                dy[n0 + e].reshape(o * dy.shape[2], dy.shape[3]),
                 up,
                 y[n0 + e].reshape(o * dh, dw),
+                o,
                 kind,
                 p0,
                 p1,

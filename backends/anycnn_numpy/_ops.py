@@ -44,6 +44,7 @@ import time
 import numpy as np
 
 from anycnn import ops as _reference
+from anycnn import subnormals as _subnormals
 from anycnn_numpy import _jit
 
 
@@ -166,6 +167,7 @@ class _Job:
         "errstate",
         "taken",
         "flag",
+        "flush",
     )
 
     def __init__(self, function, slices):
@@ -173,6 +175,8 @@ class _Job:
         # `with np.errstate(over="ignore")` around an op covers all of its slices (the training
         # loop's divergence check relies on that to keep warnings off stderr).
         self.errstate = np.geterr()
+        # Note [Subnormals] in anycnn.subnormals: helpers flush subnormals when the caller does.
+        self.flush = _subnormals.is_flushing()
         self.function = function
         self.slices = slices
         self.next = itertools.count()  # next() on a count is atomic under the GIL
@@ -184,6 +188,9 @@ class _Job:
         self.flag = np.zeros(1, np.int64)  # 1 once done: what a spinning caller watches
 
     def work(self, helper: bool = False) -> None:
+        if helper and getattr(_local, "flush", False) != self.flush:
+            _subnormals.set_flush_bits(self.flush)  # this pool thread's MXCSR, kept for the next
+            _local.flush = self.flush
         with np.errstate(**self.errstate):
             self._work(helper)
 
@@ -612,13 +619,26 @@ def _run_direct(work, n: int, macs_per_item: int) -> None:
 
 
 # --- convolutions --------------------------------------------------------------------------------
-def conv_valid(x, kernel, selection=None):
+def _padded(x: np.ndarray, padding) -> np.ndarray:
+    """``x`` with ``padding = (ph, pw)`` zero rows and columns on each side (a new array), or
+    ``x`` itself without padding: for the paths that cannot pad as they read (Note [Zero
+    padding] in anycnn.ops)."""
+    ph, pw = padding
+    if not (ph or pw):
+        return x
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    out[:, :, ph : ph + h, pw : pw + w] = x
+    return out
+
+
+def conv_valid(x, kernel, selection=None, padding=(0, 0)):
     if not _usable(x, kernel):
-        return _reference.conv_valid(x, kernel, selection)
-    return _conv_valid(x, kernel, selection, None)
+        return _reference.conv_valid(x, kernel, selection, padding)
+    return _conv_valid(x, kernel, selection, None, padding=padding)
 
 
-def conv_valid_activate(x, kernel, bias, activation, selection=None):
+def conv_valid_activate(x, kernel, bias, activation, selection=None, padding=(0, 0)):
     """Fused ``f(conv_valid(x, kernel) + bias)`` (``Note [Fused ops]`` in anycnn.ops).
 
     On the direct convolutions, float32 logistic and tanh layers get f as each map leaves the
@@ -627,7 +647,7 @@ def conv_valid_activate(x, kernel, bias, activation, selection=None):
     right after it is computed, while it is in cache, on the pool's threads (the chain's bits).
     """
     if not (_usable(x, kernel) and bias.dtype == x.dtype):
-        return _reference.conv_valid_activate(x, kernel, bias, activation, selection)
+        return _reference.conv_valid_activate(x, kernel, bias, activation, selection, padding)
 
     def epilogue(u):
         y = activation.apply(u, np)
@@ -635,7 +655,7 @@ def conv_valid_activate(x, kernel, bias, activation, selection=None):
             np.copyto(u, y)
 
     compiled = _compiled_activation(activation, x.dtype)
-    return _conv_valid(x, kernel, selection, epilogue, bias, compiled)
+    return _conv_valid(x, kernel, selection, epilogue, bias, compiled, padding)
 
 
 def _compiled_activation(activation, dtype: np.dtype) -> tuple | None:
@@ -674,13 +694,15 @@ def _with_bias(epilogue, bias):
     return biased
 
 
-def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None):
+def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, padding=(0, 0)):
     """conv_valid (plus ``shift[j]`` on map j when given), with ``epilogue(out_slice)`` applied
     in place to every batch slice; ``compiled`` is a direct kernel's activation code (
-    used instead of the epilogue when the direct kernels take the layer)."""
+    used instead of the epilogue when the direct kernels take the layer). The direct kernels
+    pad as they interleave rows (Note [Zero padding] in anycnn.ops); BLAS pads a copy."""
+    ph, pw = padding
     n, c, h, w = x.shape
     o, _, kh, kw = kernel.shape
-    oh, ow = h - kh + 1, w - kw + 1
+    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
     ck, p = c * kh * kw, oh * ow
     dtype = x.dtype
     # conv2 flips the kernel: the windows read the input backwards instead.
@@ -690,18 +712,21 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None):
     if p > 1 and _direct(x, kernel, o * c):  # Note [Direct convolutions] in _direct
         flipped = np.ascontiguousarray(masked[:, :, ::-1, ::-1])  # conv2 -> correlation
         bias = _zeros(o, dtype) if shift is None else np.ascontiguousarray(shift)
-        active, chunk = _active(selection, o, c), _jit.direct_chunk(oh, w, dtype.itemsize)
+        active, chunk = _active(selection, o, c), _jit.direct_chunk(oh, w + pw, dtype.itemsize)
         act = compiled or _no_activation(dtype)
         if compiled is not None:
             epilogue = None
 
         def work_direct(index, start, stop):
-            _jit.correlate_into(x, 0, 0, flipped, bias, active, act, out, start, stop, chunk)
+            _jit.correlate_into(x, ph, pw, flipped, bias, active, act, out, start, stop, chunk)
             if epilogue is not None:
                 epilogue(out[start:stop])
 
         _run_direct(work_direct, n, o * ck * p)
         return out
+    if ph or pw:
+        x = _padded(x, padding)
+        h, w = x.shape[2:]
     if shift is not None:  # the BLAS paths add the bias in the epilogue
         epilogue = _with_bias(epilogue, shift)
     if p == 1:  # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
@@ -741,9 +766,10 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None):
     return out
 
 
-def conv_kernel_grad(x, delta, selection=None):
+def conv_kernel_grad(x, delta, selection=None, padding=(0, 0)):
     if not _usable(x, delta):
-        return _reference.conv_kernel_grad(x, delta, selection)
+        return _reference.conv_kernel_grad(x, delta, selection, padding)
+    x = _padded(x, padding)  # eq. (7) on the padded maps (Note [Zero padding] in anycnn.ops)
     if _direct(x, delta, delta.shape[1] * x.shape[1]):  # Note [Direct convolutions] in _direct
         return _direct_backward(x, delta, delta, ("identity", 0, 0, False), selection, 1, False)[0]
     n, c, h, w = x.shape
@@ -779,11 +805,16 @@ def conv_kernel_grad(x, delta, selection=None):
     return grad
 
 
-def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True):
+def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, padding=(0, 0)):
     """Fused parameter gradients of a convolution layer (``Note [Fused ops]`` in anycnn.ops):
     on the direct kernels, ``delta = f'(u) o up(dy)`` is formed as it is copied onto the
     kernel-gradient grid, the bias gradient summed there, and delta written out only when
-    asked for (Note [Direct convolutions] in _direct); otherwise the chain of backend ops."""
+    asked for (Note [Direct convolutions] in _direct); otherwise the chain of backend ops.
+    With ``padding``, eq. (7) runs on a zero-padded copy of ``x`` (Note [Zero padding])."""
+    if _usable(x, dy):
+        x = _padded(x, padding)
+    else:
+        return _reference.conv_backward(x, dy, y, activation, selection, up, need_delta, padding)
     formula = _sensitivity_formula(activation, y)
     c, o = x.shape[1], y.shape[1]
     if (
@@ -791,17 +822,23 @@ def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True):
         and _usable(x, dy)
         and dy.dtype == y.dtype
         and dy.shape[:2] == y.shape[:2]
-        and dy.shape[2] * up == y.shape[2]
-        and dy.shape[3] * up == y.shape[3]
+        and _fits_up(dy.shape[2], up, y.shape[2])
+        and _fits_up(dy.shape[3], up, y.shape[3])
         and _direct(x, dy, o * c)
         and _compiled_layout(y)
     ):
         return _direct_backward(x, dy, y, formula, selection, up, need_delta)
     if up > 1:
-        dy = kron_upsample(dy, up)
+        dy = np.ascontiguousarray(_reference.fit_maps(kron_upsample(dy, up), *y.shape[2:]))
     delta = sensitivity(dy, y, activation)
     grad = conv_kernel_grad(x, delta, selection)
     return grad, np.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
+
+
+def _fits_up(small: int, up: int, size: int) -> bool:
+    """Whether ``up(dy)`` along an axis of ``small`` deltas covers ``size`` outputs up to a
+    subsampling remainder: ``size // up`` deltas ("drop") or ``ceil(size / up)`` ("pad")."""
+    return size // up <= small <= -(-size // up) and small > 0
 
 
 def _direct_backward(x, dy, y, formula, selection, up, need_delta):
@@ -899,12 +936,18 @@ def _kernel_grad_columns(x, delta, kh, kw, partial, dots) -> None:
     _run(work, n, (ck + o) * p * dtype.itemsize, o * ck * p)
 
 
-def conv_full(delta, kernel, selection=None):
+def conv_full(delta, kernel, selection=None, padding=(0, 0)):
     if not _usable(delta, kernel):
-        return _reference.conv_full(delta, kernel, selection)
+        return _reference.conv_full(delta, kernel, selection, padding)
+    ph, pw = padding
     n, o, h, w = delta.shape
     _, c, kh, kw = kernel.shape
-    oh, ow = h + kh - 1, w + kw - 1
+    if (ph or pw) and not (
+        ph < kh and pw < kw and h * w > 1 and _direct(delta, kernel, o * c)
+    ):  # Note [Zero padding] in anycnn.ops: the 'full' convolution, cropped back
+        full = conv_full(delta, kernel, selection)
+        return np.ascontiguousarray(full[:, :, ph : full.shape[2] - ph, pw : full.shape[3] - pw])
+    oh, ow = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
     taps = kh * kw
     dtype = delta.dtype
     # g[n, i] = sum_j conv2(delta_j, rot180(k_ji), 'full'), i.e.
@@ -919,18 +962,19 @@ def conv_full(delta, kernel, selection=None):
     # (h+kh-1)/h times more) and moves kh planes of g's size where a spread over all kh*kw taps
     # moved kh*kw (DLT's C3 at batch 256: 1.55 -> 1.14 ms, LeNet-5's C3 3.3 -> 2.2 ms).
     if h * w > 1 and _direct(delta, kernel, o * c):  # Note [Direct convolutions] in _direct
-        # g[i] = sum_j corr(pad(delta_j), k_ji): the kernels transposed, not flipped.
+        # g[i] = sum_j corr(pad(delta_j), k_ji): the kernels transposed, not flipped; a layer's
+        # (ph, pw) padding crops the result, i.e. pads delta by (ph, pw) less.
         weights = np.ascontiguousarray(_masked(kernel, selection).transpose(1, 0, 2, 3))
         active = _active(None if selection is None else selection.T, c, o)
-        chunk = _jit.direct_chunk(oh, w + kw - 1, dtype.itemsize)
+        chunk = _jit.direct_chunk(oh, w + kw - 1 - pw, dtype.itemsize)
         identity = _no_activation(dtype)
         out = np.empty((n, c, oh, ow), dtype=dtype)
 
         def work_direct(index, start, stop):
             _jit.correlate_into(
                 delta,
-                kh - 1,
-                kw - 1,
+                kh - 1 - ph,
+                kw - 1 - pw,
                 weights,
                 _zeros(c, dtype),
                 active,
