@@ -25,6 +25,14 @@ Resuming: with ``checkpoint_dir`` a checkpoint is written after every epoch
 generator that shuffles, the preprocessing and the history. ``resume=True`` continues from the
 latest one; on the CPU an interrupted and resumed run ends with exactly the parameters of an
 uninterrupted one with the same seed.
+
+Structure: :class:`Trainer` holds the loop in three parts, setup and resume (its constructor),
+one pass (:meth:`Trainer.run_epoch`) and one update (:meth:`Trainer.step`), with gradient hooks
+between back-propagation and the optimizer's update; :func:`train` is ``Trainer(...).run()``.
+
+Data parallelism: under ``mpiexec`` (or with ``distributed=True``) ``batch_size`` is the global
+batch, each process takes its slice of every batch, a gradient hook averages the gradients,
+and only rank 0 writes files (``Note [Data-parallel step]`` in :mod:`anycnn.distributed`).
 """
 
 from __future__ import annotations
@@ -476,6 +484,7 @@ class _Meter:
         sizes = np.asarray(self.sizes, dtype=np.float64)
         counts = np.asarray(self.backend.to_host(xp.stack(self.wrong)), dtype=np.float64)
         window = np.concatenate([values * sizes, counts, sizes])
+        assert self.comm is not None, "only a meter of several processes flushes collectively"
         self.comm.allreduce_(window)
         sums, counts, sizes = window[:k], window[k : 2 * k], window[2 * k :]
         bad = np.flatnonzero(~np.isfinite(sums))
@@ -620,6 +629,7 @@ class Trainer:
             self._setup_distributed(resume, preprocessing)
         else:
             self._setup(resume, preprocessing)
+        assert self.prep is not None, "set up by _setup / _setup_distributed"
 
         self.dtype = network.dtype_name
         low, high = target_values(network)
