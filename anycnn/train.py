@@ -294,7 +294,7 @@ class EpochRecord:
         test = "" if self.test_error is None else f"  test error {100 * self.test_error:6.2f}%"
         return (
             f"epoch {self.epoch}{total}  lr {self.lr:.3g}  loss {self.train_loss:.4f}  "
-            f"train error {100 * self.train_error:6.2f}%{test}  "
+            f"train error (running) {100 * self.train_error:6.2f}%{test}  "
             f"{self.seconds:.1f} s ({self.images_per_second:.0f} img/s)"
         )
 
