@@ -704,18 +704,36 @@ class _Archive:
 
 
 def _parse_json(data: bytes, key: str, where: str) -> Any:
-    """JSON without NaN or Infinity constants; a too deeply nested document (the C parser's
-    RecursionError) is one :class:`CheckpointError` (the structure is checked afterwards)."""
+    """JSON without a non-finite number (NaN, Infinity, 1e999) outside the metrics history; a
+    too deeply nested document (the C parser's RecursionError) is one :class:`CheckpointError`
+    (the structure is checked afterwards)."""
 
     def constant(name: str) -> Any:
+        if key == "meta/info":  # the metrics history may hold inf (images per second)
+            return float(name.replace("Infinity", "inf"))
         raise ValueError(f"{name} is not allowed")
 
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=constant)
+        document = json.loads(data.decode("utf-8"), parse_constant=constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise CheckpointError(
             f"{where}: {key!r} is not valid JSON ({_clean(str(error))})"
         ) from None
+    # the history is only shown (and written back), never computed with
+    stack = [
+        {k: v for k, v in document.items() if k != "history"}
+        if isinstance(document, dict)
+        else document
+    ]
+    while stack:  # 1e999 parses to inf: no non-finite number anywhere (a NaN gain, a rate)
+        node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise CheckpointError(f"{where}: {key!r} holds a non-finite number ({node})")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return document
 
 
 def _is_int(value: Any) -> bool:

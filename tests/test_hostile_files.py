@@ -755,3 +755,23 @@ def test_plots_replace_a_symlink_instead_of_writing_through_it(tmp_path):
     written = sorted(plots.iterdir())
     assert written and not any(p.is_symlink() for p in written)
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+@pytest.mark.parametrize("text", [b"NaN", b"1e999", b"-Infinity"])
+def test_a_non_finite_number_in_the_configuration_is_refused(tmp_path, capsys, text):
+    """Issue 20: a NaN tanh gain evaluated with exit 0 and "mean loss nan"."""
+    path = _small_checkpoint(tmp_path / "c.npz")
+    arrays = _arrays(path)
+    config = json.loads(arrays["meta/config"].tobytes())
+    config["layers"][0]["activation"] = {"name": "tanh", "a": 12345.5, "b": 1.0}
+    raw = json.dumps(config).encode().replace(b"12345.5", text)
+    arrays["meta/config"] = np.frombuffer(raw, np.uint8)
+    _write(path, arrays)
+    _evaluate_fails(path, capsys, "'meta/config' (holds a non-finite number|is not valid JSON)")
+
+
+def test_an_infinite_rate_in_the_history_still_loads(tmp_path):
+    """The history is only shown: images_per_second may be inf there (a zero-length epoch)."""
+    path = _small_checkpoint(tmp_path / "c.npz")
+    _edit_info(path, _info_change("history", [{"epoch": 1, "images_per_second": math.inf}]))
+    assert ckpt.load_checkpoint(path).info["history"][0]["images_per_second"] == math.inf
