@@ -775,3 +775,13 @@ def test_an_infinite_rate_in_the_history_still_loads(tmp_path):
     path = _small_checkpoint(tmp_path / "c.npz")
     _edit_info(path, _info_change("history", [{"epoch": 1, "images_per_second": math.inf}]))
     assert ckpt.load_checkpoint(path).info["history"][0]["images_per_second"] == math.inf
+
+
+def test_an_unknown_preprocessing_kind_is_refused_not_treated_as_normalize():
+    """Issue 20: an unknown kind silently normalised with each batch's own statistics."""
+    from anycnn.train import Preprocessing
+
+    with pytest.raises(ValueError, match="preprocessing kind must be 'scale01', 'normalize'"):
+        Preprocessing.from_config({"kind": "fancy", "input_shape": [1, 28, 28]})
+    good = Preprocessing.from_config({"kind": "scale01", "input_shape": [1, 28, 28]})
+    assert good.kind == "scale01"
