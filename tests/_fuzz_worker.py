@@ -21,6 +21,20 @@ import time
 import traceback
 
 
+def _peak_kib() -> int:
+    """This process's resident peak (KiB): VmHWM, the peak of its own address space. Not
+    ru_maxrss: Linux carries the peak of the address space replaced by exec into it, so a
+    worker started from a large pytest process would report that process's size."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 class _Timeout(BaseException):
     pass
 
@@ -58,7 +72,7 @@ def main() -> None:
             "stdout": stdout.getvalue(),
             "stderr": stderr.getvalue(),
             "seconds": time.perf_counter() - began,
-            "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "maxrss_kib": _peak_kib(),
             "escaped": escaped,
         }
         print(json.dumps(reply), file=out, flush=True)
