@@ -177,6 +177,12 @@ def read_idx(path: str | os.PathLike[str], *, max_items: int | None = None) -> n
     checked against its size (and its blocks on disk) before anything is allocated, and a gzip
     stream is read in chunks into a growing buffer, its expansion checked as it decompresses.
     Big-endian data are byte-swapped in place.
+
+    Examples
+    --------
+    >>> images = read_idx(search_path("mnist")[0] / "t10k-images-idx3-ubyte.gz", max_items=3)
+    >>> images.shape, images.dtype.name
+    ((3, 28, 28), 'uint8')
     """
     return _read_idx(Path(path), max_items)[0]
 
@@ -406,6 +412,14 @@ class Dataset:
     DatasetError
         If image and label counts differ, a label is out of range, the shapes are not those of
         images, or the dtypes are not numeric.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = Dataset("toy", np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1]),
+    ...              np.zeros((2, 8, 8), np.uint8), np.array([1, 0]), num_classes=2)
+    >>> ds.image_shape, ds.train_labels.dtype.name
+    ((8, 8), 'int64')
     """
 
     name: str
@@ -501,6 +515,11 @@ def search_path(name: str, data_dir: str | os.PathLike[str] | None = None) -> li
         after the data set (``<root>/<name>``, then aliases such as ``fashion`` for
         ``fashion-mnist``); for ``data_dir`` and ``$ANYCNN_DATA`` the root itself follows, as
         they may hold the four files directly.
+
+    Examples
+    --------
+    >>> str(search_path("mnist", data_dir="/data")[0])     # data_dir first, then aliases
+    '/data/mnist'
     """
     aliases = KNOWN_DATASETS[name]
     places: list[Path] = []

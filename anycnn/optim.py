@@ -239,7 +239,11 @@ SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (Constant, Step
 
 
 def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
-    """Rebuild a schedule from :meth:`Schedule.config`."""
+    """Rebuild a schedule from :meth:`Schedule.config`.
+
+    >>> schedule_from_config({"name": "step", "lr": 0.1, "every": 2, "gamma": 0.5}).rate(2)
+    0.05
+    """
     options = dict(config)
     name = options.pop("name", None)
     if name not in SCHEDULES:
@@ -248,7 +252,11 @@ def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
 
 
 def as_schedule(lr: float | Schedule | Mapping[str, Any]) -> Schedule:
-    """A schedule from a number (constant rate), a :class:`Schedule` or its config."""
+    """A schedule from a number (constant rate), a :class:`Schedule` or its config.
+
+    >>> as_schedule(0.1)
+    Constant(lr=0.1)
+    """
     if isinstance(lr, Schedule):
         return lr
     if isinstance(lr, Mapping):
@@ -505,6 +513,11 @@ class Momentum(Optimizer):
 
     ``m = 0`` is plain SGD. The velocity ``v`` starts at zero and is kept per parameter; a
     change of rate (schedule) applies to new gradients only.
+
+    >>> import anycnn
+    >>> opt = Momentum(anycnn.models.dlt(), 0.02, momentum=0.9)
+    >>> opt.config()["momentum"], opt.slots
+    (0.9, ('velocity',))
     """
 
     name = "momentum"
@@ -722,7 +735,13 @@ for _cls in (SGD, Momentum, SDLM):
 
 
 def optimizer_from_config(network: Network, config: Mapping[str, Any]) -> Optimizer:
-    """Rebuild an optimizer for ``network`` from :meth:`Optimizer.config`."""
+    """Rebuild an optimizer for ``network`` from :meth:`Optimizer.config`.
+
+    >>> import anycnn
+    >>> net = anycnn.models.dlt()
+    >>> optimizer_from_config(net, SGD(net, 0.5).config()).rate("conv1.kernel")
+    0.5
+    """
     options = dict(config)
     name = options.pop("name", None)
     if name not in OPTIMIZERS:

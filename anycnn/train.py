@@ -145,6 +145,11 @@ class Preprocessing:
     the network's dtype: :meth:`anycnn.Network.fit` without a preprocessing). Images smaller
     than the network's input are padded, centred, with the background value, before
     normalising: a 0 border becomes ``-mean / std`` as LeCun pads MNIST's 28x28 digits to 32x32.
+
+    >>> import numpy as np, anycnn
+    >>> prep = Preprocessing.fit(anycnn.models.dlt(), np.full((2, 28, 28), 51, np.uint8))
+    >>> prep.kind, prep(np.full((1, 28, 28), 255, np.uint8)).shape
+    ('scale01', (1, 1, 28, 28))
     """
 
     kind: str
@@ -334,6 +339,13 @@ def evaluate(
     With ``comm`` (an :mod:`anycnn.distributed` communicator of more than one process) every
     rank evaluates its contiguous slice of the set and the counts are summed: the error is
     exactly the single-process figure (the loss differs in the last bits: other sum order).
+
+    >>> import anycnn
+    >>> ds = anycnn.datasets.load("mnist", limit=50)
+    >>> net = anycnn.models.dlt()
+    >>> prep = Preprocessing.fit(net, ds.train_images)
+    >>> sorted(evaluate(net, ds.test_images, ds.test_labels, prep))
+    ['count', 'error', 'loss', 'mistakes']
     """
     if comm is not None and comm.size > 1:
         return _evaluate_sharded(network, images, labels, preprocessing, batch_size, comm)
@@ -1128,6 +1140,14 @@ def train(
         Bad arguments, images that cannot feed the network, or more classes in the data than
         the network has outputs; :class:`anycnn.checkpoint.CheckpointError` for a checkpoint of
         another model.
+
+    Examples
+    --------
+    >>> import anycnn
+    >>> ds = anycnn.datasets.load("mnist", limit=100)
+    >>> result = train(anycnn.models.dlt(), ds, epochs=1, batch_size=50, progress=False)
+    >>> [record.epoch for record in result.history]
+    [1]
     """
     return Trainer(
         network,

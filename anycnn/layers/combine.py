@@ -37,6 +37,10 @@ def softmax_alpha(c: Array) -> Array:
 
     ``c`` is laid out ``(C_out, C_in)``, so the softmax runs along axis 1 (the input maps ``i``
     of each output map ``j``); the row maximum is subtracted first, so it never overflows.
+
+    >>> import numpy as np
+    >>> softmax_alpha(np.zeros((2, 4))).tolist()     # c = 0: every input map weighs 1/4
+    [[0.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]]
     """
     xp = array_api_compat.array_namespace(c)
     e = xp.exp(c - xp.max(c, axis=1, keepdims=True))
