@@ -35,6 +35,7 @@ file and what is wrong.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -58,6 +59,10 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
+    "DirectoryLock",
+    "atomic_write",
+    "epoch_of",
+    "printable",
     "checkpoint_path",
     "latest_checkpoint",
     "load_checkpoint",
@@ -106,17 +111,92 @@ def checkpoint_path(directory: str | os.PathLike[str], epoch: int) -> Path:
     return Path(directory) / f"epoch-{int(epoch):04d}.npz"
 
 
+_EPOCH_FILE = re.compile(r"epoch-([0-9]{1,9})\.npz")
+
+
+def epoch_of(path: str | os.PathLike[str]) -> int | None:
+    """The epoch a checkpoint's file name gives (``epoch-0003.npz``: 3), or ``None`` for a name
+    of another form (ASCII digits only: ``epoch-\u00b2.npz`` is not one)."""
+    match = _EPOCH_FILE.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint of the highest epoch in ``directory``, or ``None`` when there is none."""
+    """The checkpoint of the highest epoch in ``directory``, or ``None`` when there is none.
+    Files whose names are not ``epoch-<digits>.npz`` are ignored."""
     folder = Path(directory)
     if not folder.is_dir():
         return None
     found = []
     for path in folder.glob("epoch-*.npz"):
-        digits = path.stem.split("-", 1)[1]
-        if digits.isdigit():
-            found.append((int(digits), path))
-    return max(found)[1] if found else None
+        epoch = epoch_of(path)
+        if epoch is not None:
+            found.append((epoch, path.name, path))
+    return max(found)[2] if found else None
+
+
+# -- writing files ----------------------------------------------------------------------------
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else by
+    setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Any, *, what: str = "file") -> Path:
+    """Write ``path`` atomically: ``write(stream)`` fills a temporary file in the same
+    directory, which is flushed, fsync-ed and renamed over ``path`` (:func:`os.replace`), so a
+    crash leaves the old file or the new one, never half of one.
+
+    - The file gets the permissions a new file gets (``0666`` less the umask), not
+      :func:`tempfile.mkstemp`'s ``0600``.
+    - The temporary name is short whatever the target's (``.<first 64 characters>.<random>.tmp``),
+      so a 250-character file name still fits the 255-byte limit.
+    - A symlink at ``path`` is replaced, never followed: a plot or checkpoint named like a link
+      to another file never overwrites that file.
+    - An error (a full disk) is an :class:`OSError` naming ``path`` and ``what`` it is.
+    """
+    path = Path(path)
+    stem = path.name[:64]
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise OSError(
+            error.errno, f"cannot write the {what} {path}: {error.strerror}", str(path)
+        ) from None
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        _test_stall(path)
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise OSError(
+                error.errno, f"cannot write the {what} {path}: {error.strerror}", str(path)
+            ) from None
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where supported
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    # A process killed between writing and renaming leaves its temporary file behind; once this
+    # target is safely written, such leftovers for the same target are garbage.
+    for leftover in path.parent.glob(f".{glob.escape(stem)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    return path
 
 
 def save_checkpoint(
@@ -177,32 +257,106 @@ def save_checkpoint(
         for key, value in optimizer.state_dict().items():
             arrays[f"optim/{key}"] = np.asarray(value)
 
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    return atomic_write(
+        path,
+        lambda stream: np.savez(stream, **arrays),  # type: ignore[arg-type]  # numpy stubs
+        what="checkpoint",
     )
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            np.savez(stream, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
-            stream.flush()
-            os.fsync(stream.fileno())
-        _test_stall(path)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where supported
-        directory = os.open(path.parent, os.O_RDONLY)
+
+
+class DirectoryLock:
+    """An exclusive lock on a checkpoint directory, held while a run writes there.
+
+    ``fcntl.flock`` on ``<directory>/.anycnn.lock``, which the holder fills with who it is
+    (process id, host, start time, command line) and removes as it lets go (whoever locks the
+    file checks that it is still the one at that path); a second run on the same directory is
+    refused with a :class:`CheckpointError` that says so, instead of the two runs deleting each
+    other's temporary files or interleaving their epochs. The kernel drops the lock when the
+    holder exits, even by SIGKILL, so a stale lock file never blocks anyone. Where ``fcntl`` is
+    missing (Windows) no lock is taken.
+    """
+
+    NAME = ".anycnn.lock"
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self.directory = Path(directory)
+        self.path = self.directory / self.NAME
+        self._descriptor: int | None = None
         try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    # A process killed between writing and renaming leaves its temporary file behind; once this
-    # target is safely written, such leftovers for the same target are garbage.
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            leftover.unlink()
-    return path
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        for _ in range(100):  # the holder removes the file as it lets go: lock the file there
+            try:
+                descriptor = os.open(self.path, flags, 0o666)
+            except OSError as error:
+                raise OSError(
+                    error.errno,
+                    f"cannot lock the checkpoint directory: {error.strerror}",
+                    str(self.path),
+                ) from None
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _holder(descriptor)
+                os.close(descriptor)
+                raise CheckpointError(
+                    f"{self.directory}: in use by another anycnn run ({holder}); wait for it to "
+                    "end or choose another checkpoint directory"
+                ) from None
+            try:
+                same = os.path.samestat(os.fstat(descriptor), os.stat(self.path))
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(descriptor)  # locked a file its holder had just removed: try again
+        else:  # pragma: no cover - a hundred holders in a row
+            raise CheckpointError(f"{self.directory}: cannot lock {self.path}")
+        import socket
+        import sys
+        import time
+
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "command": " ".join(sys.argv)[:300],
+        }
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(me).encode(), 0)
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        """Give the lock up (closing the descriptor drops it)."""
+        if self._descriptor is not None:
+            with contextlib.suppress(OSError):  # removed while still held: see __init__
+                os.unlink(self.path)
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    def __enter__(self) -> DirectoryLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _holder(descriptor: int) -> str:
+    """Who holds a lock, from what it wrote into the lock file (each field made printable)."""
+    try:
+        data = os.pread(descriptor, 4096, 0)
+        who = json.loads(data.decode("utf-8"))
+        return (
+            f"process {int(who['pid'])} on host {_clean(str(who['host']), 64)} since "
+            f"{_clean(str(who['since']), 40)}: {_clean(str(who['command']), 120)}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said who it is yet"
 
 
 @dataclass
@@ -275,6 +429,12 @@ def _clean(text: str, limit: int = 300) -> str:
     shown = text.encode("ascii", "backslashreplace").decode("ascii")
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """A name read from a file (a stored model name), made safe to print: control characters
+    (newlines, terminal escape codes) and non-ASCII escaped, cut to ``limit`` characters."""
+    return _clean(str(text), limit)
 
 
 def _quote(text: str, limit: int = 80) -> str:
@@ -598,11 +758,11 @@ def _check_info(info: Any, where: str) -> dict[str, Any]:
         )
     prep = info.get("preprocessing")
     if prep is not None:
-        if not isinstance(prep, dict) or prep.get("kind") not in ("scale01", "normalize"):
+        if not isinstance(prep, dict) or prep.get("kind") not in ("scale01", "normalize", "none"):
             kind = prep.get("kind") if isinstance(prep, dict) else prep
             raise CheckpointError(
-                f"{where}: bad preprocessing {_quote(str(kind))}: 'kind' must be 'scale01' or "
-                "'normalize'"
+                f"{where}: bad preprocessing {_quote(str(kind))}: 'kind' must be 'scale01', "
+                "'normalize' or 'none'"
             )
         for key in ("mean", "std"):
             value = prep.get(key)
@@ -881,6 +1041,12 @@ def load_checkpoint(
                 )
 
     # -- validate everything before assigning anything --------------------------------------
+    prep = info.get("preprocessing")
+    if isinstance(prep, dict) and prep.get("input_shape") != list(network.input_shape):
+        raise CheckpointError(
+            f"{where}: the preprocessing's input shape {_quote(str(prep.get('input_shape')))} "
+            f"is not the network's {tuple(network.input_shape)}"
+        )
     params = network.parameters()
     dtype_name = network.dtype_name
     stored_dtype = config.get("dtype", dtype_name)

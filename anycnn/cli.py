@@ -374,7 +374,6 @@ def _train(args: argparse.Namespace) -> int:
     run_info = {
         "command": "anycnn " + " ".join(shlex.quote(a) for a in args.argv),
         "device_description": device,
-        "machine": platform.node(),
         "cpu_count": os.cpu_count(),
         "threads": _threads(backend),
     }
@@ -450,7 +449,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = train.evaluate(net, dataset.test_images, dataset.test_labels, prep)
     seconds = time.perf_counter() - began
     _say(
-        f"{args.checkpoint}: {net.name}, epoch {restored.epoch}, on {dataset.name} "
+        f"{args.checkpoint}: {ckpt.printable(net.name)}, epoch {restored.epoch}, on "
+        f"{dataset.name} "
         f"({result['count']} test images), backend {describe_device(backend)}"
     )
     _say(

@@ -79,11 +79,25 @@ _IDX_TYPES: dict[int, tuple[np.dtype[Any], str]] = {
 }
 _MAX_NDIM = 4
 _GZIP_MAGIC = b"\x1f\x8b"
-# Deflate cannot expand by more than about 1032:1, so a gzip file of S bytes holds at most
-# ~1032*S bytes. A header announcing more than that is truncated (or corrupt) for certain, and
-# we say so without trying to allocate the announced size.
-_GZIP_MAX_RATIO = 1100
 _CHUNK = 1 << 20
+
+# Note [Reading untrusted IDX files]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# An IDX header claims a size; a hostile or damaged file claims gigabytes it does not hold. So
+# memory follows the data actually present, never the claim: a raw file's header must agree
+# with the file size exactly (checked with fstat, before any allocation) and the file must not
+# be sparse (a 92 KiB sparse file once made the loader zero-fill 3.1 GB); a gzip stream is read
+# in chunks into a growing buffer and refused as soon as it expands more than MAX_GZIP_RATIO
+# times the compressed bytes consumed (deflate reaches ~1032:1 on zeros; MNIST's files expand
+# ~5 times). ``load(limit=...)`` reads only the first ``limit`` images (``read_idx(max_items=)``).
+# Nothing above MAX_IDX_BYTES is read at all.
+
+#: the largest IDX data anycnn reads from one file
+MAX_IDX_BYTES = 16 * 2**30
+#: the largest expansion of a gzip-compressed IDX file (decompressed / compressed bytes)
+MAX_GZIP_RATIO = 100
+#: a raw file with fewer than 1/_SPARSE_RATIO of its bytes on disk is refused as sparse
+_SPARSE_RATIO = 16
 
 
 def _type_codes() -> str:
@@ -124,7 +138,7 @@ def _readinto_full(f: io.BufferedIOBase, buf: memoryview) -> int:
     return got
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], *, max_items: int | None = None) -> np.ndarray:
     """Read an IDX file (the MNIST file format) into a native-endian NumPy array.
 
     The file may be raw or gzip-compressed; compression is detected from the magic bytes
@@ -135,38 +149,54 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     ----------
     path : str or os.PathLike
         The IDX file, e.g. ``train-images-idx3-ubyte.gz``.
+    max_items : int, optional
+        Read only the first ``max_items`` entries along the first axis (``load(limit=...)``):
+        the rest of a gzip-compressed file is then neither decompressed nor checked.
 
     Returns
     -------
     numpy.ndarray
-        A writable, C-contiguous, native-endian array with the shape from the header and the
-        dtype given by the type code: 0x08 ``uint8``, 0x09 ``int8``, 0x0B ``int16``,
-        0x0C ``int32``, 0x0D ``float32``, 0x0E ``float64``.
+        A writable, C-contiguous, native-endian array with the shape from the header (its first
+        size cut to ``max_items``) and the dtype given by the type code: 0x08 ``uint8``,
+        0x09 ``int8``, 0x0B ``int16``, 0x0C ``int32``, 0x0D ``float32``, 0x0E ``float64``.
 
     Raises
     ------
     DatasetError
         If the file cannot be read, is not an IDX file (bad magic, unknown type code, 0 or more
         than 4 dimensions, a dimension of size 0), is truncated (fewer data bytes than the header
-        announces), has trailing bytes after the data, or is a corrupt gzip stream. The message
-        names the file, what was expected and what was found.
+        announces), has trailing bytes after the data, or is a corrupt gzip stream; or if the
+        header announces more than :data:`MAX_IDX_BYTES`, a raw file is sparse (far fewer bytes
+        on disk than the header announces), or a gzip stream expands more than
+        :data:`MAX_GZIP_RATIO` times (Note [Reading untrusted IDX files]). The message names
+        the file, what was expected and what was found.
 
     Notes
     -----
-    The data are read straight into the returned array, so reading holds one copy of the data
-    only; big-endian data are byte-swapped in place.
+    Memory follows the data actually present, never the header's claim: a raw file's header is
+    checked against its size (and its blocks on disk) before anything is allocated, and a gzip
+    stream is read in chunks into a growing buffer, its expansion checked as it decompresses.
+    Big-endian data are byte-swapped in place.
     """
-    path = Path(path)
+    return _read_idx(Path(path), max_items)[0]
+
+
+def _read_idx(path: Path, max_items: int | None) -> tuple[np.ndarray, int]:
     where = str(path)
+    if max_items is not None and (
+        isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1
+    ):
+        raise DatasetError(f"read_idx: max_items must be a positive int or None, got {max_items!r}")
     try:
         with open(path, "rb") as raw:
             head = raw.read(2)
             raw.seek(0)
-            file_size = os.fstat(raw.fileno()).st_size
+            stat = os.fstat(raw.fileno())
             if head == _GZIP_MAGIC:
                 with gzip.GzipFile(fileobj=raw, mode="rb") as f:
-                    return _parse_idx(f, where, file_size * _GZIP_MAX_RATIO, compressed=True)
-            return _parse_idx(raw, where, file_size, compressed=False)
+                    stream = _Expansion(f, raw, stat.st_size, where)
+                    return _parse_idx(stream, where, None, max_items)
+            return _parse_idx(raw, where, stat, max_items)
     except DatasetError:
         raise
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
@@ -178,7 +208,30 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise DatasetError(f"{where}: cannot read IDX file: {exc}") from exc
 
 
-def _parse_idx(f: io.BufferedIOBase, where: str, max_size: int, *, compressed: bool) -> np.ndarray:
+class _Expansion:
+    """A gzip stream whose expansion is checked while it decompresses: more than
+    :data:`MAX_GZIP_RATIO` times the compressed bytes consumed so far (plus 8 MiB) is refused."""
+
+    def __init__(self, f: Any, raw: Any, size: int, where: str):
+        self.f, self.raw, self.size, self.where, self.out = f, raw, size, where, 0
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        self.out += len(data)
+        if self.out > MAX_GZIP_RATIO * self.raw.tell() + 2**23:
+            raise DatasetError(
+                f"{self.where}: gzip stream expands more than {MAX_GZIP_RATIO} times (at least "
+                f"{self.out} bytes from {self.raw.tell()} of {self.size}): a decompression bomb? "
+                "Decompress it yourself if it is genuine"
+            )
+        return data
+
+
+def _parse_idx(
+    f: Any, where: str, stat: os.stat_result | None, max_items: int | None
+) -> tuple[np.ndarray, int]:
+    """The array (its first axis cut to ``max_items``) and the first size the header gives."""
+    compressed = stat is None
     kind = "gzip-compressed IDX file" if compressed else "IDX file"
     magic = _read_exactly(f, 4)
     if len(magic) < 4:
@@ -219,24 +272,59 @@ def _parse_idx(f: io.BufferedIOBase, where: str, max_size: int, *, compressed: b
     expected = math.prod(dims) * dtype.itemsize
     header_len = 4 + 4 * ndim
     announce = f"header announces {_shape(dims)} {name} = {expected} bytes of data"
-    if expected > max_size - (0 if compressed else header_len):
-        # Cannot be there: say how much there is without allocating the announced size.
+    # Note [Reading untrusted IDX files]: check the claim against what is there before
+    # allocating anything, and allocate only what is read.
+    if stat is not None:
+        found = stat.st_size - header_len
+        if found < expected:
+            raise DatasetError(f"{where}: truncated {kind}: {announce}, found {found}")
+        if found > expected:
+            raise DatasetError(
+                f"{where}: trailing bytes after IDX data: {announce}, found {found} "
+                f"({found - expected} byte(s) too many)"
+            )
+    if expected > MAX_IDX_BYTES:
         found = _count_rest(f)
-        raise DatasetError(f"{where}: truncated {kind}: {announce}, found {found}")
-    buf = bytearray(expected)
-    got = _readinto_full(f, memoryview(buf))
-    if got < expected:
-        raise DatasetError(f"{where}: truncated {kind}: {announce}, found {got}")
-    extra = _count_rest(f)
-    if extra:
+        if found < expected:
+            raise DatasetError(f"{where}: truncated {kind}: {announce}, found {found}")
         raise DatasetError(
-            f"{where}: trailing bytes after IDX data: {announce}, found {expected + extra} "
-            f"({extra} byte(s) too many)"
+            f"{where}: {announce}, more than the {MAX_IDX_BYTES} bytes anycnn reads from one IDX "
+            "file (datasets.MAX_IDX_BYTES)"
         )
-    arr = np.frombuffer(buf, dtype=dtype).reshape(dims)
+    items = dims[0] if max_items is None else min(dims[0], max_items)
+    want = items * (expected // dims[0])
+    if stat is not None:
+        on_disk = getattr(stat, "st_blocks", None)
+        if on_disk is not None and want > 2**26 and on_disk * 512 * _SPARSE_RATIO < want:
+            raise DatasetError(
+                f"{where}: sparse file: {announce}, but only {on_disk * 512} bytes are on disk "
+                f"(less than 1/{_SPARSE_RATIO}); copy it without holes (cp --sparse=never) if "
+                "it is genuine"
+            )
+        buf = bytearray(want)
+        got = _readinto_full(f, memoryview(buf))
+        if got < want:  # the file shrank while being read
+            raise DatasetError(f"{where}: truncated {kind}: {announce}, found {got}")
+    else:
+        buf = bytearray()
+        while len(buf) < want:  # grows with what the stream holds, not with the claim
+            part = f.read(min(_CHUNK, want - len(buf)))
+            if not part:
+                break
+            buf += part
+        if len(buf) < want:
+            raise DatasetError(f"{where}: truncated {kind}: {announce}, found {len(buf)}")
+        if items == dims[0]:
+            extra = _count_rest(f)
+            if extra:
+                raise DatasetError(
+                    f"{where}: trailing bytes after IDX data: {announce}, found "
+                    f"{expected + extra} ({extra} byte(s) too many)"
+                )
+    arr = np.frombuffer(buf, dtype=dtype).reshape((items, *dims[1:]))
     if not dtype.isnative:
         arr = arr.byteswap(inplace=True).view(dtype.newbyteorder("="))
-    return arr
+    return arr, dims[0]
 
 
 def _shape(dims: tuple[int, ...]) -> str:
@@ -497,7 +585,14 @@ def load(
         raise DatasetError(f"load: limit must be a positive int or None, got {limit!r}")
     name, directory = _resolve(name_or_path, data_dir)
     files = _find_files(directory)
-    arrays = {role: read_idx(path) for role, path in files.items() if path is not None}
+    arrays: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for role, path in files.items():
+        assert path is not None
+        # Note [Reading untrusted IDX files]: only the images a limit keeps are read; labels
+        # (one byte each) are read in full for the class count.
+        keep = limit if role.endswith("_images") else None
+        arrays[role], counts[role] = _read_idx(path, keep)
 
     for split in ("train", "test"):
         img_path, lab_path = files[f"{split}_images"], files[f"{split}_labels"]
@@ -513,7 +608,11 @@ def load(
             )
         if not np.issubdtype(labels.dtype, np.integer):
             raise DatasetError(f"{lab_path}: expected integer labels, got {labels.dtype}")
-        _check_counts(images, labels, f"{directory}: {split} split", str(img_path), str(lab_path))
+        if counts[f"{split}_images"] != labels.shape[0]:
+            raise DatasetError(
+                f"{directory}: {split} split: {counts[f'{split}_images']} images in {img_path} "
+                f"but {labels.shape[0]} labels in {lab_path}; expected one label per image"
+            )
 
     if num_classes is None:
         if name in _NUM_CLASSES:

@@ -36,10 +36,14 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the figure the way checkpoints are written (a temporary file, then a rename:
+    :func:`anycnn.checkpoint.atomic_write`): a symlink at ``path`` is replaced, never followed,
+    so ``plots/kernels.png -> ../victim.txt`` cannot overwrite ``victim.txt``."""
+    from anycnn.checkpoint import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return atomic_write(path, lambda stream: figure.savefig(stream, format="png"), what="plot")
 
 
 def _field(record: Any, name: str) -> Any:

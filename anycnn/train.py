@@ -29,11 +29,12 @@ uninterrupted one with the same seed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,6 +197,11 @@ class Preprocessing:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Preprocessing:
+        if config.get("kind") not in ("scale01", "normalize", "none"):
+            raise ValueError(
+                f"preprocessing kind must be 'scale01', 'normalize' or 'none', got "
+                f"{config.get('kind')!r}"
+            )
         return cls(
             config["kind"], tuple(config["input_shape"]), config.get("mean"), config.get("std")
         )
@@ -396,19 +402,18 @@ def _evaluate_sharded(
 # The loop
 # --------------------------------------------------------------------------------------------
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temporary file in the same directory, then rename)."""
+    """Write JSON atomically (:func:`anycnn.checkpoint.atomic_write`). A file there that is not
+    JSON (a checkpoint given as ``--metrics``) is never replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "w") as stream:
-            json.dump(payload, stream, indent=1)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as existing:
+        head = existing.read(1)
+        if head and head != b"{":
+            raise ValueError(
+                f"{path}: the metrics file would replace a file that is not a metrics file "
+                "(JSON); choose another metrics path"
+            )
+    text = json.dumps(payload, indent=1) + "\n"
+    ckpt.atomic_write(path, lambda stream: stream.write(text.encode()), what="metrics file")
 
 
 class _Meter:
@@ -570,6 +575,11 @@ class Trainer:
         )
         self.evaluate_test, self.limit = evaluate_test, limit
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
+        if self.metrics_path is not None and ckpt.epoch_of(self.metrics_path) is not None:
+            raise ValueError(
+                f"train: the metrics path {self.metrics_path} is named like a checkpoint "
+                "(epoch-NNNN.npz): metrics would replace it; choose another name"
+            )
         self._load_data(dataset, limit)
         if optimizer is None:
             optimizer = SGD(network)
@@ -596,6 +606,8 @@ class Trainer:
             self.progress = progress and self.is_root
 
         self.rng = np.random.default_rng(seed)
+        #: names this run in its checkpoints and metrics (kept across resumes)
+        self.run_id = uuid.uuid4().hex
         self.history: list[EpochRecord] = []
         self.start = 0
         self.resumed_from: Path | None = None
@@ -630,6 +642,7 @@ class Trainer:
             "targets": [low, high],
             "train_size": self.n,
             "test_size": int(self.test_images.shape[0]),
+            "run_id": self.run_id,
             "world_size": self.comm.size,
             **dict(run_info or {}),
         }
@@ -680,6 +693,7 @@ class Trainer:
             "preprocessing": self.prep.config(),
             "start": self.start,
             "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
+            "run_id": self.run_id,
         }
 
     def _load_payload(self, payload: Mapping[str, Any]) -> None:
@@ -694,6 +708,7 @@ class Trainer:
         self.history[:] = [EpochRecord(**record) for record in payload["history"]]
         self.prep = Preprocessing.from_config(payload["preprocessing"])
         self.start = int(payload["start"])
+        self.run_id = str(payload["run_id"])
         if payload["resumed_from"] is not None:
             self.resumed_from = self.last_checkpoint = Path(payload["resumed_from"])
 
@@ -742,6 +757,13 @@ class Trainer:
                 f"the same one (got {optimizer.name!r})"
             )
         restored = ckpt.load_checkpoint(latest, network=network)
+        if restored.epoch != ckpt.epoch_of(latest):  # a file copied in under another name
+            raise ckpt.CheckpointError(
+                f"{latest}: the file name says epoch {ckpt.epoch_of(latest)} but it holds epoch "
+                f"{restored.epoch}; it is not this run's checkpoint of that epoch: move it away"
+            )
+        if restored.optimizer is None:
+            raise ckpt.CheckpointError(f"{latest}: holds no optimizer state to resume from")
         try:
             optimizer.load_state_dict(restored.optimizer.state_dict())
         except ValueError as error:
@@ -749,9 +771,13 @@ class Trainer:
         generator = restored.rng()
         if generator is not None:
             self.rng = generator
-        self.history[:] = [EpochRecord(**record) for record in restored.info.get("history", [])]
-        if restored.info.get("preprocessing"):
-            self.prep = Preprocessing.from_config(restored.info["preprocessing"])
+        try:
+            self.history[:] = [EpochRecord(**r) for r in restored.info.get("history", [])]
+            if restored.info.get("preprocessing"):
+                self.prep = Preprocessing.from_config(restored.info["preprocessing"])
+        except (TypeError, ValueError, KeyError) as error:
+            raise ckpt.CheckpointError(f"{latest}: bad history or preprocessing: {error}") from None
+        self.run_id = str(restored.info.get("run_id") or self.run_id)
         self.start = restored.epoch
         self.resumed_from = self.last_checkpoint = latest
 
@@ -948,12 +974,37 @@ class Trainer:
             },
         )
 
+    def _claim_checkpoint_folder(self) -> Any:
+        """Lock the checkpoint folder for the passes (:class:`anycnn.checkpoint.DirectoryLock`)
+        and check that it still holds what setup found there: the checkpoint resumed from as the
+        latest, or no checkpoint at all for a fresh run, so no run ever overwrites the
+        checkpoints of another."""
+        folder = self.checkpoint_folder
+        if folder is None or not self.is_root or self.start >= self.epochs:
+            return contextlib.nullcontext()
+        lock = ckpt.DirectoryLock(folder)
+        latest = ckpt.latest_checkpoint(folder)
+        if latest != self.resumed_from:
+            lock.release()
+            if self.resumed_from is None:
+                raise ckpt.CheckpointError(
+                    f"{folder}: holds checkpoints of another run (latest {latest}); resume it, "
+                    "or choose another checkpoint directory"
+                )
+            raise ckpt.CheckpointError(
+                f"{folder}: changed while this run set up (it resumed from "
+                f"{self.resumed_from}, the latest is now "
+                f"{'none' if latest is None else latest.name}); another run wrote there"
+            )
+        return lock
+
     # -- the whole run ----------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Run the passes from ``start`` up to ``epochs``; returns the :class:`TrainResult`."""
         began = time.perf_counter()
-        for epoch in range(self.start, self.epochs):
-            self.run_epoch(epoch)
+        with self._claim_checkpoint_folder():
+            for epoch in range(self.start, self.epochs):
+                self.run_epoch(epoch)
         self.result.seconds = time.perf_counter() - began
         if self.start >= self.epochs:
             self.write_metrics()
