@@ -606,6 +606,9 @@ def lookup(name: str | Backend) -> Backend:
         For an unknown name (the message lists the known ones) or an unknown device.
     BackendUnavailableError
         When a device is named on a backend that cannot be used here.
+
+    >>> lookup("cpu").name, lookup("strict:device1").label
+    ('numpy', 'array_api_strict:device1')
     """
     if isinstance(name, Backend):
         return name

@@ -580,6 +580,12 @@ def load(
         message lists the places searched), a directory missing some of the four files (the
         message lists the missing ones), or any malformed file (see :func:`read_idx`), image and
         label counts that differ, or labels out of range.
+
+    Examples
+    --------
+    >>> ds = load("mnist", limit=100)      # the embedded MNIST, offline
+    >>> ds.train_images.shape, ds.train_images.dtype.name, ds.num_classes
+    ((100, 28, 28), 'uint8', 10)
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DatasetError(f"load: limit must be a positive int or None, got {limit!r}")
@@ -736,6 +742,12 @@ def mean_std(images: npt.ArrayLike) -> tuple[float, float]:
     -----
     Computed in two passes over blocks of examples, so that no full-size float temporary is
     made: the memory rule allows one float copy of the data set at most.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mean_std(np.array([[0, 2], [4, 6]], dtype=np.uint8))
+    (3.0, 2.23606797749979)
     """
     x = _numeric(images, "mean_std")
     flat = x.reshape(-1) if x.flags.c_contiguous else x.ravel()
@@ -800,6 +812,13 @@ def normalize(
     -----
     Memory: one float array of the data set's size is allocated (the result) at most; the
     arithmetic is done in place on it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x, mean, std = normalize(np.array([[[0, 2], [4, 6]]], dtype=np.uint8))
+    >>> x.dtype.name, mean, float(x.mean())
+    ('float32', 3.0, 0.0)
     """
     dt = _float_dtype(dtype, "normalize")
     x = _numeric(images, "normalize")
@@ -847,6 +866,12 @@ def scale01(images: npt.ArrayLike, dtype: npt.DTypeLike = "float32") -> np.ndarr
     DatasetError
         If ``images`` is not ``uint8`` (floats have presumably been scaled already) or
         ``dtype`` is not a float dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scale01(np.array([0, 51, 255], dtype=np.uint8)).tolist()
+    [0.0, 0.20000000298023224, 1.0]
     """
     dt = _float_dtype(dtype, "scale01")
     x = np.asarray(images)
@@ -892,6 +917,13 @@ def one_hot(
     DatasetError
         If ``labels`` is not a 1-d integer array, ``num_classes`` is not a positive int, or a
         label is out of range (the message names the first bad value, its index and the range).
+
+    Examples
+    --------
+    >>> one_hot([2, 0], 3).tolist()
+    [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    >>> one_hot([1], 3, low=-1.0).tolist()      # the +-1 coding for tanh outputs
+    [[-1.0, 1.0, -1.0]]
     """
     dt = _float_dtype(dtype, "one_hot")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
@@ -945,6 +977,12 @@ def pad(
     DatasetError
         If the images are not 3-d or 4-d, larger than ``to``, or ``value`` cannot be stored in
         the result's integer dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pad(np.ones((1, 28, 28), dtype=np.uint8)).shape    # LeCun's 32x32 MNIST
+    (1, 32, 32)
     """
     x = np.asarray(images)
     if x.ndim not in (3, 4):
@@ -1018,6 +1056,11 @@ def batches(
     DatasetError
         If ``n`` is negative or ``batch_size`` < 1 (raised at the call, not at the first
         iteration).
+
+    Examples
+    --------
+    >>> [b.tolist() for b in batches(5, 2, shuffle=False)]
+    [[0, 1], [2, 3], [4]]
     """
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise DatasetError(f"batches: n must be an int >= 0, got {n!r}")

@@ -15,6 +15,10 @@ def dlt(*, backend: Any = None, dtype: str = "float32", seed: int = 0) -> Networ
     C3 12@5x5 (all 6 inputs) sigmoid; S4 2x2 mean; 192 features; 10 sigmoid outputs; squared
     error (eq. 1); uniform init in ``+-sqrt(6 / (fan_in + fan_out))``, zero biases. The toolbox
     trains it with batch 50 and learning rate 1.
+
+    >>> net = dlt()                     # on the current backend
+    >>> net.num_parameters(), net.output_shape
+    (3898, (10,))
     """
     layers = [
         Convolution(6, 5, activation="sigmoid", init="glorot"),
@@ -46,6 +50,10 @@ def lenet5(
     ``+-2.4 / F_in``. With ``loss="cross_entropy"`` the outputs are linear (softmax in the loss,
     section 4.3); with ``"squared_error"`` they are scaled tanh, for +-1 targets. The paper's
     RBF output layer is replaced by these standard outputs.
+
+    >>> net = lenet5()
+    >>> [layer.name for layer in net.layers][:4], net.input_shape
+    (['conv1', 'sub2', 'conv3', 'sub4'], (1, 32, 32))
     """
     if loss not in ("cross_entropy", "squared_error"):
         raise ValueError(f"lenet5: loss must be 'cross_entropy' or 'squared_error', got {loss!r}")
@@ -69,7 +77,11 @@ MODELS = {"dlt": dlt, "lenet5": lenet5}
 
 
 def build(name: str, **options: Any) -> Network:
-    """A zoo model by name (``"dlt"``, ``"lenet5"``)."""
+    """A zoo model by name (``"dlt"``, ``"lenet5"``).
+
+    >>> build("dlt", dtype="float64").dtype_name
+    'float64'
+    """
     try:
         factory = MODELS[name]
     except KeyError:

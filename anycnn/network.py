@@ -155,6 +155,8 @@ class Network:
         self.preprocessing: Any = None
         #: The optimizer of the last :meth:`fit` (saved by :meth:`save`, moved by :meth:`to`).
         self.optimizer: Any = None
+        #: Passes over training data so far by :meth:`fit` (stored as the checkpoint's epoch).
+        self.epochs_trained = 0
         self._flag_output_and_loss()
         # Note [Deferred up-sampling]: the subsampling layers whose up-sampling the layer below
         # forms in its own backward pass.
@@ -659,6 +661,8 @@ class Network:
         seed: int = 0,
         progress: bool = False,
         preprocessing: Any = None,
+        gradient_hooks: Sequence[Callable[[Any], Any]] = (),
+        distributed: Any = None,
     ) -> History:
         """Train on arrays for ``epochs`` passes with the loop of ``anycnn train``
         (:func:`anycnn.train.train`: the same code, so the same seed gives the same bits).
@@ -677,7 +681,8 @@ class Network:
         optimizer : str or anycnn.optim.Optimizer
             ``"sgd"``, ``"momentum"``, ``"sdlm"`` (with ``lr``) or an optimizer of this network.
             A later ``fit`` with the same name continues with the same optimizer (its momentum
-            and step count), as Keras does.
+            and step count), as Keras does; a learning-rate schedule counts the epochs of each
+            ``fit`` call from 0.
         lr : float or anycnn.optim.Schedule, optional
             The global rate for an optimizer given by name (its default when omitted).
         validation_data : (x, y), optional
@@ -694,6 +699,12 @@ class Network:
             Fitted on ``x``, recorded on the network (:attr:`preprocessing`), saved by
             :meth:`save` and applied by :meth:`predict` and :meth:`evaluate`. ``None`` keeps
             the one the network already has (none for a new network).
+        gradient_hooks : sequence of callables
+            Run by the loop's step between back-propagation and the update
+            (:data:`anycnn.train.GradientHook`: gradient averaging across processes, clipping).
+        distributed : None, bool, "auto", "mpi", "single" or a communicator
+            As :func:`anycnn.train.train`: under ``mpiexec`` every process runs ``fit`` on the
+            same arrays and trains its shard of each global batch (:mod:`anycnn.distributed`).
 
         Returns
         -------
@@ -786,8 +797,11 @@ class Network:
             callbacks=callbacks,
             preprocessing=prep,
             evaluate_test=validation_data is not None,
+            gradient_hooks=gradient_hooks,
+            distributed=distributed,
         )
         self.optimizer = opt
+        self.epochs_trained += len(result.history)
         self.preprocessing = None if result.preprocessing.kind == "none" else result.preprocessing
         return History.from_records(result.history)
 
@@ -830,9 +844,8 @@ class Network:
         if self.preprocessing is not None:
             info["preprocessing"] = self.preprocessing.config()
         optimizer = self.optimizer if include_optimizer else None
-        epoch = 0 if optimizer is None else int(optimizer.epoch) + (optimizer.steps > 0)
         return checkpoint.save_checkpoint(
-            Path(path), self, epoch=epoch, optimizer=optimizer, info=info
+            Path(path), self, epoch=self.epochs_trained, optimizer=optimizer, info=info
         )
 
     # -- description -------------------------------------------------------------------------
@@ -918,7 +931,14 @@ class Network:
 class History:
     """What :meth:`Network.fit` returns, as Keras' ``History``: ``history`` maps ``"loss"``,
     ``"error"``, ``"seconds"`` (and ``"val_loss"``, ``"val_error"`` with validation data) to one
-    value per epoch; ``records`` are the loop's :class:`anycnn.train.EpochRecord`."""
+    value per epoch; ``records`` are the loop's :class:`anycnn.train.EpochRecord`.
+
+    >>> import numpy as np, anycnn
+    >>> net = anycnn.models.dlt()
+    >>> history = net.fit(np.zeros((8, 1, 28, 28)), np.arange(8), epochs=2, batch_size=4)
+    >>> history.epoch, sorted(history.history)
+    ([0, 1], ['error', 'loss', 'seconds'])
+    """
 
     history: dict[str, list[float]] = field(default_factory=dict)
     records: list[Any] = field(default_factory=list)
@@ -955,6 +975,11 @@ def load(
     ------
     anycnn.checkpoint.CheckpointError
         A file that is not a readable anycnn checkpoint (the message names it and why).
+
+    >>> import os, tempfile, anycnn
+    >>> path = anycnn.models.dlt().save(os.path.join(tempfile.mkdtemp(), "dlt.npz"))
+    >>> anycnn.load(path).name
+    'dlt'
     """
     from anycnn import checkpoint, train
 
@@ -963,6 +988,7 @@ def load(
     if restored.info.get("preprocessing"):
         net.preprocessing = train.Preprocessing.from_config(restored.info["preprocessing"])
     net.optimizer = restored.optimizer
+    net.epochs_trained = restored.epoch
     return net
 
 

@@ -476,6 +476,7 @@ class _Meter:
         sizes = np.asarray(self.sizes, dtype=np.float64)
         counts = np.asarray(self.backend.to_host(xp.stack(self.wrong)), dtype=np.float64)
         window = np.concatenate([values * sizes, counts, sizes])
+        assert self.comm is not None, "only a meter of several processes flushes collectively"
         self.comm.allreduce_(window)
         sums, counts, sizes = window[:k], window[k : 2 * k], window[2 * k :]
         bad = np.flatnonzero(~np.isfinite(sums))
@@ -620,6 +621,7 @@ class Trainer:
             self._setup_distributed(resume, preprocessing)
         else:
             self._setup(resume, preprocessing)
+        assert self.prep is not None, "set up by _setup / _setup_distributed"
 
         self.dtype = network.dtype_name
         low, high = target_values(network)

@@ -188,6 +188,15 @@ def test_fit_on_vectors(rng):
 def test_anycnn_train_is_callable():
     """`anycnn.train(net, ...)` runs the loop; `anycnn.train.train` is the same function."""
     data = datasets.load("mnist", limit=20)
-    net = models.dlt(backend="numpy")
+    net = models.dlt(backend="numpy", dtype="float64")  # the kernels the other tests compiled
     result = anycnn.train(net, data, epochs=1, batch_size=10, progress=False)
     assert len(result.history) == 1
+
+
+def test_fit_runs_the_loops_gradient_hooks(rng):
+    """fit is the loop of `anycnn train`: its step's gradient hooks run here too."""
+    x, labels = _toy(rng, 8)
+    calls = []
+    net = models.dlt(backend="numpy")
+    net.fit(x, labels, epochs=1, batch_size=4, gradient_hooks=[calls.append])
+    assert len(calls) == 2 and all(isinstance(c, anycnn.train.Trainer) for c in calls)

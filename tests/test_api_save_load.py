@@ -19,8 +19,11 @@ def test_save_load_round_trips_outputs_exactly(backend, rng, tmp_path):
     labels = rng.integers(0, 10, 16)
     net.fit(images, labels, epochs=1, batch_size=8, optimizer="momentum", lr=0.01,
             preprocessing="normalize")  # fmt: skip
+    net.fit(images, labels, epochs=1, batch_size=8, optimizer="momentum")
     path = net.save(tmp_path / "lenet5.npz")
+    assert anycnn.checkpoint.read_info(path)["epoch"] == net.epochs_trained == 2
     again = anycnn.load(path, backend=backend)
+    assert again.epochs_trained == 2
     assert again.backend is backend and again.config() == net.config()
     assert again.preprocessing == net.preprocessing  # saved with the model, applied by predict
     np.testing.assert_array_equal(

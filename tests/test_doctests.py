@@ -63,3 +63,32 @@ def test_functional_ops_show_their_documentation():
     assert inspect.signature(anycnn.functional.conv_valid) == inspect.signature(
         anycnn.ops.conv_valid
     )
+
+
+EXAMPLED = [
+    anycnn.Network,
+    anycnn.Network.fit,
+    anycnn.Network.evaluate,
+    anycnn.Network.predict,
+    anycnn.Network.predict_classes,
+    anycnn.Network.save,
+    anycnn.Network.to,
+    anycnn.Network.state_dict,
+    anycnn.Network.set_parameter,
+    anycnn.History,
+    anycnn.load,
+    anycnn.to_torch,
+    anycnn.Backend,
+    anycnn.Backend.asarray,
+    anycnn.set_backend,
+    anycnn.use_backend,
+    anycnn.get_backend,
+    anycnn.backend_of,
+    anycnn.available_backends,
+    *(getattr(anycnn.functional, name) for name in anycnn.functional.__all__),
+]
+
+
+@pytest.mark.parametrize("obj", EXAMPLED, ids=lambda obj: obj.__qualname__)
+def test_the_python_api_has_examples(obj):
+    assert ">>>" in (inspect.getdoc(obj) or ""), f"{obj.__qualname__}: no example"

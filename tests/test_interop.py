@@ -170,3 +170,18 @@ def test_to_torch_kernels_are_in_pytorch_cross_correlation_layout():
     weight = conv.weight.detach().numpy()
     np.testing.assert_array_equal(weight, kernel[:, :, ::-1, ::-1] * table[:, :, None, None])
     assert np.all(weight[~table] == 0)
+
+
+def test_network_to_keeps_tables_and_learned_combinations(rng):
+    """Input-map tables and the softmax weights c move with the network (rebuilt on the target
+    from the configuration and the extra state)."""
+    net = _combination_net("numpy", "float64", "per_pair")
+    lenet = models.lenet5(backend="numpy", dtype="float64")
+    for model in (net, lenet):
+        x = rng.random((3, *model.input_shape))
+        before = model.predict(x)
+        model.to("strict")
+        np.testing.assert_allclose(
+            model.backend.to_host(model.predict(x)), before, rtol=1e-12, atol=1e-14
+        )
+    np.testing.assert_array_equal(lenet.layers[2].table, anycnn.layers.lenet5_table())
