@@ -1032,7 +1032,8 @@ def load_checkpoint(
             raise CheckpointError(
                 f"{where}: this checkpoint is of another model: it holds {_quote(stored_model)} "
                 f"({_describe(config)}), the network is {network.name!r} "
-                f"({_describe(network.config())})"
+                f"({_describe(network.config())}); "
+                + _difference(_comparable(config), _comparable(network.config()))
             )
         for name, value in network.extra_state().items():
             if name not in extra or not np.array_equal(np.asarray(extra[name]), value):
@@ -1143,6 +1144,25 @@ def load_checkpoint(
         optimizer=optimizer,
         optimizer_state=optimizer_state,
     )
+
+
+def _difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """What differs between two model configs, in words: ``dtype 'float64' in the checkpoint,
+    'float32' here`` (a layer's setting is named by the layer)."""
+    parts = []
+    for key in sorted(set(stored) | set(current)):
+        if key == "layers" or stored.get(key) == current.get(key):
+            continue
+        parts.append(f"{key} {stored.get(key)!r} in the checkpoint, {current.get(key)!r} here")
+    old, new = stored.get("layers", []), current.get("layers", [])
+    if len(old) != len(new):
+        parts.append(f"{len(old)} layers in the checkpoint, {len(new)} here")
+    for a, b in zip(old, new, strict=False):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                name = a.get("name", "?")
+                parts.append(f"{name}.{key} {a.get(key)!r} in the checkpoint, {b.get(key)!r} here")
+    return "; ".join(parts[:4]) or "the input-map tables differ"
 
 
 def _describe(config: Mapping[str, Any]) -> str:

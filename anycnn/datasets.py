@@ -362,6 +362,13 @@ _PACKAGED_DIR = _PACKAGE_DIR / "_data"
 _SYSTEM_DIR = Path("/usr/share/datasets")
 
 
+def user_data_dir() -> Path:
+    """Where ``anycnn download`` writes data sets by default and :func:`load` looks for them:
+    ``$XDG_DATA_HOME/anycnn``, else ``~/.local/share/anycnn``."""
+    base = os.environ.get("XDG_DATA_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".local" / "share") / "anycnn"
+
+
 def _labels_check(labels: np.ndarray, num_classes: int, where: str, *, what: str = "label") -> None:
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
@@ -489,7 +496,8 @@ def search_path(name: str, data_dir: str | os.PathLike[str] | None = None) -> li
     -------
     list of pathlib.Path
         For each root in order -- ``data_dir``, ``$ANYCNN_DATA``, the repository's embedded
-        ``data/``, the package's ``_data/``, ``/usr/share/datasets`` -- the subdirectories named
+        ``data/``, the package's ``_data/``, :func:`user_data_dir` (where ``anycnn download``
+        writes), ``/usr/share/datasets`` -- the subdirectories named
         after the data set (``<root>/<name>``, then aliases such as ``fashion`` for
         ``fashion-mnist``); for ``data_dir`` and ``$ANYCNN_DATA`` the root itself follows, as
         they may hold the four files directly.
@@ -502,7 +510,12 @@ def search_path(name: str, data_dir: str | os.PathLike[str] | None = None) -> li
     env = os.environ.get("ANYCNN_DATA")
     if env:
         roots.append((Path(env).expanduser(), True))
-    roots += [(_EMBEDDED_DIR, False), (_PACKAGED_DIR, False), (_SYSTEM_DIR, False)]
+    roots += [
+        (_EMBEDDED_DIR, False),
+        (_PACKAGED_DIR, False),
+        (user_data_dir(), False),
+        (_SYSTEM_DIR, False),
+    ]
     for root, direct in roots:
         places += [root / alias for alias in aliases]
         if direct:
@@ -684,14 +697,32 @@ def _resolve(
                 f"data set {key!r}: "
                 + _missing_message(place, found)
                 + "; places searched: "
-                + ", ".join(str(p) for p in places)
+                + ", ".join(str(p) for p in _places_that_matter(key, data_dir))
             )
+    others = ", ".join(KNOWN_DATASETS[key][1:])
     raise DatasetError(
-        f"data set {key!r} not found: none of these directories holds "
-        f"{', '.join(stem for _, stem in IDX_FILES)} (raw or .gz): "
-        + ", ".join(str(p) for p in places)
-        + "; pass data_dir=, set ANYCNN_DATA, or pass the directory itself"
+        f"data set {key!r} not found: none of "
+        + ", ".join(str(p) for p in _places_that_matter(key, data_dir))
+        + (f" (nor their spellings {others})" if others else "")
+        + f" holds the four IDX files ({', '.join(stem for _, stem in IDX_FILES)}, raw or .gz). "
+        f"Get them with: anycnn download {key} (or --data-dir DIR / data_dir=, ANYCNN_DATA, or "
+        "the directory itself as --dataset)"
     )
+
+
+def _places_that_matter(name: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """The search path told to a user: the roots they chose (``--data-dir``, ``$ANYCNN_DATA``)
+    with and without the name, the download location, the system one, and the built-in ones
+    only where they exist -- each with the canonical name only (the aliases are searched too)."""
+    canonical = KNOWN_DATASETS[name][0]
+    chosen = [Path(data_dir).expanduser()] if data_dir is not None else []
+    env = os.environ.get("ANYCNN_DATA")
+    if env:
+        chosen.append(Path(env).expanduser())
+    places = [p for root in chosen for p in (root / canonical, root)]
+    places += [root / canonical for root in (_EMBEDDED_DIR, _PACKAGED_DIR) if root.is_dir()]
+    places += [user_data_dir() / canonical, _SYSTEM_DIR / canonical]
+    return places
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,14 @@ Resuming: with ``checkpoint_dir`` a checkpoint is written after every epoch
 generator that shuffles, the preprocessing and the history. ``resume=True`` continues from the
 latest one; on the CPU an interrupted and resumed run ends with exactly the parameters of an
 uninterrupted one with the same seed.
+
+Structure: :class:`Trainer` holds the loop in three parts, setup and resume (its constructor),
+one pass (:meth:`Trainer.run_epoch`) and one update (:meth:`Trainer.step`), with gradient hooks
+between back-propagation and the optimizer's update; :func:`train` is ``Trainer(...).run()``.
+
+Data parallelism: under ``mpiexec`` (or with ``distributed=True``) ``batch_size`` is the global
+batch, each process takes its slice of every batch, a gradient hook averages the gradients,
+and only rank 0 writes files (``Note [Data-parallel step]`` in :mod:`anycnn.distributed`).
 """
 
 from __future__ import annotations
@@ -281,7 +289,7 @@ class EpochRecord:
         test = "" if self.test_error is None else f"  test error {100 * self.test_error:6.2f}%"
         return (
             f"epoch {self.epoch}{total}  lr {self.lr:.3g}  loss {self.train_loss:.4f}  "
-            f"train error {100 * self.train_error:6.2f}%{test}  "
+            f"train error (running) {100 * self.train_error:6.2f}%{test}  "
             f"{self.seconds:.1f} s ({self.images_per_second:.0f} img/s)"
         )
 

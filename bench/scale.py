@@ -55,6 +55,8 @@ SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
 #: The networks of the projection: (name, bandwidth in bytes/s, latency in s). Latencies are
 #: assumptions (typical small-message allreduce step over TCP on 10 GbE, RDMA on 100 Gbit/s).
 NETWORKS = [("10 Gbit/s", 10e9 / 8, 25e-6), ("100 Gbit/s", 100e9 / 8, 5e-6)]
+#: Model sizes (float32 parameters) added to the allreduce sweep.
+MODEL_SIZES = {"dlt": 3_898, "lenet5": 61_750}
 WORLDS = [8, 64, 512]
 
 
@@ -114,7 +116,12 @@ def _anycnn_step_fn(model: str, rank: int, size: int, comm: Any = None):
         for params, grads, role in slots:
             params[role] -= LR * grads[role]
 
-    return step, spent, sum(int(np.prod(p.shape)) for p in net.parameters().values())
+    def reduce_alone() -> None:
+        if averager is not None:
+            averager.average((hi - lo) / GLOBAL_BATCH)
+
+    count = sum(int(np.prod(p.shape)) for p in net.parameters().values())
+    return step, spent, count, reduce_alone
 
 
 def _time_steps(step, steps: int, warmup: int, barrier=None, spent=None) -> dict[str, Any]:
@@ -145,8 +152,17 @@ def child_anycnn_mpi(args: argparse.Namespace) -> dict[str, Any]:
     comm = distributed.init("mpi")
     found: dict[str, Any] = {"threads": _ops.get_num_threads(), "size": comm.size}
     for model in args.models.split(","):
-        step, spent, count = _anycnn_step_fn(model, comm.rank, comm.size, comm)
+        step, spent, count, reduce_alone = _anycnn_step_fn(model, comm.rank, comm.size, comm)
         timing = _time_steps(step, args.steps, args.warmup, comm.barrier, spent)
+        # The averaging alone, both ranks released together by a barrier: what the reduction
+        # costs without the wait for a rank that is late (the rest of the in-step figure).
+        alone = []
+        for _ in range(args.steps):
+            comm.barrier()
+            began = time.perf_counter()
+            reduce_alone()
+            alone.append(time.perf_counter() - began)
+        timing["allreduce_alone_median_s"] = statistics.median(alone)
         # every rank's view: the slowest rank sets the pace
         gathered = comm.comm.gather(timing, root=0)
         if comm.rank == 0:
@@ -162,7 +178,7 @@ def child_anycnn_threads(args: argparse.Namespace) -> dict[str, Any]:
 
     found: dict[str, Any] = {"threads": _ops.get_num_threads()}
     for model in args.models.split(","):
-        step, _, count = _anycnn_step_fn(model, 0, 1)
+        step, _, count, _ = _anycnn_step_fn(model, 0, 1)
         found[model] = _time_steps(step, args.steps, args.warmup)
         found[model]["parameters"] = count
     return found
@@ -254,9 +270,10 @@ CHILDREN = {
 # --------------------------------------------------------------------------------------------
 def fit_allreduce(points: dict[str, Any]) -> tuple[float, float]:
     """Latency (s) and bandwidth (bytes/s) of ``t = latency + 2 (N-1)/N bytes / bw`` (N = 2)
-    fitted by least squares on the measured medians."""
+    fitted by least squares on the fastest repetition of each size (on a shared machine the
+    medians carry the waits for a descheduled rank)."""
     sizes = np.array([p["bytes"] for p in points.values()], dtype=float)
-    seconds = np.array([p["median_s"] for p in points.values()], dtype=float)
+    seconds = np.array([p["min_s"] for p in points.values()], dtype=float)
     a = np.stack([np.ones_like(sizes), sizes * (2 * (2 - 1) / 2)], axis=1)
     (latency, inverse), *_ = np.linalg.lstsq(a, seconds, rcond=None)
     return float(max(latency, 0.0)), float(1.0 / inverse) if inverse > 0 else float("inf")
@@ -268,13 +285,15 @@ def allreduce_time(n: int, nbytes: float, bandwidth: float, latency: float) -> f
     return 2 * (n - 1) / n * nbytes / bandwidth + latency * math.log2(n)
 
 
-def projections(per_pattern: dict[str, float], parameters: dict[str, int]) -> list[dict]:
+def projections(
+    per_pattern: dict[str, float], parameters: dict[str, int], networks: list[tuple]
+) -> list[dict]:
     """Scaling efficiency compute(B) / (N * step(N)) at global batch 256, and the smallest
     global batch with efficiency >= 90% (compute(B)/N >= 9 * allreduce(N))."""
     rows = []
     for model, c in per_pattern.items():
         nbytes = 4.0 * parameters[model]
-        for network, bandwidth, latency in NETWORKS:
+        for network, bandwidth, latency in networks:
             for n in WORLDS:
                 reduce = allreduce_time(n, nbytes, bandwidth, latency)
                 compute = c * GLOBAL_BATCH
@@ -304,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--models", default="lenet5,dlt")
-    parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
+    parser.add_argument(
+        "--sizes", default=",".join(str(s) for s in sorted([*SIZES, *MODEL_SIZES.values()]))
+    )
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -361,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                 summary[name][model]["compute_median_s"] = statistics.median(
                     r[model]["compute_median_s"] for r in runs
                 )
+                summary[name][model]["allreduce_alone_median_s"] = statistics.median(
+                    r[model]["allreduce_alone_median_s"] for r in runs
+                )
                 summary[name][model]["parameters"] = runs[0][model]["parameters"]
     report["steps"] = summary
     report["load_average_1min_during"] = loads
@@ -373,7 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     parameters = {m: two[m]["parameters"] for m in args.models.split(",")}
     report["compute_per_pattern_s_1thread"] = per_pattern
-    report["projections"] = projections(per_pattern, parameters)
+    report["projections"] = projections(per_pattern, parameters, NETWORKS)
+    # The model on this machine, N = 2: compute / 2 + the fitted allreduce, against the step.
+    report["model_check_n2"] = {
+        m: {
+            "predicted_s": per_pattern[m] * GLOBAL_BATCH / 2
+            + allreduce_time(2, 4.0 * parameters[m], bandwidth, latency),
+            "measured_s": two[m]["median_s"],
+        }
+        for m in per_pattern
+    }
     report["load_average_at_end"] = load_average()
 
     lines = []
@@ -382,8 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         b = summary["anycnn 1x2"][model]
         row = (
             f"{model}: anycnn 2x1 {1e3 * a['median_s']:.1f} ms/step "
-            f"(allreduce {1e3 * a['allreduce_median_s']:.2f} ms, "
-            f"{100 * a['allreduce_median_s'] / a['median_s']:.1f}%), "
+            f"(averaging {1e3 * a['allreduce_median_s']:.2f} ms in the step, "
+            f"{100 * a['allreduce_median_s'] / a['median_s']:.1f}%; alone "
+            f"{1e3 * a['allreduce_alone_median_s']:.3f} ms, "
+            f"{100 * a['allreduce_alone_median_s'] / a['median_s']:.2f}%), "
             f"anycnn 1x2 {1e3 * b['median_s']:.1f} ms; 2x1 speed / 1x2 = "
             f"{b['median_s'] / a['median_s']:.2f}"
         )
@@ -395,12 +430,20 @@ def main(argv: list[str] | None = None) -> int:
             )
         lines.append(row)
     for n, p in report["allreduce"].items():
-        lines.append(f"allreduce {int(n):>9} floats: {1e6 * p['median_s']:9.1f} us")
+        lines.append(
+            f"allreduce {int(n):>9} floats: median {1e6 * p['median_s']:9.1f} us, "
+            f"fastest {1e6 * p['min_s']:9.1f} us"
+        )
     lines.append(f"fit: latency {1e6 * latency:.1f} us, bandwidth {bandwidth / 1e9:.2f} GB/s")
+    for m, check in report["model_check_n2"].items():
+        lines.append(
+            f"{m}: model for N=2 here {1e3 * check['predicted_s']:.1f} ms/step, measured "
+            f"{1e3 * check['measured_s']:.1f} ms"
+        )
     for row in report["projections"]:
         eff = row["efficiency_at_256"]
         lines.append(
-            f"{row['model']:>6} {row['network']:>10} N={row['processes']:>3}: allreduce "
+            f"{row['model']:>6} {row['network']:>12} N={row['processes']:>3}: allreduce "
             f"{1e6 * row['allreduce_s']:8.1f} us, efficiency at B=256 "
             + ("  n/a " if eff is None else f"{100 * eff:5.1f}%")
             + f", B for 90%: {row['batch_for_90pct']} ({row['per_process_batch_for_90pct']:.0f}"
