@@ -359,6 +359,11 @@ def evaluate(
             f"outside [0, {classes}) for model {network.name!r} with {classes} outputs"
         )
     mistakes, loss_total, n = 0, 0.0, images.shape[0]
+    # A chunk holds at most ~2**25 values of its largest layer (input included), whatever
+    # batch_size says: a network of huge maps (a crafted checkpoint) is evaluated a few
+    # examples at a time instead of exhausting memory. LeNet-5 and DLT keep 1000.
+    widest = max([math.prod(network.input_shape)] + [_size(layer) for layer in network.layers])
+    batch_size = max(1, min(batch_size, 2**25 // widest))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -376,6 +381,11 @@ def evaluate(
         "count": n,
         "loss": loss_total / n if n else float("nan"),
     }
+
+
+def _size(layer: Any) -> int:
+    shape = getattr(layer, "output_shape", None)
+    return math.prod(shape) if shape else 1
 
 
 def _evaluate_sharded(
