@@ -648,7 +648,8 @@ def _check_resume(
         return
     info = ckpt.read_info(latest)
     given = {a.split("=", 1)[0] for a in getattr(args, "argv", []) if a.startswith("--")}
-    refused, noted = [], []
+    refused: list[str] = []
+    noted: list[str] = []
 
     def compare(options: tuple[str, ...], text: str, stored: Any, current: Any) -> None:
         if stored is None or stored == current:

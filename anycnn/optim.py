@@ -127,7 +127,11 @@ class Schedule:
 
 
 class Constant(Schedule):
-    """The same rate every epoch."""
+    """The same rate every epoch.
+
+    >>> Constant(0.1).rate(7)
+    0.1
+    """
 
     name = "constant"
 
@@ -142,7 +146,11 @@ class Constant(Schedule):
 
 
 class Step(Schedule):
-    """``lr * gamma ** (epoch // every)``: the rate shrinks by ``gamma`` every ``every`` epochs."""
+    """``lr * gamma ** (epoch // every)``: the rate shrinks by ``gamma`` every ``every`` epochs.
+
+    >>> [Step(0.02, every=4, gamma=0.5).rate(epoch) for epoch in (0, 3, 4, 8)]
+    [0.02, 0.02, 0.01, 0.005]
+    """
 
     name = "step"
 
@@ -161,7 +169,11 @@ class Step(Schedule):
 
 
 class Piecewise(Schedule):
-    """``rates[i]`` for ``epochs[i]`` epochs each, in turn, then ``final`` for ever."""
+    """``rates[i]`` for ``epochs[i]`` epochs each, in turn, then ``final`` for ever.
+
+    >>> [Piecewise([0.1, 0.01], [1, 2], final=0.001).rate(epoch) for epoch in range(4)]
+    [0.1, 0.01, 0.01, 0.001]
+    """
 
     name = "piecewise"
 
@@ -469,6 +481,16 @@ class SGD(Optimizer):
 
     Online with batches of one pattern (LeCun), mini-batch otherwise. ``eta`` is the global rate
     of the epoch times the parameter's multiplier (``layer_rates``).
+
+    >>> import numpy as np, anycnn
+    >>> net = anycnn.models.dlt(dtype="float64")
+    >>> x = net.backend.asarray(np.ones((2, 1, 28, 28)), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(10)[[1, 2]], dtype="float64")
+    >>> opt = SGD(net, 0.5)
+    >>> loss = net.compute_gradients(x, t)
+    >>> opt.step()
+    >>> opt.steps
+    1
     """
 
     name = "sgd"
@@ -724,6 +746,10 @@ def build_optimizer(
     SDLM :func:`lecun1998` from 0.003); ``momentum`` to the class's default (0.9 for
     ``"momentum"``, 0 for ``"sdlm"``; refused by ``"sgd"``); other options go to the class
     (``mu``, ``samples``).
+
+    >>> import anycnn
+    >>> build_optimizer("momentum", anycnn.models.dlt(), lr=0.02).config()["momentum"]
+    0.9
     """
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:

@@ -46,7 +46,7 @@ def _figure(width: float, height: float, layout: str | None = None) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
+    figure = Figure(figsize=(width, height), dpi=100, layout=layout)  # type: ignore[arg-type]
     FigureCanvasAgg(figure)
     return figure
 

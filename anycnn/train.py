@@ -253,7 +253,12 @@ def target_values(network: Network) -> tuple[float, float]:
     """The one-of-c target values (other classes, the class) for this network's outputs.
 
     -1/+1 for a squared error on tanh outputs (notes 2.1: LeCun's tanh reaches +-1 at its point
-    of maximum curvature); 0/1 otherwise (sigmoid outputs, softmax cross-entropy)."""
+    of maximum curvature); 0/1 otherwise (sigmoid outputs, softmax cross-entropy).
+
+    >>> import anycnn
+    >>> target_values(anycnn.models.dlt()), target_values(anycnn.models.lenet5())
+    ((0.0, 1.0), (0.0, 1.0))
+    """
     last = network.layers[-1]
     activation = getattr(last, "activation", None)
     if (

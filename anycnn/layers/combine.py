@@ -183,6 +183,14 @@ class LearnedCombination(Layer):
         A negative or non-finite ``lam`` (the message names lambda), an unknown ``kernels``,
         ``sparsity`` or ``init``; :class:`~anycnn.layers.LayerError` at build for an input that
         is not ``(C, H, W)`` maps or is smaller than the kernel.
+
+    Examples
+    --------
+    >>> import anycnn
+    >>> net = anycnn.Network([LearnedCombination(4, 3)], (2, 8, 8), dtype="float64")
+    >>> alpha = net.layers[0].alpha()          # softmax(c) over the 2 input maps, per output
+    >>> tuple(alpha.shape), float(alpha[0, 0])
+    ((4, 2), 0.5)
     """
 
     kind = "conv"

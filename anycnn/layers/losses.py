@@ -88,7 +88,11 @@ LOSSES: dict[str, type[Loss]] = {
 
 
 def get_loss(spec: str | Loss | dict[str, Any]) -> Loss:
-    """A loss from a name (``"squared_error"``, ``"cross_entropy"``), config dict or instance."""
+    """A loss from a name (``"squared_error"``, ``"cross_entropy"``), config dict or instance.
+
+    >>> get_loss("mse").name, get_loss({"name": "cross_entropy"}).name
+    ('squared_error', 'cross_entropy')
+    """
     if isinstance(spec, Loss):
         return spec
     if isinstance(spec, dict):
