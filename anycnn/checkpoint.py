@@ -685,10 +685,16 @@ class _Archive:
         """The array of member ``key``, exactly as large as its checked header says."""
         member = self.members[key]
         try:
+            data = bytearray(member.nbytes)  # writable, as np.load's arrays are
             with self._open(member) as stream:
                 stream.read(member.offset)
-                data = stream.read(member.nbytes)
-                if len(data) != member.nbytes or stream.read(1):
+                view, got = memoryview(data), 0
+                while got < member.nbytes:
+                    count = stream.readinto(view[got:])
+                    if not count:
+                        break
+                    got += count
+                if got != member.nbytes or stream.read(1):
                     raise EOFError(f"member {key!r} is shorter or longer than its header says")
         except Exception as error:  # a bad CRC, a truncated stream, zlib errors
             raise CheckpointError(

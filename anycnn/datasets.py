@@ -594,7 +594,8 @@ def load(
         directly matches any name.
     limit : int, optional
         Keep only the first ``limit`` training and the first ``limit`` test examples (for tests
-        and quick runs).
+        and quick runs); only those images are read from the files (Note [Reading untrusted
+        IDX files]), the labels in full.
     num_classes : int, optional
         Number of classes; 10 for the known data sets, and for a directory one more than the
         largest label found.

@@ -860,3 +860,16 @@ def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.raises(OSError, match=r"cannot lock the checkpoint directory: No locks"):
         ckpt.DirectoryLock(tmp_path)
+
+
+def test_loaded_arrays_are_writable_copies(tmp_path):
+    """As np.load's were: the optimizer state and tables handed out can be changed in place."""
+    path = _small_checkpoint(tmp_path / "c.npz")
+    arrays = _arrays(path)
+    arrays["optim/steps"] = np.asarray(1, np.int64)
+    for key in [k for k in arrays if k.startswith("param/")]:
+        arrays["optim/velocity/" + key[len("param/") :]] = np.ones_like(arrays[key])
+    _write(path, arrays)
+    loaded = ckpt.load_checkpoint(path)
+    for value in loaded.optimizer_state.values():
+        assert value.flags.writeable
