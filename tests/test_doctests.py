@@ -14,6 +14,9 @@ import pkgutil
 import pytest
 
 import anycnn
+import anycnn.download
+import anycnn.ops
+import anycnn.subnormals
 
 MODULES = sorted(
     name
@@ -42,6 +45,9 @@ PUBLIC = [
     "anycnn.functional",
     "anycnn.interop",
     "anycnn.checkpoint",
+    "anycnn.ops",
+    "anycnn.subnormals",
+    "anycnn.download",
 ]
 
 
@@ -86,6 +92,13 @@ EXAMPLED = [
     anycnn.backend_of,
     anycnn.available_backends,
     *(getattr(anycnn.functional, name) for name in anycnn.functional.__all__),
+    *(getattr(anycnn.ops, name) for name in anycnn.ops.__all__),
+    anycnn.subnormals.available,
+    anycnn.subnormals.default_enabled,
+    anycnn.subnormals.is_flushing,
+    anycnn.subnormals.flushing,
+    anycnn.download.download,
+    anycnn.download.DownloadError,
 ]
 
 
