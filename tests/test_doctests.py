@@ -14,6 +14,7 @@ import pkgutil
 import pytest
 
 import anycnn
+import anycnn.checkpoint
 import anycnn.download
 import anycnn.ops
 import anycnn.subnormals
@@ -71,6 +72,12 @@ def test_functional_ops_show_their_documentation():
     )
 
 
+def _functions_and_classes(module):
+    """Every public function and class of ``module`` (its ``__all__``, constants left out)."""
+    values = (getattr(module, name) for name in module.__all__)
+    return [value for value in values if inspect.isfunction(value) or inspect.isclass(value)]
+
+
 EXAMPLED = [
     anycnn.Network,
     anycnn.Network.fit,
@@ -92,13 +99,14 @@ EXAMPLED = [
     anycnn.backend_of,
     anycnn.available_backends,
     *(getattr(anycnn.functional, name) for name in anycnn.functional.__all__),
-    *(getattr(anycnn.ops, name) for name in anycnn.ops.__all__),
+    *_functions_and_classes(anycnn.ops),
     anycnn.subnormals.available,
     anycnn.subnormals.default_enabled,
     anycnn.subnormals.is_flushing,
     anycnn.subnormals.flushing,
     anycnn.download.download,
     anycnn.download.DownloadError,
+    *_functions_and_classes(anycnn.checkpoint),
 ]
 
 
