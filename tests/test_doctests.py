@@ -15,6 +15,7 @@ import pytest
 
 import anycnn
 import anycnn.checkpoint
+import anycnn.distributed
 import anycnn.download
 import anycnn.ops
 import anycnn.subnormals
@@ -49,6 +50,7 @@ PUBLIC = [
     "anycnn.ops",
     "anycnn.subnormals",
     "anycnn.download",
+    "anycnn.distributed",
 ]
 
 
@@ -107,6 +109,7 @@ EXAMPLED = [
     anycnn.download.download,
     anycnn.download.DownloadError,
     *_functions_and_classes(anycnn.checkpoint),
+    *_functions_and_classes(anycnn.distributed),
 ]
 
 
