@@ -18,6 +18,7 @@ import anycnn.checkpoint
 import anycnn.distributed
 import anycnn.download
 import anycnn.ops
+import anycnn.plots
 import anycnn.subnormals
 
 MODULES = sorted(
@@ -51,6 +52,7 @@ PUBLIC = [
     "anycnn.subnormals",
     "anycnn.download",
     "anycnn.distributed",
+    "anycnn.plots",
 ]
 
 
@@ -110,6 +112,7 @@ EXAMPLED = [
     anycnn.download.DownloadError,
     *_functions_and_classes(anycnn.checkpoint),
     *_functions_and_classes(anycnn.distributed),
+    *_functions_and_classes(anycnn.plots),
 ]
 
 
