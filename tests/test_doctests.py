@@ -18,6 +18,7 @@ import anycnn.checkpoint
 import anycnn.distributed
 import anycnn.download
 import anycnn.ops
+import anycnn.optim
 import anycnn.plots
 import anycnn.subnormals
 
@@ -53,6 +54,7 @@ PUBLIC = [
     "anycnn.download",
     "anycnn.distributed",
     "anycnn.plots",
+    "anycnn.optim",
 ]
 
 
@@ -113,6 +115,7 @@ EXAMPLED = [
     *_functions_and_classes(anycnn.checkpoint),
     *_functions_and_classes(anycnn.distributed),
     *_functions_and_classes(anycnn.plots),
+    *_functions_and_classes(anycnn.optim),
 ]
 
 
