@@ -21,6 +21,7 @@ import anycnn.ops
 import anycnn.optim
 import anycnn.plots
 import anycnn.subnormals
+import anycnn.train
 
 MODULES = sorted(
     name
@@ -55,6 +56,7 @@ PUBLIC = [
     "anycnn.distributed",
     "anycnn.plots",
     "anycnn.optim",
+    "anycnn.train",
 ]
 
 
@@ -116,6 +118,8 @@ EXAMPLED = [
     *_functions_and_classes(anycnn.distributed),
     *_functions_and_classes(anycnn.plots),
     *_functions_and_classes(anycnn.optim),
+    *_functions_and_classes(anycnn.train),
+    *_functions_and_classes(anycnn.interop),
 ]
 
 
