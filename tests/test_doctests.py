@@ -15,8 +15,10 @@ import pytest
 
 import anycnn
 import anycnn.checkpoint
+import anycnn.datasets
 import anycnn.distributed
 import anycnn.download
+import anycnn.layers
 import anycnn.ops
 import anycnn.optim
 import anycnn.plots
@@ -57,6 +59,8 @@ PUBLIC = [
     "anycnn.plots",
     "anycnn.optim",
     "anycnn.train",
+    "anycnn.layers",
+    "anycnn.datasets",
 ]
 
 
@@ -120,6 +124,9 @@ EXAMPLED = [
     *_functions_and_classes(anycnn.optim),
     *_functions_and_classes(anycnn.train),
     *_functions_and_classes(anycnn.interop),
+    *_functions_and_classes(anycnn.layers),
+    *_functions_and_classes(anycnn.backend),
+    *_functions_and_classes(anycnn.datasets),
 ]
 
 
