@@ -15,6 +15,7 @@ import pytest
 
 import anycnn
 import anycnn.checkpoint
+import anycnn.cli
 import anycnn.datasets
 import anycnn.distributed
 import anycnn.download
@@ -61,6 +62,7 @@ PUBLIC = [
     "anycnn.train",
     "anycnn.layers",
     "anycnn.datasets",
+    "anycnn.cli",
 ]
 
 
@@ -127,6 +129,7 @@ EXAMPLED = [
     *_functions_and_classes(anycnn.layers),
     *_functions_and_classes(anycnn.backend),
     *_functions_and_classes(anycnn.datasets),
+    *_functions_and_classes(anycnn.cli),
 ]
 
 
