@@ -24,7 +24,9 @@ import anycnn.ops
 import anycnn.optim
 import anycnn.plots
 import anycnn.subnormals
+import anycnn.testing
 import anycnn.train
+from anycnn.gradcheck import GradcheckReport, ParameterCheck, gradcheck
 
 MODULES = sorted(
     name
@@ -130,6 +132,12 @@ EXAMPLED = [
     *_functions_and_classes(anycnn.backend),
     *_functions_and_classes(anycnn.datasets),
     *_functions_and_classes(anycnn.cli),
+    gradcheck,
+    GradcheckReport,
+    ParameterCheck,
+    anycnn.testing.dtype_name,
+    anycnn.testing.assert_close,
+    anycnn.testing.check_backend,
 ]
 
 
