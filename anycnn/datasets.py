@@ -65,7 +65,6 @@ class DatasetError(ValueError):
     Examples
     --------
     >>> import numpy as np
-    >>> from anycnn.datasets import Dataset, DatasetError
     >>> try:
     ...     Dataset("toy", np.zeros((2, 4, 4), np.uint8), np.array([0, 7]),
     ...             np.zeros((1, 4, 4), np.uint8), np.array([0]), num_classes=2)
