@@ -418,6 +418,84 @@ def _default_device(xp: Any) -> Any:
     return array_api_compat.device(xp.asarray(0.0))
 
 
+# Note [CUDA reasons]
+# ~~~~~~~~~~~~~~~~~~~
+# CuPy 14 imports without a driver and reports every missing piece as the same
+# "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
+# (ecosystem-facts section 1): on a machine with no NVIDIA driver at all that reads as if the
+# driver were merely old. `cuda_reason` tells the cases apart -- no driver library (no GPU, or
+# no driver installed), a driver older than CuPy's CUDA runtime (with both versions), no device
+# visible, the CUDA libraries (NVRTC, cuBLAS) missing -- each with its fix.
+
+
+def _driver_version() -> int | None:
+    """The NVIDIA driver's CUDA version (12040 for 12.4) from libcuda, or None without one."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll", "libcuda.dylib"):
+        try:
+            library = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int(0)
+        try:
+            if library.cuDriverGetVersion(ctypes.byref(version)) == 0:
+                return int(version.value)
+        except AttributeError:
+            pass
+        return 0  # a driver library that does not answer: there, but unusable
+    return None
+
+
+def _cuda(version: int | None) -> str:
+    return "?" if not version else f"{version // 1000}.{version % 1000 // 10}"
+
+
+def cuda_reason(
+    error: BaseException,
+    *,
+    driver_version: int | None = -1,
+    runtime_version: int | None = None,
+) -> str:
+    """Why CUDA is unusable, in words, with the fix (Note [CUDA reasons]).
+
+    ``driver_version`` is the driver's CUDA version (``None``: no driver library; -1, the
+    default: ask libcuda), ``runtime_version`` CuPy's CUDA runtime version (12090 for 12.9)."""
+    text = " ".join(str(error).split())
+    if driver_version == -1:
+        driver_version = _driver_version()
+    fallback = "; train on the CPU meanwhile with --backend cpu"
+    if "libnvrtc" in text or "libcublas" in text or "libcudart" in text or "libcufft" in text:
+        return (
+            f"the CUDA libraries are missing ({text}): install a CUDA toolkit, or reinstall "
+            'with the libraries from pip: pip install "anycnn[cuda12-ctk]" (or cuda13-ctk)'
+            + fallback
+        )
+    if "InsufficientDriver" in text or "NoDevice" in text or "driver" in text.lower():
+        if driver_version is None:
+            return (
+                "no NVIDIA driver found (libcuda is not installed): this machine has no NVIDIA "
+                "GPU, or its driver is not installed -- install the NVIDIA driver "
+                "(nvidia-smi then lists the GPU)" + fallback
+            )
+        if "NoDevice" in text or "no CUDA-capable device" in text:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            hint = f" (CUDA_VISIBLE_DEVICES={visible!r} hides them?)" if visible is not None else ""
+            return f"the NVIDIA driver is installed but finds no GPU{hint}" + fallback
+        if runtime_version and driver_version and driver_version < runtime_version:
+            return (
+                f"the NVIDIA driver supports CUDA {_cuda(driver_version)} but CuPy was built "
+                f"for CUDA {_cuda(runtime_version)}: upgrade the driver, or install the CuPy "
+                f"of the driver's CUDA major version (anycnn[cuda{driver_version // 1000}])"
+                + fallback
+            )
+        return (
+            f"the NVIDIA driver (CUDA {_cuda(driver_version)}) is too old for CuPy's CUDA "
+            f"runtime ({_cuda(runtime_version)}): upgrade the driver ({text})" + fallback
+        )
+    return text
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

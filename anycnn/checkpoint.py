@@ -298,12 +298,19 @@ class DirectoryLock:
                 ) from None
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = _holder(descriptor)
                 os.close(descriptor)
                 raise CheckpointError(
                     f"{self.directory}: in use by another anycnn run ({holder}); wait for it to "
                     "end or choose another checkpoint directory"
+                ) from None
+            except OSError as error:  # no locks on this file system (ENOLCK on some NFS)
+                os.close(descriptor)
+                raise OSError(
+                    error.errno,
+                    f"cannot lock the checkpoint directory: {error.strerror}",
+                    str(self.path),
                 ) from None
             try:
                 same = os.path.samestat(os.fstat(descriptor), os.stat(self.path))
@@ -470,6 +477,8 @@ MAX_NPY_HEADER = 64 * 2**10
 MAX_CHECKPOINT_BYTES = 8 * 2**30
 MAX_DEFLATE_RATIO = 64
 MAX_INPUT_ELEMENTS = 2**26
+MAX_ACTIVATION_ELEMENTS = 2**24
+MAX_CLASSES = 2**12
 _ALLOWED_DTYPES = {"<f4", "<f8", "|u1", "|b1", "<i8", "<i4", "<i2", "|i1", "<u4", "<u2"}
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}(/[A-Za-z0-9_.\-]{1,200}){0,3}")
 
@@ -676,10 +685,16 @@ class _Archive:
         """The array of member ``key``, exactly as large as its checked header says."""
         member = self.members[key]
         try:
+            data = bytearray(member.nbytes)  # writable, as np.load's arrays are
             with self._open(member) as stream:
                 stream.read(member.offset)
-                data = stream.read(member.nbytes)
-                if len(data) != member.nbytes or stream.read(1):
+                view, got = memoryview(data), 0
+                while got < member.nbytes:
+                    count = stream.readinto(view[got:])
+                    if not count:
+                        break
+                    got += count
+                if got != member.nbytes or stream.read(1):
                     raise EOFError(f"member {key!r} is shorter or longer than its header says")
         except Exception as error:  # a bad CRC, a truncated stream, zlib errors
             raise CheckpointError(
@@ -704,18 +719,36 @@ class _Archive:
 
 
 def _parse_json(data: bytes, key: str, where: str) -> Any:
-    """JSON without NaN or Infinity constants; a too deeply nested document (the C parser's
-    RecursionError) is one :class:`CheckpointError` (the structure is checked afterwards)."""
+    """JSON without a non-finite number (NaN, Infinity, 1e999) outside the metrics history; a
+    too deeply nested document (the C parser's RecursionError) is one :class:`CheckpointError`
+    (the structure is checked afterwards)."""
 
     def constant(name: str) -> Any:
+        if key == "meta/info":  # the metrics history may hold inf (images per second)
+            return float(name.replace("Infinity", "inf"))
         raise ValueError(f"{name} is not allowed")
 
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=constant)
+        document = json.loads(data.decode("utf-8"), parse_constant=constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise CheckpointError(
             f"{where}: {key!r} is not valid JSON ({_clean(str(error))})"
         ) from None
+    # the history is only shown (and written back), never computed with
+    stack = [
+        {k: v for k, v in document.items() if k != "history"}
+        if isinstance(document, dict)
+        else document
+    ]
+    while stack:  # 1e999 parses to inf: no non-finite number anywhere (a NaN gain, a rate)
+        node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise CheckpointError(f"{where}: {key!r} holds a non-finite number ({node})")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return document
 
 
 def _is_int(value: Any) -> bool:
@@ -887,6 +920,16 @@ def _check_sizes(config: dict[str, Any], members: Mapping[str, _Member], where: 
                 f"{where}: layer {_quote(name)} ({kind}) as configured would allocate about "
                 f"{need} parameters, but the file holds {held.get(name, 0)} for it"
             )
+        if math.prod(shape) > MAX_ACTIVATION_ELEMENTS:  # what one example costs to run
+            raise CheckpointError(
+                f"{where}: layer {_quote(name)} ({kind}) would produce {math.prod(shape)} values "
+                f"per example, more than {MAX_ACTIVATION_ELEMENTS}"
+            )
+    if len(shape) == 1 and shape[0] > MAX_CLASSES:
+        raise CheckpointError(
+            f"{where}: the network has {shape[0]} outputs, more than the {MAX_CLASSES} classes "
+            "anycnn trains or evaluates"
+        )
 
 
 def _check_members(config: dict[str, Any], members: Mapping[str, _Member], where: str) -> None:
@@ -1032,7 +1075,8 @@ def load_checkpoint(
             raise CheckpointError(
                 f"{where}: this checkpoint is of another model: it holds {_quote(stored_model)} "
                 f"({_describe(config)}), the network is {network.name!r} "
-                f"({_describe(network.config())})"
+                f"({_describe(network.config())}); "
+                + _difference(_comparable(config), _comparable(network.config()))
             )
         for name, value in network.extra_state().items():
             if name not in extra or not np.array_equal(np.asarray(extra[name]), value):
@@ -1143,6 +1187,25 @@ def load_checkpoint(
         optimizer=optimizer,
         optimizer_state=optimizer_state,
     )
+
+
+def _difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """What differs between two model configs, in words: ``dtype 'float64' in the checkpoint,
+    'float32' here`` (a layer's setting is named by the layer)."""
+    parts = []
+    for key in sorted(set(stored) | set(current)):
+        if key == "layers" or stored.get(key) == current.get(key):
+            continue
+        parts.append(f"{key} {stored.get(key)!r} in the checkpoint, {current.get(key)!r} here")
+    old, new = stored.get("layers", []), current.get("layers", [])
+    if len(old) != len(new):
+        parts.append(f"{len(old)} layers in the checkpoint, {len(new)} here")
+    for a, b in zip(old, new, strict=False):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                name = a.get("name", "?")
+                parts.append(f"{name}.{key} {a.get(key)!r} in the checkpoint, {b.get(key)!r} here")
+    return "; ".join(parts[:4]) or "the input-map tables differ"
 
 
 def _describe(config: Mapping[str, Any]) -> str:

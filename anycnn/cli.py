@@ -14,18 +14,26 @@ Exit status: 0 success; 1 a failed gradient check (or an unexpected error); 2 a 
 unknown model, data set or backend, a data directory without the four IDX files, a bad learning
 rate, a checkpoint of another model, labels out of range...), reported as one line on stderr
 (``--debug`` adds the traceback); 3 training diverged (the message names the epoch and batch);
-130 interrupted.
+130 interrupted (the message says what was kept); 141 standard output closed early
+(``anycnn train ... | head -1``), quietly, as a shell reports a tool stopped by SIGPIPE.
+
+``--backend`` defaults to ``$ANYCNN_BACKEND``, else ``auto`` (CuPy where a GPU is usable, else
+NumPy).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import math
 import os
 import platform
 import shlex
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -35,6 +43,7 @@ from typing import Any
 import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CLOSED_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
 
 
 class UsageError(ValueError):
@@ -46,6 +55,30 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and "default" not in text
+            and default is not None
+            and default is not False
+            and default != []
+            and default != argparse.SUPPRESS
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+BACKEND_HELP = (
+    "auto, cpu, cuda, numpy, cupy, torch, strict... (default: $ANYCNN_BACKEND, else auto: "
+    "CuPy where a GPU is usable, else NumPy; anycnn backends lists them)"
+)
 
 
 def _rate(text: str) -> float:
@@ -87,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="anycnn",
         description="Classic CNNs after Bouvrie's 2006 notes, on "
         "NumPy/SciPy (CPU), CuPy (CUDA) or any Array API namespace.",
+        formatter_class=_Help,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -104,53 +138,80 @@ def build_parser() -> argparse.ArgumentParser:
             for name, cls in OPTIMIZERS.items()
         )
         + " (momentum 0.9; sdlm mu 0.02).",
+        formatter_class=_Help,
     )
-    p.add_argument("--model", choices=sorted(MODELS), default="lenet5")
+    p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="the zoo model")
     p.add_argument(
         "--dataset",
         default="mnist",
-        help="mnist, fashion-mnist, or a directory with the four IDX files",
+        help="mnist, fashion-mnist, or a directory with the four IDX files (anycnn download "
+        "fetches fashion-mnist)",
     )
-    p.add_argument("--data-dir", default=None, help="where to look for a named data set first")
-    p.add_argument("--backend", default="auto", help="auto, cpu, cuda, numpy, cupy, torch, ...")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where to look for a named data set first (default: $ANYCNN_DATA, then the "
+        "places anycnn download writes to)",
+    )
+    p.add_argument("--backend", default=None, help=BACKEND_HELP)
+    p.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float32", help="parameter dtype"
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="passes over the training set (default: the model's, lenet5 2, dlt 1)",
+    )
     p.add_argument(
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="1 is online learning (one pattern per update)",
+        help="patterns per update; 1 is online learning (default: the model's, lenet5 32, dlt 50)",
     )
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None)
+    p.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default=None,
+        help="the update rule (default: the model's, lenet5 momentum, dlt sgd)",
+    )
     p.add_argument(
         "--lr",
         type=_rate,
         default=None,
-        help="global learning rate (SDLM: epsilon; with --schedule lecun, its first value)",
+        help="global learning rate (SDLM: epsilon; with --schedule lecun, its first value) "
+        "(default: the model's, see above)",
     )
     p.add_argument(
         "--schedule",
         choices=["constant", "step", "lecun"],
         default=None,
-        help="learning-rate schedule by epoch; lecun: LeCun et al. 1998's",
+        help="learning-rate schedule by epoch; lecun: LeCun et al. 1998's (default: the "
+        "model's, lenet5 step, dlt constant; sdlm lecun)",
     )
     p.add_argument(
         "--step-every",
         type=_positive_int,
         default=None,
-        help="--schedule step: epochs between two decays (lenet5: 4)",
+        help="--schedule step: epochs between two decays (default: 4)",
     )
     p.add_argument(
-        "--gamma", type=_rate, default=None, help="--schedule step: decay factor (default 0.5)"
+        "--gamma", type=_rate, default=None, help="--schedule step: decay factor (default: 0.5)"
     )
-    p.add_argument("--momentum", type=_rate, default=None)
+    p.add_argument(
+        "--momentum",
+        type=_rate,
+        default=None,
+        help="momentum coefficient in [0, 1) (default: 0.9 with --optimizer momentum)",
+    )
     p.add_argument(
         "--layer-rate",
         type=_layer_rate,
         action="append",
         default=[],
         metavar="LAYER=MULT",
-        help="per-layer rate multiplier, e.g. conv1=0.5 (repeatable)",
+        help="per-layer rate multiplier, e.g. conv1=0.5 (repeatable; default: 1 for every layer)",
     )
     p.add_argument("--mu", type=_rate, default=0.02, help="SDLM damping (LeCun: 0.02)")
     p.add_argument(
@@ -165,25 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="lenet5 only (default cross_entropy); dlt uses squared_error",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="initial weights and the order of the patterns"
+    )
     p.add_argument(
         "--limit",
         type=_positive_int,
         default=None,
-        help="use only the first N training and test examples",
+        help="use only the first N training and test examples (default: all)",
     )
-    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        metavar="DIR",
+        help="keep a checkpoint after every epoch there (default: none, nothing is kept)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the latest checkpoint in --checkpoint-dir",
+        help="continue from the latest checkpoint in --checkpoint-dir, with its settings",
     )
-    p.add_argument("--metrics", default=None, metavar="FILE.json")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="FILE.json",
+        help="write the per-epoch figures and the run's settings there (default: none)",
+    )
     p.add_argument(
         "--plots",
         default=None,
         metavar="DIR",
-        help="write learning curves, kernels and feature maps as PNG (needs matplotlib)",
+        help="write learning curves, kernels and feature maps as PNG (needs matplotlib: "
+        'pip install "anycnn[plot]"; default: none)',
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument(
@@ -197,30 +271,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
 
-    e = sub.add_parser("evaluate", help="test error of a checkpoint")
-    e.add_argument("checkpoint")
-    e.add_argument("--dataset", default=None, help="default: the one it was trained on")
-    e.add_argument("--data-dir", default=None)
-    e.add_argument("--backend", default="auto")
-    e.add_argument("--limit", type=_positive_int, default=None)
+    e = sub.add_parser("evaluate", help="test error of a checkpoint", formatter_class=_Help)
+    e.add_argument("checkpoint", help="an .npz file written by anycnn train --checkpoint-dir")
+    e.add_argument(
+        "--dataset", default=None, help="a data set name or directory (default: the training one)"
+    )
+    e.add_argument(
+        "--data-dir", default=None, metavar="DIR", help="as for train (default: $ANYCNN_DATA...)"
+    )
+    e.add_argument("--backend", default=None, help=BACKEND_HELP)
+    e.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="use only the first N test examples (default: all)",
+    )
     _common(e)
 
-    g = sub.add_parser("gradcheck", help="check back-propagation by finite differences")
-    g.add_argument("--model", choices=sorted(MODELS), default="lenet5")
-    g.add_argument("--backend", default="cpu")
-    g.add_argument("--batch", type=_positive_int, default=2)
-    g.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-    g.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser(
+        "gradcheck", help="check back-propagation by finite differences", formatter_class=_Help
+    )
+    g.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="the zoo model")
+    g.add_argument("--backend", default=None, help=BACKEND_HELP)
+    g.add_argument("--batch", type=_positive_int, default=2, help="patterns in the checked batch")
+    g.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float64",
+        help="the back-propagation's dtype; differences are always taken in float64",
+    )
+    g.add_argument("--seed", type=int, default=0, help="weights, inputs and sampled entries")
     g.add_argument(
         "--tolerance",
         type=_rate,
         default=None,
-        help="largest relative error that passes (1e-6 in float64, 1e-2 in float32)",
+        help="largest relative error that passes (default: 1e-6 in float64, 1e-4 in float32)",
     )
     _common(g)
 
-    b = sub.add_parser("backends", help="list the array backends and whether they are usable")
+    b = sub.add_parser(
+        "backends",
+        help="list the array backends and whether they are usable",
+        formatter_class=_Help,
+    )
     _common(b)
+
+    d = sub.add_parser(
+        "download",
+        help="fetch a data set's four IDX files and verify their checksums",
+        formatter_class=_Help,
+        description="Download MNIST or Fashion-MNIST from their official locations, verify "
+        "each file's MD5 against the published checksum, and write them where anycnn train "
+        "finds them.",
+    )
+    d.add_argument("dataset", choices=["mnist", "fashion-mnist"], help="the data set")
+    d.add_argument(
+        "--to",
+        default=None,
+        metavar="DIR",
+        help="the directory to write <DIR>/<name>/ in (default: $ANYCNN_DATA, else "
+        "~/.local/share/anycnn, which anycnn train searches)",
+    )
+    d.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a base URL to try before the official ones (repeatable; default: none)",
+    )
+    _common(d)
     return parser
 
 
@@ -229,10 +348,40 @@ def _say(text: str, *, err: bool = False) -> None:
     print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def _backend(name: str) -> Any:
-    from anycnn.backend import lookup
+def _backend(name: str | None) -> Any:
+    """The backend of ``--backend``, else of ``$ANYCNN_BACKEND``, else ``auto``; an error from
+    the environment's choice says it came from there."""
+    from anycnn.backend import BackendUnavailableError, lookup
 
-    return lookup(name).require()
+    if name:
+        return lookup(name).require()
+    chosen = os.environ.get("ANYCNN_BACKEND", "").strip() or "auto"
+    try:
+        return lookup(chosen).require()
+    except (BackendUnavailableError, ValueError) as error:
+        if chosen == "auto":
+            raise
+        raise type(error)(f"ANYCNN_BACKEND={chosen!r}: {error}") from None
+
+
+def _describe_schedule(schedule: Any) -> str:
+    """A learning-rate schedule in words: ``lr 0.02, halved every 4 epochs``."""
+    config = schedule.config()
+    kind = config.get("name")
+    if kind == "constant":
+        return f"lr {config['lr']:g}"
+    if kind == "step":
+        gamma, every = config["gamma"], config["every"]
+        change = "halved" if gamma == 0.5 else f"times {gamma:g}"
+        epochs = "epoch" if every == 1 else f"{every} epochs"
+        return f"lr {config['lr']:g}, {change} every {epochs}"
+    if kind == "piecewise":
+        steps = ", ".join(
+            f"{rate:g} ({count} epoch{'s' if count != 1 else ''})"
+            for rate, count in zip(config["rates"], config["epochs"], strict=True)
+        )
+        return f"lr {steps}, then {config['final']:g}"
+    return f"lr {schedule!r}"
 
 
 def describe_device(backend: Any) -> str:
@@ -252,9 +401,38 @@ def describe_device(backend: Any) -> str:
     return text
 
 
+def _check_writable(option: str, value: str | None, *, directory: bool) -> None:
+    """Raise UsageError unless a file can be created where ``value`` (a directory, or a file's
+    directory) is: probed by creating the missing directories and a temporary file there, then
+    removing what the probe created."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    target = path if directory else path.parent
+    created: list[Path] = []
+    try:
+        missing = []
+        probe = target
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise UsageError(f"anycnn train: {option} {value}: cannot write there ({reason})") from None
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
 def _check_output(option: str, value: str | None, *, directory: bool) -> None:
     """Raise UsageError when an output path cannot be created: a file where a directory is
-    needed (or the reverse), or a file on the way to it."""
+    needed (or the reverse), a file on the way to it, or a place that cannot be written."""
     if value is None:
         return
     path = Path(value).expanduser()
@@ -269,6 +447,7 @@ def _check_output(option: str, value: str | None, *, directory: bool) -> None:
                     f"anycnn train: {option} {value}: {parent} is a file, not a directory"
                 )
             break
+    _check_writable(option, value, directory=directory)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -281,6 +460,10 @@ def _train(args: argparse.Namespace) -> int:
     _check_output("--checkpoint-dir", args.checkpoint_dir, directory=True)
     _check_output("--plots", args.plots, directory=True)
     _check_output("--metrics", args.metrics, directory=False)
+    if args.plots is not None:
+        from anycnn import plots
+
+        plots.require_matplotlib()  # before training, not after it
     defaults = train.TRAINING_DEFAULTS.get(args.model, train.GENERIC_DEFAULTS)
     epochs = args.epochs or defaults["epochs"]
     batch_size = args.batch_size or defaults["batch_size"]
@@ -336,11 +519,13 @@ def _train(args: argparse.Namespace) -> int:
             f"anycnn train: {args.checkpoint_dir} already holds checkpoints; pass --resume to "
             "continue from them, or choose another --checkpoint-dir"
         )
+    if args.resume:
+        _check_resume(args, net, dataset, batch_size, opt)
 
     device = describe_device(backend)
     quiet = args.quiet or comm.rank != 0  # only rank 0 reports
     if not quiet:
-        rate = f"lr {schedule!r}" if schedule_name != "constant" else f"lr {lr:g}"
+        rate = _describe_schedule(schedule)
         mom = f", momentum {momentum:g}" if momentum else ""
         _say(
             f"anycnn train: {args.model} on {dataset.name} "
@@ -377,21 +562,28 @@ def _train(args: argparse.Namespace) -> int:
         "cpu_count": os.cpu_count(),
         "threads": _threads(backend),
     }
-    result = train.train(
-        net,
-        dataset,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=opt,
-        seed=args.seed,
-        progress=not quiet and (sys.stderr.isatty() or bool(os.environ.get("ANYCNN_PROGRESS"))),
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-        metrics_path=args.metrics,
-        callbacks=[report],
-        run_info=run_info,
-        distributed=comm,
-    )
+    _warm_up(net, min(batch_size, dataset.train_images.shape[0]), quiet=quiet)
+    try:
+        result = train.train(
+            net,
+            dataset,
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=opt,
+            seed=args.seed,
+            progress=not quiet and (sys.stderr.isatty() or bool(os.environ.get("ANYCNN_PROGRESS"))),
+            checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume,
+            metrics_path=args.metrics,
+            callbacks=[report],
+            run_info=run_info,
+            distributed=comm,
+        )
+    except KeyboardInterrupt:
+        if comm.size > 1:
+            raise  # _run() aborts the whole job
+        _say("interrupted: " + _kept(args, finished=False), err=True)
+        return EXIT_INTERRUPTED
     if comm.rank != 0:
         return EXIT_OK
     if args.plots:
@@ -413,7 +605,150 @@ def _train(args: argparse.Namespace) -> int:
             f"test error {100 * final.test_error:.2f}% after {final.epoch} epoch(s); "
             f"training time {total:.1f} s ({device})"
         )
+    if not quiet:
+        _say(_kept(args, finished=True))
     return EXIT_OK
+
+
+def _kept(args: argparse.Namespace, *, finished: bool) -> str:
+    """What a training run left on disk, in one line, with how to keep more."""
+    from anycnn import checkpoint as ckpt
+
+    kept = []
+    if args.checkpoint_dir:
+        latest = ckpt.latest_checkpoint(args.checkpoint_dir)
+        if latest is not None:
+            kept.append(
+                f"checkpoints in {args.checkpoint_dir} (latest {latest.name}; continue with "
+                "--resume, test with anycnn evaluate)"
+            )
+    if args.metrics and Path(args.metrics).expanduser().is_file():
+        kept.append(f"metrics in {args.metrics}")
+    if finished and args.plots:
+        kept.append(f"plots in {args.plots}")
+    if kept:
+        return "kept: " + "; ".join(kept)
+    hint = "--checkpoint-dir DIR keeps the network after every epoch"
+    if finished:
+        return f"nothing was kept on disk ({hint}, --metrics FILE.json the figures, --plots DIR)"
+    return f"nothing was kept ({hint})"
+
+
+def _check_resume(
+    args: argparse.Namespace, net: Any, dataset: Any, batch_size: int, optimizer: Any
+) -> None:
+    """Compare a resumed run's settings with the checkpoint's (issue 13), each difference in
+    the command line's words with the checkpoint's value: one the command line asked for
+    (or a model or dtype, which cannot be resumed) is refused; one that comes from a default
+    left out on resuming is said on stderr before training goes on."""
+    from anycnn import checkpoint as ckpt
+
+    latest = ckpt.latest_checkpoint(args.checkpoint_dir)
+    if latest is None:
+        return
+    info = ckpt.read_info(latest)
+    given = {a.split("=", 1)[0] for a in getattr(args, "argv", []) if a.startswith("--")}
+    refused: list[str] = []
+    noted: list[str] = []
+
+    def compare(options: tuple[str, ...], text: str, stored: Any, current: Any) -> None:
+        if stored is None or stored == current:
+            return
+        words = f"{text} {_setting(current)} (the checkpoint's: {_setting(stored)})"
+        always = options[0] == "--dtype"  # it cannot be resumed
+        (refused if always or given.intersection(options) else noted).append(words)
+
+    stored_opt, current_opt = info.get("optimizer") or {}, optimizer.config()
+    if info.get("model") != net.name or stored_opt.get("name") != current_opt.get("name"):
+        return  # train() refuses another model or optimizer with its own message
+    compare(("--dtype",), "--dtype", info.get("dtype"), net.dtype_name)
+    compare(("--dataset", "--data-dir"), "--dataset", info.get("dataset"), dataset.name)
+    # train() takes at most the whole training set per batch, and stores that
+    size = int(dataset.train_images.shape[0])
+    compare(("--batch-size",), "--batch-size", info.get("batch_size"), min(batch_size, size))
+    for key, words, count in (
+        ("train_size", "training", size),
+        ("test_size", "test", int(dataset.test_images.shape[0])),
+    ):
+        if info.get(key) is not None and info[key] != count:
+            text = f"--limit: {count} {words} images (the checkpoint's run had {info[key]})"
+            (refused if "--limit" in given else noted).append(text)
+    rate_options = ("--lr", "--schedule", "--step-every", "--gamma", "--optimizer")
+    for key in sorted(set(stored_opt) | set(current_opt) if stored_opt else ()):
+        options = {
+            "name": ("--optimizer",),
+            "lr": rate_options,
+            "layer_rates": ("--layer-rate",),
+        }.get(key, (f"--{key.replace('_', '-')}", "--optimizer"))
+        text = {"lr": "--lr/--schedule"}.get(key, options[0])
+        compare(options, text, stored_opt.get(key), current_opt.get(key))
+    command = info.get("command")
+    written = f"; it was written by: {command}" if command else ""
+    if refused:
+        raise UsageError(
+            f"anycnn train: --resume from {latest} with other settings than it was written "
+            f"with: {'; '.join(refused)}. Resume with the checkpoint's settings, or train "
+            f"into another --checkpoint-dir{written}"
+        )
+    if noted:
+        _say(
+            f"note: resuming from {latest} with defaults other than its run's: "
+            f"{'; '.join(noted)} (give them on the command line to keep the checkpoint's)",
+            err=True,
+        )
+
+
+def _setting(value: Any) -> str:
+    """An optimizer setting for a message: a schedule in words, a number as %g."""
+    if isinstance(value, dict) and "name" in value:
+        from anycnn import optim
+
+        try:
+            return _describe_schedule(optim.schedule_from_config(value))
+        except Exception:  # an unknown schedule: its JSON is still readable
+            return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _warm_up(net: Any, batch_size: int, *, quiet: bool) -> None:
+    """Compile the NumPy backend's kernels before the first epoch's clock starts: one forward
+    and backward pass on a zero batch (gradients only; parameters, optimizer and random state
+    untouched). When that takes more than a second -- Numba compiling, the first time after an
+    install -- say so while it happens, and where the machine code is cached."""
+    if net.backend.name != "numpy":
+        return
+    try:
+        from anycnn_numpy import _jit
+    except ImportError:
+        return
+    active, _ = _jit.status()
+    if not active:
+        return
+    began = time.perf_counter()
+    spoke = threading.Event()
+
+    where = _jit.cache_dir() or "Numba's cache"
+
+    def announce() -> None:
+        if not quiet:
+            _say(f"compiling CPU kernels once (~{_jit.COMPILE_SECONDS} s), cached in {where} ...")
+            spoke.set()
+
+    timer = threading.Timer(1.0, announce)
+    timer.daemon = True
+    timer.start()
+    try:
+        xp = net.backend.xp
+        dtype = net.backend.asarray(np.zeros(1), dtype=net.dtype_name).dtype
+        x = xp.zeros((batch_size, *net.input_shape), dtype=dtype)
+        t = xp.zeros((batch_size, *net.output_shape), dtype=dtype)
+        net.compute_gradients(x, t, check=False)
+    finally:
+        timer.cancel()
+    if spoke.is_set():
+        _say(f"  compiled in {time.perf_counter() - began:.1f} s")
 
 
 def _threads(backend: Any) -> int:
@@ -476,16 +811,11 @@ def _gradcheck(args: argparse.Namespace) -> int:
         high=high,
         dtype=args.dtype,
     )
-    tolerance = (
-        args.tolerance
-        if args.tolerance is not None
-        else (1e-6 if args.dtype == "float64" else 1e-2)
-    )
     report = gradcheck(
         net,
         backend.asarray(x, dtype=args.dtype),
         backend.asarray(t, dtype=args.dtype),
-        tolerance=tolerance,
+        tolerance=args.tolerance,
     )
     _say(
         f"gradcheck: {args.model}, batch {args.batch}, {args.dtype}, backend "
@@ -512,15 +842,55 @@ def _backends(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         _say("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    try:
+        from anycnn_numpy import _jit
+    except ImportError:
+        return EXIT_OK
+    _say(f"numpy's compiled CPU kernels: {_jit.status()[1]}")
     return EXIT_OK
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "gradcheck": _gradcheck, "backends": _backends}
+def _download(args: argparse.Namespace) -> int:
+    from anycnn.download import download
+
+    folder = download(args.dataset, args.to, mirrors=args.mirror, say=_say)
+    default = args.to is None and not os.environ.get("ANYCNN_DATA", "").strip()
+    use = "" if default else f" --data-dir {shlex.quote(str(folder.parent))}"
+    _say(
+        f"{args.dataset} is in {folder}; train on it with: "
+        f"anycnn train --dataset {args.dataset}{use}"
+    )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "gradcheck": _gradcheck,
+    "backends": _backends,
+    "download": _download,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (``sys.exit(main())``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """Standard output was closed by the reader (``| head -1``): stop quietly, as Unix tools
+    do, and keep Python from complaining when it flushes stdout at exit."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_CLOSED_PIPE
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
@@ -562,6 +932,7 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     from anycnn.backend import BackendUnavailableError
     from anycnn.checkpoint import CheckpointError
     from anycnn.datasets import DatasetError
+    from anycnn.plots import MatplotlibMissingError
     from anycnn.train import DivergenceError
 
     try:
@@ -573,7 +944,13 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         if _world_rank() == 0:
             _say(f"error: {error}", err=True)
         return EXIT_DIVERGED
-    except (UsageError, DatasetError, CheckpointError, BackendUnavailableError) as error:
+    except (
+        UsageError,
+        DatasetError,
+        CheckpointError,
+        BackendUnavailableError,
+        MatplotlibMissingError,
+    ) as error:
         if debug:
             traceback.print_exc()
         return _fail(f"error: {_one_line(error)}", EXIT_USAGE)
@@ -581,6 +958,8 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         if debug:
             traceback.print_exc()
         return _fail(f"error: {_one_line(error)}", EXIT_USAGE)
+    except BrokenPipeError:
+        raise  # main() ends quietly
     except OSError as error:  # a path given cannot be read or written (the message names it)
         if debug:
             traceback.print_exc()

@@ -177,6 +177,12 @@ def read_idx(path: str | os.PathLike[str], *, max_items: int | None = None) -> n
     checked against its size (and its blocks on disk) before anything is allocated, and a gzip
     stream is read in chunks into a growing buffer, its expansion checked as it decompresses.
     Big-endian data are byte-swapped in place.
+
+    Examples
+    --------
+    >>> images = read_idx(search_path("mnist")[0] / "t10k-images-idx3-ubyte.gz", max_items=3)
+    >>> images.shape, images.dtype.name
+    ((3, 28, 28), 'uint8')
     """
     return _read_idx(Path(path), max_items)[0]
 
@@ -362,6 +368,13 @@ _PACKAGED_DIR = _PACKAGE_DIR / "_data"
 _SYSTEM_DIR = Path("/usr/share/datasets")
 
 
+def user_data_dir() -> Path:
+    """Where ``anycnn download`` writes data sets by default and :func:`load` looks for them:
+    ``$XDG_DATA_HOME/anycnn``, else ``~/.local/share/anycnn``."""
+    base = os.environ.get("XDG_DATA_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".local" / "share") / "anycnn"
+
+
 def _labels_check(labels: np.ndarray, num_classes: int, where: str, *, what: str = "label") -> None:
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
@@ -399,6 +412,14 @@ class Dataset:
     DatasetError
         If image and label counts differ, a label is out of range, the shapes are not those of
         images, or the dtypes are not numeric.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = Dataset("toy", np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1]),
+    ...              np.zeros((2, 8, 8), np.uint8), np.array([1, 0]), num_classes=2)
+    >>> ds.image_shape, ds.train_labels.dtype.name
+    ((8, 8), 'int64')
     """
 
     name: str
@@ -489,10 +510,16 @@ def search_path(name: str, data_dir: str | os.PathLike[str] | None = None) -> li
     -------
     list of pathlib.Path
         For each root in order -- ``data_dir``, ``$ANYCNN_DATA``, the repository's embedded
-        ``data/``, the package's ``_data/``, ``/usr/share/datasets`` -- the subdirectories named
+        ``data/``, the package's ``_data/``, :func:`user_data_dir` (where ``anycnn download``
+        writes), ``/usr/share/datasets`` -- the subdirectories named
         after the data set (``<root>/<name>``, then aliases such as ``fashion`` for
         ``fashion-mnist``); for ``data_dir`` and ``$ANYCNN_DATA`` the root itself follows, as
         they may hold the four files directly.
+
+    Examples
+    --------
+    >>> str(search_path("mnist", data_dir="/data")[0])     # data_dir first, then aliases
+    '/data/mnist'
     """
     aliases = KNOWN_DATASETS[name]
     places: list[Path] = []
@@ -502,7 +529,12 @@ def search_path(name: str, data_dir: str | os.PathLike[str] | None = None) -> li
     env = os.environ.get("ANYCNN_DATA")
     if env:
         roots.append((Path(env).expanduser(), True))
-    roots += [(_EMBEDDED_DIR, False), (_PACKAGED_DIR, False), (_SYSTEM_DIR, False)]
+    roots += [
+        (_EMBEDDED_DIR, False),
+        (_PACKAGED_DIR, False),
+        (user_data_dir(), False),
+        (_SYSTEM_DIR, False),
+    ]
     for root, direct in roots:
         places += [root / alias for alias in aliases]
         if direct:
@@ -562,7 +594,8 @@ def load(
         directly matches any name.
     limit : int, optional
         Keep only the first ``limit`` training and the first ``limit`` test examples (for tests
-        and quick runs).
+        and quick runs); only those images are read from the files (Note [Reading untrusted
+        IDX files]), the labels in full.
     num_classes : int, optional
         Number of classes; 10 for the known data sets, and for a directory one more than the
         largest label found.
@@ -684,14 +717,32 @@ def _resolve(
                 f"data set {key!r}: "
                 + _missing_message(place, found)
                 + "; places searched: "
-                + ", ".join(str(p) for p in places)
+                + ", ".join(str(p) for p in _places_that_matter(key, data_dir))
             )
+    others = ", ".join(KNOWN_DATASETS[key][1:])
     raise DatasetError(
-        f"data set {key!r} not found: none of these directories holds "
-        f"{', '.join(stem for _, stem in IDX_FILES)} (raw or .gz): "
-        + ", ".join(str(p) for p in places)
-        + "; pass data_dir=, set ANYCNN_DATA, or pass the directory itself"
+        f"data set {key!r} not found: none of "
+        + ", ".join(str(p) for p in _places_that_matter(key, data_dir))
+        + (f" (nor their spellings {others})" if others else "")
+        + f" holds the four IDX files ({', '.join(stem for _, stem in IDX_FILES)}, raw or .gz). "
+        f"Get them with: anycnn download {key} (or --data-dir DIR / data_dir=, ANYCNN_DATA, or "
+        "the directory itself as --dataset)"
     )
+
+
+def _places_that_matter(name: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """The search path told to a user: the roots they chose (``--data-dir``, ``$ANYCNN_DATA``)
+    with and without the name, the download location, the system one, and the built-in ones
+    only where they exist -- each with the canonical name only (the aliases are searched too)."""
+    canonical = KNOWN_DATASETS[name][0]
+    chosen = [Path(data_dir).expanduser()] if data_dir is not None else []
+    env = os.environ.get("ANYCNN_DATA")
+    if env:
+        chosen.append(Path(env).expanduser())
+    places = [p for root in chosen for p in (root / canonical, root)]
+    places += [root / canonical for root in (_EMBEDDED_DIR, _PACKAGED_DIR) if root.is_dir()]
+    places += [user_data_dir() / canonical, _SYSTEM_DIR / canonical]
+    return places
 
 
 # --------------------------------------------------------------------------------------------

@@ -127,7 +127,11 @@ class Schedule:
 
 
 class Constant(Schedule):
-    """The same rate every epoch."""
+    """The same rate every epoch.
+
+    >>> Constant(0.1).rate(7)
+    0.1
+    """
 
     name = "constant"
 
@@ -142,7 +146,11 @@ class Constant(Schedule):
 
 
 class Step(Schedule):
-    """``lr * gamma ** (epoch // every)``: the rate shrinks by ``gamma`` every ``every`` epochs."""
+    """``lr * gamma ** (epoch // every)``: the rate shrinks by ``gamma`` every ``every`` epochs.
+
+    >>> [Step(0.02, every=4, gamma=0.5).rate(epoch) for epoch in (0, 3, 4, 8)]
+    [0.02, 0.02, 0.01, 0.005]
+    """
 
     name = "step"
 
@@ -161,7 +169,11 @@ class Step(Schedule):
 
 
 class Piecewise(Schedule):
-    """``rates[i]`` for ``epochs[i]`` epochs each, in turn, then ``final`` for ever."""
+    """``rates[i]`` for ``epochs[i]`` epochs each, in turn, then ``final`` for ever.
+
+    >>> [Piecewise([0.1, 0.01], [1, 2], final=0.001).rate(epoch) for epoch in range(4)]
+    [0.1, 0.01, 0.01, 0.001]
+    """
 
     name = "piecewise"
 
@@ -227,7 +239,11 @@ SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (Constant, Step
 
 
 def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
-    """Rebuild a schedule from :meth:`Schedule.config`."""
+    """Rebuild a schedule from :meth:`Schedule.config`.
+
+    >>> schedule_from_config({"name": "step", "lr": 0.1, "every": 2, "gamma": 0.5}).rate(2)
+    0.05
+    """
     options = dict(config)
     name = options.pop("name", None)
     if name not in SCHEDULES:
@@ -236,7 +252,11 @@ def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
 
 
 def as_schedule(lr: float | Schedule | Mapping[str, Any]) -> Schedule:
-    """A schedule from a number (constant rate), a :class:`Schedule` or its config."""
+    """A schedule from a number (constant rate), a :class:`Schedule` or its config.
+
+    >>> as_schedule(0.1)
+    Constant(lr=0.1)
+    """
     if isinstance(lr, Schedule):
         return lr
     if isinstance(lr, Mapping):
@@ -469,6 +489,16 @@ class SGD(Optimizer):
 
     Online with batches of one pattern (LeCun), mini-batch otherwise. ``eta`` is the global rate
     of the epoch times the parameter's multiplier (``layer_rates``).
+
+    >>> import numpy as np, anycnn
+    >>> net = anycnn.models.dlt(dtype="float64")
+    >>> x = net.backend.asarray(np.ones((2, 1, 28, 28)), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(10)[[1, 2]], dtype="float64")
+    >>> opt = SGD(net, 0.5)
+    >>> loss = net.compute_gradients(x, t)
+    >>> opt.step()
+    >>> opt.steps
+    1
     """
 
     name = "sgd"
@@ -483,6 +513,11 @@ class Momentum(Optimizer):
 
     ``m = 0`` is plain SGD. The velocity ``v`` starts at zero and is kept per parameter; a
     change of rate (schedule) applies to new gradients only.
+
+    >>> import anycnn
+    >>> opt = Momentum(anycnn.models.dlt(), 0.02, momentum=0.9)
+    >>> opt.config()["momentum"], opt.slots
+    (0.9, ('velocity',))
     """
 
     name = "momentum"
@@ -700,7 +735,13 @@ for _cls in (SGD, Momentum, SDLM):
 
 
 def optimizer_from_config(network: Network, config: Mapping[str, Any]) -> Optimizer:
-    """Rebuild an optimizer for ``network`` from :meth:`Optimizer.config`."""
+    """Rebuild an optimizer for ``network`` from :meth:`Optimizer.config`.
+
+    >>> import anycnn
+    >>> net = anycnn.models.dlt()
+    >>> optimizer_from_config(net, SGD(net, 0.5).config()).rate("conv1.kernel")
+    0.5
+    """
     options = dict(config)
     name = options.pop("name", None)
     if name not in OPTIMIZERS:
@@ -724,6 +765,10 @@ def build_optimizer(
     SDLM :func:`lecun1998` from 0.003); ``momentum`` to the class's default (0.9 for
     ``"momentum"``, 0 for ``"sdlm"``; refused by ``"sgd"``); other options go to the class
     (``mu``, ``samples``).
+
+    >>> import anycnn
+    >>> build_optimizer("momentum", anycnn.models.dlt(), lr=0.02).config()["momentum"]
+    0.9
     """
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:

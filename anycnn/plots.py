@@ -15,22 +15,38 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MatplotlibMissingError", "feature_maps", "kernels", "learning_curves", "save_plots"]
+__all__ = [
+    "MatplotlibMissingError",
+    "feature_maps",
+    "kernels",
+    "learning_curves",
+    "require_matplotlib",
+    "save_plots",
+]
 
 
 class MatplotlibMissingError(ImportError):
     """matplotlib is not installed; the message says how to install it."""
 
 
-def _figure(width: float, height: float) -> Any:
+def require_matplotlib() -> None:
+    """Raise :class:`MatplotlibMissingError` (saying how to install it) unless matplotlib can
+    draw here: callers check before a long run, not after it."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
     except ImportError as error:
         raise MatplotlibMissingError(
             f'plots need matplotlib ({error}); install it with: pip install "anycnn[plot]"'
         ) from None
-    figure = Figure(figsize=(width, height), dpi=100)
+
+
+def _figure(width: float, height: float, layout: str | None = None) -> Any:
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout=layout)  # type: ignore[arg-type]
     FigureCanvasAgg(figure)
     return figure
 
@@ -54,25 +70,29 @@ def learning_curves(history: Sequence[Any], path: str | os.PathLike[str]) -> Pat
     """Train and test error (%) and mean loss per epoch, side by side.
 
     ``history`` holds :class:`anycnn.train.EpochRecord` objects or their dicts (the metrics
-    JSON's ``history``)."""
+    JSON's ``history``). Errors are drawn on a log scale when they span a decade or more, on a
+    linear one otherwise (a log axis inside one decade has no labelled tick); the epoch axis has
+    whole epochs only, with half an epoch of room each side."""
     if not history:
         raise ValueError("learning_curves: the history is empty")
     epochs = [_field(r, "epoch") for r in history]
     figure = _figure(10, 4)
     errors, losses = figure.subplots(1, 2)
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
+
+    shown: list[float] = []
     for name, label in (("train_error", "train (running)"), ("test_error", "test")):
         values = [_field(r, name) for r in history]
         if all(v is not None for v in values):
             errors.plot(epochs, [100 * v for v in values], marker="o", label=label)
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
-
+            shown += [100 * v for v in values]
     errors.set_xlabel("epoch")
     errors.set_ylabel("error (%)")
-    errors.set_yscale("log")
-    errors.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    errors.yaxis.set_minor_formatter(NullFormatter())
-    for axis in (errors, losses):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    positive = [v for v in shown if v > 0]
+    if positive and len(positive) == len(shown) and max(positive) >= 10 * min(positive):
+        errors.set_yscale("log")
+        errors.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        errors.yaxis.set_minor_formatter(NullFormatter())
     errors.grid(True, which="both", alpha=0.3)
     errors.legend()
     for name, label in (("train_loss", "train"), ("test_loss", "test")):
@@ -83,6 +103,10 @@ def learning_curves(history: Sequence[Any], path: str | os.PathLike[str]) -> Pat
     losses.set_ylabel("mean loss")
     losses.grid(True, alpha=0.3)
     losses.legend()
+    for axis in (errors, losses):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        axis.margins(y=0.15)
     figure.tight_layout()
     return _save(figure, path)
 
@@ -94,7 +118,8 @@ def _grid(count: int) -> tuple[int, int]:
 
 def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None) -> Path:
     """The kernels of a convolution layer (the first one by default), one tile per
-    (output map, input map) pair, each scaled symmetrically around 0.
+    (output map, input map) pair, each scaled symmetrically around 0. A layer with one input
+    map has its kernels laid out in a near-square grid instead of one tall column.
 
     Kernels are shown as stored, in the notes' MATLAB ``conv2`` orientation (flipped relative to
     cross-correlation)."""
@@ -109,24 +134,30 @@ def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None
     if k.ndim == 3:  # per-input kernels of a learned combination
         k = k[:, None]
     c_out, c_in = k.shape[:2]
-    figure = _figure(1.2 * c_in + 1, 1.2 * c_out + 0.6)
-    axes = np.atleast_2d(figure.subplots(c_out, c_in, squeeze=False))
+    tiles = [(j, i) for j in range(c_out) for i in range(c_in)]
+    rows, columns = _grid(c_out) if c_in == 1 else (c_out, c_in)
+    # Room for the two-line title: at least 3.2 inches wide whatever the grid, 0.6 tall.
+    height = 1.2 * rows + 0.9
+    figure = _figure(max(1.2 * columns + 0.6, 3.2), height, layout="constrained")
+    axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False)).reshape(-1)
     bound = float(np.abs(k).max()) or 1.0
-    for j in range(c_out):
-        for i in range(c_in):
-            ax = axes[j, i]
-            ax.imshow(k[j, i], cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-    figure.suptitle(f"{chosen.name} kernels ({c_out} x {c_in}, max |k| = {bound:.3g})")
+    for ax, (j, i) in zip(axes, tiles, strict=False):
+        ax.imshow(k[j, i], cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[len(tiles) :]:
+        ax.axis("off")
+    figure.suptitle(f"{chosen.name} kernels\n{c_out} x {c_in}, max |k| = {bound:.3g}", fontsize=10)
     return _save(figure, path)
 
 
 def feature_maps(
     network: Any, example: Any, path: str | os.PathLike[str], max_maps: int = 16
 ) -> Path:
-    """One example through every layer: the input, then each layer's output maps (vectors are
-    drawn as one row of cells), at most ``max_maps`` per layer.
+    """One example through every layer: the input, then each layer's output maps, at most
+    ``max_maps`` per layer. Vectors -- and layers of 1 x 1 maps, such as LeNet-5's C5 -- are
+    drawn as one row of cells across the figure; each map is scaled to its own range (a constant
+    map is mid grey, not black).
 
     ``example`` is one preprocessed input, ``(1, *input_shape)`` or ``input_shape``, an array of
     the network's backend or NumPy."""
@@ -137,28 +168,51 @@ def feature_maps(
     if tuple(x.shape) == tuple(network.input_shape):
         x = backend.xp.reshape(x, (1, *network.input_shape))
     network.check_input(x, "feature_maps")
-    stages = [("input", np.asarray(backend.to_host(x))[0])]
+    stages = [("input", np.asarray(backend.to_host(x), dtype=np.float64)[0])]
     for layer in network.layers:
         x = layer.forward(x)
         if type(layer).__name__ == "Flatten":
             continue
-        stages.append((layer.name, np.asarray(backend.to_host(x))[0]))
-    columns = min(max_maps, max(s.shape[0] if s.ndim == 3 else 1 for _, s in stages))
+        stages.append((layer.name, np.asarray(backend.to_host(x), dtype=np.float64)[0]))
+
+    def is_vector(value: np.ndarray) -> bool:
+        return value.ndim != 3 or value.shape[1] * value.shape[2] == 1
+
+    columns = min(max_maps, max([s.shape[0] for _, s in stages if not is_vector(s)] or [1]))
     figure = _figure(1.1 * columns + 1.5, 1.2 * len(stages) + 0.5)
-    axes = np.atleast_2d(figure.subplots(len(stages), columns, squeeze=False))
+    grid = figure.add_gridspec(len(stages), columns)
     for row, (name, value) in enumerate(stages):
-        maps = value if value.ndim == 3 else value.reshape(1, 1, -1)
+        label = f"{name}\n{tuple(value.shape)}"
+        if is_vector(value):
+            ax = figure.add_subplot(grid[row, :])
+            cells = value.reshape(1, -1)
+            ax.imshow(cells, cmap="gray", interpolation="nearest", aspect="auto", **_range(cells))
+            _bare(ax, label)
+            continue
         for col in range(columns):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < min(maps.shape[0], max_maps):
-                ax.imshow(maps[col], cmap="gray", interpolation="nearest", aspect="auto")
+            ax = figure.add_subplot(grid[row, col])
+            if col < min(value.shape[0], max_maps):
+                ax.imshow(value[col], cmap="gray", interpolation="nearest", **_range(value[col]))
+                _bare(ax, label if col == 0 else None)
             else:
                 ax.axis("off")
-        axes[row, 0].set_ylabel(f"{name}\n{tuple(value.shape)}", fontsize=7)
     figure.suptitle(f"{network.name}: one example through every layer")
     return _save(figure, path)
+
+
+def _range(image: np.ndarray) -> dict[str, float]:
+    """imshow limits: the image's own range, or one around a constant image (mid grey)."""
+    low, high = float(np.min(image)), float(np.max(image))
+    if not low < high:
+        low, high = low - 1.0, high + 1.0
+    return {"vmin": low, "vmax": high}
+
+
+def _bare(ax: Any, label: str | None) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if label is not None:
+        ax.set_ylabel(label, fontsize=7)
 
 
 def save_plots(

@@ -30,16 +30,17 @@ float32 rounding of any value the network computes (a relative 6e-8); results th
 a subnormal are bit for bit the same (the DLT epoch and LeNet-5 test runs check it).
 
 The register is read and written by two instructions (``stmxcsr``, ``ldmxcsr``) that Python
-cannot issue; they are compiled here through Numba as LLVM's ``llvm.x86.sse.stmxcsr`` /
+cannot issue; :mod:`anycnn._mxcsr` compiles them through Numba as LLVM's ``llvm.x86.sse.stmxcsr`` /
 ``ldmxcsr`` intrinsics (no inline assembly, no executable memory of our own). Without Numba
 (the ``jit`` extra) or on another architecture :func:`available` is False and :func:`flushing`
 does nothing.
 
 The CUDA backend: NVIDIA GPUs keep subnormals in float64; in float32, code compiled with
-``--use_fast_math`` (``-ftz=true``) flushes them, code compiled without it does not. anycnn's
-CuPy kernels are compiled without fast math (``anycnn_cupy._sources``), and cuBLAS keeps
-subnormals; an SM handles them at full speed (no microcode assist), so the GPU does not slow
-down when units saturate and nothing is flushed there: results keep their subnormals.
+``--use_fast_math`` (``-ftz=true``) flushes them and code compiled without it keeps them.
+anycnn's CuPy kernels are compiled without fast math (``anycnn_cupy._sources``: no options are
+passed to NVRTC), and anycnn asks nothing of cuBLAS's own kernels: anycnn flushes nothing on
+the GPU, and :func:`flushing` changes only CPU threads. Whether saturated units slow
+a GPU down has not been measured: no GPU was lent to this project (untested on hardware).
 """
 
 from __future__ import annotations

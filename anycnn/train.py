@@ -145,6 +145,11 @@ class Preprocessing:
     the network's dtype: :meth:`anycnn.Network.fit` without a preprocessing). Images smaller
     than the network's input are padded, centred, with the background value, before
     normalising: a 0 border becomes ``-mean / std`` as LeCun pads MNIST's 28x28 digits to 32x32.
+
+    >>> import numpy as np, anycnn
+    >>> prep = Preprocessing.fit(anycnn.models.dlt(), np.full((2, 28, 28), 51, np.uint8))
+    >>> prep.kind, prep(np.full((1, 28, 28), 255, np.uint8)).shape
+    ('scale01', (1, 1, 28, 28))
     """
 
     kind: str
@@ -253,7 +258,12 @@ def target_values(network: Network) -> tuple[float, float]:
     """The one-of-c target values (other classes, the class) for this network's outputs.
 
     -1/+1 for a squared error on tanh outputs (notes 2.1: LeCun's tanh reaches +-1 at its point
-    of maximum curvature); 0/1 otherwise (sigmoid outputs, softmax cross-entropy)."""
+    of maximum curvature); 0/1 otherwise (sigmoid outputs, softmax cross-entropy).
+
+    >>> import anycnn
+    >>> target_values(anycnn.models.dlt()), target_values(anycnn.models.lenet5())
+    ((0.0, 1.0), (0.0, 1.0))
+    """
     last = network.layers[-1]
     activation = getattr(last, "activation", None)
     if (
@@ -289,7 +299,7 @@ class EpochRecord:
         test = "" if self.test_error is None else f"  test error {100 * self.test_error:6.2f}%"
         return (
             f"epoch {self.epoch}{total}  lr {self.lr:.3g}  loss {self.train_loss:.4f}  "
-            f"train error {100 * self.train_error:6.2f}%{test}  "
+            f"train error (running) {100 * self.train_error:6.2f}%{test}  "
             f"{self.seconds:.1f} s ({self.images_per_second:.0f} img/s)"
         )
 
@@ -329,6 +339,13 @@ def evaluate(
     With ``comm`` (an :mod:`anycnn.distributed` communicator of more than one process) every
     rank evaluates its contiguous slice of the set and the counts are summed: the error is
     exactly the single-process figure (the loss differs in the last bits: other sum order).
+
+    >>> import anycnn
+    >>> ds = anycnn.datasets.load("mnist", limit=50)
+    >>> net = anycnn.models.dlt()
+    >>> prep = Preprocessing.fit(net, ds.train_images)
+    >>> sorted(evaluate(net, ds.test_images, ds.test_labels, prep))
+    ['count', 'error', 'loss', 'mistakes']
     """
     if comm is not None and comm.size > 1:
         return _evaluate_sharded(network, images, labels, preprocessing, batch_size, comm)
@@ -359,6 +376,11 @@ def evaluate(
             f"outside [0, {classes}) for model {network.name!r} with {classes} outputs"
         )
     mistakes, loss_total, n = 0, 0.0, images.shape[0]
+    # A chunk holds at most ~2**25 values of its largest layer (input included), whatever
+    # batch_size says: a network of huge maps (a crafted checkpoint) is evaluated a few
+    # examples at a time instead of exhausting memory. LeNet-5 and DLT keep 1000.
+    widest = max([math.prod(network.input_shape)] + [_size(layer) for layer in network.layers])
+    batch_size = max(1, min(batch_size, 2**25 // widest))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -376,6 +398,11 @@ def evaluate(
         "count": n,
         "loss": loss_total / n if n else float("nan"),
     }
+
+
+def _size(layer: Any) -> int:
+    shape = getattr(layer, "output_shape", None)
+    return math.prod(shape) if shape else 1
 
 
 def _evaluate_sharded(
@@ -1113,6 +1140,14 @@ def train(
         Bad arguments, images that cannot feed the network, or more classes in the data than
         the network has outputs; :class:`anycnn.checkpoint.CheckpointError` for a checkpoint of
         another model.
+
+    Examples
+    --------
+    >>> import anycnn
+    >>> ds = anycnn.datasets.load("mnist", limit=100)
+    >>> result = train(anycnn.models.dlt(), ds, epochs=1, batch_size=50, progress=False)
+    >>> [record.epoch for record in result.history]
+    [1]
     """
     return Trainer(
         network,

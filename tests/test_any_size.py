@@ -425,3 +425,21 @@ def test_rgb64_network_builds_trains_and_gradchecks(backend, rng):
     assert losses[-1] < 0.9 * losses[0], losses
     report = gradcheck(net, x[:2, ...], t[:2, ...], max_entries=4)
     assert report.passed, "\n" + str(report)
+
+
+def test_padding_and_remainders_round_trip_through_a_checkpoint(tmp_path, rng):
+    """A saved network records each layer's padding and remainder (in the layer's config) and
+    comes back with the same shapes and outputs."""
+    import anycnn
+
+    net = rgb64(dtype="float32")
+    path = net.save(tmp_path / "rgb64.npz")
+    loaded = anycnn.load(path)
+    assert [layer.config() for layer in loaded.layers] == [layer.config() for layer in net.layers]
+    assert loaded.layers[0].padding == "valid" and loaded.layers[2].padding == "same"
+    assert loaded.layers[1].remainder == loaded.layers[3].remainder == "drop"
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(loaded.forward(loaded.backend.asarray(x))),
+        np.asarray(net.forward(net.backend.asarray(x))),
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import importlib.util
 import json
 import os
 import struct
@@ -248,7 +250,7 @@ def test_divergence_exits_3_naming_epoch_and_batch(capsys, tmp_path):
         "--limit",
         "100",
         "--lr",
-        "1e30",
+        "1e38",  # 1e30 stays finite now: the logits saturate (issue 13, bug 8)
         "--optimizer",
         "sgd",
         "--batch-size",
@@ -269,6 +271,13 @@ def test_gradcheck(capsys):
     assert "PASS" in out and "conv1.kernel" in out
     code, out, err = _run(capsys, "gradcheck", "--model", "dlt", "--tolerance", "0")
     assert code == EXIT_FAILED and "FAIL" in out
+
+
+def test_gradcheck_float32_passes(capsys):
+    """Issue 13, bug 2: float32 back-propagation against float64 differences of its copy."""
+    code, out, err = _run(capsys, "gradcheck", "--model", "dlt", "--dtype", "float32")
+    assert code == EXIT_OK, out + err
+    assert "PASS" in out and "tolerance 1.0e-04" in out
 
 
 def test_backends_table(capsys):
@@ -386,3 +395,192 @@ def test_plot_functions_write_pngs(tmp_path):
         assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no convolution layer conv9"):
         plots.kernels(net, tmp_path / "k.png", layer="conv9")
+
+
+# --- issue 13: first use ------------------------------------------------------------------------
+DLT_QUICK = ["train", "--model", "dlt", "--limit", "40", "--epochs", "1"]
+
+
+def test_anycnn_backend_environment_variable_is_used(capsys, monkeypatch):
+    """Bug 4: without --backend, ANYCNN_BACKEND chooses (the README says so)."""
+    monkeypatch.setenv("ANYCNN_BACKEND", "strict")
+    code, out, err = _run(capsys, *DLT_QUICK)
+    assert code == EXIT_OK, err
+    assert "backend array_api_strict" in out
+    monkeypatch.setenv("ANYCNN_BACKEND", "tpu")
+    code, out, err = _run(capsys, *DLT_QUICK)
+    assert code == EXIT_USAGE
+    assert "ANYCNN_BACKEND='tpu': unknown backend 'tpu'" in _one_line_error(err)
+    code, out, err = _run(capsys, *DLT_QUICK, "--backend", "cpu", "--quiet")  # the option wins
+    assert code == EXIT_OK, err
+
+
+def _closed_pipe(argv):
+    """Run the CLI with a stdout pipe whose reader reads one line and goes away."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "backends")]))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "anycnn", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    first = child.stdout.readline()
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    return first, child.wait(timeout=300), err
+
+
+@pytest.mark.parametrize(
+    "argv", [["backends"], [*DLT_QUICK, "--limit", "200", "--epochs", "3", "--batch-size", "10"]]
+)
+def test_closed_pipe_ends_quietly(argv):
+    """Bug 6: `anycnn ... | head -1` ends without 'Broken pipe', with status 141 (SIGPIPE)."""
+    first, code, err = _closed_pipe(argv)
+    assert first
+    assert code in (0, 141), err  # 0 when everything fitted in the pipe before it closed
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err
+
+
+def _unwritable(tmp_path):
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return "/sys/anycnn-test-plots"  # root may write anywhere but here
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return str(folder / "plots")
+
+
+def test_plots_are_checked_before_training(capsys, tmp_path, monkeypatch):
+    """Bug 3: an unwritable --plots DIR and a missing matplotlib are one-line usage errors
+    before the first epoch (no metrics written), not a traceback after training."""
+    metrics = tmp_path / "m.json"
+    common = [*DLT_QUICK, "--metrics", str(metrics)]
+    code, out, err = _run(capsys, *common, "--plots", _unwritable(tmp_path))
+    assert code == EXIT_USAGE
+    assert "--plots" in _one_line_error(err) and "cannot write there" in err
+    assert not metrics.exists() and "epoch 1/1" not in out
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    code, out, err = _run(capsys, *common, "--plots", str(tmp_path / "plots"))
+    assert code == EXIT_USAGE
+    assert 'pip install "anycnn[plot]"' in _one_line_error(err)
+    assert not metrics.exists() and not (tmp_path / "plots").exists()
+
+
+def test_resume_names_what_differs(capsys, tmp_path):
+    """Bug 5: resuming with another --dtype names the dtype; another --lr, --limit or
+    --batch-size is refused with the checkpoint's value, not accepted silently."""
+    ck = ["--checkpoint-dir", str(tmp_path), "--quiet"]
+    code, _, err = _run(capsys, *DLT_QUICK, *ck)
+    assert code == EXIT_OK, err
+    for extra, words in [
+        (["--dtype", "float64"], "--dtype float64 (the checkpoint's: float32)"),
+        (["--lr", "0.5"], "--lr/--schedule lr 0.5 (the checkpoint's: lr 1)"),
+        (["--limit", "30"], "--limit: 30 training images (the checkpoint's run had 40)"),
+        (["--batch-size", "10"], "--batch-size 10 (the checkpoint's: 40)"),
+    ]:
+        code, out, err = _run(capsys, *DLT_QUICK, *ck, "--resume", "--epochs", "2", *extra)
+        assert code == EXIT_USAGE, (extra, err)
+        line = _one_line_error(err)
+        assert words in line, line
+        assert "anycnn train --model dlt --limit 40" in line  # the command that wrote it
+    code, out, err = _run(capsys, *DLT_QUICK, *ck, "--resume", "--epochs", "2")
+    assert code == EXIT_OK, err
+    # a default left out on resuming that differs from the checkpoint's is said, not refused
+    other = ["--checkpoint-dir", str(tmp_path / "b"), "--quiet"]
+    assert _run(capsys, *DLT_QUICK, *other, "--batch-size", "20")[0] == EXIT_OK
+    code, out, err = _run(capsys, *DLT_QUICK, *other, "--resume", "--epochs", "2")
+    assert code == EXIT_OK, err
+    assert (
+        err.startswith("note: resuming from ") and "--batch-size 40 (the checkpoint's: 20)" in err
+    )
+
+
+def test_checkpoint_of_another_dtype_names_the_dtype(tmp_path):
+    from anycnn import checkpoint, models, optim
+
+    net = models.dlt(dtype="float64")
+    path = checkpoint.save_checkpoint(
+        tmp_path / "c.npz", net, epoch=1, optimizer=optim.SGD(net, 0.1)
+    )
+    with pytest.raises(checkpoint.CheckpointError, match="dtype 'float64' in the checkpoint, "):
+        checkpoint.load_checkpoint(path, network=models.dlt(dtype="float32"))
+
+
+def test_train_says_what_it_kept(capsys, tmp_path):
+    code, out, err = _run(capsys, *DLT_QUICK)
+    assert code == EXIT_OK, err
+    assert "nothing was kept on disk (--checkpoint-dir DIR" in out
+    code, out, err = _run(
+        capsys, *DLT_QUICK, "--checkpoint-dir", str(tmp_path), "--metrics", str(tmp_path / "m")
+    )
+    assert code == EXIT_OK, err
+    assert f"kept: checkpoints in {tmp_path} (latest epoch-0001.npz;" in out
+    assert f"metrics in {tmp_path / 'm'}" in out
+
+
+def test_header_and_epoch_lines_read_as_words(capsys):
+    code, out, err = _run(capsys, "train", "--limit", "40", "--epochs", "1")
+    assert code == EXIT_OK, err
+    assert "lr 0.02, halved every 4 epochs, momentum 0.9" in out
+    assert "Step(" not in out and "lr=" not in out
+    assert "train error (running)" in out
+
+
+def test_interrupt_says_what_was_kept(capsys, tmp_path, monkeypatch):
+    from anycnn import train
+
+    real = train.train
+
+    def stopped_after_one_epoch(*args, **kwargs):
+        def ctrl_c(record):
+            raise KeyboardInterrupt
+
+        kwargs["callbacks"] = [*kwargs["callbacks"], ctrl_c]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train", stopped_after_one_epoch)
+    code, out, err = _run(capsys, *DLT_QUICK, "--epochs", "3")
+    assert code == 130
+    assert (
+        err.strip() == "interrupted: nothing was kept (--checkpoint-dir DIR keeps the network "
+        "after every epoch)"
+    )
+    code, out, err = _run(capsys, *DLT_QUICK, "--epochs", "3", "--checkpoint-dir", str(tmp_path))
+    assert code == 130
+    assert f"interrupted: kept: checkpoints in {tmp_path} (latest epoch-0001.npz" in err
+    assert "--resume" in err
+
+
+def _options(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {o}", a, sub) for o, a, _ in _options(sub))
+        elif action.option_strings and action.dest != "help":
+            yield action.option_strings[0], action, parser
+
+
+def test_every_option_has_help_with_its_default():
+    from anycnn.cli import build_parser
+
+    parser = build_parser()
+    seen = 0
+    for name, action, sub in _options(parser):
+        seen += 1
+        assert action.help, f"{name} has no help text"
+        text = sub.formatter_class(sub.prog)._get_help_string(action)
+        if not isinstance(action, argparse._StoreTrueAction):
+            assert "default" in text, f"{name}: its help does not say its default: {text!r}"
+    assert seen > 30
+
+
+def test_backends_says_whether_compiled_kernels_are_active(capsys, monkeypatch):
+    code, out, err = _run(capsys, "backends")
+    assert code == EXIT_OK
+    line = next(x for x in out.splitlines() if x.startswith("numpy's compiled CPU kernels: "))
+    numba_there = importlib.util.find_spec("numba") is not None
+    assert ("active (Numba" in line) == numba_there, line
+    monkeypatch.setenv("ANYCNN_NUMBA", "0")
+    code, out, err = _run(capsys, "backends")
+    assert "numpy's compiled CPU kernels: off: ANYCNN_NUMBA=0" in out

@@ -354,13 +354,30 @@ def test_not_found_lists_places(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_EMBEDDED_DIR", tmp_path / "no-embedded")
     monkeypatch.setattr(datasets, "_PACKAGED_DIR", tmp_path / "no-packaged")
     monkeypatch.setattr(datasets, "_SYSTEM_DIR", tmp_path / "no-system")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     with pytest.raises(DatasetError) as exc:
         datasets.load("fashion-mnist")
     msg = str(exc.value)
     assert "'fashion-mnist' not found" in msg
-    for place in ("env/fashion-mnist", "no-embedded/fashion-mnist", "no-system/fashion-mnist"):
+    for place in ("env/fashion-mnist", "xdg/anycnn/fashion-mnist", "no-system/fashion-mnist"):
         assert str(tmp_path / place) in msg
     assert "ANYCNN_DATA" in msg
+
+
+def test_not_found_message_names_the_places_that_matter(tmp_path, monkeypatch):
+    """Issue 13: built-in roots that do not exist (a venv's site-packages/data/...) and the
+    aliases are not listed one by one; the CLI spelling and a way to get the data are."""
+    monkeypatch.delenv("ANYCNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(datasets, "_EMBEDDED_DIR", tmp_path / "no-embedded")
+    monkeypatch.setattr(datasets, "_PACKAGED_DIR", tmp_path / "no-packaged")
+    with pytest.raises(DatasetError) as exc:
+        datasets.load("fashion-mnist")
+    msg = str(exc.value)
+    assert "no-embedded" not in msg and "no-packaged" not in msg
+    assert str(tmp_path / "xdg" / "anycnn" / "fashion-mnist") in msg
+    assert msg.count("/fashion,") + msg.count("FashionMNIST,") == 0  # aliases named once
+    assert "anycnn download fashion-mnist" in msg and "--data-dir" in msg
 
 
 def test_embedded_found_without_env(no_env):

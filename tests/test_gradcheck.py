@@ -13,6 +13,7 @@ from anycnn import models
 from anycnn.gradcheck import gradcheck
 from anycnn.layers import Convolution, Flatten, FullyConnected, Subsampling
 from anycnn.network import Network
+from anycnn.train import target_values
 
 TOLERANCE = 1e-6
 MAX_ENTRIES = 8  # per parameter, plus one directional derivative through every entry
@@ -356,3 +357,43 @@ def test_gradcheck_arguments(backend, rng):
         gradcheck(net, x, t, parameters=["fc9.bias"])
     with pytest.raises(ValueError, match="order must be 2 or 4"):
         gradcheck(net, x, t, order=3)
+
+
+# --- float32 networks (Note [Float32 gradient checks]) ----------------------------------------
+@pytest.mark.parametrize("model", ["dlt", "lenet5"])
+def test_float32_zoo_model_passes_against_float64_differences(backend, rng, model):
+    """A float32 network's back-propagation is checked against central differences of its
+    float64 copy: it passes at the float32 default (1e-4) with ~1e-6 to spare. Differencing
+    the float32 losses themselves (numeric_dtype=None) cannot: 1e-1 and worse."""
+    net = models.build(model, dtype="float32", seed=0)
+    labels = rng.integers(0, 10, 2)
+    low, high = target_values(net)
+    t = np.where(np.eye(10)[labels] > 0, high, low)
+    x = backend.asarray(rng.uniform(0.0, 1.0, (2, *net.input_shape)), dtype="float32")
+    t = backend.asarray(t, dtype="float32")
+    report = gradcheck(net, x, t, max_entries=2)
+    assert report.tolerance == 1e-4
+    assert report.passed, "\n" + str(report)
+    assert report.max_relative_error < 1e-5
+    noisy = gradcheck(net, x, t, max_entries=2, numeric_dtype=None, parameters=["conv1.bias"])
+    assert noisy.max_relative_error > 1e-3
+
+
+def test_a_one_percent_error_is_caught_in_float32(rng, monkeypatch):
+    net, x, t = _small(rng)
+    net32 = Network.from_config(net.config(), extra_state=net.extra_state(), dtype="float32")
+    for name, value in net.parameters().items():
+        net32.set_parameter(name, net32.backend.asarray(np.asarray(value), dtype="float32"))
+    x32, t32 = (net32.backend.asarray(np.asarray(a), dtype="float32") for a in (x, t))
+    assert gradcheck(net32, x32, t32, max_entries=MAX_ENTRIES).passed
+    layer = net32.layers[2]
+    right = layer.backward
+
+    def scaled(dy, need_input_grad=True):
+        dx = right(dy, need_input_grad)
+        layer.grads["kernel"] = layer.grads["kernel"] * 1.01
+        return dx
+
+    monkeypatch.setattr(layer, "backward", scaled)
+    report = gradcheck(net32, x32, t32, max_entries=MAX_ENTRIES)
+    assert [c.name for c in report.failures()] == ["conv3.kernel"]

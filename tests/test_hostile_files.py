@@ -755,3 +755,121 @@ def test_plots_replace_a_symlink_instead_of_writing_through_it(tmp_path):
     written = sorted(plots.iterdir())
     assert written and not any(p.is_symlink() for p in written)
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+@pytest.mark.parametrize("text", [b"NaN", b"1e999", b"-Infinity"])
+def test_a_non_finite_number_in_the_configuration_is_refused(tmp_path, capsys, text):
+    """Issue 20: a NaN tanh gain evaluated with exit 0 and "mean loss nan"."""
+    path = _small_checkpoint(tmp_path / "c.npz")
+    arrays = _arrays(path)
+    config = json.loads(arrays["meta/config"].tobytes())
+    config["layers"][0]["activation"] = {"name": "tanh", "a": 12345.5, "b": 1.0}
+    raw = json.dumps(config).encode().replace(b"12345.5", text)
+    arrays["meta/config"] = np.frombuffer(raw, np.uint8)
+    _write(path, arrays)
+    _evaluate_fails(path, capsys, "'meta/config' (holds a non-finite number|is not valid JSON)")
+
+
+def test_an_infinite_rate_in_the_history_still_loads(tmp_path):
+    """The history is only shown: images_per_second may be inf there (a zero-length epoch)."""
+    path = _small_checkpoint(tmp_path / "c.npz")
+    _edit_info(path, _info_change("history", [{"epoch": 1, "images_per_second": math.inf}]))
+    assert ckpt.load_checkpoint(path).info["history"][0]["images_per_second"] == math.inf
+
+
+def test_an_unknown_preprocessing_kind_is_refused_not_treated_as_normalize():
+    """Issue 20: an unknown kind silently normalised with each batch's own statistics."""
+    from anycnn.train import Preprocessing
+
+    with pytest.raises(ValueError, match="preprocessing kind must be 'scale01', 'normalize'"):
+        Preprocessing.from_config({"kind": "fancy", "input_shape": [1, 28, 28]})
+    good = Preprocessing.from_config({"kind": "scale01", "input_shape": [1, 28, 28]})
+    assert good.kind == "scale01"
+
+
+# --------------------------------------------------------------------------------------------
+# 4 (continued). What one example costs to run is bounded too
+# --------------------------------------------------------------------------------------------
+def _saved(tmp_path, layers, input_shape, name="wide"):
+    from anycnn import Network
+
+    net = Network(layers, input_shape=input_shape, backend="cpu", name=name)
+    return ckpt.save_checkpoint(tmp_path / f"{name}.npz", net, epoch=1)
+
+
+def test_huge_maps_from_few_parameters_are_refused(tmp_path, capsys):
+    """Two 1x1 kernels on a 2900x2900 input: 16.8 million values per example from 4
+    parameters, which evaluating 1000 images at a time would multiply by 1000."""
+    from anycnn import Convolution, Flatten, FullyConnected, Subsampling
+
+    path = _saved(
+        tmp_path,
+        [
+            Convolution(2, 1),
+            Subsampling(2900, "mean", trainable=False),
+            Flatten(),
+            FullyConnected(10),
+        ],
+        (1, 2900, 2900),
+    )
+    _evaluate_fails(path, capsys, "per example, more than 16777216")
+
+
+def test_more_outputs_than_classes_anycnn_handles_are_refused(tmp_path, capsys):
+    from anycnn import FullyConnected
+
+    path = _saved(tmp_path, [FullyConnected(5000)], (1,), name="many")
+    _evaluate_fails(path, capsys, "5000 outputs, more than the 4096 classes")
+
+
+def test_evaluate_chunks_by_what_an_example_costs(monkeypatch):
+    """``evaluate`` holds at most ~2**25 values of its widest layer per chunk: 2**19 per
+    example here, so chunks of 64 whatever batch_size asks; LeNet-5 keeps its 1000."""
+    from anycnn import Convolution, Flatten, FullyConnected, Network, train
+
+    net = Network(
+        [Convolution(2, 1), Flatten(), FullyConnected(2)],
+        input_shape=(1, 512, 512),
+        backend="cpu",
+    )
+    sizes = []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda x, **k: sizes.append(x.shape[0]) or forward(x, **k))
+    images = np.zeros((150, 512, 512), np.uint8)
+    prep = train.Preprocessing("scale01", (1, 512, 512))
+    result = train.evaluate(net, images, np.zeros(150, np.int64), prep, batch_size=1000)
+    assert sizes == [64, 64, 22] and result["count"] == 150
+    lenet = models.build("lenet5", backend="cpu")
+    sizes = []
+    forward = lenet.forward
+    monkeypatch.setattr(
+        lenet, "forward", lambda x, **k: sizes.append(x.shape[0]) or forward(x, **k)
+    )
+    prep = train.Preprocessing("scale01", (1, 32, 32))
+    train.evaluate(lenet, np.zeros((1200, 28, 28), np.uint8), np.zeros(1200, np.int64), prep)
+    assert sizes == [1000, 200]
+
+
+def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OSError, match=r"cannot lock the checkpoint directory: No locks"):
+        ckpt.DirectoryLock(tmp_path)
+
+
+def test_loaded_arrays_are_writable_copies(tmp_path):
+    """As np.load's were: the optimizer state and tables handed out can be changed in place."""
+    path = _small_checkpoint(tmp_path / "c.npz")
+    arrays = _arrays(path)
+    arrays["optim/steps"] = np.asarray(1, np.int64)
+    for key in [k for k in arrays if k.startswith("param/")]:
+        arrays["optim/velocity/" + key[len("param/") :]] = np.ones_like(arrays[key])
+    _write(path, arrays)
+    loaded = ckpt.load_checkpoint(path)
+    for value in loaded.optimizer_state.values():
+        assert value.flags.writeable

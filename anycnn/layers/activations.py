@@ -116,7 +116,13 @@ class Sigmoid(Activation):
 
 
 class Tanh(Activation):
-    """Scaled hyperbolic tangent ``f(u) = a tanh(b u)`` (2.1); ``f' = (b / a)(a^2 - y^2)``."""
+    """Scaled hyperbolic tangent ``f(u) = a tanh(b u)`` (2.1); ``f' = (b / a)(a - y)(a + y)``.
+
+    The slope is the notes' ``(b / a)(a^2 - y^2)`` factored so that a saturated unit gets
+    exactly 0, as plain ``tanh``'s does: where ``y`` rounds to ``a``, ``a - y`` is exact
+    (Sterbenz) and 0, whereas ``a^2`` and ``y^2`` round apart (LeCun's tanh in float32 leaked
+    ``f' = 9.3e-8`` at ``u = 1e4``).
+    """
 
     name = "tanh"
 
@@ -129,7 +135,7 @@ class Tanh(Activation):
         return v * self.a if self.a != 1.0 else v
 
     def derivative(self, y: Array, u: Array | None = None) -> Array:
-        return (self.b / self.a) * (self.a * self.a - y * y)
+        return ((self.a - y) * (y + self.a)) * (self.b / self.a)
 
     def apply(self, u: Array, xp: Any) -> Array:
         if self.b != 1.0:
@@ -140,9 +146,9 @@ class Tanh(Activation):
         return y
 
     def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
-        delta = y * y  # (b / a)(a^2 - y^2) dy, as -(b / a)(y^2 - a^2) dy in place
-        delta -= self.a * self.a
-        delta *= -self.b / self.a
+        delta = y + self.a  # ((a - y)(y + a))(b / a) dy, derivative()'s order, in place
+        delta *= self.a - y
+        delta *= self.b / self.a
         delta *= dy
         return delta
 

@@ -37,6 +37,10 @@ def softmax_alpha(c: Array) -> Array:
 
     ``c`` is laid out ``(C_out, C_in)``, so the softmax runs along axis 1 (the input maps ``i``
     of each output map ``j``); the row maximum is subtracted first, so it never overflows.
+
+    >>> import numpy as np
+    >>> softmax_alpha(np.zeros((2, 4))).tolist()     # c = 0: every input map weighs 1/4
+    [[0.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]]
     """
     xp = array_api_compat.array_namespace(c)
     e = xp.exp(c - xp.max(c, axis=1, keepdims=True))
@@ -183,6 +187,14 @@ class LearnedCombination(Layer):
         A negative or non-finite ``lam`` (the message names lambda), an unknown ``kernels``,
         ``sparsity`` or ``init``; :class:`~anycnn.layers.LayerError` at build for an input that
         is not ``(C, H, W)`` maps or is smaller than the kernel.
+
+    Examples
+    --------
+    >>> import anycnn
+    >>> net = anycnn.Network([LearnedCombination(4, 3)], (2, 8, 8), dtype="float64")
+    >>> alpha = net.layers[0].alpha()          # softmax(c) over the 2 input maps, per output
+    >>> tuple(alpha.shape), float(alpha[0, 0])
+    ((4, 2), 0.5)
     """
 
     kind = "conv"

@@ -15,6 +15,11 @@ class Flatten(Layer):
     """Concatenate all features of all output maps into one long vector (section 2).
 
     ``(N, C, H, W) -> (N, C*H*W)`` in C order (map by map, row by row).
+
+    >>> import anycnn
+    >>> net = anycnn.Network([Flatten()], (2, 3, 4))
+    >>> net.output_shape
+    (24,)
     """
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
@@ -44,6 +49,11 @@ class FullyConnected(Layer):
         ``+-2.4 / fan_in`` (LeCun et al. 1998). Biases start at zero.
 
     Parameters of the layer: ``weight`` ``(units, fan_in)`` and ``bias`` ``(units,)``.
+
+    >>> import anycnn
+    >>> net = anycnn.Network([FullyConnected(3, activation="tanh")], (5,), dtype="float64")
+    >>> {name: tuple(p.shape) for name, p in net.parameters().items()}
+    {'fc1.weight': (3, 5), 'fc1.bias': (3,)}
     """
 
     kind = "fc"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
 Array = Any
 
@@ -50,7 +51,10 @@ class CrossEntropy(Loss):
     """Softmax cross-entropy ``E^n = -sum_k t_k log softmax(y)_k`` (section 4.3), batch mean.
 
     Use it with a linear (identity) output layer: then ``delta^L = softmax(y) - t``. The
-    log-softmax subtracts the row maximum, so large outputs do not overflow.
+    log-softmax subtracts the row maximum, so large outputs do not overflow; where the logits'
+    spread exceeds the dtype's range (``[3e38, 0, -3e38]`` in float32) a log-probability is
+    ``-inf``, its probability exactly 0, and the terms with ``t_k = 0`` are left out of the sum
+    (the limit ``0 log 0 = 0``) instead of giving ``0 x -inf = NaN``.
     """
 
     name = "cross_entropy"
@@ -58,12 +62,17 @@ class CrossEntropy(Loss):
     @staticmethod
     def _log_softmax(y: Array) -> Array:
         xp = array_api_compat.array_namespace(y)
-        shifted = y - xp.max(y, axis=1, keepdims=True)
+        # y - max overflows to -inf when the spread passes the dtype's largest value: exp gives
+        # 0, the right probability, so NumPy's warning for it is silenced.
+        with np.errstate(over="ignore"):
+            shifted = y - xp.max(y, axis=1, keepdims=True)
         return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
     def value(self, y: Array, t: Array) -> Array:
         xp = array_api_compat.array_namespace(y, t)
-        return -xp.sum(t * self._log_softmax(y)) * (1.0 / y.shape[0])
+        log_p = self._log_softmax(y)
+        log_p = xp.where(t != 0, log_p, xp.zeros_like(log_p))  # 0 log 0 = 0, never 0 x -inf
+        return -xp.sum(t * log_p) * (1.0 / y.shape[0])
 
     def gradient(self, y: Array, t: Array) -> Array:
         xp = array_api_compat.array_namespace(y, t)
@@ -79,7 +88,11 @@ LOSSES: dict[str, type[Loss]] = {
 
 
 def get_loss(spec: str | Loss | dict[str, Any]) -> Loss:
-    """A loss from a name (``"squared_error"``, ``"cross_entropy"``), config dict or instance."""
+    """A loss from a name (``"squared_error"``, ``"cross_entropy"``), config dict or instance.
+
+    >>> get_loss("mse").name, get_loss({"name": "cross_entropy"}).name
+    ('squared_error', 'cross_entropy')
+    """
     if isinstance(spec, Loss):
         return spec
     if isinstance(spec, dict):

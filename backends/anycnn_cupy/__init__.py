@@ -89,16 +89,27 @@ def _probe():
     """Raise unless a CUDA device runs a kernel and a GEMM: driver, device, NVRTC and cuBLAS."""
     import cupy
 
+    from anycnn.backend import cuda_reason  # Note [CUDA reasons]
+
+    def runtime() -> int | None:
+        try:
+            return int(cupy.cuda.runtime.runtimeGetVersion())
+        except Exception:  # noqa: BLE001 - the version only improves the message
+            return None
+
     if not cupy.cuda.is_available():  # CuPy 14: a bool, never raises
         try:
             cupy.cuda.runtime.getDeviceCount()  # raises with the driver's own reason
         except Exception as error:
-            raise RuntimeError(f"no CUDA device is usable ({error})") from None
+            raise RuntimeError(cuda_reason(error, runtime_version=runtime())) from None
         raise RuntimeError("no CUDA device is usable (cupy.cuda.is_available() is False)")
     # A tiny kernel launch, a GEMM and a copy back: catches a missing libnvrtc / libcublas now
     # rather than in the middle of a training run.
-    a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2) * 2
-    cupy.matmul(a, a).sum().item()
+    try:
+        a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2) * 2
+        cupy.matmul(a, a).sum().item()
+    except Exception as error:
+        raise RuntimeError(cuda_reason(error, runtime_version=runtime())) from None
 
 
 def _device():

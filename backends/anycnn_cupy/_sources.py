@@ -92,7 +92,8 @@ __device__ __forceinline__ T anycnn_f(int act, T u, T p1, T p2) {
 template <typename T>
 __device__ __forceinline__ T anycnn_df(int act, T y, T p1, T p2) {
   if (act == 1) return p1 * y * (T(1) - y);
-  if (act == 2) return (p2 / p1) * (p1 * p1 - y * y);
+  // (a - y)(y + a), not a^2 - y^2: exactly 0 where y saturates at a (Tanh's docstring)
+  if (act == 2) return ((p1 - y) * (y + p1)) * (p2 / p1);
   if (act == 3) return y > T(0) ? T(1) : T(0);
   return T(1);
 }

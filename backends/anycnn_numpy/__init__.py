@@ -34,8 +34,8 @@ backend = Backend(
     array_module="numpy",
     aliases=("cpu", "np"),
     description=(
-        "NumPy arrays on the CPU; convolutions, resampling and f' compiled by Numba when it is "
-        "installed (anycnn[jit]: direct convolutions), else im2col + BLAS GEMM"
+        "NumPy arrays on the CPU; convolutions, resampling and f' compiled by Numba (installed "
+        "with anycnn where it has wheels; ANYCNN_NUMBA=0 turns it off), else im2col + BLAS GEMM"
     ),
     install_hint="pip install numpy",
     namespace=_namespace,

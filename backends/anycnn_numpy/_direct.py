@@ -352,7 +352,8 @@ def _fit_upsampled(dy, up, maps, target, dh, dw):  # pragma: no cover - compiled
 
 
 #: Sensitivity codes of :func:`correlate_grad` (the formulas of Note [Sensitivity kernel] in _jit):
-#: ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's ``(y^2 - p0) p1 dy``.
+#: ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's
+#: ``((p0 - y)(y + p0)) p1 dy`` (``p0 = a``, ``p1 = b / a``).
 GIVEN, LOGISTIC_SENSITIVITY, TANH_SENSITIVITY = 0, 1, 2
 
 
@@ -401,7 +402,7 @@ def _sensitivity_map(dy, up, y, maps, kind, p0, p1, scaled, target):  # pragma: 
                 target[s] = ((one - v[s]) * v[s]) * target[s]
     elif kind == TANH_SENSITIVITY:
         for s in range(dh * dw):
-            target[s] = ((v[s] * v[s] - p0) * p1) * target[s]
+            target[s] = (((p0 - v[s]) * (v[s] + p0)) * p1) * target[s]
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)

@@ -170,8 +170,9 @@ def _compile() -> dict[str, Callable[..., Any]]:
 
     # Note [Sensitivity kernel]: delta = f'(u) o dy from the saved output y, one pass instead of
     # the activation's four; kind 0 is the logistic, gain (y (1 - y)) in Sigmoid.sensitivity's
-    # order, kind 1 the scaled tanh, (b / a)(a^2 - y^2) as Tanh.sensitivity computes it,
-    # -(b / a)(y^2 - a^2). No fastmath: no reordering, no fused multiply-adds, the same bits.
+    # order, kind 1 the scaled tanh, ((a - y)(y + a))(b / a) as Tanh.sensitivity computes it
+    # (exactly 0 where y saturates at a). No fastmath: no reordering, no fused multiply-adds,
+    # the same bits.
     @numba.njit(nogil=True, cache=True)
     def sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop):  # pragma: no cover
         one = y.dtype.type(1)
@@ -186,7 +187,7 @@ def _compile() -> dict[str, Callable[..., Any]]:
                     target[i] = t * d[i]
             else:
                 for i in range(size):
-                    target[i] = ((v[i] * v[i] - p0) * p1) * d[i]
+                    target[i] = (((p0 - v[i]) * (v[i] + p0)) * p1) * d[i]
         return out
 
     spin_while = _spin_kernel(numba)
@@ -331,3 +332,35 @@ spin_while = _kernels.get("spin_while")
 #: cache blocking pays there. Products along fewer than MIN_LENGTH positions go to BLAS too.
 MAX_RESULT = 4096
 MIN_LENGTH = 16
+
+
+#: About how long the first training step compiles the kernels on a 2-core machine (the
+#: issue 13 tester saw 10-14 s; later runs load them from Numba's cache in well under a second).
+COMPILE_SECONDS = 15
+
+
+def status() -> tuple[bool, str]:
+    """Whether the compiled kernels are active, and in words why (not) -- for ``anycnn
+    backends`` and the training command's first-use message. Compiles nothing."""
+    if _disabled():
+        return False, "off: ANYCNN_NUMBA=0 (unset it to compile them)"
+    if not _kernels:
+        try:
+            import numba  # noqa: F401
+        except ImportError as error:
+            return False, f"off: Numba cannot be imported ({error}; pip install numba)"
+        return False, "off: Numba is installed but the kernels could not be built"
+    import numba
+
+    where = cache_dir()
+    cached = f", cached in {where}" if where else ""
+    return True, f"active (Numba {numba.__version__}{cached})"
+
+
+def cache_dir() -> str | None:
+    """Where Numba keeps the kernels' machine code between runs, or None if unknown."""
+    correlate = _kernels.get("correlate_into")
+    try:
+        return str(correlate._cache._cache_path)  # type: ignore[union-attr]
+    except AttributeError:  # another Numba's internals: the message just leaves it out
+        return None

@@ -874,7 +874,7 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
 def _sensitivity_formula(activation, y) -> tuple | None:
     """``(name, p0, p1, scaled)`` of the compiled ``f'(u) o dy`` (Note [Sensitivity kernel] in
     _jit) for ``activation`` on outputs like ``y``, or None: ``"logistic"``, ``gain y (1 - y)``
-    (``scaled`` when the gain is not 1); ``"tanh"``, ``(y^2 - a^2)(-b / a)``; ``"identity"``."""
+    (``scaled`` when the gain is not 1); ``"tanh"``, ``((a - y)(y + a))(b / a)``; ``"identity"``."""
     from anycnn.layers.activations import Identity, LeCunTanh, Sigmoid, Tanh
 
     kind = type(activation)  # exact types: a subclass may redefine f'
@@ -884,7 +884,7 @@ def _sensitivity_formula(activation, y) -> tuple | None:
         return ("logistic", activation.gain, 0.0, activation.gain != 1.0)
     if kind in (Tanh, LeCunTanh):
         a, b = activation.a, activation.b
-        return ("tanh", a * a, -b / a, True)
+        return ("tanh", a, b / a, True)
     if kind is Identity:
         return ("identity", 0.0, 0.0, False)
     return None
