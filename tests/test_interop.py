@@ -15,9 +15,33 @@ torch = pytest.importorskip("torch")
 strict = pytest.importorskip("array_api_strict")
 
 
+try:  # JAX arrays come in through DLPack like the others; JAX is optional here
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # else jnp.asarray rounds float64 to float32
+except ImportError:
+    jax = None
+
+
 def _sources(x):
-    """The same host data as a PyTorch CPU tensor and as an array-api-strict array."""
-    return {"torch": torch.from_numpy(x), "strict": strict.asarray(x)}
+    """The same host data as a PyTorch CPU tensor, an array-api-strict array and, where JAX is
+    installed, a JAX array."""
+    sources = {"torch": torch.from_numpy(x), "strict": strict.asarray(x)}
+    if jax is not None:
+        sources["jax"] = jax.numpy.asarray(x)
+    return sources
+
+
+def test_jax_arrays_come_in_through_dlpack(rng):
+    """A JAX array (CPU) into the NumPy backend: the values and dtype, with no copy."""
+    if jax is None:
+        pytest.skip("JAX is not installed")
+    x = rng.random((3, 4))
+    a = jax.numpy.asarray(x)
+    y = lookup("numpy").asarray(a)
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, x)
+    assert np.shares_memory(y, np.from_dlpack(a))
 
 
 # --- DLPack ----------------------------------------------------------------------------------
