@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import shlex
+import stat
 import sys
 import tempfile
 import threading
@@ -435,11 +436,23 @@ def _check_output(option: str, value: str | None, *, directory: bool) -> None:
     needed (or the reverse), a file on the way to it, or a place that cannot be written."""
     if value is None:
         return
+    from anycnn.checkpoint import not_replaceable
+
     path = Path(value).expanduser()
-    if path.exists() and path.is_dir() != directory:
-        wanted = "a directory" if directory else "a file"
-        found = "a file" if path.is_file() else "a directory"
-        raise UsageError(f"anycnn train: {option} {value} is {found}; expected {wanted}")
+    wanted = "a directory" if directory else "a regular file"
+    if directory:
+        # lstat, never open: a FIFO is named, not waited on; a symlink to a directory is fine.
+        with contextlib.suppress(OSError):
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode) and path.is_dir():
+                mode = stat.S_IFDIR
+            if not stat.S_ISDIR(mode):
+                why = not_replaceable(path) or "is a file"
+                raise UsageError(f"anycnn train: {option} {value} {why}; expected {wanted}")
+    else:
+        why = not_replaceable(path)
+        if why is not None:
+            raise UsageError(f"anycnn train: {option} {value} {why}; expected {wanted}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

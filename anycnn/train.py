@@ -41,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -440,7 +441,13 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON atomically (:func:`anycnn.checkpoint.atomic_write`). A file there that is not
     JSON (a checkpoint given as ``--metrics``) is never replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError), open(path, "rb") as existing:
+    why = ckpt.not_replaceable(path)  # never open a FIFO or a device to read it: it may block
+    if why is not None:
+        raise ValueError(f"cannot write the metrics file {path}: it {why}; expected a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    with contextlib.suppress(FileNotFoundError), open(os.open(path, flags), "rb") as existing:
+        if not stat.S_ISREG(os.fstat(existing.fileno()).st_mode):  # swapped since the check
+            raise ValueError(f"cannot write the metrics file {path}: it is not a regular file")
         head = existing.read(1)
         if head and head != b"{":
             raise ValueError(
