@@ -78,7 +78,21 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint file cannot be used: unreadable, truncated, not a checkpoint, or of another
-    model or optimizer. The message names the file and what is wrong."""
+    model or optimizer. The message names the file and what is wrong.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from anycnn.checkpoint import CheckpointError, load_checkpoint
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     bad = pathlib.Path(tmp) / "epoch-0001.npz"
+    ...     _ = bad.write_text("not a checkpoint")
+    ...     try:
+    ...         load_checkpoint(bad)
+    ...     except CheckpointError as error:
+    ...         print("epoch-0001.npz" in str(error))
+    True
+    """
 
 
 def _version() -> str:
@@ -109,7 +123,14 @@ def _test_stall(path: Path) -> None:
 
 
 def checkpoint_path(directory: str | os.PathLike[str], epoch: int) -> Path:
-    """The file of epoch ``epoch`` (1-based) in ``directory``: ``epoch-0003.npz``."""
+    """The file of epoch ``epoch`` (1-based) in ``directory``: ``epoch-0003.npz``.
+
+    Examples
+    --------
+    >>> from anycnn.checkpoint import checkpoint_path
+    >>> checkpoint_path("runs", 3).as_posix()
+    'runs/epoch-0003.npz'
+    """
     return Path(directory) / f"epoch-{int(epoch):04d}.npz"
 
 
@@ -118,14 +139,32 @@ _EPOCH_FILE = re.compile(r"epoch-([0-9]{1,9})\.npz")
 
 def epoch_of(path: str | os.PathLike[str]) -> int | None:
     """The epoch a checkpoint's file name gives (``epoch-0003.npz``: 3), or ``None`` for a name
-    of another form (ASCII digits only: ``epoch-\u00b2.npz`` is not one)."""
+    of another form (ASCII digits only: ``epoch-\u00b2.npz`` is not one).
+
+    Examples
+    --------
+    >>> from anycnn.checkpoint import epoch_of
+    >>> epoch_of("runs/epoch-0003.npz"), epoch_of("runs/model.npz")
+    (3, None)
+    """
     match = _EPOCH_FILE.fullmatch(Path(path).name)
     return int(match.group(1)) if match else None
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     """The checkpoint of the highest epoch in ``directory``, or ``None`` when there is none.
-    Files whose names are not ``epoch-<digits>.npz`` are ignored."""
+    Files whose names are not ``epoch-<digits>.npz`` are ignored.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from anycnn.checkpoint import latest_checkpoint
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     for name in ("epoch-0002.npz", "epoch-0010.npz", "notes.npz"):
+    ...         _ = (pathlib.Path(tmp) / name).write_bytes(b"")
+    ...     print(latest_checkpoint(tmp).name)
+    epoch-0010.npz
+    """
     folder = Path(directory)
     if not folder.is_dir():
         return None
@@ -213,6 +252,15 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, what: str = "file"
     - A FIFO, a device, a socket or a directory at ``path`` (or a symlink to one, or into
       ``/dev`` or ``/proc``) is refused with a :class:`ValueError` (:func:`not_replaceable`),
       never replaced.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from anycnn.checkpoint import atomic_write
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = atomic_write(pathlib.Path(tmp) / "notes.txt", lambda f: f.write(b"hello"))
+    ...     print(path.read_bytes(), sorted(p.name for p in pathlib.Path(tmp).iterdir()))
+    b'hello' ['notes.txt']
     """
     path = Path(path)
     why = not_replaceable(path)
@@ -283,6 +331,23 @@ def save_checkpoint(
     Returns
     -------
     pathlib.Path
+
+    Examples
+    --------
+    A tiny network on the current backend, saved after its first epoch and read back:
+
+    >>> import tempfile
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
+    >>> from anycnn.checkpoint import load_checkpoint, read_info, save_checkpoint
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = save_checkpoint(f"{tmp}/epoch-0001.npz", net, epoch=1, info={"note": "hi"})
+    ...     info = read_info(path)
+    ...     restored = load_checkpoint(path)
+    >>> info["epoch"], info["note"], restored.epoch
+    (1, 'hi', 1)
+    >>> sorted(restored.network.parameters()) == sorted(net.parameters())
+    True
     """
     path = Path(path)
     if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or epoch < 0:
@@ -330,6 +395,16 @@ class DirectoryLock:
     other's temporary files or interleaving their epochs. The kernel drops the lock when the
     holder exits, even by SIGKILL, so a stale lock file never blocks anyone. Where ``fcntl`` is
     missing (Windows) no lock is taken.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from anycnn.checkpoint import DirectoryLock
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with DirectoryLock(tmp) as lock:
+    ...         held = lock.path.exists()
+    ...     print(held, lock.path.exists())
+    True False
     """
 
     NAME = ".anycnn.lock"
@@ -427,7 +502,22 @@ class Checkpoint:
     """What :func:`load_checkpoint` returns.
 
     ``network`` holds the stored parameters; ``optimizer`` (when one was stored and a network was
-    rebuilt) holds its state; ``rng()`` gives a generator in the stored state."""
+    rebuilt) holds its state; ``rng()`` gives a generator in the stored state.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
+    >>> import numpy as np
+    >>> from anycnn.checkpoint import load_checkpoint, save_checkpoint
+    >>> rng = np.random.default_rng(7)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = save_checkpoint(f"{tmp}/epoch-0002.npz", net, epoch=2, rng=rng)
+    ...     checkpoint = load_checkpoint(path)
+    >>> checkpoint.epoch, int(checkpoint.rng().integers(100)) == int(rng.integers(100))
+    (2, True)
+    """
 
     path: Path
     network: Network
@@ -496,7 +586,14 @@ def _clean(text: str, limit: int = 300) -> str:
 
 def printable(text: str, limit: int = 80) -> str:
     """A name read from a file (a stored model name), made safe to print: control characters
-    (newlines, terminal escape codes) and non-ASCII escaped, cut to ``limit`` characters."""
+    (newlines, terminal escape codes) and non-ASCII escaped, cut to ``limit`` characters.
+
+    Examples
+    --------
+    >>> from anycnn.checkpoint import printable
+    >>> print(printable("lenet\\n\\x1b[2Jcaf\\u00e9"))   # a newline, an escape code, an accent
+    lenet\\n\\x1b[2Jcaf\\xe9
+    """
     return _clean(str(text), limit)
 
 
@@ -1036,7 +1133,19 @@ def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The stored ``meta/info`` JSON (epoch, optimizer, history...) without restoring anything
     (and without reading any array but the JSON).
 
-    Raises :class:`CheckpointError` for a file that is not a readable checkpoint."""
+    Raises :class:`CheckpointError` for a file that is not a readable checkpoint.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
+    >>> from anycnn.checkpoint import read_info, save_checkpoint
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     info = read_info(save_checkpoint(f"{tmp}/epoch-0004.npz", net, epoch=4))
+    >>> info["epoch"], info["parameters"]["fc1.weight"]
+    (4, [2, 4])
+    """
     path = Path(path)
     archive = _Archive(path)
     try:
@@ -1087,6 +1196,20 @@ def load_checkpoint(
     CheckpointError
         The file is missing, truncated, not a checkpoint, of a newer format, of another model, or
         an array is missing, unexpected, or of the wrong shape or dtype (the message names it).
+
+    Examples
+    --------
+    Rebuilt on the current backend, in float32 rather than the stored float64:
+
+    >>> import tempfile
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
+    >>> from anycnn.checkpoint import load_checkpoint, save_checkpoint
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = save_checkpoint(f"{tmp}/epoch-0001.npz", net, epoch=1)
+    ...     checkpoint = load_checkpoint(path, dtype="float32")
+    >>> checkpoint.epoch, checkpoint.network.dtype_name
+    (1, 'float32')
     """
     from anycnn import optim  # optim imports network; keep module import light
 

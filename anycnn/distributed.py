@@ -90,11 +90,28 @@ LAUNCH_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_C
 
 
 class DistributedError(RuntimeError):
-    """The distributed engine cannot be used (mpi4py missing, a bad engine name...)."""
+    """The distributed engine cannot be used (mpi4py missing, a bad engine name...).
+
+    Examples
+    --------
+    >>> from anycnn import distributed
+    >>> try:
+    ...     distributed.init("carrier-pigeon")
+    ... except distributed.DistributedError as error:
+    ...     print(error)
+    unknown distributed engine 'carrier-pigeon'; known: auto, mpi, single
+    """
 
 
 def launched_by_mpi(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether this process was started by an MPI launcher (``mpiexec``, ``srun --mpi``...)."""
+    """Whether this process was started by an MPI launcher (``mpiexec``, ``srun --mpi``...).
+
+    Examples
+    --------
+    >>> from anycnn.distributed import launched_by_mpi
+    >>> launched_by_mpi({}), launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "4"})
+    (False, True)
+    """
     env = os.environ if environ is None else environ
     return any(name in env for name in LAUNCH_SIZE_VARIABLES + LAUNCH_RANK_VARIABLES)
 
@@ -114,7 +131,17 @@ class Communicator:
     """What the training loop needs from a distributed engine.
 
     Attributes: ``engine`` (its name), ``rank`` and ``size`` (in the job), ``local_rank`` and
-    ``local_size`` (the processes on this host: the GPU and thread choice use them)."""
+    ``local_size`` (the processes on this host: the GPU and thread choice use them).
+
+    Examples
+    --------
+    A new engine subclasses it; :class:`SingleCommunicator` is the smallest one:
+
+    >>> from anycnn.distributed import Communicator, SingleCommunicator
+    >>> comm = SingleCommunicator()
+    >>> isinstance(comm, Communicator), comm.is_root, comm.describe()
+    (True, True, 'single: rank 0 of 1 (local 0)')
+    """
 
     engine = "?"
     rank = 0
@@ -153,7 +180,17 @@ class Communicator:
 
 
 class SingleCommunicator(Communicator):
-    """One process: every collective is the identity. No dependency."""
+    """One process: every collective is the identity. No dependency.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.distributed import SingleCommunicator
+    >>> comm = SingleCommunicator()
+    >>> x = anycnn.get_backend().asarray(np.arange(3.0), "float64")
+    >>> comm.allreduce_(x) is x, comm.broadcast_object({"seed": 1}), comm.size
+    (True, {'seed': 1}, 1)
+    """
 
     engine = "single"
 
@@ -174,7 +211,18 @@ class MPICommunicator(Communicator):
     """mpi4py's ``COMM_WORLD`` (or ``comm``): host arrays through MPI, CuPy arrays through NCCL.
 
     ``local_rank`` / ``local_size`` come from the shared-memory split of the communicator
-    (``MPI.COMM_TYPE_SHARED``): the processes that share this host."""
+    (``MPI.COMM_TYPE_SHARED``): the processes that share this host.
+
+    Examples
+    --------
+    Under ``mpiexec -n 2`` (not run here: starting MPI inside the doctest process would tie
+    it to an MPI job):
+
+    >>> from anycnn.distributed import MPICommunicator
+    >>> comm = MPICommunicator()                          # doctest: +SKIP
+    >>> comm.describe()                                   # doctest: +SKIP
+    'mpi: rank 0 of 2 (local 0)'
+    """
 
     engine = "mpi"
 
@@ -241,6 +289,26 @@ class NCCLReducer:
     communicator with its MPI rank. ``nccl`` (a module like ``cupy.cuda.nccl``) and ``stream``
     (a function giving the current stream's handle) may be given: the tests pass a stand-in to
     check the protocol without a GPU. Untested on hardware.
+
+    Examples
+    --------
+    With a stand-in for ``cupy.cuda.nccl`` on one process (NumPy arrays, so it runs without a
+    GPU; the stand-in only records the calls):
+
+    >>> import numpy as np
+    >>> from anycnn.distributed import NCCLReducer, SingleCommunicator
+    >>> class StandIn:
+    ...     NCCL_FLOAT64, NCCL_SUM = 8, 0
+    ...     calls = []
+    ...     def get_unique_id(self): return b"id"
+    ...     def NcclCommunicator(self, size, uid, rank): return self
+    ...     def allReduce(self, send, recv, count, kind, op, stream):
+    ...         self.calls.append(("allReduce", count, kind, stream))
+    >>> nccl = StandIn()
+    >>> reducer = NCCLReducer(SingleCommunicator(), nccl=nccl, stream=lambda: 7)
+    >>> _ = reducer.allreduce_(np.zeros(5))
+    >>> nccl.calls
+    [('allReduce', 5, 8, 7)]
     """
 
     #: NCCL's data type constants by dtype name (attribute names of ``cupy.cuda.nccl``).
@@ -339,6 +407,15 @@ def init(
     ------
     DistributedError
         ``"mpi"`` without mpi4py (the message says how to install it), or an unknown engine.
+
+    Examples
+    --------
+    Outside ``mpiexec``, ``"auto"`` gives the same as ``"single"``: one process.
+
+    >>> from anycnn import distributed
+    >>> comm = distributed.init("single", threads=False)
+    >>> comm.engine, comm.rank, comm.size
+    ('single', 0, 1)
     """
     global _world
     if isinstance(engine, Communicator):
@@ -409,7 +486,14 @@ def set_rank_threads(comm: Communicator) -> int:
     """Give the NumPy backend's ops (and BLAS, where threadpoolctl is installed) the threads
     of :func:`rank_threads`, so ``mpiexec -n 2`` on 2 cores does not oversubscribe them.
     Does nothing when this process is alone on its host (the backend's own default, which
-    reads ``ANYCNN_NUM_THREADS`` too, stands). Returns the count."""
+    reads ``ANYCNN_NUM_THREADS`` too, stands). Returns the count.
+
+    Examples
+    --------
+    >>> from anycnn.distributed import SingleCommunicator, set_rank_threads
+    >>> set_rank_threads(SingleCommunicator()) >= 1      # alone on the host: nothing changes
+    True
+    """
     count = rank_threads(comm)
     if comm.local_size <= 1:
         return count
@@ -431,7 +515,16 @@ def select_device(backend: Any, comm: Communicator) -> Any:
     """The backend on this process's GPU: one process per GPU, GPU ``local_rank`` modulo the
     GPUs of this host (``backend.on("N")``, as the name ``"cuda:N"`` gives), made current for
     CuPy (streams and NCCL). A CPU backend, or one whose device was named (``"cuda:1"``), is
-    returned as it is (a named device is made current)."""
+    returned as it is (a named device is made current).
+
+    Examples
+    --------
+    >>> import anycnn
+    >>> from anycnn.distributed import SingleCommunicator, select_device
+    >>> backend = anycnn.get_backend()                  # a CPU backend: returned as it is
+    >>> select_device(backend, SingleCommunicator()) is backend
+    True
+    """
     if getattr(backend, "name", None) != "cupy":
         return backend
     if getattr(backend, "parent", None) is not None:  # the device was named: keep it
@@ -451,7 +544,16 @@ def select_device(backend: Any, comm: Communicator) -> Any:
 # --------------------------------------------------------------------------------------------
 def shard(count: int, comm: Communicator) -> tuple[int, int]:
     """This rank's slice ``[start, stop)`` of ``count`` items: ``[r count / N, (r+1) count / N)``
-    (sizes differ by at most one; empty where ``count < N``)."""
+    (sizes differ by at most one; empty where ``count < N``).
+
+    Examples
+    --------
+    >>> from anycnn.distributed import Communicator, shard
+    >>> class Rank(Communicator):                       # rank r of 3, without MPI
+    ...     def __init__(self, rank): self.rank, self.size = rank, 3
+    >>> [shard(10, Rank(r)) for r in range(3)], shard(2, Rank(0))
+    ([(0, 3), (3, 6), (6, 10)], (0, 0))
+    """
     return count * comm.rank // comm.size, count * (comm.rank + 1) // comm.size
 
 
@@ -472,6 +574,22 @@ class GradientAverager:
     Call it with the :class:`anycnn.train.Trainer` (it reads ``network`` and ``shard_weight``),
     or use :meth:`average` directly. Needs a backend whose arrays can be written in place
     (NumPy, CuPy, PyTorch).
+
+    Examples
+    --------
+    On one process the average is the gradient times this rank's weight ``b_r / B``
+    (array-api-strict's arrays are read-only, so this one names NumPy):
+
+    >>> import numpy as np
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> from anycnn.distributed import GradientAverager, SingleCommunicator
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), backend="numpy",
+    ...               dtype="float64")
+    >>> _ = net.compute_gradients(np.ones((2, 1, 2, 2)), np.eye(2))
+    >>> before = np.array(net.gradients()["fc1.weight"])
+    >>> GradientAverager(SingleCommunicator(), net).average(0.5)
+    >>> np.allclose(net.gradients()["fc1.weight"], 0.5 * before)
+    True
     """
 
     def __init__(self, comm: Communicator, network: Any):

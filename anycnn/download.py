@@ -31,7 +31,18 @@ __all__ = ["SOURCES", "DownloadError", "download"]
 
 
 class DownloadError(DatasetError):
-    """No mirror gave a file with the published checksum; the message says what each gave."""
+    """No mirror gave a file with the published checksum; the message says what each gave.
+
+    A :class:`anycnn.datasets.DatasetError`, so one ``except`` covers missing and unfetchable
+    data.
+
+    Examples
+    --------
+    >>> from anycnn.datasets import DatasetError
+    >>> from anycnn.download import DownloadError
+    >>> issubclass(DownloadError, DatasetError)
+    True
+    """
 
 
 #: name -> (official base URLs, {file: MD5 of the .gz}, {file: MD5 of its decompressed bytes}).
@@ -128,6 +139,23 @@ def download(
     DownloadError
         A file that no mirror served with the published checksum (what each gave is listed);
         nothing is left under its final name.
+
+    Examples
+    --------
+    Without network access, what is checked before anything is fetched (a real call is
+    ``download("fashion-mnist")``, which writes the four files where
+    :func:`anycnn.datasets.load` finds them):
+
+    >>> import tempfile
+    >>> from anycnn.download import DownloadError, SOURCES, download
+    >>> sorted(SOURCES)
+    ['fashion-mnist', 'mnist']
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     try:
+    ...         download("cifar-10", tmp)
+    ...     except DownloadError as error:
+    ...         print(error)
+    download: unknown data set 'cifar-10'; known: mnist, fashion-mnist
     """
     key = name.strip().lower().replace("_", "-")
     if key not in SOURCES:

@@ -285,7 +285,8 @@ def _checked(name: str, spec: Check) -> Callable[..., Any]:
         spec.check(name, arguments)
         return getattr(owner.ops, name)(**arguments)
 
-    doc = inspect.cleandoc(op.__doc__ or "")
+    # the reference op's own example calls ``ops.<name>``; this entry point shows its own
+    doc = inspect.cleandoc(op.__doc__ or "").split("\n\nExamples\n--------")[0]
     checked.__doc__ = (
         f"{doc}\n\n"
         f"Checked entry point: validates {', '.join(spec.arrays)} (rank, dtype, shapes, one "

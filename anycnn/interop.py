@@ -20,7 +20,25 @@ __all__ = ["move", "to_torch"]
 
 
 def move(network: Network, target: str | Backend, *, optimizer: Any = None) -> Network:
-    """Move ``network`` (in place) to another backend or device; see :meth:`Network.to`."""
+    """Move ``network`` (in place) to another backend or device; see :meth:`Network.to`.
+
+    ``optimizer`` (one not attached to the network) moves with it, its state included.
+
+    Examples
+    --------
+    From the current backend to the other of NumPy and array-api-strict, values unchanged:
+
+    >>> import numpy as np, anycnn
+    >>> from anycnn.interop import move
+    >>> net = anycnn.Network([anycnn.Flatten(), anycnn.FullyConnected(2)], input_shape=(1, 2, 2),
+    ...                      dtype="float64")
+    >>> other = "array_api_strict" if net.backend.name == "numpy" else "numpy"
+    >>> before = net.state_dict()
+    >>> move(net, other) is net, net.backend.name == other
+    (True, True)
+    >>> all(np.array_equal(net.state_dict()[name], value) for name, value in before.items())
+    True
+    """
     from anycnn.network import Network
     from anycnn.optim import _writable
 

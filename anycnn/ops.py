@@ -79,6 +79,16 @@ def conv_valid(
     Returns
     -------
     array, shape (N, C_out, H + 2 ph - kh + 1, W + 2 pw - kw + 1)
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> u = ops.conv_valid(a(1, 1, 3, 3), be.asarray(np.ones((2, 1, 2, 2)), "float64"))
+    >>> tuple(u.shape), float(u[0, 0, 0, 0])      # 0 + 1 + 3 + 4
+    ((1, 2, 2, 2), 8.0)
     """
     xp = array_api_compat.array_namespace(x, kernel)
     if padding[0] or padding[1]:
@@ -174,6 +184,16 @@ def conv_full(
     Returns
     -------
     array, shape (N, C_in, h + kh - 1 - 2 ph, w + kw - 1 - 2 pw)
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> g = ops.conv_full(a(1, 2, 2, 2), be.asarray(np.ones((2, 1, 2, 2)), "float64"))
+    >>> tuple(g.shape), float(g[0, 0, 0, 0])      # delta[0, 0, 0, 0] + delta[0, 1, 0, 0]
+    ((1, 1, 3, 3), 4.0)
     """
     xp = array_api_compat.array_namespace(delta, kernel)
     n, c_out, h, w = delta.shape
@@ -216,6 +236,16 @@ def conv_kernel_grad(
     Returns
     -------
     array, shape (C_out, C_in, H + 2 ph - h + 1, W + 2 pw - w + 1)
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> dk = ops.conv_kernel_grad(a(1, 1, 3, 3), be.asarray(np.ones((1, 2, 2, 2)), "float64"))
+    >>> tuple(dk.shape)
+    (2, 1, 2, 2)
     """
     xp = array_api_compat.array_namespace(x, delta)
     if padding[0] or padding[1]:
@@ -245,6 +275,16 @@ def kron_upsample(x: Array, n: int) -> Array:
     Returns
     -------
     array, shape (N, C, h * n, w * n)
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> up = ops.kron_upsample(a(1, 1, 2, 2), 2)
+    >>> tuple(up.shape), float(up[0, 0, 1, 1]), float(up[0, 0, 3, 3])
+    ((1, 1, 4, 4), 0.0, 3.0)
     """
     xp = array_api_compat.array_namespace(x)
     b, c, h, w = x.shape
@@ -260,6 +300,15 @@ def block_sum(x: Array, n: int) -> Array:
     Returns
     -------
     array, shape (N, C, H // n, W // n)
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> float(ops.block_sum(a(1, 1, 2, 2), 2)[0, 0, 0, 0])   # 0 + 1 + 2 + 3
+    6.0
     """
     xp = array_api_compat.array_namespace(x)
     b, c, h, w = x.shape
@@ -267,7 +316,17 @@ def block_sum(x: Array, n: int) -> Array:
 
 
 def block_mean(x: Array, n: int) -> Array:
-    """Mean over each distinct n x n block (DeepLearnToolbox's subsampling): block_sum / n^2."""
+    """Mean over each distinct n x n block (DeepLearnToolbox's subsampling): block_sum / n^2.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> float(ops.block_mean(a(1, 1, 2, 2), 2)[0, 0, 0, 0])
+    1.5
+    """
     return block_sum(x, n) / (n * n)
 
 
@@ -277,6 +336,15 @@ def decimate(x: Array, n: int) -> Array:
     Returns
     -------
     array, shape (N, C, H // n, W // n), the top-left sample of each n x n block
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> float(ops.decimate(a(1, 1, 4, 4), 2)[0, 0, 1, 1])   # x[0, 0, 2, 2]
+    10.0
     """
     b, c, h, w = x.shape
     return x[:, :, 0 : h - h % n : n, 0 : w - w % n : n]
@@ -289,6 +357,16 @@ def decimate_transpose(delta: Array, n: int) -> Array:
     Returns
     -------
     array, shape (N, C, h * n, w * n)
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> g = ops.decimate_transpose(a(1, 1, 2, 2), 2)
+    >>> tuple(g.shape), float(g[0, 0, 2, 2]), float(g[0, 0, 1, 1])
+    ((1, 1, 4, 4), 3.0, 0.0)
     """
     xp = array_api_compat.array_namespace(delta)
     b, c, h, w = delta.shape
@@ -310,6 +388,16 @@ def fully_connected(x: Array, weight: Array) -> Array:
     Returns
     -------
     array, shape (N, M): ``x @ weight^T`` (the bias is the layer's to add).
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> u = ops.fully_connected(a(2, 3), be.asarray(np.ones((4, 3)), "float64"))
+    >>> tuple(u.shape), float(u[1, 0])               # 3 + 4 + 5
+    ((2, 4), 12.0)
     """
     xp = array_api_compat.array_namespace(x, weight)
     return xp.matmul(x, xp.matrix_transpose(weight))
@@ -328,6 +416,15 @@ def fully_connected_weight_grad(x: Array, delta: Array) -> Array:
     Returns
     -------
     array, shape (M, D): ``delta^T @ x``, the adjoint of :func:`fully_connected` in ``weight``.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> tuple(ops.fully_connected_weight_grad(a(2, 3), a(2, 4)).shape)
+    (4, 3)
     """
     xp = array_api_compat.array_namespace(x, delta)
     return xp.matmul(xp.matrix_transpose(delta), x)
@@ -345,6 +442,15 @@ def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
     -------
     array, shape (N, D): ``delta @ weight``, the adjoint of :func:`fully_connected` in ``x``;
     the layer below multiplies it by its ``f'(u)``.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn import ops
+    >>> be = anycnn.get_backend()     # the reference op runs on any Array API namespace
+    >>> def a(*shape): return be.asarray(np.arange(np.prod(shape)).reshape(shape), "float64")
+    >>> tuple(ops.fully_connected_input_grad(a(2, 4), a(4, 3)).shape)
+    (2, 3)
     """
     xp = array_api_compat.array_namespace(delta, weight)
     return xp.matmul(delta, weight)

@@ -111,7 +111,21 @@ def _check_rate(value: Any, what: str, *, positive: bool = False) -> float:
 
 
 class Schedule:
-    """A learning-rate schedule: :meth:`rate` gives the global rate of epoch ``epoch`` (0-based)."""
+    """A learning-rate schedule: :meth:`rate` gives the global rate of epoch ``epoch`` (0-based).
+
+    Examples
+    --------
+    A new schedule gives :meth:`rate` and :meth:`config`:
+
+    >>> from anycnn.optim import Schedule
+    >>> class Halving(Schedule):
+    ...     name = "halving"
+    ...     def __init__(self, lr): self.lr = lr
+    ...     def rate(self, epoch): return self.lr / 2**epoch
+    ...     def config(self): return {"name": self.name, "lr": self.lr}
+    >>> Halving(0.1), [Halving(0.1).rate(e) for e in range(3)]
+    (Halving(lr=0.1), [0.1, 0.05, 0.025])
+    """
 
     name = "schedule"
 
@@ -300,6 +314,31 @@ class Optimizer:
     ValueError
         A negative or non-finite rate or multiplier, a zero global rate, or a ``layer_rates`` key
         that names no layer or parameter (the message lists them).
+
+    Examples
+    --------
+    A new update rule overrides ``_update(name, p, g)`` and moves the parameter with
+    ``_apply(name, p, delta)`` (``p <- p - delta``, in place where the backend allows it);
+    here, sign descent:
+
+    >>> import numpy as np
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
+    >>> x = net.backend.asarray(np.linspace(-1, 1, 8).reshape(2, 1, 2, 2), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(2), dtype="float64")
+    >>> from anycnn.optim import Optimizer
+    >>> class SignDescent(Optimizer):
+    ...     name = "sign-descent"
+    ...     def _update(self, name, p, g):
+    ...         self._apply(name, p, self.rate(name) * self._xp.sign(g))
+    >>> opt = SignDescent(net, 0.1, layer_rates={"fc1.bias": 0.5})
+    >>> opt.rate("fc1.weight"), opt.rate("fc1.bias")
+    (0.1, 0.05)
+    >>> before = net.state_dict()["fc1.bias"]
+    >>> loss = net.compute_gradients(x, t)
+    >>> opt.step()
+    >>> np.abs(net.state_dict()["fc1.bias"] - before).tolist()    # each bias moved by 0.05
+    [0.05, 0.05]
     """
 
     name = "optimizer"
@@ -590,6 +629,27 @@ class SDLM(Optimizer):
         Optional momentum on top of the scaled steps (0 in the paper).
     layer_rates : dict, optional
         Multipliers of ``epsilon`` by layer or parameter.
+
+    Examples
+    --------
+    The curvature is estimated on the batches given to :meth:`start_epoch`; every step size is
+    then at most ``epsilon / mu``:
+
+    >>> import numpy as np
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
+    >>> x = net.backend.asarray(np.linspace(-1, 1, 8).reshape(2, 1, 2, 2), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(2), dtype="float64")
+    >>> from anycnn.optim import SDLM
+    >>> opt = SDLM(net, 0.01, mu=0.02)
+    >>> opt.start_epoch(0, [(x, t)])
+    >>> xp = net.backend.xp
+    >>> all(float(xp.max(eta)) <= 0.01 / 0.02 for eta in opt.step_sizes().values())
+    True
+    >>> loss = net.compute_gradients(x, t)
+    >>> opt.step()
+    >>> opt.steps, opt.config()["mu"]
+    (1, 0.02)
     """
 
     name = "sdlm"
@@ -720,7 +780,22 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {}
 def register_optimizer(cls: type[Optimizer]) -> type[Optimizer]:
     """Register an :class:`Optimizer` subclass under its ``name`` (usable as a decorator).
 
-    Raises :class:`ValueError` for a name already taken by another class."""
+    Raises :class:`ValueError` for a name already taken by another class.
+
+    Examples
+    --------
+    >>> import anycnn
+    >>> from anycnn.optim import OPTIMIZERS, SGD, build_optimizer, register_optimizer
+    >>> @register_optimizer
+    ... class HalfSGD(SGD):
+    ...     name = "half-sgd"
+    ...     def _update(self, name, p, g):
+    ...         self._apply(name, p, 0.5 * self.rate(name) * g)
+    >>> net = anycnn.Network([anycnn.Flatten(), anycnn.FullyConnected(2)], input_shape=(1, 2, 2))
+    >>> type(build_optimizer("half-sgd", net, lr=0.1)).__name__
+    'HalfSGD'
+    >>> del OPTIMIZERS["half-sgd"]               # leave the registry as it was
+    """
     if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
         raise TypeError(f"register_optimizer: expected an Optimizer subclass, got {cls!r}")
     key = str(cls.name).strip().lower()
@@ -935,6 +1010,20 @@ def diagonal_hessian(
     NotImplementedError
         A layer type or loss without a curvature rule; a layer may supply its own as a method
         ``curvature(d2y, need_input) -> (d2x, {role: h})``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
+    >>> x = net.backend.asarray(np.linspace(-1, 1, 8).reshape(2, 1, 2, 2), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(2), dtype="float64")
+    >>> from anycnn.optim import diagonal_hessian
+    >>> h = diagonal_hessian(net, x, t)
+    >>> {name: tuple(value.shape) for name, value in h.items()}
+    {'fc1.weight': (2, 4), 'fc1.bias': (2,)}
+    >>> all(bool(net.backend.xp.all(value >= 0)) for value in h.values())
+    True
     """
     if check:
         network.check_input(x, "diagonal_hessian")

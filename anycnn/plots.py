@@ -26,12 +26,27 @@ __all__ = [
 
 
 class MatplotlibMissingError(ImportError):
-    """matplotlib is not installed; the message says how to install it."""
+    """matplotlib is not installed; the message says how to install it.
+
+    Examples
+    --------
+    An :class:`ImportError`, so code that makes figures optional catches either:
+
+    >>> from anycnn.plots import MatplotlibMissingError
+    >>> issubclass(MatplotlibMissingError, ImportError)
+    True
+    """
 
 
 def require_matplotlib() -> None:
     """Raise :class:`MatplotlibMissingError` (saying how to install it) unless matplotlib can
-    draw here: callers check before a long run, not after it."""
+    draw here: callers check before a long run, not after it.
+
+    Examples
+    --------
+    >>> from anycnn.plots import require_matplotlib
+    >>> require_matplotlib()          # matplotlib is installed: nothing happens
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
         from matplotlib.figure import Figure  # noqa: F401
@@ -72,7 +87,19 @@ def learning_curves(history: Sequence[Any], path: str | os.PathLike[str]) -> Pat
     ``history`` holds :class:`anycnn.train.EpochRecord` objects or their dicts (the metrics
     JSON's ``history``). Errors are drawn on a log scale when they span a decade or more, on a
     linear one otherwise (a log axis inside one decade has no labelled tick); the epoch axis has
-    whole epochs only, with half an epoch of room each side."""
+    whole epochs only, with half an epoch of room each side.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from anycnn.plots import learning_curves
+    >>> history = [{"epoch": 1, "train_error": 0.2, "test_error": 0.15, "train_loss": 0.6},
+    ...            {"epoch": 2, "train_error": 0.1, "test_error": 0.09, "train_loss": 0.3}]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = learning_curves(history, f"{tmp}/curves.png")
+    ...     print(path.name, path.read_bytes()[1:4])
+    curves.png b'PNG'
+    """
     if not history:
         raise ValueError("learning_curves: the history is empty")
     epochs = [_field(r, "epoch") for r in history]
@@ -122,7 +149,20 @@ def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None
     map has its kernels laid out in a near-square grid instead of one tall column.
 
     Kernels are shown as stored, in the notes' MATLAB ``conv2`` orientation (flipped relative to
-    cross-correlation)."""
+    cross-correlation).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from anycnn import Convolution, Flatten, FullyConnected, Network
+    >>> net = Network([Convolution(2, 2), Flatten(), FullyConnected(2)], input_shape=(1, 4, 4),
+    ...               dtype="float64")
+    >>> from anycnn.plots import kernels
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     print(kernels(net, f"{tmp}/kernels.png").stat().st_size > 0)
+    True
+    """
     chosen = None
     for candidate in network.layers:
         if "kernel" in candidate.params and (layer is None or candidate.name == layer):
@@ -160,7 +200,21 @@ def feature_maps(
     map is mid grey, not black).
 
     ``example`` is one preprocessed input, ``(1, *input_shape)`` or ``input_shape``, an array of
-    the network's backend or NumPy."""
+    the network's backend or NumPy.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from anycnn import Convolution, Flatten, FullyConnected, Network
+    >>> net = Network([Convolution(2, 2), Flatten(), FullyConnected(2)], input_shape=(1, 4, 4),
+    ...               dtype="float64")
+    >>> from anycnn.plots import feature_maps
+    >>> example = net.backend.asarray(np.ones((1, 1, 4, 4)), dtype="float64")
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     print(feature_maps(net, example, f"{tmp}/maps.png").name)
+    maps.png
+    """
     backend = network.backend
     x = example
     if isinstance(x, np.ndarray):
@@ -223,7 +277,20 @@ def save_plots(
     example: Any = None,
 ) -> list[Path]:
     """Write what the arguments allow: ``learning_curves.png`` (history), ``kernels.png``
-    (network) and ``feature_maps.png`` (network and example). Returns the files written."""
+    (network) and ``feature_maps.png`` (network and example). Returns the files written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from anycnn import Convolution, Flatten, FullyConnected, Network
+    >>> net = Network([Convolution(2, 2), Flatten(), FullyConnected(2)], input_shape=(1, 4, 4),
+    ...               dtype="float64")
+    >>> from anycnn.plots import save_plots
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     print([p.name for p in save_plots(tmp, network=net, example=np.zeros((1, 4, 4)))])
+    ['kernels.png', 'feature_maps.png']
+    """
     folder = Path(directory)
     written = []
     if history:

@@ -86,17 +86,42 @@ def _functions() -> tuple[Callable[[], int], Callable[[int], None]] | None:
 
 
 def available() -> bool:
-    """Whether this process can set flush-to-zero (x86-64 with Numba)."""
+    """Whether this process can set flush-to-zero (x86-64 with Numba).
+
+    Examples
+    --------
+    >>> from anycnn import subnormals
+    >>> isinstance(subnormals.available(), bool)   # True on x86-64 with Numba
+    True
+    """
     return _functions() is not None
 
 
 def default_enabled() -> bool:
-    """Training flushes subnormals unless ``ANYCNN_FLUSH_SUBNORMALS=0``."""
+    """Training flushes subnormals unless ``ANYCNN_FLUSH_SUBNORMALS=0``.
+
+    Examples
+    --------
+    >>> import os
+    >>> from anycnn import subnormals
+    >>> subnormals.default_enabled() == (os.environ.get("ANYCNN_FLUSH_SUBNORMALS", "1") != "0")
+    True
+    """
     return os.environ.get("ANYCNN_FLUSH_SUBNORMALS", "1").strip() != "0"
 
 
 def is_flushing() -> bool:
-    """Whether the calling thread is inside :func:`flushing` (what pool threads copy)."""
+    """Whether the calling thread is inside :func:`flushing` (what pool threads copy).
+
+    Examples
+    --------
+    >>> from anycnn import subnormals
+    >>> subnormals.is_flushing()
+    False
+    >>> with subnormals.flushing() as on:
+    ...     subnormals.is_flushing() == on
+    True
+    """
     return getattr(_state, "flushing", False)
 
 
@@ -126,6 +151,18 @@ def flushing(enabled: bool = True) -> Iterator[bool]:
 
     Yields whether flushing is on (False where ``enabled`` is False or the CPU or install cannot
     do it). On exit FTZ and DAZ are restored to what they were; nested blocks are fine.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anycnn import subnormals
+    >>> tiny = np.float64(1e-310)                  # a subnormal float64
+    >>> with subnormals.flushing() as on:
+    ...     flushed = float(tiny * 1.0) == 0.0     # DAZ reads it as zero
+    >>> flushed == on
+    True
+    >>> float(tiny * 1.0) == 1e-310                # restored on exit
+    True
     """
     access = _functions() if enabled else None
     if access is None:

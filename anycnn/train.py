@@ -113,7 +113,18 @@ class DivergenceError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the epoch and the batch.
 
     Attributes: ``epoch`` and ``batch`` (1-based), ``value`` (the bad loss), ``checkpoint`` (the
-    last good checkpoint file, left untouched, or None)."""
+    last good checkpoint file, left untouched, or None).
+
+    Examples
+    --------
+    >>> from anycnn.train import DivergenceError
+    >>> error = DivergenceError(3, 12, float("nan"))
+    >>> error.epoch, error.batch
+    (3, 12)
+    >>> print(error)
+    training diverged: the loss is nan at epoch 3, batch 12; lower the learning rate; no
+    checkpoint was written
+    """
 
     def __init__(self, epoch: int, batch: int, value: float, checkpoint: Path | None = None):
         self.epoch, self.batch, self.value, self.checkpoint = epoch, batch, value, checkpoint
@@ -282,7 +293,17 @@ def target_values(network: Network) -> tuple[float, float]:
 @dataclass
 class EpochRecord:
     """The figures of one epoch (errors are fractions; ``train_error`` is counted on the fly,
-    over the batches of the epoch, while the weights change)."""
+    over the batches of the epoch, while the weights change).
+
+    Examples
+    --------
+    >>> from anycnn.train import EpochRecord
+    >>> record = EpochRecord(epoch=2, lr=0.05, train_loss=0.25, train_error=0.125,
+    ...                      test_error=0.1, test_loss=0.2, seconds=1.5, images_per_second=400)
+    >>> print(record.line(epochs=10))
+    epoch 2/10  lr 0.05  loss 0.2500  train error (running)  12.50%  test error  10.00%
+    1.5 s (400 img/s)
+    """
 
     epoch: int
     lr: float
@@ -307,6 +328,28 @@ class EpochRecord:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` (:meth:`Trainer.run`) returns: the trained ``network``, its
+    ``optimizer`` and ``preprocessing``, the per-epoch ``history`` (:class:`EpochRecord`), the
+    ``checkpoints`` written, the checkpoint ``resumed_from`` (or None) and the wall time.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anycnn import Flatten, FullyConnected, Network, datasets
+    >>> rng = np.random.default_rng(0)
+    >>> ds = datasets.Dataset("toy", rng.integers(0, 256, (8, 4, 4), dtype=np.uint8),
+    ...                       np.arange(8) % 2, rng.integers(0, 256, (4, 4, 4), dtype=np.uint8),
+    ...                       np.arange(4) % 2, num_classes=2)
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 4, 4), dtype="float64")
+    >>> from anycnn.train import train
+    >>> result = train(net, ds, epochs=2, batch_size=4, progress=False)
+    >>> last = result.history[-1]
+    >>> result.network is net, len(result.history), result.test_error == last.test_error
+    (True, 2, True)
+    >>> result.preprocessing.kind, result.checkpoints
+    ('normalize', [])
+    """
+
     network: Network
     optimizer: Optimizer
     preprocessing: Preprocessing
@@ -574,6 +617,25 @@ class Trainer:
     ``start`` (the first epoch to run, 0-based, after a resume), ``batch_size``, ``epochs``,
     ``images``/``labels`` (the training set after ``limit``), ``table`` (one-of-c targets by
     class), ``last_checkpoint`` and ``result``.
+
+    Examples
+    --------
+    A gradient hook sees every step (here it counts them) on a toy data set of 8 examples:
+
+    >>> import numpy as np
+    >>> from anycnn import Flatten, FullyConnected, Network, datasets
+    >>> rng = np.random.default_rng(0)
+    >>> ds = datasets.Dataset("toy", rng.integers(0, 256, (8, 4, 4), dtype=np.uint8),
+    ...                       np.arange(8) % 2, rng.integers(0, 256, (4, 4, 4), dtype=np.uint8),
+    ...                       np.arange(4) % 2, num_classes=2)
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 4, 4), dtype="float64")
+    >>> from anycnn.train import Trainer
+    >>> steps = []
+    >>> trainer = Trainer(net, ds, epochs=2, batch_size=4, progress=False,
+    ...                   gradient_hooks=[lambda trainer: steps.append(trainer.shard_weight)])
+    >>> result = trainer.run()
+    >>> len(steps), [record.epoch for record in result.history]
+    (4, [1, 2])
     """
 
     def __init__(

@@ -14,6 +14,14 @@ import pkgutil
 import pytest
 
 import anycnn
+import anycnn.checkpoint
+import anycnn.distributed
+import anycnn.download
+import anycnn.ops
+import anycnn.optim
+import anycnn.plots
+import anycnn.subnormals
+import anycnn.train
 
 MODULES = sorted(
     name
@@ -42,6 +50,13 @@ PUBLIC = [
     "anycnn.functional",
     "anycnn.interop",
     "anycnn.checkpoint",
+    "anycnn.ops",
+    "anycnn.subnormals",
+    "anycnn.download",
+    "anycnn.distributed",
+    "anycnn.plots",
+    "anycnn.optim",
+    "anycnn.train",
 ]
 
 
@@ -65,6 +80,12 @@ def test_functional_ops_show_their_documentation():
     )
 
 
+def _functions_and_classes(module):
+    """Every public function and class of ``module`` (its ``__all__``, constants left out)."""
+    values = (getattr(module, name) for name in module.__all__)
+    return [value for value in values if inspect.isfunction(value) or inspect.isclass(value)]
+
+
 EXAMPLED = [
     anycnn.Network,
     anycnn.Network.fit,
@@ -86,6 +107,19 @@ EXAMPLED = [
     anycnn.backend_of,
     anycnn.available_backends,
     *(getattr(anycnn.functional, name) for name in anycnn.functional.__all__),
+    *_functions_and_classes(anycnn.ops),
+    anycnn.subnormals.available,
+    anycnn.subnormals.default_enabled,
+    anycnn.subnormals.is_flushing,
+    anycnn.subnormals.flushing,
+    anycnn.download.download,
+    anycnn.download.DownloadError,
+    *_functions_and_classes(anycnn.checkpoint),
+    *_functions_and_classes(anycnn.distributed),
+    *_functions_and_classes(anycnn.plots),
+    *_functions_and_classes(anycnn.optim),
+    *_functions_and_classes(anycnn.train),
+    *_functions_and_classes(anycnn.interop),
 ]
 
 
