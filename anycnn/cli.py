@@ -584,6 +584,7 @@ def _train(args: argparse.Namespace) -> int:
             batch_size=batch_size,
             optimizer=opt,
             seed=args.seed,
+            limit=args.limit,  # already applied by datasets.load; passed to be recorded
             progress=not quiet and (sys.stderr.isatty() or bool(os.environ.get("ANYCNN_PROGRESS"))),
             checkpoint_dir=args.checkpoint_dir,
             resume=args.resume,
@@ -866,7 +867,15 @@ def _backends(args: argparse.Namespace) -> int:
 def _download(args: argparse.Namespace) -> int:
     from anycnn.download import download
 
-    folder = download(args.dataset, args.to, mirrors=args.mirror, say=_say)
+    try:
+        folder = download(args.dataset, args.to, mirrors=args.mirror, say=_say)
+    except OSError as error:  # the folder cannot be made (mirror failures are DownloadError)
+        where = f"--to {args.to}" if args.to is not None else "the data folder"
+        place = f"{error.filename} " if error.filename else ""
+        reason = error.strerror or str(error)
+        raise UsageError(
+            f"anycnn download: {where}: cannot create the folder {place}({reason})"
+        ) from None
     default = args.to is None and not os.environ.get("ANYCNN_DATA", "").strip()
     use = "" if default else f" --data-dir {shlex.quote(str(folder.parent))}"
     _say(
