@@ -698,7 +698,9 @@ class Network:
         preprocessing : None, "auto", "scale01", "normalize" or Preprocessing
             Fitted on ``x``, recorded on the network (:attr:`preprocessing`), saved by
             :meth:`save` and applied by :meth:`predict` and :meth:`evaluate`. ``None`` keeps
-            the one the network already has (none for a new network).
+            the one the network already has (none for a new network; the recorded one for a
+            network loaded from a checkpoint); one given explicitly replaces it, with a
+            :class:`UserWarning`.
         gradient_hooks : sequence of callables
             Run by the loop's step between back-propagation and the update
             (:data:`anycnn.train.GradientHook`: gradient averaging across processes, clipping).
@@ -748,9 +750,21 @@ class Network:
                 test_images = self._raw_floats(test_images, f"{where}: validation_data")
             prep: Any = train.Preprocessing("none", tuple(self.input_shape))
         elif preprocessing is None:
-            prep = self.preprocessing
+            prep = self.preprocessing  # kept: the network was trained on data so prepared
         else:
             prep = preprocessing
+            old = self.preprocessing
+            same = isinstance(prep, train.Preprocessing) and old is not None
+            if old is not None and not (same and prep.config() == old.config()):
+                shown = prep.kind if isinstance(prep, train.Preprocessing) else repr(prep)
+                warnings.warn(
+                    f"{where}: preprocessing={shown} replaces the network's recorded "
+                    f"preprocessing {old.kind!r} (fitted on the data it was trained on); "
+                    "predict and evaluate will apply the new one. Leave preprocessing=None "
+                    "to keep it",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if isinstance(optimizer, str):
             key = optimizer.strip().lower()
             if (
