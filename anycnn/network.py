@@ -27,6 +27,19 @@ from anycnn.layers.base import Array
 from anycnn.testing import dtype_name
 
 
+def check_label_range(labels: np.ndarray, classes: int, prefix: str, owner: str) -> None:
+    """Raise ValueError naming the first label outside ``[0, classes)``: ``"<prefix>label 12 at
+    index 3 is outside [0, 10) for <owner> with 10 outputs"`` (:meth:`Network.fit`,
+    :meth:`Network.evaluate` and :func:`anycnn.train.evaluate` share it)."""
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        first = int(bad[0])
+        raise ValueError(
+            f"{prefix}label {int(labels[first])} at index {first} is outside [0, {classes}) "
+            f"for {owner} with {classes} outputs"
+        )
+
+
 class Network:
     """A sequence of layers (section 2 and 3 of the notes) with a loss.
 
@@ -548,13 +561,7 @@ class Network:
                 f"{where}: labels must be integers (class indices) of shape ({n},), got dtype "
                 f"{labels.dtype}; or give one-of-c targets of shape ({n}, {classes})"
             )
-        bad = np.flatnonzero((labels < 0) | (labels >= classes))
-        if bad.size:
-            first = int(bad[0])
-            raise ValueError(
-                f"{where}: label {int(labels[first])} at index {first} is outside "
-                f"[0, {classes}) for {self.layers[-1].describe()} with {classes} outputs"
-            )
+        check_label_range(labels, classes, f"{where}: ", self.layers[-1].describe())
         return labels.astype(np.int64, copy=False)
 
     def predict(self, x: Any, *, batch_size: int = 1000) -> Array:

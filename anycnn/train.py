@@ -54,7 +54,7 @@ import numpy as np
 from anycnn import checkpoint as ckpt
 from anycnn import datasets, subnormals
 from anycnn.backend import resolve_dtype
-from anycnn.network import Network
+from anycnn.network import Network, check_label_range
 from anycnn.optim import SGD, Optimizer
 
 __all__ = [
@@ -412,13 +412,7 @@ def evaluate(
             f"evaluate: expected {images.shape[0]} integer labels, one per image, got "
             f"{labels.dtype} labels of shape {labels.shape}"
         )
-    out_of_range = np.flatnonzero((labels < 0) | (labels >= classes))
-    if out_of_range.size:
-        first = int(out_of_range[0])
-        raise ValueError(
-            f"evaluate: labels out of range: label {int(labels[first])} at index {first} is "
-            f"outside [0, {classes}) for model {network.name!r} with {classes} outputs"
-        )
+    check_label_range(labels, classes, "evaluate: labels out of range: ", f"model {network.name!r}")
     mistakes, loss_total, n = 0, 0.0, images.shape[0]
     # A chunk holds at most ~2**25 values of its largest layer (input included), whatever
     # batch_size says: a network of huge maps (a crafted checkpoint) is evaluated a few
