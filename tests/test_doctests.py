@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 
@@ -37,10 +38,29 @@ def test_docstring_examples_run(module_name, backend):
     module = importlib.import_module(module_name)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    for test in finder.find(module, module_name):
+    tests = finder.find(module, module_name)
+    runnable = [test for test in tests if not _needs_missing_package(test)]
+    for test in runnable:
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
+    if tests and not runnable:
+        pytest.skip(f"{module_name}'s examples need a package that is not installed")
+
+
+# Optional packages an example may import: where one is missing (PyTorch has no CPU wheel for
+# every Python version), that docstring's examples are left out rather than failing.
+OPTIONAL = ("torch", "jax", "cupy", "mpi4py", "matplotlib", "scipy")
+
+
+def _needs_missing_package(test: doctest.DocTest) -> bool:
+    imported = {
+        word.strip(",")
+        for example in test.examples
+        if example.source.lstrip().startswith(("import ", "from "))
+        for word in example.source.replace(",", " ").split()
+    }
+    return any(name in imported and importlib.util.find_spec(name) is None for name in OPTIONAL)
 
 
 PUBLIC = [

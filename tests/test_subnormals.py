@@ -137,6 +137,7 @@ def test_bench_subnormals_quick(tmp_path):
     flushed, none when flushed, and writes its ratios."""
     import json
 
+    pytest.importorskip("torch", reason="bench/subnormals.py times PyTorch beside anycnn")
     out = tmp_path / "subnormals.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "subnormals.py"), "--quick", "--out", str(out)],
