@@ -213,6 +213,16 @@ def not_replaceable(path: str | os.PathLike[str]) -> str | None:
     ``/proc`` (or a dangling one) may be replaced. A FIFO, a device, a socket or a directory is
     named (``"is a FIFO"``), found with :func:`os.lstat` (which never opens, so a FIFO cannot
     block); a symlink to one of those reads ``"is a symlink to a character device (/dev/null)"``.
+
+    Examples
+    --------
+    >>> import os, pathlib, tempfile
+    >>> from anycnn.checkpoint import not_replaceable
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     fifo = pathlib.Path(tmp) / "fifo"
+    ...     os.mkfifo(fifo)
+    ...     print(not_replaceable(fifo), not_replaceable(pathlib.Path(tmp) / "new.json"))
+    is a FIFO None
     """
     try:
         mode = os.lstat(path).st_mode
