@@ -72,7 +72,18 @@ FUSED_OP_NAMES: tuple[str, ...] = _reference.FUSED_OP_NAMES
 
 class BackendUnavailableError(RuntimeError):
     """Raised when a backend is asked for but cannot be used here; the message says why and how
-    to fix it."""
+    to fix it.
+
+    Examples
+    --------
+    >>> import anycnn
+    >>> from anycnn.backend import BackendUnavailableError
+    >>> try:
+    ...     anycnn.set_backend("abacus")
+    ... except (BackendUnavailableError, ValueError) as error:
+    ...     print("abacus" in str(error))
+    True
+    """
 
 
 @dataclass(eq=False)

@@ -48,7 +48,17 @@ EXIT_CLOSED_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
 
 
 class UsageError(ValueError):
-    """A mistake in the command line or its inputs (exit status 2)."""
+    """A mistake in the command line or its inputs (exit status 2).
+
+    Examples
+    --------
+    >>> from anycnn.cli import UsageError, build_parser
+    >>> try:
+    ...     build_parser().parse_args(["train", "--epochs", "two"])
+    ... except UsageError as error:
+    ...     print(error)
+    anycnn train: argument --epochs: not an integer: 'two' (see anycnn train --help)
+    """
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +124,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``anycnn`` command line's parser (its subcommands and their options); a mistake
+    raises :class:`UsageError` instead of exiting.
+
+    Examples
+    --------
+    >>> from anycnn.cli import build_parser
+    >>> args = build_parser().parse_args(["train", "--model", "dlt", "--epochs", "2"])
+    >>> args.command, args.model, args.epochs
+    ('train', 'dlt', 2)
+    """
     from anycnn.models import MODELS
     from anycnn.optim import OPTIMIZERS
 
@@ -895,7 +915,17 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (``sys.exit(main())``)."""
+    """Run the command line; returns the exit status (``sys.exit(main())``).
+
+    Examples
+    --------
+    >>> from anycnn.cli import main
+    >>> main(["--version"])
+    anycnn ...
+    0
+    >>> main(["trian"])        # a typo: one line on stderr, exit status 2
+    2
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _main(argv)

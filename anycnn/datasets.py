@@ -61,6 +61,16 @@ class DatasetError(ValueError):
     """A data file or data set is missing, malformed or inconsistent.
 
     The message names the file or directory, what was expected and what was found.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> try:
+    ...     Dataset("toy", np.zeros((2, 4, 4), np.uint8), np.array([0, 7]),
+    ...             np.zeros((1, 4, 4), np.uint8), np.array([0]), num_classes=2)
+    ... except DatasetError as error:
+    ...     print("toy" in str(error), "label" in str(error))
+    True True
     """
 
 

@@ -42,6 +42,20 @@ class ParameterCheck:
     and the directional derivative, with ``scale`` the largest of ``max |backprop|`` over the
     tensor, ``max |numeric|`` and ``floor``: relative to the tensor's own magnitude, so entries
     whose true gradient is ~0 do not divide by ~0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anycnn import Convolution, Flatten, FullyConnected, Network
+    >>> from anycnn.gradcheck import gradcheck
+    >>> net = Network([Convolution(2, 2, activation="tanh"), Flatten(), FullyConnected(2)],
+    ...               input_shape=(1, 3, 3), dtype="float64")
+    >>> x = net.backend.asarray(np.linspace(-1, 1, 18).reshape(2, 1, 3, 3), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(2), dtype="float64")
+    >>> report = gradcheck(net, x, t)
+    >>> check = report.checks[0]
+    >>> check.name, check.entries, check.max_relative_error < 1e-6
+    ('conv1.kernel', 8, True)
     """
 
     name: str
@@ -53,6 +67,27 @@ class ParameterCheck:
 
 @dataclass
 class GradcheckReport:
+    """What :func:`gradcheck` returns: one :class:`ParameterCheck` per parameter, the
+    ``tolerance``, the ``loss`` at the checked point; ``passed``, ``failures()`` and a table
+    (``print(report)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anycnn import Flatten, FullyConnected, Network
+    >>> from anycnn.gradcheck import gradcheck
+    >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
+    >>> x = net.backend.asarray(np.linspace(-1, 1, 8).reshape(2, 1, 2, 2), dtype="float64")
+    >>> report = gradcheck(net, x, net.backend.asarray(np.eye(2), dtype="float64"))
+    >>> report.passed, report.failures(), report.tolerance
+    (True, [], 1e-06)
+    >>> print(report)
+    parameter  entries  max rel err  max abs err
+    fc1.weight       8  ...
+    fc1.bias         2  ...
+    PASS: max relative error ... (tolerance 1.0e-06), loss ...
+    """
+
     checks: list[ParameterCheck] = field(default_factory=list)
     tolerance: float = 1e-6
     loss: float = float("nan")
@@ -133,6 +168,21 @@ def gradcheck(
     -------
     GradcheckReport
         Per-parameter maximum relative error; ``report.passed``; ``print(report)`` for a table.
+
+    Examples
+    --------
+    A tiny network on the current backend, in float64:
+
+    >>> import numpy as np
+    >>> from anycnn import Convolution, Flatten, FullyConnected, Network
+    >>> from anycnn.gradcheck import gradcheck
+    >>> net = Network([Convolution(2, 2, activation="tanh"), Flatten(), FullyConnected(2)],
+    ...               input_shape=(1, 3, 3), dtype="float64")
+    >>> x = net.backend.asarray(np.linspace(-1, 1, 18).reshape(2, 1, 3, 3), dtype="float64")
+    >>> t = net.backend.asarray(np.eye(2), dtype="float64")
+    >>> report = gradcheck(net, x, t)
+    >>> report.passed, [check.name for check in report.checks]
+    (True, ['conv1.kernel', 'conv1.bias', 'fc2.weight', 'fc2.bias'])
     """
     if order not in (2, 4):
         raise ValueError(f"gradcheck: order must be 2 or 4, got {order!r}")

@@ -22,7 +22,16 @@ TOLERANCES = {"float32": (2e-5, 2e-5), "float64": (1e-11, 1e-12)}
 
 
 def dtype_name(dtype: Any) -> str:
-    """'float32' for float32 of any namespace (NumPy, CuPy, torch, array-api-strict)."""
+    """'float32' for float32 of any namespace (NumPy, CuPy, torch, array-api-strict).
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.testing import dtype_name
+    >>> be = anycnn.get_backend()
+    >>> dtype_name(np.float32), dtype_name(be.asarray(np.ones(2), "float64").dtype)
+    ('float32', 'float64')
+    """
     text = str(dtype).rsplit(".", 1)[-1].strip("'\"<>) ")
     known = ("float16", "float32", "float64", "bool", "uint8", "int8", "int16", "int32", "int64")
     for name in known:
@@ -48,6 +57,19 @@ def assert_close(
     of ``desired`` and matches it within tolerances chosen by dtype.
 
     ``desired`` is a NumPy array (the oracle), or an array of the same backend.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.testing import assert_close
+    >>> be = anycnn.get_backend()
+    >>> y = be.asarray(np.array([1.0, 2.0]), "float64") * 3
+    >>> assert_close(y, np.array([3.0, 6.0]), backend=be)      # passes: nothing printed
+    >>> try:
+    ...     assert_close(y, np.array([3.0, 6.1]), backend=be)
+    ... except AssertionError:
+    ...     print("mismatch")
+    mismatch
     """
     if backend is not None:
         record = lookup(backend)
@@ -92,6 +114,12 @@ def check_backend(backend: Backend | str, *, seed: int = 0) -> list[str]:
 
     Returns the list of op names checked; raises AssertionError on the first mismatch or
     signature difference.
+
+    Examples
+    --------
+    >>> from anycnn.testing import check_backend
+    >>> "conv_valid" in check_backend("array_api_strict")   # the reference ops against themselves
+    True
     """
     record = lookup(backend).require()
     rng = np.random.default_rng(seed)

@@ -16,13 +16,18 @@ import pytest
 
 import anycnn
 import anycnn.checkpoint
+import anycnn.cli
+import anycnn.datasets
 import anycnn.distributed
 import anycnn.download
+import anycnn.layers
 import anycnn.ops
 import anycnn.optim
 import anycnn.plots
 import anycnn.subnormals
+import anycnn.testing
 import anycnn.train
+from anycnn.gradcheck import GradcheckReport, ParameterCheck, gradcheck
 
 MODULES = sorted(
     name
@@ -77,6 +82,9 @@ PUBLIC = [
     "anycnn.plots",
     "anycnn.optim",
     "anycnn.train",
+    "anycnn.layers",
+    "anycnn.datasets",
+    "anycnn.cli",
 ]
 
 
@@ -140,6 +148,16 @@ EXAMPLED = [
     *_functions_and_classes(anycnn.optim),
     *_functions_and_classes(anycnn.train),
     *_functions_and_classes(anycnn.interop),
+    *_functions_and_classes(anycnn.layers),
+    *_functions_and_classes(anycnn.backend),
+    *_functions_and_classes(anycnn.datasets),
+    *_functions_and_classes(anycnn.cli),
+    gradcheck,
+    GradcheckReport,
+    ParameterCheck,
+    anycnn.testing.dtype_name,
+    anycnn.testing.assert_close,
+    anycnn.testing.check_backend,
 ]
 
 

@@ -22,7 +22,22 @@ Array = Any
 
 
 class Activation:
-    """Base class: ``forward(u) -> y`` and ``derivative(y, u) -> f'(u)``."""
+    """Base class: ``forward(u) -> y`` and ``derivative(y, u) -> f'(u)``.
+
+    Examples
+    --------
+    A new activation gives ``forward`` and ``derivative`` (from the output ``y``):
+
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import Activation
+    >>> class Softsign(Activation):
+    ...     name = "softsign"
+    ...     def forward(self, u): return u / (1 + abs(u))
+    ...     def derivative(self, y, u=None): return (1 - abs(y)) ** 2
+    >>> u = anycnn.get_backend().asarray(np.array([-1.0, 0.0, 3.0]), "float64")
+    >>> [float(v) for v in Softsign().forward(u)], Softsign()
+    ([-0.5, 0.0, 0.75], Softsign())
+    """
 
     name = "activation"
 
@@ -49,7 +64,16 @@ class Activation:
 
 
 class Identity(Activation):
-    """``f(u) = u``; used for linear outputs (cross-entropy) and plain subsampling."""
+    """``f(u) = u``; used for linear outputs (cross-entropy) and plain subsampling.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import Identity
+    >>> u = anycnn.get_backend().asarray(np.array([-2.0, 0.0, 3.0]), "float64")
+    >>> [float(v) for v in Identity().forward(u)], Identity().derivative(u)
+    ([-2.0, 0.0, 3.0], 1.0)
+    """
 
     name = "identity"
 
@@ -72,6 +96,15 @@ class Sigmoid(Activation):
     For ``gain u`` below about -88 (float32; -709 in float64) ``exp(-gain u)`` is infinite and
     ``f = 1 / inf = 0``, the correctly rounded result; NumPy's overflow warning for that case is
     silenced (``np.errstate``), other libraries give no warning.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import Sigmoid
+    >>> u = anycnn.get_backend().asarray(np.array([-2.0, 0.0, 3.0]), "float64")
+    >>> y = Sigmoid().forward(u)
+    >>> float(y[1]), float(Sigmoid().derivative(y)[1])        # f(0) = 1/2, f'(0) = 1/4
+    (0.5, 0.25)
     """
 
     name = "sigmoid"
@@ -122,6 +155,16 @@ class Tanh(Activation):
     exactly 0, as plain ``tanh``'s does: where ``y`` rounds to ``a``, ``a - y`` is exact
     (Sterbenz) and 0, whereas ``a^2`` and ``y^2`` round apart (LeCun's tanh in float32 leaked
     ``f' = 9.3e-8`` at ``u = 1e4``).
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import Tanh
+    >>> u = anycnn.get_backend().asarray(np.array([-2.0, 0.0, 3.0]), "float64")
+    >>> f = Tanh(2.0, 0.5)                                    # a = 2, b = 1/2
+    >>> y = f.forward(u)
+    >>> round(float(y[2]), 4), float(f.derivative(y)[1]), f  # 2 tanh(3/2); f'(0) = a b
+    (1.8103, 1.0, Tanh(a=2.0, b=0.5))
     """
 
     name = "tanh"
@@ -157,7 +200,16 @@ class Tanh(Activation):
 
 
 class LeCunTanh(Tanh):
-    """LeCun's ``1.7159 tanh(2u / 3)``: ``f(+-1) = +-1`` at the point of maximum curvature (2.1)."""
+    """LeCun's ``1.7159 tanh(2u / 3)``: ``f(+-1) = +-1`` at the point of maximum curvature (2.1).
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import LeCunTanh
+    >>> u = anycnn.get_backend().asarray(np.array([-1.0, 1.0]), "float64")
+    >>> [round(float(v), 4) for v in LeCunTanh().forward(u)]
+    [-1.0, 1.0]
+    """
 
     name = "lecun_tanh"
 
@@ -169,7 +221,17 @@ class LeCunTanh(Tanh):
 
 
 class ReLU(Activation):
-    """``f(u) = max(u, 0)``; ``f' = 1`` where ``y > 0``, else 0."""
+    """``f(u) = max(u, 0)``; ``f' = 1`` where ``y > 0``, else 0.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import ReLU
+    >>> u = anycnn.get_backend().asarray(np.array([-2.0, 0.0, 3.0]), "float64")
+    >>> y = ReLU().forward(u)
+    >>> [float(v) for v in y], [float(v) for v in ReLU().derivative(y)]
+    ([0.0, 0.0, 3.0], [0.0, 0.0, 1.0])
+    """
 
     name = "relu"
 
@@ -191,7 +253,16 @@ ACTIVATIONS["logistic"] = Sigmoid
 
 def get_activation(spec: str | Activation | dict[str, Any] | None) -> Activation:
     """An activation from a name (``"sigmoid"``, ``"tanh"``, ``"lecun_tanh"``, ``"relu"``,
-    ``"identity"``), a config dict, or an instance; ``None`` means identity."""
+    ``"identity"``), a config dict, or an instance; ``None`` means identity.
+
+    Examples
+    --------
+    >>> from anycnn.layers import get_activation
+    >>> get_activation("tanh"), get_activation({"name": "sigmoid", "gain": 2.0})
+    (Tanh(a=1.0, b=1.0), Sigmoid(gain=2.0))
+    >>> get_activation(None)
+    Identity()
+    """
     if spec is None:
         return Identity()
     if isinstance(spec, Activation):

@@ -26,12 +26,37 @@ Shape = tuple[int, ...]
 
 
 class LayerError(ValueError):
-    """A layer cannot be built or called with these shapes or values; the message names it."""
+    """A layer cannot be built or called with these shapes or values; the message names it.
+
+    Examples
+    --------
+    >>> from anycnn import Convolution, Network
+    >>> from anycnn.layers import LayerError
+    >>> try:
+    ...     Network([Convolution(2, 5)], input_shape=(1, 4, 4))
+    ... except LayerError as error:
+    ...     print(type(error).__name__, "conv1" in str(error))
+    LayerError True
+    """
 
 
 @dataclass
 class BuildContext:
-    """What a layer needs to allocate its parameters."""
+    """What a layer needs to allocate its parameters.
+
+    Examples
+    --------
+    How :class:`anycnn.Network` builds each layer:
+
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import BuildContext, FullyConnected
+    >>> be = anycnn.get_backend()
+    >>> layer = FullyConnected(3)
+    >>> layer.build((4,), BuildContext(be, be.xp.float64, np.random.default_rng(0)))   # its output
+    (3,)
+    >>> tuple(layer.params["weight"].shape)
+    (3, 4)
+    """
 
     backend: Backend
     dtype: Any  # the namespace's dtype
@@ -62,7 +87,16 @@ class Upsampled:
 
 
 class Layer:
-    """Base class of all layers (see the module docstring for the protocol)."""
+    """Base class of all layers (see the module docstring for the protocol).
+
+    Examples
+    --------
+    >>> from anycnn import Convolution, Flatten, FullyConnected, Network
+    >>> from anycnn.layers import Layer
+    >>> net = Network([Convolution(2, 3), Flatten(), FullyConnected(2)], input_shape=(1, 6, 6))
+    >>> [(layer.name, layer.output_shape) for layer in net.layers if isinstance(layer, Layer)]
+    [('conv1', (2, 4, 4)), ('flatten1', (32,)), ('fc2', (2,))]
+    """
 
     #: prefix of the default name: conv, sub, fc, ...; None for layers that are not numbered
     kind: str | None = None

@@ -27,7 +27,15 @@ SELECTIONS = ("full", "lenet5", "pairs", "triplets", "random")
 
 
 def lenet5_table() -> np.ndarray:
-    """The C3 connection table of LeNet-5 as a boolean ``(16, 6)`` (C_out, C_in) array."""
+    """The C3 connection table of LeNet-5 as a boolean ``(16, 6)`` (C_out, C_in) array.
+
+    Examples
+    --------
+    >>> from anycnn.layers import lenet5_table
+    >>> table = lenet5_table()
+    >>> table.shape, table.sum(axis=1).tolist()          # C3's maps take 3, 4 or 6 S2 maps
+    ((16, 6), [3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 6])
+    """
     return np.array([[c == "X" for c in row] for row in _LENET5_C3], dtype=bool).T.copy()
 
 
@@ -52,6 +60,12 @@ def selection_table(
     ------
     ValueError
         An unknown name, a table of the wrong shape, or an output map with no input.
+
+    Examples
+    --------
+    >>> from anycnn.layers import selection_table
+    >>> selection_table("pairs", 3, 3).astype(int).tolist()
+    [[1, 1, 0], [1, 0, 1], [0, 1, 1]]
     """
     if isinstance(spec, str):
         if spec == "full":
@@ -110,13 +124,30 @@ def to_cross_correlation(kernel: Array) -> Array:
 
     PyTorch's ``conv2d`` and most frameworks cross-correlate; the same layer in their layout has
     every kernel rotated by 180 degrees. Works on ``(..., kh, kw)`` arrays of any namespace.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import to_cross_correlation
+    >>> k = anycnn.get_backend().asarray(np.arange(4.0).reshape(1, 1, 2, 2), "float64")
+    >>> anycnn.get_backend().to_host(to_cross_correlation(k))[0, 0].tolist()   # rot180
+    [[3.0, 2.0], [1.0, 0.0]]
     """
     xp = array_api_compat.array_namespace(kernel)
     return xp.flip(kernel, axis=(-2, -1))
 
 
 def from_cross_correlation(weight: Array) -> Array:
-    """Convert cross-correlation weights (PyTorch layout) to anycnn kernels (rot180)."""
+    """Convert cross-correlation weights (PyTorch layout) to anycnn kernels (rot180).
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import from_cross_correlation, to_cross_correlation
+    >>> k = anycnn.get_backend().asarray(np.arange(4.0).reshape(1, 1, 2, 2), "float64")
+    >>> bool(anycnn.get_backend().xp.all(from_cross_correlation(to_cross_correlation(k)) == k))
+    True
+    """
     return to_cross_correlation(weight)
 
 
@@ -196,6 +227,19 @@ class Convolution(Layer):
     cropped by ``(ph, pw)`` on each side (``Note [Zero padding]`` in :mod:`anycnn.ops`).
     Kernels follow MATLAB's ``conv2`` (flipped), as everywhere in anycnn: padding does not
     change that; :func:`to_cross_correlation` converts them for PyTorch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anycnn import Convolution, Network
+    >>> net = Network([Convolution(4, 3, padding="same", selection="pairs", activation="tanh")],
+    ...               input_shape=(3, 5, 5), dtype="float64")
+    >>> layer = net.layers[0]
+    >>> layer.output_shape, tuple(layer.params["kernel"].shape)
+    ((4, 5, 5), (4, 3, 3, 3))
+    >>> y = net.forward(net.backend.asarray(np.ones((2, 3, 5, 5)), dtype="float64"))
+    >>> tuple(y.shape)
+    (2, 4, 5, 5)
     """
 
     kind = "conv"

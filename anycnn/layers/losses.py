@@ -16,6 +16,26 @@ Array = Any
 
 
 class Loss:
+    """Base class of the losses: :meth:`value` (the batch mean of ``E^n``) and :meth:`gradient`
+    (``dE/dy``); the network's last layer feeds them its outputs ``y`` and the targets ``t``.
+
+    Examples
+    --------
+    A new loss gives both (here the mean absolute error):
+
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import Loss
+    >>> class AbsoluteError(Loss):
+    ...     name = "absolute_error"
+    ...     def value(self, y, t): return anycnn.get_backend().xp.sum(abs(y - t)) / y.shape[0]
+    ...     def gradient(self, y, t): return anycnn.get_backend().xp.sign(y - t) / y.shape[0]
+    >>> be = anycnn.get_backend()
+    >>> y = be.asarray(np.array([[1.0, -1.0]]), "float64")
+    >>> t = be.asarray(np.zeros((1, 2)), "float64")
+    >>> float(AbsoluteError().value(y, t)), AbsoluteError()
+    (2.0, AbsoluteError())
+    """
+
     name = "loss"
 
     def value(self, y: Array, t: Array) -> Array:
@@ -34,7 +54,20 @@ class Loss:
 
 
 class SquaredError(Loss):
-    """``E^n = 1/2 sum_k (t_k^n - y_k^n)^2`` (eq. 1), averaged over the batch."""
+    """``E^n = 1/2 sum_k (t_k^n - y_k^n)^2`` (eq. 1), averaged over the batch.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import SquaredError
+    >>> be = anycnn.get_backend()
+    >>> y = be.asarray(np.array([[1.0, 0.0], [0.0, 0.0]]), "float64")
+    >>> t = be.asarray(np.array([[0.0, 0.0], [0.0, 2.0]]), "float64")
+    >>> float(SquaredError().value(y, t))                    # (1/2 (1 + 4)) / 2 patterns
+    1.25
+    >>> be.to_host(SquaredError().gradient(y, t)).tolist()
+    [[0.5, 0.0], [0.0, -1.0]]
+    """
 
     name = "squared_error"
 
@@ -55,6 +88,18 @@ class CrossEntropy(Loss):
     spread exceeds the dtype's range (``[3e38, 0, -3e38]`` in float32) a log-probability is
     ``-inf``, its probability exactly 0, and the terms with ``t_k = 0`` are left out of the sum
     (the limit ``0 log 0 = 0``) instead of giving ``0 x -inf = NaN``.
+
+    Examples
+    --------
+    >>> import numpy as np, anycnn
+    >>> from anycnn.layers import CrossEntropy
+    >>> be = anycnn.get_backend()
+    >>> y = be.asarray(np.array([[0.0, 0.0]]), "float64")        # logits: softmax = (1/2, 1/2)
+    >>> t = be.asarray(np.array([[1.0, 0.0]]), "float64")
+    >>> round(float(CrossEntropy().value(y, t)), 6)          # log 2
+    0.693147
+    >>> be.to_host(CrossEntropy().gradient(y, t)).tolist()  # softmax(y) - t
+    [[-0.5, 0.5]]
     """
 
     name = "cross_entropy"

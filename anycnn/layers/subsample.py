@@ -50,6 +50,15 @@ class Subsampling(Layer):
     remainder, ``down`` runs on the maps cropped (``"drop"``) or zero-padded (``"pad"``) at the
     bottom and right to a multiple of ``n`` (:func:`anycnn.ops.fit_maps`), and ``dE/dx`` is the
     adjoint: ``up(delta)`` zero-padded or cropped back to ``H x W``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anycnn import Network, Subsampling
+    >>> net = Network([Subsampling(2, mode="mean")], input_shape=(1, 4, 4), dtype="float64")
+    >>> x = net.backend.asarray(np.arange(16.0).reshape(1, 1, 4, 4), dtype="float64")
+    >>> net.backend.to_host(net.forward(x))[0, 0].tolist()   # beta = 1, bias = 0
+    [[2.5, 4.5], [10.5, 12.5]]
     """
 
     kind = "sub"
