@@ -40,6 +40,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 import tempfile
 import zipfile
@@ -61,6 +62,7 @@ __all__ = [
     "CheckpointError",
     "DirectoryLock",
     "atomic_write",
+    "not_replaceable",
     "epoch_of",
     "printable",
     "checkpoint_path",
@@ -187,6 +189,64 @@ def _umask() -> int:
     return mask
 
 
+def _kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words ("a FIFO", "a character device")."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+
+
+def not_replaceable(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` must not be replaced by a written file, or ``None`` when it may be.
+
+    Only a regular file, a missing path, or a symlink to a regular file outside ``/dev`` and
+    ``/proc`` (or a dangling one) may be replaced. A FIFO, a device, a socket or a directory is
+    named (``"is a FIFO"``), found with :func:`os.lstat` (which never opens, so a FIFO cannot
+    block); a symlink to one of those reads ``"is a symlink to a character device (/dev/null)"``.
+
+    Examples
+    --------
+    >>> import os, pathlib, tempfile
+    >>> from anycnn.checkpoint import not_replaceable
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     fifo = pathlib.Path(tmp) / "fifo"
+    ...     os.mkfifo(fifo)
+    ...     print(not_replaceable(fifo), not_replaceable(pathlib.Path(tmp) / "new.json"))
+    is a FIFO None
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if not stat.S_ISLNK(mode):
+        return f"is {_kind(mode)}"
+    target = os.path.realpath(path)
+    try:
+        target_mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # a dangling link: replaced, never followed
+    except OSError as error:
+        return f"is a symlink to {target} that cannot be examined ({error.strerror})"
+    if not stat.S_ISREG(target_mode):
+        return f"is a symlink to {_kind(target_mode)} ({target})"
+    for root in ("/dev", "/proc"):
+        if target == root or target.startswith(root + "/"):
+            return f"is a symlink into {root} ({target})"
+    return None
+
+
 def atomic_write(path: str | os.PathLike[str], write: Any, *, what: str = "file") -> Path:
     """Write ``path`` atomically: ``write(stream)`` fills a temporary file in the same
     directory, which is flushed, fsync-ed and renamed over ``path`` (:func:`os.replace`), so a
@@ -199,6 +259,9 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, what: str = "file"
     - A symlink at ``path`` is replaced, never followed: a plot or checkpoint named like a link
       to another file never overwrites that file.
     - An error (a full disk) is an :class:`OSError` naming ``path`` and ``what`` it is.
+    - A FIFO, a device, a socket or a directory at ``path`` (or a symlink to one, or into
+      ``/dev`` or ``/proc``) is refused with a :class:`ValueError` (:func:`not_replaceable`),
+      never replaced.
 
     Examples
     --------
@@ -210,6 +273,9 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, what: str = "file"
     b'hello' ['notes.txt']
     """
     path = Path(path)
+    why = not_replaceable(path)
+    if why is not None:
+        raise ValueError(f"cannot write the {what} {path}: it {why}; expected a regular file")
     stem = path.name[:64]
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)

@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import shlex
+import stat
 import sys
 import tempfile
 import threading
@@ -455,11 +456,23 @@ def _check_output(option: str, value: str | None, *, directory: bool) -> None:
     needed (or the reverse), a file on the way to it, or a place that cannot be written."""
     if value is None:
         return
+    from anycnn.checkpoint import not_replaceable
+
     path = Path(value).expanduser()
-    if path.exists() and path.is_dir() != directory:
-        wanted = "a directory" if directory else "a file"
-        found = "a file" if path.is_file() else "a directory"
-        raise UsageError(f"anycnn train: {option} {value} is {found}; expected {wanted}")
+    wanted = "a directory" if directory else "a regular file"
+    if directory:
+        # lstat, never open: a FIFO is named, not waited on; a symlink to a directory is fine.
+        with contextlib.suppress(OSError):
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode) and path.is_dir():
+                mode = stat.S_IFDIR
+            if not stat.S_ISDIR(mode):
+                why = not_replaceable(path) or "is a file"
+                raise UsageError(f"anycnn train: {option} {value} {why}; expected {wanted}")
+    else:
+        why = not_replaceable(path)
+        if why is not None:
+            raise UsageError(f"anycnn train: {option} {value} {why}; expected {wanted}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -591,6 +604,7 @@ def _train(args: argparse.Namespace) -> int:
             batch_size=batch_size,
             optimizer=opt,
             seed=args.seed,
+            limit=args.limit,  # already applied by datasets.load; passed to be recorded
             progress=not quiet and (sys.stderr.isatty() or bool(os.environ.get("ANYCNN_PROGRESS"))),
             checkpoint_dir=args.checkpoint_dir,
             resume=args.resume,
@@ -873,7 +887,15 @@ def _backends(args: argparse.Namespace) -> int:
 def _download(args: argparse.Namespace) -> int:
     from anycnn.download import download
 
-    folder = download(args.dataset, args.to, mirrors=args.mirror, say=_say)
+    try:
+        folder = download(args.dataset, args.to, mirrors=args.mirror, say=_say)
+    except OSError as error:  # the folder cannot be made (mirror failures are DownloadError)
+        where = f"--to {args.to}" if args.to is not None else "the data folder"
+        place = f"{error.filename} " if error.filename else ""
+        reason = error.strerror or str(error)
+        raise UsageError(
+            f"anycnn download: {where}: cannot create the folder {place}({reason})"
+        ) from None
     default = args.to is None and not os.environ.get("ANYCNN_DATA", "").strip()
     use = "" if default else f" --data-dir {shlex.quote(str(folder.parent))}"
     _say(

@@ -27,6 +27,19 @@ from anycnn.layers.base import Array
 from anycnn.testing import dtype_name
 
 
+def check_label_range(labels: np.ndarray, classes: int, prefix: str, owner: str) -> None:
+    """Raise ValueError naming the first label outside ``[0, classes)``: ``"<prefix>label 12 at
+    index 3 is outside [0, 10) for <owner> with 10 outputs"`` (:meth:`Network.fit`,
+    :meth:`Network.evaluate` and :func:`anycnn.train.evaluate` share it)."""
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        first = int(bad[0])
+        raise ValueError(
+            f"{prefix}label {int(labels[first])} at index {first} is outside [0, {classes}) "
+            f"for {owner} with {classes} outputs"
+        )
+
+
 class Network:
     """A sequence of layers (section 2 and 3 of the notes) with a loss.
 
@@ -548,13 +561,7 @@ class Network:
                 f"{where}: labels must be integers (class indices) of shape ({n},), got dtype "
                 f"{labels.dtype}; or give one-of-c targets of shape ({n}, {classes})"
             )
-        bad = np.flatnonzero((labels < 0) | (labels >= classes))
-        if bad.size:
-            first = int(bad[0])
-            raise ValueError(
-                f"{where}: label {int(labels[first])} at index {first} is outside "
-                f"[0, {classes}) for {self.layers[-1].describe()} with {classes} outputs"
-            )
+        check_label_range(labels, classes, f"{where}: ", self.layers[-1].describe())
         return labels.astype(np.int64, copy=False)
 
     def predict(self, x: Any, *, batch_size: int = 1000) -> Array:
@@ -698,7 +705,9 @@ class Network:
         preprocessing : None, "auto", "scale01", "normalize" or Preprocessing
             Fitted on ``x``, recorded on the network (:attr:`preprocessing`), saved by
             :meth:`save` and applied by :meth:`predict` and :meth:`evaluate`. ``None`` keeps
-            the one the network already has (none for a new network).
+            the one the network already has (none for a new network; the recorded one for a
+            network loaded from a checkpoint); one given explicitly replaces it, with a
+            :class:`UserWarning`.
         gradient_hooks : sequence of callables
             Run by the loop's step between back-propagation and the update
             (:data:`anycnn.train.GradientHook`: gradient averaging across processes, clipping).
@@ -748,9 +757,21 @@ class Network:
                 test_images = self._raw_floats(test_images, f"{where}: validation_data")
             prep: Any = train.Preprocessing("none", tuple(self.input_shape))
         elif preprocessing is None:
-            prep = self.preprocessing
+            prep = self.preprocessing  # kept: the network was trained on data so prepared
         else:
             prep = preprocessing
+            old = self.preprocessing
+            same = isinstance(prep, train.Preprocessing) and old is not None
+            if old is not None and not (same and prep.config() == old.config()):
+                shown = prep.kind if isinstance(prep, train.Preprocessing) else repr(prep)
+                warnings.warn(
+                    f"{where}: preprocessing={shown} replaces the network's recorded "
+                    f"preprocessing {old.kind!r} (fitted on the data it was trained on); "
+                    "predict and evaluate will apply the new one. Leave preprocessing=None "
+                    "to keep it",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if isinstance(optimizer, str):
             key = optimizer.strip().lower()
             if (

@@ -41,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,7 +54,7 @@ import numpy as np
 from anycnn import checkpoint as ckpt
 from anycnn import datasets, subnormals
 from anycnn.backend import resolve_dtype
-from anycnn.network import Network
+from anycnn.network import Network, check_label_range
 from anycnn.optim import SGD, Optimizer
 
 __all__ = [
@@ -411,13 +412,7 @@ def evaluate(
             f"evaluate: expected {images.shape[0]} integer labels, one per image, got "
             f"{labels.dtype} labels of shape {labels.shape}"
         )
-    out_of_range = np.flatnonzero((labels < 0) | (labels >= classes))
-    if out_of_range.size:
-        first = int(out_of_range[0])
-        raise ValueError(
-            f"evaluate: labels out of range: label {int(labels[first])} at index {first} is "
-            f"outside [0, {classes}) for model {network.name!r} with {classes} outputs"
-        )
+    check_label_range(labels, classes, "evaluate: labels out of range: ", f"model {network.name!r}")
     mistakes, loss_total, n = 0, 0.0, images.shape[0]
     # A chunk holds at most ~2**25 values of its largest layer (input included), whatever
     # batch_size says: a network of huge maps (a crafted checkpoint) is evaluated a few
@@ -483,7 +478,13 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON atomically (:func:`anycnn.checkpoint.atomic_write`). A file there that is not
     JSON (a checkpoint given as ``--metrics``) is never replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError), open(path, "rb") as existing:
+    why = ckpt.not_replaceable(path)  # never open a FIFO or a device to read it: it may block
+    if why is not None:
+        raise ValueError(f"cannot write the metrics file {path}: it {why}; expected a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    with contextlib.suppress(FileNotFoundError), open(os.open(path, flags), "rb") as existing:
+        if not stat.S_ISREG(os.fstat(existing.fileno()).st_mode):  # swapped since the check
+            raise ValueError(f"cannot write the metrics file {path}: it is not a regular file")
         head = existing.read(1)
         if head and head != b"{":
             raise ValueError(

@@ -17,7 +17,7 @@ import pytest
 
 from anycnn import backend as registry
 from anycnn import datasets
-from anycnn.cli import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from anycnn.cli import EXIT_CLOSED_PIPE, EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -415,9 +415,25 @@ def test_anycnn_backend_environment_variable_is_used(capsys, monkeypatch):
     assert code == EXIT_OK, err
 
 
-def _closed_pipe(argv):
-    """Run the CLI with a stdout pipe whose reader reads one line and goes away."""
+def _closed_pipe(argv, *, read_first=True):
+    """Run the CLI with a stdout pipe whose reader reads one line and goes away, or (with
+    ``read_first=False``) whose read end is closed before the child starts, so its first
+    write meets a broken pipe whatever the pipe's capacity."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "backends")]))
+    if not read_first:
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "anycnn", *argv],
+                stdout=writer,
+                stderr=subprocess.PIPE,
+                env=env,
+                timeout=300,
+            )
+        finally:
+            os.close(writer)
+        return b"", done.returncode, done.stderr.decode()
     child = subprocess.Popen(
         [sys.executable, "-m", "anycnn", *argv],
         stdout=subprocess.PIPE,
@@ -430,14 +446,23 @@ def _closed_pipe(argv):
     return first, child.wait(timeout=300), err
 
 
-@pytest.mark.parametrize(
-    "argv", [["backends"], [*DLT_QUICK, "--limit", "200", "--epochs", "3", "--batch-size", "10"]]
-)
+TRAIN_PIPED = [*DLT_QUICK, "--limit", "200", "--epochs", "3", "--batch-size", "10"]
+
+
+@pytest.mark.parametrize("argv", [["backends"], TRAIN_PIPED], ids=["backends", "train"])
 def test_closed_pipe_ends_quietly(argv):
-    """Bug 6: `anycnn ... | head -1` ends without 'Broken pipe', with status 141 (SIGPIPE)."""
-    first, code, err = _closed_pipe(argv)
+    """Bug 6: a reader that is gone (`anycnn ... | true`) ends the run without 'Broken pipe'
+    or a traceback, with status 141 (128 + SIGPIPE) as Unix tools do."""
+    _, code, err = _closed_pipe(argv, read_first=False)
+    assert code == EXIT_CLOSED_PIPE == 141, err
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err
+
+
+def test_head_one_ends_training_quietly():
+    """`anycnn train | head -1`: the epoch lines written after the reader left end the run."""
+    first, code, err = _closed_pipe(TRAIN_PIPED)
     assert first
-    assert code in (0, 141), err  # 0 when everything fitted in the pipe before it closed
+    assert code == EXIT_CLOSED_PIPE, err
     assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err
 
 

@@ -1,4 +1,5 @@
-"""Direct convolution kernels of the NumPy backend, compiled by Numba (``anycnn[jit]``).
+"""Direct convolution kernels of the NumPy backend, compiled by Numba (a regular dependency
+where it has wheels; see ``_jit``).
 
 Imported by ``_jit`` only when Numba is there; ``_ops`` calls them through ``_jit``.
 

@@ -1,4 +1,6 @@
-"""Compiled kernels for the NumPy backend, through Numba when it is installed (``anycnn[jit]``).
+"""Compiled kernels for the NumPy backend, through Numba: a regular dependency of anycnn where
+Numba has wheels (CPython on x86-64 and 64-bit ARM); elsewhere, or with ``ANYCNN_NUMBA=0``, the
+backend runs on NumPy and BLAS alone.
 
 Note [Kernel gradient as dot products]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~

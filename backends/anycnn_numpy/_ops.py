@@ -1,14 +1,14 @@
 """Fast hot ops for NumPy: the same names and signatures as :mod:`anycnn.ops`.
 
-With Numba (``anycnn[jit]``) the three convolutions of the notes are compiled direct
-correlations (``Note [Direct convolutions]`` in ``_direct``), which also apply float32 logistic
-and tanh layers' f as they write their output and, as the fused ``conv_backward``, form a
-layer's sensitivity, kernel and bias gradients in one pass; LeNet-5's C5 (1 x 1 outputs) and
-layers of more than 512 map pairs stay on BLAS. Without Numba, convolutions are im2col plus
-BLAS: a strided window view of the input is copied into a GEMM-friendly scratch buffer, then
-one matrix product per example (``np.matmul``). Up- and down-sampling are strided slices, or
-compiled loops with Numba. Section 3.4 of the notes asks for exactly this: no per-block Python
-work, no per-example Python loops. What makes the BLAS paths fast (``Note [NumPy hot ops]``):
+With Numba (installed with anycnn where it has wheels) the three convolutions of the notes are
+compiled direct correlations (``Note [Direct convolutions]`` in ``_direct``), which also apply
+float32 logistic and tanh layers' f as they write their output and, as the fused ``conv_backward``,
+form a layer's sensitivity, kernel and bias gradients in one pass; LeNet-5's C5 (1 x 1 outputs) and
+layers of more than 512 map pairs stay on BLAS. Without Numba, convolutions are im2col plus BLAS: a
+strided window view of the input is copied into a GEMM-friendly scratch buffer, then one matrix
+product per example (``np.matmul``). Up- and down-sampling are strided slices, or compiled loops
+with Numba. Section 3.4 of the notes asks for exactly this: no per-block Python work, no per-example
+Python loops. What makes the BLAS paths fast (``Note [NumPy hot ops]``):
 
 * **No flips, no padding copies.** conv2 flips the kernel; instead of flipping it, the window
   view reads the input backwards (negative strides), so the kernel is used as it is, and the
