@@ -28,6 +28,7 @@ The padding is 0 before normalisation, so it becomes the normalised background v
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import math
 import os
@@ -364,6 +365,10 @@ IDX_FILES: tuple[tuple[str, str], ...] = (
 KNOWN_DATASETS: dict[str, tuple[str, ...]] = {
     "mnist": ("mnist", "MNIST"),
     "fashion-mnist": ("fashion-mnist", "fashion_mnist", "fashion", "FashionMNIST"),
+    # UCR time series (anycnn.data.ucr reads their .ts files): carried under data/ucr/<Name>/.
+    "gunpoint": ("GunPoint", "ucr/GunPoint", "gunpoint"),
+    "arrowhead": ("ArrowHead", "ucr/ArrowHead", "arrowhead"),
+    "osuleaf": ("OSULeaf", "ucr/OSULeaf", "osuleaf"),
 }
 
 _NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10}
@@ -629,7 +634,14 @@ def load(
     >>> ds = load("mnist", limit=100)      # the embedded MNIST, offline
     >>> ds.train_images.shape, ds.train_images.dtype.name, ds.num_classes
     ((100, 28, 28), 'uint8', 10)
+
+    UCR time series (``"gunpoint"``, ``"arrowhead"``, ``"osuleaf"``, or a directory holding
+    ``<Name>_TRAIN.ts`` and ``<Name>_TEST.ts``) are read by :func:`anycnn.data.ucr.load`: signals
+    ``(N, C, L)`` float64.
     """
+    if _is_ucr(name_or_path):
+        ucr = importlib.import_module("anycnn.data.ucr")  # numpy only, imported when needed
+        return ucr.load(name_or_path, data_dir=data_dir, limit=limit, num_classes=num_classes)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DatasetError(f"load: limit must be a positive int or None, got {limit!r}")
     name, directory = _resolve(name_or_path, data_dir)
@@ -684,6 +696,19 @@ def load(
         test_labels=arrays["test_labels"].astype(np.int64),
         num_classes=num_classes,
         source=directory,
+    )
+
+
+def _is_ucr(name_or_path: str | os.PathLike[str]) -> bool:
+    """A UCR name, or a directory of ``.ts`` files without the four IDX files."""
+    ucr = importlib.import_module("anycnn.data.ucr")
+
+    if isinstance(name_or_path, str) and "/" not in name_or_path and os.sep not in name_or_path:
+        key = name_or_path.strip().lower().replace("_", "").replace("-", "")
+        if key in ucr.UCR_DATASETS:
+            return True
+    return ucr.is_ts_directory(name_or_path) and not all(
+        p is not None for p in _find_files(Path(name_or_path).expanduser()).values()
     )
 
 
