@@ -42,9 +42,12 @@ def check_factor(where: str, n: Any) -> int:
 
 
 def check_divisible(where: str, shape: tuple[int, ...], n: int) -> None:
-    h, w = shape[-2], shape[-1]
-    if h % n or w % n:
-        raise ValueError(f"{where}: {h}x{w} maps are not divisible by {n}")
+    """Every spatial axis of ``(N, C, *spatial)`` maps is a multiple of ``n``."""
+    spatial = shape[2:]
+    if any(s % n for s in spatial):
+        raise ValueError(
+            f"{where}: {'x'.join(str(s) for s in spatial)} maps are not divisible by {n}"
+        )
 
 
 def check_selection(where: str, selection: Any, c_out: int, c_in: int) -> None:

@@ -27,86 +27,127 @@ __all__ = list(reference.__all__)
 
 
 # --- the checks, one per kind of op -------------------------------------------------------------
-def _maps(where: str, name: str, x: Any) -> None:
-    checks.check_rank(where, name, x, 4, "(N, C, H, W)")
+#: Array layouts by number of spatial axes (Note [N dimensions] in anycnn.ops).
+MAP_LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+KERNEL_LAYOUTS = {1: "(C_out, C_in, k)", 2: "(C_out, C_in, kh, kw)", 3: "(C_out, C_in, kd, kh, kw)"}
+
+
+def _maps(where: str, name: str, x: Any, spatial: int | None = None, other: str = "") -> None:
+    """``x`` is ``(N, C, *spatial)`` floats with 1, 2 or 3 spatial axes (``spatial`` of them when
+    given: the number ``other``, an argument already checked, has)."""
+    if spatial is not None:
+        if x.ndim != spatial + 2:
+            raise ValueError(
+                f"{where}: {name} must be a {spatial + 2}-d {MAP_LAYOUTS[spatial]} array, got "
+                f"shape {checks.shape_str(x.shape)} ({other} has {spatial} spatial "
+                f"ax{'i' if spatial == 1 else 'e'}s)"
+            )
+    elif x.ndim not in (3, 4, 5):
+        raise ValueError(
+            f"{where}: {name} must be a 4-d (N, C, H, W) array (3-d (N, C, L) or 5-d "
+            f"(N, C, D, H, W) in 1-D or 3-D), got shape {checks.shape_str(x.shape)}"
+        )
     checks.check_float(where, name, x)
 
 
-def _padding(where: str, a: dict[str, Any]) -> tuple[int, int]:
-    """Normalise ``a["padding"]`` to ``(ph, pw)``, two non-negative ints (Note [Zero padding]
-    in anycnn.ops), and return it."""
+def _kernel(where: str, kernel: Any) -> int:
+    """Check a ``(C_out, C_in, *k)`` kernel and return its number of spatial axes."""
+    if kernel.ndim not in (3, 4, 5):
+        raise ValueError(
+            f"{where}: kernel must be a 4-d (C_out, C_in, kh, kw) array (3-d or 5-d in 1-D or "
+            f"3-D), got shape {checks.shape_str(kernel.shape)}"
+        )
+    return int(kernel.ndim - 2)
+
+
+def _size(sizes: Any) -> str:
+    return "x".join(str(int(s)) for s in sizes)
+
+
+def _padding(where: str, a: dict[str, Any], spatial: int = 2) -> tuple[int, ...]:
+    """Normalise ``a["padding"]`` to one non-negative int per spatial axis (``(ph, pw)`` in 2-D;
+    Note [Zero padding] in anycnn.ops), and return it. All zeros, such as the default ``(0, 0)``,
+    mean no padding whatever the number of axes."""
     padding = a.get("padding", (0, 0))
     try:
-        ph, pw = padding
-    except (TypeError, ValueError):
-        ph = pw = None
-    for value in (ph, pw):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(
-                f"{where}: padding must be (rows, columns), two non-negative ints, got {padding!r}"
-            )
-    a["padding"] = (int(ph), int(pw))
+        amounts = tuple(padding)
+    except TypeError:
+        amounts = ()
+    good = all(not isinstance(v, bool) and isinstance(v, int) and v >= 0 for v in amounts)
+    if good and amounts and not any(amounts):
+        amounts = (0,) * spatial
+    if not good or len(amounts) != spatial:
+        what = (
+            "(rows, columns), two non-negative ints"
+            if spatial == 2
+            else f"{spatial} non-negative int(s), one per spatial axis"
+        )
+        raise ValueError(f"{where}: padding must be {what}, got {padding!r}")
+    a["padding"] = tuple(int(v) for v in amounts)
     return a["padding"]
+
+
+def _padded(pads: tuple[int, ...]) -> str:
+    return f" padded by ({', '.join(map(str, pads))})" if any(pads) else ""
 
 
 def _check_conv_valid(where: str, a: dict[str, Any]) -> None:
     x, kernel = a["x"], a["kernel"]
-    ph, pw = _padding(where, a)
-    _maps(where, "x", x)
-    checks.check_rank(where, "kernel", kernel, 4, "(C_out, C_in, kh, kw)")
+    d = _kernel(where, kernel)
+    _maps(where, "x", x, d, f"the kernel {checks.shape_str(kernel.shape)}")
+    pads = _padding(where, a, d)
     checks.check_same_dtype(where, ("x", "kernel"), x, kernel)
-    c_out, c_in, kh, kw = kernel.shape
+    c_out, c_in, *ks = kernel.shape
     if x.shape[1] != c_in:
         raise ValueError(
             f"{where}: x has {x.shape[1]} maps but the kernel expects C_in = {c_in} "
             f"(x {checks.shape_str(x.shape)}, kernel {checks.shape_str(kernel.shape)})"
         )
-    if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
-        padded = f" padded by ({ph}, {pw})" if ph or pw else ""
+    if any(k > s + 2 * p for k, s, p in zip(ks, x.shape[2:], pads, strict=True)):
         raise ValueError(
-            f"{where}: kernel {kh}x{kw} is larger than the {x.shape[2]}x{x.shape[3]} input "
-            f"maps{padded}"
+            f"{where}: kernel {_size(ks)} is larger than the {_size(x.shape[2:])} input "
+            f"maps{_padded(pads)}"
         )
     checks.check_selection(where, a.get("selection"), c_out, c_in)
 
 
 def _check_conv_full(where: str, a: dict[str, Any]) -> None:
     delta, kernel = a["delta"], a["kernel"]
-    ph, pw = _padding(where, a)
-    _maps(where, "delta", delta)
-    checks.check_rank(where, "kernel", kernel, 4, "(C_out, C_in, kh, kw)")
+    d = _kernel(where, kernel)
+    _maps(where, "delta", delta, d, f"the kernel {checks.shape_str(kernel.shape)}")
+    pads = _padding(where, a, d)
     checks.check_same_dtype(where, ("delta", "kernel"), delta, kernel)
-    c_out, c_in, _, _ = kernel.shape
+    c_out, c_in, *ks = kernel.shape
     if delta.shape[1] != c_out:
         raise ValueError(
             f"{where}: delta has {delta.shape[1]} maps but the kernel has C_out = {c_out} "
             f"(delta {checks.shape_str(delta.shape)}, kernel {checks.shape_str(kernel.shape)})"
         )
-    kh, kw = kernel.shape[2], kernel.shape[3]
-    if 2 * ph >= delta.shape[2] + kh - 1 or 2 * pw >= delta.shape[3] + kw - 1:
+    full = [s + k - 1 for s, k in zip(delta.shape[2:], ks, strict=True)]
+    if any(2 * p >= f for p, f in zip(pads, full, strict=True)):
         raise ValueError(
-            f"{where}: padding ({ph}, {pw}) leaves no input: the 'full' convolution of "
-            f"{delta.shape[2]}x{delta.shape[3]} deltas with a {kh}x{kw} kernel has "
-            f"{delta.shape[2] + kh - 1}x{delta.shape[3] + kw - 1} maps"
+            f"{where}: padding ({', '.join(map(str, pads))}) leaves no input: the 'full' "
+            f"convolution of {_size(delta.shape[2:])} deltas with a {_size(ks)} kernel has "
+            f"{_size(full)} maps"
         )
     checks.check_selection(where, a.get("selection"), c_out, c_in)
 
 
 def _check_conv_kernel_grad(where: str, a: dict[str, Any]) -> None:
     x, delta = a["x"], a["delta"]
-    ph, pw = _padding(where, a)
     _maps(where, "x", x)
-    _maps(where, "delta", delta)
+    d = x.ndim - 2
+    _maps(where, "delta", delta, d, f"x {checks.shape_str(x.shape)}")
+    pads = _padding(where, a, d)
     checks.check_same_dtype(where, ("x", "delta"), x, delta)
     if x.shape[0] != delta.shape[0]:
         raise ValueError(
             f"{where}: x and delta have different batch sizes, {x.shape[0]} and {delta.shape[0]}"
         )
-    if delta.shape[2] > x.shape[2] + 2 * ph or delta.shape[3] > x.shape[3] + 2 * pw:
-        padded = f" padded by ({ph}, {pw})" if ph or pw else ""
+    if any(s > t + 2 * p for s, t, p in zip(delta.shape[2:], x.shape[2:], pads, strict=True)):
         raise ValueError(
-            f"{where}: delta maps {delta.shape[2]}x{delta.shape[3]} are larger than the "
-            f"{x.shape[2]}x{x.shape[3]} input maps{padded}"
+            f"{where}: delta maps {_size(delta.shape[2:])} are larger than the "
+            f"{_size(x.shape[2:])} input maps{_padded(pads)}"
         )
     checks.check_selection(where, a.get("selection"), delta.shape[1], x.shape[1])
 

@@ -7,10 +7,13 @@ any of them with a faster version of the same name and signature (``Note [Hot-op
 
 Conventions
 -----------
-* Maps are ``(N, C, H, W)``: batch, maps, rows, columns.
-* Kernels are ``(C_out, C_in, kh, kw)``. An input-map selection (``M_j`` of section 3.1 of the
-  notes) is a boolean ``(C_out, C_in)`` table; ``selection[j, i]`` says output map ``j`` sums
-  over input map ``i``. Kernels outside the selection act as zero.
+* Maps are ``(N, C, H, W)``: batch, maps, rows, columns; or, in any number of spatial
+  dimensions, ``(N, C, *spatial)``: signals ``(N, C, L)``, volumes ``(N, C, D, H, W)``
+  (``Note [N dimensions]``). Every op below takes 1, 2 or 3 spatial axes (any number, in fact).
+* Kernels are ``(C_out, C_in, kh, kw)`` (``(C_out, C_in, *k)`` in N-D). An input-map selection
+  (``M_j`` of section 3.1 of the notes) is a boolean ``(C_out, C_in)`` table;
+  ``selection[j, i]`` says output map ``j`` sums over input map ``i``. Kernels outside the
+  selection act as zero.
 * "Convolution" means MATLAB's ``conv2``, as in the notes: the kernel is flipped (rot180), so
   ``conv_valid(x, k)[n, j] = sum_i conv2(x[n, i], k[j, i], 'valid')``. PyTorch's and most
   frameworks' "convolution" is cross-correlation; :func:`anycnn.layers.to_cross_correlation`
@@ -22,6 +25,7 @@ holds the checked public entry points.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import array_api_compat
@@ -50,12 +54,54 @@ FUSED_OP_NAMES: tuple[str, ...] = (
 
 Array = Any
 
+# Note [N dimensions]
+# ~~~~~~~~~~~~~~~~~~~
+# The notes derive everything for 2-D maps and say it "can be extended without much additional
+# effort to an arbitrary number of dimensions" (section 1). It can, axis by axis: conv2's rot180
+# becomes a flip of every kernel axis, the 'valid' and 'full' borders apply along each axis, the
+# kron up-sampling x (kron) 1_{n x n} tiles n times along each axis (1_{n x n x n} for volumes),
+# and down() sums, averages (1/n^d) or keeps the first sample of each n^d block. The ops below
+# loop over kernel taps with itertools.product over the kernel's axes, in the row-major order of
+# the 2-D loops they replace, so 2-D results are the same operations in the same order: bit for
+# bit what they were. Padding is one amount per spatial axis; a padding of zeros (the default
+# ``(0, 0)``) means none whatever the number of axes.
+
+
+def _spatial(x: Array) -> int:
+    """How many spatial axes an ``(N, C, *spatial)`` array has."""
+    return x.ndim - 2
+
+
+def _per_map(v: Array, d: int, xp: Any) -> Array:
+    """A ``(C,)`` vector shaped to broadcast over ``(N, C, *spatial)`` maps with d axes."""
+    return xp.reshape(v, (v.shape[0], *((1,) * d)))
+
 
 def _masked(kernel: Array, selection: Array | None, xp: Any) -> Array:
     if selection is None:
         return kernel
     c_out, c_in = selection.shape
-    return kernel * xp.reshape(xp.astype(selection, kernel.dtype), (c_out, c_in, 1, 1))
+    d = kernel.ndim - 2
+    return kernel * xp.reshape(xp.astype(selection, kernel.dtype), (c_out, c_in, *((1,) * d)))
+
+
+def _window(starts: tuple[int, ...], sizes: tuple[int, ...]) -> tuple[slice, ...]:
+    """The index ``[:, :, s0 : s0 + n0, s1 : s1 + n1, ...]``."""
+    return (
+        slice(None),
+        slice(None),
+        *(slice(s, s + n) for s, n in zip(starts, sizes, strict=True)),
+    )
+
+
+def _padding(padding: Any, d: int) -> tuple[int, ...]:
+    """One amount per spatial axis; zeros (the default ``(0, 0)``) mean none for any d."""
+    pads = tuple(int(p) for p in padding)
+    if not any(pads):
+        return (0,) * d
+    if len(pads) != d:
+        raise ValueError(f"padding {padding!r}: expected {d} amounts, one per spatial axis")
+    return pads
 
 
 def conv_valid(
@@ -68,17 +114,19 @@ def conv_valid(
 
     Parameters
     ----------
-    x : array, shape (N, C_in, H, W)
+    x : array, shape (N, C_in, H, W), or (N, C_in, *spatial) with any number of spatial axes
     kernel : array, shape (C_out, C_in, kh, kw), with kh <= H + 2 ph and kw <= W + 2 pw
+        (``(C_out, C_in, *k)`` in N-D, Note [N dimensions])
     selection : bool array, shape (C_out, C_in), optional
         The input maps ``M_j`` of each output map; all of them when omitted.
     padding : (int, int)
         ``(ph, pw)`` rows and columns of zeros added on each side of every map first (Note
-        [Zero padding]); the notes' 'valid' convolution is ``(0, 0)``.
+        [Zero padding]); the notes' 'valid' convolution is ``(0, 0)``. One amount per spatial
+        axis in N-D; zeros mean none.
 
     Returns
     -------
-    array, shape (N, C_out, H + 2 ph - kh + 1, W + 2 pw - kw + 1)
+    array, shape (N, C_out, H + 2 ph - kh + 1, W + 2 pw - kw + 1), axis by axis in N-D
 
     Examples
     --------
@@ -91,37 +139,46 @@ def conv_valid(
     ((1, 2, 2, 2), 8.0)
     """
     xp = array_api_compat.array_namespace(x, kernel)
-    if padding[0] or padding[1]:
-        x = _pad2(x, padding[0], padding[1], xp)
-    n, c_in, h, w = x.shape
-    c_out, _, kh, kw = kernel.shape
-    oh, ow = h - kh + 1, w - kw + 1
-    # conv2 flips the kernel: tap (a, b) of the cross-correlation uses kernel[..., kh-1-a, kw-1-b].
-    flipped = xp.flip(_masked(kernel, selection, xp), axis=(2, 3))
+    d = _spatial(x)
+    pads = _padding(padding, d)
+    if any(pads):
+        x = _pad(x, pads, xp)
+    ks = tuple(kernel.shape[2:])
+    outs = tuple(size - k + 1 for size, k in zip(x.shape[2:], ks, strict=True))
+    # conv2 flips the kernel: tap (a, b) of the cross-correlation uses kernel[..., kh-1-a, kw-1-b]
+    # (every axis flipped in N-D).
+    flipped = xp.flip(_masked(kernel, selection, xp), axis=tuple(range(2, 2 + d)))
     out = None
-    for a in range(kh):  # a loop over kernel taps, not over examples or maps
-        for b in range(kw):
-            patch = x[:, :, a : a + oh, b : b + ow]  # (N, C_in, oh, ow)
-            term = xp.tensordot(patch, flipped[:, :, a, b], axes=([1], [1]))  # (N, oh, ow, C_out)
-            out = term if out is None else out + term
-    return xp.permute_dims(out, (0, 3, 1, 2))
+    # a loop over kernel taps, not over examples or maps (row-major: Note [N dimensions])
+    for taps in itertools.product(*(range(k) for k in ks)):
+        patch = x[_window(taps, outs)]  # (N, C_in, *outs)
+        tap = flipped[(slice(None), slice(None), *taps)]  # (C_out, C_in)
+        term = xp.tensordot(patch, tap, axes=([1], [1]))  # (N, *outs, C_out)
+        out = term if out is None else out + term
+    return xp.permute_dims(out, (0, d + 1, *range(1, d + 1)))
+
+
+def _pad(x: Array, pads: tuple[int, ...], xp: Any) -> Array:
+    """Zero-pad each spatial axis by its amount on each side (the last axis first)."""
+    dev = array_api_compat.device(x)
+    for axis in range(x.ndim - 1, 1, -1):
+        p = pads[axis - 2]
+        if p:
+            shape = list(x.shape)
+            shape[axis] = p
+            side = xp.zeros(tuple(shape), dtype=x.dtype, device=dev)
+            x = xp.concat([side, x, side], axis=axis)
+    return x
 
 
 def _pad2(x: Array, ph: int, pw: int, xp: Any) -> Array:
     """Zero-pad the last two axes by ``ph`` rows and ``pw`` columns on each side."""
-    n, c, h, w = x.shape
-    dev = array_api_compat.device(x)
-    if pw:
-        side = xp.zeros((n, c, h, pw), dtype=x.dtype, device=dev)
-        x = xp.concat([side, x, side], axis=3)
-    if ph:
-        side = xp.zeros((n, c, ph, w + 2 * pw), dtype=x.dtype, device=dev)
-        x = xp.concat([side, x, side], axis=2)
-    return x
+    return _pad(x, (ph, pw), xp)
 
 
-def fit_maps(x: Array, h: int, w: int) -> Array:
-    """``x`` cropped or zero-padded at the bottom and right to ``(N, C, h, w)``.
+def fit_maps(x: Array, *size: int) -> Array:
+    """``x`` cropped or zero-padded at the bottom and right to ``(N, C, h, w)`` (``fit_maps(x,
+    h, w)``; in N-D one size per spatial axis, each cropped or padded at its end).
 
     Not a hot op (a slice, or one concatenation): the subsampling layers' ``remainder`` crops
     (``"drop"``) or pads (``"pad"``) their input to whole blocks with it, and its adjoint, the
@@ -129,17 +186,20 @@ def fit_maps(x: Array, h: int, w: int) -> Array:
     padded rows cut off). Returns ``x`` itself when it already has that size.
     """
     xp = array_api_compat.array_namespace(x)
-    n, c, rows, cols = x.shape
-    if (rows, cols) == (h, w):
+    have = tuple(x.shape[2:])
+    if have == tuple(size):
         return x
-    x = x[:, :, : min(rows, h), : min(cols, w)]
+    x = x[
+        (slice(None), slice(None), *(slice(0, min(a, b)) for a, b in zip(have, size, strict=True)))
+    ]
     dev = array_api_compat.device(x)
-    if cols < w:
-        x = xp.concat(
-            [x, xp.zeros((n, c, x.shape[2], w - cols), dtype=x.dtype, device=dev)], axis=3
-        )
-    if rows < h:
-        x = xp.concat([x, xp.zeros((n, c, h - rows, w), dtype=x.dtype, device=dev)], axis=2)
+    for axis in range(x.ndim - 1, 1, -1):  # the last axis first, as the 2-D version did
+        missing = size[axis - 2] - x.shape[axis]
+        if missing > 0:
+            shape = list(x.shape)
+            shape[axis] = missing
+            zeros = xp.zeros(tuple(shape), dtype=x.dtype, device=dev)
+            x = xp.concat([x, zeros], axis=axis)
     return x
 
 
@@ -175,15 +235,15 @@ def conv_full(
 
     Parameters
     ----------
-    delta : array, shape (N, C_out, h, w)
-    kernel : array, shape (C_out, C_in, kh, kw)
+    delta : array, shape (N, C_out, h, w) (``(N, C_out, *spatial)`` in N-D)
+    kernel : array, shape (C_out, C_in, kh, kw) (``(C_out, C_in, *k)``)
     selection : bool array, shape (C_out, C_in), optional
     padding : (int, int)
-        The ``(ph, pw)`` of the forward convolution.
+        The ``(ph, pw)`` of the forward convolution (one amount per spatial axis in N-D).
 
     Returns
     -------
-    array, shape (N, C_in, h + kh - 1 - 2 ph, w + kw - 1 - 2 pw)
+    array, shape (N, C_in, h + kh - 1 - 2 ph, w + kw - 1 - 2 pw), axis by axis in N-D
 
     Examples
     --------
@@ -196,21 +256,23 @@ def conv_full(
     ((1, 1, 3, 3), 4.0)
     """
     xp = array_api_compat.array_namespace(delta, kernel)
-    n, c_out, h, w = delta.shape
-    _, c_in, kh, kw = kernel.shape
-    ph, pw = padding
-    padded = _pad2(delta, kh - 1, kw - 1, xp)
+    d = _spatial(delta)
+    pads = _padding(padding, d)
+    ks = tuple(kernel.shape[2:])
+    padded = _pad(delta, tuple(k - 1 for k in ks), xp)
     k = _masked(kernel, selection, xp)
-    oh, ow = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
+    outs = tuple(
+        size + kk - 1 - 2 * p for size, kk, p in zip(delta.shape[2:], ks, pads, strict=True)
+    )
     out = None
     # conv2 with rot180(k) is a cross-correlation with k itself: no flip here; the crop of
     # Note [Zero padding] is the offset (ph, pw) of every window.
-    for a in range(kh):
-        for b in range(kw):
-            patch = padded[:, :, ph + a : ph + a + oh, pw + b : pw + b + ow]  # (N, C_out, oh, ow)
-            term = xp.tensordot(patch, k[:, :, a, b], axes=([1], [0]))  # (N, oh, ow, C_in)
-            out = term if out is None else out + term
-    return xp.permute_dims(out, (0, 3, 1, 2))
+    for taps in itertools.product(*(range(kk) for kk in ks)):
+        starts = tuple(p + a for p, a in zip(pads, taps, strict=True))
+        patch = padded[_window(starts, outs)]  # (N, C_out, *outs)
+        term = xp.tensordot(patch, k[(slice(None), slice(None), *taps)], axes=([1], [0]))
+        out = term if out is None else out + term  # (N, *outs, C_in)
+    return xp.permute_dims(out, (0, d + 1, *range(1, d + 1)))
 
 
 def conv_kernel_grad(
@@ -225,17 +287,17 @@ def conv_kernel_grad(
 
     Parameters
     ----------
-    x : array, shape (N, C_in, H, W)
+    x : array, shape (N, C_in, H, W) (``(N, C_in, *spatial)`` in N-D)
         The layer's input maps (``x^{l-1}``).
     delta : array, shape (N, C_out, h, w)
         The layer's sensitivities; the kernel size is ``(H + 2 ph - h + 1, W + 2 pw - w + 1)``.
     selection : bool array, shape (C_out, C_in), optional
     padding : (int, int)
-        The ``(ph, pw)`` of the forward convolution.
+        The ``(ph, pw)`` of the forward convolution (one amount per spatial axis in N-D).
 
     Returns
     -------
-    array, shape (C_out, C_in, H + 2 ph - h + 1, W + 2 pw - w + 1)
+    array, shape (C_out, C_in, H + 2 ph - h + 1, W + 2 pw - w + 1), axis by axis in N-D
 
     Examples
     --------
@@ -248,19 +310,20 @@ def conv_kernel_grad(
     (2, 1, 2, 2)
     """
     xp = array_api_compat.array_namespace(x, delta)
-    if padding[0] or padding[1]:
-        x = _pad2(x, padding[0], padding[1], xp)
-    _, _, h_in, w_in = x.shape
-    _, _, h, w = delta.shape
-    kh, kw = h_in - h + 1, w_in - w + 1
+    d = _spatial(x)
+    pads = _padding(padding, d)
+    if any(pads):
+        x = _pad(x, pads, xp)
+    sizes = tuple(delta.shape[2:])
+    ks = tuple(size - s + 1 for size, s in zip(x.shape[2:], sizes, strict=True))
+    summed = [0, *range(2, 2 + d)]  # the batch and every position
     taps = []
-    for a in range(kh):
-        for b in range(kw):
-            patch = x[:, :, a : a + h, b : b + w]  # (N, C_in, h, w)
-            taps.append(xp.tensordot(delta, patch, axes=([0, 2, 3], [0, 2, 3])))  # (C_out, C_in)
+    for starts in itertools.product(*(range(k) for k in ks)):
+        patch = x[_window(starts, sizes)]  # (N, C_in, *sizes)
+        taps.append(xp.tensordot(delta, patch, axes=(summed, summed)))  # (C_out, C_in)
     c_out, c_in = taps[0].shape
-    correlation = xp.reshape(xp.stack(taps, axis=2), (c_out, c_in, kh, kw))
-    grad = xp.flip(correlation, axis=(2, 3))  # the outer rot180 of eq. (7)
+    correlation = xp.reshape(xp.stack(taps, axis=2), (c_out, c_in, *ks))
+    grad = xp.flip(correlation, axis=tuple(range(2, 2 + d)))  # the outer rot180 of eq. (7)
     return _masked(grad, selection, xp)
 
 
@@ -269,7 +332,7 @@ def kron_upsample(x: Array, n: int) -> Array:
 
     Parameters
     ----------
-    x : array, shape (N, C, h, w)
+    x : array, shape (N, C, h, w) (``(N, C, *spatial)`` in N-D: n times along every axis)
     n : int, the subsampling factor
 
     Returns
@@ -287,15 +350,18 @@ def kron_upsample(x: Array, n: int) -> Array:
     ((1, 1, 4, 4), 0.0, 3.0)
     """
     xp = array_api_compat.array_namespace(x)
-    b, c, h, w = x.shape
-    tiles = xp.broadcast_to(xp.reshape(x, (b, c, h, 1, w, 1)), (b, c, h, n, w, n))
-    return xp.reshape(tiles, (b, c, h * n, w * n))
+    b, c, *sizes = x.shape
+    single = tuple(v for s in sizes for v in (s, 1))
+    tiled = tuple(v for s in sizes for v in (s, n))
+    tiles = xp.broadcast_to(xp.reshape(x, (b, c, *single)), (b, c, *tiled))
+    return xp.reshape(tiles, (b, c, *(s * n for s in sizes)))
 
 
 def block_sum(x: Array, n: int) -> Array:
     """Sum over each distinct n x n block: ``down(x)`` of section 3.2 (the notes' default).
 
-    The adjoint of :func:`kron_upsample`. ``H`` and ``W`` must be multiples of ``n``.
+    The adjoint of :func:`kron_upsample`. ``H`` and ``W`` must be multiples of ``n``. In N-D,
+    the sum over each ``n^d`` block of ``(N, C, *spatial)`` maps.
 
     Returns
     -------
@@ -311,12 +377,14 @@ def block_sum(x: Array, n: int) -> Array:
     6.0
     """
     xp = array_api_compat.array_namespace(x)
-    b, c, h, w = x.shape
-    return xp.sum(xp.reshape(x, (b, c, h // n, n, w // n, n)), axis=(3, 5))
+    b, c, *sizes = x.shape
+    blocks = tuple(v for s in sizes for v in (s // n, n))
+    return xp.sum(xp.reshape(x, (b, c, *blocks)), axis=tuple(range(3, 3 + 2 * len(sizes), 2)))
 
 
 def block_mean(x: Array, n: int) -> Array:
-    """Mean over each distinct n x n block (DeepLearnToolbox's subsampling): block_sum / n^2.
+    """Mean over each distinct n x n block (DeepLearnToolbox's subsampling): block_sum / n^2
+    (``/ n^d`` over the ``n^d`` blocks of d spatial axes).
 
     Examples
     --------
@@ -327,7 +395,7 @@ def block_mean(x: Array, n: int) -> Array:
     >>> float(ops.block_mean(a(1, 1, 2, 2), 2)[0, 0, 0, 0])
     1.5
     """
-    return block_sum(x, n) / (n * n)
+    return block_sum(x, n) / n ** _spatial(x)
 
 
 def decimate(x: Array, n: int) -> Array:
@@ -335,7 +403,8 @@ def decimate(x: Array, n: int) -> Array:
 
     Returns
     -------
-    array, shape (N, C, H // n, W // n), the top-left sample of each n x n block
+    array, shape (N, C, H // n, W // n), the top-left sample of each n x n block (the first
+    corner of each ``n^d`` block in N-D)
 
     Examples
     --------
@@ -346,8 +415,7 @@ def decimate(x: Array, n: int) -> Array:
     >>> float(ops.decimate(a(1, 1, 4, 4), 2)[0, 0, 1, 1])   # x[0, 0, 2, 2]
     10.0
     """
-    b, c, h, w = x.shape
-    return x[:, :, 0 : h - h % n : n, 0 : w - w % n : n]
+    return x[(slice(None), slice(None), *(slice(0, s - s % n, n) for s in x.shape[2:]))]
 
 
 def decimate_transpose(delta: Array, n: int) -> Array:
@@ -369,11 +437,18 @@ def decimate_transpose(delta: Array, n: int) -> Array:
     ((1, 1, 4, 4), 3.0, 0.0)
     """
     xp = array_api_compat.array_namespace(delta)
-    b, c, h, w = delta.shape
+    b, c, *sizes = delta.shape
+    d = len(sizes)
     first = xp.astype(xp.arange(n, device=array_api_compat.device(delta)) == 0, delta.dtype)
-    mask = xp.reshape(first, (1, 1, 1, n, 1, 1)) * xp.reshape(first, (1, 1, 1, 1, 1, n))
-    blocks = xp.reshape(delta, (b, c, h, 1, w, 1)) * mask
-    return xp.reshape(blocks, (b, c, h * n, w * n))
+    mask = None
+    for axis in range(d):  # the first sample of every block along every axis
+        shape = [1] * (2 + 2 * d)
+        shape[3 + 2 * axis] = n
+        part = xp.reshape(first, tuple(shape))
+        mask = part if mask is None else mask * part
+    single = tuple(v for s in sizes for v in (s, 1))
+    blocks = xp.reshape(delta, (b, c, *single)) * mask
+    return xp.reshape(blocks, (b, c, *(s * n for s in sizes)))
 
 
 def fully_connected(x: Array, weight: Array) -> Array:
@@ -456,6 +531,61 @@ def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
     return xp.matmul(delta, weight)
 
 
+#: The ops whose first argument is ``(N, C, *spatial)`` maps (Note [N dimensions]).
+MAP_OP_NAMES: tuple[str, ...] = (
+    "conv_valid",
+    "conv_full",
+    "conv_kernel_grad",
+    "kron_upsample",
+    "block_sum",
+    "block_mean",
+    "decimate",
+    "decimate_transpose",
+    "conv_valid_activate",
+    "conv_backward",
+    "subsample_backward",
+)
+
+
+def planar_or_reference(table: dict[str, Any]) -> dict[str, Any]:
+    """A backend's op table whose map ops handle 2-D maps only, made to take any number of
+    spatial axes: calls on ``(N, C, H, W)`` maps go to the backend's op, the others to the
+    reference op of the same name here (Note [N dimensions]). Each wrapper keeps its op's name,
+    signature and docstring (``functools.wraps``), so the parity checks read the backend's own.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anycnn import ops
+    >>> calls = []
+    >>> def block_sum(x, n):                 # a backend's op for 2-D maps only
+    ...     calls.append(x.ndim)
+    ...     return ops.block_sum(x, n)
+    >>> table = ops.planar_or_reference({"block_sum": block_sum})
+    >>> table["block_sum"](np.ones((1, 1, 4)), 2).tolist(), calls     # 1-D: the reference
+    ([[[2.0, 2.0]]], [])
+    >>> _ = table["block_sum"](np.ones((1, 1, 2, 2)), 2); calls        # 2-D: the backend's
+    [4]
+    """
+    import functools
+    import inspect
+
+    def wrap(name: str, op: Any) -> Any:
+        reference = globals()[name]
+        first = next(iter(inspect.signature(op).parameters))
+
+        @functools.wraps(op)
+        def planar_or_reference(*args: Any, **kwargs: Any) -> Any:
+            maps = args[0] if args else kwargs[first]
+            if maps.ndim == 4:
+                return op(*args, **kwargs)
+            return reference(*args, **kwargs)
+
+        return planar_or_reference
+
+    return {name: wrap(name, op) if name in MAP_OP_NAMES else op for name, op in table.items()}
+
+
 # --- fused ops -----------------------------------------------------------------------------------
 # Note [Fused ops]
 # ~~~~~~~~~~~~~~~~
@@ -487,7 +617,7 @@ def conv_valid_activate(
     layers are tested against the chain): its own vectorised f is allowed, a different f is not.
     """
     xp = array_api_compat.array_namespace(x, kernel, bias)
-    u = conv_valid(x, kernel, selection, padding) + bias[:, None, None]
+    u = conv_valid(x, kernel, selection, padding) + _per_map(bias, _spatial(x), xp)
     return activation.apply(u, xp)
 
 
@@ -516,10 +646,11 @@ def conv_backward(
     """
     xp = array_api_compat.array_namespace(x, dy, y)
     if up > 1:
-        dy = fit_maps(kron_upsample(dy, up), y.shape[2], y.shape[3])
+        dy = fit_maps(kron_upsample(dy, up), *y.shape[2:])
     delta = activation.sensitivity(dy, y, xp)
     grad = conv_kernel_grad(x, delta, selection, padding)
-    return grad, xp.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
+    summed = (0, *range(2, y.ndim))
+    return grad, xp.sum(delta, axis=summed), delta if need_delta else None
 
 
 def subsample_backward(
@@ -533,9 +664,10 @@ def subsample_backward(
     """
     xp = array_api_compat.array_namespace(dy, y, d, beta)
     delta = activation.sensitivity(dy, y, xp)
-    grad_beta = xp.sum(delta * d, axis=(0, 2, 3))
-    grad_bias = xp.sum(delta, axis=(0, 2, 3))
-    scaled = delta * beta[:, None, None] if need_input_grad else None
+    summed = (0, *range(2, y.ndim))
+    grad_beta = xp.sum(delta * d, axis=summed)
+    grad_bias = xp.sum(delta, axis=summed)
+    scaled = delta * _per_map(beta, _spatial(y), xp) if need_input_grad else None
     return grad_beta, grad_bias, scaled
 
 

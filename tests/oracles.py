@@ -72,3 +72,100 @@ def decimate_transpose(delta, n):
     out = np.zeros((b, c, h * n, w * n))
     out[:, :, ::n, ::n] = delta
     return out
+
+
+# --- any number of spatial axes (issue 18): scipy.signal.convolve / correlate, map by map ------
+def _crop(a, pads):
+    return a[tuple(slice(p, a.shape[i] - p) for i, p in enumerate(pads))]
+
+
+def _pad(a, pads):
+    return np.pad(a, [(p, p) for p in pads])
+
+
+def conv_valid_nd(x, kernel, selection=None, padding=None):
+    """``u[n, j] = sum_i convolve(pad(x[n, i]), k[j, i], 'valid')`` (the notes' conv2, N-D)."""
+    from scipy.signal import convolve
+
+    n, c_in = x.shape[:2]
+    c_out = kernel.shape[0]
+    pads = padding or (0,) * (x.ndim - 2)
+    sel = np.ones((c_out, c_in), bool) if selection is None else selection
+    size = [s + 2 * p - k + 1 for s, p, k in zip(x.shape[2:], pads, kernel.shape[2:], strict=True)]
+    out = np.zeros((n, c_out, *size))
+    for b in range(n):
+        for j in range(c_out):
+            for i in range(c_in):
+                if sel[j, i]:
+                    out[b, j] += convolve(_pad(x[b, i], pads), kernel[j, i], mode="valid")
+    return out
+
+
+def conv_full_nd(delta, kernel, selection=None, padding=None):
+    """``g[n, i] = sum_j crop(correlate(delta[n, j], k[j, i], 'full'))``: conv2(delta,
+    rot180(k), 'full') along every axis, cropped by the forward padding."""
+    from scipy.signal import correlate
+
+    n, c_out = delta.shape[:2]
+    c_in = kernel.shape[1]
+    pads = padding or (0,) * (delta.ndim - 2)
+    sel = np.ones((c_out, c_in), bool) if selection is None else selection
+    size = [
+        s + k - 1 - 2 * p for s, k, p in zip(delta.shape[2:], kernel.shape[2:], pads, strict=True)
+    ]
+    out = np.zeros((n, c_in, *size))
+    for b in range(n):
+        for i in range(c_in):
+            for j in range(c_out):
+                if sel[j, i]:
+                    out[b, i] += _crop(correlate(delta[b, j], kernel[j, i], mode="full"), pads)
+    return out
+
+
+def conv_kernel_grad_nd(x, delta, selection=None, padding=None):
+    """Eq. (7) along every axis: ``flip(sum_n correlate(pad(x[n, i]), delta[n, j], 'valid'))``."""
+    from scipy.signal import correlate
+
+    c_in = x.shape[1]
+    c_out = delta.shape[1]
+    pads = padding or (0,) * (x.ndim - 2)
+    sel = np.ones((c_out, c_in), bool) if selection is None else selection
+    ks = [s + 2 * p - d + 1 for s, p, d in zip(x.shape[2:], pads, delta.shape[2:], strict=True)]
+    out = np.zeros((c_out, c_in, *ks))
+    for j in range(c_out):
+        for i in range(c_in):
+            if sel[j, i]:
+                for b in range(x.shape[0]):
+                    term = correlate(_pad(x[b, i], pads), delta[b, j], mode="valid")
+                    out[j, i] += np.flip(term)
+    return out
+
+
+def kron_upsample_nd(x, n):
+    return np.kron(x, np.ones((1, 1) + (n,) * (x.ndim - 2)))
+
+
+def block_sum_nd(x, n):
+    """One block at a time (the blkproc stand-in), any number of spatial axes."""
+    import itertools
+
+    sizes = [s // n for s in x.shape[2:]]
+    out = np.zeros((*x.shape[:2], *sizes))
+    for index in itertools.product(*(range(s) for s in sizes)):
+        block = x[(slice(None), slice(None), *(slice(i * n, (i + 1) * n) for i in index))]
+        out[(slice(None), slice(None), *index)] = block.sum(axis=tuple(range(2, x.ndim)))
+    return out
+
+
+def block_mean_nd(x, n):
+    return block_sum_nd(x, n) / n ** (x.ndim - 2)
+
+
+def decimate_nd(x, n):
+    return x[(slice(None), slice(None), *(slice(None, None, n) for _ in x.shape[2:]))]
+
+
+def decimate_transpose_nd(delta, n):
+    out = np.zeros((*delta.shape[:2], *(s * n for s in delta.shape[2:])))
+    out[(slice(None), slice(None), *(slice(None, None, n) for _ in delta.shape[2:]))] = delta
+    return out

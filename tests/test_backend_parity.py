@@ -75,8 +75,8 @@ def _plugin_table(module: str):
 
 @pytest.mark.parametrize(
     ("module", "library"),
-    [("anycnn_numpy._ops", "numpy"), ("anycnn_cupy._ops", "cupy")],
-    ids=["numpy", "cupy"],
+    [("anycnn_numpy._ops", "numpy"), ("anycnn_numpy._nd", "numpy"), ("anycnn_cupy._ops", "cupy")],
+    ids=["numpy", "numpy-nd", "cupy"],
 )
 def test_every_plugin_op_table_matches_the_reference(module, library):
     """The plugins' own tables, read without a device: CuPy's ops import on a machine with CuPy

@@ -133,9 +133,11 @@ def _device_for(spec):
 
 
 def _fast_ops():
+    from anycnn.ops import planar_or_reference
     from anycnn_cupy import _ops
 
-    return _ops.OPS
+    # 1-D and 3-D maps run on the reference ops (CuPy through the Array API; issue 18)
+    return planar_or_reference(_ops.OPS)
 
 
 def fused_ops():

@@ -12,9 +12,10 @@ from anycnn.backend import Backend
 
 
 def _fast_ops():
-    from anycnn_numpy import _ops
+    # _nd's table: the 2-D ops of _ops, and 1-D / 3-D maps mapped onto them (issue 18)
+    from anycnn_numpy import _nd
 
-    return _ops.OPS
+    return _nd.OPS
 
 
 def _namespace():
