@@ -986,11 +986,11 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
     shape = config.get("input_shape")
     if (
         not isinstance(shape, list)
-        or not 1 <= len(shape) <= 3
+        or not 1 <= len(shape) <= 4
         or not all(_is_int(s) and s >= 1 for s in shape)
     ):
         raise CheckpointError(
-            f"{where}: bad input shape {_quote(str(shape))} in 'meta/config': 1 to 3 positive "
+            f"{where}: bad input shape {_quote(str(shape))} in 'meta/config': 1 to 4 positive "
             "sizes expected"
         )
     if math.prod(shape) > MAX_INPUT_ELEMENTS:
@@ -1021,11 +1021,12 @@ def _check_config(config: Any, where: str) -> dict[str, Any]:
 _SLACK = 2**20
 
 
-def _pair(value: Any) -> tuple[int, int] | None:
+def _sizes(value: Any, d: int) -> tuple[int, ...] | None:
+    """A kernel size of a configuration as one positive int per spatial axis, or None."""
     if _is_int(value) and value >= 1:
-        return value, value
-    if isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
-        return value[0], value[1]
+        return (value,) * d
+    if isinstance(value, list) and len(value) == d and all(_is_int(v) and v >= 1 for v in value):
+        return tuple(value)
     return None
 
 
@@ -1042,34 +1043,34 @@ def _check_sizes(config: dict[str, Any], members: Mapping[str, _Member], where: 
     shape = tuple(config["input_shape"])
     for spec in config["layers"]:
         kind, name = spec["type"], spec["name"]
-        spatial = shape[1:] if len(shape) == 3 else None
+        # maps (C, *spatial) with 1 to 3 spatial axes (issue 18); (D,) vectors have none
+        spatial = shape[1:] if 2 <= len(shape) <= 4 else None
         need = 0
         if kind in ("Convolution", "LearnedCombination") and spatial is not None:
-            maps, kernel = spec.get("maps"), _pair(spec.get("kernel_size"))
+            d = len(spatial)
+            maps, kernel = spec.get("maps"), _sizes(spec.get("kernel_size"), d)
             if not (_is_int(maps) and maps >= 1) or kernel is None:
                 return  # the layer's own constructor refuses this with its message
-            kh, kw = kernel
-            need = maps * shape[0] * (kh * kw + 2) + maps
+            need = maps * shape[0] * (math.prod(kernel) + 2) + maps
             padding = spec.get("padding", 0)
             if padding == "same":
-                pads = (kh - 1, kw - 1)
+                pads = tuple(k - 1 for k in kernel)
             elif _is_int(padding) or padding in ("valid", None):
-                pads = (2 * abs(padding),) * 2 if _is_int(padding) else (0, 0)
-            elif isinstance(padding, list) and len(padding) == 2 and all(map(_is_int, padding)):
-                pads = (2 * abs(padding[0]), 2 * abs(padding[1]))
+                pads = (2 * abs(padding),) * d if _is_int(padding) else (0,) * d
+            elif isinstance(padding, list) and len(padding) == d and all(map(_is_int, padding)):
+                pads = tuple(2 * abs(p) for p in padding)
             else:  # a form this bound does not know: as if padded by a whole kernel each side
-                pads = (2 * kh, 2 * kw)
+                pads = tuple(2 * k for k in kernel)
             shape = (
                 maps,
-                max(spatial[0] - kh + 1 + pads[0], 1),
-                max(spatial[1] - kw + 1 + pads[1], 1),
+                *(max(s - k + 1 + p, 1) for s, k, p in zip(spatial, kernel, pads, strict=True)),
             )
         elif kind == "Subsampling" and spatial is not None:
             n = spec.get("n")
             if not (_is_int(n) and n >= 1):
                 return
             need = 2 * shape[0]
-            shape = (shape[0], -(-spatial[0] // n), -(-spatial[1] // n))
+            shape = (shape[0], *(-(-s // n) for s in spatial))
         elif kind == "FullyConnected":
             units = spec.get("units")
             if not (_is_int(units) and units >= 1):

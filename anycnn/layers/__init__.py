@@ -14,6 +14,9 @@ from anycnn.layers.base import BuildContext, Layer, LayerError
 from anycnn.layers.combine import LearnedCombination, to_selection
 from anycnn.layers.conv import (
     Convolution,
+    Convolution1D,
+    Convolution2D,
+    Convolution3D,
     from_cross_correlation,
     lenet5_table,
     selection_table,
@@ -21,7 +24,7 @@ from anycnn.layers.conv import (
 )
 from anycnn.layers.dense import Flatten, FullyConnected
 from anycnn.layers.losses import CrossEntropy, Loss, SquaredError, get_loss
-from anycnn.layers.subsample import Subsampling
+from anycnn.layers.subsample import Subsampling, Subsampling1D, Subsampling2D, Subsampling3D
 
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls
@@ -32,6 +35,9 @@ __all__ = [
     "Activation",
     "BuildContext",
     "Convolution",
+    "Convolution1D",
+    "Convolution2D",
+    "Convolution3D",
     "CrossEntropy",
     "Flatten",
     "FullyConnected",
@@ -46,6 +52,9 @@ __all__ = [
     "Sigmoid",
     "SquaredError",
     "Subsampling",
+    "Subsampling1D",
+    "Subsampling2D",
+    "Subsampling3D",
     "Tanh",
     "from_cross_correlation",
     "get_activation",

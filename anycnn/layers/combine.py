@@ -17,6 +17,7 @@ import numpy as np
 
 from anycnn.layers.activations import get_activation
 from anycnn.layers.base import Array, BuildContext, Layer, Shape
+from anycnn.layers.conv import check_dims, kernel_sizes, sizes_str, spatial_dims
 
 KERNELS = ("per_input", "per_pair")
 SPARSITY = ("l1", "entropy")
@@ -143,6 +144,7 @@ class LearnedCombination(Layer):
     maps : int
         Number of output maps ``C_out``.
     kernel_size : int or (int, int)
+        One int per spatial axis in 1-D and 3-D (an int: the same along every axis).
     kernels : {"per_input", "per_pair"}
         One kernel ``k_i`` per input map, shared by all output maps (the notes, 3.3), or one
         kernel ``k_ij`` per pair (as a convolution of 3.1, e.g. LeNet-5's C3).
@@ -159,6 +161,9 @@ class LearnedCombination(Layer):
         :class:`~anycnn.layers.Convolution` for a convolution with one input and one output map,
         since ``alpha_:j`` sums to one and a unit sees a weighted *average* of single-map
         convolutions, not a sum. ``c`` starts at zero (``alpha = 1 / C_in``), ``b`` at zero.
+    dims : {None, 1, 2, 3}
+        The number of spatial axes; None takes it from the input shape (``(C, L)``,
+        ``(C, H, W)`` or ``(C, D, H, W)``), as :class:`~anycnn.layers.Convolution` does.
 
     Parameters of the layer: ``c`` ``(C_out, C_in)`` (``c[j, i]`` is the notes' ``c_ij``: the
     table layout of :func:`~anycnn.layers.selection_table`); ``kernel`` ``(C_in, kh, kw)`` per
@@ -202,22 +207,23 @@ class LearnedCombination(Layer):
     def __init__(
         self,
         maps: int,
-        kernel_size: int | tuple[int, int],
+        kernel_size: int | tuple[int, ...],
         *,
         kernels: str = "per_input",
         lam: float = 0.0,
         sparsity: str = "l1",
         activation: Any = "sigmoid",
         init: str = "glorot",
+        dims: int | None = None,
         name: str | None = None,
     ):
         super().__init__(name)
         where = "LearnedCombination"
         if isinstance(maps, bool) or not isinstance(maps, int) or maps < 1:
             raise ValueError(f"{where}: maps must be a positive int, got {maps!r}")
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        if min(kh, kw) < 1:
-            raise ValueError(f"{where}: kernel_size must be positive, got {kernel_size!r}")
+        self.dims = check_dims(dims, where)
+        self._kernel_spec = kernel_size
+        sizes = kernel_sizes(kernel_size, self.dims, where)
         if kernels not in KERNELS:
             raise ValueError(f"{where}: kernels must be one of {KERNELS}, got {kernels!r}")
         if sparsity not in SPARSITY:
@@ -234,29 +240,38 @@ class LearnedCombination(Layer):
                 f"{where}: the penalty weight lambda (lam) must be a finite number >= 0, "
                 f"got {lam!r}"
             )
-        self.maps, self.kernel_size = maps, (int(kh), int(kw))
+        self.maps, self.kernel_size = maps, sizes
         self.kernels, self.lam, self.sparsity = kernels, float(lam), sparsity
         self.activation = get_activation(activation)
         self.init = init
         self.c_in = 0  # set by build
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
-        if len(input_shape) != 3:
-            raise self.error(f"expects (C, H, W) maps, got input shape {input_shape}")
-        c_in, h, w = input_shape
-        kh, kw = self.kernel_size
-        if kh > h or kw > w:
-            raise self.error(f"kernel {kh}x{kw} is larger than the {h}x{w} input maps")
+        d = spatial_dims(self, input_shape, self.dims)
+        c_in, *sizes = input_shape
+        if len(self.kernel_size) != d:  # an int kernel size: one per axis of this input
+            try:
+                self.kernel_size = kernel_sizes(self._kernel_spec, d, "LearnedCombination")
+            except ValueError as error:
+                raise self.error(str(error).split(": ", 1)[-1]) from None
+        ks = self.kernel_size
+        if any(k > s for k, s in zip(ks, sizes, strict=True)):
+            raise self.error(
+                f"kernel {sizes_str(ks)} is larger than the {sizes_str(sizes)} input maps"
+            )
         self.c_in = c_in
+        self._ones = (1,) * d
+        self._kernel_axes = tuple(range(2, 2 + d))
+        volume = math.prod(ks)
         if self.init == "glorot":
-            bound = math.sqrt(6.0 / (2 * kh * kw))
+            bound = math.sqrt(6.0 / (2 * volume))
         else:
-            bound = 2.4 / (kh * kw)
-        shape = (c_in, kh, kw) if self.kernels == "per_input" else (self.maps, c_in, kh, kw)
+            bound = 2.4 / volume
+        shape = (c_in, *ks) if self.kernels == "per_input" else (self.maps, c_in, *ks)
         self.params["c"] = self._host_param(context, np.zeros((self.maps, c_in)))
         self.params["kernel"] = self._host_param(context, context.rng.uniform(-bound, bound, shape))
         self.params["bias"] = self._host_param(context, np.zeros(self.maps))
-        return (self.maps, h - kh + 1, w - kw + 1)
+        return (self.maps, *(s - k + 1 for s, k in zip(sizes, ks, strict=True)))
 
     # -- the mixture ---------------------------------------------------------------------------
     def alpha(self) -> Array:
@@ -270,7 +285,7 @@ class LearnedCombination(Layer):
         kernel = self.params["kernel"]
         if self.kernels == "per_input":
             kernel = xp.reshape(kernel, (1, *kernel.shape))
-        return xp.reshape(alpha, (*alpha.shape, 1, 1)) * kernel
+        return xp.reshape(alpha, (*alpha.shape, *self._ones)) * kernel
 
     def selection(self, *, threshold: float | None = None, top_k: int | None = None) -> np.ndarray:
         """:func:`to_selection` of this layer's current ``alpha``: a ``(C_out, C_in)`` table."""
@@ -314,7 +329,7 @@ class LearnedCombination(Layer):
         self._kernel = self.effective_kernel(self._alpha)
         assert self._backend is not None, f"{self.describe()}: build the layer first"
         u = self._backend.ops.conv_valid(x, self._kernel)
-        u = u + xp.reshape(self.params["bias"], (1, self.maps, 1, 1))
+        u = u + xp.reshape(self.params["bias"], (1, self.maps, *self._ones))
         self._y = self.activation.forward(u)
         return self._y
 
@@ -325,27 +340,28 @@ class LearnedCombination(Layer):
         alpha, kernel = self._alpha, self.params["kernel"]
         delta = dy * self.activation.derivative(self._y)
         grad_k = ops.conv_kernel_grad(self._x, delta)  # dE/dK, eq. (7)
+        axes, ones = self._kernel_axes, self._ones
         if self.kernels == "per_input":
-            grad_alpha = xp.sum(grad_k * xp.reshape(kernel, (1, *kernel.shape)), axis=(2, 3))
-            weighted = grad_k * xp.reshape(alpha, (*alpha.shape, 1, 1))
+            grad_alpha = xp.sum(grad_k * xp.reshape(kernel, (1, *kernel.shape)), axis=axes)
+            weighted = grad_k * xp.reshape(alpha, (*alpha.shape, *ones))
             self.grads["kernel"] = xp.sum(weighted, axis=0)
         else:
-            grad_alpha = xp.sum(grad_k * kernel, axis=(2, 3))
-            self.grads["kernel"] = grad_k * xp.reshape(alpha, (*alpha.shape, 1, 1))
+            grad_alpha = xp.sum(grad_k * kernel, axis=axes)
+            self.grads["kernel"] = grad_k * xp.reshape(alpha, (*alpha.shape, *ones))
         # eq. (10): softmax Jacobian (eq. 8) applied per output map, i.e. along axis 1.
         mean = xp.sum(grad_alpha * alpha, axis=1, keepdims=True)
         grad_c = alpha * (grad_alpha - mean)
         if self.lam > 0:
             grad_c = grad_c + self._penalty_grad(alpha)  # 3.3.1: dE~/dc = dE/dc + dOmega/dc
         self.grads["c"] = grad_c
-        self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))
+        self.grads["bias"] = xp.sum(delta, axis=(0, *axes))
         if not need_input_grad:
             return None
         return ops.conv_full(delta, self._kernel)  # 3.2.1 with the effective kernel
 
     # -- description ---------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "maps": self.maps,
             "kernel_size": list(self.kernel_size),
             "kernels": self.kernels,
@@ -354,13 +370,15 @@ class LearnedCombination(Layer):
             "activation": self.activation.config(),
             "init": self.init,
         }
+        if self.dims is not None:
+            config["dims"] = self.dims
+        return config
 
     def __repr__(self) -> str:
-        kh, kw = self.kernel_size
         penalty = f", {self.sparsity} lambda={self.lam:g}" if self.lam else ""
         return (
-            f"LearnedCombination({self.maps}@{kh}x{kw}, {self.kernels}{penalty}, "
-            f"{self.activation.name})"
+            f"LearnedCombination({self.maps}@{sizes_str(self.kernel_size)}, {self.kernels}"
+            f"{penalty}, {self.activation.name})"
         )
 
 

@@ -119,11 +119,13 @@ def selection_table(
     return table.copy()
 
 
-def to_cross_correlation(kernel: Array) -> Array:
+def to_cross_correlation(kernel: Array, dims: int = 2) -> Array:
     """Convert anycnn kernels (MATLAB ``conv2``, flipped) to cross-correlation weights.
 
     PyTorch's ``conv2d`` and most frameworks cross-correlate; the same layer in their layout has
     every kernel rotated by 180 degrees. Works on ``(..., kh, kw)`` arrays of any namespace.
+    ``dims`` is the number of kernel axes, flipped all (the last ``dims`` axes): 1 for
+    ``conv1d``'s ``(C_out, C_in, k)``, 3 for ``conv3d``'s ``(C_out, C_in, kd, kh, kw)``.
 
     Examples
     --------
@@ -134,11 +136,12 @@ def to_cross_correlation(kernel: Array) -> Array:
     [[3.0, 2.0], [1.0, 0.0]]
     """
     xp = array_api_compat.array_namespace(kernel)
-    return xp.flip(kernel, axis=(-2, -1))
+    return xp.flip(kernel, axis=tuple(range(-dims, 0)))
 
 
-def from_cross_correlation(weight: Array) -> Array:
-    """Convert cross-correlation weights (PyTorch layout) to anycnn kernels (rot180).
+def from_cross_correlation(weight: Array, dims: int = 2) -> Array:
+    """Convert cross-correlation weights (PyTorch layout) to anycnn kernels (rot180; every one of
+    the last ``dims`` axes flipped).
 
     Examples
     --------
@@ -148,10 +151,62 @@ def from_cross_correlation(weight: Array) -> Array:
     >>> bool(anycnn.get_backend().xp.all(from_cross_correlation(to_cross_correlation(k)) == k))
     True
     """
-    return to_cross_correlation(weight)
+    return to_cross_correlation(weight, dims)
 
 
 PADDINGS = ("valid", "same")
+
+#: What a layer's input is called, by number of spatial axes (Note [N dimensions] in anycnn.ops).
+LAYOUTS = {1: "(C, L) signals", 2: "(C, H, W) maps", 3: "(C, D, H, W) volumes"}
+
+
+def spatial_dims(layer: Layer, input_shape: Shape, pinned: int | None) -> int:
+    """The number of spatial axes of a map layer's input ``(C, *spatial)``: 1, 2 or 3, or
+    exactly ``pinned`` (``Convolution1D`` and friends). Raises the layer's error otherwise."""
+    d = len(input_shape) - 1
+    if pinned is not None and d != pinned:
+        raise layer.error(f"expects {LAYOUTS[pinned]}, got input shape {tuple(input_shape)}")
+    if d not in LAYOUTS:
+        raise layer.error(
+            f"expects (C, H, W) maps, got input shape {tuple(input_shape)} (1-D (C, L) signals "
+            "and 3-D (C, D, H, W) volumes work too)"
+        )
+    return d
+
+
+def check_dims(dims: Any, where: str) -> int | None:
+    """``dims`` of a map layer: None (from the input shape) or 1, 2, 3."""
+    if dims is None:
+        return None
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims not in LAYOUTS:
+        raise ValueError(f"{where}: dims must be 1, 2, 3 or None (from the input), got {dims!r}")
+    return int(dims)
+
+
+def kernel_sizes(kernel_size: Any, dims: int | None, where: str) -> tuple[int, ...]:
+    """A kernel size spec as one int per spatial axis: an int is the same size along every axis
+    (``dims`` of them, 2 until the input says otherwise), a tuple is taken as given."""
+    if isinstance(kernel_size, int) and not isinstance(kernel_size, bool):
+        sizes: tuple[Any, ...] = (kernel_size,) * (dims or 2)
+    else:
+        try:
+            sizes = tuple(kernel_size)
+        except TypeError:
+            sizes = ()
+    if (
+        not 1 <= len(sizes) <= 3
+        or (dims is not None and len(sizes) != dims)
+        or any(isinstance(k, bool) or not isinstance(k, int | np.integer) for k in sizes)
+    ):
+        axes = f"{dims}" if dims else "1 to 3"
+        raise ValueError(f"{where}: kernel_size must be an int or {axes} ints, got {kernel_size!r}")
+    if min(sizes) < 1:
+        raise ValueError(f"{where}: kernel_size must be positive, got {kernel_size!r}")
+    return tuple(int(k) for k in sizes)
+
+
+def sizes_str(sizes: Any) -> str:
+    return "x".join(str(int(s)) for s in sizes)
 
 
 def resolve_padding(padding: Any, kernel_size: tuple[int, ...], where: str) -> tuple[int, ...]:
@@ -202,12 +257,19 @@ class Convolution(Layer):
     maps : int
         Number of output maps ``C_out``.
     kernel_size : int or (int, int)
-        ``(kh, kw)``; rectangular kernels (and maps) are fine.
+        ``(kh, kw)``; rectangular kernels (and maps) are fine. In 1-D and 3-D, one int per
+        spatial axis (``k`` or ``(kd, kh, kw)``); an int is the same size along every axis.
     padding : "valid", "same", int or (int, int)
         Zero rows and columns added on each side of every input map before the convolution
         (PyTorch's ``conv2d(padding=...)``): ``"valid"`` (none, the notes' layer, the default),
         ``"same"`` (output maps of the input's size; odd kernel sizes only), ``p`` or
         ``(ph, pw)``. The output maps are ``(H + 2 ph - kh + 1, W + 2 pw - kw + 1)``.
+    dims : {None, 1, 2, 3}
+        The number of spatial axes. None (the default) takes it from the input shape when the
+        network is built: ``(C, L)`` signals, ``(C, H, W)`` maps or ``(C, D, H, W)`` volumes,
+        so the same layer list runs on any of them. :func:`Convolution1D` /
+        :func:`Convolution2D` / :func:`Convolution3D` pin it, as PyTorch's ``Conv1d`` and
+        Keras's ``Conv1D`` do, and refuse another input when the network is built.
     selection : str or bool array
         The input maps ``M_j`` of each output map; see :func:`selection_table`. Kernels outside
         the selection are not parameters: they stay zero and their gradient is zero.
@@ -219,7 +281,8 @@ class Convolution(Layer):
     inputs_per_map, seed :
         For ``selection="random"``.
 
-    Parameters of the layer: ``kernel`` ``(C_out, C_in, kh, kw)``, ``bias`` ``(C_out,)``.
+    Parameters of the layer: ``kernel`` ``(C_out, C_in, kh, kw)`` (``(C_out, C_in, *k)`` in N-D,
+    every axis flipped as conv2 flips two), ``bias`` ``(C_out,)``.
     Back-propagation: ``delta = f'(u) o dE/dy``; the kernel gradient by eq. (7) in its rot180 /
     'valid' form (:func:`anycnn.ops.conv_kernel_grad`); the bias gradient is the sum of ``delta``
     over the batch and positions; ``dE/dx = sum_j conv2(delta_j, rot180(k_ij), 'full')`` (3.2.1).
@@ -247,25 +310,27 @@ class Convolution(Layer):
     def __init__(
         self,
         maps: int,
-        kernel_size: int | tuple[int, int],
+        kernel_size: int | tuple[int, ...],
         *,
-        padding: str | int | tuple[int, int] = "valid",
+        padding: str | int | tuple[int, ...] = "valid",
         selection: Any = "full",
         activation: Any = "sigmoid",
         init: str = "glorot",
         inputs_per_map: int = 3,
         seed: int | None = None,
+        dims: int | None = None,
         name: str | None = None,
     ):
         super().__init__(name)
         if isinstance(maps, bool) or not isinstance(maps, int) or maps < 1:
             raise ValueError(f"Convolution: maps must be a positive int, got {maps!r}")
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        if min(kh, kw) < 1:
-            raise ValueError(f"Convolution: kernel_size must be positive, got {kernel_size!r}")
+        self.dims = check_dims(dims, "Convolution")
+        self._kernel_spec = kernel_size
         if init not in ("glorot", "lecun"):
             raise ValueError(f"Convolution: init must be 'glorot' or 'lecun', got {init!r}")
-        self.maps, self.kernel_size = maps, (int(kh), int(kw))
+        self.maps = maps
+        self.kernel_size = kernel_sizes(kernel_size, self.dims, "Convolution")
+        self._padding_spec = padding
         self.pad = resolve_padding(padding, self.kernel_size, "Convolution")
         self.padding = padding if isinstance(padding, str) else self.pad
         # Passed to the ops only when there is padding, so that the unpadded calls stay those of
@@ -278,14 +343,24 @@ class Convolution(Layer):
         self._selection: Array | None = None
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
-        if len(input_shape) != 3:
-            raise self.error(f"expects (C, H, W) maps, got input shape {input_shape}")
-        c_in, h, w = input_shape
-        kh, kw = self.kernel_size
-        ph, pw = self.pad
-        if kh > h + 2 * ph or kw > w + 2 * pw:
-            padded = f" padded by ({ph}, {pw})" if ph or pw else ""
-            raise self.error(f"kernel {kh}x{kw} is larger than the {h}x{w} input maps{padded}")
+        d = spatial_dims(self, input_shape, self.dims)
+        c_in, *sizes = input_shape
+        if len(self.kernel_size) != d:  # an int kernel size: one per axis of this input
+            try:
+                self.kernel_size = kernel_sizes(self._kernel_spec, d, "Convolution")
+                self.pad = resolve_padding(self._padding_spec, self.kernel_size, "Convolution")
+            except ValueError as error:
+                raise self.error(str(error).split(": ", 1)[-1]) from None
+            self._padding_args = (self.pad,) if any(self.pad) else ()
+        ks, pads = self.kernel_size, self.pad
+        volume = math.prod(ks)
+        if any(k > s + 2 * p for k, s, p in zip(ks, sizes, pads, strict=True)):
+            padded = f" padded by ({', '.join(map(str, pads))})" if any(pads) else ""
+            raise self.error(
+                f"kernel {sizes_str(ks)} is larger than the {sizes_str(sizes)} input maps{padded}"
+            )
+        self._map_shape = (1, -1, *((1,) * d))  # a (C_out,) vector over (N, C_out, *spatial)
+        self._sum_axes = (0, *range(2, 2 + d))
         # Draw even when the seed is given, so that a network rebuilt from its config (where
         # every seed is explicit) consumes the generator alike and gets the same parameters.
         drawn = int(context.rng.integers(2**31))
@@ -304,16 +379,17 @@ class Convolution(Layer):
         self.seed = seed
         full = bool(self.table.all())
         self._selection = None if full else context.backend.asarray(self.table)
+        ones = (1,) * d
         if self.init == "glorot":
-            bound = math.sqrt(6.0 / ((c_in + self.maps) * kh * kw))
-            bounds = np.full((self.maps, 1, 1, 1), bound)
+            bound = math.sqrt(6.0 / ((c_in + self.maps) * volume))
+            bounds = np.full((self.maps, 1, *ones), bound)
         else:
-            bounds = (2.4 / (self.table.sum(axis=1) * kh * kw)).reshape(-1, 1, 1, 1)
-        kernel = context.rng.uniform(-1.0, 1.0, (self.maps, c_in, kh, kw)) * bounds
-        kernel *= self.table[:, :, None, None]
+            bounds = (2.4 / (self.table.sum(axis=1) * volume)).reshape(-1, 1, *ones)
+        kernel = context.rng.uniform(-1.0, 1.0, (self.maps, c_in, *ks)) * bounds
+        kernel *= self.table.reshape(*self.table.shape, *ones)
         self.params["kernel"] = self._host_param(context, kernel)
         self.params["bias"] = self._host_param(context, np.zeros(self.maps))
-        return (self.maps, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1)
+        return (self.maps, *(s + 2 * p - k + 1 for s, p, k in zip(sizes, pads, ks, strict=True)))
 
     def forward(self, x: Array) -> Array:
         self._x = x
@@ -329,7 +405,7 @@ class Convolution(Layer):
             )
             return self._y
         u = self._ops.conv_valid(x, self.params["kernel"], self._selection, *self._padding_args)
-        u += self.params["bias"][:, None, None]  # u is ours: add the bias and f in place
+        u += self._xp.reshape(self.params["bias"], self._map_shape)  # u is ours: bias, f in place
         self._y = self.activation.apply(u, self._xp)
         return self._y
 
@@ -362,7 +438,7 @@ class Convolution(Layer):
             kernel_grad = ops.conv_kernel_grad(  # eq. (7)
                 self._x, delta, self._selection, *self._padding_args
             )
-            bias_grad = self._xp.sum(delta, axis=(0, 2, 3))
+            bias_grad = self._xp.sum(delta, axis=self._sum_axes)
         self.grads["kernel"], self.grads["bias"] = kernel_grad, bias_grad
         if not need_input_grad:
             return None
@@ -370,7 +446,7 @@ class Convolution(Layer):
         return ops.conv_full(delta, self.params["kernel"], self._selection, *self._padding_args)
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "maps": self.maps,
             "kernel_size": list(self.kernel_size),
             "padding": self.padding if isinstance(self.padding, str) else list(self.pad),
@@ -380,21 +456,63 @@ class Convolution(Layer):
             "inputs_per_map": self.inputs_per_map,
             "seed": self.seed,
         }
+        if self.dims is not None:  # pinned (Convolution1D, ...): kept through checkpoints
+            config["dims"] = self.dims
+        return config
 
     def parameter_count(self) -> int:
         """Kernels outside the selection are not parameters: ``|M| kh kw`` weights plus biases."""
         if self.table is None:
             return super().parameter_count()
-        kh, kw = self.kernel_size
-        return int(self.table.sum()) * kh * kw + self.maps
+        return int(self.table.sum()) * math.prod(self.kernel_size) + self.maps
 
     def extra_state(self) -> dict[str, np.ndarray]:
         return {} if self.table is None else {"table": self.table}
 
     def __repr__(self) -> str:
-        kh, kw = self.kernel_size
         sel = self.selection_spec if isinstance(self.selection_spec, str) else "table"
         pad = ""
         if self.padding != "valid":
             pad = f", padding={self.padding if isinstance(self.padding, str) else self.pad}"
-        return f"Convolution({self.maps}@{kh}x{kw}, {sel}, {self.activation.name}{pad})"
+        size = sizes_str(self.kernel_size)
+        return f"Convolution({self.maps}@{size}, {sel}, {self.activation.name}{pad})"
+
+
+def Convolution1D(maps: int, kernel_size: int | tuple[int], **options: Any) -> Convolution:  # noqa: N802
+    """A :class:`Convolution` over ``(C, L)`` signals only (PyTorch's ``Conv1d``, Keras's
+    ``Conv1D``): ``Convolution(maps, kernel_size, dims=1, ...)``.
+
+    Examples
+    --------
+    >>> from anycnn import Network
+    >>> net = Network([Convolution1D(4, 5, padding="same")], input_shape=(2, 30))
+    >>> net.output_shape, tuple(net.layers[0].params["kernel"].shape)
+    ((4, 30), (4, 2, 5))
+    """
+    return Convolution(maps, kernel_size, dims=1, **options)
+
+
+def Convolution2D(maps: int, kernel_size: int | tuple[int, int], **options: Any) -> Convolution:  # noqa: N802
+    """A :class:`Convolution` over ``(C, H, W)`` maps only: ``Convolution(..., dims=2)``.
+
+    Examples
+    --------
+    >>> Convolution2D(6, 5)
+    Convolution(6@5x5, full, sigmoid)
+    """
+    return Convolution(maps, kernel_size, dims=2, **options)
+
+
+def Convolution3D(
+    maps: int, kernel_size: int | tuple[int, int, int], **options: Any
+) -> Convolution:  # noqa: N802
+    """A :class:`Convolution` over ``(C, D, H, W)`` volumes only: ``Convolution(..., dims=3)``.
+
+    Examples
+    --------
+    >>> from anycnn import Network
+    >>> net = Network([Convolution3D(2, 3)], input_shape=(1, 8, 8, 8))
+    >>> net.output_shape
+    (2, 6, 6, 6)
+    """
+    return Convolution(maps, kernel_size, dims=3, **options)

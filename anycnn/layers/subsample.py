@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from anycnn.layers.activations import get_activation
 from anycnn.layers.base import Array, BuildContext, Layer, Shape, Upsampled
+from anycnn.layers.conv import check_dims, sizes_str, spatial_dims
 from anycnn.ops import fit_maps
 
 MODES = ("sum", "mean", "decimate")
@@ -20,7 +22,8 @@ class Subsampling(Layer):
     Parameters
     ----------
     n : int
-        The subsampling factor: maps shrink n times along each spatial axis.
+        The subsampling factor: maps shrink n times along each spatial axis (signals ``(C, L)``
+        and volumes ``(C, D, H, W)`` too: blocks of ``n`` or ``n^3`` samples).
     mode : {"sum", "mean", "decimate"}
         ``down``: the sum over each n x n block (the notes' default), the mean, or keeping every
         n-th sample (Simard et al., cited in 3.2).
@@ -41,9 +44,13 @@ class Subsampling(Layer):
         changes what the layer computes on some pixels (drops data, or weights a border block
         differently), which a user should choose knowingly rather than find out later. Maps
         whose size is a multiple of ``n`` compute the same in every mode, bit for bit.
+    dims : {None, 1, 2, 3}
+        The number of spatial axes; None (the default) takes it from the input shape
+        (:class:`~anycnn.layers.Convolution`'s rule). :func:`Subsampling1D` and friends pin it.
 
     Parameters of the layer: ``beta`` and ``bias``, ``(C,)`` each; ``beta`` starts at 1 (at
-    ``1 / n^2`` for ``"sum"``, so the layer starts as a mean), ``bias`` at 0.
+    ``1 / n^2`` for ``"sum"``, so the layer starts as a mean; ``1 / n^d`` in d spatial
+    dimensions), ``bias`` at 0.
     Gradients (3.2.1): ``dE/db_j = sum delta_j`` and ``dE/dbeta_j = sum delta_j o d_j`` with
     ``d_j = down(x_j)`` saved by the forward pass; ``dE/dx_j = beta_j up(delta_j)`` with kron
     up-sampling (3.1.1), which the convolution below multiplies by its ``f'(u)``. With a
@@ -71,6 +78,7 @@ class Subsampling(Layer):
         activation: Any = "identity",
         trainable: bool = True,
         remainder: str = "error",
+        dims: int | None = None,
         name: str | None = None,
     ):
         super().__init__(name)
@@ -84,44 +92,54 @@ class Subsampling(Layer):
             )
         self.n, self.mode, self.trainable = n, mode, bool(trainable)
         self.remainder = remainder
+        self.dims = check_dims(dims, "Subsampling")
         self.activation = get_activation(activation)
-        self._fit: tuple[int, int] | None = None  # maps cut or padded to this before down
-        self._in_hw: tuple[int, int] = (0, 0)
+        self._fit: tuple[int, ...] | None = None  # maps cut or padded to this before down
+        self._in_hw: tuple[int, ...] = (0, 0)  # the input's spatial sizes
         self._inv_counts: Array | None = None  # 1 / samples per block: a padded block mean
+        self._map_shape: tuple[int, ...] = (1, -1, 1, 1)
+        self._sum_axes: tuple[int, ...] = (0, 2, 3)
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
-        if len(input_shape) != 3:
-            raise self.error(f"expects (C, H, W) maps, got input shape {input_shape}")
-        c, h, w = input_shape
+        d = spatial_dims(self, input_shape, self.dims)
+        c, *sizes = input_shape
         n = self.n
-        self._in_hw, self._fit, self._inv_counts = (h, w), None, None
-        if h % n or w % n:
-            drop, pad = (h // n, w // n), (-(-h // n), -(-w // n))
+        self._in_hw, self._fit, self._inv_counts = tuple(sizes), None, None
+        self._map_shape, self._sum_axes = (1, -1, *((1,) * d)), (0, *range(2, 2 + d))
+        if any(s % n for s in sizes):
+            drop = tuple(s // n for s in sizes)
+            pad = tuple(-(-s // n) for s in sizes)
             if self.remainder == "error":
+                if d == 2:
+                    h, w = sizes
+                    what = f"the last {h % n} row(s) and {w % n} column(s)"
+                else:
+                    what = "the last " + " / ".join(f"{s % n}" for s in sizes) + " sample(s)"
                 raise self.error(
-                    f"{h}x{w} maps are not divisible by {n}; pass remainder='drop' to ignore "
-                    f"the last {h % n} row(s) and {w % n} column(s) ({drop[0]}x{drop[1]} output "
-                    f"maps) or remainder='pad' to keep partial blocks ({pad[0]}x{pad[1]}), or "
-                    f"give the network another input size"
+                    f"{sizes_str(sizes)} maps are not divisible by {n}; pass remainder='drop' to "
+                    f"ignore {what} ({sizes_str(drop)} output maps) or remainder='pad' to keep "
+                    f"partial blocks ({sizes_str(pad)}), or give the network another input size"
                 )
-            oh, ow = drop if self.remainder == "drop" else pad
-            if oh == 0 or ow == 0:
+            outs = drop if self.remainder == "drop" else pad
+            if min(outs) == 0:
                 raise self.error(
-                    f"{h}x{w} maps are smaller than one {n}x{n} block: remainder='drop' "
-                    f"leaves no output; use remainder='pad' or a smaller n"
+                    f"{sizes_str(sizes)} maps are smaller than one {sizes_str((n,) * d)} block: "
+                    f"remainder='drop' leaves no output; use remainder='pad' or a smaller n"
                 )
-            self._fit = (oh * n, ow * n)
+            self._fit = tuple(o * n for o in outs)
             if self.remainder == "pad" and self.mode == "mean":
-                rows = np.minimum(n, h - n * np.arange(oh))
-                cols = np.minimum(n, w - n * np.arange(ow))
-                self._inv_counts = self._host_param(context, 1.0 / np.outer(rows, cols))
+                counts = [
+                    np.minimum(n, s - n * np.arange(o)) for s, o in zip(sizes, outs, strict=True)
+                ]
+                samples = functools.reduce(np.multiply.outer, counts)
+                self._inv_counts = self._host_param(context, 1.0 / samples)
         else:
-            oh, ow = h // n, w // n
+            outs = tuple(s // n for s in sizes)
         if self.trainable:
-            beta0 = 1.0 / (n * n) if self.mode == "sum" else 1.0
+            beta0 = 1.0 / n**d if self.mode == "sum" else 1.0
             self.params["beta"] = self._host_param(context, np.full(c, beta0))
             self.params["bias"] = self._host_param(context, np.zeros(c))
-        return (c, oh, ow)
+        return (c, *outs)
 
     def _down(self, x: Array) -> Array:
         ops = self._ops
@@ -144,7 +162,7 @@ class Subsampling(Layer):
         if self._inv_counts is not None:
             delta = delta * self._inv_counts
         elif self.mode == "mean":
-            delta = delta * (1.0 / (self.n * self.n))
+            delta = delta * (1.0 / self.n ** (len(self._in_hw)))
         if defer and self.n > 1:  # the layer below fits up(delta) to its own output's size
             return Upsampled(delta, self.n)
         return self._unfit(ops.kron_upsample(delta, self.n))
@@ -154,14 +172,15 @@ class Subsampling(Layer):
         return dx if self._fit is None else fit_maps(dx, *self._in_hw)
 
     def _per_map(self, xp: Any, v: Array) -> Array:
-        return xp.reshape(v, (1, v.shape[0], 1, 1))
+        return xp.reshape(v, self._map_shape)
 
     def forward(self, x: Array) -> Array:
         d = self._down(x)
         if self.trainable:
             self._d = d
-            u = d * self.params["beta"][:, None, None]
-            u += self.params["bias"][:, None, None]
+            xp = self._xp
+            u = d * xp.reshape(self.params["beta"], self._map_shape)
+            u += xp.reshape(self.params["bias"], self._map_shape)
             self._y = self.activation.apply(u, self._xp)
         elif self.mode == "decimate":  # d may be a view of x: leave its memory alone
             self._y = self.activation.forward(d)
@@ -185,26 +204,64 @@ class Subsampling(Layer):
         else:
             delta = self._sensitivity(dy)
             if self.trainable:
-                self.grads["beta"] = xp.sum(delta * self._d, axis=(0, 2, 3))
-                self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))
+                self.grads["beta"] = xp.sum(delta * self._d, axis=self._sum_axes)
+                self.grads["bias"] = xp.sum(delta, axis=self._sum_axes)
                 if need_input_grad:
                     # beta before up-sampling: n^2 times fewer multiplications than after.
-                    delta = delta * self.params["beta"][:, None, None]
+                    delta = delta * xp.reshape(self.params["beta"], self._map_shape)
         if not need_input_grad:
             return None
         return self._up(delta, defer_up)
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "n": self.n,
             "mode": self.mode,
             "activation": self.activation.config(),
             "trainable": self.trainable,
             "remainder": self.remainder,
         }
+        if self.dims is not None:  # pinned (Subsampling1D, ...): kept through checkpoints
+            config["dims"] = self.dims
+        return config
 
     def __repr__(self) -> str:
         extra = "" if self.trainable else ", fixed"
         if self.remainder != "error":
             extra += f", remainder={self.remainder}"
         return f"Subsampling({self.n}, {self.mode}, {self.activation.name}{extra})"
+
+
+def Subsampling1D(n: int = 2, mode: str = "sum", **options: Any) -> Subsampling:  # noqa: N802
+    """A :class:`Subsampling` over ``(C, L)`` signals only: ``Subsampling(..., dims=1)``.
+
+    Examples
+    --------
+    >>> from anycnn import Network
+    >>> Network([Subsampling1D(3)], input_shape=(2, 12)).output_shape
+    (2, 4)
+    """
+    return Subsampling(n, mode, dims=1, **options)
+
+
+def Subsampling2D(n: int = 2, mode: str = "sum", **options: Any) -> Subsampling:  # noqa: N802
+    """A :class:`Subsampling` over ``(C, H, W)`` maps only: ``Subsampling(..., dims=2)``.
+
+    Examples
+    --------
+    >>> Subsampling2D(2, "mean")
+    Subsampling(2, mean, identity)
+    """
+    return Subsampling(n, mode, dims=2, **options)
+
+
+def Subsampling3D(n: int = 2, mode: str = "sum", **options: Any) -> Subsampling:  # noqa: N802
+    """A :class:`Subsampling` over ``(C, D, H, W)`` volumes only: ``Subsampling(..., dims=3)``.
+
+    Examples
+    --------
+    >>> from anycnn import Network
+    >>> Network([Subsampling3D(2)], input_shape=(1, 4, 6, 8)).output_shape
+    (1, 2, 3, 4)
+    """
+    return Subsampling(n, mode, dims=3, **options)
