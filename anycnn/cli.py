@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import logging
 import math
@@ -161,12 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
         + " (momentum 0.9; sdlm mu 0.02).",
         formatter_class=_Help,
     )
-    p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="the zoo model")
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=None,
+        help="the zoo model (default: cnn1d for a UCR time-series data set, sized for it; else "
+        "lenet5)",
+    )
     p.add_argument(
         "--dataset",
         default="mnist",
-        help="mnist, fashion-mnist, or a directory with the four IDX files (anycnn download "
-        "fetches fashion-mnist)",
+        help="mnist, fashion-mnist, a directory with the four IDX files (anycnn download "
+        "fetches fashion-mnist); or UCR time series: gunpoint, arrowhead, osuleaf, or a "
+        "directory with <Name>_TRAIN.ts and <Name>_TEST.ts",
     )
     p.add_argument(
         "--data-dir",
@@ -497,6 +505,9 @@ def _train(args: argparse.Namespace) -> int:
         from anycnn import plots
 
         plots.require_matplotlib()  # before training, not after it
+    if args.model is None:  # time series get the 1-D model (issue 18), images LeNet-5
+        ucr = importlib.import_module("anycnn.data.ucr")
+        args.model = "cnn1d" if ucr.is_ucr(args.dataset) else "lenet5"
     defaults = train.TRAINING_DEFAULTS.get(args.model, train.GENERIC_DEFAULTS)
     epochs = args.epochs or defaults["epochs"]
     batch_size = args.batch_size or defaults["batch_size"]
@@ -541,7 +552,7 @@ def _train(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"backend": backend, "dtype": args.dtype, "seed": args.seed}
     if args.loss is not None and args.model != "dlt":
         options["loss"] = args.loss
-    net = models.build(args.model, **options)
+    net = models.build_for(dataset, args.model, **options)  # cnn1d: sized for the data set
     extra: dict[str, Any] = {}
     if kind == "sdlm":
         extra = {"mu": args.mu, "samples": args.hessian_samples}

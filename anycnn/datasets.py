@@ -639,8 +639,8 @@ def load(
     ``<Name>_TRAIN.ts`` and ``<Name>_TEST.ts``) are read by :func:`anycnn.data.ucr.load`: signals
     ``(N, C, L)`` float64.
     """
-    if _is_ucr(name_or_path):
-        ucr = importlib.import_module("anycnn.data.ucr")  # numpy only, imported when needed
+    ucr = importlib.import_module("anycnn.data.ucr")  # the .ts reader: NumPy only
+    if ucr.is_ucr(name_or_path):
         return ucr.load(name_or_path, data_dir=data_dir, limit=limit, num_classes=num_classes)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DatasetError(f"load: limit must be a positive int or None, got {limit!r}")
@@ -696,19 +696,6 @@ def load(
         test_labels=arrays["test_labels"].astype(np.int64),
         num_classes=num_classes,
         source=directory,
-    )
-
-
-def _is_ucr(name_or_path: str | os.PathLike[str]) -> bool:
-    """A UCR name, or a directory of ``.ts`` files without the four IDX files."""
-    ucr = importlib.import_module("anycnn.data.ucr")
-
-    if isinstance(name_or_path, str) and "/" not in name_or_path and os.sep not in name_or_path:
-        key = name_or_path.strip().lower().replace("_", "").replace("-", "")
-        if key in ucr.UCR_DATASETS:
-            return True
-    return ucr.is_ts_directory(name_or_path) and not all(
-        p is not None for p in _find_files(Path(name_or_path).expanduser()).values()
     )
 
 

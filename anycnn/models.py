@@ -1,4 +1,5 @@
-"""The model zoo: LeNet-5 (LeCun et al. 1998) and DeepLearnToolbox's example CNN."""
+"""The model zoo: LeNet-5 (LeCun et al. 1998), DeepLearnToolbox's example CNN, and a 1-D network
+for time series in the same spirit (``cnn1d``)."""
 
 from __future__ import annotations
 
@@ -73,11 +74,84 @@ def lenet5(
     )
 
 
-MODELS = {"dlt": dlt, "lenet5": lenet5}
+def cnn1d(
+    *,
+    length: int = 150,
+    classes: int = 2,
+    channels: int = 1,
+    loss: str = "cross_entropy",
+    backend: Any = None,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> Network:
+    """A 1-D network for univariate (or multichannel) time series in the notes' design: three
+    convolution / subsampling stages, then a fully connected output (sections 2, 3.1, 3.2).
+
+    Input ``(channels, length)``, normalised. C1 8@7 ``"same"``; S2 2x sums with a trainable beta
+    and b; C3 16@5 ``"same"``; S4 2x; C5 32@3 ``"same"``; S6 2x (each subsampling keeps a last,
+    partial block: ``remainder="pad"``, so any length works); hidden units LeCun's scaled tanh
+    ``1.7159 tanh(2u / 3)`` with weights uniform in ``+-2.4 / F_in`` (as LeNet-5); ``classes``
+    linear outputs with a softmax cross-entropy (section 4.3), or scaled tanh outputs for
+    ``loss="squared_error"``. About ``32 * ceil(length / 8) * classes + 2.3k`` parameters: 7.5k
+    for GunPoint's 150 samples and 2 classes, 13k for OSULeaf's 427 and 6.
+
+    >>> net = cnn1d(length=150, classes=2)
+    >>> net.input_shape, net.output_shape, net.num_parameters()
+    ((1, 150), (2,), 4836)
+    """
+    if loss not in ("cross_entropy", "squared_error"):
+        raise ValueError(f"cnn1d: loss must be 'cross_entropy' or 'squared_error', got {loss!r}")
+    act = "lecun_tanh"
+    layers = [
+        Convolution(8, 7, padding="same", activation=act, init="lecun"),
+        Subsampling(2, "sum", activation=act, remainder="pad"),
+        Convolution(16, 5, padding="same", activation=act, init="lecun"),
+        Subsampling(2, "sum", activation=act, remainder="pad"),
+        Convolution(32, 3, padding="same", activation=act, init="lecun"),
+        Subsampling(2, "sum", activation=act, remainder="pad"),
+        Flatten(),
+        FullyConnected(
+            classes, activation="identity" if loss == "cross_entropy" else act, init="lecun"
+        ),
+    ]
+    return Network(
+        layers,
+        (channels, length),
+        loss=loss,
+        dtype=dtype,
+        backend=backend,
+        seed=seed,
+        name="cnn1d",
+    )
+
+
+MODELS = {"dlt": dlt, "lenet5": lenet5, "cnn1d": cnn1d}
+
+
+def build_for(dataset: Any, name: str, **options: Any) -> Network:
+    """A zoo model by name, sized for ``dataset`` (an :class:`anycnn.datasets.Dataset`): cnn1d
+    takes its series' length and channels and its number of classes; the others are built as
+    :func:`build` builds them (their inputs are fixed).
+
+    >>> from anycnn import datasets
+    >>> net = build_for(datasets.load("arrowhead"), "cnn1d")
+    >>> net.input_shape, net.output_shape
+    ((1, 251), (3,))
+    """
+    if name == "cnn1d":
+        shape = tuple(dataset.train_images.shape[1:])
+        channels, length = (1, shape[0]) if len(shape) == 1 else shape[-2:]
+        options = {
+            "length": length,
+            "channels": channels,
+            "classes": dataset.num_classes,
+            **options,
+        }
+    return build(name, **options)
 
 
 def build(name: str, **options: Any) -> Network:
-    """A zoo model by name (``"dlt"``, ``"lenet5"``).
+    """A zoo model by name (``"dlt"``, ``"lenet5"``, ``"cnn1d"``).
 
     >>> build("dlt", dtype="float64").dtype_name
     'float64'

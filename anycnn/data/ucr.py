@@ -34,6 +34,8 @@ __all__ = [
     "read_ts",
     "load",
     "find_split_files",
+    "is_ucr",
+    "is_ts_directory",
 ]
 
 #: The UCR problems anycnn carries under ``data/ucr/<Name>/``: load name -> archive name.
@@ -314,6 +316,22 @@ def is_ts_directory(path: str | os.PathLike[str]) -> bool:
         t.with_name(t.name[: -len("_TRAIN.ts")] + "_TEST.ts").is_file()
         for t in p.glob("*_TRAIN.ts")
     )
+
+
+def is_ucr(name_or_path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`anycnn.datasets.load` hands ``name_or_path`` to :func:`load`: a UCR name
+    (:data:`UCR_DATASETS`, any case, ``-``/``_`` ignored) or a directory holding a
+    ``<Name>_TRAIN.ts`` with its ``_TEST.ts`` and not the four IDX files of an MNIST-style set."""
+    if isinstance(name_or_path, str) and "/" not in name_or_path and os.sep not in name_or_path:
+        key = name_or_path.strip().lower().replace("_", "").replace("-", "")
+        if key in UCR_DATASETS:
+            return True
+    if not is_ts_directory(name_or_path):
+        return False
+    from anycnn import datasets
+
+    found = datasets._find_files(Path(name_or_path).expanduser())
+    return not all(p is not None for p in found.values())
 
 
 def find_split_files(
