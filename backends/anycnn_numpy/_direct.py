@@ -1,7 +1,8 @@
 """Direct convolution kernels of the NumPy backend, compiled by Numba (a regular dependency
 where it has wheels; see ``_jit``).
 
-Imported by ``_jit`` only when Numba is there; ``_ops`` calls them through ``_jit``.
+Imported by ``_jit`` only when Numba is there; ``_conv`` and ``_resample`` call them through
+``_jit``.
 
 Note [Direct convolutions]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -352,8 +353,8 @@ def _fit_upsampled(dy, up, maps, target, dh, dw):  # pragma: no cover - compiled
                 row[s] = source[s // up] if s // up < sw else zero
 
 
-#: Sensitivity codes of :func:`correlate_grad` (the formulas of Note [Sensitivity kernel] in _jit):
-#: ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's
+#: Sensitivity codes of :func:`correlate_grad` (the formulas of Note [Sensitivity kernel] in
+#: _kernels): ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's
 #: ``((p0 - y)(y + p0)) p1 dy`` (``p0 = a``, ``p1 = b / a``).
 GIVEN, LOGISTIC_SENSITIVITY, TANH_SENSITIVITY = 0, 1, 2
 
