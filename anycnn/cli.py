@@ -539,6 +539,7 @@ def _train(args: argparse.Namespace) -> int:
     comm = distributed.init(args.distributed)
     backend = _backend(args.backend)
     backend = distributed.select_device(backend, comm)  # one GPU per process, by local rank
+    _tune_process(backend)
     dataset = datasets.load(args.dataset, data_dir=args.data_dir, limit=args.limit)
     options: dict[str, Any] = {"backend": backend, "dtype": args.dtype, "seed": args.seed}
     if args.loss is not None and args.model != "dlt":
@@ -747,6 +748,19 @@ def _setting(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def _tune_process(backend: Any) -> None:
+    """Process-wide settings a training run opts into, which the library never makes on its
+    own: for the NumPy backend, malloc keeping freed memory for the next step's temporaries
+    (``Note [Fresh pages]`` in anycnn_numpy; ANYCNN_NUMPY_KEEP_FREED_MEMORY=0 declines it)."""
+    if getattr(backend, "name", None) != "numpy":
+        return
+    try:
+        from anycnn_numpy import keep_freed_memory
+    except ImportError:
+        return
+    keep_freed_memory()
 
 
 def _warm_up(net: Any, batch_size: int, *, quiet: bool) -> None:
