@@ -64,8 +64,7 @@ def wide_windows(x: np.ndarray, kh: int, kw: int, oh: int) -> np.ndarray | None:
     grid as wide as the input (``oh x w``, the outputs at ``x' >= ow`` thrown away) makes every
     tap's window one contiguous run of ``span`` pixels of the input, so the copy moves runs of 92
     instead of 8. The GEMM grows by ``w / ow`` (1.5x for C3, 1.17x for C1), the copy shrinks
-    3-4x: on a 64-example slice, one thread, C1 went from 188 + 185 us (copy + GEMM) to
-    71 + 208 us and C3 from 275 + 165 to 74 + 246 (/tmp benchmark, AMD EPYC, 2026-11-25).
+    3-4x, and copy + GEMM together shrink (bench/results/numpy-notes.md, "Wide columns").
     The last ``w - ow`` entries of a row of columns are never written: the buffer keeps them
     zero (:func:`_memory.zero_bordered`), so the GEMM never reads uninitialised memory.
     """
@@ -91,7 +90,7 @@ def wide_columns(wide: np.ndarray, start: int, stop: int, q: int) -> np.ndarray:
 
 def use_wide(w: int, ow: int) -> bool:
     """Wide columns pay when the rows are short and the GEMM grows little (Note [Wide columns]),
-    for batches of more than one example (one LeNet-5 C3 example: 27 us wide, 19 us plain)."""
+    for batches of more than one example (one LeNet-5 C3 example is faster plain: ibid.)."""
     return ow < w and ow <= 32 and 2 * w <= 3 * ow
 
 
@@ -273,7 +272,8 @@ def _kernel_grad_columns(x, delta, kh, kw, partial, dots) -> None:
         elif p >= 16:
             # One small GEMM per example, summed: OpenBLAS runs products this small without
             # its buffer lock, so the pool's threads run them side by side; one long-K GEMM
-            # per slice is as fast alone but serialises across threads (0.97x on 2 threads).
+            # per slice is as fast alone but serialises across threads (no gain on 2 threads:
+            # bench/results/numpy-notes.md, "Helpers on a busy machine").
             partial[index] = np.matmul(deltas[start:stop], columns.transpose(0, 2, 1)).sum(axis=0)
         else:  # maps of a few pixels (LeNet-5's C5): per-example products would be outer ones
             d = np.ascontiguousarray(deltas[start:stop].transpose(1, 0, 2)).reshape(o, m * p)

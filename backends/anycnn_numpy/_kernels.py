@@ -10,13 +10,11 @@ Eq. (7)'s kernel gradient is, per example, ``D @ C.T`` with ``D`` the layer's de
 ``(C_out, P)`` and ``C`` the im2col columns ``(C_in kh kw, P)``: a product whose *result* is tiny
 (6 x 25 for DLT's and LeNet-5's C1) and whose inner dimension is long (672, 896). OpenBLAS's
 SGEMM is blocked for large results: on a 6 x 25 result it pads the register tiles and repacks
-both operands at every call, and ran at 33 GFLOP/s on one core of this project's AMD EPYC.
-:func:`kernel_grad_sum` computes the same sums as dot products along P, 3 delta rows x 2 columns
-at a time (six accumulators, each vectorised along P by LLVM): 101-127 GFLOP/s on those
-shapes, 99 vs 78 on DLT's C3 (12 x 150, P = 96) and 93 vs 83 on LeNet-5's C3 (16 x 150,
-P = 140); float64 1.4-4x (one thread, 64 examples, 2026-11-25; ``python bench/ops.py`` measures
-the float32 cases again, interleaved). That was on the AMD EPYC; on the Intel Xeon of 2026-12-01
-BLAS was 1.2x faster on the C1 shapes and the kernel 1.2-1.4x faster on the C3 ones. With
+both operands at every call, far from its peak. :func:`kernel_grad_sum` computes the same sums
+as dot products along P, 3 delta rows x 2 columns at a time (six accumulators, each vectorised
+along P by LLVM), which was 3-4x faster on the C1 shapes of one machine and 1.2-1.4x on the C3
+ones of another, where BLAS won on C1 (bench/results/numpy-notes.md, "Kernel gradient as dot
+products"; ``python bench/ops.py`` measures the float32 cases again, interleaved). With
 Numba installed the direct convolutions (``_direct``) take these layers first: the kernel serves
 the layers they do not take. Sums are taken in another order than BLAS's: results agree to
 rounding.
@@ -26,8 +24,8 @@ Note [Resampling kernels]
 The block sums of down-sampling and the kron up-sampling of 3.1.1 are a few additions or copies
 per pixel; in NumPy they are strided slice operations, two to four calls per batch slice, each
 short enough that threads mostly trade the GIL. One compiled loop per batch slice, run without
-the GIL, does them in one pass: at batch 256 DLT's two block means went from 0.38 to 0.18 ms and
-its up-samplings from 0.46 to 0.21 ms (2 threads, 2026-11-25). The sums are taken in the NumPy
+the GIL, does them in one pass, about twice as fast (bench/results/numpy-notes.md, "Resampling
+kernels"). The sums are taken in the NumPy
 op's order (no fastmath), so both paths give the same bits (tested).
 
 Note [Sensitivity kernel] (``sensitivity_into``): the layers' ``delta = f'(u) o dy`` from the

@@ -23,12 +23,12 @@ def keep_freed_memory() -> bool:
     A training step allocates and frees the same large temporaries every time (a layer's u,
     f(u), its sensitivities). glibc gives blocks above its mmap threshold back to the kernel at
     free() and trims the heap top beyond its trim threshold, so the next step's arrays come
-    back as fresh pages the kernel must fault in and zero. At batch 1000 that was 8 of the 18
-    ms of DLT's inference (the sigmoid's five temporaries of 14 MB), and 956 us against 155 us
-    for one sigmoid at batch 50. With an mmap threshold of 32 MiB (glibc's maximum) and a trim
-    threshold of 256 MiB, freed blocks stay in the heap and are reused. The peak memory is the
-    same (VmHWM); what changes is that up to 256 MiB freed stays mapped to the process, and
-    that malloc behaves so for the whole process, which is why it is an opt-in.
+    back as fresh pages the kernel must fault in and zero: at batch 1000 that was almost half
+    of DLT's inference, and a sigmoid at batch 50 took 6x as long as on reused pages
+    (bench/results/numpy-notes.md, "Fresh pages"). With an mmap threshold of 32 MiB (glibc's
+    maximum) and a trim threshold of 256 MiB, freed blocks stay in the heap and are reused. The
+    peak memory is the same (VmHWM); what changes is that up to 256 MiB freed stays mapped to
+    the process, and that malloc behaves so for the whole process, which is why it is an opt-in.
     ``ANYCNN_NUMPY_KEEP_FREED_MEMORY=0`` declines it even when asked (returns False).
     """
     if os.environ.get("ANYCNN_NUMPY_KEEP_FREED_MEMORY", "1").strip() == "0":

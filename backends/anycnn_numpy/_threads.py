@@ -80,12 +80,11 @@ _BLAS_SPLIT_SIZE = 65536 * 4
 # runs Python between its NumPy calls, and two threads wait for each other's GIL there, so fewer,
 # larger slices won although their scratch no longer fits in L2: with 2 MiB slices, at least 2,
 # their number rounded up to even (odd counts left one of two threads idle at the end), training
-# steps got 4-12% faster (DLT at batch 50 1.40 -> 1.24 ms, 64 1.68 -> 1.58, 256 5.62 -> 5.37;
-# LeNet-5 50 2.47 -> 2.34, 64 2.86 -> 2.75, 256 10.3 -> 9.96; both layouts interleaved in one
-# process, medians of 20 blocks, 2026-11-25; 4 MiB slices did as well at 50 and 64, worse at 256).
+# steps at batch 50-256 got faster, 4 MiB slices no faster (figures: bench/results/numpy-notes.md,
+# "Few large slices").
 _SLICE_BYTES = 1 << 21
-# Below this much scratch one thread does it all: waking a helper costs tens of microseconds
-# (DLT's C3 conv_full on 4 examples took 96 us on 2 threads, 42 us on 1).
+# Below this much scratch one thread does it all: waking a helper costs tens of microseconds,
+# more than a small op gains (ibid.).
 _MIN_PARALLEL_BYTES = 1 << 21
 
 
@@ -94,12 +93,12 @@ _MIN_PARALLEL_BYTES = 1 << 21
 # The slices of an op run side by side only while each spends its time inside NumPy calls that
 # release the GIL; a slice also runs Python between those calls, and two threads then hand the
 # GIL back and forth. Below about 2 MiB of scratch in all, an op ran faster on the calling
-# thread alone: DLT's training step at batch 16 took 0.85 ms with helpers and 0.69 ms without,
-# LeNet-5's 1.46 and 1.20 ms (bench/train.py-style timing, 2026-11-25); at batch 50 and above
-# the helpers win again. Since slices hold _SLICE_BYTES = 2 MiB (Note [Few large slices]), such
+# thread alone (DLT's and LeNet-5's training steps at batch 16); at batch 50 and above the
+# helpers win again. Since slices hold _SLICE_BYTES = 2 MiB (Note [Few large slices]), such
 # an op is a single slice, which run() calls on the calling thread. BLAS stays at one thread
 # while slices run, since OpenBLAS's own threads spin after each call on the cores the next
-# op's helpers need (LeNet-5 at batch 256 went from 12.4 to 17.9 ms when they did not).
+# op's helpers need (LeNet-5's step at batch 256 took 1.4x as long when they did not). Figures:
+# bench/results/numpy-notes.md, "Small jobs alone".
 
 
 def _default_threads() -> int:
@@ -264,7 +263,8 @@ class _Pool:
                 self._queue[:] = [j for j in self._queue if j is not job]
         # Note [Helpers on a busy machine]: a helper that has no core (other processes hold
         # them) can take a slice and be preempted inside it while the caller waits; on a shared
-        # 2-core machine that made LeNet-5's batch-256 step 1.6x slower than one thread. After
+        # 2-core machine that made LeNet-5's batch-256 step slower than on one thread
+        # (bench/results/numpy-notes.md, "Helpers on a busy machine"). After
         # 3 jobs in a row whose caller waited for over a quarter of the job (and over 0.1 ms),
         # the next 64 run on the calling thread alone, then the helpers are tried again.
         if waited > 1e-4 and waited * 4 > finished - posted:
