@@ -87,28 +87,29 @@ def cnn1d(
     """A 1-D network for univariate (or multichannel) time series in the notes' design: three
     convolution / subsampling stages, then a fully connected output (sections 2, 3.1, 3.2).
 
-    Input ``(channels, length)``, normalised. C1 8@7 ``"same"``; S2 2x sums with a trainable beta
-    and b; C3 16@5 ``"same"``; S4 2x; C5 32@3 ``"same"``; S6 2x (each subsampling keeps a last,
-    partial block: ``remainder="pad"``, so any length works); hidden units LeCun's scaled tanh
-    ``1.7159 tanh(2u / 3)`` with weights uniform in ``+-2.4 / F_in`` (as LeNet-5); ``classes``
-    linear outputs with a softmax cross-entropy (section 4.3), or scaled tanh outputs for
-    ``loss="squared_error"``. About ``32 * ceil(length / 8) * classes + 2.3k`` parameters: 7.5k
-    for GunPoint's 150 samples and 2 classes, 13k for OSULeaf's 427 and 6.
+    Input ``(channels, length)``, normalised. C1 8@9 ``"same"``; S2 4x sums with a trainable beta
+    and b; C3 16@7 ``"same"``; S4 4x; C5 32@5 ``"same"``; S6 4x (each subsampling keeps a last,
+    partial block: ``remainder="pad"``, so any length works: 150 samples leave 3 positions);
+    hidden units LeCun's scaled tanh ``1.7159 tanh(2u / 3)`` with weights uniform in
+    ``+-2.4 / F_in`` (as LeNet-5); ``classes`` linear outputs with a softmax cross-entropy
+    (section 4.3), or scaled tanh outputs for ``loss="squared_error"``. Subsampling by 4 three
+    times leaves few positions for the fully connected layer: few parameters (3.9k for GunPoint,
+    5k for OSULeaf's 427 samples and 6 classes) and some invariance to where a pattern occurs.
 
     >>> net = cnn1d(length=150, classes=2)
     >>> net.input_shape, net.output_shape, net.num_parameters()
-    ((1, 150), (2,), 4836)
+    ((1, 150), (2,), 3890)
     """
     if loss not in ("cross_entropy", "squared_error"):
         raise ValueError(f"cnn1d: loss must be 'cross_entropy' or 'squared_error', got {loss!r}")
     act = "lecun_tanh"
-    layers = [
-        Convolution(8, 7, padding="same", activation=act, init="lecun"),
-        Subsampling(2, "sum", activation=act, remainder="pad"),
-        Convolution(16, 5, padding="same", activation=act, init="lecun"),
-        Subsampling(2, "sum", activation=act, remainder="pad"),
-        Convolution(32, 3, padding="same", activation=act, init="lecun"),
-        Subsampling(2, "sum", activation=act, remainder="pad"),
+    layers = []
+    for maps, size in ((8, 9), (16, 7), (32, 5)):
+        layers += [
+            Convolution(maps, size, padding="same", activation=act, init="lecun"),
+            Subsampling(4, "sum", activation=act, remainder="pad"),
+        ]
+    layers += [
         Flatten(),
         FullyConnected(
             classes, activation="identity" if loss == "cross_entropy" else act, init="lecun"
@@ -129,12 +130,12 @@ MODELS = {"dlt": dlt, "lenet5": lenet5, "cnn1d": cnn1d}
 
 
 def build_for(dataset: Any, name: str, **options: Any) -> Network:
-    """A zoo model by name, sized for ``dataset`` (an :class:`anycnn.datasets.Dataset`): cnn1d
+    """A zoo model by name, sized for ``dataset`` (an :class:`anycnn.data.Dataset`): cnn1d
     takes its series' length and channels and its number of classes; the others are built as
     :func:`build` builds them (their inputs are fixed).
 
-    >>> from anycnn import datasets
-    >>> net = build_for(datasets.load("arrowhead"), "cnn1d")
+    >>> from anycnn import data
+    >>> net = build_for(data.load("arrowhead"), "cnn1d")
     >>> net.input_shape, net.output_shape
     ((1, 251), (3,))
     """

@@ -6,7 +6,7 @@ Usage::
     python bench/ucr.py --datasets gunpoint --seeds 2 --epochs 20   # a quick look
     python bench/ucr.py --out bench/results/ucr.json
 
-For each problem, on the archive's own train/test split (``data/ucr``, ``anycnn.datasets.load``),
+For each problem, on the archive's own train/test split (``data/ucr``, ``anycnn.data.load``),
 in one run: the test error of
 
 * **1-NN Euclidean**: each test series takes the label of its nearest training series in
@@ -15,7 +15,7 @@ in one run: the test error of
   UCR archive's "DTW (w=100)" column; ``--window`` gives a band) (:func:`dtw_distances`);
 * **cnn1d**: ``anycnn.models.cnn1d`` (three convolution / subsampling stages and a fully
   connected output, the notes' design) trained with the settings of ``anycnn train --dataset
-  <name>`` (``anycnn.train.TRAINING_DEFAULTS["cnn1d"]``) from several seeds: the mean, the
+  <name>`` (``anycnn.training.loop.TRAINING_DEFAULTS["cnn1d"]``) from several seeds: the mean, the
   standard deviation and each seed's test error after the last epoch (no early stopping, no
   model selection on the test set).
 
@@ -100,15 +100,16 @@ def nn1_error(distances: np.ndarray, train_labels: np.ndarray, test_labels: np.n
 # --- the CNN --------------------------------------------------------------------------------------
 def train_cnn(dataset: Any, seed: int, epochs: int | None) -> dict[str, Any]:
     """Train cnn1d with ``anycnn train``'s defaults on the dataset; its final test error."""
-    from anycnn import models, optim, train
+    from anycnn import models
+    from anycnn.training import loop, optim
 
-    defaults = train.TRAINING_DEFAULTS["cnn1d"]
+    defaults = loop.TRAINING_DEFAULTS["cnn1d"]
     net = models.build_for(dataset, "cnn1d", seed=seed)
     opt = optim.build_optimizer(
         defaults["optimizer"], net, lr=defaults["lr"], momentum=defaults["momentum"]
     )
     start = time.perf_counter()
-    result = train.train(
+    result = loop.train(
         net,
         dataset,
         optimizer=opt,
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "ucr.json")
     args = parser.parse_args(argv)
 
-    from anycnn import datasets
+    from anycnn import data as datasets
 
     rows = []
     for name in args.datasets:

@@ -49,7 +49,7 @@ def test_flushing_sets_ftz_and_daz_and_restores_them():
 def test_pool_threads_take_the_posting_threads_setting():
     """A NumPy pool thread runs a job with the FTZ/DAZ of the thread that posted it, and a later
     job posted outside flushing() clears them again on that thread."""
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _threads
 
     seen: list[int] = []
     jobs: queue.Queue = queue.Queue()
@@ -65,8 +65,8 @@ def test_pool_threads_take_the_posting_threads_setting():
     thread.start()
     try:
         with subnormals.flushing():
-            jobs.put(_ops._Job(record, [(0, 1)]))
-        jobs.put(_ops._Job(record, [(0, 1)]))
+            jobs.put(_threads._Job(record, [(0, 1)]))
+        jobs.put(_threads._Job(record, [(0, 1)]))
         jobs.put(None)
     finally:
         thread.join()
@@ -77,16 +77,16 @@ def test_pool_threads_take_the_posting_threads_setting():
 def test_numpy_ops_on_subnormals_flush_across_threads(monkeypatch):
     """A multi-slice op on subnormal inputs: flushed everywhere inside flushing(), kept
     outside it (a block mean of subnormals is 0 with DAZ)."""
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _resample, _threads
 
-    previous = _ops.set_num_threads(2)
+    previous = _threads.set_num_threads(2)
     try:
         x = np.full((64, 8, 64, 64), TINY32 * 4, dtype=np.float32)  # 8 MiB: several slices
         with subnormals.flushing():
-            flushed = _ops.block_mean(x, 2)
-        kept = _ops.block_mean(x, 2)
+            flushed = _resample.block_mean(x, 2)
+        kept = _resample.block_mean(x, 2)
     finally:
-        _ops.set_num_threads(previous)
+        _threads.set_num_threads(previous)
     assert np.all(flushed == 0.0)
     np.testing.assert_array_equal(kept, np.float32(TINY32 * 4))
 
@@ -96,7 +96,7 @@ def test_training_flushes_by_default_and_can_be_told_not_to(monkeypatch):
     """anycnn.train.train runs its steps inside flushing() unless flush_subnormals=False or
     ANYCNN_FLUSH_SUBNORMALS=0, and leaves the thread as it found it."""
     from anycnn import datasets, models, optim
-    from anycnn.train import train
+    from anycnn.training.loop import train
 
     seen: list[bool] = []
 
@@ -157,7 +157,7 @@ def reference_run(model: str, flush: bool, dtype: str = "float32", limit: int | 
     """One epoch of the model's reference training (``anycnn train``'s defaults) on MNIST:
     the test error and the final parameters on the host."""
     from anycnn import datasets, models, optim
-    from anycnn.train import train
+    from anycnn.training.loop import train
 
     net = getattr(models, model)(dtype=dtype)
     if model == "dlt":

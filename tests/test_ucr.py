@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anycnn import datasets
+from anycnn import data as datasets
 from anycnn.data import ucr
 
 ROOT = Path(__file__).resolve().parents[1]

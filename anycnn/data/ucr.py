@@ -10,9 +10,9 @@ A series of length ``L`` with ``C`` dimensions becomes one ``(C, L)`` example: t
 ``C = 1``). Labels are indices into the header's ``@classLabel`` list, in its order.
 
 Reading follows the rules of the IDX reader (``Note [Reading untrusted IDX files]`` in
-:mod:`anycnn.datasets`): memory follows the bytes present, never a claim. A file above
+:mod:`anycnn.data.idx`): memory follows the bytes present, never a claim. A file above
 :data:`MAX_TS_BYTES` is refused before it is read, a line longer than :data:`MAX_LINE_BYTES` is
-refused without holding it, and every malformed line is a :class:`~anycnn.datasets.DatasetError`
+refused without holding it, and every malformed line is a :class:`~anycnn.data.DatasetError`
 naming the file, the line number and what was expected.
 """
 
@@ -54,9 +54,9 @@ _HEADER_FLAGS = ("timestamps", "missing", "univariate", "equallength", "classlab
 
 
 def _error(message: str) -> Exception:
-    from anycnn import datasets  # the error class of the data room (lazy: no import cycle)
+    from anycnn.data.idx import DatasetError  # the error class of the data room
 
-    return datasets.DatasetError(message)
+    return DatasetError(message)
 
 
 @dataclass(eq=False)
@@ -152,7 +152,7 @@ def read_ts(path: str | os.PathLike[str]) -> TsFile:
 
     Raises
     ------
-    anycnn.datasets.DatasetError
+    anycnn.data.DatasetError
         The message names the file and, for a bad line, its number: a file that cannot be read
         or is larger than :data:`MAX_TS_BYTES`; a line longer than :data:`MAX_LINE_BYTES` or not
         UTF-8; no ``@data``; a header that is not ``@key value``, or that announces time stamps
@@ -319,7 +319,7 @@ def is_ts_directory(path: str | os.PathLike[str]) -> bool:
 
 
 def is_ucr(name_or_path: str | os.PathLike[str]) -> bool:
-    """Whether :func:`anycnn.datasets.load` hands ``name_or_path`` to :func:`load`: a UCR name
+    """Whether :func:`anycnn.data.load` hands ``name_or_path`` to :func:`load`: a UCR name
     (:data:`UCR_DATASETS`, any case, ``-``/``_`` ignored) or a directory holding a
     ``<Name>_TRAIN.ts`` with its ``_TEST.ts`` and not the four IDX files of an MNIST-style set."""
     if isinstance(name_or_path, str) and "/" not in name_or_path and os.sep not in name_or_path:
@@ -328,7 +328,7 @@ def is_ucr(name_or_path: str | os.PathLike[str]) -> bool:
             return True
     if not is_ts_directory(name_or_path):
         return False
-    from anycnn import datasets
+    from anycnn.data import datasets
 
     found = datasets._find_files(Path(name_or_path).expanduser())
     return not all(p is not None for p in found.values())
@@ -340,10 +340,10 @@ def find_split_files(
     """The ``(TRAIN, TEST)`` ``.ts`` files of a known UCR name or of a directory.
 
     A name (``"gunpoint"``, any case, or the archive's ``"GunPoint"``) is searched like the
-    IDX data sets (:func:`anycnn.datasets.search_path`: ``data_dir``, ``$ANYCNN_DATA``, the
+    IDX data sets (:func:`anycnn.data.search_path`: ``data_dir``, ``$ANYCNN_DATA``, the
     repository's ``data/ucr/<Name>/``, ...), in ``<root>/<Name>`` and ``<root>/ucr/<Name>``.
     """
-    from anycnn import datasets
+    from anycnn.data import datasets
 
     is_path = not isinstance(name_or_path, str) or "/" in name_or_path or os.sep in name_or_path
     key = None if is_path else str(name_or_path).strip().lower().replace("_", "").replace("-", "")
@@ -387,7 +387,7 @@ def load(
     limit: int | None = None,
     num_classes: int | None = None,
 ) -> Any:
-    """Load a UCR problem (its TRAIN and TEST ``.ts`` files) as an :class:`anycnn.datasets.Dataset`.
+    """Load a UCR problem (its TRAIN and TEST ``.ts`` files) as an :class:`anycnn.data.Dataset`.
 
     The archive's own split is kept: ``train_images`` are the TRAIN series, ``test_images`` the
     TEST ones, each ``(N, C, L)`` float64 (``C = 1`` for univariate problems); labels index the
@@ -407,7 +407,7 @@ def load(
 
     Raises
     ------
-    anycnn.datasets.DatasetError
+    anycnn.data.DatasetError
         Any error of :func:`read_ts`, TRAIN and TEST files that disagree in class labels,
         dimensions or length, a bad ``limit`` or ``num_classes``, or a data set found nowhere.
 
@@ -418,7 +418,7 @@ def load(
     >>> ds.train_images.shape, ds.test_images.shape, ds.num_classes
     ((50, 1, 150), (150, 1, 150), 2)
     """
-    from anycnn import datasets
+    from anycnn.data import datasets
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise _error(f"load: limit must be a positive int or None, got {limit!r}")

@@ -1,7 +1,7 @@
 """The NumPy backend's hot ops in 1 and 3 spatial dimensions, on top of its 2-D ones.
 
 Every op of the table here takes ``(N, C, *spatial)`` arrays with 1, 2 or 3 spatial axes (``Note
-[N dimensions]`` in anycnn.ops). 2-D arrays go straight to the 2-D ops of ``_ops`` (one test of
+[N dimensions]`` in anycnn.ops). 2-D arrays go straight to the backend's 2-D ops (one test of
 ``ndim`` more per call: 2-D results are those bits); the others are mapped onto those 2-D ops:
 
 Note [1-D and 3-D on the 2-D kernels]
@@ -28,17 +28,37 @@ from __future__ import annotations
 import numpy as np
 
 from anycnn import ops as _reference
-from anycnn_numpy import _ops as _two
+from anycnn_numpy import _activation, _conv, _resample
 
-_conv_valid2 = _two.conv_valid
-_conv_valid_activate2 = _two.conv_valid_activate
-_conv_full2 = _two.conv_full
-_conv_kernel_grad2 = _two.conv_kernel_grad
-_conv_backward2 = _two.conv_backward
-_subsample_backward2 = _two.subsample_backward
-_sensitivity = _two.sensitivity
-_kron2, _block_sum2, _block_mean2 = _two.kron_upsample, _two.block_sum, _two.block_mean
-_decimate2, _decimate_transpose2 = _two.decimate, _two.decimate_transpose
+# The backend's 2-D ops these wrappers call: plain globals, so that a 2-D call costs one ``ndim``
+# test and one call more, no lookup; :func:`dimension_generic` binds them to its table's ops.
+_conv_valid2 = _conv.conv_valid
+_conv_valid_activate2 = _conv.conv_valid_activate
+_conv_full2 = _conv.conv_full
+_conv_kernel_grad2 = _conv.conv_kernel_grad
+_conv_backward2 = _conv.conv_backward
+_subsample_backward2 = _resample.subsample_backward
+_sensitivity = _activation.sensitivity
+_kron2, _block_sum2, _block_mean2 = (
+    _resample.kron_upsample,
+    _resample.block_sum,
+    _resample.block_mean,
+)
+_decimate2, _decimate_transpose2 = _resample.decimate, _resample.decimate_transpose
+_BOUND = {
+    "_conv_valid2": "conv_valid",
+    "_conv_valid_activate2": "conv_valid_activate",
+    "_conv_full2": "conv_full",
+    "_conv_kernel_grad2": "conv_kernel_grad",
+    "_conv_backward2": "conv_backward",
+    "_subsample_backward2": "subsample_backward",
+    "_sensitivity": "sensitivity",
+    "_kron2": "kron_upsample",
+    "_block_sum2": "block_sum",
+    "_block_mean2": "block_mean",
+    "_decimate2": "decimate",
+    "_decimate_transpose2": "decimate_transpose",
+}
 
 
 def _pads(padding, d: int) -> tuple[int, ...]:
@@ -281,5 +301,11 @@ _N_D = {
     "decimate_transpose": decimate_transpose,
 }
 
-#: The 2-D table with every map op taking 1, 2 or 3 spatial axes (the others as they are).
-OPS = {name: _N_D.get(name, op) for name, op in _two.OPS.items()}
+
+def dimension_generic(table: dict) -> dict:
+    """The backend's op table with every map op taking 1, 2 or 3 spatial axes: 2-D calls go to
+    ``table``'s op (one ``ndim`` test more), 1-D and 3-D ones through the mappings of Note [1-D
+    and 3-D on the 2-D kernels] onto those same 2-D ops. Other ops are left as they are."""
+    for variable, name in _BOUND.items():
+        globals()[variable] = table[name]
+    return {name: _N_D.get(name, op) for name, op in table.items()}
