@@ -136,6 +136,12 @@ def to_torch(network: Network) -> Any:
 
     modules: list[Any] = []
     for layer in network.layers:
+        shape = layer.input_shape or ()
+        if isinstance(layer, Convolution | Subsampling | LearnedCombination) and len(shape) != 3:
+            raise TypeError(  # issue 18: the export writes Conv2d and 2-D pooling only
+                f"to_torch: {layer.describe()} works on {len(shape) - 1}-D maps {shape}; the "
+                "export covers 2-D networks only"
+            )
         if isinstance(layer, LearnedCombination):
             modules.append(
                 _TorchLearnedCombination(

@@ -168,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     import anycnn
 
     anycnn.set_backend("numpy")
-    from anycnn_numpy import _ops
+    import anycnn_numpy
 
-    threads = args.threads or _ops.get_num_threads()
-    _ops.set_num_threads(threads)
+    threads = args.threads or anycnn_numpy.get_num_threads()
+    anycnn_numpy.set_num_threads(threads)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()

@@ -301,3 +301,11 @@ def test_checkpoint_round_trip(tmp_path, rng, dims):
     assert [layer.config() for layer in again.layers] == [layer.config() for layer in net.layers]
     x = net.backend.asarray(rng.standard_normal((2, *net.input_shape)), dtype="float64")
     assert_close(again.forward(x), net.backend.to_host(net.forward(x)), backend=net.backend)
+
+
+def test_to_torch_refuses_other_dimensions():
+    pytest.importorskip("torch", reason="to_torch needs PyTorch")
+    from anycnn import to_torch
+
+    with pytest.raises(TypeError, match=r"to_torch: .*\(conv1\) works on 1-D maps \(1, 12\)"):
+        to_torch(Network([Convolution(2, 3), Flatten(), FullyConnected(2)], (1, 12)))

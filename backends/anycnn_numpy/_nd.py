@@ -124,11 +124,12 @@ def _conv_valid3(x, kernel, selection, pads):
     planes = _conv_valid2(_depth_major(x), stack, sel, (ph, pw) if ph or pw else (0, 0))
     _, _, oh, ow = planes.shape
     planes = planes.reshape(n, d, kd, o, oh, ow)
-    out = np.empty((n, od, o, oh, ow), dtype=x.dtype)
-    np.copyto(out, planes[:, 0:od, 0])
+    out = np.empty((n, o, od, oh, ow), dtype=x.dtype)
+    view = out.transpose(0, 2, 1, 3, 4)  # the sums go straight to (N, C_out, D, H, W)
+    np.copyto(view, planes[:, 0:od, 0])
     for a in range(1, kd):
-        out += planes[:, a : a + od, a]
-    return np.ascontiguousarray(out.transpose(0, 2, 1, 3, 4))
+        view += planes[:, a : a + od, a]
+    return out
 
 
 def conv_valid_activate(x, kernel, bias, activation, selection=None, padding=(0, 0)):
@@ -167,11 +168,13 @@ def conv_full(delta, kernel, selection=None, padding=(0, 0)):
     planes = _conv_full2(_depth_major(delta), stack, sel, (ph, pw) if ph or pw else (0, 0))
     _, _, h, w = planes.shape
     planes = planes.reshape(n, od, kd, c, h, w)
-    full = np.zeros((n, od + kd - 1, c, h, w), dtype=delta.dtype)
+    full = np.zeros((n, c, od + kd - 1, h, w), dtype=delta.dtype)
+    view = full.transpose(0, 2, 1, 3, 4)  # the sums go straight to (N, C_in, D, H, W)
     for a in range(kd):
-        full[:, a : a + od] += planes[:, :, a]
-    full = full[:, pd : full.shape[1] - pd]  # Note [Zero padding]: the depth crop
-    return np.ascontiguousarray(full.transpose(0, 2, 1, 3, 4))
+        view[:, a : a + od] += planes[:, :, a]
+    if pd:  # Note [Zero padding]: the depth crop
+        full = np.ascontiguousarray(full[:, :, pd : full.shape[2] - pd])
+    return full
 
 
 def conv_kernel_grad(x, delta, selection=None, padding=(0, 0)):
@@ -216,7 +219,9 @@ def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, p
         dy = np.ascontiguousarray(_reference.fit_maps(kron_upsample(dy, up), *y.shape[2:]))
     delta = _sensitivity(dy, y, activation)
     grad = conv_kernel_grad(x, delta, selection, padding)
-    return grad, np.sum(delta, axis=(0, 2, 3, 4)), delta if need_delta else None
+    # the bias sum over contiguous rows: np.sum over axes (0, 2, 3, 4) was 20x slower
+    bias = delta.reshape(delta.shape[0], delta.shape[1], -1).sum(axis=2).sum(axis=0)
+    return grad, bias, delta if need_delta else None
 
 
 def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
