@@ -464,3 +464,36 @@ def test_sdlm_reduces_the_loss():
         net.compute_gradients(x, t)
         opt.step()
     assert float(net.loss_value(net.forward(x), t)) < 0.5 * first
+
+
+@pytest.mark.parametrize("shape", [(2, 13), (1, 5, 6, 5)], ids=["1d", "3d"])
+def test_diagonal_hessian_in_1d_and_3d(shape):
+    """LeCun's curvature in 1-D and 3-D (issue 18): every layer kind against squared Jacobians."""
+    rng = np.random.default_rng(7)
+    net = Network(
+        [
+            L.Convolution(3, 2, padding=1, activation="tanh"),
+            L.Subsampling(2, "mean", activation="tanh", remainder="pad"),
+            L.LearnedCombination(2, 2, kernels="per_pair", activation="tanh"),
+            L.LearnedCombination(2, 1, activation="tanh"),
+            L.Flatten(),
+            L.FullyConnected(3, activation="identity"),
+        ],
+        shape,
+        loss="cross_entropy",
+        dtype="float64",
+        backend="numpy",
+    )
+    _randomize(net, rng)
+    x, t, x_host, t_host = _batch(net, rng)
+    got = _host(net, optim.diagonal_hessian(net, x, t))
+    expected = _squared_jacobian_oracle(net, x_host, t_host)
+    assert list(got) == list(net.parameters())
+    for name in expected:
+        np.testing.assert_allclose(
+            got[name],
+            expected[name],
+            rtol=1e-6,
+            atol=1e-9 * np.abs(expected[name]).max(),
+            err_msg=name,
+        )

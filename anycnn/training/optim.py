@@ -896,7 +896,7 @@ def _convolution(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None
     pad = layer._padding_args  # Note [Zero padding] in anycnn.ops: zeros have no curvature
     h = {
         "kernel": ops.conv_kernel_grad(x * x, d2u, selection, *pad),
-        "bias": xp.sum(d2u, axis=(0, 2, 3)),
+        "bias": xp.sum(d2u, axis=(0, *range(2, d2u.ndim))),  # every spatial axis (issue 18)
     }
     return (ops.conv_full(d2u, k * k, selection, *pad) if need_input else None), h
 
@@ -909,10 +909,11 @@ def _subsampling(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None
     d2d = d2u
     if layer.trainable:
         d = layer._d
-        h["beta"] = xp.sum(d2u * (d * d), axis=(0, 2, 3))
-        h["bias"] = xp.sum(d2u, axis=(0, 2, 3))
+        summed = (0, *range(2, d2u.ndim))  # every spatial axis (issue 18)
+        h["beta"] = xp.sum(d2u * (d * d), axis=summed)
+        h["bias"] = xp.sum(d2u, axis=summed)
         beta = layer.params["beta"]
-        d2d = d2u * xp.reshape(beta * beta, (1, beta.shape[0], 1, 1))
+        d2d = d2u * xp.reshape(beta * beta, (1, beta.shape[0], *((1,) * (d2u.ndim - 2))))
     if not need_input:
         return None, h
     n = layer.n
@@ -921,7 +922,9 @@ def _subsampling(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None
     if layer._inv_counts is not None:  # a padded block mean: (1 / count)^2 per block
         return layer._unfit(ops.kron_upsample(d2d * (layer._inv_counts**2), n)), h
     up = ops.kron_upsample(d2d, n)
-    return layer._unfit(up * (1.0 / float(n**4)) if layer.mode == "mean" else up), h
+    return layer._unfit(
+        up * (1.0 / float(n ** (2 * (d2d.ndim - 2)))) if layer.mode == "mean" else up
+    ), h
 
 
 def _flatten(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
@@ -935,41 +938,43 @@ def _learned_combination(layer: Any, d2y: Array, need_input: bool) -> tuple[Arra
     d2u = _squared_slope(layer, d2y)
     x, alpha, kernel = layer._x, layer._alpha, layer.params["kernel"]
     c_out, c_in = alpha.shape
-    alpha2 = xp.reshape(alpha * alpha, (c_out, c_in, 1, 1))
+    ones = (1,) * (x.ndim - 2)  # one per spatial axis (issue 18)
+    spatial = tuple(range(2, x.ndim))
+    alpha2 = xp.reshape(alpha * alpha, (c_out, c_in, *ones))
     h_eff = ops.conv_kernel_grad(x * x, d2u)  # (C_out, C_in, kh, kw), curvature of K = alpha k
-    h: dict[str, Array] = {"bias": xp.sum(d2u, axis=(0, 2, 3))}
+    h: dict[str, Array] = {"bias": xp.sum(d2u, axis=(0, *spatial))}
     device = array_api_compat.device(x)
     if layer.kernels == "per_input":
         h["kernel"] = xp.sum(alpha2 * h_eff, axis=0)
         # z_i = x_i * k_i, one map per input: a convolution with a diagonal input-map table.
         eye = xp.eye(c_in, dtype=xp.bool, device=device)
         diagonal = xp.reshape(kernel, (c_in, 1, *kernel.shape[1:])) * xp.ones(
-            (1, c_in, 1, 1), dtype=kernel.dtype, device=device
+            (1, c_in, *ones), dtype=kernel.dtype, device=device
         )
         z = ops.conv_valid(x, diagonal, eye)  # (N, C_in, oh, ow)
         v = ops.conv_valid(x, layer._kernel)  # (N, C_out, oh, ow) = sum_i alpha_ij z_i
-        a = xp.tensordot(d2u, z * z, axes=([0, 2, 3], [0, 2, 3]))  # (C_out, C_in)
-        b = xp.tensordot(d2u * v, z, axes=([0, 2, 3], [0, 2, 3]))
-        c = xp.sum(d2u * v * v, axis=(0, 2, 3))[:, None]
+        axes = [0, *spatial]
+        a = xp.tensordot(d2u, z * z, axes=(axes, axes))  # (C_out, C_in)
+        b = xp.tensordot(d2u * v, z, axes=(axes, axes))
+        c = xp.sum(d2u * v * v, axis=(0, *spatial))[:, None]
     else:
         h["kernel"] = alpha2 * h_eff
         # z_ji = x_i * k_ji for every pair: C_out * C_in maps.
-        kh, kw = kernel.shape[2:]
-        expand = xp.reshape(kernel, (c_out * c_in, 1, kh, kw)) * xp.ones(
-            (1, c_in, 1, 1), dtype=kernel.dtype, device=device
+        expand = xp.reshape(kernel, (c_out * c_in, 1, *kernel.shape[2:])) * xp.ones(
+            (1, c_in, *ones), dtype=kernel.dtype, device=device
         )
         eye = xp.eye(c_in, dtype=xp.bool, device=device)
         table = xp.reshape(
             xp.broadcast_to(eye[None, :, :], (c_out, c_in, c_in)), (c_out * c_in, c_in)
         )
         z = ops.conv_valid(x, expand, table)  # (N, C_out*C_in, oh, ow)
-        n, _, oh, ow = z.shape
-        z = xp.reshape(z, (n, c_out, c_in, oh, ow))
-        v = ops.conv_valid(x, layer._kernel)[:, :, None, :, :]
-        d = d2u[:, :, None, :, :]
-        a = xp.sum(d * z * z, axis=(0, 3, 4))
-        b = xp.sum(d * v * z, axis=(0, 3, 4))
-        c = xp.sum(d * v * v, axis=(0, 3, 4))
+        z = xp.reshape(z, (z.shape[0], c_out, c_in, *z.shape[2:]))
+        v = xp.expand_dims(ops.conv_valid(x, layer._kernel), axis=2)
+        d = xp.expand_dims(d2u, axis=2)
+        positions = (0, *range(3, 3 + len(ones)))
+        a = xp.sum(d * z * z, axis=positions)
+        b = xp.sum(d * v * z, axis=positions)
+        c = xp.sum(d * v * v, axis=positions)
     # (du_j/dc_ij)^2 = alpha_ij^2 (z_ij - v_j)^2 = alpha^2 (z^2 - 2 z v + v^2), summed with d2u_j
     h["c"] = (alpha * alpha) * (a - 2.0 * b + c)
     kernel_eff = layer._kernel
