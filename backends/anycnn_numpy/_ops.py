@@ -45,7 +45,8 @@ import numpy as np
 
 from anycnn import ops as _reference
 from anycnn import subnormals as _subnormals
-from anycnn_numpy import _jit
+from anycnn.backend.activations import parse
+from anycnn_numpy import _activate, _jit
 
 
 # --- threads -------------------------------------------------------------------------------------
@@ -672,7 +673,7 @@ def conv_valid_activate(x, kernel, bias, activation, selection=None, padding=(0,
         return _reference.conv_valid_activate(x, kernel, bias, activation, selection, padding)
 
     def epilogue(u):
-        y = activation.apply(u, np)
+        y = _activate.activate(u, activation)
         if y is not u:
             np.copyto(u, y)
 
@@ -681,21 +682,25 @@ def conv_valid_activate(x, kernel, bias, activation, selection=None, padding=(0,
 
 
 def _compiled_activation(activation, dtype: np.dtype) -> tuple | None:
-    """``(kind, p0, p1)`` of the direct kernels' own f (Note [Compiled activations]), or None."""
-    from anycnn.layers.activations import Identity, LeCunTanh, Sigmoid, Tanh
-
-    kind = type(activation)  # exact types: a subclass may redefine f
+    """``(kind, p0, p1)`` of the direct kernels' own f (Note [Compiled activations]), or None:
+    the activation's description (Note [Activation descriptions] in anycnn.backend.activations)
+    when the kernels have that kind."""
     if dtype != np.float32 or _jit.direct_activations is None:
         return None
-    codes = _jit.direct_activations
+    parsed = parse(activation)
+    if parsed is None:
+        return None
+    _, kind, p0, p1 = parsed
+    code = _DIRECT_KINDS.get(kind.name)
+    if code is None:
+        return None
     t = dtype.type
-    if kind is Identity:
-        return _no_activation(dtype)
-    if kind is Sigmoid:
-        return (codes[1], t(activation.gain), t(0))
-    if kind in (Tanh, LeCunTanh):
-        return (codes[2], t(activation.a), t(activation.b))
-    return None
+    return (_jit.direct_activations[code], t(p0), t(p1))
+
+
+#: The kinds of the activation table the direct kernels apply themselves, by their index in
+#: ``_jit.direct_activations``.
+_DIRECT_KINDS = {"identity": 0, "logistic": 1, "tanh": 2}
 
 
 def _no_activation(dtype: np.dtype) -> tuple:
@@ -895,19 +900,20 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
 
 def _sensitivity_formula(activation, y) -> tuple | None:
     """``(name, p0, p1, scaled)`` of the compiled ``f'(u) o dy`` (Note [Sensitivity kernel] in
-    _jit) for ``activation`` on outputs like ``y``, or None: ``"logistic"``, ``gain y (1 - y)``
-    (``scaled`` when the gain is not 1); ``"tanh"``, ``((a - y)(y + a))(b / a)``; ``"identity"``."""
-    from anycnn.layers.activations import Identity, LeCunTanh, Sigmoid, Tanh
-
-    kind = type(activation)  # exact types: a subclass may redefine f'
+    _jit) for ``activation`` on outputs like ``y``, or None, from the activation's description
+    (the table's slope, in its order): ``"logistic"``, ``gain y (1 - y)`` (``scaled`` when the
+    gain is not 1); ``"tanh"``, ``((a - y)(y + a))(b / a)``; ``"identity"``."""
     if y.dtype not in _COMPILED_DTYPES:
         return None
-    if kind is Sigmoid:
-        return ("logistic", activation.gain, 0.0, activation.gain != 1.0)
-    if kind in (Tanh, LeCunTanh):
-        a, b = activation.a, activation.b
+    parsed = parse(activation)
+    kind = None if parsed is None else parsed[1].name
+    if kind == "logistic":
+        gain = parsed[2]
+        return ("logistic", gain, 0.0, gain != 1.0)
+    if kind == "tanh":
+        a, b = parsed[2], parsed[3]
         return ("tanh", a, b / a, True)
-    if kind is Identity:
+    if kind == "identity":
         return ("identity", 0.0, 0.0, False)
     return None
 
@@ -1052,17 +1058,18 @@ def sensitivity(dy, y, activation):
     of ``activation.sensitivity``; other activations, dtypes or layouts take that method."""
     kernel = _jit.sensitivity_into
     formula = _sensitivity_formula(activation, y)
+    if formula is not None and formula[0] == "identity":
+        return dy  # f' = 1: delta is dy itself, as the identity's own method gives
     if (
         kernel is None
         or formula is None
-        or formula[0] == "identity"
         or dy.dtype != y.dtype
         or dy.shape != y.shape
         or not (_compiled_layout(dy) and _compiled_layout(y))
         or y.ndim == 0
         or y.size == 0
     ):
-        return activation.sensitivity(dy, y, np)
+        return _activate.sensitivity(dy, y, activation)
     t = y.dtype.type
     name, p0, p1, scaled = formula
     code, p0, p1 = (0 if name == "logistic" else 1), t(p0), t(p1)
@@ -1226,6 +1233,7 @@ OPS = {
     "conv_backward": conv_backward,
     "subsample_backward": subsample_backward,
     "sensitivity": sensitivity,
+    "activate": _activate.activate,
     "conv_full": conv_full,
     "conv_kernel_grad": conv_kernel_grad,
     "kron_upsample": kron_upsample,
