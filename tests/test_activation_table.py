@@ -103,7 +103,7 @@ def test_an_unknown_description_is_refused_with_the_known_kinds():
 def test_the_numpy_backend_runs_the_table_in_place_with_the_references_bits(dtype, activation):
     """The NumPy backend's ``activate`` and ``sensitivity`` give the Array API reference's bits,
     ``activate`` in the memory of its argument; ``sensitivity`` leaves dy and y alone."""
-    from anycnn_numpy import _activate
+    from anycnn_numpy import _activation
 
     rng = np.random.default_rng(0)
     u = (rng.standard_normal((4, 3, 5, 6)) * rng.choice([0.1, 3.0, 1e4], (4, 3, 5, 6))).astype(
@@ -111,7 +111,7 @@ def test_the_numpy_backend_runs_the_table_in_place_with_the_references_bits(dtyp
     )
     want = np.asarray(activation.forward(u.copy()))
     work = u.copy()
-    got = _activate.activate(work, activation)
+    got = _activation.activate(work, activation)
     assert got.dtype == np.dtype(dtype)
     assert got.tobytes() == want.tobytes()
     assert np.shares_memory(got, work) or activation.describe() == ("identity",)
