@@ -11,8 +11,9 @@ Importing anycnn imports neither CuPy nor any optional array library.
 """
 
 import logging as _logging
+import sys as _sys
 
-from anycnn import checkpoint, datasets, functional, layers, models, ops, optim, train
+from anycnn import data, functional, layers, models, ops, training
 from anycnn.backend import (
     Backend,
     BackendUnavailableError,
@@ -22,7 +23,6 @@ from anycnn.backend import (
     set_backend,
     use_backend,
 )
-from anycnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from anycnn.gradcheck import GradcheckReport, gradcheck
 from anycnn.interop import to_torch
 from anycnn.layers import (
@@ -39,8 +39,11 @@ from anycnn.layers import (
     to_selection,
 )
 from anycnn.network import History, Network, load
-from anycnn.optim import SDLM, SGD, Momentum, diagonal_hessian, lecun1998
-from anycnn.train import DivergenceError, evaluate
+from anycnn.training import checkpoint, distributed, optim, plots
+from anycnn.training import loop as train
+from anycnn.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from anycnn.training.loop import DivergenceError, evaluate
+from anycnn.training.optim import SDLM, SGD, Momentum, diagonal_hessian, lecun1998
 
 __version__ = "0.1.0"
 
@@ -48,9 +51,31 @@ __version__ = "0.1.0"
 # silent unless the application configures logging; the CLI shows it.
 _logging.getLogger("anycnn").addHandler(_logging.NullHandler())
 
+# Note [Module paths of 0.1]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~
+# The package was flat in 0.1; its modules now live in rooms (anycnn.training, anycnn.data,
+# anycnn.backend). The old paths stay importable as the same module objects, so that
+# `import anycnn.optim`, `from anycnn.train import Trainer` and a monkeypatch of
+# `anycnn.checkpoint.X` keep working and mean what they meant.
+datasets = data
+from anycnn.data import download  # noqa: E402
+
+for _old, _module in {
+    "train": train,
+    "optim": optim,
+    "checkpoint": checkpoint,
+    "plots": plots,
+    "distributed": distributed,
+    "datasets": data,
+    "download": download,
+}.items():
+    _sys.modules[f"{__name__}.{_old}"] = _module
+del _old, _module
+
 
 class _CallableModule(type(train)):  # type: ignore[misc]
-    """``anycnn.train`` is the training module and, called, its :func:`anycnn.train.train`."""
+    """``anycnn.train`` is the training module and, called, its
+    :func:`anycnn.training.loop.train`."""
 
     def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         return self.train(*args, **kwargs)
@@ -66,7 +91,12 @@ __all__ = [
     "LearnedCombination",
     "Momentum",
     "checkpoint",
+    "data",
     "datasets",
+    "distributed",
+    "download",
+    "plots",
+    "training",
     "diagonal_hessian",
     "evaluate",
     "lecun1998",

@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     ('train', 'dlt', 2)
     """
     from anycnn.models import MODELS
-    from anycnn.optim import OPTIMIZERS
+    from anycnn.training.optim import OPTIMIZERS
 
     parser = _Parser(
         prog="anycnn",
@@ -456,7 +456,7 @@ def _check_output(option: str, value: str | None, *, directory: bool) -> None:
     needed (or the reverse), a file on the way to it, or a place that cannot be written."""
     if value is None:
         return
-    from anycnn.checkpoint import not_replaceable
+    from anycnn.training.checkpoint import not_replaceable
 
     path = Path(value).expanduser()
     wanted = "a directory" if directory else "a regular file"
@@ -470,9 +470,9 @@ def _check_output(option: str, value: str | None, *, directory: bool) -> None:
                 why = not_replaceable(path) or "is a file"
                 raise UsageError(f"anycnn train: {option} {value} {why}; expected {wanted}")
     else:
-        why = not_replaceable(path)
-        if why is not None:
-            raise UsageError(f"anycnn train: {option} {value} {why}; expected {wanted}")
+        reason = not_replaceable(path)
+        if reason is not None:
+            raise UsageError(f"anycnn train: {option} {value} {reason}; expected {wanted}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -484,8 +484,11 @@ def _check_output(option: str, value: str | None, *, directory: bool) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from anycnn import checkpoint as ckpt
-    from anycnn import datasets, models, optim, train
+    from anycnn import data as datasets
+    from anycnn import models
+    from anycnn.training import checkpoint as ckpt
+    from anycnn.training import loop as train
+    from anycnn.training import optim
 
     if args.resume and args.checkpoint_dir is None:
         raise UsageError("anycnn train: --resume needs --checkpoint-dir")
@@ -494,7 +497,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_output("--plots", args.plots, directory=True)
     _check_output("--metrics", args.metrics, directory=False)
     if args.plots is not None:
-        from anycnn import plots
+        from anycnn.training import plots
 
         plots.require_matplotlib()  # before training, not after it
     defaults = train.TRAINING_DEFAULTS.get(args.model, train.GENERIC_DEFAULTS)
@@ -531,11 +534,12 @@ def _train(args: argparse.Namespace) -> int:
     else:
         schedule = optim.lecun1998(lr / optim.LECUN1998_RATES[0])
 
-    from anycnn import distributed
+    from anycnn.training import distributed
 
     comm = distributed.init(args.distributed)
     backend = _backend(args.backend)
     backend = distributed.select_device(backend, comm)  # one GPU per process, by local rank
+    _tune_process(backend)
     dataset = datasets.load(args.dataset, data_dir=args.data_dir, limit=args.limit)
     options: dict[str, Any] = {"backend": backend, "dtype": args.dtype, "seed": args.seed}
     if args.loss is not None and args.model != "dlt":
@@ -621,7 +625,7 @@ def _train(args: argparse.Namespace) -> int:
     if comm.rank != 0:
         return EXIT_OK
     if args.plots:
-        from anycnn import plots
+        from anycnn.training import plots
 
         x0 = result.preprocessing(dataset.test_images[:1], net.dtype_name)
         written = plots.save_plots(
@@ -646,7 +650,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _kept(args: argparse.Namespace, *, finished: bool) -> str:
     """What a training run left on disk, in one line, with how to keep more."""
-    from anycnn import checkpoint as ckpt
+    from anycnn.training import checkpoint as ckpt
 
     kept = []
     if args.checkpoint_dir:
@@ -675,7 +679,7 @@ def _check_resume(
     the command line's words with the checkpoint's value: one the command line asked for
     (or a model or dtype, which cannot be resumed) is refused; one that comes from a default
     left out on resuming is said on stderr before training goes on."""
-    from anycnn import checkpoint as ckpt
+    from anycnn.training import checkpoint as ckpt
 
     latest = ckpt.latest_checkpoint(args.checkpoint_dir)
     if latest is None:
@@ -735,7 +739,7 @@ def _check_resume(
 def _setting(value: Any) -> str:
     """An optimizer setting for a message: a schedule in words, a number as %g."""
     if isinstance(value, dict) and "name" in value:
-        from anycnn import optim
+        from anycnn.training import optim
 
         try:
             return _describe_schedule(optim.schedule_from_config(value))
@@ -744,6 +748,19 @@ def _setting(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def _tune_process(backend: Any) -> None:
+    """Process-wide settings a training run opts into, which the library never makes on its
+    own: for the NumPy backend, malloc keeping freed memory for the next step's temporaries
+    (``Note [Fresh pages]`` in anycnn_numpy; ANYCNN_NUMPY_KEEP_FREED_MEMORY=0 declines it)."""
+    if getattr(backend, "name", None) != "numpy":
+        return
+    try:
+        from anycnn_numpy import keep_freed_memory
+    except ImportError:
+        return
+    keep_freed_memory()
 
 
 def _warm_up(net: Any, batch_size: int, *, quiet: bool) -> None:
@@ -795,8 +812,9 @@ def _threads(backend: Any) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from anycnn import checkpoint as ckpt
-    from anycnn import datasets, train
+    from anycnn import data as datasets
+    from anycnn.training import checkpoint as ckpt
+    from anycnn.training import loop as train
 
     backend = _backend(args.backend)
     restored = ckpt.load_checkpoint(args.checkpoint, backend=backend)
@@ -830,8 +848,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
-    from anycnn import datasets, models, train
+    from anycnn import data as datasets
+    from anycnn import models
     from anycnn.gradcheck import gradcheck
+    from anycnn.training import loop as train
 
     backend = _backend(args.backend)
     net = models.build(args.model, backend=backend, dtype=args.dtype, seed=args.seed)
@@ -885,7 +905,7 @@ def _backends(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from anycnn.download import download
+    from anycnn.data.download import download
 
     try:
         folder = download(args.dataset, args.to, mirrors=args.mirror, say=_say)
@@ -982,10 +1002,10 @@ def _main(argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace, debug: bool) -> int:
     from anycnn.backend import BackendUnavailableError
-    from anycnn.checkpoint import CheckpointError
-    from anycnn.datasets import DatasetError
-    from anycnn.plots import MatplotlibMissingError
-    from anycnn.train import DivergenceError
+    from anycnn.data import DatasetError
+    from anycnn.training.checkpoint import CheckpointError
+    from anycnn.training.loop import DivergenceError
+    from anycnn.training.plots import MatplotlibMissingError
 
     try:
         return COMMANDS[args.command](args)
@@ -1021,7 +1041,7 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
 
 
 def _world_rank() -> int:
-    from anycnn import distributed
+    from anycnn.training import distributed
 
     return distributed._world.rank if distributed._world is not None else 0
 
@@ -1029,7 +1049,7 @@ def _world_rank() -> int:
 def _fail(message: str, code: int) -> int:
     """Report an error; in a job of several processes, name the rank and abort the whole job
     (the others may be waiting in a collective: nothing may hang)."""
-    from anycnn import distributed
+    from anycnn.training import distributed
 
     world = distributed._world
     if world is None or world.size == 1:

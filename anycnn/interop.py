@@ -40,7 +40,7 @@ def move(network: Network, target: str | Backend, *, optimizer: Any = None) -> N
     True
     """
     from anycnn.network import Network
-    from anycnn.optim import _writable
+    from anycnn.training.optim import _writable
 
     record = lookup(target).require()
     optimizers = [o for o in (network.optimizer, optimizer) if o is not None]

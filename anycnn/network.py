@@ -20,7 +20,6 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from anycnn import _checks as checks
 from anycnn.backend import Backend, backend_of, get_backend, lookup, resolve_dtype
 from anycnn.layers import LAYER_TYPES, BuildContext, Layer, LayerError, Subsampling, get_loss
 from anycnn.layers.base import Array
@@ -30,7 +29,7 @@ from anycnn.testing import dtype_name
 def check_label_range(labels: np.ndarray, classes: int, prefix: str, owner: str) -> None:
     """Raise ValueError naming the first label outside ``[0, classes)``: ``"<prefix>label 12 at
     index 3 is outside [0, 10) for <owner> with 10 outputs"`` (:meth:`Network.fit`,
-    :meth:`Network.evaluate` and :func:`anycnn.train.evaluate` share it)."""
+    :meth:`Network.evaluate` and :func:`anycnn.training.loop.evaluate` share it)."""
     bad = np.flatnonzero((labels < 0) | (labels >= classes))
     if bad.size:
         first = int(bad[0])
@@ -491,7 +490,7 @@ class Network:
             host = self._host(x, where, "x")
             if host.ndim < 2 or host.shape[0] < 1:
                 raise ValueError(f"{where}: x must be a non-empty batch, got {host.shape}")
-            from anycnn import train
+            from anycnn.training import loop as train
 
             train._check_fits(host, tuple(self.input_shape), self.name)
             train._check_finite_host(host, f"{where}: x")
@@ -605,7 +604,7 @@ class Network:
         return parts[0] if len(parts) == 1 else xp.concat(parts)
 
     def _preparation(self) -> Any:
-        from anycnn import train
+        from anycnn.training import loop as train
 
         if self.preprocessing is not None:
             return self.preprocessing
@@ -613,7 +612,7 @@ class Network:
 
     def evaluate(self, x: Any, y: Any, *, batch_size: int = 1000) -> dict[str, float]:
         """The mean loss and the error rate on labelled data, as ``anycnn evaluate`` computes
-        them (:func:`anycnn.train.evaluate`, the same code).
+        them (:func:`anycnn.training.loop.evaluate`, the same code).
 
         ``y``: integer class labels ``(N,)`` or one-of-c targets ``(N, C)``. Returns
         ``{"loss", "error", "mistakes", "count"}`` (``error`` a fraction).
@@ -626,7 +625,7 @@ class Network:
         >>> sorted(net.evaluate(x, np.array([0, 1, 2, 3])))
         ['count', 'error', 'loss', 'mistakes']
         """
-        from anycnn import train
+        from anycnn.training import loop as train
 
         where = "Network.evaluate"
         prep = self._preparation()
@@ -672,7 +671,7 @@ class Network:
         distributed: Any = None,
     ) -> History:
         """Train on arrays for ``epochs`` passes with the loop of ``anycnn train``
-        (:func:`anycnn.train.train`: the same code, so the same seed gives the same bits).
+        (:func:`anycnn.training.loop.train`: the same code, so the same seed gives the same bits).
 
         Parameters
         ----------
@@ -682,7 +681,7 @@ class Network:
             of shape ``(N, *input_shape)``, cast to the network's dtype.
         y : array
             Integer class labels ``(N,)`` or one-of-c targets ``(N, C)``; the targets the loss
-            sees are made from the labels (:func:`anycnn.train.target_values`).
+            sees are made from the labels (:func:`anycnn.training.loop.target_values`).
         epochs, batch_size : int
             Passes over the data; patterns per update (1 is online learning).
         optimizer : str or anycnn.optim.Optimizer
@@ -695,7 +694,7 @@ class Network:
         validation_data : (x, y), optional
             Evaluated after each epoch (``val_loss``, ``val_error`` in the history).
         callbacks : sequence of callables
-            Called with each epoch's :class:`anycnn.train.EpochRecord`.
+            Called with each epoch's :class:`anycnn.training.loop.EpochRecord`.
         shuffle : bool
             Visit the examples in a new random order each epoch (seeded by ``seed``).
         seed : int
@@ -710,10 +709,12 @@ class Network:
             :class:`UserWarning`.
         gradient_hooks : sequence of callables
             Run by the loop's step between back-propagation and the update
-            (:data:`anycnn.train.GradientHook`: gradient averaging across processes, clipping).
+            (:data:`anycnn.training.loop.GradientHook`: gradient averaging across processes,
+            clipping).
         distributed : None, bool, "auto", "mpi", "single" or a communicator
-            As :func:`anycnn.train.train`: under ``mpiexec`` every process runs ``fit`` on the
-            same arrays and trains its shard of each global batch (:mod:`anycnn.distributed`).
+            As :func:`anycnn.training.loop.train`: under ``mpiexec`` every process runs ``fit`` on
+            the same arrays and trains its shard of each global batch
+            (:mod:`anycnn.training.distributed`).
 
         Returns
         -------
@@ -731,7 +732,9 @@ class Network:
         >>> len(history.history["loss"]), sorted(net.evaluate(x, y))[:2]
         (2, ['count', 'error'])
         """
-        from anycnn import datasets, optim, train
+        from anycnn import data as datasets
+        from anycnn.training import loop as train
+        from anycnn.training import optim
 
         where = "Network.fit"
         for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -846,8 +849,8 @@ class Network:
 
     def save(self, path: str | os.PathLike[str], *, include_optimizer: bool = True) -> Path:
         """Write the network (and its preprocessing and optimizer) to one ``.npz`` file, in the
-        pickle-free checkpoint format of :mod:`anycnn.checkpoint`; :func:`anycnn.load` reads
-        it back (and so does ``anycnn evaluate``).
+        pickle-free checkpoint format of :mod:`anycnn.training.checkpoint`; :func:`anycnn.load`
+        reads it back (and so does ``anycnn evaluate``).
 
         Examples
         --------
@@ -859,7 +862,7 @@ class Network:
         >>> bool(np.array_equal(net.predict(x), again.predict(x)))
         True
         """
-        from anycnn import checkpoint
+        from anycnn.training import checkpoint
 
         info: dict[str, Any] = {}
         if self.preprocessing is not None:
@@ -952,7 +955,7 @@ class Network:
 class History:
     """What :meth:`Network.fit` returns, as Keras' ``History``: ``history`` maps ``"loss"``,
     ``"error"``, ``"seconds"`` (and ``"val_loss"``, ``"val_error"`` with validation data) to one
-    value per epoch; ``records`` are the loop's :class:`anycnn.train.EpochRecord`.
+    value per epoch; ``records`` are the loop's :class:`anycnn.training.loop.EpochRecord`.
 
     >>> import numpy as np, anycnn
     >>> net = anycnn.models.dlt()
@@ -1002,7 +1005,8 @@ def load(
     >>> anycnn.load(path).name
     'dlt'
     """
-    from anycnn import checkpoint, train
+    from anycnn.training import checkpoint
+    from anycnn.training import loop as train
 
     restored = checkpoint.load_checkpoint(path, backend=backend, dtype=dtype)
     net = restored.network
@@ -1013,4 +1017,4 @@ def load(
     return net
 
 
-__all__ = ["History", "Network", "checks", "load"]
+__all__ = ["History", "Network", "load"]

@@ -9,9 +9,10 @@ What is timed (LeNet-5, float32, global batch 256, plain SGD, one step = forward
 back-propagation, gradient averaging where there is any, update):
 
 * ``anycnn 2x1``: ``mpiexec -n 2``, one thread each (anycnn.distributed's default on 2 cores),
-  each rank a shard of 128, gradients averaged by :class:`anycnn.distributed.GradientAverager`
-  (one flat buffer, one in-place ``MPI_Allreduce``). The allreduce is also timed alone inside
-  the step, which gives its share of the step.
+  each rank a shard of 128, gradients averaged by
+  :class:`anycnn.training.distributed.GradientAverager` (one flat buffer, one in-place
+  ``MPI_Allreduce``). The allreduce is also timed alone inside the step, which gives its share
+  of the step.
 * ``anycnn 1x2``: one process, two threads (``ANYCNN_NUM_THREADS=2``), batch 256.
 * ``torch ddp 2x1``: PyTorch ``DistributedDataParallel``, gloo backend, 2 processes of one
   thread, shards of 128, the same net and initial weights as bench/train.py's peer.
@@ -147,7 +148,7 @@ def _time_steps(step, steps: int, warmup: int, barrier=None, spent=None) -> dict
 def child_anycnn_mpi(args: argparse.Namespace) -> dict[str, Any]:
     from anycnn_numpy import _ops
 
-    from anycnn import distributed
+    from anycnn.training import distributed
 
     comm = distributed.init("mpi")
     found: dict[str, Any] = {"threads": _ops.get_num_threads(), "size": comm.size}
@@ -232,7 +233,7 @@ def child_torch_ddp(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_allreduce(args: argparse.Namespace) -> dict[str, Any]:
-    from anycnn import distributed
+    from anycnn.training import distributed
 
     comm = distributed.init("mpi")
     sizes = [int(s) for s in args.sizes.split(",")]

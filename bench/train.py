@@ -542,6 +542,18 @@ def parse_ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _tune_process(backend: str) -> None:
+    """The process-wide settings ``anycnn train`` makes for this backend (for NumPy, malloc
+    keeping freed memory: Note [Fresh pages]), so that the steps are timed as users train."""
+    from anycnn import cli
+    from anycnn.backend import lookup
+
+    try:
+        cli._tune_process(lookup(backend))
+    except ValueError:  # an unknown backend: main() says so
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="numpy", help="anycnn backend (default numpy)")
@@ -587,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.torch = args.torch and torch_available()
 
+    _tune_process(args.backend)
     if args.memory_child:
         memory_child(args.memory_child, args)
         return 0

@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 import pytest
 
-from anycnn import backend as registry
+from anycnn.backend import registry
 
 # Test variants are not runtime backends (array-api-extra PR #265): the list lives here.
 # id -> registry name

@@ -13,9 +13,9 @@ import inspect
 
 import pytest
 
-from anycnn import backend as registry
 from anycnn import ops as reference
 from anycnn import testing
+from anycnn.backend import registry
 
 
 def call_shape(function) -> list[tuple[str, object, object]]:

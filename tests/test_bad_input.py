@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 import anycnn
-from anycnn import checkpoint as ckpt
 from anycnn import datasets, models, optim, train
 from anycnn import functional as F
 from anycnn.backend import BackendUnavailableError, lookup
 from anycnn.cli import EXIT_USAGE, main
 from anycnn.layers import Convolution, Flatten, FullyConnected, LayerError, Subsampling
+from anycnn.training import checkpoint as ckpt
 
 NP = lookup("numpy")
 STRICT = lookup("strict")
@@ -843,7 +843,7 @@ def test_torch_tensor_into_a_numpy_network():
 
 
 def test_unknown_backend_in_the_environment(monkeypatch):
-    import anycnn.backend as registry
+    import anycnn.backend.registry as registry
 
     monkeypatch.setattr(registry, "_process_default", None)
     monkeypatch.setenv("ANYCNN_BACKEND", "tpu")

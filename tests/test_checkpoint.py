@@ -10,8 +10,8 @@ import pickle
 import numpy as np
 import pytest
 
-from anycnn import checkpoint as ckpt
 from anycnn import models, optim
+from anycnn.training import checkpoint as ckpt
 
 
 def _trained(kind="momentum", model="lenet5", dtype="float32"):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anycnn import backend as registry
 from anycnn import datasets
+from anycnn.backend import registry
 from anycnn.cli import EXIT_CLOSED_PIPE, EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,7 +362,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(capsys, tmp_pa
 
 
 def test_plots_without_matplotlib_say_how_to_install_it(monkeypatch, tmp_path):
-    from anycnn import plots
+    from anycnn.training import plots
 
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed

@@ -5,7 +5,7 @@ real probe is untested on GPU hardware."""
 
 from __future__ import annotations
 
-from anycnn.backend import _driver_version, cuda_reason
+from anycnn.backend.registry import _driver_version, cuda_reason
 
 INSUFFICIENT = RuntimeError(
     "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"

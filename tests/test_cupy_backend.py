@@ -45,8 +45,8 @@ import pytest
 from anycnn_cupy import _sources
 
 import anycnn
-from anycnn import backend as registry
 from anycnn import ops as reference
+from anycnn.backend import registry
 from anycnn.layers import (
     Convolution,
     Flatten,
@@ -148,7 +148,7 @@ def test_gpu_modules_say_what_to_install_without_cupy(tmp_path):
             messages["attribute"] = None
         except ImportError as error:
             messages["attribute"] = str(error)
-        import anycnn.backend as registry
+        import anycnn.backend.registry as registry
         print(json.dumps({"messages": messages,
                           "reason": registry.lookup("cupy").unavailable_reason}))
         """,

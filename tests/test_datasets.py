@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import struct
 from pathlib import Path
 
@@ -15,12 +16,17 @@ import numpy as np
 import pytest
 
 from anycnn import datasets
-from anycnn.datasets import DatasetError
+from anycnn.data import DatasetError, preprocessing
+from anycnn.data import datasets as named_sets
 
 REPO = Path(__file__).resolve().parent.parent
 # The embedded copy: data/mnist in a checkout, anycnn/_data/mnist in an installed wheel (tox).
 MNIST_DIR = next(
-    (d for d in (datasets._EMBEDDED_DIR / "mnist", datasets._PACKAGED_DIR / "mnist") if d.is_dir()),
+    (
+        d
+        for d in (named_sets._EMBEDDED_DIR / "mnist", named_sets._PACKAGED_DIR / "mnist")
+        if d.is_dir()
+    ),
     REPO / "data" / "mnist",
 )
 
@@ -351,9 +357,9 @@ def test_search_env_subdirectory_and_aliases(tmp_path, monkeypatch):
 
 def test_not_found_lists_places(tmp_path, monkeypatch):
     monkeypatch.setenv("ANYCNN_DATA", str(tmp_path / "env"))
-    monkeypatch.setattr(datasets, "_EMBEDDED_DIR", tmp_path / "no-embedded")
-    monkeypatch.setattr(datasets, "_PACKAGED_DIR", tmp_path / "no-packaged")
-    monkeypatch.setattr(datasets, "_SYSTEM_DIR", tmp_path / "no-system")
+    monkeypatch.setattr(named_sets, "_EMBEDDED_DIR", tmp_path / "no-embedded")
+    monkeypatch.setattr(named_sets, "_PACKAGED_DIR", tmp_path / "no-packaged")
+    monkeypatch.setattr(named_sets, "_SYSTEM_DIR", tmp_path / "no-system")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     with pytest.raises(DatasetError) as exc:
         datasets.load("fashion-mnist")
@@ -369,8 +375,8 @@ def test_not_found_message_names_the_places_that_matter(tmp_path, monkeypatch):
     aliases are not listed one by one; the CLI spelling and a way to get the data are."""
     monkeypatch.delenv("ANYCNN_DATA", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(datasets, "_EMBEDDED_DIR", tmp_path / "no-embedded")
-    monkeypatch.setattr(datasets, "_PACKAGED_DIR", tmp_path / "no-packaged")
+    monkeypatch.setattr(named_sets, "_EMBEDDED_DIR", tmp_path / "no-embedded")
+    monkeypatch.setattr(named_sets, "_PACKAGED_DIR", tmp_path / "no-packaged")
     with pytest.raises(DatasetError) as exc:
         datasets.load("fashion-mnist")
     msg = str(exc.value)
@@ -382,7 +388,7 @@ def test_not_found_message_names_the_places_that_matter(tmp_path, monkeypatch):
 
 def test_embedded_found_without_env(no_env):
     places = datasets.search_path("mnist")
-    assert places[0] == datasets._EMBEDDED_DIR / "mnist" and MNIST_DIR in places
+    assert places[0] == named_sets._EMBEDDED_DIR / "mnist" and MNIST_DIR in places
 
 
 def test_dataset_validates(tmp_path):
@@ -433,7 +439,7 @@ def test_normalize_in_place_and_errors():
 
 
 def test_mean_std_matches_numpy_across_blocks(monkeypatch):
-    monkeypatch.setattr(datasets, "_BLOCK_ELEMS", 1000)
+    monkeypatch.setattr(preprocessing, "_BLOCK_ELEMS", 1000)
     a = np.random.default_rng(3).integers(0, 256, (7, 28, 28), dtype=np.uint8)
     mean, std = datasets.mean_std(a)
     assert mean == pytest.approx(a.mean(), rel=1e-12) and std == pytest.approx(a.std(), rel=1e-12)
@@ -533,9 +539,11 @@ def test_batches_options():
         datasets.batches(-1, 2)
 
 
-def test_module_imports_no_backend():
-    src = Path(datasets.__file__).read_text()
-    assert "import cupy" not in src and "from anycnn" not in src
+def test_data_room_imports_no_backend():
+    for path in Path(datasets.__file__).parent.glob("*.py"):
+        src = path.read_text()
+        assert "import cupy" not in src, path
+        assert not re.search(r"from anycnn(?!\.data)|import anycnn(?!\.data)", src), path
 
 
 # ------------------------------------------------------------------------- the embedded MNIST

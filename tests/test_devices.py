@@ -80,7 +80,7 @@ def test_a_network_on_a_device_and_an_input_on_another_is_an_error_naming_both(r
 def test_auto_logs_why_it_falls_back(caplog):
     if lookup("cupy").available:
         pytest.skip("CUDA is usable here: auto does not fall back")
-    anycnn.backend._logged.clear()
+    anycnn.backend.registry._logged.clear()
     with caplog.at_level(logging.INFO, logger="anycnn"):
         assert lookup("auto") is lookup("numpy")
     assert any(

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anycnn import checkpoint as ckpt
 from anycnn import distributed, models, optim, train
+from anycnn.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("mpi_worker.py")

@@ -15,18 +15,12 @@ import pkgutil
 import pytest
 
 import anycnn
-import anycnn.checkpoint
 import anycnn.cli
-import anycnn.datasets
-import anycnn.distributed
-import anycnn.download
+import anycnn.data
 import anycnn.layers
 import anycnn.ops
-import anycnn.optim
-import anycnn.plots
 import anycnn.subnormals
 import anycnn.testing
-import anycnn.train
 from anycnn.gradcheck import GradcheckReport, ParameterCheck, gradcheck
 
 MODULES = sorted(
@@ -74,16 +68,17 @@ PUBLIC = [
     "anycnn.network",
     "anycnn.functional",
     "anycnn.interop",
-    "anycnn.checkpoint",
     "anycnn.ops",
     "anycnn.subnormals",
-    "anycnn.download",
-    "anycnn.distributed",
-    "anycnn.plots",
-    "anycnn.optim",
-    "anycnn.train",
+    "anycnn.training",
+    "anycnn.training.checkpoint",
+    "anycnn.training.distributed",
+    "anycnn.training.plots",
+    "anycnn.training.optim",
+    "anycnn.training.loop",
     "anycnn.layers",
-    "anycnn.datasets",
+    "anycnn.data",
+    "anycnn.data.download",
     "anycnn.cli",
 ]
 

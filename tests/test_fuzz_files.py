@@ -48,7 +48,6 @@ class Worker:
 
     def __init__(self, cwd: Path):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "backends")]))
-        env.pop("ANYCNN_TEST_CHECKPOINT_STALL", None)
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "_fuzz_worker.py"), str(ADDRESS_MIB)],
             stdin=subprocess.PIPE,

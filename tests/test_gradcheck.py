@@ -13,7 +13,7 @@ from anycnn import models
 from anycnn.gradcheck import gradcheck
 from anycnn.layers import Convolution, Flatten, FullyConnected, Subsampling
 from anycnn.network import Network
-from anycnn.train import target_values
+from anycnn.training.loop import target_values
 
 TOLERANCE = 1e-6
 MAX_ENTRIES = 8  # per parameter, plus one directional derivative through every entry

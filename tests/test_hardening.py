@@ -20,17 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anycnn import checkpoint as ckpt
 from anycnn import datasets, models, optim, train
 from anycnn.backend import lookup
 from anycnn.cli import EXIT_DIVERGED, EXIT_OK, main
+from anycnn.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env(**extra):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "backends")]))
-    env.pop("ANYCNN_TEST_CHECKPOINT_STALL", None)
     env.pop("ANYCNN_NUM_THREADS", None)
     env.update(extra)
     return env
@@ -192,7 +191,7 @@ def test_a_huge_rate_diverges_in_the_first_epoch(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_and_resume_works(tmp_path):
     """SIGKILL between writing epoch 2's temporary file and renaming it (the writer is held
-    there by ANYCNN_TEST_CHECKPOINT_STALL): epoch 1's file is intact and the latest; --resume
+    there by a monkeypatched os.replace in the child): epoch 1's file is intact and the latest; --resume
     then finishes epoch 2 with exactly the arrays the killed process had written (its temporary
     file was complete and fsync-ed, only the rename was missing)."""
     folder = tmp_path / "run"
@@ -216,9 +215,22 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_and_resume_w
         "--checkpoint-dir",
         str(folder),
     ]
+    # The child is `anycnn train` with os.replace held for 120 s on epoch 2's file: the writer
+    # then sits between its fsync-ed temporary file and the rename (what a crash there leaves).
+    stall = (
+        "import os, sys, time\n"
+        "from anycnn.cli import main\n"
+        "real = os.replace\n"
+        "def replace(src, dst, *args, **kwargs):\n"
+        "    if os.path.basename(dst) == 'epoch-0002.npz':\n"
+        "        time.sleep(120)\n"
+        "    return real(src, dst, *args, **kwargs)\n"
+        "os.replace = replace\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     process = subprocess.Popen(
-        _anycnn(*argv),
-        env=_env(ANYCNN_TEST_CHECKPOINT_STALL="epoch-0002.npz=120"),
+        [sys.executable, "-c", stall, *argv],
+        env=_env(),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -643,7 +643,7 @@ def test_numba_can_be_switched_off():
     env = {**__import__("os").environ, "ANYCNN_NUMBA": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr
-    code = "from anycnn_numpy import _ops; print(_ops._spin.turns)"
+    code = "from anycnn_numpy import _ops; _ops._spin.calibrate(); print(_ops._spin.turns)"
     env = {**__import__("os").environ, "ANYCNN_SPIN_US": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "0", out.stderr

@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 
 import anycnn
-from anycnn import backend as registry
 from anycnn import functional as F
 from anycnn import ops as reference
-from anycnn.backend import Backend, BackendUnavailableError
+from anycnn.backend import Backend, BackendUnavailableError, registry
 
 OPTIONAL_LIBRARIES = ("cupy", "torch", "array_api_strict")
 
@@ -94,7 +93,7 @@ def test_import_and_listing_names_import_no_optional_library(tmp_path):
         loaded = lambda: sorted(m for m in libraries if m in sys.modules)
         import anycnn
         after_import = loaded()
-        import anycnn.backend as registry
+        import anycnn.backend.registry as registry
         record = registry.lookup("cupy")
         names = registry.known_names()
         print(json.dumps({{"after_import": after_import, "after_lookup": loaded(),
@@ -289,7 +288,7 @@ def test_a_broken_plugin_does_not_break_import_anycnn(tmp_path):
     seen = run_python(
         """
         import json
-        import anycnn.backend as registry
+        import anycnn.backend.registry as registry
         registry._FIRST_PARTY_PLUGINS["broken"] = "no_such_module:backend"
         import anycnn
         records = {r.name: r.unavailable_reason for r in anycnn.available_backends()}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from anycnn import checkpoint as ckpt
 from anycnn import train
 from anycnn.cli import EXIT_USAGE, main
+from anycnn.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 DLT = ["train", "--model", "dlt", "--limit", "20", "--epochs", "1", "--quiet"]

@@ -96,7 +96,7 @@ def test_training_flushes_by_default_and_can_be_told_not_to(monkeypatch):
     """anycnn.train.train runs its steps inside flushing() unless flush_subnormals=False or
     ANYCNN_FLUSH_SUBNORMALS=0, and leaves the thread as it found it."""
     from anycnn import datasets, models, optim
-    from anycnn.train import train
+    from anycnn.training.loop import train
 
     seen: list[bool] = []
 
@@ -157,7 +157,7 @@ def reference_run(model: str, flush: bool, dtype: str = "float32", limit: int | 
     """One epoch of the model's reference training (``anycnn train``'s defaults) on MNIST:
     the test error and the final parameters on the host."""
     from anycnn import datasets, models, optim
-    from anycnn.train import train
+    from anycnn.training.loop import train
 
     net = getattr(models, model)(dtype=dtype)
     if model == "dlt":

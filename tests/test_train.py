@@ -155,7 +155,7 @@ def test_resume_with_nothing_left_to_do(mnist, tmp_path):
 
 
 def test_resume_with_another_optimizer_is_refused(mnist, tmp_path):
-    from anycnn.checkpoint import CheckpointError
+    from anycnn.training.checkpoint import CheckpointError
 
     ds = _small(mnist, 40)
     net = models.dlt(backend="cpu")

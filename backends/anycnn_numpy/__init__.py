@@ -3,7 +3,9 @@ compiled by it (``_direct.py``, ``_jit.py``), else hot ops on BLAS (im2col + GEM
 strides.
 
 Importing this package is cheap: it builds the :class:`anycnn.backend.Backend` record and
-imports the ops only when they are first used.
+imports the ops only when they are first used. Neither changes anything for the whole process:
+the one process-wide setting the backend profits from, malloc keeping freed memory
+(:func:`keep_freed_memory`), is an opt-in that ``anycnn train`` makes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ def _fast_ops():
     from anycnn_numpy import _ops
 
     return _ops.OPS
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for the next allocation (``Note [Fresh pages]``):
+    a training step then reuses the pages of the last step's temporaries instead of faulting in
+    fresh ones. It changes malloc for the whole process, so the library never calls it; the
+    ``anycnn train`` command does. True if the setting was made (glibc only;
+    ``ANYCNN_NUMPY_KEEP_FREED_MEMORY=0`` declines it)."""
+    from anycnn_numpy import _ops
+
+    return _ops.keep_freed_memory()
 
 
 def _namespace():

@@ -49,38 +49,54 @@ from anycnn_numpy import _jit
 
 
 # --- threads -------------------------------------------------------------------------------------
-def _blas_thread_setter():
-    """OpenBLAS's ``openblas_set_num_threads_local`` (0.3.27+), or None.
+class _BlasThreads:
+    """The BLAS libraries' thread counts, through threadpoolctl (found at the first pooled op).
 
-    It sets the number of BLAS threads for the calling thread only and returns the previous
-    value. The ops run small GEMMs, one per batch slice, on threads of their own; a GEMM that
-    OpenBLAS split over its own threads as well would leave those spinning (OpenBLAS workers
-    busy-wait for a while after each call) on the cores the slices need, and on a loaded
-    machine a split GEMM waits for a core at every call.
+    The ops run small GEMMs, one per batch slice, on threads of their own; a GEMM that BLAS
+    split over its own threads as well would leave those spinning (OpenBLAS workers busy-wait
+    for a while after each call) on the cores the slices need, and on a loaded machine a split
+    GEMM waits for a core at every call. So while a job's slices run, BLAS runs on one thread
+    (:meth:`limit`), and gets its count back afterwards (:meth:`restore`). The libraries are
+    looked up once, on first use, never at import; a process without threadpoolctl's libraries
+    (none loaded) just leaves BLAS alone.
     """
-    import ctypes
 
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            function = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        function.argtypes = [ctypes.c_int]
-        function.restype = ctypes.c_int
-        return function
-    return None
+    def __init__(self) -> None:
+        self._libraries: list | None = None
+
+    def _found(self) -> list:
+        if self._libraries is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                self._libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+            except Exception:  # noqa: BLE001 - a BLAS we cannot control runs as it is
+                self._libraries = []
+        return self._libraries
+
+    def limit(self) -> list:
+        """Set every BLAS to one thread; the ``(library, previous count)`` pairs it changed."""
+        changed = []
+        for library in self._found():
+            previous = library.get_num_threads()
+            if previous is not None and previous != 1:
+                library.set_num_threads(1)
+                changed.append((library, previous))
+        return changed
+
+    @staticmethod
+    def restore(changed: list) -> None:
+        for library, previous in changed:
+            library.set_num_threads(previous)
 
 
-_set_blas_threads = _blas_thread_setter()
+_blas_threads = _BlasThreads()
 
 
-def _keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for the next allocation (``Note [Fresh pages]``).
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for the next allocation (``Note [Fresh pages]``);
+    True if it did. A process-wide setting: the library never calls this on its own, the
+    ``anycnn train`` command does (and so may any program that trains with anycnn).
 
     Note [Fresh pages]
     ~~~~~~~~~~~~~~~~~~
@@ -91,8 +107,9 @@ def _keep_freed_memory() -> bool:
     ms of DLT's inference (the sigmoid's five temporaries of 14 MB), and 956 us against 155 us
     for one sigmoid at batch 50. With an mmap threshold of 32 MiB (glibc's maximum) and a trim
     threshold of 256 MiB, freed blocks stay in the heap and are reused. The peak memory is the
-    same (VmHWM); what changes is that up to 256 MiB freed stays mapped to the process.
-    ``ANYCNN_NUMPY_KEEP_FREED_MEMORY=0`` leaves malloc as it is.
+    same (VmHWM); what changes is that up to 256 MiB freed stays mapped to the process, and
+    that malloc behaves so for the whole process, which is why it is an opt-in.
+    ``ANYCNN_NUMPY_KEEP_FREED_MEMORY=0`` declines it even when asked (returns False).
     """
     if os.environ.get("ANYCNN_NUMPY_KEEP_FREED_MEMORY", "1").strip() == "0":
         return False
@@ -109,7 +126,6 @@ def _keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
 
 
-KEEPS_FREED_MEMORY = _keep_freed_memory()
 #: OpenBLAS runs a GEMM with M*N*K up to 65536 * GEMM_MULTITHREAD_THRESHOLD (4) on one thread.
 _BLAS_SPLIT_SIZE = 65536 * 4
 
@@ -235,14 +251,13 @@ class _Pool:
         if self._pid != os.getpid():  # after fork the threads are gone
             self._workers, self._queue, self._pid = [], [], os.getpid()
             self._cv = threading.Condition()
+        _spin.calibrate()  # Note [Spinning helpers]: before the first helper looks at it
         while len(self._workers) < self.threads - 1:
             thread = threading.Thread(target=self._loop, name="anycnn-numpy", daemon=True)
             thread.start()
             self._workers.append(thread)
 
     def _loop(self) -> None:
-        if _set_blas_threads is not None:
-            _set_blas_threads(1)
         cv, posted = self._cv, self._posted
         while True:
             seen = int(posted[0])  # before looking at the queue: no post can slip between
@@ -266,12 +281,11 @@ class _Pool:
         if len(slices) == 1 and gemm_size <= _BLAS_SPLIT_SIZE:
             function(0, *slices[0])
             return
-        previous = _set_blas_threads(1) if _set_blas_threads is not None else None
+        changed = _blas_threads.limit()
         try:
             self._run(function, slices)
         finally:
-            if previous is not None:
-                _set_blas_threads(previous)
+            _blas_threads.restore(changed)
 
     def _run(self, function, slices) -> None:
         if self.threads == 1 or self._alone:
@@ -341,9 +355,16 @@ class _Spin:
     CALLER_SPIN_US = 2000.0
 
     def __init__(self) -> None:
-        self.turns = 0
+        self.turns = 0  # 0 until calibrated, and where there is no spinning
         self.helper_turns = self.caller_turns = 0
         self.wait = _jit.spin_while
+        self.calibrated = False
+
+    def calibrate(self) -> None:
+        """Turns of the spin loop per microsecond, measured once, when the pool's helpers start
+        (never at import: it compiles or loads the spin kernel and keeps a core busy)."""
+        if self.calibrated:
+            return
         scale = os.environ.get("ANYCNN_SPIN_US", "").strip()
         try:
             factor = 1.0 if not scale else max(0.0, float(scale)) / self.HELPER_SPIN_US
@@ -351,6 +372,7 @@ class _Spin:
             raise ValueError(
                 f"ANYCNN_SPIN_US must be a number of microseconds (0: no spinning), got {scale!r}"
             ) from None
+        self.calibrated = True
         if self.wait is None or factor == 0.0:
             return
         flag = np.zeros(1, np.int64)

@@ -276,7 +276,7 @@ def environment(report: dict[str, Any]) -> None:
             ).stdout.strip()
             or None
         )
-    import anycnn.backend as registry
+    import anycnn.backend.registry as registry
 
     record = registry.lookup("cupy")
     report["cupy_backend"] = "available" if record.available else record.unavailable_reason

@@ -43,7 +43,7 @@ for name in ("numpy", "scipy", "cupy", "torch", "array_api_compat", "array_api_s
     except Exception as error:
         print(name, "MISSING:", error)
 try:
-    import anycnn.backend as registry
+    import anycnn.backend.registry as registry
     record = registry.lookup("cupy")
     print("anycnn cupy backend:", "available" if record.available else record.unavailable_reason)
 except Exception as error:

@@ -117,7 +117,7 @@ class Schedule:
     --------
     A new schedule gives :meth:`rate` and :meth:`config`:
 
-    >>> from anycnn.optim import Schedule
+    >>> from anycnn.training.optim import Schedule
     >>> class Halving(Schedule):
     ...     name = "halving"
     ...     def __init__(self, lr): self.lr = lr
@@ -326,7 +326,7 @@ class Optimizer:
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
     >>> x = net.backend.asarray(np.linspace(-1, 1, 8).reshape(2, 1, 2, 2), dtype="float64")
     >>> t = net.backend.asarray(np.eye(2), dtype="float64")
-    >>> from anycnn.optim import Optimizer
+    >>> from anycnn.training.optim import Optimizer
     >>> class SignDescent(Optimizer):
     ...     name = "sign-descent"
     ...     def _update(self, name, p, g):
@@ -633,7 +633,7 @@ class SDLM(Optimizer):
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
     >>> x = net.backend.asarray(np.linspace(-1, 1, 8).reshape(2, 1, 2, 2), dtype="float64")
     >>> t = net.backend.asarray(np.eye(2), dtype="float64")
-    >>> from anycnn.optim import SDLM
+    >>> from anycnn.training.optim import SDLM
     >>> opt = SDLM(net, 0.01, mu=0.02)
     >>> opt.start_epoch(0, [(x, t)])
     >>> xp = net.backend.xp
@@ -683,9 +683,10 @@ class SDLM(Optimizer):
     ) -> dict[str, Array]:
         """Mean diagonal Gauss-Newton curvature over the patterns of ``data``, stored as ``h``.
 
-        ``reduce`` (data parallelism: :meth:`anycnn.distributed.GradientAverager.reduce_curvature`)
-        turns this process's pattern-weighted sums and count into the sums and count over all
-        processes before the division."""
+        ``reduce`` (data parallelism:
+        :meth:`anycnn.training.distributed.GradientAverager.reduce_curvature`) turns this
+        process's pattern-weighted sums and count into the sums and count over all processes
+        before the division."""
         total: dict[str, Array] = {}
         count = 0
         for x, t in data:
@@ -777,7 +778,7 @@ def register_optimizer(cls: type[Optimizer]) -> type[Optimizer]:
     Examples
     --------
     >>> import anycnn
-    >>> from anycnn.optim import OPTIMIZERS, SGD, build_optimizer, register_optimizer
+    >>> from anycnn.training.optim import OPTIMIZERS, SGD, build_optimizer, register_optimizer
     >>> @register_optimizer
     ... class HalfSGD(SGD):
     ...     name = "half-sgd"
@@ -1010,7 +1011,7 @@ def diagonal_hessian(
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
     >>> x = net.backend.asarray(np.linspace(-1, 1, 8).reshape(2, 1, 2, 2), dtype="float64")
     >>> t = net.backend.asarray(np.eye(2), dtype="float64")
-    >>> from anycnn.optim import diagonal_hessian
+    >>> from anycnn.training.optim import diagonal_hessian
     >>> h = diagonal_hessian(net, x, t)
     >>> {name: tuple(value.shape) for name, value in h.items()}
     {'fc1.weight': (2, 4), 'fc1.bias': (2,)}

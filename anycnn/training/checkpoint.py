@@ -12,7 +12,7 @@ key                        content
                            metrics history and any extra fields of the training loop
 ``param/<name>``           each parameter (``param/conv1.kernel``), the network's dtype
 ``extra/<name>``           each array of :meth:`~anycnn.network.Network.extra_state`
-``optim/<key>``            the optimizer's :meth:`~anycnn.optim.Optimizer.state_dict`
+``optim/<key>``            the optimizer's :meth:`~anycnn.training.optim.Optimizer.state_dict`
                            (``optim/steps``, ``optim/velocity/conv1.kernel``, ...)
 =========================  ====================================================================
 
@@ -83,7 +83,7 @@ class CheckpointError(ValueError):
     Examples
     --------
     >>> import pathlib, tempfile
-    >>> from anycnn.checkpoint import CheckpointError, load_checkpoint
+    >>> from anycnn.training.checkpoint import CheckpointError, load_checkpoint
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     bad = pathlib.Path(tmp) / "epoch-0001.npz"
     ...     _ = bad.write_text("not a checkpoint")
@@ -108,26 +108,12 @@ def _json_bytes(value: Any) -> np.ndarray:
     return np.frombuffer(json.dumps(value, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
 
-def _test_stall(path: Path) -> None:
-    """A test hook: ``ANYCNN_TEST_CHECKPOINT_STALL=seconds`` (every write) or
-    ``ANYCNN_TEST_CHECKPOINT_STALL=epoch-0002.npz=seconds`` (that file only) sleeps between
-    writing the temporary file and renaming it, so tests/test_hardening.py can SIGKILL a training
-    process exactly there. Read at each write, only here; unset it does nothing."""
-    value = os.environ.get("ANYCNN_TEST_CHECKPOINT_STALL")
-    if value:
-        name, _, seconds = value.rpartition("=")
-        if not name or name == path.name:
-            import time
-
-            time.sleep(float(seconds))
-
-
 def checkpoint_path(directory: str | os.PathLike[str], epoch: int) -> Path:
     """The file of epoch ``epoch`` (1-based) in ``directory``: ``epoch-0003.npz``.
 
     Examples
     --------
-    >>> from anycnn.checkpoint import checkpoint_path
+    >>> from anycnn.training.checkpoint import checkpoint_path
     >>> checkpoint_path("runs", 3).as_posix()
     'runs/epoch-0003.npz'
     """
@@ -143,7 +129,7 @@ def epoch_of(path: str | os.PathLike[str]) -> int | None:
 
     Examples
     --------
-    >>> from anycnn.checkpoint import epoch_of
+    >>> from anycnn.training.checkpoint import epoch_of
     >>> epoch_of("runs/epoch-0003.npz"), epoch_of("runs/model.npz")
     (3, None)
     """
@@ -158,7 +144,7 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     Examples
     --------
     >>> import pathlib, tempfile
-    >>> from anycnn.checkpoint import latest_checkpoint
+    >>> from anycnn.training.checkpoint import latest_checkpoint
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     for name in ("epoch-0002.npz", "epoch-0010.npz", "notes.npz"):
     ...         _ = (pathlib.Path(tmp) / name).write_bytes(b"")
@@ -217,7 +203,7 @@ def not_replaceable(path: str | os.PathLike[str]) -> str | None:
     Examples
     --------
     >>> import os, pathlib, tempfile
-    >>> from anycnn.checkpoint import not_replaceable
+    >>> from anycnn.training.checkpoint import not_replaceable
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     fifo = pathlib.Path(tmp) / "fifo"
     ...     os.mkfifo(fifo)
@@ -266,7 +252,7 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, what: str = "file"
     Examples
     --------
     >>> import pathlib, tempfile
-    >>> from anycnn.checkpoint import atomic_write
+    >>> from anycnn.training.checkpoint import atomic_write
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = atomic_write(pathlib.Path(tmp) / "notes.txt", lambda f: f.write(b"hello"))
     ...     print(path.read_bytes(), sorted(p.name for p in pathlib.Path(tmp).iterdir()))
@@ -289,7 +275,6 @@ def atomic_write(path: str | os.PathLike[str], write: Any, *, what: str = "file"
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
-        _test_stall(path)
         os.replace(temporary, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
@@ -349,7 +334,7 @@ def save_checkpoint(
     >>> import tempfile
     >>> from anycnn import Flatten, FullyConnected, Network
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
-    >>> from anycnn.checkpoint import load_checkpoint, read_info, save_checkpoint
+    >>> from anycnn.training.checkpoint import load_checkpoint, read_info, save_checkpoint
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = save_checkpoint(f"{tmp}/epoch-0001.npz", net, epoch=1, info={"note": "hi"})
     ...     info = read_info(path)
@@ -409,7 +394,7 @@ class DirectoryLock:
     Examples
     --------
     >>> import tempfile
-    >>> from anycnn.checkpoint import DirectoryLock
+    >>> from anycnn.training.checkpoint import DirectoryLock
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     with DirectoryLock(tmp) as lock:
     ...         held = lock.path.exists()
@@ -520,7 +505,7 @@ class Checkpoint:
     >>> from anycnn import Flatten, FullyConnected, Network
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
     >>> import numpy as np
-    >>> from anycnn.checkpoint import load_checkpoint, save_checkpoint
+    >>> from anycnn.training.checkpoint import load_checkpoint, save_checkpoint
     >>> rng = np.random.default_rng(7)
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = save_checkpoint(f"{tmp}/epoch-0002.npz", net, epoch=2, rng=rng)
@@ -600,7 +585,7 @@ def printable(text: str, limit: int = 80) -> str:
 
     Examples
     --------
-    >>> from anycnn.checkpoint import printable
+    >>> from anycnn.training.checkpoint import printable
     >>> print(printable("lenet\\n\\x1b[2Jcaf\\u00e9"))   # a newline, an escape code, an accent
     lenet\\n\\x1b[2Jcaf\\xe9
     """
@@ -1150,7 +1135,7 @@ def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> import tempfile
     >>> from anycnn import Flatten, FullyConnected, Network
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
-    >>> from anycnn.checkpoint import read_info, save_checkpoint
+    >>> from anycnn.training.checkpoint import read_info, save_checkpoint
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     info = read_info(save_checkpoint(f"{tmp}/epoch-0004.npz", net, epoch=4))
     >>> info["epoch"], info["parameters"]["fc1.weight"]
@@ -1214,14 +1199,14 @@ def load_checkpoint(
     >>> import tempfile
     >>> from anycnn import Flatten, FullyConnected, Network
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), dtype="float64")
-    >>> from anycnn.checkpoint import load_checkpoint, save_checkpoint
+    >>> from anycnn.training.checkpoint import load_checkpoint, save_checkpoint
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = save_checkpoint(f"{tmp}/epoch-0001.npz", net, epoch=1)
     ...     checkpoint = load_checkpoint(path, dtype="float32")
     >>> checkpoint.epoch, checkpoint.network.dtype_name
     (1, 'float32')
     """
-    from anycnn import optim  # optim imports network; keep module import light
+    from anycnn.training import optim  # optim imports network; keep module import light
 
     path = Path(path)
     where = str(path)

@@ -29,9 +29,9 @@ smaller than ``N``) contributes zeros. Every rank then holds the same parameters
 from a single process's only by the order of the floating-point sums (float64: ~1e-15 relative
 after a few steps, tests/test_distributed.py).
 
-SDLM's curvature (Note [Diagonal Gauss-Newton curvature] in :mod:`anycnn.optim`) is estimated
-the same way: every rank draws the same sample, takes its slice, and the pattern-weighted sums
-and the count are added with one allreduce before dividing.
+SDLM's curvature (Note [Diagonal Gauss-Newton curvature] in :mod:`anycnn.training.optim`) is
+estimated the same way: every rank draws the same sample, takes its slice, and the pattern-weighted
+sums and the count are added with one allreduce before dividing.
 
 Evaluation is sharded by contiguous slices of the test set; the mistakes and the patterns are
 integers summed across ranks, so the test error is exactly the single-process figure.
@@ -39,7 +39,7 @@ integers summed across ranks, so the test error is exactly the single-process fi
 Faults: an exception on any rank is printed as one line naming the rank, then the job is
 aborted (``MPI_Abort``: every process of the job ends within seconds; nothing hangs in a
 collective). A NaN or infinite loss is detected collectively (the per-batch losses are summed
-across ranks before the check), so every rank raises :class:`anycnn.train.DivergenceError`
+across ranks before the check), so every rank raises :class:`anycnn.training.loop.DivergenceError`
 together and ``anycnn train`` exits 3 on all of them. A rank killed by a signal ends the job
 (Open MPI's launcher kills the others); checkpoints are written atomically by rank 0 with a
 barrier after each, so the last one always loads.
@@ -94,7 +94,7 @@ class DistributedError(RuntimeError):
 
     Examples
     --------
-    >>> from anycnn import distributed
+    >>> from anycnn.training import distributed
     >>> try:
     ...     distributed.init("carrier-pigeon")
     ... except distributed.DistributedError as error:
@@ -108,7 +108,7 @@ def launched_by_mpi(environ: Mapping[str, str] | None = None) -> bool:
 
     Examples
     --------
-    >>> from anycnn.distributed import launched_by_mpi
+    >>> from anycnn.training.distributed import launched_by_mpi
     >>> launched_by_mpi({}), launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "4"})
     (False, True)
     """
@@ -137,7 +137,7 @@ class Communicator:
     --------
     A new engine subclasses it; :class:`SingleCommunicator` is the smallest one:
 
-    >>> from anycnn.distributed import Communicator, SingleCommunicator
+    >>> from anycnn.training.distributed import Communicator, SingleCommunicator
     >>> comm = SingleCommunicator()
     >>> isinstance(comm, Communicator), comm.is_root, comm.describe()
     (True, True, 'single: rank 0 of 1 (local 0)')
@@ -185,7 +185,7 @@ class SingleCommunicator(Communicator):
     Examples
     --------
     >>> import numpy as np, anycnn
-    >>> from anycnn.distributed import SingleCommunicator
+    >>> from anycnn.training.distributed import SingleCommunicator
     >>> comm = SingleCommunicator()
     >>> x = anycnn.get_backend().asarray(np.arange(3.0), "float64")
     >>> comm.allreduce_(x) is x, comm.broadcast_object({"seed": 1}), comm.size
@@ -218,7 +218,7 @@ class MPICommunicator(Communicator):
     Under ``mpiexec -n 2`` (not run here: starting MPI inside the doctest process would tie
     it to an MPI job):
 
-    >>> from anycnn.distributed import MPICommunicator
+    >>> from anycnn.training.distributed import MPICommunicator
     >>> comm = MPICommunicator()                          # doctest: +SKIP
     >>> comm.describe()                                   # doctest: +SKIP
     'mpi: rank 0 of 2 (local 0)'
@@ -296,7 +296,7 @@ class NCCLReducer:
     GPU; the stand-in only records the calls):
 
     >>> import numpy as np
-    >>> from anycnn.distributed import NCCLReducer, SingleCommunicator
+    >>> from anycnn.training.distributed import NCCLReducer, SingleCommunicator
     >>> class StandIn:
     ...     NCCL_FLOAT64, NCCL_SUM = 8, 0
     ...     calls = []
@@ -412,7 +412,7 @@ def init(
     --------
     Outside ``mpiexec``, ``"auto"`` gives the same as ``"single"``: one process.
 
-    >>> from anycnn import distributed
+    >>> from anycnn.training import distributed
     >>> comm = distributed.init("single", threads=False)
     >>> comm.engine, comm.rank, comm.size
     ('single', 0, 1)
@@ -490,7 +490,7 @@ def set_rank_threads(comm: Communicator) -> int:
 
     Examples
     --------
-    >>> from anycnn.distributed import SingleCommunicator, set_rank_threads
+    >>> from anycnn.training.distributed import SingleCommunicator, set_rank_threads
     >>> set_rank_threads(SingleCommunicator()) >= 1      # alone on the host: nothing changes
     True
     """
@@ -520,7 +520,7 @@ def select_device(backend: Any, comm: Communicator) -> Any:
     Examples
     --------
     >>> import anycnn
-    >>> from anycnn.distributed import SingleCommunicator, select_device
+    >>> from anycnn.training.distributed import SingleCommunicator, select_device
     >>> backend = anycnn.get_backend()                  # a CPU backend: returned as it is
     >>> select_device(backend, SingleCommunicator()) is backend
     True
@@ -548,7 +548,7 @@ def shard(count: int, comm: Communicator) -> tuple[int, int]:
 
     Examples
     --------
-    >>> from anycnn.distributed import Communicator, shard
+    >>> from anycnn.training.distributed import Communicator, shard
     >>> class Rank(Communicator):                       # rank r of 3, without MPI
     ...     def __init__(self, rank): self.rank, self.size = rank, 3
     >>> [shard(10, Rank(r)) for r in range(3)], shard(2, Rank(0))
@@ -571,9 +571,9 @@ class GradientAverager:
     buffer per dtype, summed across ranks with one in-place allreduce and unpacked into the
     gradients. The buffers are allocated once; a step allocates nothing.
 
-    Call it with the :class:`anycnn.train.Trainer` (it reads ``network`` and ``shard_weight``),
-    or use :meth:`average` directly. Needs a backend whose arrays can be written in place
-    (NumPy, CuPy, PyTorch).
+    Call it with the :class:`anycnn.training.loop.Trainer` (it reads ``network`` and
+    ``shard_weight``), or use :meth:`average` directly. Needs a backend whose arrays can be
+    written in place (NumPy, CuPy, PyTorch).
 
     Examples
     --------
@@ -582,7 +582,7 @@ class GradientAverager:
 
     >>> import numpy as np
     >>> from anycnn import Flatten, FullyConnected, Network
-    >>> from anycnn.distributed import GradientAverager, SingleCommunicator
+    >>> from anycnn.training.distributed import GradientAverager, SingleCommunicator
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), backend="numpy",
     ...               dtype="float64")
     >>> _ = net.compute_gradients(np.ones((2, 1, 2, 2)), np.eye(2))

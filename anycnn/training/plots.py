@@ -32,7 +32,7 @@ class MatplotlibMissingError(ImportError):
     --------
     An :class:`ImportError`, so code that makes figures optional catches either:
 
-    >>> from anycnn.plots import MatplotlibMissingError
+    >>> from anycnn.training.plots import MatplotlibMissingError
     >>> issubclass(MatplotlibMissingError, ImportError)
     True
     """
@@ -44,7 +44,7 @@ def require_matplotlib() -> None:
 
     Examples
     --------
-    >>> from anycnn.plots import require_matplotlib
+    >>> from anycnn.training.plots import require_matplotlib
     >>> require_matplotlib()          # matplotlib is installed: nothing happens
     """
     try:
@@ -68,9 +68,9 @@ def _figure(width: float, height: float, layout: str | None = None) -> Any:
 
 def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
     """Write the figure the way checkpoints are written (a temporary file, then a rename:
-    :func:`anycnn.checkpoint.atomic_write`): a symlink at ``path`` is replaced, never followed,
-    so ``plots/kernels.png -> ../victim.txt`` cannot overwrite ``victim.txt``."""
-    from anycnn.checkpoint import atomic_write
+    :func:`anycnn.training.checkpoint.atomic_write`): a symlink at ``path`` is replaced, never
+    followed, so ``plots/kernels.png -> ../victim.txt`` cannot overwrite ``victim.txt``."""
+    from anycnn.training.checkpoint import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,7 @@ def _field(record: Any, name: str) -> Any:
 def learning_curves(history: Sequence[Any], path: str | os.PathLike[str]) -> Path:
     """Train and test error (%) and mean loss per epoch, side by side.
 
-    ``history`` holds :class:`anycnn.train.EpochRecord` objects or their dicts (the metrics
+    ``history`` holds :class:`anycnn.training.loop.EpochRecord` objects or their dicts (the metrics
     JSON's ``history``). Errors are drawn on a log scale when they span a decade or more, on a
     linear one otherwise (a log axis inside one decade has no labelled tick); the epoch axis has
     whole epochs only, with half an epoch of room each side.
@@ -92,7 +92,7 @@ def learning_curves(history: Sequence[Any], path: str | os.PathLike[str]) -> Pat
     Examples
     --------
     >>> import tempfile
-    >>> from anycnn.plots import learning_curves
+    >>> from anycnn.training.plots import learning_curves
     >>> history = [{"epoch": 1, "train_error": 0.2, "test_error": 0.15, "train_loss": 0.6},
     ...            {"epoch": 2, "train_error": 0.1, "test_error": 0.09, "train_loss": 0.3}]
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +158,7 @@ def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None
     >>> from anycnn import Convolution, Flatten, FullyConnected, Network
     >>> net = Network([Convolution(2, 2), Flatten(), FullyConnected(2)], input_shape=(1, 4, 4),
     ...               dtype="float64")
-    >>> from anycnn.plots import kernels
+    >>> from anycnn.training.plots import kernels
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     print(kernels(net, f"{tmp}/kernels.png").stat().st_size > 0)
     True
@@ -209,7 +209,7 @@ def feature_maps(
     >>> from anycnn import Convolution, Flatten, FullyConnected, Network
     >>> net = Network([Convolution(2, 2), Flatten(), FullyConnected(2)], input_shape=(1, 4, 4),
     ...               dtype="float64")
-    >>> from anycnn.plots import feature_maps
+    >>> from anycnn.training.plots import feature_maps
     >>> example = net.backend.asarray(np.ones((1, 1, 4, 4)), dtype="float64")
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     print(feature_maps(net, example, f"{tmp}/maps.png").name)
@@ -286,7 +286,7 @@ def save_plots(
     >>> from anycnn import Convolution, Flatten, FullyConnected, Network
     >>> net = Network([Convolution(2, 2), Flatten(), FullyConnected(2)], input_shape=(1, 4, 4),
     ...               dtype="float64")
-    >>> from anycnn.plots import save_plots
+    >>> from anycnn.training.plots import save_plots
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     print([p.name for p in save_plots(tmp, network=net, example=np.zeros((1, 4, 4)))])
     ['kernels.png', 'feature_maps.png']

@@ -21,8 +21,8 @@ to the host every ``report_every`` batches (one transfer for the whole window), 
 when a non-finite loss is detected (:class:`DivergenceError` names the first bad batch).
 
 Resuming: with ``checkpoint_dir`` a checkpoint is written after every epoch
-(:mod:`anycnn.checkpoint`), holding the parameters, the optimizer state, the state of the NumPy
-generator that shuffles, the preprocessing and the history. ``resume=True`` continues from the
+(:mod:`anycnn.training.checkpoint`), holding the parameters, the optimizer state, the state of the
+NumPy generator that shuffles, the preprocessing and the history. ``resume=True`` continues from the
 latest one; on the CPU an interrupted and resumed run ends with exactly the parameters of an
 uninterrupted one with the same seed.
 
@@ -32,7 +32,7 @@ between back-propagation and the optimizer's update; :func:`train` is ``Trainer(
 
 Data parallelism: under ``mpiexec`` (or with ``distributed=True``) ``batch_size`` is the global
 batch, each process takes its slice of every batch, a gradient hook averages the gradients,
-and only rank 0 writes files (``Note [Data-parallel step]`` in :mod:`anycnn.distributed`).
+and only rank 0 writes files (``Note [Data-parallel step]`` in :mod:`anycnn.training.distributed`).
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from anycnn import checkpoint as ckpt
-from anycnn import datasets, subnormals
+from anycnn import data as datasets
+from anycnn import subnormals
 from anycnn.backend import resolve_dtype
 from anycnn.network import Network, check_label_range
-from anycnn.optim import SGD, Optimizer
+from anycnn.training import checkpoint as ckpt
+from anycnn.training.optim import SGD, Optimizer
 
 __all__ = [
     "DivergenceError",
@@ -117,7 +118,7 @@ class DivergenceError(RuntimeError):
 
     Examples
     --------
-    >>> from anycnn.train import DivergenceError
+    >>> from anycnn.training.loop import DivergenceError
     >>> error = DivergenceError(3, 12, float("nan"))
     >>> error.epoch, error.batch
     (3, 12)
@@ -297,7 +298,7 @@ class EpochRecord:
 
     Examples
     --------
-    >>> from anycnn.train import EpochRecord
+    >>> from anycnn.training.loop import EpochRecord
     >>> record = EpochRecord(epoch=2, lr=0.05, train_loss=0.25, train_error=0.125,
     ...                      test_error=0.1, test_loss=0.2, seconds=1.5, images_per_second=400)
     >>> print(record.line(epochs=10))
@@ -341,7 +342,7 @@ class TrainResult:
     ...                       np.arange(8) % 2, rng.integers(0, 256, (4, 4, 4), dtype=np.uint8),
     ...                       np.arange(4) % 2, num_classes=2)
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 4, 4), dtype="float64")
-    >>> from anycnn.train import train
+    >>> from anycnn.training.loop import train
     >>> result = train(net, ds, epochs=2, batch_size=4, progress=False)
     >>> last = result.history[-1]
     >>> result.network is net, len(result.history), result.test_error == last.test_error
@@ -380,8 +381,8 @@ def evaluate(
 
     Returns ``{"error": fraction, "mistakes": count, "count": n, "loss": mean loss}``.
 
-    With ``comm`` (an :mod:`anycnn.distributed` communicator of more than one process) every
-    rank evaluates its contiguous slice of the set and the counts are summed: the error is
+    With ``comm`` (an :mod:`anycnn.training.distributed` communicator of more than one process)
+    every rank evaluates its contiguous slice of the set and the counts are summed: the error is
     exactly the single-process figure (the loss differs in the last bits: other sum order).
 
     >>> import anycnn
@@ -451,7 +452,7 @@ def _evaluate_sharded(
     batch_size: int,
     comm: Any,
 ) -> dict[str, float]:
-    from anycnn.distributed import shard
+    from anycnn.training.distributed import shard
 
     n = int(images.shape[0])
     start, stop = shard(n, comm)
@@ -475,8 +476,8 @@ def _evaluate_sharded(
 # The loop
 # --------------------------------------------------------------------------------------------
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON atomically (:func:`anycnn.checkpoint.atomic_write`). A file there that is not
-    JSON (a checkpoint given as ``--metrics``) is never replaced."""
+    """Write JSON atomically (:func:`anycnn.training.checkpoint.atomic_write`). A file there that is
+    not JSON (a checkpoint given as ``--metrics``) is never replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     why = ckpt.not_replaceable(path)  # never open a FIFO or a device to read it: it may block
     if why is not None:
@@ -623,7 +624,7 @@ class Trainer:
     ...                       np.arange(8) % 2, rng.integers(0, 256, (4, 4, 4), dtype=np.uint8),
     ...                       np.arange(4) % 2, num_classes=2)
     >>> net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 4, 4), dtype="float64")
-    >>> from anycnn.train import Trainer
+    >>> from anycnn.training.loop import Trainer
     >>> steps = []
     >>> trainer = Trainer(net, ds, epochs=2, batch_size=4, progress=False,
     ...                   gradient_hooks=[lambda trainer: steps.append(trainer.shard_weight)])
@@ -656,7 +657,7 @@ class Trainer:
         shuffle: bool = True,
         flush_subnormals: bool | None = None,
     ):
-        from anycnn import distributed as dist
+        from anycnn.training import distributed as dist
 
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit)):
             if name == "limit" and value is None:
@@ -919,7 +920,7 @@ class Trainer:
         if self.distributed:
             # Every rank drew the same sample; each estimates on its slice, and the sums and
             # counts are added across ranks before dividing (Note [Data-parallel step]).
-            from anycnn.distributed import shard
+            from anycnn.training.distributed import shard
 
             lo, hi = shard(len(picks), self.comm)
             picks = picks[lo:hi]
@@ -1006,7 +1007,7 @@ class Trainer:
 
     def _shard(self, picks: np.ndarray) -> np.ndarray:
         """This rank's slice of a global batch; sets :attr:`shard_weight` to ``b_r / B``."""
-        from anycnn.distributed import shard
+        from anycnn.training.distributed import shard
 
         lo, hi = shard(len(picks), self.comm)
         self.shard_weight = (hi - lo) / len(picks)
@@ -1075,10 +1076,10 @@ class Trainer:
         )
 
     def _claim_checkpoint_folder(self) -> Any:
-        """Lock the checkpoint folder for the passes (:class:`anycnn.checkpoint.DirectoryLock`)
-        and check that it still holds what setup found there: the checkpoint resumed from as the
-        latest, or no checkpoint at all for a fresh run, so no run ever overwrites the
-        checkpoints of another."""
+        """Lock the checkpoint folder for the passes
+        (:class:`anycnn.training.checkpoint.DirectoryLock`) and check that it still holds what
+        setup found there: the checkpoint resumed from as the latest, or no checkpoint at all for
+        a fresh run, so no run ever overwrites the checkpoints of another."""
         folder = self.checkpoint_folder
         if folder is None or not self.is_root or self.start >= self.epochs:
             return contextlib.nullcontext()
@@ -1149,7 +1150,7 @@ def train(
     batch_size : int
         1 is online learning (one pattern per update, LeCun); more is mini-batch SGD.
     optimizer : Optimizer, optional
-        Plain SGD at its default rate (:attr:`anycnn.optim.SGD.default_lr`) by default. An
+        Plain SGD at its default rate (:attr:`anycnn.training.optim.SGD.default_lr`) by default. An
         optimizer with a ``samples`` attribute (SDLM) gets that many random training patterns
         before each pass to estimate its curvature.
     seed : int
@@ -1179,7 +1180,7 @@ def train(
         Each is called with the :class:`Trainer` after every back-propagation, before the
         optimizer's update (:data:`GradientHook`).
     distributed : None, bool, "auto", "mpi", "single" or a communicator
-        Data parallelism (:mod:`anycnn.distributed`): None or "auto" uses MPI when an MPI
+        Data parallelism (:mod:`anycnn.training.distributed`): None or "auto" uses MPI when an MPI
         launcher started this process; True forces MPI, False one process. With N processes
         ``batch_size`` is the global batch, each process takes its slice of every batch, the
         gradients are averaged, and only rank 0 writes checkpoints, metrics and progress.
@@ -1201,8 +1202,8 @@ def train(
         A NaN or infinite loss; no checkpoint is written for the failed epoch.
     ValueError
         Bad arguments, images that cannot feed the network, or more classes in the data than
-        the network has outputs; :class:`anycnn.checkpoint.CheckpointError` for a checkpoint of
-        another model.
+        the network has outputs; :class:`anycnn.training.checkpoint.CheckpointError` for a
+        checkpoint of another model.
 
     Examples
     --------

@@ -1,8 +1,8 @@
 """Fetch MNIST or Fashion-MNIST from their official locations, checksums verified.
 
 ``anycnn download fashion-mnist`` (or :func:`download`) writes the four IDX files, gzip-compressed
-as published, to ``<to>/<name>/``, by default :func:`anycnn.datasets.user_data_dir`, where
-:func:`anycnn.datasets.load` finds them. Each file is verified against the MD5 published with
+as published, to ``<to>/<name>/``, by default :func:`anycnn.data.user_data_dir`, where
+:func:`anycnn.data.load` finds them. Each file is verified against the MD5 published with
 the data set before it takes its final name (written to a temporary file and renamed, so an
 interrupted or corrupt download never looks like data); a file already there and intact is not
 fetched again. MD5 is what the publishers give: it guards against corruption and truncation,
@@ -25,7 +25,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from anycnn.datasets import DatasetError, user_data_dir
+from anycnn.data.datasets import user_data_dir
+from anycnn.data.idx import DatasetError
 
 __all__ = ["SOURCES", "DownloadError", "download"]
 
@@ -33,13 +34,13 @@ __all__ = ["SOURCES", "DownloadError", "download"]
 class DownloadError(DatasetError):
     """No mirror gave a file with the published checksum; the message says what each gave.
 
-    A :class:`anycnn.datasets.DatasetError`, so one ``except`` covers missing and unfetchable
+    A :class:`anycnn.data.DatasetError`, so one ``except`` covers missing and unfetchable
     data.
 
     Examples
     --------
-    >>> from anycnn.datasets import DatasetError
-    >>> from anycnn.download import DownloadError
+    >>> from anycnn.data import DatasetError
+    >>> from anycnn.data.download import DownloadError
     >>> issubclass(DownloadError, DatasetError)
     True
     """
@@ -120,7 +121,7 @@ def download(
     ----------
     name : {"mnist", "fashion-mnist"}
     to : path, optional
-        The parent directory; ``$ANYCNN_DATA`` if set, else :func:`anycnn.datasets.user_data_dir`.
+        The parent directory; ``$ANYCNN_DATA`` if set, else :func:`anycnn.data.user_data_dir`.
     mirrors : sequence of str
         Base URLs tried before the official ones (each file is ``base + file name``).
     timeout : float
@@ -144,10 +145,10 @@ def download(
     --------
     Without network access, what is checked before anything is fetched (a real call is
     ``download("fashion-mnist")``, which writes the four files where
-    :func:`anycnn.datasets.load` finds them):
+    :func:`anycnn.data.load` finds them):
 
     >>> import tempfile
-    >>> from anycnn.download import DownloadError, SOURCES, download
+    >>> from anycnn.data.download import DownloadError, SOURCES, download
     >>> sorted(SOURCES)
     ['fashion-mnist', 'mnist']
     >>> with tempfile.TemporaryDirectory() as tmp:
