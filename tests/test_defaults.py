@@ -21,7 +21,7 @@ from anycnn.layers import (
     get_activation,
     get_loss,
 )
-from anycnn.optim import (
+from anycnn.training.optim import (
     SDLM,
     SGD,
     Constant,

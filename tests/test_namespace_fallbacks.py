@@ -8,7 +8,7 @@ import array_api_compat
 import numpy as np
 import pytest
 
-from anycnn import backend as registry
+from anycnn.backend import registry
 from anycnn.layers import get_activation
 
 

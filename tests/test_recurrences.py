@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from anycnn import layers as L
-from anycnn import optim
 from anycnn.network import Network
+from anycnn.training import optim
 
 
 def _net(backend, seed=0):
