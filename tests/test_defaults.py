@@ -288,3 +288,25 @@ def test_random_selection_inputs_per_map_bounds():
     for k in (1, 3):
         table = build(k).layers[0].table
         assert table.sum(axis=1).tolist() == [k, k]
+
+
+def test_padding_forms_and_bounds():
+    """Every form resolve_padding's docstring names, and amounts 0, 1 and -1."""
+    from anycnn.layers.conv import resolve_padding
+
+    assert resolve_padding("valid", (3, 4), "X") == (0, 0)
+    assert resolve_padding("same", (3, 5), "X") == (1, 2)
+    assert resolve_padding("same", (1, 1), "X") == (0, 0)
+    assert resolve_padding(0, (3, 3), "X") == (0, 0)
+    assert resolve_padding(1, (3, 3), "X") == (1, 1)
+    assert resolve_padding((1, 0), (3, 3), "X") == (1, 0)
+    assert resolve_padding([0, 2], (3, 3), "X") == (0, 2)
+    assert resolve_padding(2, (3,), "X") == (2,)  # any number of spatial axes
+    with pytest.raises(ValueError, match="X: padding='same' needs odd kernel sizes.*a 3x2 kernel"):
+        resolve_padding("same", (3, 2), "X")
+    for bad in (-1, (1, -1), (1,), (1, 1, 1), (True, 0), 1.0, "full", (0.5, 1)):
+        with pytest.raises(ValueError, match="X: padding must be 'valid', 'same'"):
+            resolve_padding(bad, (3, 3), "X")
+    assert Convolution(2, 3, padding=1).pad == (1, 1)
+    assert Convolution(2, 3, padding="same").config()["padding"] == "same"
+    assert Convolution(2, 3, padding=(0, 1)).config()["padding"] == [0, 1]
