@@ -806,9 +806,9 @@ def _threads(backend: Any) -> int:
     """The threads of the NumPy backend's ops in this process (1 for other backends)."""
     if getattr(backend, "name", None) != "numpy":
         return 1
-    from anycnn_numpy import _ops
+    from anycnn_numpy import get_num_threads
 
-    return _ops.get_num_threads()
+    return get_num_threads()
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -498,10 +498,10 @@ def set_rank_threads(comm: Communicator) -> int:
     if comm.local_size <= 1:
         return count
     try:
-        from anycnn_numpy import _ops
+        from anycnn_numpy import set_num_threads
     except ImportError:  # pragma: no cover - the NumPy backend always ships
         return count
-    _ops.set_num_threads(count)
+    set_num_threads(count)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
