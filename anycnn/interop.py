@@ -69,6 +69,7 @@ def move(network: Network, target: str | Backend, *, optimizer: Any = None) -> N
         # restore its state on the new backend (load_state_dict also recomputes SDLM's steps).
         opt._xp = record.xp
         opt._in_place = _writable(opt._xp)
+        opt._fused = record.ops.updates if opt._in_place else {}  # Note [Fused updates]
         opt.load_state_dict(state)
     return network
 

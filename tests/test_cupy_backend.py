@@ -120,7 +120,7 @@ def test_importing_the_plugin_imports_no_cupy(tmp_path):
         import anycnn_cupy
         from anycnn_cupy import _sources
         record = anycnn_cupy.backend
-        ok = anycnn_cupy.supports_activation("lecun_tanh")
+        ok = anycnn_cupy.supports_activation(("tanh", 1.7159, 2 / 3))
         print(json.dumps({"cupy": "cupy" in sys.modules, "name": record.name,
                           "kernels": len(_sources.KERNELS), "ok": ok}))
         """,
@@ -187,16 +187,27 @@ def test_every_kernel_source_is_well_formed():
 
 
 def test_activation_codes():
-    class Softsign(Sigmoid):  # a user subclass: the fused kernels must not guess
+    class Softsign(Sigmoid):  # a user subclass that redefines f: the fused kernels must not guess
+        def forward(self, u):
+            return u / (1 + abs(u))
+
+    class Hotter(Sigmoid):  # one that changes nothing computes the logistic: fused
         pass
 
-    assert _sources.activation_code(None) == (_sources.ACT_IDENTITY, 1.0, 1.0)
-    assert _sources.activation_code({"name": "sigmoid", "gain": 2.0}) == (1, 2.0, 1.0)
-    assert _sources.activation_code(Tanh(1.5, 0.5)) == (2, 1.5, 0.5)
-    assert _sources.activation_code("lecun_tanh") == (2, 1.7159, 2.0 / 3.0)
-    assert _sources.activation_code("relu")[0] == _sources.ACT_RELU
+    assert _sources.activation_code(None) == (_sources.ACT_IDENTITY, 0.0, 0.0)
+    assert _sources.activation_code(get_activation({"name": "sigmoid", "gain": 2.0})) == (
+        _sources.ACT_SIGMOID,
+        2.0,
+        0.0,
+    )
+    assert _sources.activation_code(Tanh(1.5, 0.5)) == (_sources.ACT_TANH, 1.5, 0.5)
+    assert _sources.activation_code(("tanh", 1.7159, 2.0 / 3.0)) == (2, 1.7159, 2.0 / 3.0)
+    assert _sources.activation_code(get_activation("relu"))[0] == _sources.ACT_RELU
     assert _sources.activation_code(Softsign()) is None
     assert not _sources.supports_activation(Softsign())
+    assert _sources.activation_code(Hotter(3.0)) == (_sources.ACT_SIGMOID, 3.0, 0.0)
+    with pytest.raises(ValueError, match="unknown activation description"):
+        _sources.activation_code(("softsign",))
 
 
 # =============================================================================================
@@ -252,8 +263,8 @@ def twin_sgd(p, g, lr):
 
 
 def twin_momentum(p, g, v, lr, momentum):
-    v = momentum * v - lr * g
-    return p + v, v
+    v = momentum * v + lr * g  # anycnn.optim.Momentum's velocity
+    return p - v, v
 
 
 def _cpu_layers(layers, input_shape, seed=0):
@@ -660,7 +671,8 @@ def test_fused_conv_forward_is_the_chain(impl, dtype, activation, case, rng):
         np.testing.assert_array_equal(fused, chain)
     else:
         _close(fused, chain, dtype)
-    odd = type("Odd", (Sigmoid,), {})()  # no fused kernel: the chain itself
+    # a subclass that redefines f has no description, hence no fused kernel: the chain itself
+    odd = type("Odd", (Sigmoid,), {"forward": lambda self, u: 1.0 / (1.0 + abs(u))})()
     u = impl._ops.conv_valid(bx, bk, bsel)
     u += bb[:, None, None]
     np.testing.assert_array_equal(
@@ -702,6 +714,115 @@ def test_resampling_matches_the_reference(impl, dtype, shape, n, rng):
         out = getattr(impl._ops, name)(impl.put(arg), n)
         expected = np.asarray(getattr(reference, name)(arg.astype(np.float64), n))
         _close(impl.get(out), expected, dtype, err_msg=f"{name} ({impl.name})")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACT_IDS)
+def test_fused_layer_ops_match_the_reference(impl, dtype, activation, rng):
+    """The CuPy table's own fused ops (issue 19: the NumPy backend's set) against the chains of
+    anycnn.ops: conv_backward without and with up-sampling (the upsampled_sensitivity kernel),
+    with a subsampling remainder and with padding (the chain on the backend's ops),
+    subsample_backward (one kernel for delta and beta delta), activate, the FC ops and the
+    fused updates."""
+    act = get_activation(activation)
+    ops = impl._ops
+
+    def check(name, got, want, scale=1.0):
+        got = (got,) if not isinstance(got, tuple) else got
+        want = (want,) if not isinstance(want, tuple) else want
+        assert len(got) == len(want), name
+        for index, (g, w) in enumerate(zip(got, want, strict=True)):
+            if w is None:
+                assert g is None, f"{name}[{index}]"
+                continue
+            w = np.asarray(w)
+            assert g.dtype == np.dtype(dtype), f"{name}[{index}]"
+            size = max(1.0, float(np.abs(w).max()) * scale)
+            _close(impl.get(g), w, dtype, atol=TOL[dtype]["atol"] * size * 10, err_msg=name)
+
+    def host(*arrays):
+        return [a.astype(dtype) for a in arrays]
+
+    sel = rng.random((4, 2)) < 0.7
+    sel[:, 0] = True
+    x, k = host(rng.standard_normal((3, 2, 10, 9)), rng.standard_normal((4, 2, 3, 2)))
+    y = host(np.asarray(act.forward(rng.standard_normal((3, 4, 8, 8)))))[0]
+    cases = [
+        (1, rng.standard_normal((3, 4, 8, 8)), (0, 0)),
+        (2, rng.standard_normal((3, 4, 4, 4)), (0, 0)),
+        (3, rng.standard_normal((3, 4, 3, 3)), (0, 0)),  # a remainder: 8 = 3 * 3 - 1
+    ]
+    for up, dy, padding in cases:
+        (dy,) = host(dy)
+        for selection in (None, sel):
+            for need in (True, False):
+                got = ops.conv_backward(
+                    impl.put(x),
+                    impl.put(dy),
+                    impl.put(y),
+                    act,
+                    None if selection is None else impl.put(selection),
+                    up,
+                    need,
+                    padding,
+                )
+                want = reference.conv_backward(
+                    *(a.astype(np.float64) for a in (x, dy, y)), act, selection, up, need
+                )
+                check(f"conv_backward up={up} need={need}", got, want)
+    xp_, y_pad, dy_pad = host(
+        rng.standard_normal((2, 2, 6, 5)),
+        np.asarray(act.forward(rng.standard_normal((2, 4, 6, 4)))),
+        rng.standard_normal((2, 4, 6, 4)),
+    )
+    got = ops.conv_backward(
+        impl.put(xp_), impl.put(dy_pad), impl.put(y_pad), act, None, 1, True, (1, 0)
+    )
+    want = reference.conv_backward(
+        *(a.astype(np.float64) for a in (xp_, dy_pad, y_pad)), act, None, 1, True, (1, 0)
+    )
+    check("conv_backward padding", got, want)
+    dy, y, d = host(
+        rng.standard_normal((3, 4, 5, 6)),
+        np.asarray(act.forward(rng.standard_normal((3, 4, 5, 6)))),
+        rng.standard_normal((3, 4, 5, 6)),
+    )
+    (beta,) = host(rng.uniform(0.5, 2.0, 4))
+    for need in (True, False):
+        got = ops.subsample_backward(*(impl.put(a) for a in (dy, y, d, beta)), act, need)
+        want = reference.subsample_backward(
+            *(a.astype(np.float64) for a in (dy, y, d, beta)), act, need
+        )
+        check(f"subsample_backward need={need}", got, want)
+    for shape in [(3, 4, 5, 6), (7, 9)]:
+        (u,) = host(rng.standard_normal(shape) * 3)
+        want = np.asarray(act.forward(u.astype(np.float64)))
+        check(f"activate {shape}", ops.activate(impl.put(u), act), want)
+    h, w, delta = host(
+        rng.standard_normal((5, 7)), rng.standard_normal((3, 7)), rng.standard_normal((5, 3))
+    )
+    h64, w64, d64 = (a.astype(np.float64) for a in (h, w, delta))
+    check("fully_connected", ops.fully_connected(impl.put(h), impl.put(w)), h64 @ w64.T)
+    check(
+        "fully_connected_weight_grad",
+        ops.fully_connected_weight_grad(impl.put(h), impl.put(delta)),
+        d64.T @ h64,
+    )
+    check(
+        "fully_connected_input_grad",
+        ops.fully_connected_input_grad(impl.put(delta), impl.put(w)),
+        d64 @ w64,
+    )
+    p, g, v = host(*(rng.standard_normal((4, 3)) for _ in range(3)))
+    dp = impl.put(p)
+    assert ops.sgd_update_(dp, impl.put(g), 0.1) is dp
+    check("sgd_update_", dp, reference.sgd_update_(p.astype(np.float64), g, 0.1))
+    dp, dv = impl.put(p), impl.put(v)
+    assert ops.momentum_update_(dp, impl.put(g), dv, 0.1, 0.9) is dp
+    p64, v64 = p.astype(np.float64), v.astype(np.float64)
+    reference.momentum_update_(p64, g.astype(np.float64), v64, 0.1, 0.9)
+    check("momentum_update_ param", dp, p64)
+    check("momentum_update_ velocity", dv, v64)
 
 
 def test_non_float_arrays_go_to_the_reference(host_modules):
@@ -856,7 +977,7 @@ def test_fused_down_and_up_sampling_match_the_twins(impl, dtype, mode, activatio
             2,
             None if b is None else impl.put(b),
             None if c is None else impl.put(c),
-            activation=activation,
+            activation=get_activation(activation),
             mode=mode,
         )
         d_twin, y_twin = twin_subsample_forward(x.astype(np.float64), 2, b, c, activation, mode)
@@ -870,7 +991,7 @@ def test_fused_down_and_up_sampling_match_the_twins(impl, dtype, mode, activatio
             impl.put(conv_y),
             2,
             None if b is None else impl.put(b),
-            activation=activation,
+            activation=get_activation(activation),
             mode=mode,
         )
         twin = twin_upsampled_sensitivity(
@@ -881,7 +1002,9 @@ def test_fused_down_and_up_sampling_match_the_twins(impl, dtype, mode, activatio
 
 def test_fused_decimation_keeps_the_remainder_rule(impl, rng):
     x = rng.standard_normal((2, 3, 7, 5))
-    d, y = impl._fused.subsample_forward(impl.put(x), 2, activation="tanh", mode="decimate")
+    d, y = impl._fused.subsample_forward(
+        impl.put(x), 2, activation=get_activation("tanh"), mode="decimate"
+    )
     d_twin, y_twin = twin_subsample_forward(x, 2, activation="tanh", mode="decimate")
     _close(impl.get(d), d_twin, "float64")
     _close(impl.get(y), y_twin, "float64")
@@ -897,15 +1020,19 @@ def test_fused_activations_match_the_twins(impl, dtype, activation, rng):
         bias = rng.standard_normal(shape[1]).astype(dtype)
         for b in (bias, None):
             pb = None if b is None else impl.put(b)
-            y = fused.bias_activation(impl.put(u), pb, activation=activation)
+            y = fused.bias_activation(impl.put(u), pb, activation=get_activation(activation))
             _close(impl.get(y), twin_bias_activation(u.astype(np.float64), b, activation), dtype)
-            y2, dy2 = fused.activation_and_derivative(impl.put(u), pb, activation=activation)
+            y2, dy2 = fused.activation_and_derivative(
+                impl.put(u), pb, activation=get_activation(activation)
+            )
             ty, tdy = twin_activation_and_derivative(u.astype(np.float64), b, activation)
             _close(impl.get(y2), ty, dtype)
             _close(impl.get(dy2), tdy, dtype, atol=TOL[dtype]["atol"] * 4)
         y_host = twin_bias_activation(u.astype(np.float64), None, activation).astype(dtype)
         dy = rng.standard_normal(shape).astype(dtype)
-        out = fused.sensitivity(impl.put(dy), impl.put(y_host), activation=activation)
+        out = fused.sensitivity(
+            impl.put(dy), impl.put(y_host), activation=get_activation(activation)
+        )
         _close(
             impl.get(out),
             twin_sensitivity(dy.astype(np.float64), y_host.astype(np.float64), activation),
@@ -937,7 +1064,7 @@ def test_fused_errors_name_the_argument(host_modules, rng):
     with pytest.raises(ValueError, match=r"beta must have shape \(3,\)"):
         fused.upsampled_sensitivity(delta, y[..., :8], 2, np.ones(4))
     with pytest.raises(TypeError, match="no fused kernel for the activation"):
-        fused.sensitivity(y, y, activation=type("Odd", (Sigmoid,), {})())
+        fused.sensitivity(y, y, activation=type("Odd", (Sigmoid,), {"forward": abs})())
     with pytest.raises(TypeError, match="float32 or float64"):
         fused.sensitivity(y.astype(np.int64), y.astype(np.int64))
     with pytest.raises(TypeError, match="is float32 but the other arrays are float64"):
