@@ -4,12 +4,9 @@ wrapper namespace that hides the function, and compared with the path the full n
 
 from __future__ import annotations
 
-import array_api_compat
-import numpy as np
 import pytest
 
 from anycnn.backend import registry
-from anycnn.layers import get_activation
 
 
 class Hiding:
@@ -23,31 +20,6 @@ class Hiding:
         if name in self._hidden:
             raise AttributeError(f"this namespace has no {name}")
         return getattr(self._xp, name)
-
-
-def test_relu_without_maximum_uses_where(backend, monkeypatch, rng):
-    xp = backend.xp
-    u_host = rng.standard_normal((3, 4))
-    u_host[0, 0] = 0.0
-    u = backend.asarray(u_host, dtype="float64")
-    relu = get_activation("relu")
-    full = np.asarray(backend.to_host(relu.forward(u)))
-    hidden = Hiding(xp, "maximum")
-    assert not hasattr(hidden, "maximum")
-    calls = []
-    original = array_api_compat.array_namespace
-
-    def namespace(*arrays, **kwargs):
-        calls.append(len(arrays))
-        original(*arrays, **kwargs)
-        return hidden
-
-    monkeypatch.setattr(array_api_compat, "array_namespace", namespace)
-    fallback = np.asarray(backend.to_host(relu.forward(u)))
-    assert calls, "ReLU.forward no longer asks the array for its namespace"
-    np.testing.assert_array_equal(fallback, full)
-    np.testing.assert_array_equal(fallback, np.maximum(u_host, 0.0))
-    assert fallback.dtype == np.float64
 
 
 def test_default_device_without_namespace_info():
@@ -81,3 +53,39 @@ def test_resolve_dtype_by_name_and_an_unknown_one(name):
     assert registry.resolve_dtype(xp, xp.float32) is xp.float32  # dtypes pass through
     with pytest.raises(ValueError, match="unknown dtype 'float16' for"):
         registry.resolve_dtype(Hiding(xp, "float16"), "float16")
+
+
+def _record(namespace):
+    return registry.Backend(name="hiding", array_module="array_api_strict", namespace=namespace)
+
+
+def test_devices_without_namespace_info():
+    """A backend whose namespace cannot list its devices knows its default one only."""
+    import array_api_strict as xp
+
+    full = _record(lambda: xp)
+    hidden = _record(lambda: Hiding(xp, "__array_namespace_info__"))
+    default = full.default_device
+    assert hidden.default_device == default
+    assert hidden._resolve_device("") == hidden._resolve_device("0") == default
+    other = [d for d in xp.__array_namespace_info__().devices() if d != default][0]
+    assert full._resolve_device(str(other).split("'")[1]) == other  # the full one finds it
+    with pytest.raises(ValueError, match=r"backend 'hiding' has no device 'device1'; devices here"):
+        hidden._resolve_device("device1")
+
+
+def test_owns_without_a_namespace_check_in_array_api_compat():
+    """``is_<module>_namespace`` where array-api-compat has one, else the namespace's name."""
+    import array_api_strict as xp
+
+    record = registry.Backend(name="strictish", array_module="array_api_strict")
+    assert record.owns(xp)
+    import numpy as np
+
+    assert not record.owns(np)
+    plain = registry.Backend(name="plain", array_module="no_such_module_family")
+    assert not hasattr(registry.array_api_compat, "is_no_such_module_family_namespace")
+    assert plain.owns(Hiding(xp)) is False
+    named = Hiding(xp)
+    named.__name__ = "no_such_module_family.sub"
+    assert plain.owns(named)
