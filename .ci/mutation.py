@@ -13,9 +13,12 @@ named ``backends.anycnn_numpy....`` and never switched on. This launcher drops t
 
 from __future__ import annotations
 
-import json
+import hashlib
+import math
 import os
 import sys
+import tomllib
+from math import ceil
 from pathlib import Path
 
 import libcst as cst
@@ -97,38 +100,98 @@ mutmut_main.run_stats_collection = run_stats_collection
 for _runner in (isolation.ForkRunner, isolation.ForkServerRunner):
     _runner.run_clean_tests = _run_clean_tests(_runner.run_clean_tests)
 
+# [tool.anycnn.mutation] in pyproject.toml: the campaign's budget.
+#   test_budget_s: each mutant runs the tests that reach its function, fastest first, while their
+#     recorded durations add up to at most this (the fastest one always). A mutant that only a
+#     slower test would kill counts as a survivor: the score is a lower bound of the suite's.
+#   sample: the fraction of mutants tested, chosen by a hash of the mutant's name (the same
+#     mutants every run, and a function's new mutants drawn alike); 1 tests every mutant.
+SETTINGS = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["anycnn"]["mutation"]
+TEST_BUDGET_S = float(SETTINGS.get("test_budget_s", math.inf))
+SAMPLE = float(SETTINGS.get("sample", 1.0))
+
+
+def sampled(name: str) -> bool:
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") < SAMPLE * 2**64
+
+
+def _within_budget(tests: list[str]) -> list[str]:
+    durations = mutmut_main.state().duration_by_test
+    chosen, total = [], 0.0
+    for test in sorted(tests, key=lambda name: durations[name]):
+        total += durations[test]
+        if chosen and total > TEST_BUDGET_S:
+            break
+        chosen.append(test)
+    return chosen
+
+
+def _budgeted(submit):
+    def wrapper(self, mutant_name, tests, cpu_time_limit, estimated_time):
+        if tests:
+            tests = _within_budget(list(tests))
+            durations = mutmut_main.state().duration_by_test
+            estimated_time = sum(durations[name] for name in tests)
+            cfg = mutmut_main.config()
+            cpu_time_limit = ceil(
+                (estimated_time + cfg.timeout_constant) * cfg.timeout_multiplier * 2
+            )
+        return submit(self, mutant_name, tests, cpu_time_limit, estimated_time)
+
+    return wrapper
+
+
+for _runner in (isolation.ForkRunner, isolation.ForkServerRunner):
+    _runner.submit = _budgeted(_runner.submit)
+
+_collect = mutmut_main.collect_source_file_mutation_data
+
+
+def collect_source_file_mutation_data(*, mutant_names):
+    mutants, by_path = _collect(mutant_names=mutant_names)
+    if SAMPLE < 1:
+        mutants = [entry for entry in mutants if sampled(entry[1])]
+    return mutants, by_path
+
+
+mutmut_main.collect_source_file_mutation_data = collect_source_file_mutation_data
+
 
 def score(threshold: float = 0.97) -> int:
-    """Print the totals of the last run and the score over non-equivalent mutants.
+    """Print the totals of the last run and the score over the non-equivalent mutants tested.
 
     Killed and timed out count as detected; "no tests" and survivors as not, except those that
-    tests/MUTATION.md lists as equivalent (one ``- `name`: why`` line each)."""
-    mutmut_main.export_cicd_stats.callback()
-    stats = json.loads(Path("mutants/mutmut-cicd-stats.json").read_text())
+    tests/MUTATION.md lists as equivalent (one ``- `name`: why`` line each). With a sample, the
+    score estimates the whole population's: its 95% interval (Wilson) is printed too."""
     listed = Path("tests/MUTATION.md").read_text(encoding="utf-8")
-    equivalent = 0
+    counts: dict[str, int] = {}
     survivors = []
     for path in mutmut_main.walk_mutatable_files():
         data = mutmut_main.SourceFileMutationData(path=path)
         data.load()
         for name, code in data.exit_code_by_key.items():
             status = mutmut_main.status_by_exit_code[code]
+            if status in ("survived", "no tests") and f"`{name}`" in listed:
+                status = "equivalent"
+            counts[status] = counts.get(status, 0) + 1
             if status in ("survived", "no tests"):
-                if f"`{name}`" in listed:
-                    equivalent += 1
-                else:
-                    survivors.append((status, name))
-    detected = stats["killed"] + stats["timeout"]
-    relevant = stats["total"] - equivalent - stats["skipped"]
-    value = detected / relevant if relevant else 0.0
+                survivors.append((status, name))
     for status, name in sorted(survivors):
         print(f"{status}: {name}")
-    print(
-        f"mutants {stats['total']}, killed {stats['killed']}, timed out {stats['timeout']}, "
-        f"survived {stats['survived']}, no tests {stats['no_tests']}, suspicious "
-        f"{stats['suspicious']}, skipped {stats['skipped']}, equivalent (listed) {equivalent}"
-    )
-    print(f"score {value:.4f} over {relevant} non-equivalent mutants (threshold {threshold})")
+    detected = counts.get("killed", 0) + counts.get("timeout", 0)
+    tested = sum(n for status, n in counts.items() if status not in ("not checked", "skipped"))
+    relevant = tested - counts.get("equivalent", 0)
+    print(", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
+    value = detected / relevant if relevant else 0.0
+    line = f"score {value:.4f} = {detected} / {relevant} non-equivalent mutants tested"
+    if SAMPLE < 1 and relevant:
+        z = 1.96
+        centre = (value + z * z / (2 * relevant)) / (1 + z * z / relevant)
+        half = z * math.sqrt(value * (1 - value) / relevant + z * z / (4 * relevant**2))
+        half /= 1 + z * z / relevant
+        line += f" (a {SAMPLE:.0%} sample: 95% interval {centre - half:.4f}-{centre + half:.4f})"
+    print(f"{line}; threshold {threshold}")
     return 0 if value >= threshold else 1
 
 
