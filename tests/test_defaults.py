@@ -310,3 +310,13 @@ def test_padding_forms_and_bounds():
     assert Convolution(2, 3, padding=1).pad == (1, 1)
     assert Convolution(2, 3, padding="same").config()["padding"] == "same"
     assert Convolution(2, 3, padding=(0, 1)).config()["padding"] == [0, 1]
+
+
+def test_schedule_and_optimizer_reprs():
+    assert repr(Constant(0.1)) == "Constant(lr=0.1)"
+    assert repr(Step(0.1, every=2, gamma=0.25)) == "Step(lr=0.1, every=2, gamma=0.25)"
+    assert repr(Piecewise([0.1], [2], final=0.01)) == (
+        "Piecewise(rates=[0.1], epochs=[2], final=0.01)"
+    )
+    net = _net()
+    assert repr(SGD(net, 0.1)) == f"<SGD lr=Constant(lr=0.1) on {net.name}>"
