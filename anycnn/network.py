@@ -172,7 +172,7 @@ class Network:
         self._flag_output_and_loss()
         # Note [Deferred up-sampling]: the layers whose up-sampling the layer below
         # forms in its own backward pass.
-        self._defer_up: dict[int, Layer] = {
+        self._defer_up: dict[int, Any] = {  # layers whose backward takes defer_up=True
             index: layer
             for index, layer in enumerate(self.layers)
             if index > 0
