@@ -644,3 +644,27 @@ def test_loaded_optimizer_state_is_a_copy(backend, rng):
     for key, value in state.items():
         np.testing.assert_array_equal(value, kept[key], err_msg=key)
     assert int(again.state_dict()["steps"]) == 2
+
+
+def test_optimizer_state_of_a_layer_named_with_a_slash():
+    """State keys are ``<slot>/<parameter>``, split at the first slash: a layer's name may hold
+    more of them."""
+    net = Network(
+        [L.FullyConnected(3, name="block/fc", activation="tanh"), L.FullyConnected(2)],
+        (4,),
+        dtype="float64",
+        backend="numpy",
+    )
+    x = net.backend.asarray(np.ones((2, 4)))
+    t = net.backend.asarray(np.eye(2))
+    opt = optim.Momentum(net, 0.1)
+    net.compute_gradients(x, t)
+    opt.step()
+    state = opt.state_dict()
+    assert "velocity/block/fc.weight" in state
+    again = optim.Momentum(net, 0.1)
+    again.load_state_dict(state)
+    restored = again.state_dict()
+    assert sorted(restored) == sorted(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
