@@ -568,7 +568,12 @@ def test_a_layer_may_bring_its_own_curvature_rule():
             return (4.0 * d2y if need_input else None), {}
 
     net = Network(
-        [Scale(name="first"), L.FullyConnected(2, activation="identity"), Scale(name="last")],
+        [
+            Scale(name="first"),
+            Scale(name="second"),
+            L.FullyConnected(2, activation="identity"),
+            Scale(name="last"),
+        ],
         (3,),
         loss="squared_error",
         dtype="float64",
@@ -576,10 +581,21 @@ def test_a_layer_may_bring_its_own_curvature_rule():
     )
     x = net.backend.asarray(np.ones((2, 3)))
     h = optim.diagonal_hessian(net, x, net.backend.asarray(np.zeros((2, 2))))
-    assert calls == [("last", True, (2, 2)), ("first", False, (2, 3))]
-    # squared error: d2E/dy2 = 1 per pattern; through "last" (x2): 4; fc: h_w = 4 x^2 summed
-    fc = net.layers[1].name
-    np.testing.assert_allclose(np.asarray(h[f"{fc}.weight"]), np.full((2, 3), 4.0 * 2 * 4 / 2))
+    assert calls == [("last", True, (2, 2)), ("second", True, (2, 3)), ("first", False, (2, 3))]
+    # squared error: d2E/dy2 = 1 per pattern; through "last" (x2): 4; fc's input is 4 x = 4
+    fc = net.layers[2].name
+    np.testing.assert_allclose(np.asarray(h[f"{fc}.weight"]), np.full((2, 3), 4.0 * 16))
+
+
+def test_build_optimizer_passes_the_rate_on():
+    net = _tiny_fc("numpy")
+    for name in ("sgd", "momentum", "sdlm"):
+        assert optim.build_optimizer(name, net, lr=0.3).schedule.config() == {
+            "name": "constant",
+            "lr": 0.3,
+        }
+    schedule = optim.as_schedule({"name": "step", "lr": 0.2, "every": 2, "gamma": 0.5})
+    assert schedule.config() == {"name": "step", "lr": 0.2, "every": 2, "gamma": 0.5}
 
 
 def test_diagonal_hessian_checks_its_inputs_unless_told_not_to():
