@@ -416,6 +416,81 @@ def test_diagonal_hessian_rejects_unknown_layers():
         optim.diagonal_hessian(net, x, net.backend.asarray(np.ones((1, 2))))
 
 
+def test_curvature_rules_belong_to_layers_and_losses(rng):
+    """Issue 19, item 5: diagonal_hessian runs each layer's and the loss's own rule, so a new
+    layer or loss brings its own. A layer y = 2x with its rule d2x = 4 d2y must give fc1 the
+    curvature of the same net without it whose last weights are doubled (the same function, the
+    same bits: scaling by 2 is exact), and a loss whose rule doubles the squared error's must
+    double every entry exactly."""
+
+    class Twice(L.Layer):
+        def _build(self, input_shape, context):
+            return input_shape
+
+        def forward(self, x):
+            return x * 2.0
+
+        def backward(self, dy, need_input_grad=True):
+            return dy * 2.0
+
+        def curvature(self, d2y, need_input_grad=True):
+            return (d2y * 4.0 if need_input_grad else None), {}
+
+    class DoubledError(L.SquaredError):
+        def curvature(self, y, t):
+            return super().curvature(y, t) * 2.0
+
+    def build(extra, loss):
+        net = Network(
+            [
+                L.FullyConnected(3, activation="tanh", name="fc1"),
+                *extra,
+                L.FullyConnected(2, name="out"),
+            ],
+            (4,),
+            loss=loss,
+            dtype="float64",
+            backend="numpy",
+            seed=3,
+        )
+        return net
+
+    with_twice = build([Twice(name="twice")], "squared_error")
+    plain = build([], "squared_error")
+    doubled = build([], DoubledError())
+    weight = with_twice.state_dict()["out.weight"]
+    plain.set_parameter("out.weight", plain.backend.asarray(2.0 * weight))
+    doubled.set_parameter("out.weight", doubled.backend.asarray(2.0 * weight))
+    for name in ("fc1.weight", "fc1.bias", "out.bias"):
+        plain.set_parameter(name, plain.backend.asarray(with_twice.state_dict()[name]))
+        doubled.set_parameter(name, doubled.backend.asarray(with_twice.state_dict()[name]))
+    x = rng.standard_normal((5, 4))
+    t = np.eye(2)[rng.integers(0, 2, 5)]
+    h_twice = _host(with_twice, optim.diagonal_hessian(with_twice, x, t))
+    h_plain = _host(plain, optim.diagonal_hessian(plain, x, t))
+    h_doubled = _host(doubled, optim.diagonal_hessian(doubled, x, t))
+    for name in ("fc1.weight", "fc1.bias"):
+        np.testing.assert_array_equal(h_twice[name], h_plain[name], err_msg=name)
+    assert np.any(h_plain["fc1.weight"] > 0)
+    for name, value in h_plain.items():
+        np.testing.assert_array_equal(h_doubled[name], 2.0 * value, err_msg=name)
+
+
+def test_diagonal_hessian_rejects_losses_without_a_rule():
+    class Absolute(L.Loss):
+        name = "absolute"
+
+        def value(self, y, t):
+            return abs(y - t).sum() / y.shape[0]
+
+        def gradient(self, y, t):
+            return np.sign(y - t) / y.shape[0]
+
+    net = Network([L.FullyConnected(2)], (3,), loss=Absolute(), dtype="float64", backend="numpy")
+    with pytest.raises(NotImplementedError, match="no second derivative for the loss 'absolute'"):
+        optim.diagonal_hessian(net, np.ones((1, 3)), np.ones((1, 2)))
+
+
 # --------------------------------------------------------------------------------------------
 # SDLM
 # --------------------------------------------------------------------------------------------

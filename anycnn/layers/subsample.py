@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from anycnn.layers.activations import get_activation
@@ -193,6 +194,31 @@ class Subsampling(Layer):
         if not need_input_grad:
             return None
         return self._up(delta, defer_up)
+
+    def curvature(self, d2y: Array, need_input_grad: bool = True) -> tuple[Array | None, dict]:
+        """Section 3.2 with squares (:meth:`Layer.curvature`): ``h_beta = sum_{u,v} d2u o d^2``
+        with ``d = down(x)``, ``h_b = sum d2u``, ``d2x = beta^2 up(d2u)`` for block sums
+        (``up(d2u) / n^4`` for block means, the transposed decimation for ``"decimate"``)."""
+        xp = array_api_compat.array_namespace(d2y)
+        ops = self._backend.ops
+        d2u = self._squared_slope(d2y)
+        h: dict[str, Array] = {}
+        d2d = d2u
+        if self.trainable:
+            d = self._d
+            h["beta"] = xp.sum(d2u * (d * d), axis=(0, 2, 3))
+            h["bias"] = xp.sum(d2u, axis=(0, 2, 3))
+            beta = self.params["beta"]
+            d2d = d2u * xp.reshape(beta * beta, (1, beta.shape[0], 1, 1))
+        if not need_input_grad:
+            return None, h
+        n = self.n
+        if self.mode == "decimate":
+            return self._unfit(ops.decimate_transpose(d2d, n)), h
+        if self._inv_counts is not None:  # a padded block mean: (1 / count)^2 per block
+            return self._unfit(ops.kron_upsample(d2d * (self._inv_counts**2), n)), h
+        up = ops.kron_upsample(d2d, n)
+        return self._unfit(up * (1.0 / float(n**4)) if self.mode == "mean" else up), h
 
     def config(self) -> dict[str, Any]:
         return {
