@@ -88,8 +88,8 @@ def to_selection(
     array([[1, 0, 0],
            [0, 1, 1]])
     """
-    if array_api_compat.is_array_api_obj(alphas) and not array_api_compat.is_numpy_array(alphas):
-        from anycnn.backend import backend_of
+    if array_api_compat.is_array_api_obj(alphas) and not isinstance(alphas, np.ndarray):
+        from anycnn.backend import backend_of  # any backend's array: a host copy
 
         alphas = backend_of(alphas, op=where).to_host(alphas)
     table = np.asarray(alphas, dtype=np.float64)

@@ -497,11 +497,9 @@ def set_rank_threads(comm: Communicator) -> int:
     count = rank_threads(comm)
     if comm.local_size <= 1:
         return count
-    try:
-        from anycnn_numpy import _ops
-    except ImportError:  # pragma: no cover - the NumPy backend always ships
-        return count
-    _ops.set_num_threads(count)
+    from anycnn.backend import registry
+
+    registry.limit_threads(count)  # the backends that have a say (Note [Backend capabilities])
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -557,14 +555,6 @@ def shard(count: int, comm: Communicator) -> tuple[int, int]:
     return count * comm.rank // comm.size, count * (comm.rank + 1) // comm.size
 
 
-def _in_place(xp: Any) -> bool:
-    return bool(
-        array_api_compat.is_numpy_namespace(xp)
-        or array_api_compat.is_cupy_namespace(xp)
-        or array_api_compat.is_torch_namespace(xp)
-    )
-
-
 class GradientAverager:
     """The data-parallel gradient hook (``Note [Data-parallel step]``): after
     back-propagation, ``(b_r / B) g`` of every parameter is packed into one persistent flat
@@ -595,7 +585,7 @@ class GradientAverager:
     def __init__(self, comm: Communicator, network: Any):
         self.comm, self.network = comm, network
         self.xp = xp = network.backend.xp
-        if not _in_place(xp):
+        if not network.backend.writable:  # Note [Backend capabilities]
             raise DistributedError(
                 f"distributed training needs a backend with writable arrays (numpy, cupy, "
                 f"torch); the network is on {network.backend.name!r}"

@@ -7,11 +7,11 @@ of the notes, ``Delta W = -eta dE/dW``, with a rate ``eta`` per parameter (the e
 "in practice there is often a learning rate parameter eta_ij specific to each weight"; section
 4.2: "at least have a different rate for each layer").
 
-The code is written once against the Array API. Where the namespace supports writing into an
-array (NumPy, CuPy, PyTorch), parameters and momentum buffers are updated in place, which saves
-one allocation per parameter and step; elsewhere (array-api-strict, JAX) the new value is handed
-to ``network.set_parameter(name, value, check=False)``. Both paths perform the same floating-point
-operations in the same order, so they give bit-identical results.
+The code is written once against the Array API. Where the backend says its arrays may be written
+(``Backend.writable``: NumPy, CuPy, PyTorch), parameters and momentum buffers are updated in
+place, which saves one allocation per parameter and step; elsewhere (array-api-strict, JAX) the
+new value is handed to ``network.set_parameter(name, value, check=False)``. Both paths perform
+the same floating-point operations in the same order, so they give bit-identical results.
 
 Batch size 1 is online (stochastic) learning as LeCun trains, one pattern per update; any larger
 batch is mini-batch SGD. The losses report the *mean* per-pattern error over a batch, so a rate
@@ -70,7 +70,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from anycnn.network import Network
@@ -283,15 +282,6 @@ def as_schedule(lr: float | Schedule | Mapping[str, Any]) -> Schedule:
 # --------------------------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------------------------
-def _writable(xp: Any) -> bool:
-    """Whether arrays of this namespace may be updated in place (``p -= step``) for speed."""
-    return bool(
-        array_api_compat.is_numpy_namespace(xp)
-        or array_api_compat.is_cupy_namespace(xp)
-        or array_api_compat.is_torch_namespace(xp)
-    )
-
-
 class Optimizer:
     """Base class of the update rules.
 
@@ -372,7 +362,7 @@ class Optimizer:
         self.epoch = 0
         self.lr = self.schedule.rate(0)
         self._xp = network.backend.xp
-        self._in_place = _writable(self._xp)
+        self._in_place = network.backend.writable  # Note [Backend capabilities]
         self._state: dict[str, dict[str, Array]] = {slot: {} for slot in self.slots}
 
     @classmethod

@@ -151,6 +151,14 @@ def _to_numpy(x):
     return cupy.asnumpy(x)
 
 
+def _device_name(device):
+    """The GPU's model, for ``Backend.describe``; untested on hardware."""
+    import cupy
+
+    name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 backend = Backend(
     name="cupy",
     array_module="cupy",
@@ -163,4 +171,7 @@ backend = Backend(
     device_for=_device_for,
     fast_ops=_fast_ops,
     to_numpy=_to_numpy,
+    # Note [Backend capabilities] in anycnn.backend.registry
+    writable=True,
+    device_name=_device_name,
 )

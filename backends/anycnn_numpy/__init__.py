@@ -30,6 +30,29 @@ def keep_freed_memory() -> bool:
     return _ops.keep_freed_memory()
 
 
+def _threads(count):
+    """The threads of this backend's ops: ``count`` None asks, an int sets."""
+    from anycnn_numpy import _ops
+
+    return _ops.get_num_threads() if count is None else _ops.set_num_threads(count)
+
+
+def _compile_note():
+    """What the first pass compiles (Numba's kernels), or None when Numba is off."""
+    from anycnn_numpy import _jit
+
+    if not _jit.status()[0]:
+        return None
+    where = _jit.cache_dir() or "Numba's cache"
+    return f"compiling CPU kernels once (~{_jit.COMPILE_SECONDS} s), cached in {where}"
+
+
+def _kernel_status():
+    from anycnn_numpy import _jit
+
+    return f"numpy's compiled CPU kernels: {_jit.status()[1]}"
+
+
 def _namespace():
     import array_api_compat.numpy
 
@@ -55,4 +78,10 @@ backend = Backend(
     device=lambda: "cpu",
     fast_ops=_fast_ops,
     to_numpy=_to_numpy,
+    # Note [Backend capabilities] in anycnn.backend.registry
+    writable=True,
+    threads=_threads,
+    compile_note=_compile_note,
+    kernel_status=_kernel_status,
+    tune_process=lambda: keep_freed_memory(),  # looked up at call time (monkeypatchable)
 )
