@@ -7,46 +7,11 @@ this package and :mod:`anycnn.ops`, never the layers; :func:`anycnn.testing.chec
 checks a plugin against the reference ops.
 """
 
-# Also here for the plugins and the CLI (not in __all__): OP_NAMES, cuda_reason, known_names,
-# logger, register, resolve_dtype.
-from anycnn.backend.registry import (
-    OP_NAMES as OP_NAMES,
-)
-from anycnn.backend.registry import (
-    Backend,
-    BackendUnavailableError,
-    available_backends,
-    backend_of,
-    get_backend,
-    lookup,
-    parse_name,
-    set_backend,
-    use_backend,
-)
-from anycnn.backend.registry import (
-    cuda_reason as cuda_reason,
-)
-from anycnn.backend.registry import (
-    known_names as known_names,
-)
-from anycnn.backend.registry import (
-    logger as logger,
-)
-from anycnn.backend.registry import (
-    register as register,
-)
-from anycnn.backend.registry import (
-    resolve_dtype as resolve_dtype,
-)
-
-__all__ = [
-    "Backend",
-    "BackendUnavailableError",
-    "available_backends",
-    "backend_of",
-    "get_backend",
-    "lookup",
-    "parse_name",
-    "set_backend",
-    "use_backend",
-]
+from anycnn.backend.registry import *  # noqa: F403 (the public names, registry.__all__)
+from anycnn.backend.registry import OP_NAMES as OP_NAMES  # the rest: for plugins and the CLI
+from anycnn.backend.registry import __all__ as __all__
+from anycnn.backend.registry import cuda_reason as cuda_reason
+from anycnn.backend.registry import known_names as known_names
+from anycnn.backend.registry import logger as logger
+from anycnn.backend.registry import register as register
+from anycnn.backend.registry import resolve_dtype as resolve_dtype
