@@ -16,7 +16,7 @@ a subnormal *operand* is read as 0). MXCSR belongs to a thread. :func:`flushing`
 on the calling thread and, on exit, puts the two bits back as they were (the rest of the
 register, such as the sticky exception flags NumPy reads, is left alone), so code that runs
 after it is untouched; the NumPy backend's pool threads take the caller's setting with each job
-(``_Job`` in ``anycnn_numpy._ops``), so the compiled kernels and the BLAS calls that anycnn
+(``_Job`` in ``anycnn_numpy._threads``), so the compiled kernels and the BLAS calls that anycnn
 runs on them flush too. BLAS threads of OpenBLAS's own are not anycnn's: while an op's slices
 run, the backend holds BLAS to one thread per slice (Note [Small jobs alone]), so those GEMMs run
 on the calling thread or on the pool's, with the flag; a single large GEMM that OpenBLAS splits

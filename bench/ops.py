@@ -309,7 +309,7 @@ DIRECT_LAYERS = [  # (name, input (C, H, W), kernel (C_out, C_in, kh, kw), LeNet
 def direct_comparisons(batch: int, reps: int, warmup: int, seed: int) -> list[dict[str, Any]]:
     """Note [Direct convolutions]: the NumPy backend's three convolutions on its compiled direct
     kernels and on im2col + BLAS (what it does without Numba), on the calling thread alone."""
-    from anycnn_numpy import _jit, _ops
+    from anycnn_numpy import _conv, _jit, _threads
 
     if _jit.correlate_into is None:
         return []
@@ -327,7 +327,7 @@ def direct_comparisons(batch: int, reps: int, warmup: int, seed: int) -> list[di
 
     rng = np.random.default_rng(seed + 3)
     comparisons = []
-    previous = _ops.set_num_threads(1)
+    previous = _threads.set_num_threads(1)
     try:
         for name, (c, h, w), kshape, table in DIRECT_LAYERS:
             x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
@@ -336,14 +336,14 @@ def direct_comparisons(batch: int, reps: int, warmup: int, seed: int) -> list[di
             d = rng.standard_normal((batch, kshape[0], oh, ow)).astype(np.float32)
             sel = lenet5_table() if table else None
             ops = {
-                "conv_valid": (x, lambda x=x, k=k, sel=sel: _ops.conv_valid(x, k, sel)),
+                "conv_valid": (x, lambda x=x, k=k, sel=sel: _conv.conv_valid(x, k, sel)),
                 "conv_kernel_grad": (
                     x,
-                    lambda x=x, d=d, sel=sel: _ops.conv_kernel_grad(x, d, sel),
+                    lambda x=x, d=d, sel=sel: _conv.conv_kernel_grad(x, d, sel),
                 ),
             }
             if c > 1:  # a first layer needs no input gradient
-                ops["conv_full"] = (d, lambda d=d, k=k, sel=sel: _ops.conv_full(d, k, sel))
+                ops["conv_full"] = (d, lambda d=d, k=k, sel=sel: _conv.conv_full(d, k, sel))
             for op, (first, function) in ops.items():
                 candidates = {"im2col + BLAS": on_blas(function), "direct (Numba)": function}
                 scale = float(np.abs(candidates["im2col + BLAS"]()).max())
@@ -353,7 +353,7 @@ def direct_comparisons(batch: int, reps: int, warmup: int, seed: int) -> list[di
                     )
                 )
     finally:
-        _ops.set_num_threads(previous)
+        _threads.set_num_threads(previous)
     return comparisons
 
 

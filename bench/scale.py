@@ -146,12 +146,12 @@ def _time_steps(step, steps: int, warmup: int, barrier=None, spent=None) -> dict
 
 
 def child_anycnn_mpi(args: argparse.Namespace) -> dict[str, Any]:
-    from anycnn_numpy import _ops
+    from anycnn_numpy import get_num_threads
 
     from anycnn.training import distributed
 
     comm = distributed.init("mpi")
-    found: dict[str, Any] = {"threads": _ops.get_num_threads(), "size": comm.size}
+    found: dict[str, Any] = {"threads": get_num_threads(), "size": comm.size}
     for model in args.models.split(","):
         step, spent, count, reduce_alone = _anycnn_step_fn(model, comm.rank, comm.size, comm)
         timing = _time_steps(step, args.steps, args.warmup, comm.barrier, spent)
@@ -175,9 +175,9 @@ def child_anycnn_mpi(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_anycnn_threads(args: argparse.Namespace) -> dict[str, Any]:
-    from anycnn_numpy import _ops
+    from anycnn_numpy import get_num_threads
 
-    found: dict[str, Any] = {"threads": _ops.get_num_threads()}
+    found: dict[str, Any] = {"threads": get_num_threads()}
     for model in args.models.split(","):
         step, _, count, _ = _anycnn_step_fn(model, 0, 1)
         found[model] = _time_steps(step, args.steps, args.warmup)

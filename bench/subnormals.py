@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.batch, args.reps, args.block_seconds = 32, 4, 1, 0.01
     anycnn.set_backend("numpy")
-    from anycnn_numpy._ops import get_num_threads
+    from anycnn_numpy import get_num_threads
 
     threads = args.threads or get_num_threads()
     rng = np.random.default_rng(0)

@@ -77,9 +77,9 @@ def task_equivalence(comm, out: str, files: str) -> None:
     the NCCL reducer's protocol on a NumPy stand-in."""
     ds = data()
     found: dict = {"size": comm.size, "threads": None, "runs": {}}
-    from anycnn_numpy import _ops
+    from anycnn_numpy import get_num_threads
 
-    found["threads"] = _ops.get_num_threads()
+    found["threads"] = get_num_threads()
     cases = [
         ("dlt", "sgd"),
         ("lenet5", "momentum"),

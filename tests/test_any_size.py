@@ -265,7 +265,7 @@ def test_padded_convolutions_match_scipy(backend, rng, case):
 def test_numpy_padded_convolutions_direct_and_blas(monkeypatch, rng, case, direct, dtype):
     """The NumPy backend's compiled direct kernels pad as they read (the forward and the
     cropped 'full' convolution); without them im2col + BLAS pads a copy; both give SciPy's."""
-    from anycnn_numpy import _jit, _ops
+    from anycnn_numpy import _conv, _jit
 
     from anycnn import backend as registry
 
@@ -284,9 +284,9 @@ def test_numpy_padded_convolutions_direct_and_blas(monkeypatch, rng, case, direc
     full = oracles.conv_full(d, k, table)
     expected["conv_full"] = full[:, :, ph : full.shape[2] - ph, pw : full.shape[3] - pw]
     got = {
-        "conv_valid": _ops.conv_valid(bx, bk, sel, pad),
-        "conv_full": _ops.conv_full(bd, bk, sel, pad),
-        "conv_kernel_grad": _ops.conv_kernel_grad(bx, bd, sel, pad),
+        "conv_valid": _conv.conv_valid(bx, bk, sel, pad),
+        "conv_full": _conv.conv_full(bd, bk, sel, pad),
+        "conv_kernel_grad": _conv.conv_kernel_grad(bx, bd, sel, pad),
     }
     for name, value in got.items():
         scale = max(1.0, float(np.abs(expected[name]).max()))

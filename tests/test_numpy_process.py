@@ -66,7 +66,7 @@ def test_import_and_a_training_step_leave_malloc_alone():
 import numpy as np
 import anycnn
 import anycnn_numpy
-from anycnn_numpy import _ops
+from anycnn_numpy import _resample, _threads
 
 print(mmapped())
 net = anycnn.models.build("dlt", dtype="float32", seed=0, backend="numpy")
@@ -111,15 +111,15 @@ def test_import_finds_no_blas_and_calibrates_no_spin():
     code = """
 import numpy as np
 import anycnn
-from anycnn_numpy import _ops
+from anycnn_numpy import _resample, _threads
 
-print(_ops._blas_threads._libraries is None, _ops._spin.calibrated)
+print(_threads._blas_threads._libraries is None, _threads._spin.calibrated)
 net = anycnn.models.build("dlt", dtype="float32", seed=0, backend="numpy")
 net.forward(np.zeros((1, 1, 28, 28), np.float32))
-print(_ops._blas_threads._libraries is None, _ops._spin.calibrated)
-_ops.set_num_threads(2)
+print(_threads._blas_threads._libraries is None, _threads._spin.calibrated)
+_threads.set_num_threads(2)
 x = np.ones((256, 6, 24, 24), np.float32)
-_ops.block_sum(x, 2)
-print(_ops._blas_threads._libraries is None, _ops._spin.calibrated)
+_resample.block_sum(x, 2)
+print(_threads._blas_threads._libraries is None, _threads._spin.calibrated)
 """
     assert _run(code) == ["True", "False", "True", "False", "False", "True"]

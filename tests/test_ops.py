@@ -425,7 +425,7 @@ def test_numpy_kernel_gradient_with_and_without_numba(monkeypatch, layer, batch,
     SciPy; without Numba (or with ANYCNN_NUMBA=0) the backend runs on BLAS alone. (The direct
     kernels, which take these layers first, are switched off: test_numpy_convolutions_direct_and_blas.)"""
     _jit = pytest.importorskip("anycnn_numpy._jit")
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _conv
 
     monkeypatch.setattr(_jit, "correlate_into", None)
 
@@ -441,7 +441,7 @@ def test_numpy_kernel_gradient_with_and_without_numba(monkeypatch, layer, batch,
             monkeypatch.setattr(_jit, "kernel_grad_sum", None)
         elif _jit.kernel_grad_sum is None:
             continue  # Numba is not installed here: only the BLAS path exists
-        results[compiled] = _ops.conv_kernel_grad(x, d, sel)
+        results[compiled] = _conv.conv_kernel_grad(x, d, sel)
         np.testing.assert_allclose(results[compiled], expected, rtol=1e-5, atol=atol)
         assert np.all(results[compiled][~sel] == 0)
 
@@ -456,7 +456,7 @@ def test_numpy_convolutions_direct_and_blas(monkeypatch, direct, dtype, layer, b
     the kernel gradient is zero outside the selection; the fused conv_backward (identity f, so
     delta = up(dy)) gives SciPy's kernel gradient and the sums of delta on both paths."""
     _jit = pytest.importorskip("anycnn_numpy._jit")
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _conv
 
     from anycnn.layers.activations import Identity
 
@@ -472,18 +472,18 @@ def test_numpy_convolutions_direct_and_blas(monkeypatch, direct, dtype, layer, b
     rtol = 2e-5 if dtype == "float32" else 1e-12
     for sel in (None, rng.random(kshape[:2]) < 0.6):
         cases = [
-            (_ops.conv_valid(x, k, sel), oracles.conv_valid(x, k, sel)),
+            (_conv.conv_valid(x, k, sel), oracles.conv_valid(x, k, sel)),
             (
-                _ops.conv_valid_activate(x, k, b, Identity(), sel),
+                _conv.conv_valid_activate(x, k, b, Identity(), sel),
                 oracles.conv_valid(x, k, sel) + b[:, None, None],
             ),
-            (_ops.conv_full(d, k, sel), oracles.conv_full(d, k, sel)),
-            (_ops.conv_kernel_grad(x, d, sel), oracles.conv_kernel_grad(x, d, sel)),
+            (_conv.conv_full(d, k, sel), oracles.conv_full(d, k, sel)),
+            (_conv.conv_kernel_grad(x, d, sel), oracles.conv_kernel_grad(x, d, sel)),
         ]
         up = 2 if d.shape[2] % 2 == 0 and d.shape[3] % 2 == 0 else 1
         small = np.ascontiguousarray(d[:, :, ::up, ::up])
         spread = np.kron(small, np.ones((up, up), dtype))
-        fused = _ops.conv_backward(x, small, d, Identity(), sel, up, True)
+        fused = _conv.conv_backward(x, small, d, Identity(), sel, up, True)
         cases += [
             (fused[0], oracles.conv_kernel_grad(x, spread, sel)),
             (fused[1], spread.sum(axis=(0, 2, 3))),
@@ -506,7 +506,7 @@ def test_numpy_compiled_activations(activation, rng):
     4 ulp of NumPy's on -100..100 (a convolution by a 1 x 1 kernel of 1 turns the op into f
     itself), NaN stays NaN, and the limits at +-inf and past exp's overflow are NumPy's."""
     _jit = pytest.importorskip("anycnn_numpy._jit")
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _conv
 
     from anycnn.layers.activations import get_activation
 
@@ -523,7 +523,7 @@ def test_numpy_compiled_activations(activation, rng):
     x = np.concatenate([u, special, np.zeros(4 * 32 - (u.size + 3) % (4 * 32), np.float32)])
     x = x.reshape(-1, 1, 4, 32)
     one = np.ones((1, 1, 1, 1), np.float32)
-    got = _ops.conv_valid_activate(x, one, np.zeros(1, np.float32), act).reshape(-1)
+    got = _conv.conv_valid_activate(x, one, np.zeros(1, np.float32), act).reshape(-1)
     with np.errstate(over="ignore"):
         chain = act.apply(u.copy(), np)
     np.testing.assert_array_max_ulp(got[: u.size], chain, 4)
@@ -539,7 +539,7 @@ def test_numpy_resampling_with_and_without_numba(monkeypatch, n, shape, dtype, r
     """Note [Resampling kernels]: the compiled block sums, block means and kron up-sampling give
     the bits of the NumPy slices they replace; a strided input takes the NumPy slices."""
     _jit = pytest.importorskip("anycnn_numpy._jit")
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _resample
 
     if _jit.block_sum_into is None:
         pytest.skip("Numba is not installed here: only the NumPy path exists")
@@ -550,11 +550,11 @@ def test_numpy_resampling_with_and_without_numba(monkeypatch, n, shape, dtype, r
 
     def run():
         return [
-            _ops.block_sum(x, n),
-            _ops.block_mean(x, n),
-            _ops.kron_upsample(small, n),
-            _ops.block_sum(strided, n),
-            _ops.kron_upsample(small[..., ::-1], n),
+            _resample.block_sum(x, n),
+            _resample.block_mean(x, n),
+            _resample.kron_upsample(small, n),
+            _resample.block_sum(strided, n),
+            _resample.kron_upsample(small[..., ::-1], n),
         ]
 
     compiled = run()
@@ -603,11 +603,11 @@ def test_compiled_kernels_are_cached_once(tmp_path):
         "import numpy as np\n"
         "from anycnn import models\n"
         "from anycnn.layers.activations import Sigmoid\n"
-        "from anycnn_numpy import _ops\n"
+        "from anycnn_numpy import _activation, _conv, _resample, _threads\n"
         "x = np.ones((8, 6, 12, 12), np.float32)\n"
         "d = np.ones((8, 12, 8, 8), np.float32)\n"
-        "_ops.conv_kernel_grad(x, d), _ops.block_sum(x, 2), _ops.kron_upsample(x, 2)\n"
-        "_ops.sensitivity(x, x, Sigmoid())\n"
+        "_conv.conv_kernel_grad(x, d), _resample.block_sum(x, 2), _resample.kron_upsample(x, 2)\n"
+        "_activation.sensitivity(x, x, Sigmoid())\n"
         "digest = hashlib.md5()\n"
         "for name, size in (('dlt', 28), ('lenet5', 32)):\n"
         "    net = models.build(name, dtype='float32', seed=3)\n"
@@ -617,7 +617,8 @@ def test_compiled_kernels_are_cached_once(tmp_path):
         "    net.compute_gradients(images, targets)\n"
         "    for g in net.gradients().values():\n"
         "        digest.update(np.asarray(g).tobytes())\n"
-        "print(_ops._spin.turns > 0, digest.hexdigest())\n"
+        "_threads._spin.calibrate()  # compiles or loads the spin kernel\n"
+        "print(_threads._spin.turns > 0, digest.hexdigest())\n"
     )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     env.pop("ANYCNN_NUMBA", None)
@@ -643,7 +644,9 @@ def test_numba_can_be_switched_off():
     env = {**__import__("os").environ, "ANYCNN_NUMBA": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr
-    code = "from anycnn_numpy import _ops; _ops._spin.calibrate(); print(_ops._spin.turns)"
+    code = (
+        "from anycnn_numpy import _threads; _threads._spin.calibrate(); print(_threads._spin.turns)"
+    )
     env = {**__import__("os").environ, "ANYCNN_SPIN_US": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "0", out.stderr
@@ -652,25 +655,25 @@ def test_numba_can_be_switched_off():
 def test_numpy_ops_give_the_same_bits_on_one_thread_and_on_several(monkeypatch, rng):
     """Whether an op's slices run side by side or one after another on the calling thread, the
     slices and so the sums are the same: bit-identical results."""
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _activation, _conv, _resample, _threads
 
     x = rng.standard_normal((96, 1, 32, 32)).astype("float32")
     d = rng.standard_normal((96, 6, 28, 28)).astype("float32")
     k = rng.standard_normal((6, 1, 5, 5)).astype("float32")
-    assert 96 * (25 + 6) * 28 * 32 * 4 >= 2 * _ops._SLICE_BYTES  # several slices by default
+    assert 96 * (25 + 6) * 28 * 32 * 4 >= 2 * _threads._SLICE_BYTES  # several slices by default
     from anycnn.layers.activations import LeCunTanh
 
     def run():
         return [
-            _ops.conv_kernel_grad(x, d),
-            _ops.conv_valid(x, k),
-            _ops.block_sum(d, 2),
-            _ops.kron_upsample(d, 2),
-            _ops.sensitivity(d, np.tanh(d), LeCunTanh()),
+            _conv.conv_kernel_grad(x, d),
+            _conv.conv_valid(x, k),
+            _resample.block_sum(d, 2),
+            _resample.kron_upsample(d, 2),
+            _activation.sensitivity(d, np.tanh(d), LeCunTanh()),
         ]
 
     threaded = run()
-    monkeypatch.setattr(_ops._pool, "threads", 1)
+    monkeypatch.setattr(_threads._pool, "threads", 1)
     alone = run()
     for a, b in zip(threaded, alone, strict=True):
         np.testing.assert_array_equal(a, b)

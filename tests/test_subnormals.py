@@ -49,7 +49,7 @@ def test_flushing_sets_ftz_and_daz_and_restores_them():
 def test_pool_threads_take_the_posting_threads_setting():
     """A NumPy pool thread runs a job with the FTZ/DAZ of the thread that posted it, and a later
     job posted outside flushing() clears them again on that thread."""
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _threads
 
     seen: list[int] = []
     jobs: queue.Queue = queue.Queue()
@@ -65,8 +65,8 @@ def test_pool_threads_take_the_posting_threads_setting():
     thread.start()
     try:
         with subnormals.flushing():
-            jobs.put(_ops._Job(record, [(0, 1)]))
-        jobs.put(_ops._Job(record, [(0, 1)]))
+            jobs.put(_threads._Job(record, [(0, 1)]))
+        jobs.put(_threads._Job(record, [(0, 1)]))
         jobs.put(None)
     finally:
         thread.join()
@@ -77,16 +77,16 @@ def test_pool_threads_take_the_posting_threads_setting():
 def test_numpy_ops_on_subnormals_flush_across_threads(monkeypatch):
     """A multi-slice op on subnormal inputs: flushed everywhere inside flushing(), kept
     outside it (a block mean of subnormals is 0 with DAZ)."""
-    from anycnn_numpy import _ops
+    from anycnn_numpy import _resample, _threads
 
-    previous = _ops.set_num_threads(2)
+    previous = _threads.set_num_threads(2)
     try:
         x = np.full((64, 8, 64, 64), TINY32 * 4, dtype=np.float32)  # 8 MiB: several slices
         with subnormals.flushing():
-            flushed = _ops.block_mean(x, 2)
-        kept = _ops.block_mean(x, 2)
+            flushed = _resample.block_mean(x, 2)
+        kept = _resample.block_mean(x, 2)
     finally:
-        _ops.set_num_threads(previous)
+        _threads.set_num_threads(previous)
     assert np.all(flushed == 0.0)
     np.testing.assert_array_equal(kept, np.float32(TINY32 * 4))
 

@@ -1,15 +1,16 @@
 """Direct convolution kernels of the NumPy backend, compiled by Numba (a regular dependency
 where it has wheels; see ``_jit``).
 
-Imported by ``_jit`` only when Numba is there; ``_ops`` calls them through ``_jit``.
+Imported by ``_jit`` only when Numba is there; ``_conv`` and ``_resample`` call them through
+``_jit``.
 
 Note [Direct convolutions]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~
-im2col + GEMM spends most of its time moving data, not multiplying: on DLT's C1 at batch 256
-the im2col copy, the GEMM and the copy out of the wide grid took 0.35, 0.45 and 0.21 ms on one
-core of this project's 2-core Xeon (2026-12-01), and the GEMMs of these layers are too small for
-BLAS to run near its peak. The kernels here compute the three convolutions of the notes
-directly, as correlations, on a layout that makes every inner loop long and contiguous:
+im2col + GEMM spends most of its time moving data, not multiplying (on DLT's C1 the im2col copy
+and the copy off the wide grid took more than the GEMM: bench/results/numpy-notes.md, "Direct
+convolutions"), and the GEMMs of these layers are too small for BLAS to run near its peak. The
+kernels here compute the three convolutions of the notes directly, as correlations, on a layout
+that makes every inner loop long and contiguous:
 
 * **Interleaved rows.** A chunk of ``m`` examples is copied into ``t[i, r, e, s]`` (map, row,
   example, column): for a fixed input map, row ``r`` of all ``m`` examples lies side by side, so
@@ -21,7 +22,7 @@ directly, as correlations, on a layout that makes every inner loop long and cont
 * **Five taps, two maps per pass.** The innermost loop runs along ``q`` and adds five taps of
   one kernel row for two output maps: five loads of ``t`` feed ten multiply-adds, and each
   grid entry is loaded and stored once per five taps. LLVM vectorises it (8 float32 lanes on
-  AVX2/AVX-512 machines); alone it ran at 98-122 GFLOP/s on one core here.
+  AVX2/AVX-512 machines), near the core's peak (ibid.).
 * **Chunks sized for L1.** ``m`` is chosen so that the two grid maps a pass updates take about
   12 KiB.
 
@@ -139,16 +140,17 @@ def _correlate_pair(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # pra
 # Note [Compiled activations]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~
 # In NumPy, ``f(u + b)`` over a convolution's output is four or five more passes over maps that
-# are the largest arrays of a step (DLT's C1 at batch 256: 3.5 MB, 0.98 ms for the logistic on
-# one core). For float32 the direct convolutions apply the logistic and the scaled tanh as they
-# copy each map off the grid, while it is in L1: ``exp`` by Cody and Waite's reduction
-# ``x = k ln 2 + r`` with Cephes' degree-6 polynomial for ``e^r`` and ``2^k`` built from its bits,
-# and tanh by Cephes' odd polynomial for ``|z| < 0.625``, ``1 - 2 / (e^{2|z|} + 1)`` beyond; LLVM
-# vectorises both (0.39 ms for the same logistic). They are within a few ulp of NumPy's
-# (tested: at most 4 ulp on values from -100 to 100, NaN stays NaN, ``e^x`` overflows to the
-# logistic's 0 exactly as NumPy's does), not its bits: the fused op computes its chain to float32
-# rounding. Float64 keeps NumPy's functions and their bits. No reassociation (Cody-Waite needs
-# its two-part ln 2 kept apart) and no "no NaNs" assumption: only multiply-adds are contracted.
+# are the largest arrays of a step (DLT's C1 at batch 256: 3.5 MB). For float32 the direct
+# convolutions apply the logistic and the scaled tanh as they copy each map off the grid, while
+# it is in L1: ``exp`` by Cody and Waite's reduction ``x = k ln 2 + r`` with Cephes' degree-6
+# polynomial for ``e^r`` and ``2^k`` built from its bits, and tanh by Cephes' odd polynomial for
+# ``|z| < 0.625``, ``1 - 2 / (e^{2|z|} + 1)`` beyond; LLVM vectorises both (2.5x faster than
+# NumPy's passes: bench/results/numpy-notes.md, "Compiled activations"). They are within a few
+# ulp of NumPy's (tested: at most 4 ulp on values from -100 to 100, NaN stays NaN, ``e^x``
+# overflows to the logistic's 0 exactly as NumPy's does), not its bits: the fused op computes its
+# chain to float32 rounding. Float64 keeps NumPy's functions and their bits. No reassociation
+# (Cody-Waite needs its two-part ln 2 kept apart) and no "no NaNs" assumption: only multiply-adds
+# are contracted.
 _ACTIVATION_MATH = {"contract"}
 
 
@@ -352,8 +354,8 @@ def _fit_upsampled(dy, up, maps, target, dh, dw):  # pragma: no cover - compiled
                 row[s] = source[s // up] if s // up < sw else zero
 
 
-#: Sensitivity codes of :func:`correlate_grad` (the formulas of Note [Sensitivity kernel] in _jit):
-#: ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's
+#: Sensitivity codes of :func:`correlate_grad` (the formulas of Note [Sensitivity kernel] in
+#: _kernels): ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's
 #: ``((p0 - y)(y + p0)) p1 dy`` (``p0 = a``, ``p1 = b / a``).
 GIVEN, LOGISTIC_SENSITIVITY, TANH_SENSITIVITY = 0, 1, 2
 

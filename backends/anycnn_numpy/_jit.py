@@ -1,200 +1,36 @@
-"""Compiled kernels for the NumPy backend, through Numba: a regular dependency of anycnn where
-Numba has wheels (CPython on x86-64 and 64-bit ARM); elsewhere, or with ``ANYCNN_NUMBA=0``, the
-backend runs on NumPy and BLAS alone.
+"""The NumPy backend's switch for its compiled kernels: Numba is a regular dependency of anycnn
+where it has wheels (CPython on x86-64 and 64-bit ARM); elsewhere, or with ``ANYCNN_NUMBA=0``,
+every kernel here is None and the backend runs on NumPy and BLAS alone (both paths are tested).
 
-Note [Kernel gradient as dot products]
-~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-Eq. (7)'s kernel gradient is, per example, ``D @ C.T`` with ``D`` the layer's deltas
-``(C_out, P)`` and ``C`` the im2col columns ``(C_in kh kw, P)``: a product whose *result* is tiny
-(6 x 25 for DLT's and LeNet-5's C1) and whose inner dimension is long (672, 896). OpenBLAS's
-SGEMM is blocked for large results: on a 6 x 25 result it pads the register tiles and repacks
-both operands at every call, and ran at 33 GFLOP/s on one core of this project's AMD EPYC.
-:func:`kernel_grad_sum` computes the same sums as dot products along P, 3 delta rows x 2 columns
-at a time (six accumulators, each vectorised along P by LLVM): 101-127 GFLOP/s on those
-shapes, 99 vs 78 on DLT's C3 (12 x 150, P = 96) and 93 vs 83 on LeNet-5's C3 (16 x 150,
-P = 140); float64 1.4-4x (one thread, 64 examples, 2026-11-25; ``python bench/ops.py`` measures
-the float32 cases again, interleaved). That was on the AMD EPYC; on the Intel Xeon of 2026-12-01
-BLAS was 1.2x faster on the C1 shapes and the kernel 1.2-1.4x faster on the C3 ones. With
-Numba installed the direct convolutions (``_direct``) take these layers first: the kernel serves
-the layers they do not take. Sums are taken in another order than BLAS's: results agree to
-rounding.
-
-Note [Resampling kernels]
-~~~~~~~~~~~~~~~~~~~~~~~~~
-The block sums of down-sampling and the kron up-sampling of 3.1.1 are a few additions or copies
-per pixel; in NumPy they are strided slice operations, two to four calls per batch slice, each
-short enough that threads mostly trade the GIL. One compiled loop per batch slice, run without
-the GIL, does them in one pass: at batch 256 DLT's two block means went from 0.38 to 0.18 ms and
-its up-samplings from 0.46 to 0.21 ms (2 threads, 2026-11-25). The sums are taken in the NumPy
-op's order (no fastmath), so both paths give the same bits (tested).
-
-Note [Sensitivity kernel] (``sensitivity_into``): the layers' ``delta = f'(u) o dy`` from the
-saved outputs took four NumPy passes (Sigmoid.sensitivity); one compiled pass, in the same order
-of operations, gives the same bits.
-
-The direct convolutions (``Note [Direct convolutions]``) live in ``_direct``, imported from here
-when Numba is there; with them the sums above serve the layers they do not take.
-
-Numba is optional. Without it, or with ``ANYCNN_NUMBA=0``, the kernels here are None and the
-backend uses BLAS and NumPy. A kernel is compiled at its first use for each dtype (about a second;
-Numba caches the machine code on disk where it can) and runs without the GIL, so the backend's
-thread pool runs it on batch slices side by side.
+The kernels are module-level functions of ``_kernels`` (the loops: kernel-gradient dot products,
+resampling, f', the pool's spin-wait) and ``_direct`` (the direct convolutions), imported from
+here when Numba is there. Each is compiled at its first call for each dtype (about a second;
+Numba caches the machine code on disk where it can) and runs without the GIL, so the pool
+(``_threads``) runs it on batch slices side by side. The ops read the kernels from this module
+when they are called (``_jit.correlate_into``...), so a test or a benchmark can switch one off by
+setting it to None.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 
 def _disabled() -> bool:
     return os.environ.get("ANYCNN_NUMBA", "1").strip() == "0"
 
 
-def _compile() -> dict[str, Callable[..., Any]]:
+def _load() -> dict[str, Any]:
     if _disabled():
         return {}
     try:
-        import numba
-        import numpy as np
+        from anycnn_numpy import _direct, _kernels  # Note [Direct convolutions]
     except ImportError:
         return {}
-
-    @numba.njit(fastmath=True, nogil=True, cache=True)
-    def kernel_grad_sum(d, c):  # pragma: no cover - compiled; tested through conv_kernel_grad
-        m, o, p = d.shape
-        k = c.shape[1]
-        out = np.zeros((o, k), d.dtype)
-        zero = d.dtype.type(0)
-        for n in range(m):
-            i = 0
-            while i < o:
-                rows = min(3, o - i)
-                j = 0
-                while j < k:
-                    if rows == 3 and j + 1 < k:
-                        d0, d1, d2 = d[n, i], d[n, i + 1], d[n, i + 2]
-                        c0, c1 = c[n, j], c[n, j + 1]
-                        a00 = a01 = a10 = a11 = a20 = a21 = zero
-                        for t in range(p):
-                            x0, x1 = c0[t], c1[t]
-                            a00 += d0[t] * x0
-                            a01 += d0[t] * x1
-                            a10 += d1[t] * x0
-                            a11 += d1[t] * x1
-                            a20 += d2[t] * x0
-                            a21 += d2[t] * x1
-                        out[i, j] += a00
-                        out[i, j + 1] += a01
-                        out[i + 1, j] += a10
-                        out[i + 1, j + 1] += a11
-                        out[i + 2, j] += a20
-                        out[i + 2, j + 1] += a21
-                        j += 2
-                    else:
-                        c0 = c[n, j]
-                        for r in range(i, i + rows):
-                            d0 = d[n, r]
-                            a = zero
-                            for t in range(p):
-                                a += d0[t] * c0[t]
-                            out[r, j] += a
-                        j += 1
-                i += rows
-        return out
-
-    # Note [Resampling kernels]: no fastmath, so the sums are taken in exactly the order of
-    # the NumPy op they stand in for (the n rows of a block first, then its columns, then the
-    # scale); the kron up-sampling is a copy.
-    @numba.njit(nogil=True, cache=True)
-    def block_sum_into(x, n, scale, out, start, stop):  # pragma: no cover - compiled
-        _, c, h, w = out.shape
-        if n == 2:  # the common case, unrolled: LLVM vectorises it
-            for b in range(start, stop):
-                for ch in range(c):
-                    for i in range(h):
-                        top, bottom, target = x[b, ch, 2 * i], x[b, ch, 2 * i + 1], out[b, ch, i]
-                        for j in range(w):
-                            left = top[2 * j] + bottom[2 * j]
-                            right = top[2 * j + 1] + bottom[2 * j + 1]
-                            target[j] = (left + right) * scale
-            return out
-        tall = np.empty(w * n, x.dtype)
-        for b in range(start, stop):
-            for ch in range(c):
-                for i in range(h):
-                    top = x[b, ch, i * n]
-                    for j in range(w * n):
-                        tall[j] = top[j]
-                    for r in range(1, n):
-                        row = x[b, ch, i * n + r]
-                        for j in range(w * n):
-                            tall[j] += row[j]
-                    target = out[b, ch, i]
-                    for j in range(w):
-                        s = tall[j * n]
-                        for e in range(1, n):
-                            s += tall[j * n + e]
-                        target[j] = s * scale
-        return out
-
-    @numba.njit(nogil=True, cache=True)
-    def kron_into(x, n, out, start, stop):  # pragma: no cover - compiled
-        _, c, h, w = x.shape
-        if n == 2:  # the common case, unrolled
-            for b in range(start, stop):
-                for ch in range(c):
-                    for i in range(h):
-                        source, top, bottom = x[b, ch, i], out[b, ch, 2 * i], out[b, ch, 2 * i + 1]
-                        for j in range(w):
-                            v = source[j]
-                            top[2 * j] = v
-                            top[2 * j + 1] = v
-                            bottom[2 * j] = v
-                            bottom[2 * j + 1] = v
-            return out
-        for b in range(start, stop):
-            for ch in range(c):
-                for i in range(h):
-                    source = x[b, ch, i]
-                    first = out[b, ch, i * n]
-                    for j in range(w):
-                        v = source[j]
-                        for e in range(n):
-                            first[j * n + e] = v
-                    for r in range(1, n):
-                        row = out[b, ch, i * n + r]
-                        for j in range(w * n):
-                            row[j] = first[j]
-        return out
-
-    # Note [Sensitivity kernel]: delta = f'(u) o dy from the saved output y, one pass instead of
-    # the activation's four; kind 0 is the logistic, gain (y (1 - y)) in Sigmoid.sensitivity's
-    # order, kind 1 the scaled tanh, ((a - y)(y + a))(b / a) as Tanh.sensitivity computes it
-    # (exactly 0 where y saturates at a). No fastmath: no reordering, no fused multiply-adds,
-    # the same bits.
-    @numba.njit(nogil=True, cache=True)
-    def sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop):  # pragma: no cover
-        one = y.dtype.type(1)
-        size = y.shape[1]
-        for b in range(start, stop):
-            d, v, target = dy[b], y[b], out[b]
-            if kind == 0:
-                for i in range(size):
-                    t = (one - v[i]) * v[i]
-                    if scaled:
-                        t = t * p0
-                    target[i] = t * d[i]
-            else:
-                for i in range(size):
-                    target[i] = (((p0 - v[i]) * (v[i] + p0)) * p1) * d[i]
-        return out
-
-    spin_while = _spin_kernel(numba)
-    from anycnn_numpy import _direct  # Note [Direct convolutions]
-
     return {
         "correlate_into": _direct.correlate_into,
         "correlate_grad": _direct.correlate_grad,
@@ -206,85 +42,15 @@ def _compile() -> dict[str, Callable[..., Any]]:
             "logistic": _direct.LOGISTIC_SENSITIVITY,
             "tanh": _direct.TANH_SENSITIVITY,
         },
-        "spin_while": spin_while,
-        "sensitivity_into": sensitivity_into,
-        "kernel_grad_sum": kernel_grad_sum,
-        "block_sum_into": block_sum_into,
-        "kron_into": kron_into,
+        "spin_while": _kernels.spin_while,
+        "sensitivity_into": _kernels.sensitivity_into,
+        "kernel_grad_sum": _kernels.kernel_grad_sum,
+        "block_sum_into": _kernels.block_sum_into,
+        "kron_into": _kernels.kron_into,
     }
 
 
-def _spin_intrinsics() -> tuple[Any, Any]:
-    """``(load_relaxed, pause)``: Numba intrinsics for :func:`spin_while`, or ``(None, None)``.
-
-    ``load_relaxed(array, index)`` is an atomic (relaxed) load: a plain one would be hoisted out
-    of the spin loop by LLVM, which may assume no other thread writes the array. ``pause()``
-    issues x86's PAUSE (a no-op elsewhere), which tells the core that it spins. They are module
-    globals, not closures, so that Numba's on-disk cache recognises the kernel that uses them
-    in the next process (with closures every process added a cache entry).
-    """
-    if _disabled():
-        return None, None
-    try:
-        import platform
-
-        from llvmlite import ir
-        from numba.core import cgutils, types
-        from numba.core.extending import intrinsic
-    except ImportError:
-        return None, None
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-
-    @intrinsic
-    def load_relaxed(typingctx, array, index):  # pragma: no cover - compiled
-        def codegen(context, builder, signature, args):
-            array_type = signature.args[0]
-            view = context.make_array(array_type)(context, builder, args[0])
-            pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]])
-            return builder.load_atomic(pointer, "monotonic", array_type.dtype.bitwidth // 8)
-
-        return array.dtype(array, index), codegen
-
-    @intrinsic
-    def pause(typingctx):  # pragma: no cover - compiled
-        def codegen(context, builder, signature, args):
-            if x86:
-                function_type = ir.FunctionType(ir.VoidType(), [])
-                name = "llvm.x86.sse2.pause"
-                builder.call(
-                    cgutils.get_or_insert_function(builder.module, function_type, name), []
-                )
-            return context.get_dummy_value()
-
-        return types.void(), codegen
-
-    return load_relaxed, pause
-
-
-_load_relaxed, _pause = _spin_intrinsics()
-
-
-def _spin_kernel(numba: Any) -> Callable[..., Any] | None:
-    """``spin_while(flag, index, value, limit)``: Note [Spinning helpers] in _ops.
-
-    Loops while ``flag[index] == value``, at most ``limit`` times, without the GIL; True when the
-    value changed. None where the intrinsics are not available.
-    """
-    if _load_relaxed is None:
-        return None
-
-    @numba.njit(nogil=True, cache=True)
-    def spin_while(flag, index, value, limit):  # pragma: no cover - compiled
-        for _ in range(limit):
-            if _load_relaxed(flag, index) != value:
-                return True
-            _pause()
-        return False
-
-    return spin_while
-
-
-_kernels = _compile()
+_kernels = _load()
 logging.getLogger("anycnn").info(
     "numpy backend: %s",
     "Numba kernels enabled (compiled on first use, cached on disk by Numba)"
@@ -295,7 +61,8 @@ logging.getLogger("anycnn").info(
 )
 
 #: ``kernel_grad_sum(d, c) = sum_n d[n] @ c[n].T`` for C-contiguous ``d`` (M, O, P) and ``c``
-#: (M, K, P) of one float dtype, or None without Numba (Note [Kernel gradient as dot products]).
+#: (M, K, P) of one float dtype, or None without Numba (Note [Kernel gradient as dot products] in
+#: _kernels).
 kernel_grad_sum = _kernels.get("kernel_grad_sum")
 
 #: ``block_sum_into(x, n, scale, out, start, stop)``: ``out[start:stop] = scale * (the n x n block
@@ -308,7 +75,7 @@ block_sum_into = _kernels.get("block_sum_into")
 kron_into = _kernels.get("kron_into")
 
 #: ``sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop)``: rows ``start:stop`` of
-#: the 2-d ``out = f'(u) o dy`` (Note [Sensitivity kernel]); or None without Numba.
+#: the 2-d ``out = f'(u) o dy`` (Note [Sensitivity kernel] in _kernels); or None without Numba.
 sensitivity_into = _kernels.get("sensitivity_into")
 
 #: The direct convolutions (Note [Direct convolutions] in ``_direct``), or None without Numba:
@@ -327,7 +94,7 @@ direct_activations = _kernels.get("direct_activations")
 #: Codes of the sensitivities correlate_grad forms itself, by formula name, or None.
 direct_sensitivities = _kernels.get("direct_sensitivities")
 
-#: ``spin_while(flag, index, value, limit) -> bool`` (Note [Spinning helpers] in _ops), or None.
+#: ``spin_while(flag, index, value, limit) -> bool`` (Note [Spinning helpers] in _threads), or None.
 spin_while = _kernels.get("spin_while")
 
 #: Results at most this large (C_out x C_in kh kw) go to the kernel; larger ones to BLAS, whose
@@ -366,3 +133,12 @@ def cache_dir() -> str | None:
         return str(correlate._cache._cache_path)  # type: ignore[union-attr]
     except AttributeError:  # another Numba's internals: the message just leaves it out
         return None
+
+
+#: The dtypes the compiled kernels take.
+COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def compiled_layout(x: np.ndarray) -> bool:
+    """Arrays the compiled kernels take: C-contiguous float32/float64."""
+    return x.flags.c_contiguous and x.dtype in COMPILED_DTYPES

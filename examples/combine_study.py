@@ -3,8 +3,8 @@ sparsity penalty of section 3.3.1, and measure how sparse the learned combinatio
 
 Usage::
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/combine.py   # writes bench/results/
-    python bench/combine.py --quick     # a smoke run: 600 images, 1 epoch, 1 seed, to /tmp
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python examples/combine_study.py  # examples/results/
+    python examples/combine_study.py --quick   # a smoke run: 600 images, 1 epoch, 1 seed, to /tmp
 
 Single-threaded BLAS is ~4x faster than the default on 2 CPU cores shared with other jobs
 (batch 32 gives small GEMMs); the default run (7 configurations x 3 seeds, 20,000 images, 3
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         default="0,1,2",
         help="one run per seed and configuration (initialisation and batches)",
     )
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "examples" / "results"))
     parser.add_argument(
         "--prefix", default="combine", help="output names: <prefix>.json, <prefix>-alpha-<run>.png"
     )
@@ -546,9 +546,10 @@ def main(argv: list[str] | None = None) -> int:
 
     figures = save_figures([r for r in runs if r["seed"] == seeds[0]], alphas, out, args.prefix)
     result = {
-        "benchmark": "combine",
+        "experiment": "combine_study",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python bench/combine.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python examples/combine_study.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),

@@ -1,0 +1,241 @@
+"""The NumPy backend's convolution ops: the three convolutions of the notes and the fused ops
+built on them, each sent to the compiled direct kernels (``Note [Direct convolutions]`` in
+``_direct``) where they take the layer, else to im2col + BLAS (``_im2col``).
+
+The direct kernels take C-contiguous float32/float64 maps of layers of at most
+:data:`DIRECT_MAX_PAIRS` map pairs whose outputs are more than one pixel (LeNet-5's C5 stays on
+one GEMM for the whole batch). They also apply float32 logistic and tanh layers' f as they write
+their output (``conv_valid_activate``) and, as the fused ``conv_backward``, form a layer's
+sensitivity, kernel and bias gradients in one pass.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from anycnn import ops as _reference
+from anycnn_numpy import _im2col, _jit
+from anycnn_numpy._activation import (
+    compiled_activation,
+    no_activation,
+    sensitivity,
+    sensitivity_formula,
+)
+from anycnn_numpy._im2col import masked, padded, usable
+from anycnn_numpy._resample import kron_upsample
+from anycnn_numpy._threads import run_direct, sum_in_order
+
+#: Layers with more (C_out x C_in) map pairs than this stay on im2col + BLAS, whose blocking pays
+#: when the GEMMs get large.
+DIRECT_MAX_PAIRS = 512
+
+
+def _direct(x: np.ndarray, other: np.ndarray, pairs: int) -> bool:
+    """Whether the compiled direct convolutions take ``x`` with ``other`` (kernel or deltas) of a
+    layer of ``pairs`` map pairs: both C-contiguous float32/float64 of one dtype."""
+    return (
+        _jit.correlate_into is not None
+        and pairs <= DIRECT_MAX_PAIRS
+        and other.dtype == x.dtype
+        and _jit.compiled_layout(x)
+        and _jit.compiled_layout(other)
+    )
+
+
+def _active(selection, o: int, c: int) -> np.ndarray:
+    """The (C_out, C_in) bool table of the pairs to compute: the selection, or all of them."""
+    if selection is None:
+        return _ones_table(o, c)
+    return np.ascontiguousarray(selection, dtype=bool)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones_table(o: int, c: int) -> np.ndarray:
+    table = np.ones((o, c), dtype=bool)
+    table.flags.writeable = False
+    return table
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(size: int, dtype: np.dtype) -> np.ndarray:
+    zeros = np.zeros(size, dtype=dtype)
+    zeros.flags.writeable = False
+    return zeros
+
+
+def conv_valid(x, kernel, selection=None, padding=(0, 0)):
+    if not usable(x, kernel):
+        return _reference.conv_valid(x, kernel, selection, padding)
+    return _conv_valid(x, kernel, selection, None, padding=padding)
+
+
+def conv_valid_activate(x, kernel, bias, activation, selection=None, padding=(0, 0)):
+    """Fused ``f(conv_valid(x, kernel) + bias)`` (``Note [Fused ops]`` in anycnn.ops).
+
+    On the direct convolutions, float32 logistic and tanh layers get f as each map leaves the
+    grid (Note [Compiled activations] in _direct: to float32 rounding of the chain, not its
+    bits); otherwise the bias and ``activation.apply`` run on each batch slice of the output
+    right after it is computed, while it is in cache, on the pool's threads (the chain's bits).
+    """
+    if not (usable(x, kernel) and bias.dtype == x.dtype):
+        return _reference.conv_valid_activate(x, kernel, bias, activation, selection, padding)
+
+    def epilogue(u):
+        y = activation.apply(u, np)
+        if y is not u:
+            np.copyto(u, y)
+
+    compiled = compiled_activation(activation, x.dtype)
+    return _conv_valid(x, kernel, selection, epilogue, bias, compiled, padding)
+
+
+def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, padding=(0, 0)):
+    """conv_valid (plus ``shift[j]`` on map j when given), with ``epilogue(out_slice)`` applied
+    in place to every batch slice; ``compiled`` is a direct kernel's activation code (
+    used instead of the epilogue when the direct kernels take the layer). The direct kernels
+    pad as they interleave rows (Note [Zero padding] in anycnn.ops); BLAS pads a copy."""
+    ph, pw = padding
+    n, c, h, w = x.shape
+    o, _, kh, kw = kernel.shape
+    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    if oh * ow == 1 or not _direct(x, kernel, o * c):
+        if shift is not None:  # the BLAS paths add the bias in the epilogue
+            epilogue = _im2col.with_bias(epilogue, shift)
+        return _im2col.conv_valid(x, kernel, selection, epilogue, padding)
+    # Note [Direct convolutions] in _direct
+    dtype = x.dtype
+    out = np.empty((n, o, oh, ow), dtype=dtype)
+    flipped = np.ascontiguousarray(masked(kernel, selection)[:, :, ::-1, ::-1])  # a correlation
+    bias = _zeros(o, dtype) if shift is None else np.ascontiguousarray(shift)
+    active, chunk = _active(selection, o, c), _jit.direct_chunk(oh, w + pw, dtype.itemsize)
+    act = compiled or no_activation(dtype)
+    if compiled is not None:
+        epilogue = None
+
+    def work_direct(index, start, stop):
+        _jit.correlate_into(x, ph, pw, flipped, bias, active, act, out, start, stop, chunk)
+        if epilogue is not None:
+            epilogue(out[start:stop])
+
+    run_direct(work_direct, n, o * c * kh * kw * oh * ow)
+    return out
+
+
+def conv_kernel_grad(x, delta, selection=None, padding=(0, 0)):
+    if not usable(x, delta):
+        return _reference.conv_kernel_grad(x, delta, selection, padding)
+    x = padded(x, padding)  # eq. (7) on the padded maps (Note [Zero padding] in anycnn.ops)
+    if _direct(x, delta, delta.shape[1] * x.shape[1]):  # Note [Direct convolutions] in _direct
+        return _direct_backward(x, delta, delta, ("identity", 0, 0, False), selection, 1, False)[0]
+    return _im2col.conv_kernel_grad(x, delta, selection)
+
+
+def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, padding=(0, 0)):
+    """Fused parameter gradients of a convolution layer (``Note [Fused ops]`` in anycnn.ops):
+    on the direct kernels, ``delta = f'(u) o up(dy)`` is formed as it is copied onto the
+    kernel-gradient grid, the bias gradient summed there, and delta written out only when
+    asked for (Note [Direct convolutions] in _direct); otherwise the chain of backend ops.
+    With ``padding``, eq. (7) runs on a zero-padded copy of ``x`` (Note [Zero padding])."""
+    if usable(x, dy):
+        x = padded(x, padding)
+    else:
+        return _reference.conv_backward(x, dy, y, activation, selection, up, need_delta, padding)
+    formula = sensitivity_formula(activation, y)
+    c, o = x.shape[1], y.shape[1]
+    if (
+        formula is not None
+        and usable(x, dy)
+        and dy.dtype == y.dtype
+        and dy.shape[:2] == y.shape[:2]
+        and _fits_up(dy.shape[2], up, y.shape[2])
+        and _fits_up(dy.shape[3], up, y.shape[3])
+        and _direct(x, dy, o * c)
+        and _jit.compiled_layout(y)
+    ):
+        return _direct_backward(x, dy, y, formula, selection, up, need_delta)
+    if up > 1:
+        dy = np.ascontiguousarray(_reference.fit_maps(kron_upsample(dy, up), *y.shape[2:]))
+    delta = sensitivity(dy, y, activation)
+    grad = conv_kernel_grad(x, delta, selection)
+    return grad, np.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
+
+
+def _fits_up(small: int, up: int, size: int) -> bool:
+    """Whether ``up(dy)`` along an axis of ``small`` deltas covers ``size`` outputs up to a
+    subsampling remainder: ``size // up`` deltas ("drop") or ``ceil(size / up)`` ("pad")."""
+    return size // up <= small <= -(-size // up) and small > 0
+
+
+def _direct_backward(x, dy, y, formula, selection, up, need_delta):
+    """conv_backward on the direct kernels: ``(kernel_grad, bias_grad, delta or None)``."""
+    n, c, h, w = x.shape
+    _, o, dh, dw = y.shape
+    kh, kw = h - dh + 1, w - dw + 1
+    dtype = x.dtype
+    name, p0, p1, scaled = formula
+    codes = _jit.direct_sensitivities
+    t = dtype.type
+    sens = (codes[name], t(p0), t(p1), scaled)
+    active, chunk = _active(selection, o, c), _jit.direct_chunk(dh, w, dtype.itemsize)
+    delta = np.empty(y.shape, dtype) if need_delta else np.empty((0, 0, 0, 0), dtype)
+    partial, bias = {}, {}
+
+    def work(index, start, stop):
+        partial[index], bias[index] = _jit.correlate_grad(
+            x, dy, y, sens, up, active, start, stop, chunk, delta
+        )
+
+    run_direct(work, n, o * c * kh * kw * dh * dw)
+    grad = sum_in_order(partial)[:, :, ::-1, ::-1]  # correlation -> conv2 orientation
+    if selection is not None:
+        grad = grad * selection[:, :, None, None]
+    return (
+        np.ascontiguousarray(grad),
+        sum_in_order(bias).astype(dtype),
+        delta if need_delta else None,
+    )
+
+
+def conv_full(delta, kernel, selection=None, padding=(0, 0)):
+    if not usable(delta, kernel):
+        return _reference.conv_full(delta, kernel, selection, padding)
+    ph, pw = padding
+    n, o, h, w = delta.shape
+    _, c, kh, kw = kernel.shape
+    direct = h * w > 1 and _direct(delta, kernel, o * c)
+    if (ph or pw) and not (ph < kh and pw < kw and direct):
+        # Note [Zero padding] in anycnn.ops: the 'full' convolution, cropped back
+        full = conv_full(delta, kernel, selection)
+        return np.ascontiguousarray(full[:, :, ph : full.shape[2] - ph, pw : full.shape[3] - pw])
+    if not direct:
+        return _im2col.conv_full(delta, kernel, selection)
+    # Note [Direct convolutions] in _direct: g[i] = sum_j corr(pad(delta_j), k_ji), the kernels
+    # transposed, not flipped; a layer's (ph, pw) padding crops the result, i.e. pads delta by
+    # (ph, pw) less.
+    oh, ow = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
+    dtype = delta.dtype
+    weights = np.ascontiguousarray(masked(kernel, selection).transpose(1, 0, 2, 3))
+    active = _active(None if selection is None else selection.T, c, o)
+    chunk = _jit.direct_chunk(oh, w + kw - 1 - pw, dtype.itemsize)
+    identity = no_activation(dtype)
+    out = np.empty((n, c, oh, ow), dtype=dtype)
+
+    def work_direct(index, start, stop):
+        _jit.correlate_into(
+            delta,
+            kh - 1 - ph,
+            kw - 1 - pw,
+            weights,
+            _zeros(c, dtype),
+            active,
+            identity,
+            out,
+            start,
+            stop,
+            chunk,
+        )
+
+    run_direct(work_direct, n, o * c * kh * kw * h * w)
+    return out

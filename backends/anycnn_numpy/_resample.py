@@ -1,0 +1,133 @@
+"""The NumPy backend's up- and down-sampling (3.1.1, 3.2.1): block sums and means, kron
+up-sampling, decimation, and the fused gradients of a trainable subsampling layer.
+
+With Numba, the block sums, the kron up-sampling and the subsampling layer's sums are compiled
+loops, one call per batch slice without the GIL (``Note [Resampling kernels]`` in ``_jit``);
+without it, strided NumPy slices. Both give the same bits (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anycnn import ops as _reference
+from anycnn_numpy import _jit
+from anycnn_numpy._activation import sensitivity
+from anycnn_numpy._threads import run, sum_in_order
+
+
+def kron_upsample(x, n):
+    b, c, h, w = x.shape
+    if n == 1:
+        return x.copy()
+    out = np.empty((b, c, h * n, w * n), dtype=x.dtype)
+    kron_into = _jit.kron_into
+    if kron_into is not None and _jit.compiled_layout(x):  # Note [Resampling kernels] in _kernels
+
+        def work_compiled(index, start, stop):
+            kron_into(x, n, out, start, stop)
+
+        run(work_compiled, b, c * h * w * n * n * x.dtype.itemsize, 0)
+        return out
+    # Fill the first row of every n x n block column by column, then copy that row down:
+    # strided writes along one axis at a time instead of a broadcast with a length-n inner loop.
+    rows = out.reshape(b, c, h, n, w * n)
+
+    def work(index, start, stop):
+        first = rows[start:stop, :, :, 0, :]
+        for j in range(n):
+            first[..., j::n] = x[start:stop]
+        for i in range(1, n):
+            rows[start:stop, :, :, i, :] = first
+
+    run(work, b, c * h * w * n * n * x.dtype.itemsize, 0)
+    return out
+
+
+def _block_sum(x, n, scale):
+    b, c, h, w = x.shape
+    # Sum the n rows of each block (contiguous rows), then the n columns (strided reads);
+    # a reshape and a sum over two short axes is an order of magnitude slower in NumPy.
+    out = np.empty((b, c, h // n, w // n), dtype=x.dtype)
+    block_sum_into = _jit.block_sum_into
+    if block_sum_into is not None and _jit.compiled_layout(
+        x
+    ):  # Note [Resampling kernels] in _kernels
+        factor = x.dtype.type(1 if scale is None else scale)
+
+        def work_compiled(index, start, stop):
+            block_sum_into(x, n, factor, out, start, stop)
+
+        run(work_compiled, b, c * h * w * x.dtype.itemsize, 0)
+        return out
+    rows = x.reshape(b, c, h // n, n, w)
+
+    def work(index, start, stop):
+        tall = np.add(rows[start:stop, :, :, 0, :], rows[start:stop, :, :, 1, :])
+        for i in range(2, n):
+            tall += rows[start:stop, :, :, i, :]
+        part = out[start:stop]
+        np.add(tall[..., 0::n], tall[..., 1::n], out=part)
+        for j in range(2, n):
+            part += tall[..., j::n]
+        if scale is not None:
+            part *= scale
+
+    run(work, b, c * h * w * x.dtype.itemsize, 0)
+    return out
+
+
+def block_sum(x, n):
+    if n == 1:
+        return x.copy()
+    return _block_sum(x, n, None)
+
+
+def block_mean(x, n):
+    if x.dtype.kind != "f":
+        return _reference.block_mean(x, n)
+    if n == 1:
+        return x.copy()
+    return _block_sum(x, n, 1.0 / (n * n))
+
+
+def decimate(x, n):
+    b, c, h, w = x.shape
+    return np.ascontiguousarray(x[:, :, 0 : h - h % n : n, 0 : w - w % n : n])
+
+
+def decimate_transpose(delta, n):
+    b, c, h, w = delta.shape
+    out = np.zeros((b, c, h * n, w * n), dtype=delta.dtype)
+    out[:, :, ::n, ::n] = delta
+    return out
+
+
+def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
+    """Fused gradients of a trainable subsampling layer: ``delta = f'(u) o dy`` by the
+    ``sensitivity`` op (the chain's bits), then the sums of ``delta o d`` and ``delta`` per map
+    and ``beta delta`` in one compiled pass per batch slice (``beta delta`` the chain's bits,
+    the sums to rounding: taken in another order)."""
+    kernel = _jit.subsample_sums_into
+    if (
+        kernel is None
+        or any(
+            a.dtype != y.dtype or a.shape != y.shape or not _jit.compiled_layout(a) for a in (dy, d)
+        )
+        or beta.dtype != y.dtype
+        or not _jit.compiled_layout(y)
+    ):
+        return _reference.subsample_backward(dy, y, d, beta, activation, need_input_grad)
+    delta = sensitivity(dy, y, activation)
+    if not (_jit.compiled_layout(delta) and delta.dtype == y.dtype):
+        return _reference.subsample_backward(dy, y, d, beta, activation, need_input_grad)
+    out = np.empty_like(y) if need_input_grad else np.empty((0, 0, 0, 0), y.dtype)
+    betas, biases = {}, {}
+
+    def work(index, start, stop):
+        betas[index], biases[index] = kernel(delta, d, beta, out, start, stop)
+
+    run(work, y.shape[0], 3 * y[0].size * y.itemsize, 0)
+    grad_beta = sum_in_order(betas).astype(y.dtype)
+    grad_bias = sum_in_order(biases).astype(y.dtype)
+    return grad_beta, grad_bias, out if need_input_grad else None
