@@ -110,6 +110,7 @@ def _host(net, arrays):
 # --------------------------------------------------------------------------------------------
 # SGD, momentum, per-layer rates
 # --------------------------------------------------------------------------------------------
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_sgd_step_is_p_minus_lr_g_exactly(backend, rng):
     net = _tiny_fc(backend, dtype="float32")
     x, t, _, _ = _batch(net, rng)
@@ -127,6 +128,7 @@ def test_sgd_step_is_p_minus_lr_g_exactly(backend, rng):
     assert opt.steps == 1
 
 
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_momentum_two_steps(backend, rng):
     net = _tiny_fc(backend)
     x, t, _, _ = _batch(net, rng)
@@ -494,6 +496,7 @@ def test_diagonal_hessian_rejects_losses_without_a_rule():
 # --------------------------------------------------------------------------------------------
 # SDLM
 # --------------------------------------------------------------------------------------------
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_sdlm_steps_are_positive_and_bounded(backend, rng):
     net = _tiny_conv(backend, "sum")
     x, t, _, _ = _batch(net, rng, n=8)
