@@ -86,3 +86,13 @@ def test_a_read_only_backend_is_never_written_into(rng, monkeypatch, kind):
     assert not np.array_equal(in_place["fc2.weight"], initial["fc2.weight"])  # it trained
     for name, value in in_place.items():
         np.testing.assert_array_equal(replaced[name], value, err_msg=name)
+
+
+def test_the_cupy_record_states_its_capabilities():
+    """Read without importing CuPy: what data parallelism and the CLI ask of it (the answers
+    themselves need a GPU: untested on hardware)."""
+    record = registry.lookup("cupy")
+    assert record.writable is True
+    for capability in ("device_name", "device_count", "use_device", "nccl"):
+        assert callable(getattr(record, capability)), capability
+    assert registry.lookup("numpy").device_count is None  # nothing to choose on the CPU

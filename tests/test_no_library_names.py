@@ -44,11 +44,6 @@ ALLOWED = {
     # to_torch exports a network as a torch.nn.Module: naming PyTorch is its job, and it
     # imports torch only when called.
     ("interop.py", "import torch"),
-    # The NCCL path of data parallelism sums CuPy arrays on the device; it imports CuPy only
-    # when a CuPy network trains under MPI. Untested on hardware.
-    ("training/distributed.py", "import cupy"),
-    ("training/distributed.py", "is_cupy_array"),
-    ("training/distributed.py", "compare 'cupy'"),
 }
 
 

@@ -138,6 +138,15 @@ class Backend:
     tune_process : callable, optional
         Makes the process-wide settings a training run may opt into (the library never calls
         it; ``anycnn train`` does), returning whether anything was set.
+    device_count : callable, optional
+        How many devices of this backend the host has, for one process per device under MPI
+        (:func:`anycnn.training.distributed.select_device`); ``None``: nothing to choose.
+    use_device : callable, optional
+        Makes a device of this backend the process's current one (CuPy's ``Device.use()``).
+    nccl : callable, optional
+        Returns ``(module, stream)`` for summing this backend's arrays across processes on the
+        device: an NCCL module (the calls of ``cupy.cuda.nccl``) and a function giving the
+        current stream's handle; raises, saying what to install, when NCCL is missing.
 
     Examples
     --------
@@ -169,6 +178,9 @@ class Backend:
     compile_note: Callable[[], str | None] | None = None
     kernel_status: Callable[[], str] | None = None
     tune_process: Callable[[], bool] | None = None
+    device_count: Callable[[], int] | None = None
+    use_device: Callable[[Any], None] | None = None
+    nccl: Callable[[], tuple[Any, Callable[[], int]]] | None = None
     #: The record of the backend's default device when this one is a device of it (``on``).
     parent: Backend | None = field(default=None, repr=False)
     _state: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -347,7 +359,9 @@ class Backend:
     # or namespace ("is this NumPy?"): `writable` (may arrays be updated in place: optimizers,
     # gradient averaging), `describe()` (the device in words), `thread_count()` /
     # `set_thread_count(n)`, `compile_note()` (anycnn train's warm-up), `kernel_status()`
-    # (anycnn backends) and `tune_process()` (process-wide settings a run opts into). A plugin
+    # (anycnn backends), `tune_process()` (process-wide settings a run opts into), and for data
+    # parallelism `device_count()` / `use_device(d)` (one process per GPU) and `nccl()` (sums
+    # on the device). A plugin
     # states its answers in its record; the defaults are the safe ones for any Array API
     # namespace (read-only arrays, one thread, nothing to compile or tune).
     # tests/test_no_library_names.py keeps library names out of the code outside the backends.
