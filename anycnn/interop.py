@@ -68,6 +68,7 @@ def move(network: Network, target: str | Backend, *, optimizer: Any = None) -> N
         # restore its state on the new backend (load_state_dict also recomputes SDLM's steps).
         opt._xp = record.xp
         opt._in_place = record.writable
+        opt._fused = record.ops.updates if opt._in_place else {}  # Note [Fused updates]
         opt.load_state_dict(state)
     return network
 

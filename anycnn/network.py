@@ -21,7 +21,7 @@ import array_api_compat
 import numpy as np
 
 from anycnn.backend import Backend, backend_of, get_backend, lookup, resolve_dtype
-from anycnn.layers import LAYER_TYPES, BuildContext, Layer, LayerError, Subsampling, get_loss
+from anycnn.layers import LAYER_TYPES, BuildContext, Layer, LayerError, get_loss
 from anycnn.layers.base import Array
 from anycnn.testing import dtype_name
 
@@ -170,13 +170,13 @@ class Network:
         #: Passes over training data so far by :meth:`fit` (stored as the checkpoint's epoch).
         self.epochs_trained = 0
         self._flag_output_and_loss()
-        # Note [Deferred up-sampling]: the subsampling layers whose up-sampling the layer below
+        # Note [Deferred up-sampling]: the layers whose up-sampling the layer below
         # forms in its own backward pass.
-        self._defer_up: dict[int, Subsampling] = {
+        self._defer_up: dict[int, Any] = {  # layers whose backward takes defer_up=True
             index: layer
             for index, layer in enumerate(self.layers)
             if index > 0
-            and isinstance(layer, Subsampling)
+            and getattr(layer, "defers_upsampling", False)
             and self.layers[index - 1].takes_upsampled
         }
 

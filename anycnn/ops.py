@@ -22,6 +22,8 @@ holds the checked public entry points.
 
 from __future__ import annotations
 
+import functools
+import types
 from typing import Any
 
 import array_api_compat
@@ -39,14 +41,6 @@ __all__ = [
     "fully_connected_weight_grad",
     "fully_connected_input_grad",
 ]
-
-#: Fused ops (``Note [Fused ops]``): optional, never part of a backend's required table.
-FUSED_OP_NAMES: tuple[str, ...] = (
-    "conv_valid_activate",
-    "conv_backward",
-    "subsample_backward",
-    "sensitivity",
-)
 
 Array = Any
 
@@ -465,10 +459,64 @@ def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
 # as it leaves the compiled kernel, forms a layer's sensitivity f'(u) o dy in one compiled pass
 # instead of four, and with conv_backward forms a convolution layer's sensitivity (up-sampling
 # included, Note [Deferred up-sampling] in anycnn.layers.base), kernel and bias gradients in
-# one pass over its kernel-gradient grid. Fused ops are optional: a
-# backend lists the ones it has in its op table's ``fused`` mapping, and a layer that finds none
-# calls the chain itself. The functions here define what each must compute; they are the oracle
-# of the tests, not a fallback (they would run the reference convolution on any backend).
+# one pass over its kernel-gradient grid.
+#
+# Every backend's op table has every fused op (FUSED_OP_NAMES): the backend's own where it gives
+# one, else the chain below run on that backend's own plain ops (`compose_fused`), so a layer has
+# one code path and a backend may fuse any subset. The functions here are that chain on the
+# reference ops: the definition each fused version must meet and the oracle of the tests. The
+# two leaves, `activate` and `sensitivity`, are the activation's own arithmetic
+# (Note [Activation descriptions] in anycnn.backend.activations): a backend runs an activation
+# it knows by its description, any other through the activation's methods.
+
+#: Fused ops (``Note [Fused ops]``): in every backend's table, composed where a backend has none.
+FUSED_OP_NAMES: tuple[str, ...] = (
+    "conv_valid_activate",
+    "conv_backward",
+    "subsample_backward",
+    "sensitivity",
+    "activate",
+)
+
+
+def _padding_args(padding: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    # Padding reaches the plain ops only when there is some, so that a backend whose ops take no
+    # padding argument still runs the notes' unpadded layers.
+    return (padding,) if any(padding) else ()
+
+
+def _per_map(v: Array, ndim: int) -> Array:
+    """A ``(C,)`` vector indexed to broadcast over ``(N, C, *spatial)`` maps of ``ndim`` axes."""
+    return v[(slice(None),) + (None,) * (ndim - 2)]
+
+
+def _conv_valid_activate(ops, x, kernel, bias, activation, selection=None, padding=(0, 0)):
+    u = ops.conv_valid(x, kernel, selection, *_padding_args(padding))
+    u += _per_map(bias, u.ndim)  # u is ours: the bias and f in place where the namespace allows
+    return ops.activate(u, activation)
+
+
+def _conv_backward(
+    ops, x, dy, y, activation, selection=None, up=1, need_delta=True, padding=(0, 0)
+):
+    if up > 1:  # Note [Deferred up-sampling]: dE/dy = up(dy), fitted to y (a remainder)
+        dy = fit_maps(ops.kron_upsample(dy, up), *y.shape[2:])
+    delta = ops.sensitivity(dy, y, activation)
+    grad = ops.conv_kernel_grad(x, delta, selection, *_padding_args(padding))
+    xp = array_api_compat.array_namespace(delta)
+    bias_grad = xp.sum(delta, axis=(0, *range(2, delta.ndim)))
+    return grad, bias_grad, delta if need_delta else None
+
+
+def _subsample_backward(ops, dy, y, d, beta, activation, need_input_grad=True):
+    delta = ops.sensitivity(dy, y, activation)
+    xp = array_api_compat.array_namespace(delta)
+    axes = (0, *range(2, delta.ndim))
+    grad_beta = xp.sum(delta * d, axis=axes)
+    grad_bias = xp.sum(delta, axis=axes)
+    # beta before up-sampling: n^2 times fewer multiplications than after
+    scaled = delta * _per_map(beta, delta.ndim) if need_input_grad else None
+    return grad_beta, grad_bias, scaled
 
 
 def conv_valid_activate(
@@ -483,12 +531,10 @@ def conv_valid_activate(
     layer, ``x_j = f(sum_{i in M_j} x_i * k_ij + b_j)`` (section 3.1).
 
     ``activation`` is an :class:`anycnn.layers.Activation`; ``bias`` has shape ``(C_out,)``. A
-    fused version must give what ``activation.apply(u, xp)`` gives on ``u`` to within 4 ulp (the
-    layers are tested against the chain): its own vectorised f is allowed, a different f is not.
+    fused version must give what :func:`activate` gives on ``u`` to within 4 ulp (the layers
+    are tested against the chain): its own vectorised f is allowed, a different f is not.
     """
-    xp = array_api_compat.array_namespace(x, kernel, bias)
-    u = conv_valid(x, kernel, selection, padding) + bias[:, None, None]
-    return activation.apply(u, xp)
+    return _conv_valid_activate(_REFERENCE, x, kernel, bias, activation, selection, padding)
 
 
 def conv_backward(
@@ -504,22 +550,18 @@ def conv_backward(
     """The parameter gradients of a convolution layer ``y = f(conv_valid(x, k) + b)`` in one call
     (3.1.1): ``(dE/dk, dE/db, delta)``.
 
-    ``delta = f'(u) o dE/dy`` from the saved output ``y``, where ``dE/dy = up(dy)``, the kron
-    up-sampling by ``up`` (:func:`kron_upsample`) when the layer above is a subsampling layer,
-    cropped or zero-padded to ``y``'s size (:func:`fit_maps`) when that layer has a remainder:
-    then this is the notes' ``delta_j = beta_j (f'(u_j) o up(delta_j^{l+1}))``, the
-    subsampling layer having already multiplied its sensitivity by ``beta``. ``dE/dk`` is eq. (7)
-    (:func:`conv_kernel_grad`), ``dE/db_j = sum_{n,u,v} delta``; ``delta`` itself is returned
-    when ``need_delta`` (the layer below needs ``conv_full(delta, k)``), else None. With
-    ``padding`` the layer's convolution pads ``x`` (Note [Zero padding]) and so does eq. (7).
-    A fused version must agree with this to float rounding.
+    ``delta = f'(u) o dE/dy`` from the saved output ``y`` (:func:`sensitivity`), where
+    ``dE/dy = up(dy)``, the kron up-sampling by ``up`` (:func:`kron_upsample`) when the layer
+    above is a subsampling layer, cropped or zero-padded to ``y``'s size (:func:`fit_maps`) when
+    that layer has a remainder: then this is the notes' ``delta_j = beta_j (f'(u_j) o
+    up(delta_j^{l+1}))``, the subsampling layer having already multiplied its sensitivity by
+    ``beta``. ``dE/dk`` is eq. (7) (:func:`conv_kernel_grad`), ``dE/db_j = sum_{n,u,v} delta``;
+    ``delta`` itself is returned when ``need_delta`` (the layer below needs
+    ``conv_full(delta, k)``), else None. With ``padding`` the layer's convolution pads ``x``
+    (Note [Zero padding]) and so does eq. (7). A fused version must agree with this to float
+    rounding.
     """
-    xp = array_api_compat.array_namespace(x, dy, y)
-    if up > 1:
-        dy = fit_maps(kron_upsample(dy, up), y.shape[2], y.shape[3])
-    delta = activation.sensitivity(dy, y, xp)
-    grad = conv_kernel_grad(x, delta, selection, padding)
-    return grad, xp.sum(delta, axis=(0, 2, 3)), delta if need_delta else None
+    return _conv_backward(_REFERENCE, x, dy, y, activation, selection, up, need_delta, padding)
 
 
 def subsample_backward(
@@ -531,12 +573,7 @@ def subsample_backward(
     layer up-samples into ``dE/dx``; None without ``need_input_grad``). A fused version must give
     ``beta delta``'s bits and the sums to float rounding.
     """
-    xp = array_api_compat.array_namespace(dy, y, d, beta)
-    delta = activation.sensitivity(dy, y, xp)
-    grad_beta = xp.sum(delta * d, axis=(0, 2, 3))
-    grad_bias = xp.sum(delta, axis=(0, 2, 3))
-    scaled = delta * beta[:, None, None] if need_input_grad else None
-    return grad_beta, grad_bias, scaled
+    return _subsample_backward(_REFERENCE, dy, y, d, beta, activation, need_input_grad)
 
 
 def sensitivity(dy: Array, y: Array, activation: Any) -> Array:
@@ -547,3 +584,80 @@ def sensitivity(dy: Array, y: Array, activation: Any) -> Array:
     ``activation.sensitivity(dy, y, xp)`` gives, and leave ``dy`` and ``y`` unchanged.
     """
     return activation.sensitivity(dy, y, array_api_compat.array_namespace(dy, y))
+
+
+def activate(u: Array, activation: Any) -> Array:
+    """``f(u)``, the activation of a layer's inner sums ``u`` (section 2.1), free to overwrite
+    ``u`` (the layer's own temporary). A backend's version must give what
+    ``activation.apply(u, xp)`` gives, bit for bit, e.g. by running the activation's description
+    in place (Note [Activation descriptions] in anycnn.backend.activations).
+    """
+    return activation.apply(u, array_api_compat.array_namespace(u))
+
+
+_COMPOSED = {
+    "conv_valid_activate": (conv_valid_activate, _conv_valid_activate),
+    "conv_backward": (conv_backward, _conv_backward),
+    "subsample_backward": (subsample_backward, _subsample_backward),
+}
+
+
+def compose_fused(ops: Any) -> dict[str, Any]:
+    """Every fused op as the chain of Note [Fused ops] on the table ``ops`` (the plain ops and
+    the fused ops of one backend): the default of a backend that does not fuse an op itself.
+    Each has the reference's name and signature; ``sensitivity`` and ``activate`` are the
+    reference's own (the activation's arithmetic)."""
+    table: dict[str, Any] = {"sensitivity": sensitivity, "activate": activate}
+    for name, (reference, chain) in _COMPOSED.items():
+        table[name] = _bind(reference, chain, ops)
+    return table
+
+
+def _bind(reference: Any, chain: Any, ops: Any) -> Any:
+    # The chains take the reference's parameters, defaults included, after the table.
+    @functools.wraps(reference)
+    def composed(*args: Any, **kwargs: Any) -> Any:
+        return chain(ops, *args, **kwargs)
+
+    return composed
+
+
+_REFERENCE = types.SimpleNamespace(
+    conv_valid=conv_valid,
+    conv_kernel_grad=conv_kernel_grad,
+    kron_upsample=kron_upsample,
+    sensitivity=sensitivity,
+    activate=activate,
+)
+
+
+# --- fused updates -------------------------------------------------------------------------------
+# Note [Fused updates]
+# ~~~~~~~~~~~~~~~~~~~~
+# An optimizer step is one or two elementwise passes per parameter (p -= lr g; with momentum
+# v = m v + lr g, p -= v). On a GPU each pass is a kernel launch, so a backend may give the
+# whole update as one kernel; anycnn.optim calls a backend's own when it has one (the op table's
+# ``updates``) and computes the same in place itself otherwise. These are optional and never
+# composed: they write their arguments, which not every namespace allows. The functions here
+# define what each must compute (in place, returning ``param``).
+
+#: Optional fused parameter updates (``Note [Fused updates]``).
+UPDATE_OP_NAMES: tuple[str, ...] = ("sgd_update_", "momentum_update_")
+
+
+def sgd_update_(param: Array, grad: Array, lr: float) -> Array:
+    """``param <- param - lr grad`` (eq. 6 of the notes) in place; returns ``param``."""
+    param -= lr * grad
+    return param
+
+
+def momentum_update_(
+    param: Array, grad: Array, velocity: Array, lr: float, momentum: float
+) -> Array:
+    """Heavy-ball momentum in place, as :class:`anycnn.optim.Momentum` keeps it:
+    ``velocity <- momentum velocity + lr grad``, ``param <- param - velocity``; returns
+    ``param``."""
+    velocity *= momentum
+    velocity += lr * grad
+    param -= velocity
+    return param

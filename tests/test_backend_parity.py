@@ -45,10 +45,16 @@ def test_every_op_of_every_available_backend_matches_the_reference(backend):
         function = getattr(table, name)
         assert function.__name__ == name, f"{backend.name}.ops.{name} is {function.__name__}"
         assert_same_signature(f"{backend.name}.ops", name, function)
-    assert set(table.fused) <= set(registry.FUSED_OP_NAMES)
+    # Note [Fused ops]: every table has every fused op, the backend's own or composed
+    assert set(table.fused) == set(registry.FUSED_OP_NAMES)
+    assert table.fused_own <= set(registry.FUSED_OP_NAMES)
     for name, function in table.fused.items():
         assert function.__name__ == name, f"{backend.name}.ops.fused[{name!r}] is {function}"
+        assert getattr(table, name) is function
         assert_same_signature(f"{backend.name}.ops.fused", name, function)
+    assert set(table.updates) <= set(registry.UPDATE_OP_NAMES)
+    for name, function in table.updates.items():
+        assert_same_signature(f"{backend.name}.ops.updates", name, function)
 
 
 def test_fused_op_names_are_reference_functions_outside_the_required_table():
@@ -85,7 +91,8 @@ def test_every_plugin_op_table_matches_the_reference(module, library):
     if importlib.util.find_spec(library) is None:
         pytest.skip(f"{library} is not installed, so {module} cannot be imported")
     table = _plugin_table(module)
-    unknown = sorted(set(table) - set(registry.OP_NAMES) - set(registry.FUSED_OP_NAMES))
+    known = {*registry.OP_NAMES, *registry.FUSED_OP_NAMES, *registry.UPDATE_OP_NAMES}
+    unknown = sorted(set(table) - known)
     assert not unknown, f"{module}'s table overrides unknown ops {unknown}"
     for name, function in table.items():
         assert function.__name__ == name, f"{module}'s {name!r} is {function.__name__}"
@@ -93,4 +100,60 @@ def test_every_plugin_op_table_matches_the_reference(module, library):
 
 
 def test_check_backend_passes(backend):
-    assert testing.check_backend(backend) == list(registry.OP_NAMES)
+    checked = testing.check_backend(backend)
+    expected = [*registry.OP_NAMES, *registry.FUSED_OP_NAMES, *sorted(backend.ops.updates)]
+    assert checked == expected
+
+
+def test_a_table_without_fused_ops_gets_the_chains_on_its_own_plain_ops():
+    """Note [Fused ops]: a backend that fuses nothing still has every fused op, composed from
+    its own plain ops (here a conv_kernel_grad override whose calls are counted: the composed ops call
+    the backend's conv_kernel_grad, not the reference's)."""
+    import array_api_compat.numpy as xp
+    import numpy as np
+
+    from anycnn.layers import Sigmoid
+
+    calls = []
+
+    def conv_kernel_grad(x, delta, selection=None, padding=(0, 0)):
+        calls.append("conv_kernel_grad")
+        return reference.conv_kernel_grad(x, delta, selection, padding)
+
+    record = registry.Backend(
+        name="plain_only",
+        array_module="numpy",
+        namespace=lambda: xp,
+        device=lambda: "cpu",
+        fast_ops=lambda: {"conv_kernel_grad": conv_kernel_grad},
+    )
+    table = record.ops
+    assert table.fused_own == frozenset() and set(table.fused) == set(registry.FUSED_OP_NAMES)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((2, 4, 2, 2))
+    y = np.asarray(Sigmoid().forward(rng.standard_normal((2, 4, 4, 4))))
+    grad, bias, delta = table.conv_backward(x, dy, y, Sigmoid(), None, 2)
+    assert calls == ["conv_kernel_grad"]
+    want = reference.conv_backward(x, dy, y, Sigmoid(), None, 2)
+    for got, expected in zip((grad, bias, delta), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_check_backend_catches_a_wrong_fused_op():
+    """A backend whose own conv_backward forgets the activation's slope fails the check."""
+    import array_api_compat.numpy as xp
+
+    def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, padding=(0, 0)):
+        from anycnn.layers import Identity
+
+        return reference.conv_backward(x, dy, y, Identity(), selection, up, need_delta, padding)
+
+    record = registry.Backend(
+        name="wrong_fused",
+        array_module="numpy",
+        namespace=lambda: xp,
+        device=lambda: "cpu",
+        fast_ops=lambda: {"conv_backward": conv_backward},
+    )
+    with pytest.raises(AssertionError, match="wrong_fused.conv_backward"):
+        testing.check_backend(record)

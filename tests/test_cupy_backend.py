@@ -14,8 +14,9 @@ Three layers of checks, so that most of the backend is verified on machines with
    their index arithmetic, layouts and GEMM strides run for real, against the reference ops,
    SciPy and the twins. What this does not cover: nvcc/NVRTC (bench/gpu/compile_check.py),
    CuPy's own argument handling, and anything about the device.
-3. **A usable CUDA device.** The same comparisons on CuPy, a training step that makes no
-   host-device transfer, and CUDA-graph capture giving the parameters of eager steps. Skipped
+3. **A usable CUDA device.** The same comparisons on CuPy (the ``impl`` fixture's ``cuda``
+   column); the rest of the GPU proof (agreement with the CPU, no host-device transfer in a
+   training step, CUDA-graph capture) is tests/test_cuda_proof.py. Skipped
    here with the registry's reason; ``pytest --backend cupy`` makes them FAIL when CuPy is
    unusable, like every other backend test.
 """
@@ -23,7 +24,6 @@ Three layers of checks, so that most of the backend is verified on machines with
 from __future__ import annotations
 
 import atexit
-import contextlib
 import ctypes
 import hashlib
 import importlib
@@ -120,7 +120,7 @@ def test_importing_the_plugin_imports_no_cupy(tmp_path):
         import anycnn_cupy
         from anycnn_cupy import _sources
         record = anycnn_cupy.backend
-        ok = anycnn_cupy.supports_activation("lecun_tanh")
+        ok = anycnn_cupy.supports_activation(("tanh", 1.7159, 2 / 3))
         print(json.dumps({"cupy": "cupy" in sys.modules, "name": record.name,
                           "kernels": len(_sources.KERNELS), "ok": ok}))
         """,
@@ -137,7 +137,7 @@ def test_gpu_modules_say_what_to_install_without_cupy(tmp_path):
         sys.modules["cupy"] = None
         import importlib, anycnn_cupy
         messages = {}
-        for name in ["_kernels", "_ops", "_fused", "graph", "_transfers"]:
+        for name in ["_kernels", "_ops", "_fused"]:
             try:
                 importlib.import_module("anycnn_cupy." + name)
                 messages[name] = None
@@ -187,16 +187,27 @@ def test_every_kernel_source_is_well_formed():
 
 
 def test_activation_codes():
-    class Softsign(Sigmoid):  # a user subclass: the fused kernels must not guess
+    class Softsign(Sigmoid):  # a user subclass that redefines f: the fused kernels must not guess
+        def forward(self, u):
+            return u / (1 + abs(u))
+
+    class Hotter(Sigmoid):  # one that changes nothing computes the logistic: fused
         pass
 
-    assert _sources.activation_code(None) == (_sources.ACT_IDENTITY, 1.0, 1.0)
-    assert _sources.activation_code({"name": "sigmoid", "gain": 2.0}) == (1, 2.0, 1.0)
-    assert _sources.activation_code(Tanh(1.5, 0.5)) == (2, 1.5, 0.5)
-    assert _sources.activation_code("lecun_tanh") == (2, 1.7159, 2.0 / 3.0)
-    assert _sources.activation_code("relu")[0] == _sources.ACT_RELU
+    assert _sources.activation_code(None) == (_sources.ACT_IDENTITY, 0.0, 0.0)
+    assert _sources.activation_code(get_activation({"name": "sigmoid", "gain": 2.0})) == (
+        _sources.ACT_SIGMOID,
+        2.0,
+        0.0,
+    )
+    assert _sources.activation_code(Tanh(1.5, 0.5)) == (_sources.ACT_TANH, 1.5, 0.5)
+    assert _sources.activation_code(("tanh", 1.7159, 2.0 / 3.0)) == (2, 1.7159, 2.0 / 3.0)
+    assert _sources.activation_code(get_activation("relu"))[0] == _sources.ACT_RELU
     assert _sources.activation_code(Softsign()) is None
     assert not _sources.supports_activation(Softsign())
+    assert _sources.activation_code(Hotter(3.0)) == (_sources.ACT_SIGMOID, 3.0, 0.0)
+    with pytest.raises(ValueError, match="unknown activation description"):
+        _sources.activation_code(("softsign",))
 
 
 # =============================================================================================
@@ -252,8 +263,8 @@ def twin_sgd(p, g, lr):
 
 
 def twin_momentum(p, g, v, lr, momentum):
-    v = momentum * v - lr * g
-    return p + v, v
+    v = momentum * v + lr * g  # anycnn.optim.Momentum's velocity
+    return p - v, v
 
 
 def _cpu_layers(layers, input_shape, seed=0):
@@ -660,7 +671,8 @@ def test_fused_conv_forward_is_the_chain(impl, dtype, activation, case, rng):
         np.testing.assert_array_equal(fused, chain)
     else:
         _close(fused, chain, dtype)
-    odd = type("Odd", (Sigmoid,), {})()  # no fused kernel: the chain itself
+    # a subclass that redefines f has no description, hence no fused kernel: the chain itself
+    odd = type("Odd", (Sigmoid,), {"forward": lambda self, u: 1.0 / (1.0 + abs(u))})()
     u = impl._ops.conv_valid(bx, bk, bsel)
     u += bb[:, None, None]
     np.testing.assert_array_equal(
@@ -702,6 +714,135 @@ def test_resampling_matches_the_reference(impl, dtype, shape, n, rng):
         out = getattr(impl._ops, name)(impl.put(arg), n)
         expected = np.asarray(getattr(reference, name)(arg.astype(np.float64), n))
         _close(impl.get(out), expected, dtype, err_msg=f"{name} ({impl.name})")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=ACT_IDS)
+def test_fused_layer_ops_match_the_reference(impl, dtype, activation, rng):
+    """The CuPy table's own fused ops (issue 19: the NumPy backend's set) against the chains of
+    anycnn.ops: conv_backward without and with up-sampling (the upsampled_sensitivity kernel),
+    with a subsampling remainder and with padding (the chain on the backend's ops),
+    subsample_backward (one kernel for delta and beta delta), activate, the FC ops and the
+    fused updates."""
+    act = get_activation(activation)
+    ops = impl._ops
+
+    def check(name, got, want, scale=1.0):
+        got = (got,) if not isinstance(got, tuple) else got
+        want = (want,) if not isinstance(want, tuple) else want
+        assert len(got) == len(want), name
+        for index, (g, w) in enumerate(zip(got, want, strict=True)):
+            if w is None:
+                assert g is None, f"{name}[{index}]"
+                continue
+            w = np.asarray(w)
+            assert g.dtype == np.dtype(dtype), f"{name}[{index}]"
+            size = max(1.0, float(np.abs(w).max()) * scale)
+            _close(impl.get(g), w, dtype, atol=TOL[dtype]["atol"] * size * 10, err_msg=name)
+
+    def host(*arrays):
+        return [a.astype(dtype) for a in arrays]
+
+    sel = rng.random((4, 2)) < 0.7
+    sel[:, 0] = True
+    x, k = host(rng.standard_normal((3, 2, 10, 9)), rng.standard_normal((4, 2, 3, 2)))
+    y = host(np.asarray(act.forward(rng.standard_normal((3, 4, 8, 8)))))[0]
+    cases = [
+        (1, rng.standard_normal((3, 4, 8, 8)), (0, 0)),
+        (2, rng.standard_normal((3, 4, 4, 4)), (0, 0)),
+        (3, rng.standard_normal((3, 4, 3, 3)), (0, 0)),  # a remainder: 8 = 3 * 3 - 1
+    ]
+    for up, dy, padding in cases:
+        (dy,) = host(dy)
+        for selection in (None, sel):
+            for need in (True, False):
+                got = ops.conv_backward(
+                    impl.put(x),
+                    impl.put(dy),
+                    impl.put(y),
+                    act,
+                    None if selection is None else impl.put(selection),
+                    up,
+                    need,
+                    padding,
+                )
+                want = reference.conv_backward(
+                    *(a.astype(np.float64) for a in (x, dy, y)), act, selection, up, need
+                )
+                check(f"conv_backward up={up} need={need}", got, want)
+    xp_, y_pad, dy_pad = host(
+        rng.standard_normal((2, 2, 6, 5)),
+        np.asarray(act.forward(rng.standard_normal((2, 4, 6, 4)))),
+        rng.standard_normal((2, 4, 6, 4)),
+    )
+    got = ops.conv_backward(
+        impl.put(xp_), impl.put(dy_pad), impl.put(y_pad), act, None, 1, True, (1, 0)
+    )
+    want = reference.conv_backward(
+        *(a.astype(np.float64) for a in (xp_, dy_pad, y_pad)), act, None, 1, True, (1, 0)
+    )
+    check("conv_backward padding", got, want)
+    dy, y, d = host(
+        rng.standard_normal((3, 4, 5, 6)),
+        np.asarray(act.forward(rng.standard_normal((3, 4, 5, 6)))),
+        rng.standard_normal((3, 4, 5, 6)),
+    )
+    (beta,) = host(rng.uniform(0.5, 2.0, 4))
+    for need in (True, False):
+        got = ops.subsample_backward(*(impl.put(a) for a in (dy, y, d, beta)), act, need)
+        want = reference.subsample_backward(
+            *(a.astype(np.float64) for a in (dy, y, d, beta)), act, need
+        )
+        check(f"subsample_backward need={need}", got, want)
+    for shape in [(3, 4, 5, 6), (7, 9)]:
+        (u,) = host(rng.standard_normal(shape) * 3)
+        want = np.asarray(act.forward(u.astype(np.float64)))
+        check(f"activate {shape}", ops.activate(impl.put(u), act), want)
+    h, w, delta = host(
+        rng.standard_normal((5, 7)), rng.standard_normal((3, 7)), rng.standard_normal((5, 3))
+    )
+    h64, w64, d64 = (a.astype(np.float64) for a in (h, w, delta))
+    check("fully_connected", ops.fully_connected(impl.put(h), impl.put(w)), h64 @ w64.T)
+    check(
+        "fully_connected_weight_grad",
+        ops.fully_connected_weight_grad(impl.put(h), impl.put(delta)),
+        d64.T @ h64,
+    )
+    check(
+        "fully_connected_input_grad",
+        ops.fully_connected_input_grad(impl.put(delta), impl.put(w)),
+        d64 @ w64,
+    )
+    p, g, v = host(*(rng.standard_normal((4, 3)) for _ in range(3)))
+    dp = impl.put(p)
+    assert ops.sgd_update_(dp, impl.put(g), 0.1) is dp
+    check("sgd_update_", dp, reference.sgd_update_(p.astype(np.float64), g, 0.1))
+    dp, dv = impl.put(p), impl.put(v)
+    assert ops.momentum_update_(dp, impl.put(g), dv, 0.1, 0.9) is dp
+    p64, v64 = p.astype(np.float64), v.astype(np.float64)
+    reference.momentum_update_(p64, g.astype(np.float64), v64, 0.1, 0.9)
+    check("momentum_update_ param", dp, p64)
+    check("momentum_update_ velocity", dv, v64)
+
+
+def test_check_backend_passes_on_the_cupy_ops_on_the_host(host_modules):
+    """The public conformance check (every plain and fused op with every kind of activation and
+    a user's, and both fused updates) on the CuPy backend's table run through the stand-in."""
+    import array_api_compat.numpy
+
+    from anycnn.backend import Backend
+    from anycnn.testing import check_backend
+
+    emulated = Backend(
+        name="cupy_ops_on_host",
+        array_module="numpy",
+        namespace=lambda: array_api_compat.numpy,
+        device=lambda: "cpu",
+        fast_ops=lambda: host_modules["_ops"].OPS,
+    )
+    assert emulated.ops.fused_own == set(registry.FUSED_OP_NAMES)
+    checked = check_backend(emulated)
+    assert checked[-2:] == ["momentum_update_", "sgd_update_"]
 
 
 def test_non_float_arrays_go_to_the_reference(host_modules):
@@ -856,7 +997,7 @@ def test_fused_down_and_up_sampling_match_the_twins(impl, dtype, mode, activatio
             2,
             None if b is None else impl.put(b),
             None if c is None else impl.put(c),
-            activation=activation,
+            activation=get_activation(activation),
             mode=mode,
         )
         d_twin, y_twin = twin_subsample_forward(x.astype(np.float64), 2, b, c, activation, mode)
@@ -870,7 +1011,7 @@ def test_fused_down_and_up_sampling_match_the_twins(impl, dtype, mode, activatio
             impl.put(conv_y),
             2,
             None if b is None else impl.put(b),
-            activation=activation,
+            activation=get_activation(activation),
             mode=mode,
         )
         twin = twin_upsampled_sensitivity(
@@ -881,7 +1022,9 @@ def test_fused_down_and_up_sampling_match_the_twins(impl, dtype, mode, activatio
 
 def test_fused_decimation_keeps_the_remainder_rule(impl, rng):
     x = rng.standard_normal((2, 3, 7, 5))
-    d, y = impl._fused.subsample_forward(impl.put(x), 2, activation="tanh", mode="decimate")
+    d, y = impl._fused.subsample_forward(
+        impl.put(x), 2, activation=get_activation("tanh"), mode="decimate"
+    )
     d_twin, y_twin = twin_subsample_forward(x, 2, activation="tanh", mode="decimate")
     _close(impl.get(d), d_twin, "float64")
     _close(impl.get(y), y_twin, "float64")
@@ -897,15 +1040,19 @@ def test_fused_activations_match_the_twins(impl, dtype, activation, rng):
         bias = rng.standard_normal(shape[1]).astype(dtype)
         for b in (bias, None):
             pb = None if b is None else impl.put(b)
-            y = fused.bias_activation(impl.put(u), pb, activation=activation)
+            y = fused.bias_activation(impl.put(u), pb, activation=get_activation(activation))
             _close(impl.get(y), twin_bias_activation(u.astype(np.float64), b, activation), dtype)
-            y2, dy2 = fused.activation_and_derivative(impl.put(u), pb, activation=activation)
+            y2, dy2 = fused.activation_and_derivative(
+                impl.put(u), pb, activation=get_activation(activation)
+            )
             ty, tdy = twin_activation_and_derivative(u.astype(np.float64), b, activation)
             _close(impl.get(y2), ty, dtype)
             _close(impl.get(dy2), tdy, dtype, atol=TOL[dtype]["atol"] * 4)
         y_host = twin_bias_activation(u.astype(np.float64), None, activation).astype(dtype)
         dy = rng.standard_normal(shape).astype(dtype)
-        out = fused.sensitivity(impl.put(dy), impl.put(y_host), activation=activation)
+        out = fused.sensitivity(
+            impl.put(dy), impl.put(y_host), activation=get_activation(activation)
+        )
         _close(
             impl.get(out),
             twin_sensitivity(dy.astype(np.float64), y_host.astype(np.float64), activation),
@@ -937,7 +1084,7 @@ def test_fused_errors_name_the_argument(host_modules, rng):
     with pytest.raises(ValueError, match=r"beta must have shape \(3,\)"):
         fused.upsampled_sensitivity(delta, y[..., :8], 2, np.ones(4))
     with pytest.raises(TypeError, match="no fused kernel for the activation"):
-        fused.sensitivity(y, y, activation=type("Odd", (Sigmoid,), {})())
+        fused.sensitivity(y, y, activation=type("Odd", (Sigmoid,), {"forward": abs})())
     with pytest.raises(TypeError, match="float32 or float64"):
         fused.sensitivity(y.astype(np.int64), y.astype(np.int64))
     with pytest.raises(TypeError, match="is float32 but the other arrays are float64"):
@@ -968,173 +1115,10 @@ def test_cupy_op_signatures_match_the_reference_annotations_included(host_module
 
 
 # =============================================================================================
-# 4. With CuPy installed: the transfer counter's wiring (no device needed)
-# =============================================================================================
-def _cupy_or_skip():
-    if importlib.util.find_spec("cupy") is None:
-        pytest.skip("cupy is not installed here")
-    import cupy
-
-    return cupy
-
-
-def test_count_transfers_sees_copies_made_from_compiled_code(request):
-    """CuPy's Cython ndarray.get calls cupy._core.syncdetect._declare_synchronize; the counter
-    relies on it to see copies that never pass through a Python-level method."""
-    cupy = _cupy_or_skip()
-    from anycnn_cupy import _transfers
-    from cupy._core import syncdetect
-
-    usable = registry.lookup("cupy").available
-    if usable:
-        a = cupy.arange(4, dtype=cupy.float32)
-    else:  # an array object over memory nobody may touch: only the bookkeeping runs
-        memory = cupy.cuda.UnownedMemory(0x10000, 64, None, device_id=0)
-        a = cupy.ndarray((4,), np.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))
-    hook = syncdetect._declare_synchronize
-    with _transfers.count_transfers() as log:
-        for action in (lambda: a.get(stream=cupy.cuda.Stream.null), lambda: float(a[0])):
-            try:
-                action()
-            except Exception:
-                if usable:
-                    raise
-    assert [e.via for e in log.events] == ["ndarray.get", "float(array)"], log.summary()
-    assert all(e.kind == "d2h" and "test_cupy_backend.py" in e.where for e in log.events)
-    assert syncdetect._declare_synchronize is hook
-    assert "get" not in vars(cupy.ndarray) and "__float__" not in vars(cupy.ndarray)
-    with _transfers.count_transfers() as log:
-        syncdetect._declare_synchronize()  # what Device.synchronize calls first
-    assert [e.kind for e in log.events] == ["sync"]
-
-
-# =============================================================================================
-# 5. On a CUDA device
+# 4. Helpers of the tests above
 # =============================================================================================
 def _batch(net, n, rng, dtype):
     x = rng.standard_normal((n, *net.input_shape)).astype(dtype)
     t = np.zeros((n, *net.output_shape), dtype=dtype)
     t[np.arange(n), rng.integers(0, net.output_shape[0], n)] = 1.0
     return x, t
-
-
-def _sgd_step(net, lr):
-    from anycnn_cupy import _fused
-
-    params, grads = net.parameters(), net.gradients()
-    for name, p in params.items():
-        _fused.sgd_update_(p, grads[name], lr)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("model", ["lenet5", "dlt"])
-def test_a_training_step_makes_no_device_to_host_copy(request, model, rng):
-    require_cuda(request)
-    import cupy
-    from anycnn_cupy import _transfers
-
-    from anycnn import models
-
-    net = models.build(model, backend="cupy", dtype="float32")
-    x, t = (net.backend.asarray(a) for a in _batch(net, 16, rng, "float32"))
-
-    def step():
-        net.compute_gradients(x, t)
-        _sgd_step(net, 0.01)
-
-    step()  # compiles the kernels
-    cupy.cuda.Device().synchronize()
-    with _transfers.count_transfers() as log:
-        step()
-    assert not (log.d2h or log.syncs or log.of_kind("copy")), log.summary()
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("model", ["lenet5", "dlt"])
-def test_a_training_step_puts_no_host_data_on_the_device(request, model, rng):
-    """Stricter than the test above: no host-to-device copy either (e.g. xp.asarray(0.0))."""
-    require_cuda(request)
-    from anycnn_cupy import _transfers
-
-    from anycnn import models
-
-    net = models.build(model, backend="cupy", dtype="float32")
-    x, t = (net.backend.asarray(a) for a in _batch(net, 16, rng, "float32"))
-    net.compute_gradients(x, t)
-    with _transfers.count_transfers() as log:
-        net.compute_gradients(x, t)
-        _sgd_step(net, 0.01)
-    assert not log.h2d, log.summary()
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("gemm", ["kernel", "auto"])
-@pytest.mark.parametrize("model", ["lenet5", "dlt"])
-def test_a_captured_step_gives_the_parameters_of_eager_steps(request, model, gemm, rng):
-    """Replays of a CUDA graph of (compute_gradients + in-place SGD) on four batches leave the
-    parameters that four eager steps leave. With gemm="kernel" both use the same kernels, so
-    the results must be identical; with "auto" the eager steps use cuBLAS."""
-    require_cuda(request)
-    import cupy
-    from anycnn_cupy.graph import capture_step, redirected_for_capture
-
-    from anycnn import models
-
-    captured, eager = (models.build(model, backend="cupy", dtype="float64") for _ in range(2))
-    batches = [_batch(eager, 32, rng, "float64") for _ in range(4)]
-
-    def step_of(net):
-        def step(x, t):
-            loss = net.compute_gradients(x, t)
-            _sgd_step(net, 0.05)
-            return loss
-
-        return step
-
-    # redirected_for_capture() is what the capture runs under: cupy.matmul (the layers' xp.matmul)
-    # on the elementwise GEMM; without it the eager steps use cuBLAS.
-    with redirected_for_capture() if gemm == "kernel" else contextlib.nullcontext():
-        eager_losses = [step_of(eager)(cupy.asarray(x), cupy.asarray(t)) for x, t in batches]
-    x0, t0 = (cupy.asarray(a) for a in batches[0])
-    replay = capture_step(step_of(captured), x0, t0, warmup=1)
-    for x, t in batches[1:]:
-        loss = replay(cupy.asarray(x), cupy.asarray(t))
-    cupy.cuda.Device().synchronize()
-    got = {k: cupy.asnumpy(v) for k, v in captured.parameters().items()}
-    want = {k: cupy.asnumpy(v) for k, v in eager.parameters().items()}
-    initial = models.build(model, backend="numpy", dtype="float64").parameters()
-    assert any(not np.array_equal(want[n], np.asarray(initial[n])) for n in want)
-    for name in want:
-        if gemm == "kernel":
-            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-        else:
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
-    np.testing.assert_allclose(float(loss), float(eager_losses[-1]), rtol=1e-10)
-
-
-@pytest.mark.cuda
-def test_capture_step_refuses_host_data_and_restores_cupy(request):
-    require_cuda(request)
-    import cupy
-    from anycnn_cupy.graph import CaptureError, capture_step
-
-    matmul, asarray = cupy.matmul, cupy.asarray
-    buffer = cupy.zeros(3)
-
-    def bad(x):
-        return x + cupy.asarray(np.arange(3.0))
-
-    with pytest.raises(CaptureError, match="host data"):
-        capture_step(bad, buffer)
-    assert cupy.matmul is matmul and cupy.asarray is asarray
-
-    def good(x):
-        x += cupy.asarray(1.0)  # a host scalar: a fill kernel inside the graph
-        return x
-
-    replay = capture_step(good, buffer)  # the warm-up adds 1 once
-    replay()
-    replay()
-    np.testing.assert_array_equal(cupy.asnumpy(buffer), [3.0, 3.0, 3.0])
-    replay(np.full(3, 10.0))
-    np.testing.assert_array_equal(cupy.asnumpy(buffer), [11.0, 11.0, 11.0])

@@ -9,7 +9,7 @@ import numpy as np
 import oracles
 import pytest
 
-from anycnn import models
+from anycnn import models, ops
 from anycnn.gradcheck import gradcheck
 from anycnn.layers import Convolution, Flatten, FullyConnected, Subsampling
 from anycnn.network import Network
@@ -314,8 +314,9 @@ def test_a_missing_rot180_is_caught(backend, rng, monkeypatch):
 
     monkeypatch.setattr(backend.ops, "conv_kernel_grad", unrotated)
     # A fused conv_backward (Note [Fused ops]) would compute eq. (7) itself: the layers take the
-    # chain of ops without it.
-    monkeypatch.delitem(backend.ops.fused, "conv_backward", raising=False)
+    # chain on this table's ops instead, which calls the broken conv_kernel_grad.
+    chain = ops.compose_fused(backend.ops)["conv_backward"]
+    monkeypatch.setattr(backend.ops, "conv_backward", chain)
     report = gradcheck(net, x, t, max_entries=MAX_ENTRIES)
     assert report.passed is False
     assert [c.name for c in report.failures()] == ["conv1.kernel", "conv3.kernel"]

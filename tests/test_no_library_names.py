@@ -38,9 +38,6 @@ PLUGINS = {"anycnn_numpy", "anycnn_cupy"}
 
 #: (module, what) pairs allowed on purpose, each with its reason.
 ALLOWED = {
-    # Sigmoid/Tanh.apply use NumPy's out= on NumPy arrays; issue 19 item 1 (helper 19a) turns
-    # activations into data with one code table per backend, which removes this branch.
-    ("layers/activations.py", "is_numpy_namespace"),
     # to_torch exports a network as a torch.nn.Module: naming PyTorch is its job, and it
     # imports torch only when called.
     ("interop.py", "import torch"),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from anycnn import layers as L
+from anycnn import models
 from anycnn.network import Network
 from anycnn.training import optim
 
@@ -542,3 +543,53 @@ def test_sdlm_reduces_the_loss():
         net.compute_gradients(x, t)
         opt.step()
     assert float(net.loss_value(net.forward(x), t)) < 0.5 * first
+
+
+def test_optimizers_use_a_backends_fused_updates_with_the_same_bits(rng):
+    """Note [Fused updates] in anycnn.ops: where a backend's table has sgd_update_ /
+    momentum_update_ (the CuPy plugin's one-kernel updates), SGD and Momentum call them, once
+    per parameter and step, and (here with the reference updates, NumPy arrays) the parameters
+    and velocities are those of the optimizers' own arithmetic, bit for bit; SDLM keeps its own."""
+    import array_api_compat.numpy as np_xp
+
+    from anycnn import ops as reference
+    from anycnn.backend import registry
+
+    calls: list[str] = []
+
+    def counted(name):
+        def update(*args):
+            calls.append(name)
+            return getattr(reference, name)(*args)
+
+        update.__name__ = name
+        return update
+
+    fused = registry.Backend(
+        name="numpy_with_updates",
+        array_module="numpy",
+        namespace=lambda: np_xp,
+        device=lambda: "cpu",
+        fast_ops=lambda: {
+            **registry.lookup("numpy").fast_ops(),
+            **{n: counted(n) for n in registry.UPDATE_OP_NAMES},
+        },
+    )
+    x = rng.random((6, 1, 28, 28))
+    t = np.eye(10)[rng.integers(0, 10, 6)]
+    for kind, options in (("sgd", {}), ("momentum", {"momentum": 0.9})):
+        nets = [models.dlt(dtype="float64", seed=4, backend=b) for b in ("numpy", fused)]
+        opts = [optim.build_optimizer(kind, net, lr=0.3, **options) for net in nets]
+        calls.clear()
+        for _ in range(3):
+            for net, opt in zip(nets, opts, strict=True):
+                net.compute_gradients(net.backend.asarray(x, "float64"), t, check=False)
+                opt.step()
+        expected = {"sgd": "sgd_update_", "momentum": "momentum_update_"}[kind]
+        assert calls == [expected] * 3 * len(nets[0].parameters())
+        plain, with_updates = (net.state_dict() for net in nets)
+        for name in plain:
+            assert plain[name].tobytes() == with_updates[name].tobytes(), (kind, name)
+        states = [opt.state_dict() for opt in opts]
+        for name in states[0]:
+            assert np.asarray(states[0][name]).tobytes() == np.asarray(states[1][name]).tobytes()

@@ -67,8 +67,11 @@ logger = logging.getLogger("anycnn")
 #: Names of the hot operations, in the order of anycnn.ops. A backend's op table may override
 #: any of them and nothing else (tests/test_backend_parity.py checks names and signatures).
 OP_NAMES: tuple[str, ...] = tuple(_reference.__all__)
-#: Optional fused ops a backend's table may add (``Note [Fused ops]`` in anycnn.ops).
+#: Fused ops: every table has them all, a backend's own or the chain on its plain ops
+#: (``Note [Fused ops]`` in anycnn.ops).
 FUSED_OP_NAMES: tuple[str, ...] = _reference.FUSED_OP_NAMES
+#: Optional one-kernel parameter updates (``Note [Fused updates]`` in anycnn.ops).
+UPDATE_OP_NAMES: tuple[str, ...] = _reference.UPDATE_OP_NAMES
 
 
 class BackendUnavailableError(RuntimeError):
@@ -113,7 +116,8 @@ class Backend:
         e.g. no CUDA device. Called once, lazily; the outcome is cached.
     fast_ops : callable, optional
         Returns a mapping from op names to fast implementations. Called once, lazily. It may
-        also hold fused ops (:data:`FUSED_OP_NAMES`), which go to ``ops.fused``.
+        also hold fused ops (:data:`FUSED_OP_NAMES`; those it lacks are composed from its plain
+        ops) and fused parameter updates (:data:`UPDATE_OP_NAMES`, optional).
     to_numpy : callable, optional
         Copies an array of this backend to a NumPy array on the host.
     device_for : callable, optional
@@ -337,19 +341,29 @@ class Backend:
         if table is None:
             self.require()
             given = dict(self.fast_ops()) if self.fast_ops is not None else {}
-            unknown = sorted(set(given) - set(OP_NAMES) - set(FUSED_OP_NAMES))
+            known = (*OP_NAMES, *FUSED_OP_NAMES, *UPDATE_OP_NAMES)
+            unknown = sorted(set(given) - set(known))
             if unknown:
                 raise TypeError(
                     f"backend {self.name!r} overrides unknown hot ops {unknown}; "
-                    f"known ops: {list(OP_NAMES)}, fused ops: {list(FUSED_OP_NAMES)}"
+                    f"known ops: {list(OP_NAMES)}, fused ops: {list(FUSED_OP_NAMES)}, "
+                    f"updates: {list(UPDATE_OP_NAMES)}"
                 )
             overrides = {name: f for name, f in given.items() if name in OP_NAMES}
             table = types.SimpleNamespace(
                 **{name: overrides.get(name, getattr(_reference, name)) for name in OP_NAMES}
             )
             table.overridden = frozenset(overrides)
-            # Note [Fused ops] in anycnn.ops: optional; a layer calls the chain when one is absent.
-            table.fused = {name: f for name, f in given.items() if name in FUSED_OP_NAMES}
+            # Note [Fused ops] in anycnn.ops: every fused op, the backend's own or the chain on
+            # this table's plain ops, so that a layer has one code path.
+            own = {name: f for name, f in given.items() if name in FUSED_OP_NAMES}
+            composed = _reference.compose_fused(table)
+            table.fused = {name: own.get(name, composed[name]) for name in FUSED_OP_NAMES}
+            table.fused_own = frozenset(own)
+            for name, function in table.fused.items():
+                setattr(table, name, function)
+            # Note [Fused updates] in anycnn.ops: optional; the optimizers ask for them.
+            table.updates = {name: f for name, f in given.items() if name in UPDATE_OP_NAMES}
             self._state["ops"] = table
         return table
 

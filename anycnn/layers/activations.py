@@ -5,10 +5,14 @@ tangent ``f(u) = a tanh(b u)`` with LeCun's ``a = 1.7159, b = 2/3``. Section 3.4
 f' without re-evaluating f; each derivative here takes the output ``y = f(u)`` (and ``u`` for the
 ones that need it). All are stable for ``|u|`` up to 1e4 and beyond: no overflow warnings.
 
-Layers call the two fused forms, which 3.4 recommends over calling f and f' as functions:
-``apply(u, xp)`` computes ``f(u)`` reusing ``u``'s memory (the layer's own temporary) and
-``sensitivity(dy, y, xp)`` computes ``delta = f'(u) o dy`` (eqs. 3-4) with one allocation. Both
-take the namespace from the layer, which looked it up once at build time.
+Each activation of the notes describes itself as data (:meth:`Activation.describe`:
+``("logistic", gain)``, ``("tanh", a, b)``, ...), and its arithmetic is written once, in the table
+of :mod:`anycnn.backend.activations` (Note [Activation descriptions]): the methods here are that
+table's Array API reference, and each backend runs the same description its own way (in place,
+fused into a convolution, compiled, as a CUDA kernel). Layers call the backend's ops
+``activate(u, f)`` and ``sensitivity(dy, y, f)``, the fused forms 3.4 recommends over calling f
+and f' as functions; an activation without a description (a user's own) goes through its
+``apply`` and ``sensitivity`` methods there.
 """
 
 from __future__ import annotations
@@ -16,13 +20,20 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
-import numpy as np
+
+from anycnn.backend import activations as _table
 
 Array = Any
 
 
 class Activation:
     """Base class: ``forward(u) -> y`` and ``derivative(y, u) -> f'(u)``.
+
+    An activation of a known kind says so with :meth:`describe` (Note [Activation descriptions]
+    in :mod:`anycnn.backend.activations`): its four methods are then the table's Array API
+    reference, and every backend computes it with its own code for that kind (in place, fused,
+    compiled). One that returns ``None`` from :meth:`describe` (the default) gives ``forward``
+    and ``derivative`` itself, and every backend calls those.
 
     Examples
     --------
@@ -35,17 +46,41 @@ class Activation:
     ...     def forward(self, u): return u / (1 + abs(u))
     ...     def derivative(self, y, u=None): return (1 - abs(y)) ** 2
     >>> u = anycnn.get_backend().asarray(np.array([-1.0, 0.0, 3.0]), "float64")
-    >>> [float(v) for v in Softsign().forward(u)], Softsign()
-    ([-0.5, 0.0, 0.75], Softsign())
+    >>> [float(v) for v in Softsign().forward(u)], Softsign(), Softsign().describe()
+    ([-0.5, 0.0, 0.75], Softsign(), None)
     """
 
     name = "activation"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass that redefines f or f' but not describe() must not hand its parent's
+        # description to the backends (they would compute the parent's f): its describe() says
+        # None. Its inherited methods still run the description its class declared.
+        super().__init_subclass__(**kwargs)
+        if "describe" in vars(cls):
+            cls._declared = vars(cls)["describe"]
+        elif {"forward", "derivative", "apply", "sensitivity"} & set(vars(cls)):
+            cls.describe = Activation.describe  # type: ignore[method-assign]
+
+    def describe(self) -> tuple[Any, ...] | None:
+        """What this activation computes as data, ``(kind, *constants)`` (e.g.
+        ``("logistic", 1.0)``), or ``None`` when it is not one of the table's kinds."""
+        return None
+
+    #: The ``describe`` the class declared, which the reference methods below run.
+    _declared = describe
+
     def forward(self, u: Array) -> Array:
-        raise NotImplementedError
+        desc = self._declared()
+        if desc is None:
+            raise NotImplementedError(f"{type(self).__name__}.forward")
+        return _table.forward(desc, u, array_api_compat.array_namespace(u))
 
     def derivative(self, y: Array, u: Array | None = None) -> Array:
-        raise NotImplementedError
+        desc = self._declared()
+        if desc is None:
+            raise NotImplementedError(f"{type(self).__name__}.derivative")
+        return _table.derivative(desc, y, array_api_compat.array_namespace(y))
 
     def apply(self, u: Array, xp: Any) -> Array:
         """``f(u)``, free to overwrite ``u`` (a temporary of the caller's)."""
@@ -53,7 +88,10 @@ class Activation:
 
     def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
         """``f'(u) o dy`` from the saved output ``y``; ``dy`` and ``y`` are left unchanged."""
-        return dy * self.derivative(y)
+        desc = self.describe()
+        if desc is None:
+            return dy * self.derivative(y)
+        return _table.sensitivity(desc, dy, y, xp)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -71,23 +109,14 @@ class Identity(Activation):
     >>> import numpy as np, anycnn
     >>> from anycnn.layers import Identity
     >>> u = anycnn.get_backend().asarray(np.array([-2.0, 0.0, 3.0]), "float64")
-    >>> [float(v) for v in Identity().forward(u)], Identity().derivative(u)
-    ([-2.0, 0.0, 3.0], 1.0)
+    >>> [float(v) for v in Identity().forward(u)], Identity().derivative(u), Identity().describe()
+    ([-2.0, 0.0, 3.0], 1.0, ('identity',))
     """
 
     name = "identity"
 
-    def forward(self, u: Array) -> Array:
-        return u
-
-    def derivative(self, y: Array, u: Array | None = None) -> Array:
-        return 1.0
-
-    def apply(self, u: Array, xp: Any) -> Array:
-        return u
-
-    def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
-        return dy
+    def describe(self) -> tuple[Any, ...]:
+        return ("identity",)
 
 
 class Sigmoid(Activation):
@@ -95,7 +124,7 @@ class Sigmoid(Activation):
 
     For ``gain u`` below about -88 (float32; -709 in float64) ``exp(-gain u)`` is infinite and
     ``f = 1 / inf = 0``, the correctly rounded result; NumPy's overflow warning for that case is
-    silenced (``np.errstate``), other libraries give no warning.
+    silenced, other libraries give no warning.
 
     Examples
     --------
@@ -105,6 +134,8 @@ class Sigmoid(Activation):
     >>> y = Sigmoid().forward(u)
     >>> float(y[1]), float(Sigmoid().derivative(y)[1])        # f(0) = 1/2, f'(0) = 1/4
     (0.5, 0.25)
+    >>> Sigmoid(2.0).describe()
+    ('logistic', 2.0)
     """
 
     name = "sigmoid"
@@ -112,37 +143,8 @@ class Sigmoid(Activation):
     def __init__(self, gain: float = 1.0):
         self.gain = float(gain)
 
-    def forward(self, u: Array) -> Array:
-        xp = array_api_compat.array_namespace(u)
-        with np.errstate(over="ignore"):
-            e = xp.exp(u * -self.gain)
-        return 1.0 / (e + 1.0)
-
-    def derivative(self, y: Array, u: Array | None = None) -> Array:
-        d = y * (1.0 - y)
-        return d * self.gain if self.gain != 1.0 else d
-
-    def apply(self, u: Array, xp: Any) -> Array:
-        # forward()'s arithmetic exactly (the layers are tested for the same bits with and
-        # without the backends' fused ops), in place in u: four passes over the maps.
-        u *= -self.gain
-        if array_api_compat.is_numpy_namespace(xp):  # NumPy arrays take out=
-            with np.errstate(over="ignore"):
-                np.exp(u, out=u)
-            u += 1.0
-            return np.divide(1.0, u, out=u)
-        with np.errstate(over="ignore"):  # array-api-strict computes with NumPy too
-            e = xp.exp(u)
-        e += 1.0
-        return 1.0 / e
-
-    def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
-        delta = 1.0 - y  # dy * (y (1 - y) gain), in derivative()'s order
-        delta *= y
-        if self.gain != 1.0:
-            delta *= self.gain
-        delta *= dy
-        return delta
+    def describe(self) -> tuple[Any, ...]:
+        return ("logistic", self.gain)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "gain": self.gain}
@@ -172,28 +174,8 @@ class Tanh(Activation):
     def __init__(self, a: float = 1.0, b: float = 1.0):
         self.a, self.b = float(a), float(b)
 
-    def forward(self, u: Array) -> Array:
-        xp = array_api_compat.array_namespace(u)
-        v = xp.tanh(u * self.b if self.b != 1.0 else u)
-        return v * self.a if self.a != 1.0 else v
-
-    def derivative(self, y: Array, u: Array | None = None) -> Array:
-        return ((self.a - y) * (y + self.a)) * (self.b / self.a)
-
-    def apply(self, u: Array, xp: Any) -> Array:
-        if self.b != 1.0:
-            u *= self.b
-        y = np.tanh(u, out=u) if array_api_compat.is_numpy_namespace(xp) else xp.tanh(u)
-        if self.a != 1.0:
-            y *= self.a
-        return y
-
-    def sensitivity(self, dy: Array, y: Array, xp: Any) -> Array:
-        delta = y + self.a  # ((a - y)(y + a))(b / a) dy, derivative()'s order, in place
-        delta *= self.a - y
-        delta *= self.b / self.a
-        delta *= dy
-        return delta
+    def describe(self) -> tuple[Any, ...]:
+        return ("tanh", self.a, self.b)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "a": self.a, "b": self.b}
@@ -235,13 +217,8 @@ class ReLU(Activation):
 
     name = "relu"
 
-    def forward(self, u: Array) -> Array:
-        xp = array_api_compat.array_namespace(u)
-        return xp.maximum(u, 0.0) if hasattr(xp, "maximum") else xp.where(u > 0, u, 0.0)
-
-    def derivative(self, y: Array, u: Array | None = None) -> Array:
-        xp = array_api_compat.array_namespace(y)
-        return xp.astype(y > 0, y.dtype)
+    def describe(self) -> tuple[Any, ...]:
+        return ("relu",)
 
 
 ACTIVATIONS: dict[str, type[Activation]] = {

@@ -73,11 +73,13 @@ class Upsampled:
     among the bottlenecks. Formed op by op it writes the up-sampled map (n^2 times the deltas of
     the layer above), reads it back for f', writes delta and reads it again for the bias and the
     kernel gradients: at DLT's C1, four passes over the step's largest arrays. When the layer
-    below takes it (``takes_upsampled``: a convolution on a backend with the fused
-    ``conv_backward``), :class:`anycnn.Network` asks the subsampling layer above it for this
+    below takes it (``takes_upsampled``: a convolution, whose ``conv_backward`` op up-samples, Note
+    [Fused ops] in anycnn.ops), :class:`anycnn.Network` asks the subsampling layer above it for this
     instead of ``up(delta)`` (``backward(dy, defer_up=True)``; for a block sum or mean, with
     beta and the mean's 1/n^2 already applied to ``delta``), and the convolution forms
-    ``delta_j`` in the same pass as its gradients.
+    ``delta_j`` in the same pass as its gradients. Both sides are layer capabilities: a layer
+    that can hand its up-sampling down says ``defers_upsampling``, one that takes it says
+    ``takes_upsampled``; the network pairs them, whatever their classes.
     """
 
     __slots__ = ("delta", "n")
@@ -102,6 +104,9 @@ class Layer:
     kind: str | None = None
     #: Whether ``backward`` accepts an :class:`Upsampled` ``dy`` (Note [Deferred up-sampling]).
     takes_upsampled: bool = False
+    #: Whether ``backward(dy, defer_up=True)`` may return an :class:`Upsampled` for the layer
+    #: below to up-sample (Note [Deferred up-sampling]).
+    defers_upsampling: bool = False
     #: a layer with an activation f sets it, and its forward pass saves its output y = f(u)
     activation: Any
     _y: Array
@@ -118,7 +123,6 @@ class Layer:
         # call was a tenth of it (Note [Hot-op dispatch]: a network stays on its backend).
         self._xp: Any = None
         self._ops: Any = None
-        self._fused_sensitivity: Any = None
 
     # -- building -------------------------------------------------------------------------
     def build(self, input_shape: Shape, context: BuildContext) -> Shape:
@@ -127,8 +131,6 @@ class Layer:
         self._backend = context.backend
         self._xp = context.backend.xp
         self._ops = context.backend.ops
-        # Note [Fused ops] in anycnn.ops: the backend's one-pass f'(u) o dy, if it has one.
-        self._fused_sensitivity = self._ops.fused.get("sensitivity")
         self.output_shape = tuple(self._build(self.input_shape, context))
         return self.output_shape
 
@@ -136,12 +138,9 @@ class Layer:
         raise NotImplementedError
 
     def _sensitivity(self, dy: Array) -> Array:
-        """``delta = f'(u) o dy`` (eqs. 3-4) from the saved output ``self._y``, through the
-        backend's fused op when it has one (the same bits)."""
-        fused = self._fused_sensitivity
-        if fused is not None:
-            return fused(dy, self._y, self.activation)
-        return self.activation.sensitivity(dy, self._y, self._xp)
+        """``delta = f'(u) o dy`` (eqs. 3-4) from the saved output ``self._y``: the backend's
+        ``sensitivity`` op (Note [Fused ops] in anycnn.ops)."""
+        return self._ops.sensitivity(dy, self._y, self.activation)
 
     def error(self, message: str) -> LayerError:
         return LayerError(f"{self.describe()}: {message}")

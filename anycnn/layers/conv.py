@@ -11,7 +11,6 @@ import numpy as np
 
 from anycnn.layers.activations import get_activation
 from anycnn.layers.base import Array, BuildContext, Layer, Shape, Upsampled
-from anycnn.ops import fit_maps
 
 # LeCun et al. 1998, Table I: which S2 maps (rows) each C3 map (columns) combines.
 _LENET5_C3 = [
@@ -317,52 +316,36 @@ class Convolution(Layer):
 
     def forward(self, x: Array) -> Array:
         self._x = x
-        fused = self._ops.fused.get("conv_valid_activate")  # Note [Fused ops] in anycnn.ops
-        if fused is not None:
-            self._y = fused(
-                x,
-                self.params["kernel"],
-                self.params["bias"],
-                self.activation,
-                self._selection,
-                *self._padding_args,
-            )
-            return self._y
-        u = self._ops.conv_valid(x, self.params["kernel"], self._selection, *self._padding_args)
-        u += self.params["bias"][:, None, None]  # u is ours: add the bias and f in place
-        self._y = self.activation.apply(u, self._xp)
+        # f(conv(x, k) + b) in one op (Note [Fused ops] in anycnn.ops)
+        self._y = self._ops.conv_valid_activate(
+            x,
+            self.params["kernel"],
+            self.params["bias"],
+            self.activation,
+            self._selection,
+            *self._padding_args,
+        )
         return self._y
 
-    @property
-    def takes_upsampled(self) -> bool:  # type: ignore[override]
-        """Note [Deferred up-sampling]: on a backend with the fused ``conv_backward``."""
-        return self._ops is not None and "conv_backward" in self._ops.fused
+    #: Note [Deferred up-sampling]: ``conv_backward`` forms ``up(dy)`` itself.
+    takes_upsampled = True
 
     def backward(self, dy: Array | Upsampled, need_input_grad: bool = True) -> Array | None:
         ops = self._ops
-        fused = ops.fused.get("conv_backward")  # Note [Fused ops] in anycnn.ops
         up = 1
         if isinstance(dy, Upsampled):  # Note [Deferred up-sampling]: dE/dy = up(dy.delta)
             dy, up = dy.delta, dy.n
-        if fused is not None:  # delta = f'(u) o up(dy), eq. (7), the bias sums: one call
-            kernel_grad, bias_grad, delta = fused(
-                self._x,
-                dy,
-                self._y,
-                self.activation,
-                self._selection,
-                up,
-                need_input_grad,
-                *self._padding_args,
-            )
-        else:
-            if up > 1:  # a subsampling remainder: fit up(dy) to y (anycnn.ops.fit_maps)
-                dy = fit_maps(ops.kron_upsample(dy, up), *self._y.shape[2:])
-            delta = self._sensitivity(dy)  # f'(u) o dE/dy
-            kernel_grad = ops.conv_kernel_grad(  # eq. (7)
-                self._x, delta, self._selection, *self._padding_args
-            )
-            bias_grad = self._xp.sum(delta, axis=(0, 2, 3))
+        # delta = f'(u) o up(dy), eq. (7), the bias sums: one op (Note [Fused ops] in anycnn.ops)
+        kernel_grad, bias_grad, delta = ops.conv_backward(
+            self._x,
+            dy,
+            self._y,
+            self.activation,
+            self._selection,
+            up,
+            need_input_grad,
+            *self._padding_args,
+        )
         self.grads["kernel"], self.grads["bias"] = kernel_grad, bias_grad
         if not need_input_grad:
             return None

@@ -98,7 +98,7 @@ class FullyConnected(Layer):
         self._x = x
         u = self._ops.fully_connected(x, self.params["weight"])  # eq. (2)
         u += self.params["bias"]  # u is ours: add the bias and f in place
-        self._y = self.activation.apply(u, self._xp)
+        self._y = self._ops.activate(u, self.activation)
         return self._y
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:

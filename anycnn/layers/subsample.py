@@ -63,6 +63,8 @@ class Subsampling(Layer):
     """
 
     kind = "sub"
+    #: Note [Deferred up-sampling]: the layer below may form ``up(delta)`` itself.
+    defers_upsampling = True
 
     def __init__(
         self,
@@ -154,20 +156,17 @@ class Subsampling(Layer):
         """The adjoint of the forward pass's crop or zero padding: back to the input's size."""
         return dx if self._fit is None else fit_maps(dx, *self._in_hw)
 
-    def _per_map(self, xp: Any, v: Array) -> Array:
-        return xp.reshape(v, (1, v.shape[0], 1, 1))
-
     def forward(self, x: Array) -> Array:
         d = self._down(x)
         if self.trainable:
             self._d = d
             u = d * self.params["beta"][:, None, None]
             u += self.params["bias"][:, None, None]
-            self._y = self.activation.apply(u, self._xp)
+            self._y = self._ops.activate(u, self.activation)
         elif self.mode == "decimate":  # d may be a view of x: leave its memory alone
             self._y = self.activation.forward(d)
         else:  # a fresh block sum that nobody else keeps: f may reuse its memory
-            self._y = self.activation.apply(d, self._xp)
+            self._y = self._ops.activate(d, self.activation)
         return self._y
 
     def backward(
@@ -176,21 +175,12 @@ class Subsampling(Layer):
         """Fill the gradients of beta and b; return ``dE/dx = beta up(delta)``, or with
         ``defer_up`` the :class:`Upsampled` ``beta delta`` for a layer below that forms the
         up-sampling itself (Note [Deferred up-sampling]; :class:`anycnn.Network` asks for it)."""
-        xp = self._xp
-        fused = self._ops.fused.get("subsample_backward")  # Note [Fused ops] in anycnn.ops
-        if self.trainable and fused is not None:  # beta delta: before up-sampling, n^2 x fewer
-            beta = self.params["beta"]
-            self.grads["beta"], self.grads["bias"], delta = fused(
-                dy, self._y, self._d, beta, self.activation, need_input_grad
+        if self.trainable:  # Note [Fused ops] in anycnn.ops; beta delta before up-sampling
+            self.grads["beta"], self.grads["bias"], delta = self._ops.subsample_backward(
+                dy, self._y, self._d, self.params["beta"], self.activation, need_input_grad
             )
         else:
             delta = self._sensitivity(dy)
-            if self.trainable:
-                self.grads["beta"] = xp.sum(delta * self._d, axis=(0, 2, 3))
-                self.grads["bias"] = xp.sum(delta, axis=(0, 2, 3))
-                if need_input_grad:
-                    # beta before up-sampling: n^2 times fewer multiplications than after.
-                    delta = delta * self.params["beta"][:, None, None]
         if not need_input_grad:
             return None
         return self._up(delta, defer_up)

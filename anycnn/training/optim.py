@@ -363,6 +363,8 @@ class Optimizer:
         self.lr = self.schedule.rate(0)
         self._xp = network.backend.xp
         self._in_place = network.backend.writable  # Note [Backend capabilities]
+        # Note [Fused updates] in anycnn.ops: a backend's one-kernel updates, where it has them.
+        self._fused = network.backend.ops.updates if self._in_place else {}
         self._state: dict[str, dict[str, Array]] = {slot: {} for slot in self.slots}
 
     @classmethod
@@ -536,6 +538,10 @@ class SGD(Optimizer):
     default_lr = 0.05
 
     def _update(self, name: str, p: Array, g: Array) -> None:
+        fused = self._fused.get("sgd_update_")
+        if fused is not None:  # the same update in one kernel (Note [Fused updates])
+            fused(p, g, self.rate(name))
+            return
         self._apply(name, p, self.rate(name) * g)
 
 
@@ -585,6 +591,10 @@ class Momentum(Optimizer):
 
     def _update(self, name: str, p: Array, g: Array) -> None:
         v = self._buffer("velocity", name, p)
+        fused = self._fused.get("momentum_update_")
+        if fused is not None:  # the same update in one kernel (Note [Fused updates])
+            fused(p, g, v, self.rate(name), self.momentum)
+            return
         if self._in_place:
             v *= self.momentum
             v += self.rate(name) * g

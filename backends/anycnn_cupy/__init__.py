@@ -8,12 +8,18 @@ missing):
 
 * the fused kernels of the notes' chains (:mod:`anycnn_cupy._fused`):
   :func:`upsampled_sensitivity`, :func:`subsample_forward`, :func:`bias_activation`,
-  :func:`activation_and_derivative`, :func:`sensitivity`, :func:`sgd_update_`,
-  :func:`momentum_update_`, the table :data:`FUSED` and :func:`supports_activation`
-  (which needs no CuPy);
-* :mod:`anycnn_cupy.graph`: :func:`capture_step`, CUDA-graph capture of a training step;
-* :func:`count_transfers`: records host-device transfers and synchronisations;
+  :func:`activation_and_derivative`, :func:`sensitivity`, :func:`subsample_sensitivity`,
+  :func:`sgd_update_`, :func:`momentum_update_`, the table :data:`FUSED` and
+  :func:`supports_activation` (which needs no CuPy). The layers and optimizers reach them
+  through the backend's op table (``conv_backward``, ``subsample_backward``, ``activate``,
+  ``sensitivity``, ``conv_valid_activate``, the fused updates: Note [Fused ops] and Note [Fused
+  updates] in anycnn.ops), with the activations' codes and C++ from the table of activations;
 * :func:`set_gemm` / :func:`gemm_mode`: cuBLAS or the elementwise GEMM for matrix products.
+
+CUDA-graph capture of a training step and the host-transfer counter are GPU-proof tooling in
+bench/gpu/ (cuda_graph.py, cuda_transfers.py), not API of this package: nothing here calls them,
+and a captured step has rules (fixed shapes, in-place updates, no host reads) that the training
+loop does not keep yet.
 
 UNTESTED ON GPU HARDWARE: everything here was written and checked on a machine without a CUDA
 device (kernel bodies compiled and run on the CPU, CUDA sources compiled with nvcc);
@@ -34,16 +40,14 @@ __all__ = [
     "activation_and_derivative",
     "backend",
     "bias_activation",
-    "capture_step",
-    "count_transfers",
     "fused_ops",
     "gemm_mode",
-    "graph",
     "momentum_update_",
     "sensitivity",
     "set_gemm",
     "sgd_update_",
     "subsample_forward",
+    "subsample_sensitivity",
     "supports_activation",
     "upsampled_sensitivity",
 ]
@@ -57,18 +61,15 @@ _LAZY = {
     "sensitivity": "_fused",
     "sgd_update_": "_fused",
     "subsample_forward": "_fused",
+    "subsample_sensitivity": "_fused",
     "upsampled_sensitivity": "_fused",
     "supports_activation": "_sources",
-    "capture_step": "graph",
-    "count_transfers": "_transfers",
     "gemm_mode": "_kernels",
     "set_gemm": "_kernels",
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name == "graph":
-        return importlib.import_module("anycnn_cupy.graph")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'anycnn_cupy' has no attribute {name!r}")

@@ -9,12 +9,14 @@ hence several kernel launches and passes over memory on a GPU; here each chain i
 * :func:`subsample_forward`: ``x^l = f(beta down(x^{l-1}) + b)``, also returning ``down(x)`` (3.2);
 * :func:`bias_activation`, :func:`activation_and_derivative`, :func:`sensitivity`: ``f(u + b)``,
   ``f'`` from the saved output (3.4), and ``dE/dx o f'`` (eq. 4);
+* :func:`subsample_sensitivity`: a subsampling layer's ``delta`` and ``beta delta`` (3.2.1);
 * :func:`sgd_update_`, :func:`momentum_update_`: the parameter updates, in place.
 
-Each takes the activation the way :mod:`anycnn.layers` does (a name, a config dict or an
-``Activation``); :func:`supports_activation` says whether a fused kernel exists for it (identity,
-logistic, tanh ``a tanh(b u)`` and LeCun's, ReLU), and the caller keeps its unfused code
-otherwise. NumPy twins of every function live in tests/test_cupy_backend.py, which checks them
+Each takes the activation as an object with ``describe()`` (an :class:`anycnn.layers.Activation`),
+a description (``("tanh", a, b)``) or ``None`` for the identity (Note [Activation codes] in
+_sources.py); :func:`supports_activation` says whether the table of activations describes it
+(identity, logistic, tanh ``a tanh(b u)`` and LeCun's, ReLU), and the caller keeps its unfused
+code otherwise. NumPy twins of every function live in tests/test_cupy_backend.py, which checks them
 against the layers of anycnn and runs these kernels' bodies on the CPU against them.
 
 UNTESTED ON GPU HARDWARE (see anycnn_cupy._kernels).
@@ -42,6 +44,7 @@ __all__ = [
     "sensitivity",
     "sgd_update_",
     "subsample_forward",
+    "subsample_sensitivity",
     "supports_activation",
     "upsampled_sensitivity",
 ]
@@ -94,7 +97,7 @@ def upsampled_sensitivity(
     n: int,
     beta: Array | None = None,
     *,
-    activation: Any = "identity",
+    activation: Any = None,
     mode: str = "sum",
 ) -> Array:
     """The sensitivities of a convolution layer under a subsampling layer, eq. of 3.1.1.
@@ -113,8 +116,8 @@ def upsampled_sensitivity(
         The subsampling factor.
     beta : array, shape (C,), optional
         The subsampling layer's multiplicative coefficients; 1 when omitted (no parameters).
-    activation : str, dict or Activation
-        The convolution layer's ``f``.
+    activation : Activation, description or None
+        The convolution layer's ``f`` (None: the identity).
     mode : {"sum", "mean", "decimate"}
 
     Returns
@@ -163,7 +166,7 @@ def subsample_forward(
     beta: Array | None = None,
     bias: Array | None = None,
     *,
-    activation: Any = "identity",
+    activation: Any = None,
     mode: str = "sum",
 ) -> tuple[Array, Array]:
     """The forward pass of a subsampling layer, ``x_j = f(beta_j down(x_j) + b_j)`` (3.2).
@@ -175,7 +178,7 @@ def subsample_forward(
     n : int
     beta, bias : arrays, shape (C,), optional
         Both or neither; neither means ``x_j = f(down(x_j))`` (no parameters).
-    activation : str, dict or Activation
+    activation : Activation, description or None
     mode : {"sum", "mean", "decimate"}
 
     Returns
@@ -233,7 +236,7 @@ def _bias_layout(where: str, u: Any, bias: Any) -> tuple[int, int]:
     return c, math.prod(u.shape[2:])
 
 
-def bias_activation(u: Array, bias: Array | None = None, *, activation: Any = "sigmoid") -> Array:
+def bias_activation(u: Array, bias: Array | None = None, *, activation: Any = None) -> Array:
     """``y = f(u + b)``: a convolution layer's output (3.1; b per map, ``u`` (N, C, H, W)) or a
     fully connected one's (eq. 2; b per unit, ``u`` (N, D))."""
     where = "bias_activation"
@@ -258,7 +261,7 @@ def bias_activation(u: Array, bias: Array | None = None, *, activation: Any = "s
 
 
 def activation_and_derivative(
-    u: Array, bias: Array | None = None, *, activation: Any = "sigmoid"
+    u: Array, bias: Array | None = None, *, activation: Any = None
 ) -> tuple[Array, Array]:
     """``(f(u + b), f'(u + b))`` in one pass, the derivative computed from the output (3.4)."""
     where = "activation_and_derivative"
@@ -284,7 +287,7 @@ def activation_and_derivative(
     return y, dy
 
 
-def sensitivity(dy: Array, y: Array, *, activation: Any = "sigmoid") -> Array:
+def sensitivity(dy: Array, y: Array, *, activation: Any = None) -> Array:
     """``delta = dE/dx o f'(u)`` (eq. 4) with ``f'`` from the saved output ``y = f(u)``."""
     where = "sensitivity"
     dtype = _arrays(where, dy=dy, y=y)
@@ -298,6 +301,38 @@ def sensitivity(dy: Array, y: Array, *, activation: Any = "sigmoid") -> Array:
         t = dtype.type
         kernel("anycnn_sensitivity", wide(delta.size))(dy, y, _i32(code), t(p1), t(p2), delta)
     return delta
+
+
+def subsample_sensitivity(
+    dy: Array, y: Array, beta: Array, *, activation: Any = None
+) -> tuple[Array, Array]:
+    """``(delta, beta delta)`` of a trainable subsampling layer in one pass: ``delta = dE/dx o
+    f'(u)`` (eq. 4, f' from the saved output ``y``) and ``beta_j delta_j`` (3.2.1)."""
+    where = "subsample_sensitivity"
+    dtype = _arrays(where, dy=dy, y=y, beta=beta)
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ValueError(
+            f"{where}: dy and y must have one shape, got {tuple(dy.shape)} and {tuple(y.shape)}"
+        )
+    c, inner = _bias_layout(where, y, beta)
+    code, p1, p2 = _act(activation, where)
+    delta = cupy.empty(y.shape, dtype=dtype)
+    scaled = cupy.empty(y.shape, dtype=dtype)
+    if delta.size:
+        t = dtype.type
+        kernel("anycnn_subsample_sensitivity", wide(delta.size))(
+            dy,
+            y,
+            cupy.ascontiguousarray(beta),
+            _i32(c),
+            _i64(inner),
+            _i32(code),
+            t(p1),
+            t(p2),
+            delta,
+            scaled,
+        )
+    return delta, scaled
 
 
 def _rate(where: str, name: str, value: Any, dtype: Any) -> Any:
@@ -333,8 +368,9 @@ def sgd_update_(param: Array, grad: Array, lr: Any) -> Array:
 
 
 def momentum_update_(param: Array, grad: Array, velocity: Array, lr: Any, momentum: Any) -> Array:
-    """``velocity = momentum velocity - lr grad; param += velocity``, both in place; returns
-    ``param``. ``lr`` and ``momentum`` are numbers or 0-d device arrays."""
+    """``velocity = momentum velocity + lr grad; param -= velocity``, both in place, the heavy-ball
+    momentum of :class:`anycnn.optim.Momentum` (same velocity, so checkpoints move between
+    backends); returns ``param``. ``lr`` and ``momentum`` are numbers or 0-d device arrays."""
     where = "momentum_update_"
     dtype = _in_place(where, param, grad=grad, velocity=velocity)
     if param.size:
@@ -361,6 +397,7 @@ FUSED = {
     "bias_activation": bias_activation,
     "activation_and_derivative": activation_and_derivative,
     "sensitivity": sensitivity,
+    "subsample_sensitivity": subsample_sensitivity,
     "sgd_update_": sgd_update_,
     "momentum_update_": momentum_update_,
 }

@@ -192,7 +192,7 @@ def decimate_transpose(delta: Array, n: int) -> Array:
 # The elementwise GEMM is one thread per output with split-K for long inner dimensions: fine for
 # the small matrices of these networks, far from cuBLAS on large ones.
 
-#: cuBLAS, kept before anything (anycnn_cupy.graph) may redirect cupy.matmul during a capture.
+#: cuBLAS, kept before anything (bench/gpu/cuda_graph.py) may redirect cupy.matmul in a capture.
 _cublas_matmul = cupy.matmul
 GEMM_MODES = ("auto", "cublas", "kernel")
 _mode = "auto"

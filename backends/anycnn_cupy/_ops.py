@@ -16,6 +16,7 @@ stand-in for CuPy and host-compiled kernel bodies, against anycnn.ops and SciPy.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 from anycnn import ops as _reference
@@ -71,10 +72,17 @@ def conv_valid_activate(
     u = conv_valid(x, kernel, selection, padding)
     if _fast(x, kernel) and bias.dtype == u.dtype and supports_activation(activation):
         return _fused.bias_activation(u, bias, activation=activation)
-    import array_api_compat
-
     u += bias[:, None, None]
-    return activation.apply(u, array_api_compat.array_namespace(u))
+    return activate(u, activation)
+
+
+def activate(u: Array, activation: Any) -> Array:
+    """``f(u)`` (``Note [Fused ops]`` in anycnn.ops) in one elementwise kernel
+    (``anycnn_cupy._fused.bias_activation`` without a bias); activations the table of activations
+    does not describe take their own ``apply``."""
+    if K.is_float(u) and u.ndim >= 2 and supports_activation(activation):
+        return _fused.bias_activation(u, None, activation=activation)
+    return _reference.activate(u, activation)
 
 
 def sensitivity(dy: Array, y: Array, activation: Any) -> Array:
@@ -88,9 +96,55 @@ def sensitivity(dy: Array, y: Array, activation: Any) -> Array:
         and supports_activation(activation)
     ):
         return _fused.sensitivity(dy, y, activation=activation)
-    import array_api_compat
+    return _reference.sensitivity(dy, y, activation)
 
-    return activation.sensitivity(dy, y, array_api_compat.array_namespace(dy, y))
+
+def conv_backward(
+    x: Array,
+    dy: Array,
+    y: Array,
+    activation: Any,
+    selection: Array | None = None,
+    up: int = 1,
+    need_delta: bool = True,
+    padding: tuple[int, int] = (0, 0),
+) -> tuple[Array, Array, Array | None]:
+    """The gradients of a convolution layer (``Note [Fused ops]`` in anycnn.ops): ``delta =
+    f'(u) o up(dy)`` in one elementwise kernel (``anycnn_cupy._fused.upsampled_sensitivity``,
+    Note [Deferred up-sampling] in anycnn.layers.base), eq. (7) as one GEMM, the bias sums. A
+    subsampling remainder, an activation without a kernel or other dtypes take the chain."""
+    if (
+        _fast(x, dy, y)
+        and x.dtype == dy.dtype == y.dtype
+        and supports_activation(activation)
+        and tuple(y.shape) == (*dy.shape[:2], dy.shape[2] * up, dy.shape[3] * up)
+    ):
+        if up > 1:
+            delta = _fused.upsampled_sensitivity(dy, y, up, activation=activation)
+        else:
+            delta = _fused.sensitivity(dy, y, activation=activation)
+        grad = conv_kernel_grad(x, delta, selection, padding)
+        return grad, delta.sum(axis=(0, 2, 3)), delta if need_delta else None
+    return _CHAIN["conv_backward"](x, dy, y, activation, selection, up, need_delta, padding)
+
+
+def subsample_backward(
+    dy: Array, y: Array, d: Array, beta: Array, activation: Any, need_input_grad: bool = True
+) -> tuple[Array, Array, Array | None]:
+    """The gradients of a trainable subsampling layer (3.2.1; ``Note [Fused ops]`` in
+    anycnn.ops): ``delta`` and ``beta delta`` in one elementwise kernel
+    (``anycnn_cupy._fused.subsample_sensitivity``), then the two sums per map."""
+    if (
+        _fast(dy, y, d)
+        and dy.dtype == y.dtype == d.dtype == beta.dtype
+        and tuple(dy.shape) == tuple(y.shape) == tuple(d.shape)
+        and tuple(beta.shape) == (y.shape[1],)
+        and supports_activation(activation)
+    ):
+        delta, scaled = _fused.subsample_sensitivity(dy, y, beta, activation=activation)
+        grad_beta = (delta * d).sum(axis=(0, 2, 3))
+        return grad_beta, delta.sum(axis=(0, 2, 3)), scaled if need_input_grad else None
+    return _CHAIN["subsample_backward"](dy, y, d, beta, activation, need_input_grad)
 
 
 def conv_full(
@@ -164,9 +218,50 @@ def decimate_transpose(delta: Array, n: int) -> Array:
     return K.decimate_transpose(delta, n)
 
 
+def fully_connected(x: Array, weight: Array) -> Array:
+    """``u = x @ weight^T`` (eq. 2) on :func:`anycnn_cupy._kernels.matmul`: cuBLAS, or the
+    elementwise GEMM while a CUDA graph is captured (Note [GEMM inside a graph])."""
+    if not K.is_float(x, weight):
+        return _reference.fully_connected(x, weight)
+    return K.matmul(x, weight.T)
+
+
+def fully_connected_weight_grad(x: Array, delta: Array) -> Array:
+    """``dE/dW = delta^T @ x`` (eq. 5), batch summed, on :func:`anycnn_cupy._kernels.matmul`."""
+    if not K.is_float(x, delta):
+        return _reference.fully_connected_weight_grad(x, delta)
+    return K.matmul(delta.T, x)
+
+
+def fully_connected_input_grad(delta: Array, weight: Array) -> Array:
+    """``delta @ W`` (eq. 3) on :func:`anycnn_cupy._kernels.matmul`."""
+    if not K.is_float(delta, weight):
+        return _reference.fully_connected_input_grad(delta, weight)
+    return K.matmul(delta, weight)
+
+
+def sgd_update_(param: Array, grad: Array, lr: float) -> Array:
+    """``param -= lr grad`` in one kernel (``Note [Fused updates]`` in anycnn.ops)."""
+    if not (K.is_float(param, grad) and param.dtype == grad.dtype):
+        return _reference.sgd_update_(param, grad, lr)
+    return _fused.sgd_update_(param, grad, lr)
+
+
+def momentum_update_(
+    param: Array, grad: Array, velocity: Array, lr: float, momentum: float
+) -> Array:
+    """``velocity = momentum velocity + lr grad; param -= velocity`` in one kernel."""
+    if not (K.is_float(param, grad, velocity) and param.dtype == grad.dtype == velocity.dtype):
+        return _reference.momentum_update_(param, grad, velocity, lr, momentum)
+    return _fused.momentum_update_(param, grad, velocity, lr, momentum)
+
+
 OPS = {
     "conv_valid": conv_valid,
     "conv_valid_activate": conv_valid_activate,
+    "conv_backward": conv_backward,
+    "subsample_backward": subsample_backward,
+    "activate": activate,
     "sensitivity": sensitivity,
     "conv_full": conv_full,
     "conv_kernel_grad": conv_kernel_grad,
@@ -175,4 +270,12 @@ OPS = {
     "block_mean": block_mean,
     "decimate": decimate,
     "decimate_transpose": decimate_transpose,
+    "fully_connected": fully_connected,
+    "fully_connected_weight_grad": fully_connected_weight_grad,
+    "fully_connected_input_grad": fully_connected_input_grad,
+    "sgd_update_": sgd_update_,
+    "momentum_update_": momentum_update_,
 }
+
+# The chains of Note [Fused ops] on this backend's own ops: what the fused ops above fall back to.
+_CHAIN = _reference.compose_fused(types.SimpleNamespace(**OPS))

@@ -16,14 +16,18 @@ Conventions (those of :mod:`anycnn.ops`): maps are ``(N, C, H, W)`` in C order, 
 # The fused kernels take the activation as a run-time code ``act`` plus two constants ``p1, p2``
 # rather than one compiled kernel per activation: the code is the same for every thread of a
 # launch, so the branch costs nothing, and a model compiles each kernel once per dtype instead of
-# once per (dtype, activation). The derivative is always computed from the saved output
-# ``y = f(u)``, as section 3.4 of the notes advises and as anycnn.layers.activations does.
+# once per (dtype, activation). The codes, the constants and the C++ of f and of f' (from the
+# saved output ``y = f(u)``, section 3.4) all come from the one table of activations,
+# anycnn.backend.activations (Note [Activation descriptions] there): this module holds no
+# formula of its own and never imports anycnn.layers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from anycnn.backend import activations as _activations
 
 __all__ = [
     "INDEX_LIMIT",
@@ -39,7 +43,9 @@ __all__ = [
 ]
 
 # Note [Activation codes]
-ACT_IDENTITY, ACT_SIGMOID, ACT_TANH, ACT_RELU = 0, 1, 2, 3
+ACT_IDENTITY, ACT_SIGMOID, ACT_TANH, ACT_RELU = (
+    _activations.KINDS[name].code for name in ("identity", "logistic", "tanh", "relu")
+)
 
 
 # Note [Index width]
@@ -72,32 +78,9 @@ class KernelSource:
         return index_preamble(wide) + self.preamble
 
 
-#: f(u) and f'(y) of anycnn.layers.activations, written once for the fused kernels.
-ACTIVATIONS_PREAMBLE = r"""
-// Note [Activation codes] in anycnn_cupy/_sources.py.
-//   0 identity; 1 logistic 1 / (1 + exp(-p1 u)); 2 p1 tanh(p2 u); 3 max(u, 0)
-template <typename T>
-__device__ __forceinline__ T anycnn_f(int act, T u, T p1, T p2) {
-  if (act == 1) {
-    // anycnn.layers.Sigmoid's arithmetic: exp(-z) = inf for z < -88 (float32) gives 1/inf = 0
-    const T e = exp(u * -p1);
-    return T(1) / (e + T(1));
-  }
-  if (act == 2) return p1 * tanh(p2 * u);
-  if (act == 3) return u > T(0) ? u : T(0);
-  return u;
-}
-
-// f' from the saved output y = f(u) (section 3.4 of the notes).
-template <typename T>
-__device__ __forceinline__ T anycnn_df(int act, T y, T p1, T p2) {
-  if (act == 1) return p1 * y * (T(1) - y);
-  // (a - y)(y + a), not a^2 - y^2: exactly 0 where y saturates at a (Tanh's docstring)
-  if (act == 2) return ((p1 - y) * (y + p1)) * (p2 / p1);
-  if (act == 3) return y > T(0) ? T(1) : T(0);
-  return T(1);
-}
-"""
+#: ``anycnn_f(act, u, p0, p1)`` and ``anycnn_df(act, y, p0, p1)``, generated from the table of
+#: activations (Note [Activation codes]).
+ACTIVATIONS_PREAMBLE = _activations.c_source()
 
 # --- the hot ops of anycnn.ops -----------------------------------------------------------------
 
@@ -349,6 +332,21 @@ SENSITIVITY = KernelSource(
     doc="delta = dy o f'(y).",
 )
 
+SUBSAMPLE_SENSITIVITY = KernelSource(
+    name="anycnn_subsample_sensitivity",
+    in_params="T dy, T y, raw T beta, int32 C, int64 inner, int32 act, T p1, T p2",
+    out_params="T delta, T scaled",
+    operation=r"""
+    // A trainable subsampling layer's delta = dE/dx o f'(u) (eq. 4, f' from its saved output)
+    // and beta_j delta_j, what it up-samples into dE/dx (section 3.2.1), in one pass.
+    const T d = dy * anycnn_df(act, y, p1, p2);
+    delta = d;
+    scaled = beta[((anycnn_index)i / (anycnn_index)inner) % C] * d;
+    """,
+    preamble=ACTIVATIONS_PREAMBLE,
+    doc="(delta, beta delta) = (dy o f'(y), beta_j dy o f'(y)) for a subsampling layer.",
+)
+
 SGD = KernelSource(
     name="anycnn_sgd",
     in_params="T g, T lr",
@@ -362,10 +360,11 @@ MOMENTUM = KernelSource(
     in_params="T g, T lr, T momentum",
     out_params="T p, T v",
     operation=r"""
-    v = momentum * v - lr * g;
-    p = p + v;
+    // heavy-ball momentum as anycnn.optim.Momentum keeps it (its velocity is checkpointed)
+    v = momentum * v + lr * g;
+    p = p - v;
     """,
-    doc="v = m v - lr g; p += v, in place.",
+    doc="v = m v + lr g; p -= v, in place.",
 )
 
 #: Every kernel by name.
@@ -383,41 +382,22 @@ KERNELS: dict[str, KernelSource] = {
         BIAS_ACTIVATION,
         ACTIVATION_AND_DERIVATIVE,
         SENSITIVITY,
+        SUBSAMPLE_SENSITIVITY,
         SGD,
         MOMENTUM,
     )
 }
 
 
-def activation_code(spec: Any) -> tuple[int, float, float] | None:
-    """The kernels' ``(act, p1, p2)`` for an activation of :mod:`anycnn.layers.activations`.
-
-    ``spec`` is anything :func:`anycnn.layers.get_activation` accepts (a name, a config dict,
-    an instance, ``None`` for identity). Returns ``None`` for an activation the fused kernels do
-    not know (a user-defined subclass, say): the caller then keeps the unfused path.
+def activation_code(activation: Any) -> tuple[int, float, float] | None:
+    """The kernels' ``(act, p1, p2)`` for an activation: anything with ``describe()`` (an
+    :class:`anycnn.layers.Activation`), a description such as ``("tanh", 1.7159, 2 / 3)``, or
+    ``None`` for the identity (Note [Activation codes]). Returns ``None`` for an activation
+    without a description (a user's own): the caller then keeps the unfused path.
     """
-    from anycnn.layers.activations import (
-        Identity,
-        LeCunTanh,
-        ReLU,
-        Sigmoid,
-        Tanh,
-        get_activation,
-    )
-
-    act = get_activation(spec)
-    kind = type(act)  # exact types: a subclass may redefine f
-    if kind is Identity:
-        return ACT_IDENTITY, 1.0, 1.0
-    if kind is Sigmoid:
-        return ACT_SIGMOID, float(act.gain), 1.0
-    if kind in (Tanh, LeCunTanh):
-        return ACT_TANH, float(act.a), float(act.b)
-    if kind is ReLU:
-        return ACT_RELU, 1.0, 1.0
-    return None
+    return _activations.compiled(activation)
 
 
-def supports_activation(spec: Any) -> bool:
+def supports_activation(activation: Any) -> bool:
     """Whether the fused kernels implement this activation (see :func:`activation_code`)."""
-    return activation_code(spec) is not None
+    return activation_code(activation) is not None

@@ -14,7 +14,8 @@ per-example Python loops; these are how):
 * ``_im2col``: convolutions as im2col + BLAS, and the BLAS products (``Note [Wide columns]``);
 * ``_resample``: up- and down-sampling and the trainable subsampling layer's gradients;
 * ``_dense``: the fully connected layers;
-* ``_activation``: the activations the compiled kernels apply themselves, and ``sensitivity``;
+* ``_activation``: activations from their descriptions: ``activate`` in place, ``sensitivity``,
+  and what the compiled kernels apply themselves;
 * ``_kernels``: the other compiled loops (``Note [Resampling kernels]``, ...);
 * ``_jit``: whether the compiled kernels are on (``ANYCNN_NUMBA=0`` turns them off);
 * ``_threads``: the pool that runs an op's batch slices side by side, and BLAS's threads;
@@ -38,6 +39,7 @@ def _fast_ops():
         "conv_backward": _conv.conv_backward,
         "subsample_backward": _resample.subsample_backward,
         "sensitivity": _activation.sensitivity,
+        "activate": _activation.activate,
         "conv_full": _conv.conv_full,
         "conv_kernel_grad": _conv.conv_kernel_grad,
         "kron_upsample": _resample.kron_upsample,

@@ -18,6 +18,7 @@ import numpy as np
 from anycnn import ops as _reference
 from anycnn_numpy import _im2col, _jit
 from anycnn_numpy._activation import (
+    activate,
     compiled_activation,
     no_activation,
     sensitivity,
@@ -76,14 +77,14 @@ def conv_valid_activate(x, kernel, bias, activation, selection=None, padding=(0,
 
     On the direct convolutions, float32 logistic and tanh layers get f as each map leaves the
     grid (Note [Compiled activations] in _direct: to float32 rounding of the chain, not its
-    bits); otherwise the bias and ``activation.apply`` run on each batch slice of the output
+    bits); otherwise the bias and f (the ``activate`` op) run on each batch slice of the output
     right after it is computed, while it is in cache, on the pool's threads (the chain's bits).
     """
     if not (usable(x, kernel) and bias.dtype == x.dtype):
         return _reference.conv_valid_activate(x, kernel, bias, activation, selection, padding)
 
     def epilogue(u):
-        y = activation.apply(u, np)
+        y = activate(u, activation)
         if y is not u:
             np.copyto(u, y)
 

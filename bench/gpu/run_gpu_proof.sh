@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # GPU proof of anycnn's CuPy backend, for a lent GPU (the device tool); see bench/gpu/README.md.
 #
-#   bash bench/gpu/run_gpu_proof.sh [all|tests|proof|compile]    (default: all)
+#   bash bench/gpu/run_gpu_proof.sh [all|tests|timing|compile]    (default: all)
 #
-#   tests    pytest --backend cupy --backend numpy -q   ->  $OUT/pytest.txt
-#   proof    bench/gpu/proof.py (agreement, graph, transfers, timing) ->  $OUT/proof.{json,txt}
+#   tests    pytest --backend cupy --backend numpy -q: the proof of correctness (agreement with
+#            the CPU, no host transfers, CUDA-graph capture: tests/test_cuda_proof.py and every
+#            cuda-marked test)                          ->  $OUT/pytest.txt
+#   timing   bench/gpu/timing.py (speed against PyTorch CUDA) ->  $OUT/timing.{json,txt}
 #   compile  bench/gpu/compile_check.py with the machine's nvcc for sm_90 -> $OUT/compile.txt
 #   always   nvidia-smi -L and the versions                            ->  $OUT/nvidia-smi.txt
 #
@@ -60,11 +62,11 @@ if [ "$stage" = all ] || [ "$stage" = tests ]; then
   set +o pipefail
 fi
 
-if [ "$stage" = all ] || [ "$stage" = proof ]; then
+if [ "$stage" = all ] || [ "$stage" = timing ]; then
   set -o pipefail
-  timeout "${PROOF_TIMEOUT:-420}" "$PY" bench/gpu/proof.py --out "$OUT" ${PROOF_ARGS:-} 2>&1 \
-    | tee "$OUT/proof.txt" | tail -60
-  step "bench/gpu/proof.py: rc=$?"
+  timeout "${TIMING_TIMEOUT:-420}" "$PY" bench/gpu/timing.py --out "$OUT" ${TIMING_ARGS:-} 2>&1 \
+    | tee "$OUT/timing.txt" | tail -60
+  step "bench/gpu/timing.py: rc=$?"
   set +o pipefail
 fi
 

@@ -1,35 +1,29 @@
-"""GPU proof of anycnn's CuPy backend: agreement with the CPU, no host transfers, and speed.
+"""Speed of anycnn's CuPy backend on a GPU, against PyTorch CUDA (the timing part of the GPU
+proof; its correctness part is tests/test_cuda_proof.py, the ``cuda``-marked tests).
 
 Meant to run on a lent GPU through bench/gpu/run_gpu_proof.sh (which also runs the test suite
 and records nvidia-smi); every section runs in its own try/except, prints what failed and goes
-on, and everything lands in ``OUT/proof.json``.
+on, and everything lands in ``OUT/timing.json``.
 
 Sections
 --------
-agreement
-    For both zoo models (``dlt``, ``lenet5``), the same network (same seed, hence the same
-    initial parameters) on the NumPy backend and on CuPy, one random batch: float64 gradients
-    within 1e-10 relative (per parameter, ``|g_gpu - g_cpu| / |g_cpu|``), float32 outputs within
-    1e-4 relative; float64 gradients again with every matrix product on the elementwise GEMM
-    (what a CUDA graph uses); and the PyTorch model of the timing section against anycnn on the
-    CPU in float64 (outputs and gradients), which shows it is the same function.
-graph
-    Four training steps captured in a CUDA graph vs four eager steps (float64): the largest
-    relative parameter difference.
-transfers
-    Host-device transfers and synchronisations during one eager training step (must be none).
+environment
+    Versions, the device, the registry's verdict on CuPy.
+twin
+    The PyTorch model of the timing section against anycnn on the CPU in float64 (outputs and
+    gradients): the peer computes the same function.
 timing
     Training steps (forward, loss, backward, SGD) of lenet5 and dlt at batch 256, float32:
     anycnn-cupy eager (cuBLAS), anycnn-cupy eager with the elementwise GEMM, anycnn-cupy
-    replaying a CUDA graph, PyTorch CUDA eager, PyTorch CUDA graph; same architecture and
-    initial weights. Interleaved (A, B, C, ... repeated ``--reps`` times, blocks of about
-    ``--block-seconds``, the device synchronised around each block); medians per step and the
-    ratio to PyTorch eager.
+    replaying a CUDA graph (bench/gpu/cuda_graph.py), PyTorch CUDA eager, PyTorch CUDA graph;
+    same architecture and initial weights. Interleaved (A, B, C, ... repeated ``--reps`` times,
+    blocks of about ``--block-seconds``, the device synchronised around each block); medians per
+    step and the ratio to PyTorch eager.
 
 Usage::
 
-    python bench/gpu/proof.py --out DIR [--batch 256] [--reps 9] [--sections agreement,timing]
-    python bench/gpu/proof.py --cpu-selftest   # no GPU: checks the PyTorch model on the CPU
+    python bench/gpu/timing.py --out DIR [--batch 256] [--reps 9] [--sections environment,timing]
+    python bench/gpu/timing.py --cpu-selftest   # no GPU: checks the PyTorch model on the CPU
 """
 
 from __future__ import annotations
@@ -50,13 +44,13 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-for path in (str(ROOT / "backends"), str(ROOT)):
+for path in (str(ROOT / "backends"), str(ROOT), str(Path(__file__).resolve().parent)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
 MODELS = ("lenet5", "dlt")
 LR = 0.01  # small: timing only needs steps that stay finite
-SECTIONS = ("environment", "agreement", "graph", "transfers", "timing")
+SECTIONS = ("environment", "twin", "timing")
 
 
 # --- bookkeeping ------------------------------------------------------------------------------
@@ -83,7 +77,7 @@ class Report:
 
     def save(self) -> None:
         if self.out is not None:
-            (self.out / "proof.json").write_text(json.dumps(self.data, indent=1, default=str))
+            (self.out / "timing.json").write_text(json.dumps(self.data, indent=1, default=str))
 
 
 def relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,12 +100,12 @@ def host(net: Any, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def sgd(net: Any, lr: float) -> None:
-    """The in-place update of every parameter with the backend's fused kernel."""
-    from anycnn_cupy import _fused
-
+    """The in-place update of every parameter with the backend's fused kernel (what
+    anycnn.optim.SGD calls on CuPy: Note [Fused updates] in anycnn.ops)."""
+    update = net.backend.ops.updates["sgd_update_"]
     grads = net.gradients()
     for name, p in net.parameters().items():
-        _fused.sgd_update_(p, grads[name], lr)
+        update(p, grads[name], lr)
 
 
 # --- the PyTorch twin of an anycnn network ----------------------------------------------------
@@ -284,113 +278,11 @@ def environment(report: dict[str, Any]) -> None:
         print(f"  {key}: {value}")
 
 
-def agreement(report: dict[str, Any]) -> None:
-    from anycnn_cupy.graph import redirected_for_capture
-
-    from anycnn import models
-
+def twin(report: dict[str, Any]) -> None:
     for model in MODELS:
-        entry = report.setdefault(model, {})
-        cpu64 = models.build(model, backend="numpy", dtype="float64")
-        x, t = batch(cpu64, 32, 0, "float64")
-        cpu64.compute_gradients(x, t)
-        want = host(cpu64, cpu64.gradients())
-        for label, context in (
-            ("cublas", contextlib.nullcontext),
-            ("gemm_kernel", redirected_for_capture),
-        ):
-            gpu64 = models.build(model, backend="cupy", dtype="float64")
-            with context():
-                gpu64.compute_gradients(gpu64.backend.asarray(x), gpu64.backend.asarray(t))
-            got = host(gpu64, gpu64.gradients())
-            errors = {n: relative(got[n], want[n]) for n in want}
-            worst = max(errors.values())
-            entry[f"float64_gradients_{label}"] = {
-                "max_relative": worst,
-                "per_parameter": errors,
-                "ok": worst <= 1e-10,
-            }
-            print(
-                f"  {model} float64 gradients ({label}): max relative {worst:.2e} "
-                f"{'ok' if worst <= 1e-10 else 'FAIL'}"
-            )
-        cpu32 = models.build(model, backend="numpy", dtype="float32")
-        gpu32 = models.build(model, backend="cupy", dtype="float32")
-        x32, t32 = x.astype(np.float32), t.astype(np.float32)
-        y_cpu = np.asarray(cpu32.forward(x32), dtype=np.float64)
-        y_gpu = np.asarray(
-            gpu32.backend.to_host(gpu32.forward(gpu32.backend.asarray(x32))), dtype=np.float64
-        )
-        worst = relative(y_gpu, y_cpu)
-        cpu32.compute_gradients(x32, t32)
-        gpu32.compute_gradients(gpu32.backend.asarray(x32), gpu32.backend.asarray(t32))
-        g_cpu, g_gpu = host(cpu32, cpu32.gradients()), host(gpu32, gpu32.gradients())
-        entry["float32_outputs"] = {"relative": worst, "ok": worst <= 1e-4}
-        entry["float32_gradients_max_relative"] = max(relative(g_gpu[n], g_cpu[n]) for n in g_cpu)
-        print(
-            f"  {model} float32 outputs: relative {worst:.2e} {'ok' if worst <= 1e-4 else 'FAIL'};"
-            f" float32 gradients max relative {entry['float32_gradients_max_relative']:.2e}"
-        )
         with contextlib.suppress(ImportError):
-            entry["torch_twin_cpu_float64"] = torch_matches_anycnn(model, "cpu")
-            print(
-                f"  {model} PyTorch twin vs anycnn (CPU float64): {entry['torch_twin_cpu_float64']}"
-            )
-
-
-def graph(report: dict[str, Any]) -> None:
-    import cupy
-    from anycnn_cupy.graph import capture_step
-
-    from anycnn import models
-
-    for model in MODELS:
-        captured = models.build(model, backend="cupy", dtype="float64")
-        eager = models.build(model, backend="cupy", dtype="float64")
-        batches = [batch(eager, 64, seed, "float64") for seed in range(4)]
-
-        def step_of(net: Any) -> Any:
-            def step(images: Any, targets: Any) -> Any:
-                loss = net.compute_gradients(images, targets)
-                sgd(net, 0.05)
-                return loss
-
-            return step
-
-        for x, t in batches:
-            step_of(eager)(cupy.asarray(x), cupy.asarray(t))
-        x0, t0 = cupy.asarray(batches[0][0]), cupy.asarray(batches[0][1])
-        replay = capture_step(step_of(captured), x0, t0, warmup=1)
-        for x, t in batches[1:]:
-            replay(cupy.asarray(x), cupy.asarray(t))
-        got, want = host(captured, captured.parameters()), host(eager, eager.parameters())
-        worst = max(relative(got[n], want[n]) for n in want)
-        report[model] = {"max_relative_parameter_difference": worst, "ok": worst <= 1e-10}
-        print(f"  {model}: captured vs eager, 4 steps, max relative difference {worst:.2e}")
-
-
-def transfers(report: dict[str, Any]) -> None:
-    import cupy
-    from anycnn_cupy import count_transfers
-
-    from anycnn import models
-
-    for model in MODELS:
-        net = models.build(model, backend="cupy", dtype="float32")
-        x, t = (net.backend.asarray(a) for a in batch(net, 256, 0, "float32"))
-        net.compute_gradients(x, t)
-        sgd(net, LR)
-        cupy.cuda.Device().synchronize()
-        with count_transfers() as log:
-            net.compute_gradients(x, t)
-            sgd(net, LR)
-        report[model] = {
-            "d2h": len(log.d2h),
-            "h2d": len(log.h2d),
-            "sync": len(log.syncs),
-            "events": [str(e) for e in log.events[:20]],
-        }
-        print(f"  {model}: {log.summary()}")
+            report[model] = torch_matches_anycnn(model, "cpu")
+            print(f"  {model} PyTorch twin vs anycnn (CPU float64): {report[model]}")
 
 
 def interleaved(candidates: dict[str, Any], sync: Any, reps: int, seconds: float) -> dict[str, Any]:
@@ -431,7 +323,7 @@ def interleaved(candidates: dict[str, Any], sync: Any, reps: int, seconds: float
 def timing(report: dict[str, Any], batch_size: int, reps: int, seconds: float) -> None:
     import cupy
     from anycnn_cupy import _kernels
-    from anycnn_cupy.graph import capture_step
+    from cuda_graph import capture_step
 
     from anycnn import models
 
@@ -523,26 +415,6 @@ def summary(data: dict[str, Any]) -> str:
     lines = ["", "=== summary"]
     env = data.get("environment", {})
     lines.append(f"device: {env.get('device')}, CuPy {env.get('cupy')}, torch {env.get('torch')}")
-    for model, entry in data.get("agreement", {}).items():
-        if not isinstance(entry, dict) or "float32_outputs" not in entry:
-            continue
-        g = entry.get("float64_gradients_cublas", {})
-        k = entry.get("float64_gradients_gemm_kernel", {})
-        lines.append(
-            f"agreement {model}: float64 grads {g.get('max_relative', float('nan')):.1e}"
-            f" (GEMM kernel {k.get('max_relative', float('nan')):.1e}), float32 outputs "
-            f"{entry['float32_outputs']['relative']:.1e}"
-        )
-    for model, entry in data.get("graph", {}).items():
-        if isinstance(entry, dict):
-            lines.append(
-                f"graph {model}: captured vs eager {entry['max_relative_parameter_difference']:.1e}"
-            )
-    for model, entry in data.get("transfers", {}).items():
-        if isinstance(entry, dict):
-            lines.append(
-                f"transfers {model}: d2h {entry['d2h']}, h2d {entry['h2d']}, sync {entry['sync']}"
-            )
     timing_data = data.get("timing", {})
     for model in MODELS:
         results = timing_data.get(model)
@@ -564,7 +436,7 @@ def summary(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for proof.json")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for timing.json")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--block-seconds", type=float, default=0.25)
@@ -586,9 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.sections.split(","))
     runs = {
         "environment": lambda r: environment(r),
-        "agreement": lambda r: agreement(r),
-        "graph": lambda r: graph(r),
-        "transfers": lambda r: transfers(r),
+        "twin": lambda r: twin(r),
         "timing": lambda r: timing(r, args.batch, args.reps, args.block_seconds),
     }
     for name in SECTIONS:
@@ -598,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     text = summary(report.data)
     print(text)
     if out is not None:
-        (out / "proof-summary.txt").write_text(text + "\n")
+        (out / "timing-summary.txt").write_text(text + "\n")
     return 1 if report.data["errors"] else 0
 
 

@@ -1,4 +1,6 @@
-"""CUDA-graph capture of a whole training step of fixed shapes, for the CuPy backend.
+"""CUDA-graph capture of a whole training step of fixed shapes, for the CuPy backend: GPU-proof
+tooling (tests/test_cuda_proof.py, bench/gpu/timing.py), not library API (issue 19, item 4: it
+left anycnn_cupy until a GPU run proves it and the training loop can keep the rules below).
 
 A training step of the notes' networks is a few hundred short kernels; on a GPU most of its time
 goes into launching them from Python. Captured once into a CUDA graph (CuPy's
@@ -9,8 +11,8 @@ goes into launching them from Python. Captured once into a CUDA graph (CuPy's
 >>> def step(x, t):                                                  # doctest: +SKIP
 ...     net.compute_gradients(x, t)
 ...     for p, g in zip(net.parameters().values(), net.gradients().values()):
-...         anycnn_cupy.sgd_update_(p, g, 0.1)
->>> replay = anycnn_cupy.graph.capture_step(step, x, t)  # one eager step, then the capture
+...         net.backend.ops.updates["sgd_update_"](p, g, 0.1)
+>>> replay = cuda_graph.capture_step(step, x, t)  # one eager step, then the capture
 >>> for xb, tb in batches:                                # doctest: +SKIP
 ...     replay(xb, tb)           # copies into x and t, then launches the graph
 
@@ -25,7 +27,7 @@ goes into launching them from Python. Captured once into a CUDA graph (CuPy's
 # * No host transfer and no synchronisation inside the step: float(loss), .item(), printing an
 #   array, cupy.asnumpy, Stream.synchronize are illegal while a stream captures (CUDA reports
 #   cudaErrorStreamCaptureUnsupported or cudaErrorStreamCaptureInvalidated);
-#   anycnn_cupy.count_transfers() lists them in an uncaptured step.
+#   count_transfers() of bench/gpu/cuda_transfers.py lists them in an uncaptured step.
 # * During the warm-up and the capture, cupy.matmul (which array-api-compat's xp.matmul, hence
 #   FullyConnected, calls) goes to anycnn_cupy's elementwise GEMM, since CuPy 14 refuses cuBLAS
 #   calls while capturing (Note [GEMM inside a graph] in _kernels.py), and cupy.asarray /
@@ -40,7 +42,7 @@ goes into launching them from Python. Captured once into a CUDA graph (CuPy's
 #   each replay's values, until an uncaptured call of the same network replaces them.
 #
 # UNTESTED ON GPU HARDWARE: the test that captured and uncaptured steps give the same parameters
-# (tests/test_cupy_backend.py) is written and skipped on machines without a usable CUDA device.
+# (tests/test_cuda_proof.py) is written and skipped on machines without a usable CUDA device.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy
-
 from anycnn_cupy._guard import require_cupy
 
 cupy = require_cupy(__name__)
@@ -63,9 +64,10 @@ __all__ = ["CaptureError", "CapturedStep", "capture_step"]
 CAPTURE_HINT = (
     "a captured step may not copy data between host and device or synchronise (float(), "
     ".item(), printing an array, cupy.asnumpy, Stream.synchronize, NumPy data put on the "
-    "device): run it once inside anycnn_cupy.count_transfers() to find where; nor call "
+    "device): run it once inside count_transfers() (bench/gpu/cuda_transfers.py) to find "
+    "where; nor call "
     "CUDA libraries CuPy refuses during capture (cuBLAS outside cupy.matmul, cuSOLVER, "
-    "cuRAND). See Note [What a captured step may do] in anycnn_cupy/graph.py"
+    "cuRAND). See Note [What a captured step may do] in bench/gpu/cuda_graph.py"
 )
 
 

@@ -1,4 +1,5 @@
-"""Count host-device transfers and synchronisations, to prove a training step has none.
+"""Count host-device transfers and synchronisations, to prove a training step has none: GPU-proof
+tooling (tests/test_cuda_proof.py), not library API (issue 19, item 4).
 
 A training step on the GPU should never wait for the device: every ``float(loss)``, ``.item()``,
 ``bool(array)``, printed array, ``cupy.asnumpy`` or NumPy array put on the device stalls the host
@@ -6,7 +7,7 @@ until the queue drains, and makes the step impossible to capture into a CUDA gra
 :func:`count_transfers` records each such event while it is active, with the line of code (outside
 CuPy) that caused it::
 
-    with anycnn_cupy.count_transfers() as log:
+    with count_transfers() as log:
         net.compute_gradients(x, t)
     assert not log, log.summary()
 
