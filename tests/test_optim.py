@@ -570,6 +570,7 @@ def test_optimizers_use_a_backends_fused_updates_with_the_same_bits(rng):
         array_module="numpy",
         namespace=lambda: np_xp,
         device=lambda: "cpu",
+        writable=True,  # in-place updates need writable arrays (Note [Backend capabilities])
         fast_ops=lambda: {
             **registry.lookup("numpy").fast_ops(),
             **{n: counted(n) for n in registry.UPDATE_OP_NAMES},
