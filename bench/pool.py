@@ -5,6 +5,7 @@ Usage::
 
     python bench/pool.py                                   # dlt and lenet5 at batch 1, 16, 256
     python bench/pool.py --models dlt --batch-sizes 256 --reps 9
+    python bench/pool.py --threading-layer workqueue       # Numba's own layer, not OpenMP
     python bench/pool.py --quick --out x.json              # tiny run (tests/test_bench_pool.py)
 
 Four ways of running the same ops, on the same batch slices (the slicing depends on the batch
@@ -285,8 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-seconds", type=float, default=None)
     parser.add_argument("--gap-seconds", dest="gap", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threading-layer",
+        choices=("default", "omp", "workqueue", "tbb"),
+        default="default",
+        help="Numba's threading layer for the prange drivers (default: Numba's choice)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.threading_layer != "default":
+        import numba
+
+        numba.config.THREADING_LAYER = args.threading_layer
 
     from anycnn_numpy import _jit
 
@@ -303,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     args.block_seconds = args.block_seconds or (0.02 if args.quick else 0.25)
     args.gap = args.gap if args.gap is not None else (0.02 if args.quick else 0.2)
     slug = machine_slug()
-    out = args.out or RESULTS / f"pool-numpy-{slug}{'-quick' if args.quick else ''}.json"
+    layer = "" if args.threading_layer == "default" else f"-{args.threading_layer}"
+    out = args.out or RESULTS / f"pool-numpy-{slug}{layer}{'-quick' if args.quick else ''}.json"
     info = machine_info("numpy")
     modes = Modes()
     info["pool_threads"] = modes.pool_threads

@@ -337,7 +337,9 @@ def test_diagonal_hessian_learned_combination():
         net = Network(
             [
                 L.Convolution(3, 3, activation="tanh"),
-                learned(2, 2, kernels=kernels, activation="tanh"),
+                # (3, 2): a non-square kernel taller than 2, which broadcasting alone does not
+                # reach (issue 22's mutants of the per-pair expansion survived a 2x2 one)
+                learned(2, (3, 2), kernels=kernels, activation="tanh"),
                 L.Flatten(),
                 L.FullyConnected(3, activation="identity"),
             ],
@@ -358,6 +360,32 @@ def test_diagonal_hessian_learned_combination():
                 atol=1e-9 * np.abs(expected[name]).max(),
                 err_msg=f"{kernels} {name}",
             )
+
+
+@pytest.mark.parametrize("kernels", ["per_input", "per_pair"])
+def test_diagonal_hessian_keeps_the_dtype(kernels):
+    """float32 networks get float32 curvature for every parameter (no float64 temporary
+    promotes it)."""
+    rng = np.random.default_rng(2)
+    net = Network(
+        [
+            L.Convolution(2, 3, activation="tanh"),
+            L.Subsampling(2, "sum", activation="tanh"),
+            L.LearnedCombination(2, (2, 1), kernels=kernels, activation="sigmoid"),
+            L.Flatten(),
+            L.FullyConnected(3, activation="identity"),
+        ],
+        (1, 10, 10),
+        loss="cross_entropy",
+        dtype="float32",
+        backend="numpy",
+    )
+    x, t, _, _ = _batch(net, rng)
+    h = optim.diagonal_hessian(net, x, t)
+    assert sorted(h) == sorted(net.parameters())
+    for name, value in h.items():
+        assert value.dtype == np.float32, name
+        assert tuple(value.shape) == tuple(net.parameters()[name].shape), name
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])

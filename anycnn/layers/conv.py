@@ -181,7 +181,12 @@ def resolve_padding(padding: Any, kernel_size: tuple[int, ...], where: str) -> t
         raise ValueError(
             f"{where}: padding must be 'valid', 'same', an int or {axes} ints, got {padding!r}"
         )
-    amounts = (padding,) * axes if isinstance(padding, int) else tuple(padding)
+    if isinstance(padding, int):
+        amounts = (padding,) * axes
+    elif isinstance(padding, tuple | list):
+        amounts = tuple(padding)
+    else:  # a float, None...: refused below (tuple() would raise a bare TypeError)
+        amounts = ()
     if len(amounts) != axes or any(
         isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in amounts
     ):

@@ -342,6 +342,9 @@ class Optimizer:
     #: The schedule used when no rate is given: ``"constant"``, or ``"lecun"``
     #: (:func:`lecun1998` scaled to start at :attr:`default_lr`).
     default_schedule: str = "constant"
+    #: Whether the constructor takes ``momentum=`` (:meth:`build` passes a given one through;
+    #: a class without it refuses a non-zero one).
+    takes_momentum: bool = False
 
     def __init__(
         self,
@@ -388,7 +391,10 @@ class Optimizer:
     ) -> Optimizer:
         """This optimizer from the generic options of :func:`build_optimizer` (``momentum``
         None: the class's default; a class without momentum refuses a non-zero one)."""
-        if momentum:
+        if cls.takes_momentum:
+            if momentum is not None:
+                options["momentum"] = momentum
+        elif momentum:
             raise ValueError(f"the {cls.name} optimizer has no momentum; use --optimizer momentum")
         return cls(network, lr, layer_rates=layer_rates, **options)
 
@@ -560,6 +566,7 @@ class Momentum(Optimizer):
     name = "momentum"
     slots = ("velocity",)
     default_lr = 0.02
+    takes_momentum = True
 
     def __init__(
         self,
@@ -574,20 +581,6 @@ class Momentum(Optimizer):
         if momentum >= 1:
             raise ValueError(f"the momentum must be in [0, 1), got {momentum!r}")
         self.momentum = momentum
-
-    @classmethod
-    def build(
-        cls,
-        network: Network,
-        *,
-        lr: float | Schedule | None = None,
-        momentum: float | None = None,
-        layer_rates: Mapping[str, float] | None = None,
-        **options: Any,
-    ) -> Optimizer:
-        if momentum is not None:
-            options["momentum"] = momentum
-        return cls(network, lr, layer_rates=layer_rates, **options)
 
     def _update(self, name: str, p: Array, g: Array) -> None:
         v = self._buffer("velocity", name, p)
@@ -658,6 +651,7 @@ class SDLM(Optimizer):
     slots: tuple[str, ...] = ("hessian", "velocity")
     default_lr = 0.003
     default_schedule = "lecun"
+    takes_momentum = True
 
     def __init__(
         self,
@@ -763,8 +757,6 @@ class SDLM(Optimizer):
             v = v * self.momentum + scale * g
             self._state["velocity"][name] = v
         self._apply(name, p, v)
-
-    build = vars(Momentum)["build"]  # momentum passed through when given
 
     def config(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,18 @@ thread (:class:`_BlasThreads`). Nothing here runs at import: the helpers start, 
 calibrated and the BLAS libraries are looked up when the first op is cut into slices.
 
 Measurements behind the constants: ``bench/results/numpy-notes.md``.
+
+Note [Own pool, not prange]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~
+Numba's ``parallel=True`` / ``prange`` could run the compiled kernels' slices without a pool of
+our own. ``bench/pool.py`` compares the two on the same slices (same bits): on a loaded 2-core
+machine Numba's default threading layer (OpenMP) made sliced training steps 2.6-20x slower,
+because a parallel region waits at its barrier for a worker the machine has not scheduled, where
+this pool's caller takes the slices no helper has started (and falls back to working alone,
+Note [Helpers on a busy machine]); its workqueue layer was 4-5x slower at LeNet-5 batch 16 and
+faster at batch 256. prange also covers compiled kernels only: the im2col + BLAS paths (all of
+them without Numba; LeNet-5's C5 and the fully connected layers with it) need threads anyway.
+So the pool stays; bench/results/numpy-notes.md, "Own pool, not Numba's prange", has the figures.
 """
 
 from __future__ import annotations
@@ -292,11 +304,11 @@ class _Spin:
     loop (``_jit.spin_while``) that holds no GIL, so it does not slow the thread doing the work;
     it costs the helper's core up to HELPER_SPIN_US of busy time after the last op of a burst.
     It recovers only part of the latency: a thread that sees the signal still needs the GIL,
-    and waiting for a GIL the other thread holds is a sleep too. Measured on this project's
-    2-core AMD EPYC VM (2026-11-25): four 55-us slices on 2 threads, 180 -> 147-165 us;
-    training steps, spin and no spin interleaved in one process, medians of 15 blocks: DLT at
-    batch 50 1.65 -> 1.52 ms, at 256 6.40 -> 6.27 ms; LeNet-5 at 50 2.76 -> 2.70 ms, at 256
-    10.95 -> 10.85 ms. Without Numba, or with ANYCNN_SPIN_US=0, the threads block at once.
+    and waiting for a GIL the other thread holds is a sleep too. On a quiet 2-core VM it took
+    1-8% off training steps at batch 50-256; on a loaded one it made no measurable difference
+    (bench/results/numpy-notes.md, "Spinning helpers"; ``python bench/pool.py`` measures it
+    again, as ``pool`` against ``pool-nospin``). Without Numba, or with ANYCNN_SPIN_US=0, the
+    threads block at once.
     """
 
     HELPER_SPIN_US = 300.0

@@ -1,0 +1,201 @@
+"""`tox -e mutation`: mutmut 3 over the maths and training core (tests/MUTATION.md).
+
+mutmut names a mutant after its file's path (``anycnn/ops.py`` -> ``anycnn.ops``) and
+activates it by comparing that name with the running function's ``__module__``. The NumPy
+plugin's source root is ``backends/`` (imported as ``anycnn_numpy``), so its mutants would be
+named ``backends.anycnn_numpy....`` and never switched on. This launcher drops that prefix
+(mutmut 3.8's ``get_mutant_name``, pinned in tox.ini) and then runs mutmut's own command line:
+
+    python .ci/mutation.py run [--max-children N] [MUTANT ...]
+    python .ci/mutation.py results | show NAME | export-cicd-stats
+    python .ci/mutation.py score        # the score over non-equivalent mutants (MUTATION.md)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import tomllib
+from math import ceil
+from pathlib import Path
+
+import libcst as cst
+import mutmut.__main__ as mutmut_main
+import mutmut.mutation.file_mutation as file_mutation
+import mutmut.mutation.trampoline as trampoline
+import mutmut.utils.format_utils as format_utils
+import mutmut.workers.isolation as isolation
+
+SOURCE_ROOTS = ("backends.",)  # second source root of pyproject's [tool.setuptools.packages.find]
+_get_mutant_name = format_utils.get_mutant_name
+
+
+def get_mutant_name(relative_source_path: Path, mutant_method_name: str) -> str:
+    name = _get_mutant_name(relative_source_path, mutant_method_name)
+    for root in SOURCE_ROOTS:
+        name = name.removeprefix(root)
+    return name
+
+
+format_utils.get_mutant_name = get_mutant_name
+file_mutation.get_mutant_name = get_mutant_name
+mutmut_main.get_mutant_name = get_mutant_name
+
+# The wording of error messages is not mutated: a `raise` statement is left whole (its condition,
+# in the `if` around it, is mutated as usual). Tests check the exception's type and the names the
+# message must carry (pytest.raises(match=...)); "XX" glued to a message, or its case changed,
+# is not wrong code, and such mutants were most of the survivors in checkpoint.py's checks.
+_skip = file_mutation.MutationVisitor._skip_node_and_children
+
+
+def _skip_node_and_children(self, node):
+    return isinstance(node, cst.Raise) or _skip(self, node)
+
+
+file_mutation.MutationVisitor._skip_node_and_children = _skip_node_and_children
+
+# Some tests start `python -m anycnn ...` with PYTHONPATH set to their own checkout, which in
+# mutants/ is the mutated copy. While mutmut records which tests reach which function ("stats")
+# such a process would record too, and fail: that needs mutmut's configuration in its working
+# directory. The mode is kept in this process only; the processes the tests start run the
+# original functions then, and the active mutant (inherited) otherwise.
+_set_mutant_under_test = trampoline.set_mutant_under_test
+
+
+def set_mutant_under_test(name: str | None) -> None:
+    _set_mutant_under_test(name)
+    if name == "stats":
+        os.environ.pop("MUTANT_UNDER_TEST", None)
+
+
+mutmut_main.set_mutant_under_test = set_mutant_under_test
+isolation.set_mutant_under_test = set_mutant_under_test
+
+# When the statistics were collected in this run, every selected test has just passed on the
+# unmutated code (the trampolines call the originals then, and a failure stops the run), so
+# mutmut's second "clean" run of the same tests is skipped: it was a quarter of the campaign.
+_run_stats_collection = mutmut_main.run_stats_collection
+_stats_of_every_test_fresh = False
+
+
+def run_stats_collection(runner, tests=None):
+    global _stats_of_every_test_fresh
+    _run_stats_collection(runner, tests)
+    _stats_of_every_test_fresh = not tests
+
+
+def _run_clean_tests(run_clean_tests):
+    def wrapper(self, tests):
+        if _stats_of_every_test_fresh:
+            print("    (the statistics run just passed every selected test: clean run skipped)")
+            return 0
+        return run_clean_tests(self, tests)
+
+    return wrapper
+
+
+mutmut_main.run_stats_collection = run_stats_collection
+for _runner in (isolation.ForkRunner, isolation.ForkServerRunner):
+    _runner.run_clean_tests = _run_clean_tests(_runner.run_clean_tests)
+
+# [tool.anycnn.mutation] in pyproject.toml: the campaign's budget.
+#   test_budget_s: each mutant runs the tests that reach its function, fastest first, while their
+#     recorded durations add up to at most this (the fastest one always). A mutant that only a
+#     slower test would kill counts as a survivor: the score is a lower bound of the suite's.
+#   sample: the fraction of mutants tested, chosen by a hash of the mutant's name (the same
+#     mutants every run, and a function's new mutants drawn alike); 1 tests every mutant.
+SETTINGS = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["anycnn"]["mutation"]
+TEST_BUDGET_S = float(SETTINGS.get("test_budget_s", math.inf))
+SAMPLE = float(SETTINGS.get("sample", 1.0))
+
+
+def sampled(name: str) -> bool:
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") < SAMPLE * 2**64
+
+
+def _within_budget(tests: list[str]) -> list[str]:
+    durations = mutmut_main.state().duration_by_test
+    chosen, total = [], 0.0
+    for test in sorted(tests, key=lambda name: durations[name]):
+        total += durations[test]
+        if chosen and total > TEST_BUDGET_S:
+            break
+        chosen.append(test)
+    return chosen
+
+
+def _budgeted(submit):
+    def wrapper(self, mutant_name, tests, cpu_time_limit, estimated_time):
+        if tests:
+            tests = _within_budget(list(tests))
+            durations = mutmut_main.state().duration_by_test
+            estimated_time = sum(durations[name] for name in tests)
+            cfg = mutmut_main.config()
+            cpu_time_limit = ceil(
+                (estimated_time + cfg.timeout_constant) * cfg.timeout_multiplier * 2
+            )
+        return submit(self, mutant_name, tests, cpu_time_limit, estimated_time)
+
+    return wrapper
+
+
+for _runner in (isolation.ForkRunner, isolation.ForkServerRunner):
+    _runner.submit = _budgeted(_runner.submit)
+
+_collect = mutmut_main.collect_source_file_mutation_data
+
+
+def collect_source_file_mutation_data(*, mutant_names):
+    mutants, by_path = _collect(mutant_names=mutant_names)
+    if SAMPLE < 1:
+        mutants = [entry for entry in mutants if sampled(entry[1])]
+    return mutants, by_path
+
+
+mutmut_main.collect_source_file_mutation_data = collect_source_file_mutation_data
+
+
+def score(threshold: float = 0.97) -> int:
+    """Print the totals of the last run and the score over the non-equivalent mutants tested.
+
+    Killed and timed out count as detected; "no tests" and survivors as not, except those that
+    tests/MUTATION.md lists as equivalent (one ``- `name`: why`` line each). With a sample, the
+    score estimates the whole population's: its 95% interval (Wilson) is printed too."""
+    listed = Path("tests/MUTATION.md").read_text(encoding="utf-8")
+    counts: dict[str, int] = {}
+    survivors = []
+    for path in mutmut_main.walk_mutatable_files():
+        data = mutmut_main.SourceFileMutationData(path=path)
+        data.load()
+        for name, code in data.exit_code_by_key.items():
+            status = mutmut_main.status_by_exit_code[code]
+            if status in ("survived", "no tests") and f"`{name}`" in listed:
+                status = "equivalent"
+            counts[status] = counts.get(status, 0) + 1
+            if status in ("survived", "no tests"):
+                survivors.append((status, name))
+    for status, name in sorted(survivors):
+        print(f"{status}: {name}")
+    detected = counts.get("killed", 0) + counts.get("timeout", 0)
+    tested = sum(n for status, n in counts.items() if status not in ("not checked", "skipped"))
+    relevant = tested - counts.get("equivalent", 0)
+    print(", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
+    value = detected / relevant if relevant else 0.0
+    line = f"score {value:.4f} = {detected} / {relevant} non-equivalent mutants tested"
+    if SAMPLE < 1 and relevant:
+        z = 1.96
+        centre = (value + z * z / (2 * relevant)) / (1 + z * z / relevant)
+        half = z * math.sqrt(value * (1 - value) / relevant + z * z / (4 * relevant**2))
+        half /= 1 + z * z / relevant
+        line += f" (a {SAMPLE:.0%} sample: 95% interval {centre - half:.4f}-{centre + half:.4f})"
+    print(f"{line}; threshold {threshold}")
+    return 0 if value >= threshold else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["score"]:
+        sys.exit(score())
+    sys.exit(mutmut_main.cli())
