@@ -4,7 +4,7 @@ anycnn.backend.activations; this backend never imports a layer class):
 * the ``activate`` op: the table's program of f run in place in the layer's temporary with
   ``out=`` (the reference's operations in its order, hence its bits, without its new arrays);
 * the ``sensitivity`` op: ``f'(u) o dy`` in one compiled pass for the logistic and the scaled
-  tanh (``Note [Sensitivity kernel]`` in ``_kernels``), else the table's slope in place;
+  tanh (``Note [Sensitivity kernel]`` in ``_direct``), else the table's slope in place;
 * what the compiled kernels take: the codes of the f that the direct convolutions apply
   themselves (``Note [Compiled activations]`` in ``_direct``) and the formulas of the f' that
   the sensitivity kernels form, in the table's order.
@@ -108,7 +108,7 @@ def no_activation(dtype: np.dtype) -> tuple:
 
 def sensitivity_formula(activation, y) -> tuple | None:
     """``(name, p0, p1, scaled)`` of the compiled ``f'(u) o dy`` (Note [Sensitivity kernel] in
-    _kernels) for ``activation`` on outputs like ``y``, or None, from the activation's
+    _direct) for ``activation`` on outputs like ``y``, or None, from the activation's
     description (the table's slope, in its order): ``"logistic"``, ``gain y (1 - y)``
     (``scaled`` when the gain is not 1); ``"tanh"``, ``((a - y)(y + a))(b / a)``;
     ``"identity"``."""
@@ -129,7 +129,7 @@ def sensitivity_formula(activation, y) -> tuple | None:
 
 def sensitivity(dy, y, activation):
     """Fused ``f'(u) o dy`` (``Note [Fused ops]`` in anycnn.ops) for the logistic and the scaled
-    tanh: one compiled pass on the pool's threads (Note [Sensitivity kernel] in _kernels), the bits
+    tanh: one compiled pass on the pool's threads (Note [Sensitivity kernel] in _direct), the bits
     of ``activation.sensitivity``; other activations, dtypes or layouts take the table's slope
     in place (the same bits)."""
     kernel = _jit.sensitivity_into
@@ -148,7 +148,7 @@ def sensitivity(dy, y, activation):
         return _slope_times(dy, y, activation)
     t = y.dtype.type
     name, p0, p1, scaled = formula
-    code, p0, p1 = (0 if name == "logistic" else 1), t(p0), t(p1)
+    code, p0, p1 = _jit.direct_sensitivities[name], t(p0), t(p1)
     n = y.shape[0]
     flat_dy, flat_y = dy.reshape(n, -1), y.reshape(n, -1)
     out = np.empty_like(y)

@@ -47,6 +47,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from anycnn.backend.activations import KINDS
+
 #: Bytes of one grid map a pass updates (two per pass): see Note [Direct convolutions].
 GRID_BYTES = 12 << 10
 
@@ -217,8 +219,10 @@ def _tanh32(z):  # pragma: no cover - compiled
     return big if z >= np.float32(0) else -big
 
 
-#: Activation codes of :func:`_extract`: the map as it is, the logistic, the scaled tanh.
-IDENTITY, LOGISTIC, TANH = 0, 1, 2
+#: Activation codes of :func:`_extract`, :func:`correlate_grad` and :func:`sensitivity_into`: the
+#: codes of the table of activations (Note [Activation descriptions] in
+#: anycnn.backend.activations) for the map as it is, the logistic and the scaled tanh.
+IDENTITY, LOGISTIC, TANH = (KINDS[name].code for name in ("identity", "logistic", "tanh"))
 
 
 @numba.njit(nogil=True, fastmath=_ACTIVATION_MATH, error_model="numpy", cache=True)
@@ -354,10 +358,54 @@ def _fit_upsampled(dy, up, maps, target, dh, dw):  # pragma: no cover - compiled
                 row[s] = source[s // up] if s // up < sw else zero
 
 
-#: Sensitivity codes of :func:`correlate_grad` (the formulas of Note [Sensitivity kernel] in
-#: _kernels): ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's
-#: ``((p0 - y)(y + p0)) p1 dy`` (``p0 = a``, ``p1 = b / a``).
-GIVEN, LOGISTIC_SENSITIVITY, TANH_SENSITIVITY = 0, 1, 2
+#: Sensitivity codes of :func:`correlate_grad` and :func:`sensitivity_into` (Note [Sensitivity
+#: kernel]): ``delta = dy``, the logistic's ``p0 y (1 - y) dy`` and the scaled tanh's
+#: ``((p0 - y)(y + p0)) p1 dy`` (``p0 = a``, ``p1 = b / a``); the table's codes.
+GIVEN, LOGISTIC_SENSITIVITY, TANH_SENSITIVITY = IDENTITY, LOGISTIC, TANH
+
+
+# Note [Sensitivity kernel]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~
+# delta = f'(u) o dy from the saved output y (eqs. 3-4, section 3.4), one compiled pass where the
+# reference takes one per step of the table's slope program (anycnn.backend.activations). The
+# two functions below are the only place this backend's compiled code writes f': the logistic's
+# (1 - y) y gain and the scaled tanh's ((a - y)(y + a))(b / a), in the table's order. They are
+# inlined into their callers (Numba IR), so each caller's float flags apply: sensitivity_into
+# has none (no reordering, no fused multiply-adds: the reference's bits), _sensitivity_map
+# contracts multiply-adds (to rounding; these products have none to contract).
+@numba.njit(inline="always")
+def _logistic_slope(one, y, gain, scaled):  # pragma: no cover - compiled
+    t = (one - y) * y
+    if scaled:
+        t = t * gain
+    return t
+
+
+@numba.njit(inline="always")
+def _tanh_slope(y, a, b_over_a):  # pragma: no cover - compiled
+    return ((a - y) * (y + a)) * b_over_a
+
+
+@numba.njit(nogil=True, cache=True)
+def sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop):  # pragma: no cover
+    """Rows ``start:stop`` of the 2-d ``out = f'(u) o dy`` (Note [Sensitivity kernel]) for the
+    logistic (``kind`` LOGISTIC_SENSITIVITY, gain ``p0``) or the scaled tanh (``p0 = a``,
+    ``p1 = b / a``)."""
+    one = y.dtype.type(1)
+    size = y.shape[1]
+    for b in range(start, stop):
+        d, v, target = dy[b], y[b], out[b]
+        if kind == LOGISTIC_SENSITIVITY:
+            if scaled:
+                for i in range(size):
+                    target[i] = _logistic_slope(one, v[i], p0, True) * d[i]
+            else:
+                for i in range(size):
+                    target[i] = _logistic_slope(one, v[i], p0, False) * d[i]
+        else:
+            for i in range(size):
+                target[i] = _tanh_slope(v[i], p0, p1) * d[i]
+    return out
 
 
 # Multiply-adds contracted, nothing reassociated. Without any fastmath flag here (under a caller
@@ -399,13 +447,13 @@ def _sensitivity_map(dy, up, y, maps, kind, p0, p1, scaled, target):  # pragma: 
     if kind == LOGISTIC_SENSITIVITY:
         if scaled:
             for s in range(dh * dw):
-                target[s] = (((one - v[s]) * v[s]) * p0) * target[s]
+                target[s] = _logistic_slope(one, v[s], p0, True) * target[s]
         else:
             for s in range(dh * dw):
-                target[s] = ((one - v[s]) * v[s]) * target[s]
+                target[s] = _logistic_slope(one, v[s], p0, False) * target[s]
     elif kind == TANH_SENSITIVITY:
         for s in range(dh * dw):
-            target[s] = (((p0 - v[s]) * (v[s] + p0)) * p1) * target[s]
+            target[s] = _tanh_slope(v[s], p0, p1) * target[s]
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)

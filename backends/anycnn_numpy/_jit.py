@@ -43,7 +43,7 @@ def _load() -> dict[str, Any]:
             "tanh": _direct.TANH_SENSITIVITY,
         },
         "spin_while": _kernels.spin_while,
-        "sensitivity_into": _kernels.sensitivity_into,
+        "sensitivity_into": _direct.sensitivity_into,
         "kernel_grad_sum": _kernels.kernel_grad_sum,
         "block_sum_into": _kernels.block_sum_into,
         "kron_into": _kernels.kron_into,
@@ -75,7 +75,7 @@ block_sum_into = _kernels.get("block_sum_into")
 kron_into = _kernels.get("kron_into")
 
 #: ``sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop)``: rows ``start:stop`` of
-#: the 2-d ``out = f'(u) o dy`` (Note [Sensitivity kernel] in _kernels); or None without Numba.
+#: the 2-d ``out = f'(u) o dy`` (Note [Sensitivity kernel] in _direct); or None without Numba.
 sensitivity_into = _kernels.get("sensitivity_into")
 
 #: The direct convolutions (Note [Direct convolutions] in ``_direct``), or None without Numba:

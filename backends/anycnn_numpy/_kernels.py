@@ -1,6 +1,6 @@
 """The NumPy backend's compiled loops, through Numba: the kernel gradient as dot products, the
-block sums and kron up-sampling, f' from the saved outputs, and the pool's spin-wait. (The
-direct convolutions are in ``_direct``.) Module-level functions, compiled lazily at their first
+block sums and kron up-sampling, and the pool's spin-wait. (The direct convolutions and the
+compiled f' are in ``_direct``.) Module-level functions, compiled lazily at their first
 call for each signature and cached on disk by Numba; imported only through ``_jit``, which
 leaves them out with ``ANYCNN_NUMBA=0`` or without Numba.
 
@@ -27,10 +27,6 @@ short enough that threads mostly trade the GIL. One compiled loop per batch slic
 the GIL, does them in one pass, about twice as fast (bench/results/numpy-notes.md, "Resampling
 kernels"). The sums are taken in the NumPy
 op's order (no fastmath), so both paths give the same bits (tested).
-
-Note [Sensitivity kernel] (``sensitivity_into``): the layers' ``delta = f'(u) o dy`` from the
-saved outputs took four NumPy passes (Sigmoid.sensitivity); one compiled pass, in the same order
-of operations, gives the same bits.
 """
 
 from __future__ import annotations
@@ -152,29 +148,6 @@ def kron_into(x, n, out, start, stop):  # pragma: no cover - compiled
                     row = out[b, ch, i * n + r]
                     for j in range(w * n):
                         row[j] = first[j]
-    return out
-
-
-# Note [Sensitivity kernel]: delta = f'(u) o dy from the saved output y, one pass instead of
-# the activation's four; kind 0 is the logistic, gain (y (1 - y)) in Sigmoid.sensitivity's
-# order, kind 1 the scaled tanh, ((a - y)(y + a))(b / a) as Tanh.sensitivity computes it
-# (exactly 0 where y saturates at a). No fastmath: no reordering, no fused multiply-adds,
-# the same bits.
-@numba.njit(nogil=True, cache=True)
-def sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop):  # pragma: no cover
-    one = y.dtype.type(1)
-    size = y.shape[1]
-    for b in range(start, stop):
-        d, v, target = dy[b], y[b], out[b]
-        if kind == 0:
-            for i in range(size):
-                t = (one - v[i]) * v[i]
-                if scaled:
-                    t = t * p0
-                target[i] = t * d[i]
-        else:
-            for i in range(size):
-                target[i] = (((p0 - v[i]) * (v[i] + p0)) * p1) * d[i]
     return out
 
 
