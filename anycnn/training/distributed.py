@@ -476,7 +476,7 @@ def rank_threads(comm: Communicator, cores: int | None = None) -> int:
 
 
 def set_rank_threads(comm: Communicator) -> int:
-    """Give the NumPy backend's ops (and BLAS, where threadpoolctl is installed) the threads
+    """Give the NumPy backend's ops (and BLAS, through threadpoolctl) the threads
     of :func:`rank_threads`, so ``mpiexec -n 2`` on 2 cores does not oversubscribe them.
     Does nothing when this process is alone on its host (the backend's own default, which
     reads ``ANYCNN_NUM_THREADS`` too, stands). Returns the count.
@@ -493,12 +493,9 @@ def set_rank_threads(comm: Communicator) -> int:
     from anycnn.backend import registry
 
     registry.limit_threads(count)  # the backends that have a say (Note [Backend capabilities])
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass
-    else:
-        threadpool_limits(count, user_api="blas")
+    from threadpoolctl import threadpool_limits  # a dependency of anycnn
+
+    threadpool_limits(count, user_api="blas")
     return count
 
 
