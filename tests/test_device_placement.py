@@ -18,13 +18,13 @@ from anycnn.network import Network
 from anycnn.training import optim
 
 
-def _net(backend):
+def _net(backend, kernels):
     return Network(
         [
             L.Convolution(3, 3, selection="random", inputs_per_map=1, padding=(1, 0), seed=2,
                           activation="tanh"),
             L.Subsampling(2, "sum", activation="tanh", remainder="pad"),
-            L.LearnedCombination(2, 2, lam=0.01, kernels="per_pair", activation="sigmoid"),
+            L.LearnedCombination(2, 2, lam=0.01, kernels=kernels, activation="sigmoid"),
             L.Subsampling(2, "mean", trainable=False, remainder="drop"),
             L.Flatten(),
             L.FullyConnected(3, activation="identity"),
@@ -50,7 +50,8 @@ def _host(backend, arrays):
     ],
     ids=["sgd", "momentum", "sdlm"],
 )
-def test_a_training_step_on_another_device_stays_there(make):
+@pytest.mark.parametrize("kernels", ["per_input", "per_pair"])
+def test_a_training_step_on_another_device_stays_there(make, kernels):
     import array_api_strict as strict
 
     rng = np.random.default_rng(3)
@@ -60,7 +61,7 @@ def test_a_training_step_on_another_device_stays_there(make):
     for name in ("strict", "strict:device1"):
         backend = lookup(name)
         device = backend.default_device
-        net = _net(backend)
+        net = _net(backend, kernels)
         x = backend.asarray(x_host, dtype="float64")
         t = backend.asarray(t_host, dtype="float64")
         opt = make(net)

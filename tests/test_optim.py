@@ -622,3 +622,144 @@ def test_optimizers_use_a_backends_fused_updates_with_the_same_bits(rng):
         states = [opt.state_dict() for opt in opts]
         for name in states[0]:
             assert np.asarray(states[0][name]).tobytes() == np.asarray(states[1][name]).tobytes()
+
+
+# --------------------------------------------------------------------------------------------
+# Survivors of the mutation campaign (issue 22), each pinned by what the code promises
+# --------------------------------------------------------------------------------------------
+def test_a_layer_may_bring_its_own_curvature_rule():
+    """``layer.curvature(d2y, need_input)`` wins over the built-in table; the first layer is
+    asked for no input curvature, the others are and pass theirs down."""
+    calls = []
+
+    class Scale(L.Layer):
+        def _build(self, input_shape, context):
+            return input_shape
+
+        def forward(self, x):
+            return 2.0 * x
+
+        def backward(self, dy, need_input_grad=True):
+            return 2.0 * dy if need_input_grad else None
+
+        def curvature(self, d2y, need_input):
+            calls.append((self.name, need_input, tuple(d2y.shape)))
+            return (4.0 * d2y if need_input else None), {}
+
+    net = Network(
+        [
+            Scale(name="first"),
+            Scale(name="second"),
+            L.FullyConnected(2, activation="identity"),
+            Scale(name="last"),
+        ],
+        (3,),
+        loss="squared_error",
+        dtype="float64",
+        backend="numpy",
+    )
+    x = net.backend.asarray(np.ones((2, 3)))
+    h = optim.diagonal_hessian(net, x, net.backend.asarray(np.zeros((2, 2))))
+    assert calls == [("last", True, (2, 2)), ("second", True, (2, 3)), ("first", False, (2, 3))]
+    # squared error: d2E/dy2 = 1 per pattern; through "last" (x2): 4; fc's input is 4 x = 4
+    fc = net.layers[2].name
+    np.testing.assert_allclose(np.asarray(h[f"{fc}.weight"]), np.full((2, 3), 4.0 * 16))
+
+
+def test_build_optimizer_passes_the_rate_on():
+    net = _tiny_fc("numpy")
+    for name in ("sgd", "momentum", "sdlm"):
+        assert optim.build_optimizer(name, net, lr=0.3).schedule.config() == {
+            "name": "constant",
+            "lr": 0.3,
+        }
+    schedule = optim.as_schedule({"name": "step", "lr": 0.2, "every": 2, "gamma": 0.5})
+    assert schedule.config() == {"name": "step", "lr": 0.2, "every": 2, "gamma": 0.5}
+
+
+def test_diagonal_hessian_checks_its_inputs_unless_told_not_to():
+    net = _tiny_fc("numpy")
+    bad = net.backend.asarray(np.full((2, 4), np.nan))
+    t = net.backend.asarray(np.eye(3)[[0, 1]])
+    with pytest.raises(ValueError, match="^diagonal_hessian: .*NaN or Inf"):
+        optim.diagonal_hessian(net, bad, t)
+    with pytest.raises(ValueError, match="^diagonal_hessian: "):
+        optim.diagonal_hessian(net, net.backend.asarray(np.zeros((2, 4))), t[:1])
+    with np.errstate(invalid="ignore"):
+        h = optim.diagonal_hessian(net, bad, t, check=False)  # unchecked: NaN in, NaN out
+    assert np.isnan(np.asarray(h["fc1.weight"])).all()
+
+
+def test_output_curvature_of_the_cross_entropy_with_extreme_logits():
+    """p (1 - p) from a softmax shifted by each row's own maximum: no overflow at 1e3, and a
+    row of small logits keeps its probabilities beside a row of huge ones."""
+    loss = L.CrossEntropy()
+    y = np.array([[1000.0, 999.0, 0.0], [0.0, 1.0, 2.0]])
+    t = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    got = optim._output_curvature(loss, y, t)
+    for row in range(2):
+        p = np.exp(y[row] - y[row].max())
+        p /= p.sum()
+        np.testing.assert_allclose(got[row], p * (1 - p), rtol=1e-12, atol=1e-300)
+    assert np.isfinite(got).all()
+
+
+def test_the_registries_refuse_what_is_not_theirs():
+    net = _tiny_fc("numpy")
+    with pytest.raises(TypeError, match="^register_optimizer: expected an Optimizer subclass"):
+        optim.register_optimizer(int)
+    with pytest.raises(TypeError, match="^register_optimizer: expected an Optimizer subclass"):
+        optim.register_optimizer(optim.SGD(net, 0.1))
+    with pytest.raises(ValueError, match="^unknown schedule None; known: constant, step"):
+        optim.schedule_from_config({"lr": 0.1})
+    with pytest.raises(ValueError, match="^unknown optimizer None; known: sgd, momentum"):
+        optim.optimizer_from_config(net, {"lr": {"name": "constant", "lr": 0.1}})
+
+
+def test_default_rate_starts_where_asked():
+    assert optim.Momentum.default_rate(0.5).config() == {"name": "constant", "lr": 0.5}
+    assert optim.SGD.default_rate().config() == {"name": "constant", "lr": 0.05}
+    sdlm = optim.SDLM.default_rate(0.01)
+    assert sdlm.config() == optim.lecun1998(20.0).config() and sdlm.rate(0) == 0.01
+
+
+def test_loaded_optimizer_state_is_a_copy(backend, rng):
+    """Steps after load_state_dict never write into the arrays it was given."""
+    net = _tiny_fc(backend)
+    x, t, _, _ = _batch(net, rng)
+    opt = optim.Momentum(net, 0.1, momentum=0.5)
+    net.compute_gradients(x, t)
+    opt.step()
+    state = opt.state_dict()
+    kept = {k: np.array(v, copy=True) for k, v in state.items()}
+    again = optim.Momentum(net, 0.1, momentum=0.5)
+    again.load_state_dict(state)
+    net.compute_gradients(x, t)
+    again.step()
+    for key, value in state.items():
+        np.testing.assert_array_equal(value, kept[key], err_msg=key)
+    assert int(again.state_dict()["steps"]) == 2
+
+
+def test_optimizer_state_of_a_layer_named_with_a_slash():
+    """State keys are ``<slot>/<parameter>``, split at the first slash: a layer's name may hold
+    more of them."""
+    net = Network(
+        [L.FullyConnected(3, name="block/fc", activation="tanh"), L.FullyConnected(2)],
+        (4,),
+        dtype="float64",
+        backend="numpy",
+    )
+    x = net.backend.asarray(np.ones((2, 4)))
+    t = net.backend.asarray(np.eye(2))
+    opt = optim.Momentum(net, 0.1)
+    net.compute_gradients(x, t)
+    opt.step()
+    state = opt.state_dict()
+    assert "velocity/block/fc.weight" in state
+    again = optim.Momentum(net, 0.1)
+    again.load_state_dict(state)
+    restored = again.state_dict()
+    assert sorted(restored) == sorted(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)

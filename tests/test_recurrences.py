@@ -223,3 +223,43 @@ def test_the_optimizer_takes_each_epochs_rate_from_its_schedule(backend):
         opt.start_epoch(epoch)
         assert (opt.epoch, opt.lr) == (epoch, rate)
         assert opt.rate("fc2.bias") == 2 * rate and opt.rate("fc1.weight") == rate
+
+
+def test_sdlm_curvature_through_a_reduce_is_the_mean_over_every_process(rng):
+    """``reduce`` (data parallelism) gets this process's pattern-weighted sums and count and
+    returns those of all processes: the estimate is their mean, and start_epoch passes it on."""
+    net = _net("numpy")
+    mine = _batches(net, rng, 1, n=3)
+    other = _batches(net, rng, 1, n=1)
+    h_mine = _host(net, optim.diagonal_hessian(net, *mine[0]))
+    h_other = _host(net, optim.diagonal_hessian(net, *other[0]))
+    seen = []
+
+    def reduce(total, count):  # another process held one pattern: `other`
+        seen.append((sorted(total), count))
+        added = {name: value + net.backend.asarray(h_other[name]) for name, value in total.items()}
+        return added, count + 1
+
+    opt = optim.SDLM(net, 0.01, mu=0.05)
+    opt.start_epoch(0, mine, reduce=reduce)
+    assert seen == [(sorted(net.parameters()), 3)]
+    for name, value in _host(net, opt._state["hessian"]).items():
+        np.testing.assert_allclose(value, (3 * h_mine[name] + h_other[name]) / 4, rtol=1e-12)
+    again = opt.estimate_curvature(mine, reduce=lambda total, count: (total, count))
+    for name, value in _host(net, again).items():
+        np.testing.assert_allclose(value, h_mine[name], rtol=1e-12)
+
+
+def test_sdlm_needs_patterns_and_a_curvature_before_stepping(rng):
+    net = _net("numpy")
+    opt = optim.SDLM(net, 0.01)
+    with pytest.raises(ValueError, match="^SDLM: no patterns to estimate the curvature on$"):
+        opt.estimate_curvature([])
+    one = _batches(net, rng, 1, n=1)  # a single pattern is enough
+    assert sorted(opt.estimate_curvature(one)) == sorted(net.parameters())
+    fresh = optim.SDLM(net, 0.01)
+    net.compute_gradients(*one[0])
+    with pytest.raises(RuntimeError, match=r"^SDLM.step: call start_epoch\(epoch, data\) before"):
+        fresh.step()
+    with pytest.raises(RuntimeError, match=r"^SDLM: call start_epoch\(epoch, data\) first$"):
+        fresh.step_sizes()
