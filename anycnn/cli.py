@@ -30,7 +30,6 @@ import io
 import logging
 import math
 import os
-import platform
 import shlex
 import stat
 import sys
@@ -414,20 +413,9 @@ def _describe_schedule(schedule: Any) -> str:
 
 
 def describe_device(backend: Any) -> str:
-    """The backend and its device in words: ``numpy on cpu (2 cores)``, ``cupy on CUDA 0 (...)``."""
-    device = backend.default_device
-    text = f"{backend.name} on {device}"
-    if str(device) == "cpu":
-        machine = f", {platform.machine()}" if platform.machine() else ""
-        text += f" ({os.cpu_count()} cores{machine})"
-    else:
-        properties = getattr(backend.xp, "cuda", None)
-        try:
-            name = properties.runtime.getDeviceProperties(device.id)["name"]  # type: ignore
-            text += f" ({name.decode() if isinstance(name, bytes) else name})"
-        except Exception:  # any namespace without CUDA properties: the device is enough
-            pass
-    return text
+    """The backend and its device in words: ``numpy on cpu (2 cores)``, ``cupy on CUDA 0 (...)``
+    (:meth:`anycnn.Backend.describe`)."""
+    return backend.describe()
 
 
 def _check_writable(option: str, value: str | None, *, directory: bool) -> None:
@@ -763,39 +751,29 @@ def _setting(value: Any) -> str:
 
 def _tune_process(backend: Any) -> None:
     """Process-wide settings a training run opts into, which the library never makes on its
-    own: for the NumPy backend, malloc keeping freed memory for the next step's temporaries
-    (``Note [Fresh pages]`` in anycnn_numpy; ANYCNN_NUMPY_KEEP_FREED_MEMORY=0 declines it)."""
-    if getattr(backend, "name", None) != "numpy":
-        return
-    try:
-        from anycnn_numpy import keep_freed_memory
-    except ImportError:
-        return
-    keep_freed_memory()
+    own (``Backend.tune_process``): for the NumPy backend, malloc keeping freed memory for the
+    next step's temporaries (``Note [Fresh pages]`` in its plugin;
+    ANYCNN_NUMPY_KEEP_FREED_MEMORY=0 declines it)."""
+    tune = backend.base.tune_process
+    if tune is not None:
+        tune()
 
 
 def _warm_up(net: Any, batch_size: int, *, quiet: bool) -> None:
     """Compile the NumPy backend's kernels before the first epoch's clock starts: one forward
     and backward pass on a zero batch (gradients only; parameters, optimizer and random state
     untouched). When that takes more than a second -- Numba compiling, the first time after an
-    install -- say so while it happens, and where the machine code is cached."""
-    if net.backend.name != "numpy":
-        return
-    try:
-        from anycnn_numpy import _jit
-    except ImportError:
-        return
-    active, _ = _jit.status()
-    if not active:
+    install -- say so while it happens (``Backend.compile_note``: what and where)."""
+    note_of = net.backend.base.compile_note
+    note = None if note_of is None else note_of()
+    if note is None:
         return
     began = time.perf_counter()
     spoke = threading.Event()
 
-    where = _jit.cache_dir() or "Numba's cache"
-
     def announce() -> None:
         if not quiet:
-            _say(f"compiling CPU kernels once (~{_jit.COMPILE_SECONDS} s), cached in {where} ...")
+            _say(f"{note} ...")
             spoke.set()
 
     timer = threading.Timer(1.0, announce)
@@ -814,12 +792,8 @@ def _warm_up(net: Any, batch_size: int, *, quiet: bool) -> None:
 
 
 def _threads(backend: Any) -> int:
-    """The threads of the NumPy backend's ops in this process (1 for other backends)."""
-    if getattr(backend, "name", None) != "numpy":
-        return 1
-    from anycnn_numpy import get_num_threads
-
-    return get_num_threads()
+    """The threads of the backend's ops in this process (1 where it does not say)."""
+    return int(backend.thread_count())
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -907,11 +881,9 @@ def _backends(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         _say("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
-    try:
-        from anycnn_numpy import _jit
-    except ImportError:
-        return EXIT_OK
-    _say(f"numpy's compiled CPU kernels: {_jit.status()[1]}")
+    for record in available_backends():
+        if record.available and record.kernel_status is not None:
+            _say(record.kernel_status())
     return EXIT_OK
 
 

@@ -40,7 +40,6 @@ def move(network: Network, target: str | Backend, *, optimizer: Any = None) -> N
     True
     """
     from anycnn.network import Network
-    from anycnn.training.optim import _writable
 
     record = lookup(target).require()
     optimizers = [o for o in (network.optimizer, optimizer) if o is not None]
@@ -68,7 +67,7 @@ def move(network: Network, target: str | Backend, *, optimizer: Any = None) -> N
         # An optimizer looks its namespace up once (optim.Optimizer.__init__): refresh that, then
         # restore its state on the new backend (load_state_dict also recomputes SDLM's steps).
         opt._xp = record.xp
-        opt._in_place = _writable(opt._xp)
+        opt._in_place = record.writable
         opt._fused = record.ops.updates if opt._in_place else {}  # Note [Fused updates]
         opt.load_state_dict(state)
     return network

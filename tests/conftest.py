@@ -23,6 +23,7 @@ VARIANTS = {
     "numpy": "numpy",
     "strict": "array_api_strict",
     "torch": "torch",
+    "jax": "jax",
     "cupy": "cupy",
 }
 
@@ -50,7 +51,20 @@ def pytest_configure(config):
     _requested(config)
 
 
+#: Variants that run the reference ops op by op so slowly that the default suite runs them only
+#: on the tests marked ``@pytest.mark.<id>`` (a chosen subset: gradchecks of every layer type,
+#: forward passes, optimizer steps, a short fit); their other parameters are marked slow
+#: (``pytest -m slow --backend jax`` or plain ``pytest --backend jax`` runs them all). JAX
+#: dispatches and compiles every reference op eagerly: 10-50x NumPy's time on these tests.
+SUBSET_VARIANTS = ("jax",)
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend_id") if callspec else None
+        if name in SUBSET_VARIANTS and item.get_closest_marker(name) is None:
+            item.add_marker(pytest.mark.slow)
     wanted = _requested(config)
     if not wanted:
         return

@@ -129,6 +129,7 @@ def test_preprocessing_is_part_of_the_model(backend, rng):
     np.testing.assert_array_equal(backend.to_host(net.predict(images)), backend.to_host(manual))
 
 
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_validation_history_and_no_shuffle(backend, rng):
     x, labels = _toy(rng, 24)
     net = models.dlt(backend=backend, dtype="float64")

@@ -312,32 +312,31 @@ def test_shards_cover_a_batch_once():
 
 
 def test_each_process_takes_the_gpu_of_its_local_rank(fresh_world):
-    """select_device on a CuPy stand-in: local rank modulo the GPUs of the host, made current
-    and given as the backend's device; a named device and the CPU backend are kept."""
-    import types
+    """select_device on a backend with two stand-in GPUs (Backend.device_count / use_device):
+    local rank modulo the GPUs of the host, made current and given as the backend's device; a
+    named device and the CPU backend (no devices to choose from) are kept."""
+    from anycnn import Backend
+    from anycnn import backend as registry
 
     used = []
-
-    class Device:
-        def __init__(self, index):
-            self.index = index
-
-        def use(self):
-            used.append(self.index)
-
-    cuda = types.SimpleNamespace(
-        Device=Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)
+    gpus = Backend(
+        name="gpus",
+        array_module="numpy",
+        device=lambda: "gpu0",
+        device_for=lambda spec: f"gpu{spec}",
+        device_count=lambda: 2,
+        use_device=used.append,
     )
-    fresh_world.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
-    cupy_backend = types.SimpleNamespace(name="cupy", parent=None, on=lambda spec: f"cuda:{spec}")
     comm = distributed.SingleCommunicator()
     chosen = []
     for local_rank in range(3):
         comm.local_rank = local_rank
-        chosen.append(distributed.select_device(cupy_backend, comm))
-    assert used == [0, 1, 0]
-    assert chosen == [cupy_backend, "cuda:1", cupy_backend]
-    named = types.SimpleNamespace(name="cupy", parent=cupy_backend, default_device=Device(1))
-    assert distributed.select_device(named, comm) is named and used[-1] == 1
-    cpu = types.SimpleNamespace(name="numpy")
+        chosen.append(distributed.select_device(gpus, comm))
+    assert used == ["gpu0", "gpu1", "gpu0"]
+    assert chosen[0] is gpus and chosen[2] is gpus
+    assert chosen[1].parent is gpus and chosen[1].default_device == "gpu1"
+    named = gpus.on("1")
+    comm.local_rank = 0
+    assert distributed.select_device(named, comm) is named and used[-1] == "gpu1"
+    cpu = registry.lookup("numpy")
     assert distributed.select_device(cpu, comm) is cpu

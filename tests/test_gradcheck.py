@@ -59,6 +59,7 @@ LAYER_TYPES = {
 }
 
 
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 @pytest.mark.parametrize("kind", list(LAYER_TYPES))
 def test_layer_type(backend, rng, kind):
     layers, shape = LAYER_TYPES[kind]

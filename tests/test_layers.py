@@ -257,6 +257,7 @@ def _randomise(backend, net, rng, *names):
         net.set_parameter(name, backend.asarray(rng.uniform(-1.0, 1.0, shape), dtype="float64"))
 
 
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_convolution_forward(backend, rng):
     table = np.array([[True, False], [True, True], [False, True]])
     net, layer = _single(
@@ -272,6 +273,7 @@ def test_convolution_forward(backend, rng):
     assert net.output_shape == (3, 5, 5)
 
 
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 @pytest.mark.parametrize("trainable", [True, False], ids=["trainable", "fixed"])
 @pytest.mark.parametrize("mode", ["sum", "mean", "decimate"])
 def test_subsampling_forward(backend, rng, mode, trainable):

@@ -131,6 +131,7 @@ def test_selection_zeroes_unselected_pairs(backend, rng):
     assert np.all(grad[~sel] == 0) and np.all(np.abs(grad[sel]).sum(axis=(1, 2)) > 0)
 
 
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_reference_ops_run_on_backend(backend, rng):
     """The pure Array API reference runs on every namespace and agrees with the fast op."""
     x = rng.standard_normal((2, 2, 6, 6))

@@ -111,6 +111,7 @@ def _host(net, arrays):
 # --------------------------------------------------------------------------------------------
 # SGD, momentum, per-layer rates
 # --------------------------------------------------------------------------------------------
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_sgd_step_is_p_minus_lr_g_exactly(backend, rng):
     net = _tiny_fc(backend, dtype="float32")
     x, t, _, _ = _batch(net, rng)
@@ -128,6 +129,7 @@ def test_sgd_step_is_p_minus_lr_g_exactly(backend, rng):
     assert opt.steps == 1
 
 
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_momentum_two_steps(backend, rng):
     net = _tiny_fc(backend)
     x, t, _, _ = _batch(net, rng)
@@ -445,9 +447,85 @@ def test_diagonal_hessian_rejects_unknown_layers():
         optim.diagonal_hessian(net, x, net.backend.asarray(np.ones((1, 2))))
 
 
+def test_curvature_rules_belong_to_layers_and_losses(rng):
+    """Issue 19, item 5: diagonal_hessian runs each layer's and the loss's own rule, so a new
+    layer or loss brings its own. A layer y = 2x with its rule d2x = 4 d2y must give fc1 the
+    curvature of the same net without it whose last weights are doubled (the same function, the
+    same bits: scaling by 2 is exact), and a loss whose rule doubles the squared error's must
+    double every entry exactly."""
+
+    class Twice(L.Layer):
+        def _build(self, input_shape, context):
+            return input_shape
+
+        def forward(self, x):
+            return x * 2.0
+
+        def backward(self, dy, need_input_grad=True):
+            return dy * 2.0
+
+        def curvature(self, d2y, need_input_grad=True):
+            return (d2y * 4.0 if need_input_grad else None), {}
+
+    class DoubledError(L.SquaredError):
+        def curvature(self, y, t):
+            return super().curvature(y, t) * 2.0
+
+    def build(extra, loss):
+        net = Network(
+            [
+                L.FullyConnected(3, activation="tanh", name="fc1"),
+                *extra,
+                L.FullyConnected(2, name="out"),
+            ],
+            (4,),
+            loss=loss,
+            dtype="float64",
+            backend="numpy",
+            seed=3,
+        )
+        return net
+
+    with_twice = build([Twice(name="twice")], "squared_error")
+    plain = build([], "squared_error")
+    doubled = build([], DoubledError())
+    weight = with_twice.state_dict()["out.weight"]
+    plain.set_parameter("out.weight", plain.backend.asarray(2.0 * weight))
+    doubled.set_parameter("out.weight", doubled.backend.asarray(2.0 * weight))
+    for name in ("fc1.weight", "fc1.bias", "out.bias"):
+        plain.set_parameter(name, plain.backend.asarray(with_twice.state_dict()[name]))
+        doubled.set_parameter(name, doubled.backend.asarray(with_twice.state_dict()[name]))
+    x = rng.standard_normal((5, 4))
+    t = np.eye(2)[rng.integers(0, 2, 5)]
+    h_twice = _host(with_twice, optim.diagonal_hessian(with_twice, x, t))
+    h_plain = _host(plain, optim.diagonal_hessian(plain, x, t))
+    h_doubled = _host(doubled, optim.diagonal_hessian(doubled, x, t))
+    for name in ("fc1.weight", "fc1.bias"):
+        np.testing.assert_array_equal(h_twice[name], h_plain[name], err_msg=name)
+    assert np.any(h_plain["fc1.weight"] > 0)
+    for name, value in h_plain.items():
+        np.testing.assert_array_equal(h_doubled[name], 2.0 * value, err_msg=name)
+
+
+def test_diagonal_hessian_rejects_losses_without_a_rule():
+    class Absolute(L.Loss):
+        name = "absolute"
+
+        def value(self, y, t):
+            return abs(y - t).sum() / y.shape[0]
+
+        def gradient(self, y, t):
+            return np.sign(y - t) / y.shape[0]
+
+    net = Network([L.FullyConnected(2)], (3,), loss=Absolute(), dtype="float64", backend="numpy")
+    with pytest.raises(NotImplementedError, match="no second derivative for the loss 'absolute'"):
+        optim.diagonal_hessian(net, np.ones((1, 3)), np.ones((1, 2)))
+
+
 # --------------------------------------------------------------------------------------------
 # SDLM
 # --------------------------------------------------------------------------------------------
+@pytest.mark.jax  # in the default suite on JAX (tests/conftest.py SUBSET_VARIANTS)
 def test_sdlm_steps_are_positive_and_bounded(backend, rng):
     net = _tiny_conv(backend, "sum")
     x, t, _, _ = _batch(net, rng, n=8)
@@ -553,6 +631,7 @@ def test_optimizers_use_a_backends_fused_updates_with_the_same_bits(rng):
         array_module="numpy",
         namespace=lambda: np_xp,
         device=lambda: "cpu",
+        writable=True,  # in-place updates need writable arrays (Note [Backend capabilities])
         fast_ops=lambda: {
             **registry.lookup("numpy").fast_ops(),
             **{n: counted(n) for n in registry.UPDATE_OP_NAMES},
@@ -650,7 +729,7 @@ def test_output_curvature_of_the_cross_entropy_with_extreme_logits():
     loss = L.CrossEntropy()
     y = np.array([[1000.0, 999.0, 0.0], [0.0, 1.0, 2.0]])
     t = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    got = optim._output_curvature(loss, y, t)
+    got = loss.curvature(y, t)  # the loss owns its rule (issue 19, item 5)
     for row in range(2):
         p = np.exp(y[row] - y[row].max())
         p /= p.sum()

@@ -26,6 +26,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
 import threading
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -124,6 +125,32 @@ class Backend:
         backend, raising :class:`ValueError` when there is no such device. By default the
         namespace's own devices (``__array_namespace_info__().devices()``) are matched by name,
         and ``"0"`` means the default device.
+    writable : bool
+        Whether arrays of this backend may be updated in place (``p -= step``, ``out=``): an
+        optimizer then moves parameters and buffers in place (``Note [Backend capabilities]``).
+        False (the safe answer) for immutable arrays such as JAX's.
+    device_name : callable, optional
+        Words for a device of this backend (a GPU's model), for :meth:`describe`.
+    threads : callable, optional
+        ``threads(None)`` gives how many threads this backend's ops use in this process,
+        ``threads(n)`` sets it (and returns it): see :meth:`thread_count`.
+    compile_note : callable, optional
+        What the backend compiles on its first pass (a sentence), or ``None`` when nothing is
+        left to compile: ``anycnn train`` warms up and says so (``cli._warm_up``).
+    kernel_status : callable, optional
+        One line on the backend's compiled kernels for ``anycnn backends``.
+    tune_process : callable, optional
+        Makes the process-wide settings a training run may opt into (the library never calls
+        it; ``anycnn train`` does), returning whether anything was set.
+    device_count : callable, optional
+        How many devices of this backend the host has, for one process per device under MPI
+        (:func:`anycnn.training.distributed.select_device`); ``None``: nothing to choose.
+    use_device : callable, optional
+        Makes a device of this backend the process's current one (CuPy's ``Device.use()``).
+    nccl : callable, optional
+        Returns ``(module, stream)`` for summing this backend's arrays across processes on the
+        device: an NCCL module (the calls of ``cupy.cuda.nccl``) and a function giving the
+        current stream's handle; raises, saying what to install, when NCCL is missing.
 
     Examples
     --------
@@ -148,6 +175,16 @@ class Backend:
     to_numpy: Callable[[Any], Any] | None = None
     device_for: Callable[[str], Any] | None = None
     load_error: str | None = None
+    # Capabilities (Note [Backend capabilities]); a device record (`on`) asks its base.
+    writable: bool = False
+    device_name: Callable[[Any], str] | None = None
+    threads: Callable[[int | None], int] | None = None
+    compile_note: Callable[[], str | None] | None = None
+    kernel_status: Callable[[], str] | None = None
+    tune_process: Callable[[], bool] | None = None
+    device_count: Callable[[], int] | None = None
+    use_device: Callable[[Any], None] | None = None
+    nccl: Callable[[], tuple[Any, Callable[[], int]]] | None = None
     #: The record of the backend's default device when this one is a device of it (``on``).
     parent: Backend | None = field(default=None, repr=False)
     _state: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -266,6 +303,7 @@ class Backend:
                     install_hint=root.install_hint,
                     to_numpy=root.to_numpy,
                     device_for=root.device_for,
+                    writable=root.writable,
                     parent=root,
                 )
                 record._state.update(device=resolved, spec=spec)
@@ -328,6 +366,50 @@ class Backend:
             table.updates = {name: f for name, f in given.items() if name in UPDATE_OP_NAMES}
             self._state["ops"] = table
         return table
+
+    # Note [Backend capabilities]
+    # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    # Code outside the backends asks the record what it can do; it never tests a backend's name
+    # or namespace ("is this NumPy?"): `writable` (may arrays be updated in place: optimizers,
+    # gradient averaging), `describe()` (the device in words), `thread_count()` /
+    # `set_thread_count(n)`, `compile_note()` (anycnn train's warm-up), `kernel_status()`
+    # (anycnn backends), `tune_process()` (process-wide settings a run opts into), and for data
+    # parallelism `device_count()` / `use_device(d)` (one process per GPU) and `nccl()` (sums
+    # on the device). A plugin
+    # states its answers in its record; the defaults are the safe ones for any Array API
+    # namespace (read-only arrays, one thread, nothing to compile or tune).
+    # tests/test_no_library_names.py keeps library names out of the code outside the backends.
+    def describe(self) -> str:
+        """The backend and its device in words: ``numpy on cpu (2 cores, x86_64)``,
+        ``cupy on <CUDA Device 0> (NVIDIA H100 80GB HBM3)``.
+
+        >>> import anycnn
+        >>> anycnn.backend.lookup("strict").describe()
+        "array_api_strict on array_api_strict.Device('CPU_DEVICE')"
+        """
+        device = self.default_device
+        text = f"{self.name} on {device}"
+        name = self.base.device_name
+        if name is not None:
+            try:
+                text += f" ({name(device)})"
+            except Exception:  # noqa: BLE001 - the device alone still describes it
+                pass
+        elif str(device) == "cpu":
+            machine = f", {platform.machine()}" if platform.machine() else ""
+            text += f" ({os.cpu_count()} cores{machine})"
+        return text
+
+    def thread_count(self) -> int:
+        """How many threads this backend's ops use in this process (1 when it does not say)."""
+        threads = self.base.threads
+        return 1 if threads is None else int(threads(None))
+
+    def set_thread_count(self, count: int) -> int:
+        """Let this backend's ops use ``count`` threads (where it has a say); returns the count
+        it uses now."""
+        threads = self.base.threads
+        return 1 if threads is None else int(threads(int(count)))
 
     def owns(self, xp: Any) -> bool:
         """Whether an array namespace belongs to this backend (never imports anything)."""
@@ -584,6 +666,37 @@ def _torch_device_for(spec: str) -> Any:
     raise ValueError(f"backend 'torch' has no device {spec!r}: use cpu or cuda:N")
 
 
+def _jax_namespace() -> Any:
+    """``jax.numpy`` (the Array API namespace of JAX; the top-level ``jax`` module is not one),
+    with JAX's 64-bit floats turned on (Note [JAX])."""
+    import jax
+
+    if not jax.config.read("jax_enable_x64"):
+        jax.config.update("jax_enable_x64", True)
+        logger.info("backend jax: turned on jax_enable_x64 (float64 networks need it)")
+    import jax.numpy as jnp
+
+    return array_api_compat.array_namespace(jnp.zeros(1))
+
+
+def _jax_device() -> Any:
+    import jax
+
+    return jax.devices()[0]
+
+
+# Note [JAX]
+# ~~~~~~~~~~
+# JAX runs on the reference ops like array-api-strict, with two differences the record states.
+# Its arrays are immutable (`writable=False`): `a += b` rebinds a name to a new array, which is
+# all the layers do with their own temporaries, and the optimizers hand new parameters to
+# `Network.set_parameter` (Note [Backend capabilities]). And JAX computes in 32 bits unless
+# `jax_enable_x64` is on: `jnp.asarray(x, dtype=float64)` would silently give float32, so the
+# backend turns the flag on when it is first used (never at `import anycnn`), logging it. The
+# flag is process-wide; arrays made before keep their dtypes, and anycnn always names dtypes.
+# New arrays go to JAX's first device (its CPU unless a GPU build of jaxlib is installed).
+
+
 def _builtin_generic() -> list[Backend]:
     strict = _generic(
         "array_api_strict",
@@ -603,9 +716,16 @@ def _builtin_generic() -> list[Backend]:
     torch.namespace = _torch_namespace
     torch.device = _torch_device
     torch.device_for = _torch_device_for
+    torch.writable = True  # tensors take in-place updates (Note [Backend capabilities])
     jax = _generic(
-        "jax", "jax", (), 'pip install "jax[cpu]"', "JAX arrays through array-api-compat"
+        "jax",
+        "jax",
+        (),
+        'pip install "anycnn[jax]"',
+        "JAX arrays (jax.numpy, 64-bit floats on: Note [JAX])",
     )
+    jax.namespace = _jax_namespace
+    jax.device = _jax_device
     return [strict, torch, jax]
 
 
@@ -736,6 +856,14 @@ def lookup(name: str | Backend) -> Backend:
     if record is None:
         raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(known_names())}")
     return record.on(device) if device else record
+
+
+def limit_threads(count: int) -> None:
+    """Give the ops of every usable backend that has a say ``count`` threads
+    (:meth:`Backend.set_thread_count`), e.g. one process per core under ``mpiexec``."""
+    for record in _backends().values():
+        if record.threads is not None and record.available:
+            record.set_thread_count(count)
 
 
 def available_backends() -> list[Backend]:

@@ -158,6 +158,32 @@ class Layer:
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         raise NotImplementedError
 
+    def curvature(
+        self, d2y: Array, need_input_grad: bool = True
+    ) -> tuple[Array | None, dict[str, Array]]:
+        """LeCun's diagonal Gauss-Newton pass of this layer, after a forward pass: from
+        ``d2y``, the curvature of ``E^n`` with respect to the output ``y``, per pattern, return
+        ``(d2x, {role: h})``: the same for the input (``None`` without ``need_input_grad``) and,
+        per parameter, the curvature summed over the batch (``Note [Diagonal Gauss-Newton
+        curvature]`` in :mod:`anycnn.training.optim`, whose ``diagonal_hessian`` runs these from
+        the output layer down for SDLM).
+
+        Raises
+        ------
+        NotImplementedError
+            In this base class: a layer that has no rule (SDLM cannot train it).
+        """
+        raise NotImplementedError(
+            f"diagonal_hessian: no curvature rule for {self.describe()}; give the layer a "
+            "method curvature(d2y, need_input_grad) -> (d2x, {role: h})"
+        )
+
+    def _squared_slope(self, d2y: Array) -> Array:
+        """``d2u = f'(u)^2 o d2y`` from the saved output: Gauss-Newton drops the f'' term (it
+        can be negative), the squared counterpart of eq. (4)."""
+        slope = self.activation.derivative(self._y)
+        return d2y * (slope * slope)
+
     # -- description ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments (checkpoints rebuild layers from these)."""

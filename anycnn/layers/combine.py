@@ -89,8 +89,8 @@ def to_selection(
     array([[1, 0, 0],
            [0, 1, 1]])
     """
-    if array_api_compat.is_array_api_obj(alphas) and not array_api_compat.is_numpy_array(alphas):
-        from anycnn.backend import backend_of
+    if array_api_compat.is_array_api_obj(alphas) and not isinstance(alphas, np.ndarray):
+        from anycnn.backend import backend_of  # any backend's array: a host copy
 
         alphas = backend_of(alphas, op=where).to_host(alphas)
     table = np.asarray(alphas, dtype=np.float64)
@@ -358,6 +358,58 @@ class LearnedCombination(Layer):
         if not need_input_grad:
             return None
         return ops.conv_full(delta, self._kernel)  # 3.2.1 with the effective kernel
+
+    def curvature(self, d2y: Array, need_input_grad: bool = True) -> tuple[Array | None, dict]:
+        """Section 3.3 with squares (:meth:`Layer.curvature`): the effective kernel
+        ``K = alpha k`` is a convolution, so ``h_K = conv_kernel_grad(x o x, d2u)``,
+        ``h_k = sum_j alpha_ij^2 h_K[j, i]`` (per input) or ``alpha^2 h_K`` (per pair), and
+        ``h_c[j, i] = sum d2u_j (du_j/dc_ij)^2`` with ``du_j/dc_ij = alpha_ij (x_i * k_ij -
+        sum_m alpha_mj x_m * k_mj)`` (eqs. 8-10); the penalty ``Omega`` of 3.3.1 is left out."""
+        xp = array_api_compat.array_namespace(d2y)
+        assert self._backend is not None, f"{self.describe()}: build the layer first"
+        ops = self._backend.ops
+        d2u = self._squared_slope(d2y)
+        x, alpha, kernel = self._x, self._alpha, self.params["kernel"]
+        c_out, c_in = alpha.shape
+        ones = (1,) * (x.ndim - 2)  # one per spatial axis (issue 18)
+        spatial = tuple(range(2, x.ndim))
+        alpha2 = xp.reshape(alpha * alpha, (c_out, c_in, *ones))
+        h_eff = ops.conv_kernel_grad(x * x, d2u)  # (C_out, C_in, kh, kw), curvature of K = alpha k
+        h: dict[str, Array] = {"bias": xp.sum(d2u, axis=(0, *spatial))}
+        device = array_api_compat.device(x)
+        if self.kernels == "per_input":
+            h["kernel"] = xp.sum(alpha2 * h_eff, axis=0)
+            # z_i = x_i * k_i, one map per input: a convolution with a diagonal input-map table.
+            eye = xp.eye(c_in, dtype=xp.bool, device=device)
+            diagonal = xp.reshape(kernel, (c_in, 1, *kernel.shape[1:])) * xp.ones(
+                (1, c_in, *ones), dtype=kernel.dtype, device=device
+            )
+            z = ops.conv_valid(x, diagonal, eye)  # (N, C_in, oh, ow)
+            v = ops.conv_valid(x, self._kernel)  # (N, C_out, oh, ow) = sum_i alpha_ij z_i
+            a = xp.tensordot(d2u, z * z, axes=([0, *spatial], [0, *spatial]))  # (C_out, C_in)
+            b = xp.tensordot(d2u * v, z, axes=([0, *spatial], [0, *spatial]))
+            c = xp.sum(d2u * v * v, axis=(0, *spatial))[:, None]
+        else:
+            h["kernel"] = alpha2 * h_eff
+            # z_ji = x_i * k_ji for every pair: C_out * C_in maps.
+            expand = xp.reshape(kernel, (c_out * c_in, 1, *kernel.shape[2:])) * xp.ones(
+                (1, c_in, *ones), dtype=kernel.dtype, device=device
+            )
+            eye = xp.eye(c_in, dtype=xp.bool, device=device)
+            table = xp.reshape(
+                xp.broadcast_to(eye[None, :, :], (c_out, c_in, c_in)), (c_out * c_in, c_in)
+            )
+            z = ops.conv_valid(x, expand, table)  # (N, C_out*C_in, oh, ow)
+            z = xp.reshape(z, (z.shape[0], c_out, c_in, *z.shape[2:]))
+            v = xp.expand_dims(ops.conv_valid(x, self._kernel), axis=2)
+            d = xp.expand_dims(d2u, axis=2)
+            a = xp.sum(d * z * z, axis=(0, *range(3, 3 + len(ones))))
+            b = xp.sum(d * v * z, axis=(0, *range(3, 3 + len(ones))))
+            c = xp.sum(d * v * v, axis=(0, *range(3, 3 + len(ones))))
+        # (du_j/dc_ij)^2 = alpha_ij^2 (z_ij - v_j)^2 = alpha^2 (z^2 - 2 z v + v^2), times d2u_j
+        h["c"] = (alpha * alpha) * (a - 2.0 * b + c)
+        kernel_eff = self._kernel
+        return (ops.conv_full(d2u, kernel_eff * kernel_eff) if need_input_grad else None), h
 
     # -- description ---------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -433,6 +433,22 @@ class Convolution(Layer):
         # 3.2.1; with padding, cropped back (Note [Zero padding] in anycnn.ops)
         return ops.conv_full(delta, self.params["kernel"], self._selection, *self._padding_args)
 
+    def curvature(self, d2y: Array, need_input_grad: bool = True) -> tuple[Array | None, dict]:
+        """Section 3.1 with squares (:meth:`Layer.curvature`): ``h_k = conv_kernel_grad(x o x,
+        d2u)`` (eq. 7 with squared inputs), ``h_b = sum_{u,v} d2u``, ``d2x = conv_full(d2u,
+        k o k)`` (3.2.1 with squared kernels); padded zeros have no curvature (``Note [Zero
+        padding]`` in :mod:`anycnn.ops`)."""
+        xp = array_api_compat.array_namespace(d2y)
+        ops = self._backend.ops
+        d2u = self._squared_slope(d2y)
+        x, k, selection = self._x, self.params["kernel"], self._selection
+        pad = self._padding_args
+        h = {
+            "kernel": ops.conv_kernel_grad(x * x, d2u, selection, *pad),
+            "bias": xp.sum(d2u, axis=(0, *range(2, d2u.ndim))),  # every spatial axis (issue 18)
+        }
+        return (ops.conv_full(d2u, k * k, selection, *pad) if need_input_grad else None), h
+
     def config(self) -> dict[str, Any]:
         config = {
             "maps": self.maps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from anycnn.layers.activations import get_activation
@@ -33,6 +34,11 @@ class Flatten(Layer):
             return None
         assert self.input_shape is not None, "Flatten.backward before build"
         return self._xp.reshape(dy, (dy.shape[0], *self.input_shape))
+
+    def curvature(self, d2y: Array, need_input_grad: bool = True) -> tuple[Array | None, dict]:
+        """No parameters: the curvature is reshaped back into maps (:meth:`Layer.curvature`)."""
+        xp = array_api_compat.array_namespace(d2y)
+        return (xp.reshape(d2y, (d2y.shape[0], *self.input_shape)) if need_input_grad else None), {}
 
 
 class FullyConnected(Layer):
@@ -103,6 +109,16 @@ class FullyConnected(Layer):
         if not need_input_grad:
             return None
         return ops.fully_connected_input_grad(delta, self.params["weight"])
+
+    def curvature(self, d2y: Array, need_input_grad: bool = True) -> tuple[Array | None, dict]:
+        """Eq. (2) with squares (:meth:`Layer.curvature`): ``h_W = d2u^T (x o x)``,
+        ``h_b = sum d2u``, ``d2x = d2u (W o W)``."""
+        xp = array_api_compat.array_namespace(d2y)
+        d2u = self._squared_slope(d2y)
+        x = self._x
+        w = self.params["weight"]
+        h = {"weight": xp.matmul(xp.matrix_transpose(d2u), x * x), "bias": xp.sum(d2u, axis=0)}
+        return (xp.matmul(d2u, w * w) if need_input_grad else None), h
 
     def config(self) -> dict[str, Any]:
         return {"units": self.units, "activation": self.activation.config(), "init": self.init}

@@ -46,6 +46,21 @@ class Loss:
         """``dE/dy`` for the mean error, shape of ``y``."""
         raise NotImplementedError
 
+    def curvature(self, y: Array, t: Array) -> Array:
+        """The diagonal of ``d^2 E^n / dy^2`` for each pattern, shape of ``y``: where LeCun's
+        diagonal Gauss-Newton pass starts (``Note [Diagonal Gauss-Newton curvature]`` in
+        :mod:`anycnn.training.optim`; SDLM needs it).
+
+        Raises
+        ------
+        NotImplementedError
+            In this base class: a loss without a second derivative (SDLM cannot use it).
+        """
+        raise NotImplementedError(
+            f"diagonal_hessian: no second derivative for the loss {self.name!r}; give it a "
+            "method curvature(y, t) -> the diagonal of d^2 E^n / dy^2 per pattern"
+        )
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -78,6 +93,11 @@ class SquaredError(Loss):
 
     def gradient(self, y: Array, t: Array) -> Array:
         return (y - t) * (1.0 / y.shape[0])
+
+    def curvature(self, y: Array, t: Array) -> Array:
+        """``d^2 E^n / dy_k^2 = 1``."""
+        xp = array_api_compat.array_namespace(y, t)
+        return xp.ones_like(y)
 
 
 class CrossEntropy(Loss):
@@ -123,6 +143,15 @@ class CrossEntropy(Loss):
         xp = array_api_compat.array_namespace(y, t)
         p = xp.exp(self._log_softmax(y))
         return (p * xp.sum(t, axis=1, keepdims=True) - t) * (1.0 / y.shape[0])
+
+    def curvature(self, y: Array, t: Array) -> Array:
+        """``(sum_k t_k) p (1 - p)`` with ``p = softmax(y)``: the diagonal of
+        ``(sum_k t_k) (diag(p) - p p^T)``."""
+        xp = array_api_compat.array_namespace(y, t)
+        shifted = y - xp.max(y, axis=1, keepdims=True)
+        p = xp.exp(shifted)
+        p = p / xp.sum(p, axis=1, keepdims=True)
+        return xp.sum(t, axis=1, keepdims=True) * (p * (1.0 - p))
 
 
 LOSSES: dict[str, type[Loss]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from anycnn.layers.activations import get_activation
@@ -202,6 +203,33 @@ class Subsampling(Layer):
         if not need_input_grad:
             return None
         return self._up(delta, defer_up)
+
+    def curvature(self, d2y: Array, need_input_grad: bool = True) -> tuple[Array | None, dict]:
+        """Section 3.2 with squares (:meth:`Layer.curvature`): ``h_beta = sum_{u,v} d2u o d^2``
+        with ``d = down(x)``, ``h_b = sum d2u``, ``d2x = beta^2 up(d2u)`` for block sums
+        (``up(d2u) / n^4`` for block means, the transposed decimation for ``"decimate"``)."""
+        xp = array_api_compat.array_namespace(d2y)
+        ops = self._backend.ops
+        d2u = self._squared_slope(d2y)
+        h: dict[str, Array] = {}
+        d2d = d2u
+        if self.trainable:
+            d = self._d
+            summed = (0, *range(2, d2u.ndim))  # every spatial axis (issue 18)
+            h["beta"] = xp.sum(d2u * (d * d), axis=summed)
+            h["bias"] = xp.sum(d2u, axis=summed)
+            beta = self.params["beta"]
+            d2d = d2u * xp.reshape(beta * beta, (1, beta.shape[0], *((1,) * (d2u.ndim - 2))))
+        if not need_input_grad:
+            return None, h
+        n = self.n
+        if self.mode == "decimate":
+            return self._unfit(ops.decimate_transpose(d2d, n)), h
+        if self._inv_counts is not None:  # a padded block mean: (1 / count)^2 per block
+            return self._unfit(ops.kron_upsample(d2d * (self._inv_counts**2), n)), h
+        up = ops.kron_upsample(d2d, n)
+        scale = 1.0 / float(n ** (2 * (d2d.ndim - 2)))  # the mean's (1 / n^d)^2 (issue 18)
+        return self._unfit(up * scale if self.mode == "mean" else up), h
 
     def config(self) -> dict[str, Any]:
         config = {

@@ -58,8 +58,9 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import array_api_compat
 import numpy as np
+
+from anycnn.backend import backend_of
 
 __all__ = [
     "Communicator",
@@ -243,19 +244,32 @@ class MPICommunicator(Communicator):
         node.Free()
         self._nccl: NCCLReducer | None = None
 
-    # host arrays: MPI; device arrays: NCCL
+    # host arrays: MPI; device arrays: NCCL, where their backend offers it (Backend.nccl)
     def _is_device(self, array: Array) -> bool:
-        return not isinstance(array, np.ndarray) and array_api_compat.is_cupy_array(array)
+        if isinstance(array, np.ndarray):
+            return False
+        try:
+            return backend_of(array).base.nccl is not None
+        except TypeError:  # not an array: allreduce_ says what it expects
+            return False
 
-    def nccl(self) -> NCCLReducer:
-        """The NCCL communicator of this job (created on first use, collectively)."""
+    def nccl(self, array: Array = None) -> NCCLReducer:
+        """The NCCL communicator of this job (created on first use, collectively), from the
+        backend of ``array`` (``Backend.nccl``)."""
         if self._nccl is None:
-            self._nccl = NCCLReducer(self)
+            source = None if array is None else backend_of(array).base.nccl
+            if source is None:
+                raise DistributedError("NCCL: no backend offers it for these arrays")
+            try:
+                module, stream = source()
+            except Exception as error:  # noqa: BLE001 - the backend's reason, with the fix
+                raise DistributedError(f"device arrays are reduced with NCCL: {error}") from None
+            self._nccl = NCCLReducer(self, nccl=module, stream=stream)
         return self._nccl
 
     def allreduce_(self, array: Array) -> Array:
         if self._is_device(array):
-            return self.nccl().allreduce_(array)
+            return self.nccl(array).allreduce_(array)
         if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
             raise TypeError(
                 "MPICommunicator.allreduce_: expected a C-contiguous NumPy array (or a CuPy "
@@ -266,7 +280,7 @@ class MPICommunicator(Communicator):
 
     def broadcast_(self, array: Array, root: int = 0) -> Array:
         if self._is_device(array):
-            return self.nccl().broadcast_(array, root)
+            return self.nccl(array).broadcast_(array, root)
         self.comm.Bcast(array, root=root)
         return array
 
@@ -287,8 +301,9 @@ class NCCLReducer:
 
     Rank 0 creates the NCCL unique id, MPI broadcasts it, and every rank joins the NCCL
     communicator with its MPI rank. ``nccl`` (a module like ``cupy.cuda.nccl``) and ``stream``
-    (a function giving the current stream's handle) may be given: the tests pass a stand-in to
-    check the protocol without a GPU. Untested on hardware.
+    (a function giving the current stream's handle) come from the arrays' backend
+    (``Backend.nccl``, Note [Backend capabilities]); the tests pass a stand-in to check the
+    protocol without a GPU. Untested on hardware.
 
     Examples
     --------
@@ -320,29 +335,7 @@ class NCCLReducer:
         "int64": "NCCL_INT64",
     }
 
-    def __init__(
-        self,
-        mpi: Communicator,
-        *,
-        nccl: Any = None,
-        stream: Callable[[], int] | None = None,
-    ):
-        if nccl is None:
-            try:
-                from cupy.cuda import nccl as cupy_nccl
-            except ImportError as error:
-                raise DistributedError(
-                    f"CuPy arrays are reduced with NCCL, which is not available ({error}); "
-                    "install CuPy with NCCL (pip install nvidia-nccl-cu12) or train on the CPU"
-                ) from None
-            nccl = cupy_nccl
-        if stream is None:
-
-            def stream() -> int:
-                import cupy
-
-                return int(cupy.cuda.get_current_stream().ptr)
-
+    def __init__(self, mpi: Communicator, *, nccl: Any, stream: Callable[[], int]):
         self.nccl, self._stream = nccl, stream
         uid = nccl.get_unique_id() if mpi.rank == 0 else None
         uid = mpi.broadcast_object(uid, root=0)
@@ -497,11 +490,9 @@ def set_rank_threads(comm: Communicator) -> int:
     count = rank_threads(comm)
     if comm.local_size <= 1:
         return count
-    try:
-        from anycnn_numpy import set_num_threads
-    except ImportError:  # pragma: no cover - the NumPy backend always ships
-        return count
-    set_num_threads(count)
+    from anycnn.backend import registry
+
+    registry.limit_threads(count)  # the backends that have a say (Note [Backend capabilities])
     from threadpoolctl import threadpool_limits  # a dependency of anycnn
 
     threadpool_limits(count, user_api="blas")
@@ -510,9 +501,10 @@ def set_rank_threads(comm: Communicator) -> int:
 
 def select_device(backend: Any, comm: Communicator) -> Any:
     """The backend on this process's GPU: one process per GPU, GPU ``local_rank`` modulo the
-    GPUs of this host (``backend.on("N")``, as the name ``"cuda:N"`` gives), made current for
-    CuPy (streams and NCCL). A CPU backend, or one whose device was named (``"cuda:1"``), is
-    returned as it is (a named device is made current).
+    GPUs of this host (``backend.on("N")``, as the name ``"cuda:N"`` gives), made current
+    (``Backend.use_device``: CuPy's streams and NCCL follow it). A backend without devices to
+    choose from (``Backend.device_count`` None: the CPU), or one whose device was named
+    (``"cuda:1"``), is returned as it is (a named device is made current).
 
     Examples
     --------
@@ -522,18 +514,16 @@ def select_device(backend: Any, comm: Communicator) -> Any:
     >>> select_device(backend, SingleCommunicator()) is backend
     True
     """
-    if getattr(backend, "name", None) != "cupy":
+    count = backend.base.device_count  # Note [Backend capabilities]: None on the CPU backends
+    if count is None:
         return backend
-    if getattr(backend, "parent", None) is not None:  # the device was named: keep it
-        use = getattr(backend.default_device, "use", None)
-        if use is not None:
-            use()
-        return backend
-    import cupy
-
-    index = comm.local_rank % max(1, cupy.cuda.runtime.getDeviceCount())
-    cupy.cuda.Device(index).use()
-    return backend.on(str(index)) if index else backend
+    if backend.parent is None:  # no device named: the local rank's
+        index = comm.local_rank % max(1, int(count()))
+        backend = backend.on(str(index)) if index else backend
+    use = backend.base.use_device
+    if use is not None:
+        use(backend.default_device)
+    return backend
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,14 +542,6 @@ def shard(count: int, comm: Communicator) -> tuple[int, int]:
     ([(0, 3), (3, 6), (6, 10)], (0, 0))
     """
     return count * comm.rank // comm.size, count * (comm.rank + 1) // comm.size
-
-
-def _in_place(xp: Any) -> bool:
-    return bool(
-        array_api_compat.is_numpy_namespace(xp)
-        or array_api_compat.is_cupy_namespace(xp)
-        or array_api_compat.is_torch_namespace(xp)
-    )
 
 
 class GradientAverager:
@@ -592,7 +574,7 @@ class GradientAverager:
     def __init__(self, comm: Communicator, network: Any):
         self.comm, self.network = comm, network
         self.xp = xp = network.backend.xp
-        if not _in_place(xp):
+        if not network.backend.writable:  # Note [Backend capabilities]
             raise DistributedError(
                 f"distributed training needs a backend with writable arrays (numpy, cupy, "
                 f"torch); the network is on {network.backend.name!r}"

@@ -7,11 +7,11 @@ of the notes, ``Delta W = -eta dE/dW``, with a rate ``eta`` per parameter (the e
 "in practice there is often a learning rate parameter eta_ij specific to each weight"; section
 4.2: "at least have a different rate for each layer").
 
-The code is written once against the Array API. Where the namespace supports writing into an
-array (NumPy, CuPy, PyTorch), parameters and momentum buffers are updated in place, which saves
-one allocation per parameter and step; elsewhere (array-api-strict, JAX) the new value is handed
-to ``network.set_parameter(name, value, check=False)``. Both paths perform the same floating-point
-operations in the same order, so they give bit-identical results.
+The code is written once against the Array API. Where the backend says its arrays may be written
+(``Backend.writable``: NumPy, CuPy, PyTorch), parameters and momentum buffers are updated in
+place, which saves one allocation per parameter and step; elsewhere (array-api-strict, JAX) the
+new value is handed to ``network.set_parameter(name, value, check=False)``. Both paths perform
+the same floating-point operations in the same order, so they give bit-identical results.
 
 Batch size 1 is online (stochastic) learning as LeCun trains, one pattern per update; any larger
 batch is mini-batch SGD. The losses report the *mean* per-pattern error over a batch, so a rate
@@ -34,7 +34,9 @@ paper) keeps the step bounded where the curvature is small, and ``epsilon`` is t
 The estimate is the Gauss-Newton approximation propagated backwards "like the gradient, with
 squares": second derivatives of the activation (``f''``) are dropped, which keeps every term
 non-negative, and so are the off-diagonal terms. With ``u`` a layer's total input, ``y = f(u)``
-its output and ``x`` its input, :func:`diagonal_hessian` runs, from the output layer down:
+its output and ``x`` its input, :func:`diagonal_hessian` runs, from the output layer down, the
+rule each loss and layer owns (``Loss.curvature(y, t)``, ``Layer.curvature(d2y,
+need_input_grad)``; a new layer type gives its own to be trained by SDLM):
 
 * at the outputs, the diagonal second derivative of ``E^n`` with respect to ``y``: 1 for the
   squared error (eq. 1); ``(sum_k t_k) p (1 - p)`` with ``p = softmax(y)`` for the softmax
@@ -68,7 +70,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from anycnn.network import Network
@@ -281,15 +282,6 @@ def as_schedule(lr: float | Schedule | Mapping[str, Any]) -> Schedule:
 # --------------------------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------------------------
-def _writable(xp: Any) -> bool:
-    """Whether arrays of this namespace may be updated in place (``p -= step``) for speed."""
-    return bool(
-        array_api_compat.is_numpy_namespace(xp)
-        or array_api_compat.is_cupy_namespace(xp)
-        or array_api_compat.is_torch_namespace(xp)
-    )
-
-
 class Optimizer:
     """Base class of the update rules.
 
@@ -373,7 +365,7 @@ class Optimizer:
         self.epoch = 0
         self.lr = self.schedule.rate(0)
         self._xp = network.backend.xp
-        self._in_place = _writable(self._xp)
+        self._in_place = network.backend.writable  # Note [Backend capabilities]
         # Note [Fused updates] in anycnn.ops: a backend's one-kernel updates, where it has them.
         self._fused = network.backend.ops.updates if self._in_place else {}
         self._state: dict[str, dict[str, Array]] = {slot: {} for slot in self.slots}
@@ -859,139 +851,6 @@ def build_optimizer(
 # --------------------------------------------------------------------------------------------
 # The diagonal Gauss-Newton curvature (Note [Diagonal Gauss-Newton curvature])
 # --------------------------------------------------------------------------------------------
-def _output_curvature(loss: Any, y: Array, t: Array) -> Array:
-    """Diagonal of d^2 E^n / dy^2 for each pattern: 1 (squared error) or (sum t) p (1 - p)."""
-    xp = array_api_compat.array_namespace(y, t)
-    if loss.name == "squared_error":
-        return xp.ones_like(y)
-    if loss.name == "cross_entropy":
-        shifted = y - xp.max(y, axis=1, keepdims=True)
-        p = xp.exp(shifted)
-        p = p / xp.sum(p, axis=1, keepdims=True)
-        return xp.sum(t, axis=1, keepdims=True) * (p * (1.0 - p))
-    raise NotImplementedError(
-        f"diagonal_hessian: no second derivative for the loss {loss.name!r}; known: "
-        "squared_error, cross_entropy"
-    )
-
-
-def _squared_slope(layer: Any, d2y: Array) -> Array:
-    """``d2u = f'(u)^2 o d2y``: Gauss-Newton drops the f'' term (it can be negative)."""
-    slope = layer.activation.derivative(layer._y)
-    return d2y * (slope * slope)
-
-
-def _fully_connected(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
-    xp = array_api_compat.array_namespace(d2y)
-    d2u = _squared_slope(layer, d2y)
-    x = layer._x
-    w = layer.params["weight"]
-    h = {"weight": xp.matmul(xp.matrix_transpose(d2u), x * x), "bias": xp.sum(d2u, axis=0)}
-    return (xp.matmul(d2u, w * w) if need_input else None), h
-
-
-def _convolution(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
-    xp = array_api_compat.array_namespace(d2y)
-    ops = layer._backend.ops
-    d2u = _squared_slope(layer, d2y)
-    x, k, selection = layer._x, layer.params["kernel"], layer._selection
-    pad = layer._padding_args  # Note [Zero padding] in anycnn.ops: zeros have no curvature
-    h = {
-        "kernel": ops.conv_kernel_grad(x * x, d2u, selection, *pad),
-        "bias": xp.sum(d2u, axis=(0, *range(2, d2u.ndim))),  # every spatial axis (issue 18)
-    }
-    return (ops.conv_full(d2u, k * k, selection, *pad) if need_input else None), h
-
-
-def _subsampling(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
-    xp = array_api_compat.array_namespace(d2y)
-    ops = layer._backend.ops
-    d2u = _squared_slope(layer, d2y)
-    h: dict[str, Array] = {}
-    d2d = d2u
-    if layer.trainable:
-        d = layer._d
-        summed = (0, *range(2, d2u.ndim))  # every spatial axis (issue 18)
-        h["beta"] = xp.sum(d2u * (d * d), axis=summed)
-        h["bias"] = xp.sum(d2u, axis=summed)
-        beta = layer.params["beta"]
-        d2d = d2u * xp.reshape(beta * beta, (1, beta.shape[0], *((1,) * (d2u.ndim - 2))))
-    if not need_input:
-        return None, h
-    n = layer.n
-    if layer.mode == "decimate":
-        return layer._unfit(ops.decimate_transpose(d2d, n)), h
-    if layer._inv_counts is not None:  # a padded block mean: (1 / count)^2 per block
-        return layer._unfit(ops.kron_upsample(d2d * (layer._inv_counts**2), n)), h
-    up = ops.kron_upsample(d2d, n)
-    return layer._unfit(
-        up * (1.0 / float(n ** (2 * (d2d.ndim - 2)))) if layer.mode == "mean" else up
-    ), h
-
-
-def _flatten(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
-    xp = array_api_compat.array_namespace(d2y)
-    return (xp.reshape(d2y, (d2y.shape[0], *layer.input_shape)) if need_input else None), {}
-
-
-def _learned_combination(layer: Any, d2y: Array, need_input: bool) -> tuple[Array | None, dict]:
-    xp = array_api_compat.array_namespace(d2y)
-    ops = layer._backend.ops
-    d2u = _squared_slope(layer, d2y)
-    x, alpha, kernel = layer._x, layer._alpha, layer.params["kernel"]
-    c_out, c_in = alpha.shape
-    ones = (1,) * (x.ndim - 2)  # one per spatial axis (issue 18)
-    spatial = tuple(range(2, x.ndim))
-    alpha2 = xp.reshape(alpha * alpha, (c_out, c_in, *ones))
-    h_eff = ops.conv_kernel_grad(x * x, d2u)  # (C_out, C_in, kh, kw), curvature of K = alpha k
-    h: dict[str, Array] = {"bias": xp.sum(d2u, axis=(0, *spatial))}
-    device = array_api_compat.device(x)
-    if layer.kernels == "per_input":
-        h["kernel"] = xp.sum(alpha2 * h_eff, axis=0)
-        # z_i = x_i * k_i, one map per input: a convolution with a diagonal input-map table.
-        eye = xp.eye(c_in, dtype=xp.bool, device=device)
-        diagonal = xp.reshape(kernel, (c_in, 1, *kernel.shape[1:])) * xp.ones(
-            (1, c_in, *ones), dtype=kernel.dtype, device=device
-        )
-        z = ops.conv_valid(x, diagonal, eye)  # (N, C_in, oh, ow)
-        v = ops.conv_valid(x, layer._kernel)  # (N, C_out, oh, ow) = sum_i alpha_ij z_i
-        axes = [0, *spatial]
-        a = xp.tensordot(d2u, z * z, axes=(axes, axes))  # (C_out, C_in)
-        b = xp.tensordot(d2u * v, z, axes=(axes, axes))
-        c = xp.sum(d2u * v * v, axis=(0, *spatial))[:, None]
-    else:
-        h["kernel"] = alpha2 * h_eff
-        # z_ji = x_i * k_ji for every pair: C_out * C_in maps.
-        expand = xp.reshape(kernel, (c_out * c_in, 1, *kernel.shape[2:])) * xp.ones(
-            (1, c_in, *ones), dtype=kernel.dtype, device=device
-        )
-        eye = xp.eye(c_in, dtype=xp.bool, device=device)
-        table = xp.reshape(
-            xp.broadcast_to(eye[None, :, :], (c_out, c_in, c_in)), (c_out * c_in, c_in)
-        )
-        z = ops.conv_valid(x, expand, table)  # (N, C_out*C_in, oh, ow)
-        z = xp.reshape(z, (z.shape[0], c_out, c_in, *z.shape[2:]))
-        v = xp.expand_dims(ops.conv_valid(x, layer._kernel), axis=2)
-        d = xp.expand_dims(d2u, axis=2)
-        positions = (0, *range(3, 3 + len(ones)))
-        a = xp.sum(d * z * z, axis=positions)
-        b = xp.sum(d * v * z, axis=positions)
-        c = xp.sum(d * v * v, axis=positions)
-    # (du_j/dc_ij)^2 = alpha_ij^2 (z_ij - v_j)^2 = alpha^2 (z^2 - 2 z v + v^2), summed with d2u_j
-    h["c"] = (alpha * alpha) * (a - 2.0 * b + c)
-    kernel_eff = layer._kernel
-    return (ops.conv_full(d2u, kernel_eff * kernel_eff) if need_input else None), h
-
-
-_CURVATURE: dict[str, Callable[[Any, Array, bool], tuple[Array | None, dict]]] = {
-    "FullyConnected": _fully_connected,
-    "Convolution": _convolution,
-    "Subsampling": _subsampling,
-    "Flatten": _flatten,
-    "LearnedCombination": _learned_combination,
-}
-
-
 def diagonal_hessian(
     network: Network, x: Array, t: Array, *, check: bool = True
 ) -> dict[str, Array]:
@@ -1016,8 +875,9 @@ def diagonal_hessian(
     Raises
     ------
     NotImplementedError
-        A layer type or loss without a curvature rule; a layer may supply its own as a method
-        ``curvature(d2y, need_input) -> (d2x, {role: h})``.
+        A layer or loss without a curvature rule: each owns its rule, as the method
+        ``Layer.curvature(d2y, need_input_grad) -> (d2x, {role: h})`` and
+        ``Loss.curvature(y, t) -> d2y`` (:class:`anycnn.layers.Layer`, :class:`anycnn.layers.Loss`).
 
     Examples
     --------
@@ -1037,22 +897,12 @@ def diagonal_hessian(
         network.check_input(x, "diagonal_hessian")
         network.check_targets(t, x.shape[0], "diagonal_hessian")
     y = network.forward(x, check=False)
-    d2 = _output_curvature(network.loss, y, t)
+    d2 = network.loss.curvature(y, t)
     found: dict[str, Array] = {}
     scale = 1.0 / float(x.shape[0])
     for index in range(len(network.layers) - 1, -1, -1):
         layer = network.layers[index]
-        rule = getattr(layer, "curvature", None)
-        if rule is None:
-            plain = _CURVATURE.get(type(layer).__name__)
-            if plain is None:
-                raise NotImplementedError(
-                    f"diagonal_hessian: no curvature rule for {layer.describe()}; give the layer "
-                    "a method curvature(d2y, need_input) -> (d2x, {role: h})"
-                )
-            d2, h = plain(layer, d2, index > 0)
-        else:
-            d2, h = rule(d2, index > 0)
+        d2, h = layer.curvature(d2, index > 0)
         for role, value in h.items():
             found[f"{layer.name}.{role}"] = value * scale
     return {name: found[name] for name in network.parameters()}

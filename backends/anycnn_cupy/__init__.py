@@ -154,6 +154,43 @@ def _to_numpy(x):
     return cupy.asnumpy(x)
 
 
+def _device_name(device):
+    """The GPU's model, for ``Backend.describe``; untested on hardware."""
+    import cupy
+
+    name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _device_count():
+    import cupy
+
+    return int(cupy.cuda.runtime.getDeviceCount())
+
+
+def _use_device(device):
+    device.use()
+
+
+def _nccl():
+    """``cupy.cuda.nccl`` and the current stream's handle (anycnn.training.distributed sums
+    CuPy arrays with them on the device); untested on hardware."""
+    import cupy
+
+    try:
+        from cupy.cuda import nccl
+    except ImportError as error:
+        raise RuntimeError(
+            f"NCCL is not available to CuPy ({error}); install it (pip install "
+            "nvidia-nccl-cu12) or train on the CPU"
+        ) from None
+
+    def stream() -> int:
+        return int(cupy.cuda.get_current_stream().ptr)
+
+    return nccl, stream
+
+
 backend = Backend(
     name="cupy",
     array_module="cupy",
@@ -166,4 +203,10 @@ backend = Backend(
     device_for=_device_for,
     fast_ops=_fast_ops,
     to_numpy=_to_numpy,
+    # Note [Backend capabilities] in anycnn.backend.registry
+    writable=True,
+    device_name=_device_name,
+    device_count=_device_count,
+    use_device=_use_device,
+    nccl=_nccl,
 )

@@ -86,6 +86,29 @@ def keep_freed_memory() -> bool:
     return _memory.keep_freed_memory()
 
 
+def _thread_count(count):
+    """The threads of this backend's ops: ``count`` None asks, an int sets; the count now."""
+    if count is not None:
+        set_num_threads(count)
+    return get_num_threads()
+
+
+def _compile_note():
+    """What the first pass compiles (Numba's kernels), or None when Numba is off."""
+    from anycnn_numpy import _jit
+
+    if not _jit.status()[0]:
+        return None
+    where = _jit.cache_dir() or "Numba's cache"
+    return f"compiling CPU kernels once (~{_jit.COMPILE_SECONDS} s), cached in {where}"
+
+
+def _kernel_status():
+    from anycnn_numpy import _jit
+
+    return f"numpy's compiled CPU kernels: {_jit.status()[1]}"
+
+
 def _namespace():
     import array_api_compat.numpy
 
@@ -111,4 +134,10 @@ backend = Backend(
     device=lambda: "cpu",
     fast_ops=_fast_ops,
     to_numpy=_to_numpy,
+    # Note [Backend capabilities] in anycnn.backend.registry
+    writable=True,
+    threads=_thread_count,
+    compile_note=_compile_note,
+    kernel_status=_kernel_status,
+    tune_process=lambda: keep_freed_memory(),  # looked up at call time (monkeypatchable)
 )
