@@ -57,7 +57,7 @@ def _drivers() -> dict[str, Any]:
 
     correlate_into, correlate_grad = _direct.correlate_into, _direct.correlate_grad
     subsample_sums_into = _direct.subsample_sums_into
-    sensitivity_into, block_sum_into = _kernels.sensitivity_into, _kernels.block_sum_into
+    sensitivity_into, block_sum_into = _direct.sensitivity_into, _kernels.block_sum_into
     kron_into = _kernels.kron_into
     prange = numba.prange
     jit = numba.njit(parallel=True, nogil=True)
