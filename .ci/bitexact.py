@@ -31,8 +31,15 @@ def _combo(backend: str) -> Network:
         Flatten(),
         FullyConnected(10, activation="identity"),
     ]
-    return Network(layers, (1, 28, 28), loss="cross_entropy", dtype="float64",
-                   backend=backend, seed=3, name="combo")
+    return Network(
+        layers,
+        (1, 28, 28),
+        loss="cross_entropy",
+        dtype="float64",
+        backend=backend,
+        seed=3,
+        name="combo",
+    )
 
 
 def _cases() -> list[tuple[str, object, str, int, int]]:
@@ -41,10 +48,19 @@ def _cases() -> list[tuple[str, object, str, int, int]]:
     for backend, steps in (("numpy", 200), ("strict", 20)):
         for model in ("dlt", "lenet5"):
             for opt in ("sgd", "momentum", "sdlm"):
-                out.append((f"{backend}-{model}-{opt}",
-                            (lambda m=model, b=backend: anycnn.models.build(
-                                m, dtype="float64", backend=b, seed=7)),
-                            opt, steps, 5))
+                out.append(
+                    (
+                        f"{backend}-{model}-{opt}",
+                        (
+                            lambda m=model, b=backend: anycnn.models.build(
+                                m, dtype="float64", backend=b, seed=7
+                            )
+                        ),
+                        opt,
+                        steps,
+                        5,
+                    )
+                )
         out.append((f"{backend}-combo-sgd", (lambda b=backend: _combo(b)), "sgd", steps, 1))
         out.append((f"{backend}-combo-sdlm", (lambda b=backend: _combo(b)), "sdlm", steps // 2, 4))
     return out
@@ -55,8 +71,9 @@ def _train(factory, opt: str, steps: int, batch: int) -> dict[str, np.ndarray]:
     data = anycnn.datasets.load("mnist", limit=steps * batch)
     x = data.train_images[: steps * batch]
     y = data.train_labels[: steps * batch]
-    net.fit(x, y, epochs=1, batch_size=batch, optimizer=opt, shuffle=True, seed=11,
-            preprocessing="auto")
+    net.fit(
+        x, y, epochs=1, batch_size=batch, optimizer=opt, shuffle=True, seed=11, preprocessing="auto"
+    )
     return net.state_dict()
 
 
@@ -77,12 +94,17 @@ def main(argv: list[str]) -> int:
         else:
             with np.load(path) as ref:
                 same = set(ref.files) == set(state) and all(
-                    ref[k].dtype == state[k].dtype and ref[k].shape == state[k].shape
-                    and ref[k].tobytes() == state[k].tobytes() for k in state)
+                    ref[k].dtype == state[k].dtype
+                    and ref[k].shape == state[k].shape
+                    and ref[k].tobytes() == state[k].tobytes()
+                    for k in state
+                )
             verdict = "bit-identical" if same else "DIFFERENT"
             bad += not same
-        print(f"{name:28s} {steps:4d} steps x {batch}: {verdict} ({time.perf_counter() - t:.1f} s)",
-              flush=True)
+        print(
+            f"{name:28s} {steps:4d} steps x {batch}: {verdict} ({time.perf_counter() - t:.1f} s)",
+            flush=True,
+        )
     if mode == "check":
         print("all bit-identical" if not bad else f"{bad} case(s) differ")
     return 1 if bad else 0

@@ -439,6 +439,7 @@ class Convolution(Layer):
         k o k)`` (3.2.1 with squared kernels); padded zeros have no curvature (``Note [Zero
         padding]`` in :mod:`anycnn.ops`)."""
         xp = array_api_compat.array_namespace(d2y)
+        assert self._backend is not None, f"{self.name}: curvature before build"
         ops = self._backend.ops
         d2u = self._squared_slope(d2y)
         x, k, selection = self._x, self.params["kernel"], self._selection

@@ -38,6 +38,7 @@ class Flatten(Layer):
     def curvature(self, d2y: Array, need_input_grad: bool = True) -> tuple[Array | None, dict]:
         """No parameters: the curvature is reshaped back into maps (:meth:`Layer.curvature`)."""
         xp = array_api_compat.array_namespace(d2y)
+        assert self.input_shape is not None, f"{self.name}: curvature before build"
         return (xp.reshape(d2y, (d2y.shape[0], *self.input_shape)) if need_input_grad else None), {}
 
 

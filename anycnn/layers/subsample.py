@@ -209,6 +209,7 @@ class Subsampling(Layer):
         with ``d = down(x)``, ``h_b = sum d2u``, ``d2x = beta^2 up(d2u)`` for block sums
         (``up(d2u) / n^4`` for block means, the transposed decimation for ``"decimate"``)."""
         xp = array_api_compat.array_namespace(d2y)
+        assert self._backend is not None, f"{self.name}: curvature before build"
         ops = self._backend.ops
         d2u = self._squared_slope(d2y)
         h: dict[str, Array] = {}
