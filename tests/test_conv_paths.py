@@ -82,6 +82,40 @@ def test_every_path_matches_scipy(path, shape, dtype, rng):
             assert np.all(cases["grad"][0][~sel] == 0)
 
 
+@pytest.mark.parametrize("maps", [6, 7])
+def test_one_large_example_runs_its_maps_on_two_cores(monkeypatch, maps, rng):
+    """Note [One example on two cores]: at batch 1 a large direct convolution is cut into two
+    ranges of maps (odd counts too); the results match SciPy and are the same bits on one
+    thread as on two."""
+    from anycnn_numpy import _threads
+
+    if _jit.correlate_into is None:
+        pytest.skip("Numba is not installed here: no direct kernels")
+    x = rng.standard_normal((1, 3, 60, 60)).astype("float32")
+    k = rng.standard_normal((maps, 3, 7, 7)).astype("float32")
+    d = rng.standard_normal((1, maps, 54, 54)).astype("float32")
+    assert _conv._map_halves(1, maps, maps * 3 * 49 * 54 * 54) is not None
+
+    def run():
+        with _plan.forced("direct"):
+            fused = _conv.conv_backward(x, d, d, Identity(), None, 1, True)
+            return [
+                _conv.conv_valid(x, k),
+                _conv.conv_full(d, k),
+                _conv.conv_kernel_grad(x, d),
+                *fused,
+            ]
+
+    got = run()
+    expected = [oracles.conv_valid(x, k), oracles.conv_full(d, k), oracles.conv_kernel_grad(x, d)]
+    expected += [expected[2], d.sum(axis=(0, 2, 3)), d]
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(np.abs(b).max()))
+    monkeypatch.setattr(_threads._pool, "threads", 1)
+    for a, b in zip(got, run(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("compiled", [True, False], ids=["numba", "numpy"])
 def test_fft_products_with_and_without_numba(monkeypatch, compiled, rng):
     """The products of spectra: the compiled loops and the NumPy broadcasts agree."""

@@ -1,9 +1,11 @@
 """Convolutions by the FFT: the NumPy backend's path for large maps and large kernels.
 
 The three convolutions of the notes (3.1's 'valid' forward pass, 3.2.1's 'full' one, eq. (7)'s
-kernel gradient) as products of spectra, ``numpy.fft.rfft2`` / ``irfft2`` (NumPy's pocketfft,
-float32 kept in single precision since NumPy 2.0). :mod:`anycnn_numpy._plan` decides, shape by
-shape, when this path is taken (Note [Choosing a path] there).
+kernel gradient) as products of spectra, by ``scipy.fft`` (SciPy's pocketfft, float32 kept in
+single precision; the reason SciPy is a dependency of anycnn: ``numpy.fft`` transforms one row
+at a time, 2-10x slower on these batches of maps: bench/paths.py's comparison, README
+"Growth"). :mod:`anycnn_numpy._plan` decides, shape by shape, when this path is taken (Note
+[Choosing a path] there).
 
 Note [Convolutions by the FFT]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -145,12 +147,43 @@ def _corr(d, x, active, out):
                 out[t, s] += np.sum(np.conj(d[:, t]) * x[:, s], axis=0)
 
 
+@functools.cache
+def _library():
+    """``scipy.fft``, or None where SciPy is missing (then the FFT path is not available)."""
+    try:
+        import scipy.fft
+    except ImportError:
+        return None
+    return scipy.fft
+
+
+def available() -> bool:
+    """Whether the FFT path can run: SciPy's pocketfft is there (Note [Convolutions by the FFT])."""
+    return _library() is not None
+
+
+def _forward(a: np.ndarray, p: int, q: int) -> np.ndarray:
+    """The (P, Q) real spectra of a's last two axes (zero-padded): the rows there are along the
+    last axis, then the columns, so the zero rows of the padding cost one column transform."""
+    fft = _library()
+    rows = fft.rfft(a, n=q, axis=-1, workers=1)
+    return fft.fft(rows, n=p, axis=-2, workers=1, overwrite_x=True)
+
+
+def _inverse(z: np.ndarray, p: int, q: int, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of the (P, Q) real maps whose spectra are ``z``: the columns transformed
+    back, then only the rows wanted."""
+    fft = _library()
+    columns = fft.ifft(z, n=p, axis=-2, workers=1)
+    return fft.irfft(columns[..., r0:r1, :], n=q, axis=-1, workers=1, overwrite_x=True)
+
+
 def _input_spectra(a, e0: int, e1: int, p: int, q: int, kept) -> np.ndarray:
     """rfft2 of examples ``e0:e1`` of ``a``, from ``kept`` when transformed before (for another
     group), stored there when ``kept`` is a dict (Note [Convolutions by the FFT])."""
     if kept is not None and (e0, e1) in kept:
         return kept[e0, e1]
-    spectra = np.fft.rfft2(a[e0:e1], s=(p, q))
+    spectra = _forward(a[e0:e1], p, q)
     if kept is not None:
         kept[e0, e1] = spectra
     return spectra
@@ -159,7 +192,7 @@ def _input_spectra(a, e0: int, e1: int, p: int, q: int, kept) -> np.ndarray:
 def _spectra(kernel: np.ndarray, p: int, q: int, flip: bool) -> np.ndarray:
     """The kernels' spectra (O, C, F), of rot180(k) when ``flip``."""
     k = kernel[:, :, ::-1, ::-1] if flip else kernel
-    return np.ascontiguousarray(np.fft.rfft2(k, s=(p, q)))
+    return np.ascontiguousarray(_forward(k, p, q))
 
 
 def valid_group(o: int, c: int, p: int, q: int) -> int:
@@ -212,8 +245,8 @@ def conv_valid(x, kernel, active, epilogue=None, padding=(0, 0)):
                 xs = _input_spectra(x, e0, e1, p, q, kept)
                 u = np.empty((e1 - e0, j1 - j0, p, q // 2 + 1), cdtype)
                 _mac(xs, spectra, active[j0:j1], u)
-                back = np.fft.irfft2(u, s=(p, q))
-                out[e0:e1, j0:j1] = back[:, :, r0 : r0 + oh, c0 : c0 + ow]
+                back = _inverse(u, p, q, r0, r0 + oh)
+                out[e0:e1, j0:j1] = back[:, :, :, c0 : c0 + ow]
 
         run_direct(work, n, (c + group) * f * 8 + group * c * f)  # one slicing for all groups
     if epilogue is not None:
@@ -246,8 +279,8 @@ def conv_full(delta, kernel, active_t, padding=(0, 0)):
                 ds = _input_spectra(delta, e0, e1, p, q, kept)
                 g = np.empty((e1 - e0, i1 - i0, p, q // 2 + 1), cdtype)
                 _mac(ds, spectra, active_t[i0:i1], g)
-                back = np.fft.irfft2(g, s=(p, q))
-                out[e0:e1, i0:i1] = back[:, :, ph : ph + gh, pw : pw + gw]
+                back = _inverse(g, p, q, ph, ph + gh)
+                out[e0:e1, i0:i1] = back[:, :, :, pw : pw + gw]
 
         run_direct(work, n, (o + group) * f * 8 + o * group * f)  # one slicing for all groups
     return out
@@ -278,9 +311,9 @@ def conv_kernel_grad(x, delta, active):
             for e0 in range(start, stop, chunk):
                 e1 = min(stop, e0 + chunk)
                 xs = _input_spectra(x, e0, e1, p, q, kept)
-                ds = np.fft.rfft2(delta[e0:e1, j0:j1], s=(p, q))
+                ds = _forward(delta[e0:e1, j0:j1], p, q)
                 _corr(ds, xs, active[j0:j1], sums)
-            lags = np.fft.irfft2(sums, s=(p, q))[:, :, :kh, :kw]
+            lags = _inverse(sums, p, q, 0, kh)[:, :, :, :kw]
             grad[j0:j1] = lags[:, :, ::-1, ::-1]  # correlation lags -> conv2 orientation
         partial[index] = grad
 
