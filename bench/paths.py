@@ -10,7 +10,9 @@ For each shape of the grid (2-D maps of 12 to 256 pixels, kernels 3 to 11, 1 to 
 to 64 output maps, batches 1 and 8, the zoo models' layers at batches 1 to 256, and 1-D signals
 as one-row maps, float32) and each of the three convolutions of the notes (``valid``: 3.1,
 ``grad``: eq. (7), ``full``: 3.2.1), every path the NumPy backend has (``direct``, ``im2col``,
-``fft``; Note [Choosing a path] in ``anycnn_numpy._plan``) is forced in turn and timed: one
+``fft``; Note [Choosing a path] in ``anycnn_numpy._plan``) is forced in turn and timed, each
+op as the layers call it (``conv_valid_activate`` with a bias and tanh, ``conv_backward`` with
+tanh's f' and the bias sums, ``conv_full``), so that the direct kernels' fusions count: one
 warm-up call each, then calls interleaved path by path, the median per path. A path whose
 warm-up took ten times the fastest one's (and over 0.2 s) keeps its warm-up time alone. Shapes
 over ``--max-macs`` multiply-adds are left out (the model's counts are linear in the batch and
@@ -71,43 +73,53 @@ def macs(n, c, o, h, w, kh, kw) -> float:
     return float(n * c * o * kh * kw * (h - kh + 1) * (w - kw + 1))
 
 
-def arrays(op: str, n, c, o, h, w, kh, kw, rng) -> tuple[np.ndarray, np.ndarray]:
+def arrays(op: str, n, c, o, h, w, kh, kw, rng) -> tuple[np.ndarray, ...]:
     oh, ow = h - kh + 1, w - kw + 1
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    k = rng.standard_normal((o, c, kh, kw)).astype(np.float32)
+    k = rng.standard_normal((o, c, kh, kw)).astype(np.float32) / np.float32(kh * kw * c)
+    b = rng.standard_normal(o).astype(np.float32)
     d = rng.standard_normal((n, o, oh, ow)).astype(np.float32)
-    return {"valid": (x, k), "grad": (x, d), "full": (d, k)}[op]
+    y = np.tanh(d)
+    return {"valid": (x, k, b), "grad": (x, d, y), "full": (d, k)}[op]
 
 
 def measure_shape(shape, rng, seconds: float) -> list[dict[str, Any]]:
     from anycnn_numpy import _conv, _plan
 
+    from anycnn.layers.activations import get_activation
+
+    tanh = get_activation("tanh")
+    # the ops as the layers call them: the forward pass with its bias and f (the direct kernels
+    # apply f themselves, the other paths after), eq. (7) fused with f' and the bias sums
     functions = {
-        "valid": _conv.conv_valid,
-        "grad": _conv.conv_kernel_grad,
+        "valid": lambda x, k, b: _conv.conv_valid_activate(x, k, b, tanh),
+        "grad": lambda x, d, y: _conv.conv_backward(x, d, y, tanh),
         "full": _conv.conv_full,
     }
     out = []
     for op in OPS:
-        a, b = arrays(op, *shape, rng)
+        args = arrays(op, *shape, rng)
         first: dict[str, float] = {}
         for path in _plan.PATHS:
             with _plan.forced(path):
                 start = time.perf_counter()
-                functions[op](a, b)
+                functions[op](*args)
                 first[path] = time.perf_counter() - start
         best = min(first.values())
         timed = [p for p in _plan.PATHS if not (first[p] > 10 * best and first[p] > 0.2)]
-        reps = max(1, min(7, int(seconds / max(sum(first[p] for p in timed), 1e-6))))
+        reps = max(3, min(9, int(seconds / max(sum(first[p] for p in timed), 1e-6))))
         samples: dict[str, list[float]] = {p: [] for p in timed}
         for _ in range(reps):
             for path in timed:
                 with _plan.forced(path):
                     start = time.perf_counter()
-                    functions[op](a, b)
+                    functions[op](*args)
                     samples[path].append(time.perf_counter() - start)
-        times = {p: statistics.median(samples[p]) if p in samples else first[p] for p in first}
-        out.append({"op": op, "shape": list(shape), "seconds": times, "reps": reps})
+        # the fastest call: on a loaded machine the other processes only ever add time
+        times = {p: min(samples[p]) if p in samples else first[p] for p in first}
+        medians = {p: statistics.median(samples[p]) for p in samples}
+        row = {"op": op, "shape": list(shape), "seconds": times, "median_seconds": medians}
+        out.append({**row, "reps": reps})
     return out
 
 
@@ -180,7 +192,7 @@ def fit(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[float, ...]], dict[
     return coefficients, errors
 
 
-def evaluate(rows, coefficients) -> dict[str, Any]:
+def evaluate(rows, coefficients, errors) -> dict[str, Any]:
     """How often the model picks the measured fastest path, and its cost where it does not."""
     from anycnn_numpy import _plan
 
@@ -199,7 +211,7 @@ def evaluate(rows, coefficients) -> dict[str, Any]:
             for path in times
         }
         n, c, o, h, w, kh, kw = row["shape"]
-        choice = min(predicted, key=lambda p: (predicted[p], p))
+        choice = _plan.decide(row["op"], predicted, errors)
         if (h - kh + 1) * (w - kw + 1) == 1:
             choice = "im2col"
         best = min(times, key=times.get)
@@ -210,6 +222,7 @@ def evaluate(rows, coefficients) -> dict[str, Any]:
         "fastest_chosen": hits,
         "geomean_chosen_over_fastest": math.exp(statistics.fmean(math.log(r) for r in regrets)),
         "worst_chosen_over_fastest": max(regrets),
+        "chosen_over_fastest_above_1.5": sum(r > 1.5 for r in regrets),
     }
 
 
@@ -223,7 +236,8 @@ def write_costs(coefficients, errors, quality, source: str, info: dict[str, Any]
         f"The model chose the measured fastest path for {quality['fastest_chosen']} of "
         f"{quality['rows']} op timings;",
         f"its choice took {quality['geomean_chosen_over_fastest']:.3f}x the fastest time "
-        f"(geometric mean), at worst {quality['worst_chosen_over_fastest']:.2f}x.",
+        f"(geometric mean), at worst {quality['worst_chosen_over_fastest']:.2f}x, over 1.5x for "
+        f"{quality['chosen_over_fastest_above_1.5']}.",
         '"""',
         "",
         '#: ``"op-path"``: weights of ``_plan.features`` (seconds per count).',
@@ -291,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             source = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
             print(f"wrote {out}")
     coefficients, errors = fit(report["rows"])
-    quality = evaluate(report["rows"], coefficients)
+    quality = evaluate(report["rows"], coefficients, errors)
     print(json.dumps({"errors": errors, "quality": quality}, indent=1))
     if not args.quick:
         write_costs(coefficients, errors, quality, source, report["machine"])

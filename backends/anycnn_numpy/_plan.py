@@ -15,11 +15,21 @@ Each of the three convolutions of the notes (``"valid"``: 3.1's forward pass, ``
 in a few counts of each path's work (:func:`features`: multiply-adds, passes over the output
 grid, bytes moved, transforms x ``P Q log2(P Q)``, products of spectra, one call), with
 coefficients fitted by non-negative least squares on relative error to op timings of every path
-on a grid of shapes, and committed (``_costs``; ``python bench/paths.py --fit`` measures and
-rewrites it). Neither the thread count nor any timing taken in the user's process enters the
-choice: a shape always takes the same path, so its results are always the same bits (the paths
-round differently). The dtype does not enter either: every path's float64 time is about twice
-its float32 one, so the cheapest path is the same (the model is fitted on float32).
+on a grid of shapes, and committed (``_costs``; ``python bench/paths.py`` measures and rewrites
+it, ``--fit JSON`` refits from a measurement). The timings are of the ops as the layers call
+them: ``"valid"`` is ``conv_valid_activate`` (the direct kernels apply f as they write, the
+other paths after), ``"grad"`` is ``conv_backward`` (the direct kernels form f' and the bias
+sums in the same pass, the other paths by the chain of ops), so the fusions count.
+
+Neither the thread count nor any timing taken in the user's process enters the choice: a shape
+always takes the same path, so its results are always the same bits (the paths round
+differently). The dtype does not enter either: every path's float64 time is about twice its
+float32 one, so the cheapest path is about the same (the model is fitted on float32).
+
+A path other than the direct kernels is taken only where the model predicts it faster by more
+than its fit's median relative error (``_costs.ERRORS``, about a quarter): below that the model
+cannot tell the paths apart, and the direct kernels are the better default (they fuse f, f' and
+the bias sums, need no scratch beyond a few rows, and give the zoo models their bits).
 
 Two rules stand outside the model, both structural: a convolution whose output is one pixel
 (LeNet-5's C5, and eq. (7) with 1 x 1 deltas) is one GEMM over the whole batch on the im2col
@@ -115,7 +125,7 @@ def features(op: str, path: str, n, c, o, h, w, kh, kw, ph=0, pw=0) -> tuple[flo
         groups = -(-o // _fft.grad_group(o, c, p, q))
         slices = _fft.grad_slices(n)
         transforms = _fft.input_transforms(n, c, groups, slices, p, q) + n * o + o * c * slices
-        moved = o * c * p * q
+        moved = n * o * oh * ow + o * c * p * q  # delta formed by the chain, the sums back
     spectrum = p * (q // 2 + 1)
     return (transforms * _transform(p, q), n * o * c * spectrum, moved, 1.0)
 
@@ -143,5 +153,18 @@ def choose(op: str, n, c, o, h, w, kh, kw, ph=0, pw=0, available=PATHS) -> str:
         return "im2col"
     if _forced is not None and _forced in available:
         return _forced
-    best = min(available, key=lambda path: (cost(op, path, n, c, o, h, w, kh, kw, ph, pw), path))
-    return best
+    predicted = {path: cost(op, path, n, c, o, h, w, kh, kw, ph, pw) for path in available}
+    return decide(op, predicted, _costs.ERRORS)
+
+
+def decide(op: str, predicted: dict[str, float], errors: dict[str, float]) -> str:
+    """The path of ``op`` from the model's ``predicted`` times: the direct kernels unless another
+    path is predicted faster by more than its fit's median relative error (``errors``), then the
+    fastest (see the Note: the direct kernels fuse f, f' and the bias sums, need the least
+    memory, and give the zoo models their bits; a path must beat them by more than the model can
+    tell apart)."""
+
+    def margin(path: str) -> float:
+        return 1.0 if path == "direct" else 1.0 + errors.get(f"{op}-{path}", 0.0)
+
+    return min(predicted, key=lambda path: (predicted[path] * margin(path), path))
