@@ -318,21 +318,27 @@ IDENTITY, LOGISTIC, TANH = (KINDS[name].code for name in ("identity", "logistic"
 
 @numba.njit(nogil=True, fastmath=_ACTIVATION_MATH, error_model="numpy", cache=True)
 def _extract(g, base, rw, bias, kind, p0, p1, out_map):  # pragma: no cover - compiled
-    """``out_map[y, x] = f(g[base + y rw + x] + bias)``: one example's map off the grid, with
-    f the identity, the logistic of gain ``p0`` or ``p0 tanh(p1 u)`` (float32 only)."""
+    """``out_map[y, x] = g[base + y rw + x] + bias``: one example's map off the grid (``kind``,
+    ``p0``, ``p1`` are :func:`_activate_run`'s, applied to a whole chunk afterwards)."""
     oh, ow = out_map.shape
     for y in range(oh):
         row = out_map[y]
         source = g[base + y * rw : base + y * rw + ow]
-        if kind == LOGISTIC:
-            for s in range(ow):
-                row[s] = _logistic32(source[s] + bias, p0)
-        elif kind == TANH:
-            for s in range(ow):
-                row[s] = _tanh32((source[s] + bias) * p1) * p0
-        else:
-            for s in range(ow):
-                row[s] = source[s] + bias
+        for s in range(ow):
+            row[s] = source[s] + bias
+
+
+@numba.njit(nogil=True, fastmath=_ACTIVATION_MATH, error_model="numpy", cache=True)
+def _activate_run(v, kind, p0, p1):  # pragma: no cover - compiled
+    """``v = f(v)`` in place over a 1-d run, f the logistic of gain ``p0`` or ``p0 tanh(p1 u)``
+    (float32 only), nothing for the identity. One long loop over a chunk's whole output (Note
+    [Compiled activations]: map rows are 8-28 numbers, too short for the vectorised loop to pay)."""
+    if kind == LOGISTIC:
+        for s in range(v.size):
+            v[s] = _logistic32(v[s], p0)
+    elif kind == TANH:
+        for s in range(v.size):
+            v[s] = _tanh32(v[s] * p1) * p0
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
@@ -371,6 +377,8 @@ def correlate_into(
                 _extract(g0, e * stride, rw, bias[j], kind, p0, p1, out[n0 + e, j])
                 if j1 != j:
                     _extract(g1, e * stride, rw, bias[j1], kind, p0, p1, out[n0 + e, j1])
+        if kind != IDENTITY:
+            _activate_run(out[n0 : n0 + m].reshape(m * o * oh * ow), kind, p0, p1)
     return out
 
 
