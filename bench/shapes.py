@@ -21,8 +21,10 @@ also names the path the NumPy backend's cost model took for the forward convolut
 kernel gradient (Note [Choosing a path] in ``anycnn_numpy._plan``).
 
 Time: anycnn and PyTorch interleaved in one process (A, B, A, B, ...) after two warm-up steps
-each, the same number of threads (``--threads``, default anycnn's); the median of ``--reps``
-steps (3 for steps over a second), and the ratio PyTorch / anycnn (above 1: anycnn is faster).
+each, the same number of threads (``--threads``, default anycnn's); each timed block repeats the
+step for 0.1 s (or once) after 0.1 s of sleep, so that neither library's idle threads still spin
+on the cores when the other starts; the median of ``--reps`` blocks (2 for steps over a second),
+and the ratio PyTorch / anycnn (above 1: anycnn is faster).
 
 Peak memory: per library, one child process runs every row once after a warm-up on small maps:
 before each row's step the freed memory is given back (``malloc_trim``) and the kernel's peak
@@ -66,7 +68,7 @@ QUICK = [(16, 3, 4, 1, 1), (16, 5, 6, 3, 4), (32, 11, 6, 3, 2)]
 def grid(args: argparse.Namespace) -> list[tuple[int, int, int, int, int]]:
     if args.quick:
         return list(QUICK)
-    return [
+    rows = [
         (s, k, o, c, n)
         for n in args.batches
         for s in args.sizes
@@ -74,6 +76,9 @@ def grid(args: argparse.Namespace) -> list[tuple[int, int, int, int, int]]:
         for c in args.channels
         for o in args.maps
     ]
+    # cheapest first (multiply-adds of the forward pass), so that a run cut short by --budget
+    # has the most rows
+    return sorted(rows, key=lambda r: r[4] * r[2] * r[3] * r[1] ** 2 * (r[0] - r[1] + 1) ** 2)
 
 
 def stage(size: int, k: int, c: int, o: int):
@@ -133,24 +138,38 @@ def chosen_paths(size: int, k: int, c: int, o: int, batch: int) -> dict[str, str
     return {op: _conv._path(op, direct, np.dtype(np.float32), *args) for op in ("valid", "grad")}
 
 
+#: Seconds of sleep before each timed block: the other library's threads (PyTorch's OpenMP
+#: workers, anycnn's spinning helpers) stop spinning on the cores first (bench/train.py's gap).
+GAP = 0.1
+#: A timed block repeats a step for at least this long (one call when a step is longer).
+BLOCK = 0.1
+
+
 def time_pair(a, b, reps: int) -> tuple[float, float, int]:
-    start = time.perf_counter()
-    a()
-    first = time.perf_counter() - start
-    b()
-    a()
-    b()
-    if first > 1.0:
-        reps = min(reps, 3)
-    ta, tb = [], []
+    """Median seconds per step of ``a`` and ``b``: blocks of calls, A, B, A, B, ..., each after
+    a GAP of sleep, after two warm-up calls each (one for steps over a second, then 2 blocks)."""
+    first = []
+    for f in (a, b):
+        start = time.perf_counter()
+        f()
+        took = time.perf_counter() - start
+        if took < 1.0:  # a second warm-up call where they are cheap (the first compiles)
+            start = time.perf_counter()
+            f()
+            took = time.perf_counter() - start
+        first.append(took)
+    if max(first) > 1.0:
+        reps = min(reps, 2)
+    counts = [max(1, int(BLOCK / max(t, 1e-6))) for t in first]
+    times: list[list[float]] = [[], []]
     for _ in range(reps):
-        s = time.perf_counter()
-        a()
-        ta.append(time.perf_counter() - s)
-        s = time.perf_counter()
-        b()
-        tb.append(time.perf_counter() - s)
-    return statistics.median(ta), statistics.median(tb), reps
+        for index, f in enumerate((a, b)):
+            time.sleep(GAP)
+            start = time.perf_counter()
+            for _ in range(counts[index]):
+                f()
+            times[index].append((time.perf_counter() - start) / counts[index])
+    return statistics.median(times[0]), statistics.median(times[1]), reps
 
 
 def run_row(torch, size, k, o, c, batch, reps, seed) -> dict[str, Any]:
@@ -369,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="minutes after which no new row starts"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     parser.add_argument("--plot", type=Path, default=None, help="redraw the plot of a JSON")
     parser.add_argument("--memory-child", choices=("anycnn", "torch"), help=argparse.SUPPRESS)
@@ -395,9 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     anycnn_numpy.set_num_threads(threads)
     torch.set_num_threads(threads)
     reps = 3 if args.quick else args.reps
+    out = args.out or (None if args.quick else RESULTS / f"shapes-numpy-{machine_slug()}.json")
     load_before = os.getloadavg()
     rows = []
+    started = time.perf_counter()
+    skipped = []
     for size, k, o, c, batch in grid(args):
+        if args.budget is not None and time.perf_counter() - started > args.budget * 60:
+            skipped.append({"size": size, "kernel": k, "maps": o, "channels": c, "batch": batch})
+            continue
         row = run_row(torch, size, k, o, c, batch, reps, args.seed)
         rows.append(row)
         print(
@@ -407,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['paths']['grad']}" + ("" if row["agree"] else "  DISAGREE"),
             flush=True,
         )
+        if out is not None:  # what is done so far, should the run be cut short
+            partial = {"benchmark": "bench/shapes.py", "partial": True, "rows": rows}
+            out.with_suffix(".partial.json").write_text(json.dumps(partial, indent=1) + "\n")
     if args.memory:
         shapes = [(r["size"], r["kernel"], r["maps"], r["channels"], r["batch"]) for r in rows]
         peaks = peak_memory(shapes, threads, args.seed)
@@ -422,10 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "rows": rows,
+        "not_run": skipped,
+        "minutes": round((time.perf_counter() - started) / 60, 1),
     }
     print(summary(rows))
-    out = args.out or (None if args.quick else RESULTS / f"shapes-numpy-{machine_slug()}.json")
+    if skipped:
+        print(f"not run (--budget {args.budget} min): {len(skipped)} rows")
     if out is not None:
+        out.with_suffix(".partial.json").unlink(missing_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")
         plot(report, out.with_suffix(".png"))
