@@ -156,6 +156,34 @@ def test_train_with_plots(capsys, tmp_path):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_train_gunpoint_with_plots_and_checkpoints(capsys, tmp_path):
+    """The 1-D zoo model on a UCR set trains like MNIST: checkpoints, metrics and the three
+    figures (issue 18)."""
+    pytest.importorskip("matplotlib")
+    code, out, err = _run(
+        capsys,
+        "train",
+        "--dataset",
+        "gunpoint",
+        "--limit",
+        "20",
+        "--epochs",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--plots",
+        str(tmp_path / "plots"),
+        "--quiet",
+    )
+    assert code == EXIT_OK, err
+    assert (tmp_path / "ck" / "epoch-0001.npz").exists()
+    assert json.loads((tmp_path / "m.json").read_text())["history"][0]["epoch"] == 1
+    for name in ("learning_curves.png", "kernels.png", "feature_maps.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
