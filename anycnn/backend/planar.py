@@ -14,14 +14,21 @@ Note [1-D and 3-D on the 2-D kernels]
   not an n-sample block), so they are strided array expressions here.
 * **3-D** volumes ``(N, C, D, H, W)``: a 3-D 'valid' convolution is a sum over the kernel's depth
   taps ``a`` of 2-D convolutions of slices, ``u[:, :, z] = sum_a conv2(x[:, :, z + a], k[:, :,
-  kd-1-a])`` (conv2's flip along depth is the ``kd-1-a``). So the depth goes into the batch:
-  ``x`` becomes ``N D`` maps ``(C, H, W)`` (one transposing copy), one 2-D call convolves them
-  with all ``kd C_out`` depth slices of the kernel stacked as output maps, and ``kd`` strided
-  adds sum the slices that belong together (computing all ``D`` depths where ``D - kd + 1`` are
-  kept: ``D / (D - kd + 1)`` times the work, 1.07x at 64^3 with kd = 5). The 'full' convolution is
-  the adjoint, the stack going into input maps, and eq. (7) is ``kd`` 2-D kernel gradients, one
-  per depth tap, of the depth-shifted slices against all deltas. Depth padding is a padded copy;
-  rows and columns are padded by the 2-D ops as usual.
+  kd-1-a])`` (conv2's flip along depth is the ``kd-1-a``). So the depth taps become input maps:
+  ``X[(n, z), (a, i)] = x[n, i, z + a]``, ``N od`` maps of ``kd C`` input maps each (``od = D -
+  kd + 1``; one copy, ``kd`` times the input), and ``K[j, (a, i)] = k[j, i, kd-1-a]``; one 2-D
+  convolution of ``X`` with ``K`` is the 3-D one, its ``(N od, C_out)`` output maps transposed
+  to ``(N, C_out, od)`` (one copy). The 2-D op adds the bias and applies f as it writes
+  (``conv_valid_activate``), and eq. (7) is one 2-D kernel gradient of ``X`` against the deltas
+  in the same depth-major order, ``dE/dK`` read back as ``dE/dk``; ``conv_backward`` hands the
+  2-D op its deltas up-sampled along the depth only (and taken to the depth-major order in the
+  same copy): the 2-D op up-samples rows and columns as it forms delta, fused, as in 2-D. The
+  'full' convolution is the adjoint: ``N od`` 2-D 'full' convolutions of the deltas with ``K``
+  into ``kd C`` maps, and ``kd`` strided adds put tap ``a`` of output slice ``z`` on input slice
+  ``z + a``. (The first version put the depth into the batch and the ``kd`` taps into output
+  maps: ``D / od`` times the work, ``kd`` strided adds over outputs ``kd`` times the size, and
+  ``kd`` kernel-gradient calls; 0.3-0.8x PyTorch in bench/nd.py.) Depth padding is a padded
+  copy; rows and columns are padded by the 2-D ops as usual.
 
 The functions are closures over the 2-D ops and the array module (a closure's variables cost no
 more to read than a module's globals): one table per backend, built once by its ``_fast_ops``.
@@ -89,11 +96,16 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
     --------
     >>> import numpy as np
     >>> from anycnn import ops
-    >>> from anycnn.backend.planar import dimension_generic
-    >>> table = dimension_generic({"conv_valid": ops.conv_valid}, np)  # a 2-D-only op, say
+    >>> from anycnn.backend.planar import MAPPED, dimension_generic
+    >>> calls = []
+    >>> def conv_valid(x, kernel, selection=None, padding=(0, 0)):  # a backend's 2-D op
+    ...     calls.append(x.shape)
+    ...     return ops.conv_valid(x, kernel, selection, padding)
+    >>> planar = {name: getattr(ops, name) for name in MAPPED} | {"conv_valid": conv_valid}
+    >>> table = dimension_generic(planar, np)
     >>> x, k = np.arange(5.0).reshape(1, 1, 5), np.array([[[1.0, -1.0]]])
-    >>> table["conv_valid"](x, k).tolist()         # conv([0..4], [1, -1], 'valid')
-    [[[1.0, 1.0, 1.0, 1.0]]]
+    >>> table["conv_valid"](x, k).tolist(), calls    # conv([0..4], [1, -1], 'valid') as a row
+    ([[[1.0, 1.0, 1.0, 1.0]]], [(1, 1, 1, 5)])
     """
     conv_valid2 = table["conv_valid"]
     conv_valid_activate2 = table.get("conv_valid_activate")
@@ -119,6 +131,34 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
         n, c, d, h, w = a.shape
         return xp.ascontiguousarray(a.transpose(0, 2, 1, 3, 4)).reshape(n * d, c, h, w)
 
+    def channel_major(planes: Any, n: int) -> Any:
+        """``(N * D, C, H, W)`` -> ``(N, C, D, H, W)`` (a copy): :func:`depth_major` undone."""
+        _, c, h, w = planes.shape
+        return xp.ascontiguousarray(planes.reshape(n, -1, c, h, w).transpose(0, 2, 1, 3, 4))
+
+    def depth_stacked(x: Any, kd: int) -> Any:
+        """``X[(n, z), (a, i)] = x[n, i, z + a]``: ``(N od, kd C, H, W)``, the depth taps as input
+        maps (Note [1-D and 3-D on the 2-D kernels])."""
+        n, c, d, h, w = x.shape
+        od = d - kd + 1
+        out = xp.empty((n, od, kd, c, h, w), dtype=x.dtype)
+        slices = x.transpose(0, 2, 1, 3, 4)  # (N, D, C, H, W), a view
+        for a in range(kd):
+            out[:, :, a] = slices[:, a : a + od]
+        return out.reshape(n * od, kd * c, h, w)
+
+    def stacked_kernel(kernel: Any) -> Any:
+        """``K[j, (a, i)] = k[j, i, kd-1-a]``: ``(C_out, kd C_in, kh, kw)``."""
+        o, c, kd, kh, kw = kernel.shape
+        stack = xp.ascontiguousarray(kernel[:, :, ::-1].transpose(0, 2, 1, 3, 4))
+        return stack.reshape(o, kd * c, kh, kw)
+
+    def unstacked_grad(grad: Any, c: int) -> Any:
+        """``dE/dK`` ``(C_out, kd C_in, kh, kw)`` -> ``dE/dk`` ``(C_out, C_in, kd, kh, kw)``."""
+        o, _, kh, kw = grad.shape
+        taps = grad.reshape(o, -1, c, kh, kw)[:, ::-1]  # tap a is kernel depth kd-1-a
+        return xp.ascontiguousarray(taps.transpose(0, 2, 1, 3, 4))
+
     def tiled(selection: Any, reps: tuple[int, int]) -> Any:
         return None if selection is None else xp.tile(xp.asarray(selection, dtype=bool), reps)
 
@@ -134,38 +174,36 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
             return u.reshape(u.shape[0], u.shape[1], u.shape[3])
         return conv_valid3(x, kernel, selection, _pads(padding, 3))
 
-    def conv_valid3(x, kernel, selection, pads):
+    def conv_valid3(x, kernel, selection, pads, bias=None, activation=None):
+        """The 3-D 'valid' convolution as one 2-D one (Note [1-D and 3-D on the 2-D kernels]);
+        with ``bias`` and ``activation``, ``f(u + b)`` by the fused 2-D op."""
         x = depth_padded(x, pads[0])
-        n, c, d, _, _ = x.shape
-        o, _, kd, kh, kw = kernel.shape
-        od = d - kd + 1
-        # stack[(a, j)] = kernel[j, :, kd-1-a]: the depth taps as output maps
-        stack = xp.ascontiguousarray(kernel[:, :, ::-1].transpose(2, 0, 1, 3, 4))
-        stack = stack.reshape(kd * o, c, kh, kw)
-        planes = conv_valid2(depth_major(x), stack, tiled(selection, (kd, 1)), _planar(pads))
-        _, _, oh, ow = planes.shape
-        planes = planes.reshape(n, d, kd, o, oh, ow)
-        out = xp.empty((n, o, od, oh, ow), dtype=x.dtype)
-        view = out.transpose(0, 2, 1, 3, 4)  # the sums go straight to (N, C_out, D, H, W)
-        xp.copyto(view, planes[:, 0:od, 0])
-        for a in range(1, kd):
-            view += planes[:, a : a + od, a]
-        return out
+        kd = kernel.shape[2]
+        stacked = depth_stacked(x, kd)
+        args = (stacked_kernel(kernel),)
+        sel = tiled(selection, (1, kd))
+        if activation is None:
+            planes = conv_valid2(stacked, *args, sel, _planar(pads))
+        else:
+            planes = conv_valid_activate2(stacked, *args, bias, activation, sel, _planar(pads))
+        return channel_major(planes, x.shape[0])
 
     def conv_valid_activate(x, kernel, bias, activation, selection=None, padding=(0, 0)):
         if x.ndim == 4 and conv_valid_activate2 is not None:
             return conv_valid_activate2(x, kernel, bias, activation, selection, padding)
         if not (_usable(x, kernel) and bias.dtype == x.dtype) or x.ndim not in (3, 5):
             return _reference.conv_valid_activate(x, kernel, bias, activation, selection, padding)
-        if x.ndim == 3 and conv_valid_activate2 is not None:
+        if conv_valid_activate2 is None:
+            u = conv_valid(x, kernel, selection, padding)
+            u += bias.reshape((-1,) + (1,) * (u.ndim - 2))
+            return activate(u, activation)
+        if x.ndim == 3:
             (p,) = _pads(padding, 1)
             y = conv_valid_activate2(
                 _row(x), _row(kernel), bias, activation, selection, (0, p) if p else (0, 0)
             )
             return y.reshape(y.shape[0], y.shape[1], y.shape[3])
-        u = conv_valid(x, kernel, selection, padding)
-        u += bias.reshape((-1,) + (1,) * (u.ndim - 2))
-        return activate(u, activation)
+        return conv_valid3(x, kernel, selection, _pads(padding, 3), bias, activation)
 
     def conv_full(delta, kernel, selection=None, padding=(0, 0)):
         if delta.ndim == 4:
@@ -177,11 +215,10 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
             g = conv_full2(_row(delta), _row(kernel), selection, (0, p) if p else (0, 0))
             return g.reshape(g.shape[0], g.shape[1], g.shape[3])
         pads = _pads(padding, 3)
-        n, o, od, _, _ = delta.shape
-        _, c, kd, kh, kw = kernel.shape
-        # stack[j, (a, i)] = kernel[j, i, kd-1-a]: the adjoint of conv_valid3's stacking
-        stack = xp.ascontiguousarray(kernel[:, :, ::-1].transpose(0, 2, 1, 3, 4))
-        stack = stack.reshape(o, kd * c, kh, kw)
+        n, _, od, _, _ = delta.shape
+        _, c, kd, _, _ = kernel.shape
+        # the adjoint of conv_valid3: the deltas against K into the kd C stacked input maps
+        stack = stacked_kernel(kernel)
         planes = conv_full2(depth_major(delta), stack, tiled(selection, (1, kd)), _planar(pads))
         _, _, h, w = planes.shape
         planes = planes.reshape(n, od, kd, c, h, w)
@@ -204,16 +241,12 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
             return g.reshape(g.shape[0], g.shape[1], g.shape[3])
         pads = _pads(padding, 3)
         x = depth_padded(x, pads[0])
-        n, c, d, h, w = x.shape
-        _, o, od, _, _ = delta.shape
-        kd = d - od + 1
-        deltas = depth_major(delta)
-        slabs = x.transpose(0, 2, 1, 3, 4)  # (N, D, C, H, W), a view
-        taps = []
-        for a in range(kd):  # eq. (7) per depth tap: slices z + a against the deltas at z
-            slab = xp.ascontiguousarray(slabs[:, a : a + od]).reshape(n * od, c, h, w)
-            taps.append(conv_kernel_grad2(slab, deltas, selection, _planar(pads)))
-        return xp.ascontiguousarray(xp.stack(taps[::-1], axis=2))  # tap a is kernel depth kd-1-a
+        kd = x.shape[2] - delta.shape[2] + 1
+        # eq. (7) once: the stacked input maps against the deltas in the same depth-major order
+        grad = conv_kernel_grad2(
+            depth_stacked(x, kd), depth_major(delta), tiled(selection, (1, kd)), _planar(pads)
+        )
+        return unstacked_grad(grad, x.shape[1])
 
     def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, padding=(0, 0)):
         if x.ndim == 4 and conv_backward2 is not None:
@@ -235,13 +268,36 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
             )  # fmt: skip
             grad = grad.reshape(grad.shape[0], grad.shape[1], grad.shape[3])
             return grad, bias, None if delta is None else delta.reshape(y.shape)
-        if up > 1:  # up(dy) along every axis, fitted to y (a subsampling remainder)
-            dy = xp.ascontiguousarray(_reference.fit_maps(kron_upsample(dy, up), *y.shape[2:]))
-        delta = sensitivity(dy, y, activation)
-        grad = conv_kernel_grad(x, delta, selection, padding)
-        # the bias sum over contiguous rows (NumPy: a sum over axes (0, 2, 3, 4) was 20x slower)
-        bias = delta.reshape(delta.shape[0], delta.shape[1], -1).sum(axis=2).sum(axis=0)
-        return grad, bias, delta if need_delta else None
+        if conv_backward2 is None:
+            if up > 1:  # up(dy) along every axis, fitted to y (a subsampling remainder)
+                dy = xp.ascontiguousarray(_reference.fit_maps(kron_upsample(dy, up), *y.shape[2:]))
+            delta = sensitivity(dy, y, activation)
+            grad = conv_kernel_grad(x, delta, selection, padding)
+            bias = delta.reshape(delta.shape[0], delta.shape[1], -1).sum(axis=2).sum(axis=0)
+            return grad, bias, delta if need_delta else None
+        # the fused 2-D op on the stacked maps (Note [1-D and 3-D on the 2-D kernels]): dy goes
+        # depth-major, up-sampled along the depth in the same copy; rows and columns it
+        # up-samples itself as it forms delta
+        pads = _pads(padding, 3)
+        x = depth_padded(x, pads[0])
+        n, o, od = y.shape[:3]
+        kd = x.shape[2] - od + 1
+        dy_slices = dy.transpose(0, 2, 1, 3, 4)  # (N, D', O, h', w'), a view
+        if up > 1:
+            depth = xp.arange(od) // up  # output slice z takes dy's slice z // up ...
+            depth = xp.minimum(depth, dy.shape[2] - 1)
+            dy_major = xp.take(dy_slices, depth, axis=1)
+            if od > dy.shape[2] * up:  # ... but past a dropped remainder, no delta
+                dy_major[:, dy.shape[2] * up :] = 0
+        else:
+            dy_major = xp.ascontiguousarray(dy_slices)
+        dy_major = dy_major.reshape(n * od, o, *dy.shape[3:])
+        grad, bias, delta = conv_backward2(
+            depth_stacked(x, kd), dy_major, depth_major(y), activation,
+            tiled(selection, (1, kd)), up, need_delta, _planar(pads),
+        )  # fmt: skip
+        grad = unstacked_grad(grad, x.shape[1])
+        return grad, bias, None if delta is None else channel_major(delta, n)
 
     def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
         if y.ndim == 4 and subsample_backward2 is not None:
