@@ -25,6 +25,9 @@ that makes every inner loop long and contiguous:
   AVX2/AVX-512 machines), near the core's peak (ibid.).
 * **Chunks sized for L1.** ``m`` is chosen so that the two grid maps a pass updates take about
   12 KiB.
+* **16 lanes in float32.** The float32 five-tap loops (forward and kernel gradient) are written
+  on explicit 16-lane vectors (Note [Explicit vectors] in ``_simd``: LLVM's vectoriser gives
+  only 8 lanes on AVX-512 cores); float64 keeps the vectorised loops, and their bits.
 
 ``correlate_into`` is the forward 'valid' convolution (the kernel flipped into correlation
 weights) and, on the deltas zero-padded by ``kh - 1``, ``kw - 1`` with the kernels transposed
@@ -46,8 +49,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 from anycnn.backend.activations import KINDS
+from anycnn_numpy._simd import LANES, vfma, vload, vsplat, vstore, vsum, vzeros
 
 #: Bytes of one grid map a pass updates (two per pass): see Note [Direct convolutions].
 GRID_BYTES = 12 << 10
@@ -139,6 +145,91 @@ def _correlate_pair(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # pra
                     b += 1
 
 
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _correlate_pair32(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # pragma: no cover
+    """:func:`_correlate_pair` for float32 on explicit 16-lane vectors (Note [Explicit vectors]
+    in _simd): the five-tap blocks run 16 grid entries at a time, their last ``span % 16``
+    entries and the three- and one-tap blocks as in :func:`_correlate_pair`."""
+    c, kh, kw = wts.shape[1], wts.shape[2], wts.shape[3]
+    total = g0.shape[0]
+    for i in range(c):
+        if not (active[j0, i] or active[j1, i]):
+            continue
+        for a in range(kh):
+            q0 = max(0, pad_h - a) * rw
+            span = min((pad_h + h - a) * rw, total) - q0
+            if span <= 0:
+                continue
+            base = i * plane + (a - pad_h) * rw + q0
+            vend = span - span % LANES
+            b = 0
+            while b < kw:
+                o = base + b
+                w0 = wts[j0, i, a]
+                w1 = wts[j1, i, a]
+                if kw - b >= 5:
+                    p0, p1, p2, p3, p4 = w0[b], w0[b + 1], w0[b + 2], w0[b + 3], w0[b + 4]
+                    r0, r1, r2, r3, r4 = w1[b], w1[b + 1], w1[b + 2], w1[b + 3], w1[b + 4]
+                    v0, v1, v2, v3, v4 = vsplat(p0), vsplat(p1), vsplat(p2), vsplat(p3), vsplat(p4)
+                    s0, s1, s2, s3, s4 = vsplat(r0), vsplat(r1), vsplat(r2), vsplat(r3), vsplat(r4)
+                    for q in range(0, vend, LANES):
+                        e0, e1, e2 = vload(t, o + q), vload(t, o + 1 + q), vload(t, o + 2 + q)
+                        e3, e4 = vload(t, o + 3 + q), vload(t, o + 4 + q)
+                        u0, u1 = vload(g0, q0 + q), vload(g1, q0 + q)
+                        u0 = vfma(v0, e0, u0)
+                        u1 = vfma(s0, e0, u1)
+                        u0 = vfma(v1, e1, u0)
+                        u1 = vfma(s1, e1, u1)
+                        u0 = vfma(v2, e2, u0)
+                        u1 = vfma(s2, e2, u1)
+                        u0 = vfma(v3, e3, u0)
+                        u1 = vfma(s3, e3, u1)
+                        u0 = vfma(v4, e4, u0)
+                        u1 = vfma(s4, e4, u1)
+                        vstore(g0, q0 + q, u0)
+                        vstore(g1, q0 + q, u1)
+                    for q in range(vend, span):
+                        e0, e1, e2 = t[o + q], t[o + 1 + q], t[o + 2 + q]
+                        e3, e4 = t[o + 3 + q], t[o + 4 + q]
+                        g0[q0 + q] += p0 * e0 + p1 * e1 + p2 * e2 + p3 * e3 + p4 * e4
+                        g1[q0 + q] += r0 * e0 + r1 * e1 + r2 * e2 + r3 * e3 + r4 * e4
+                    b += 5
+                elif kw - b >= 3:
+                    p0, p1, p2 = w0[b], w0[b + 1], w0[b + 2]
+                    r0, r1, r2 = w1[b], w1[b + 1], w1[b + 2]
+                    x0, x1, x2 = t[o : o + span], t[o + 1 : o + 1 + span], t[o + 2 : o + 2 + span]
+                    h0, h1 = g0[q0 : q0 + span], g1[q0 : q0 + span]
+                    for q in range(span):
+                        e0, e1, e2 = x0[q], x1[q], x2[q]
+                        h0[q] += p0 * e0 + p1 * e1 + p2 * e2
+                        h1[q] += r0 * e0 + r1 * e1 + r2 * e2
+                    b += 3
+                else:
+                    p0, r0 = w0[b], w1[b]
+                    x0, h0, h1 = t[o : o + span], g0[q0 : q0 + span], g1[q0 : q0 + span]
+                    for q in range(span):
+                        e0 = x0[q]
+                        h0[q] += p0 * e0
+                        h1[q] += r0 * e0
+                    b += 1
+
+
+def _correlate_pair_of(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):
+    """:func:`_correlate_pair`, or :func:`_correlate_pair32` for float32 (chosen when the
+    caller is compiled, by the dtype)."""
+
+
+@overload(_correlate_pair_of, jit_options={"nogil": True, "fastmath": True})
+def _correlate_pair_of_dtype(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):
+    if t.dtype == types.float32:
+        return lambda t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h: _correlate_pair32(
+            t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h
+        )
+    return lambda t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h: _correlate_pair(
+        t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h
+    )
+
+
 # Note [Compiled activations]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~
 # In NumPy, ``f(u + b)`` over a convolution's output is four or five more passes over maps that
@@ -227,21 +318,27 @@ IDENTITY, LOGISTIC, TANH = (KINDS[name].code for name in ("identity", "logistic"
 
 @numba.njit(nogil=True, fastmath=_ACTIVATION_MATH, error_model="numpy", cache=True)
 def _extract(g, base, rw, bias, kind, p0, p1, out_map):  # pragma: no cover - compiled
-    """``out_map[y, x] = f(g[base + y rw + x] + bias)``: one example's map off the grid, with
-    f the identity, the logistic of gain ``p0`` or ``p0 tanh(p1 u)`` (float32 only)."""
+    """``out_map[y, x] = g[base + y rw + x] + bias``: one example's map off the grid (``kind``,
+    ``p0``, ``p1`` are :func:`_activate_run`'s, applied to a whole chunk afterwards)."""
     oh, ow = out_map.shape
     for y in range(oh):
         row = out_map[y]
         source = g[base + y * rw : base + y * rw + ow]
-        if kind == LOGISTIC:
-            for s in range(ow):
-                row[s] = _logistic32(source[s] + bias, p0)
-        elif kind == TANH:
-            for s in range(ow):
-                row[s] = _tanh32((source[s] + bias) * p1) * p0
-        else:
-            for s in range(ow):
-                row[s] = source[s] + bias
+        for s in range(ow):
+            row[s] = source[s] + bias
+
+
+@numba.njit(nogil=True, fastmath=_ACTIVATION_MATH, error_model="numpy", cache=True)
+def _activate_run(v, kind, p0, p1):  # pragma: no cover - compiled
+    """``v = f(v)`` in place over a 1-d run, f the logistic of gain ``p0`` or ``p0 tanh(p1 u)``
+    (float32 only), nothing for the identity. One long loop over a chunk's whole output (Note
+    [Compiled activations]: map rows are 8-28 numbers, too short for the vectorised loop to pay)."""
+    if kind == LOGISTIC:
+        for s in range(v.size):
+            v[s] = _logistic32(v[s], p0)
+    elif kind == TANH:
+        for s in range(v.size):
+            v[s] = _tanh32(v[s] * p1) * p0
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
@@ -275,11 +372,13 @@ def correlate_into(
             g0, g1 = grid[0, :span], grid[1, :span]
             g0[:] = 0
             g1[:] = 0
-            _correlate_pair(t, h * rw, rw, wts, active, j, j1, g0, g1, pad_h, h)
+            _correlate_pair_of(t, h * rw, rw, wts, active, j, j1, g0, g1, pad_h, h)
             for e in range(m):  # the bias last, as a separate ``u += b`` would add it
                 _extract(g0, e * stride, rw, bias[j], kind, p0, p1, out[n0 + e, j])
                 if j1 != j:
                     _extract(g1, e * stride, rw, bias[j1], kind, p0, p1, out[n0 + e, j1])
+        if kind != IDENTITY:
+            _activate_run(out[n0 : n0 + m].reshape(m * o * oh * ow), kind, p0, p1)
     return out
 
 
@@ -338,6 +437,97 @@ def _grad_pair(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no c
                     if j1 != j0:
                         k1[b] += u0
                     b += 1
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _grad_pair32(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no cover
+    """:func:`_grad_pair` for float32 on explicit 16-lane vectors (Note [Explicit vectors] in
+    _simd): per lane partial sums over 16 grid entries at a time, summed as a tree at the end
+    of each run, the last ``span % 16`` entries added one by one."""
+    c, kh, kw = out.shape[1], out.shape[2], out.shape[3]
+    zero = np.float32(0)
+    vend = span - span % LANES
+    for i in range(c):
+        if not (active[j0, i] or active[j1, i]):
+            continue
+        for a in range(kh):
+            base = i * plane + a * rw
+            b = 0
+            while b < kw:
+                o = base + b
+                k0, k1 = out[j0, i, a], out[j1, i, a]
+                if kw - b >= 5:
+                    a0 = a1 = a2 = a3 = a4 = vzeros()
+                    c0 = c1 = c2 = c3 = c4 = vzeros()
+                    for q in range(0, vend, LANES):
+                        e0, e1, e2 = vload(t, o + q), vload(t, o + 1 + q), vload(t, o + 2 + q)
+                        e3, e4 = vload(t, o + 3 + q), vload(t, o + 4 + q)
+                        f, g = vload(d0, q), vload(d1, q)
+                        a0 = vfma(f, e0, a0)
+                        a1 = vfma(f, e1, a1)
+                        a2 = vfma(f, e2, a2)
+                        a3 = vfma(f, e3, a3)
+                        a4 = vfma(f, e4, a4)
+                        c0 = vfma(g, e0, c0)
+                        c1 = vfma(g, e1, c1)
+                        c2 = vfma(g, e2, c2)
+                        c3 = vfma(g, e3, c3)
+                        c4 = vfma(g, e4, c4)
+                    s0, s1, s2, s3, s4 = vsum(a0), vsum(a1), vsum(a2), vsum(a3), vsum(a4)
+                    u0, u1, u2, u3, u4 = vsum(c0), vsum(c1), vsum(c2), vsum(c3), vsum(c4)
+                    for q in range(vend, span):
+                        e0, e1, e2 = t[o + q], t[o + 1 + q], t[o + 2 + q]
+                        e3, e4 = t[o + 3 + q], t[o + 4 + q]
+                        f, g = d0[q], d1[q]
+                        s0 += f * e0
+                        s1 += f * e1
+                        s2 += f * e2
+                        s3 += f * e3
+                        s4 += f * e4
+                        u0 += g * e0
+                        u1 += g * e1
+                        u2 += g * e2
+                        u3 += g * e3
+                        u4 += g * e4
+                    k0[b] += s0
+                    k0[b + 1] += s1
+                    k0[b + 2] += s2
+                    k0[b + 3] += s3
+                    k0[b + 4] += s4
+                    if j1 != j0:
+                        k1[b] += u0
+                        k1[b + 1] += u1
+                        k1[b + 2] += u2
+                        k1[b + 3] += u3
+                        k1[b + 4] += u4
+                    b += 5
+                else:
+                    x0 = t[o : o + span]
+                    s0 = u0 = zero
+                    for q in range(span):
+                        e0 = x0[q]
+                        s0 += d0[q] * e0
+                        u0 += d1[q] * e0
+                    k0[b] += s0
+                    if j1 != j0:
+                        k1[b] += u0
+                    b += 1
+
+
+def _grad_pair_of(t, plane, rw, active, j0, j1, d0, d1, span, out):
+    """:func:`_grad_pair`, or :func:`_grad_pair32` for float32 (chosen by the dtype when the
+    caller is compiled)."""
+
+
+@overload(_grad_pair_of, jit_options={"nogil": True, "fastmath": True})
+def _grad_pair_of_dtype(t, plane, rw, active, j0, j1, d0, d1, span, out):
+    if t.dtype == types.float32:
+        return lambda t, plane, rw, active, j0, j1, d0, d1, span, out: _grad_pair32(
+            t, plane, rw, active, j0, j1, d0, d1, span, out
+        )
+    return lambda t, plane, rw, active, j0, j1, d0, d1, span, out: _grad_pair(
+        t, plane, rw, active, j0, j1, d0, d1, span, out
+    )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -519,7 +709,7 @@ def correlate_grad(
                         row[s] = part[r * dw + s]
         for j in range(0, o, 2):
             j1 = min(j + 1, o - 1)
-            _grad_pair(t, h * rw, rw, active, j, j1, grid[j, :span], grid[j1, :span], span, out)
+            _grad_pair_of(t, h * rw, rw, active, j, j1, grid[j, :span], grid[j1, :span], span, out)
     return out, bias
 
 

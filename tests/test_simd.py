@@ -1,0 +1,78 @@
+"""The explicit 16-lane float32 vectors of the NumPy backend's kernels (Note [Explicit vectors]
+in anycnn_numpy._simd) and the float32 kernels written on them, against the float64 loops they
+stand in for: the same sums to float32 rounding, whatever the run's length modulo 16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import numba  # noqa: E402
+from anycnn_numpy import _direct, _simd  # noqa: E402
+
+
+@numba.njit(cache=False)
+def _axpy_sum(x, y, alpha, out):
+    """out[:16k] = alpha x + y on vectors, and the sum of those lanes (one vector at a time)."""
+    total = np.float32(0)
+    for q in range(0, x.size - x.size % _simd.LANES, _simd.LANES):
+        v = _simd.vfma(_simd.vsplat(alpha), _simd.vload(x, q), _simd.vload(y, q))
+        _simd.vstore(out, q, v)
+        total += _simd.vsum(v)
+    return total + _simd.vsum(_simd.vzeros())
+
+
+def test_vector_operations_match_numpy():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(53, dtype=np.float32), rng.standard_normal(53, dtype=np.float32)
+    out = np.full(53, 7.0, np.float32)
+    total = _axpy_sum(x, y, np.float32(1.5), out)
+    expected = np.float32(1.5) * x[:48].astype(np.float64) + y[:48]
+    np.testing.assert_allclose(out[:48], expected, rtol=1e-6, atol=1e-6)
+    assert (out[48:] == 7.0).all()  # nothing past the last whole vector is written
+    assert total == pytest.approx(expected.sum(), rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("kw", [1, 3, 5, 7, 11])
+@pytest.mark.parametrize("span", [16, 47, 200, 333])
+@pytest.mark.parametrize("pad_h", [0, 2])
+def test_forward_pair_matches_the_float64_loop(kw, span, pad_h):
+    """_correlate_pair32 (vectors, their tail, the 3- and 1-tap blocks) against _correlate_pair
+    run in float64 on the same numbers; one output map pair only partly active."""
+    rng = np.random.default_rng(kw * 1000 + span)
+    c, kh, h, rw = 3, 4, 6, 40
+    plane = h * rw
+    t = rng.standard_normal(c * plane + 64, dtype=np.float32)
+    wts = rng.standard_normal((3, c, kh, kw), dtype=np.float32)
+    active = np.ones((3, c), bool)
+    active[0, 1] = active[1, 1] = False  # a pair no map of (0, 1) uses: skipped by both
+    total = min(span, (h + 2 * pad_h) * rw)
+    got = rng.standard_normal((2, total), dtype=np.float32)
+    want = got.astype(np.float64)
+    _direct._correlate_pair32(t, plane, rw, wts, active, 0, 1, got[0], got[1], pad_h, h)
+    _direct._correlate_pair(
+        t.astype(np.float64), plane, rw, wts.astype(np.float64), active, 0, 1, *want, pad_h, h
+    )
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-4)
+
+
+@pytest.mark.parametrize("kw", [1, 3, 5, 6])
+@pytest.mark.parametrize("span", [15, 16, 100, 257])
+@pytest.mark.parametrize("maps", [(0, 1), (2, 2)])
+def test_gradient_pair_matches_the_float64_loop(kw, span, maps):
+    """_grad_pair32 against _grad_pair in float64: both maps of a pair, or one (j0 == j1)."""
+    rng = np.random.default_rng(kw * 100 + span)
+    c, kh, rw = 2, 3, 30
+    plane = kh * rw + span
+    t = rng.standard_normal(c * plane + kw, dtype=np.float32)
+    d = rng.standard_normal((3, span), dtype=np.float32)
+    active = np.ones((3, c), bool)
+    got = rng.standard_normal((3, c, kh, kw), dtype=np.float32)
+    want = got.astype(np.float64)
+    j0, j1 = maps
+    _direct._grad_pair32(t, plane, rw, active, j0, j1, d[j0], d[j1], span, got)
+    wide = t.astype(np.float64), d.astype(np.float64)
+    _direct._grad_pair(wide[0], plane, rw, active, j0, j1, wide[1][j0], wide[1][j1], span, want)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-4)
