@@ -156,7 +156,7 @@ def to_torch(network: Network) -> Any:
         elif isinstance(layer, Convolution):
             kernel = tensor(layer.params["kernel"])
             c_out, c_in, *sizes = kernel.shape
-            conv_class = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[d]
+            conv_class: Any = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[d]
             conv = conv_class(c_in, c_out, tuple(sizes), padding=tuple(layer.pad), dtype=dtype)
             mask = torch.from_numpy(np.asarray(layer.table, dtype=bool)).to(dtype)
             with torch.no_grad():
@@ -263,8 +263,9 @@ def _torch_classes() -> dict[str, type]:
                 d = x[(slice(None), slice(None)) + (slice(None, None, n),) * dims]
             else:
                 d = self.pool(x, n)
-                if self.inv_counts is not None:  # the sum of each block over its samples
-                    d = d * float(n**dims) * self.inv_counts
+                counts: Any = self.inv_counts
+                if counts is not None:  # the sum of each block over its samples
+                    d = d * float(n**dims) * counts
                 elif self.mode == "sum":
                     d = d * float(n**dims)
             if self.beta is None or self.bias is None:
