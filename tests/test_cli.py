@@ -156,13 +156,15 @@ def test_train_with_plots(capsys, tmp_path):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_train_gunpoint_with_plots_and_checkpoints(capsys, tmp_path):
-    """The 1-D zoo model on a UCR set trains like MNIST: checkpoints, metrics and the three
+@pytest.mark.parametrize("model", [[], ["--model", "cnn1d_global"]], ids=["cnn1d", "global"])
+def test_train_gunpoint_with_plots_and_checkpoints(capsys, tmp_path, model):
+    """The 1-D zoo models on a UCR set train like MNIST: checkpoints, metrics and the three
     figures (issue 18)."""
     pytest.importorskip("matplotlib")
     code, out, err = _run(
         capsys,
         "train",
+        *model,
         "--dataset",
         "gunpoint",
         "--limit",
