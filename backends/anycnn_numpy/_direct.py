@@ -153,8 +153,12 @@ def _correlate_pair32(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # p
     c, kh, kw = wts.shape[1], wts.shape[2], wts.shape[3]
     total = g0.shape[0]
     for i in range(c):
-        if not (active[j0, i] or active[j1, i]):
+        on0, on1 = active[j0, i], active[j1, i]
+        if not (on0 or on1):
             continue
+        # One map of the two takes input map i (a selection, or j0 == j1): its taps alone.
+        single = j0 == j1 or not (on0 and on1)
+        js, gs = (j0, g0) if on0 else (j1, g1)
         for a in range(kh):
             q0 = max(0, pad_h - a) * rw
             span = min((pad_h + h - a) * rw, total) - q0
@@ -167,7 +171,24 @@ def _correlate_pair32(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # p
                 o = base + b
                 w0 = wts[j0, i, a]
                 w1 = wts[j1, i, a]
-                if kw - b >= 5:
+                if kw - b >= 5 and single:
+                    ws = wts[js, i, a]
+                    p0, p1, p2, p3, p4 = ws[b], ws[b + 1], ws[b + 2], ws[b + 3], ws[b + 4]
+                    v0, v1, v2, v3, v4 = vsplat(p0), vsplat(p1), vsplat(p2), vsplat(p3), vsplat(p4)
+                    for q in range(0, vend, LANES):
+                        u0 = vload(gs, q0 + q)
+                        u0 = vfma(v0, vload(t, o + q), u0)
+                        u0 = vfma(v1, vload(t, o + 1 + q), u0)
+                        u0 = vfma(v2, vload(t, o + 2 + q), u0)
+                        u0 = vfma(v3, vload(t, o + 3 + q), u0)
+                        u0 = vfma(v4, vload(t, o + 4 + q), u0)
+                        vstore(gs, q0 + q, u0)
+                    for q in range(vend, span):
+                        e0, e1, e2 = t[o + q], t[o + 1 + q], t[o + 2 + q]
+                        e3, e4 = t[o + 3 + q], t[o + 4 + q]
+                        gs[q0 + q] += p0 * e0 + p1 * e1 + p2 * e2 + p3 * e3 + p4 * e4
+                    b += 5
+                elif kw - b >= 5:
                     p0, p1, p2, p3, p4 = w0[b], w0[b + 1], w0[b + 2], w0[b + 3], w0[b + 4]
                     r0, r1, r2, r3, r4 = w1[b], w1[b + 1], w1[b + 2], w1[b + 3], w1[b + 4]
                     v0, v1, v2, v3, v4 = vsplat(p0), vsplat(p1), vsplat(p2), vsplat(p3), vsplat(p4)
@@ -448,15 +469,44 @@ def _grad_pair32(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no
     zero = np.float32(0)
     vend = span - span % LANES
     for i in range(c):
-        if not (active[j0, i] or active[j1, i]):
+        on0, on1 = active[j0, i], active[j1, i]
+        if not (on0 or on1):
             continue
+        # One map of the two takes input map i (a selection, or j0 == j1): its sums alone; the
+        # other's stay zero (the selection zeroes them anyway).
+        single = j0 == j1 or not (on0 and on1)
+        js, ds = (j0, d0) if on0 else (j1, d1)
         for a in range(kh):
             base = i * plane + a * rw
             b = 0
             while b < kw:
                 o = base + b
                 k0, k1 = out[j0, i, a], out[j1, i, a]
-                if kw - b >= 5:
+                if kw - b >= 5 and single:
+                    a0 = a1 = a2 = a3 = a4 = vzeros()
+                    for q in range(0, vend, LANES):
+                        f = vload(ds, q)
+                        a0 = vfma(f, vload(t, o + q), a0)
+                        a1 = vfma(f, vload(t, o + 1 + q), a1)
+                        a2 = vfma(f, vload(t, o + 2 + q), a2)
+                        a3 = vfma(f, vload(t, o + 3 + q), a3)
+                        a4 = vfma(f, vload(t, o + 4 + q), a4)
+                    s0, s1, s2, s3, s4 = vsum(a0), vsum(a1), vsum(a2), vsum(a3), vsum(a4)
+                    for q in range(vend, span):
+                        f = ds[q]
+                        s0 += f * t[o + q]
+                        s1 += f * t[o + 1 + q]
+                        s2 += f * t[o + 2 + q]
+                        s3 += f * t[o + 3 + q]
+                        s4 += f * t[o + 4 + q]
+                    ks = out[js, i, a]
+                    ks[b] += s0
+                    ks[b + 1] += s1
+                    ks[b + 2] += s2
+                    ks[b + 3] += s3
+                    ks[b + 4] += s4
+                    b += 5
+                elif kw - b >= 5:
                     a0 = a1 = a2 = a3 = a4 = vzeros()
                     c0 = c1 = c2 = c3 = c4 = vzeros()
                     for q in range(0, vend, LANES):
@@ -508,8 +558,9 @@ def _grad_pair32(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no
                         e0 = x0[q]
                         s0 += d0[q] * e0
                         u0 += d1[q] * e0
-                    k0[b] += s0
-                    if j1 != j0:
+                    if on0:
+                        k0[b] += s0
+                    if on1 and j1 != j0:
                         k1[b] += u0
                     b += 1
 
