@@ -1,5 +1,5 @@
 """The explicit 16-lane float32 vectors of the NumPy backend's kernels (Note [Explicit vectors]
-in anycnn_numpy._simd) and the float32 kernels written on them, against the float64 loops they
+in anycnn_numpy._direct) and the float32 kernels written on them, against the float64 loops they
 stand in for: the same sums to float32 rounding, whatever the run's length modulo 16."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("numba")
 
 import numba  # noqa: E402
-from anycnn_numpy import _direct, _simd  # noqa: E402
+from anycnn_numpy import _direct  # noqa: E402
+from anycnn_numpy import _direct as _simd  # noqa: E402  (the vectors live beside the kernels)
 
 
 @numba.njit(cache=False)
@@ -91,3 +92,25 @@ def test_gradient_pair_matches_the_float64_loop(kw, span, maps):
     # the float32 one leaves it alone. Compare the selected pairs; the rest must be untouched.
     np.testing.assert_allclose(got[active], want[active], rtol=2e-5, atol=2e-4)
     assert got[~active].tobytes() == start[~active].tobytes()
+
+
+def test_vector_activations_are_the_scalar_bits():
+    """_activate_run32 (16-lane logistic and scaled tanh, no branches) gives the bits of the
+    scalar loop it stands in for, on -100..100, the tanh's polynomial/exponential switch at
+    0.625, zeros, infinities and NaN, with a tail of 11 numbers past the last whole vector."""
+    values = np.concatenate(
+        [
+            np.linspace(-100, 100, 4000, dtype=np.float32),
+            np.float32([0.6249999, 0.625, 0.6250001, -0.625, 0.0, -0.0, np.inf, -np.inf, np.nan]),
+            np.float32([88.7, 88.73, -87.0, 1e-30, -1e-30]),
+        ]
+    )
+    assert values.size % _simd.LANES != 0
+    for kind, p0, p1 in ((_direct.LOGISTIC, 1.0, 0.0), (_direct.LOGISTIC, 0.5, 0.0)) + (
+        (_direct.TANH, 1.7159, 2.0 / 3.0),
+        (_direct.TANH, 1.0, 1.0),
+    ):
+        got, want = values.copy(), values.copy()
+        _direct._activate_run32(got, kind, np.float32(p0), np.float32(p1))
+        _direct._activate_run(want, kind, np.float32(p0), np.float32(p1))
+        assert got.tobytes() == want.tobytes(), (kind, p0, p1)
