@@ -1,10 +1,10 @@
 """The CuPy backend's hot ops in 1 and 3 spatial dimensions, on top of its 2-D ones.
 
-The mappings (1-D signals as maps one row high, 3-D volumes with the depth in the batch) are
-:func:`anycnn.backend.planar.dimension_generic`'s, shared with the NumPy backend (Note [1-D and
-3-D on the 2-D kernels] there): every 1-D or 3-D convolution becomes one im2col + cuBLAS GEMM of
-the 2-D ops (3-D: ``kd`` depth slices of the kernel stacked as maps, so the GEMM is ``kd`` times
-taller rather than ``kd`` GEMMs), and the resampling ops are CuPy array expressions.
+The mappings (1-D signals as maps one row high; 3-D volumes as one 2-D convolution whose input
+maps are the kernel's depth taps) are :func:`anycnn.backend.planar.dimension_generic`'s, shared
+with the NumPy backend (Note [1-D and 3-D on the 2-D kernels] there): every 1-D or 3-D
+convolution becomes one im2col + cuBLAS GEMM of the 2-D ops, and the resampling ops are CuPy
+array expressions.
 
 UNTESTED ON GPU HARDWARE: checked on the CPU with NumPy standing in for CuPy
 (tests/test_cupy_backend.py), against the reference ops and SciPy.

@@ -1,8 +1,10 @@
 """The NumPy backend's hot ops in 1 and 3 spatial dimensions, on top of its 2-D ones.
 
-The mappings (1-D signals as maps one row high, 3-D volumes with the depth in the batch) are
-:func:`anycnn.backend.planar.dimension_generic`'s, shared with the CuPy backend: Note [1-D and 3-D
-on the 2-D kernels] there.
+The mappings (1-D signals as maps one row high; 3-D volumes as one 2-D convolution whose input
+maps are the kernel's depth taps) are :func:`anycnn.backend.planar.dimension_generic`'s, shared
+with the CuPy backend: Note [1-D and 3-D on the 2-D kernels] there. Every 2-D call they make
+takes the path the backend's cost model chooses for its shape (Note [Choosing a path] in
+``_plan``).
 """
 
 from __future__ import annotations
