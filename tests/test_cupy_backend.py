@@ -681,8 +681,20 @@ def test_nd_ops_match_scipy(impl, dtype, case, rng):
         want = getattr(oracles, name + "_nd")(arg.astype(np.float64), n_)
         out = table[name](impl.put(np.ascontiguousarray(arg)), n_)
         _close(impl.get(out), want, dtype, err_msg=f"{name} ({impl.name})")
-    # conv_backward of a layer below a 2x subsampling: up(dy) along every axis, f', eq. (7)
+    # the fused forward: f(conv + b) by the 2-D op's bias_activation kernel
     act = get_activation("lecun_tanh")
+    b = rng.standard_normal(c_out).astype(dtype)
+    y_fused = table["conv_valid_activate"](bx, bk, impl.put(b), act, bsel, pads)
+    u = expected["conv_valid"] + b.reshape((-1,) + (1,) * len(sizes))
+    _close(impl.get(y_fused), act.forward(u), dtype, err_msg="conv_valid_activate")
+    # a trainable subsampling's gradients, per map whatever the maps' shape
+    beta = rng.standard_normal(c_out).astype(dtype)
+    dy_s, y_s, d_s = (rng.standard_normal(d.shape).astype(dtype) for _ in range(3))
+    got_s = table["subsample_backward"](*(impl.put(a) for a in (dy_s, y_s, d_s, beta)), act)
+    want_s = reference.subsample_backward(dy_s, y_s, d_s, beta, act)
+    for what, a, w in zip(("beta", "bias", "input"), got_s, want_s, strict=True):
+        _close(impl.get(a), w, dtype, atol=TOL[dtype]["atol"] * 100, err_msg=what)
+    # conv_backward of a layer below a 2x subsampling: up(dy) along every axis, f', eq. (7)
     y = np.tanh(rng.standard_normal((n, c_out, *outs))).astype(dtype)
     dy = rng.standard_normal((n, c_out, *(o // 2 for o in outs))).astype(dtype)
     args = (x, dy, y)
