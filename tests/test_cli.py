@@ -446,7 +446,10 @@ def _closed_pipe(argv, *, read_first=True):
     return first, child.wait(timeout=300), err
 
 
-TRAIN_PIPED = [*DLT_QUICK, "--limit", "200", "--epochs", "3", "--batch-size", "10"]
+# Many short epochs: the reader goes away after the first line, and the run must still have lines
+# to write then however long the loaded machine keeps the reader from closing its end (with 3
+# epochs a reader descheduled for a few tenths of a second let the run finish with status 0).
+TRAIN_PIPED = [*DLT_QUICK, "--limit", "200", "--epochs", "200", "--batch-size", "10"]
 
 
 @pytest.mark.parametrize("argv", [["backends"], TRAIN_PIPED], ids=["backends", "train"])
