@@ -372,7 +372,8 @@ def selection_args() -> list[str]:
 
 def equivalents() -> set[str]:
     text = (ROOT / "tests" / "MUTATION.md").read_text(encoding="utf-8")
-    section = text.split("## Second campaign", 1)[-1] if "## Second campaign" in text else ""
+    marker = "Second campaign equivalents:"
+    section = text.split(marker, 1)[1].split("\n## ", 1)[0] if marker in text else ""
     return {line.split("`")[1] for line in section.splitlines() if line.startswith("- `")}
 
 
