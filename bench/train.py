@@ -6,6 +6,7 @@ Usage::
     python bench/train.py --quick                  # tiny run (tests/test_bench_train.py)
     python bench/train.py --models dlt --batch-sizes 1,256 --reps 9
     python bench/train.py --backend cupy           # another anycnn backend (PyTorch stays CPU)
+    python bench/train.py --dtype float64          # both libraries in float64
 
 What is timed
 -------------
@@ -24,12 +25,20 @@ What is timed
   the same way for both, so the data set costs both runs the same 47 MB.
 
 The peer is PyTorch (CPU, ``torch.set_num_threads(2)``... or the ``--threads`` given) with the
-same architecture, float32, the same initial weights: convolutions are ``conv2d`` with the
-kernels rotated by 180 degrees (anycnn follows MATLAB's ``conv2``), LeNet-5's C3 table is a
-masked weight, sum-pooling is ``avg_pool2d * 4`` times a per-map beta plus a bias, LeCun's tanh
-is ``1.7159 tanh(2u/3)``. Its update is the same plain SGD, written as the fused
-``torch._foreach_add_`` (the fastest of the obvious ways; ``--torch-update loop`` times a Python
-loop of ``p.sub_(lr * g)`` instead).
+same architecture, the same dtype (``--dtype``, float32 by default), the same initial weights:
+convolutions are ``conv2d`` with the kernels rotated by 180 degrees (anycnn follows MATLAB's
+``conv2``), LeNet-5's C3 table is a masked weight, sum-pooling is ``avg_pool2d * 4`` times a
+per-map beta plus a bias, LeCun's tanh is ``1.7159 tanh(2u/3)``. Its update is the same plain
+SGD, written as the fused ``torch._foreach_add_`` (the fastest of the obvious ways;
+``--torch-update loop`` times a Python loop of ``p.sub_(lr * g)`` instead).
+
+**Arithmetic rate.** Each row also gives both libraries' GFLOP/s: the multiply-adds of the
+convolutions and fully connected layers a step must do (``step_flops``: forward, kernel and
+weight gradients, input gradients of every layer but the first; only the pairs of maps a
+selection connects), times two, per second. The yardstick is the machine's GEMM rate, the median
+GFLOP/s of ``np.matmul`` on 2048-square matrices of the same dtype (NumPy's BLAS on its own
+threads), measured before and after the rows; the faster of the two divides anycnn's rate into
+the "of GEMM" column.
 
 Every cell is timed interleaved, A, B, A, B, ...: a repetition is a block of steps lasting about
 ``--block-seconds`` on each side, the steps per block are calibrated after a warm-up, and the
@@ -70,24 +79,29 @@ LEARNING_RATE = {"dlt": 1.0, "lenet5": 0.01}
 
 
 # --- data -------------------------------------------------------------------------------------
-def random_batch(model: str, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def random_batch(
+    model: str, batch: int, seed: int, dtype: str = "float32"
+) -> tuple[np.ndarray, np.ndarray]:
     """Host images in [0, 1] and one-of-10 targets (0/1 for dlt, as the toolbox)."""
     rng = np.random.default_rng(seed)
     size = INPUT_SIZE[model]
-    x = rng.random((batch, 1, size, size), dtype=np.float32)
+    x = rng.random((batch, 1, size, size), dtype=np.float32).astype(dtype, copy=False)
     labels = rng.integers(0, 10, batch)
-    t = np.zeros((batch, 10), dtype=np.float32)
+    t = np.zeros((batch, 10), dtype=dtype)
     t[np.arange(batch), labels] = 1.0
     return x, t
 
 
-def batch_from_uint8(images: np.ndarray, labels: np.ndarray, pad: int) -> tuple[Any, Any]:
-    """Scale to [0, 1] (``scale01``), pad by ``pad`` pixels, one-of-10 targets; float32."""
+def batch_from_uint8(
+    images: np.ndarray, labels: np.ndarray, pad: int, dtype: str = "float32"
+) -> tuple[Any, Any]:
+    """Scale to [0, 1] (``scale01``), pad by ``pad`` pixels, one-of-10 targets; ``dtype``."""
     n = images.shape[0]
     size = images.shape[1] + 2 * pad
-    x = np.zeros((n, 1, size, size), dtype=np.float32)
-    np.multiply(images, np.float32(1.0 / 255.0), out=x[:, 0, pad : size - pad, pad : size - pad])
-    t = np.zeros((n, 10), dtype=np.float32)
+    x = np.zeros((n, 1, size, size), dtype=dtype)
+    scale = np.dtype(dtype).type(1.0 / 255.0)
+    np.multiply(images, scale, out=x[:, 0, pad : size - pad, pad : size - pad])
+    t = np.zeros((n, 10), dtype=dtype)
     t[np.arange(n), labels] = 1.0
     return x, t
 
@@ -98,10 +112,11 @@ class AnycnnRunner:
 
     name = "anycnn"
 
-    def __init__(self, model: str, backend: str, seed: int = 0):
+    def __init__(self, model: str, backend: str, seed: int = 0, dtype: str = "float32"):
         from anycnn import models
 
-        self.net = models.build(model, backend=backend, seed=seed)
+        self.dtype = dtype
+        self.net = models.build(model, backend=backend, seed=seed, dtype=dtype)
         self.backend = self.net.backend
         self.lr = LEARNING_RATE[model]
         # The layer protocol's params/grads dicts (what Network.parameters()/gradients() read),
@@ -159,11 +174,14 @@ class TorchRunner:
         table: np.ndarray | None,
         threads: int,
         update: str = "foreach",
+        dtype: str = "float32",
     ):
         import torch
 
         torch.set_num_threads(threads)
         self.torch = torch
+        self.dtype = dtype
+        tdtype = getattr(torch, dtype)
         self.model = model
         self.lr = LEARNING_RATE[model]
         self.update = update
@@ -172,7 +190,7 @@ class TorchRunner:
             value = params[name]
             if rotate:  # anycnn kernels are conv2 kernels; conv2d cross-correlates
                 value = np.ascontiguousarray(value[..., ::-1, ::-1])
-            return torch.tensor(value, dtype=torch.float32, requires_grad=True)
+            return torch.tensor(value, dtype=tdtype, requires_grad=True)
 
         if model == "dlt":
             self.p = {
@@ -200,7 +218,7 @@ class TorchRunner:
                 "f7w": tensor("fc7.weight"),
                 "f7b": tensor("fc7.bias"),
             }
-            self.mask = torch.tensor(table, dtype=torch.float32)[:, :, None, None]
+            self.mask = torch.tensor(table, dtype=tdtype)[:, :, None, None]
         self.params = list(self.p.values())
 
     def forward(self, x: Any) -> Any:
@@ -267,7 +285,60 @@ def torch_runner_like(runner: AnycnnRunner, model: str, threads: int, update: st
     table = None
     if model == "lenet5":
         table = next(layer.table for layer in runner.net.layers if layer.name == "conv3")
-    return TorchRunner(model, runner.kernels_host(), table, threads, update)
+    return TorchRunner(model, runner.kernels_host(), table, threads, update, runner.dtype)
+
+
+# --- FLOPs and the machine's GEMM rate ---------------------------------------------------------
+def step_flops(net: Any, inference: bool = False) -> int:
+    """Floating-point operations per example of the network's convolutions and fully connected
+    layers: 2 per multiply-add of the forward products, and for a training step also of the
+    kernel (weight) gradients and of the input gradients of every layer but the first (which
+    ``Network.backward`` skips). Only the map pairs in a convolution's selection count (LeNet-5's
+    C3: 60 of 96); elementwise work (activations, subsampling, the loss, the update) does not.
+    The same count serves both libraries, so it rates the arithmetic a step must do, not what
+    either library chooses to compute."""
+    total = 0
+    for index, layer in enumerate(net.layers):
+        table = getattr(layer, "table", None)
+        kernel = layer.params.get("kernel")
+        weight = layer.params.get("weight")
+        if table is not None and kernel is not None:
+            taps = math.prod(kernel.shape[2:])
+            macs = int(np.sum(table)) * taps * math.prod(layer.output_shape[1:])
+        elif weight is not None:
+            macs = math.prod(weight.shape)
+        else:
+            continue
+        passes = 1 if inference else (3 if index > 0 else 2)
+        total += 2 * macs * passes
+    return total
+
+
+def gemm_rate(dtype: str, size: int, reps: int) -> dict[str, Any]:
+    """The machine's GEMM rate: the median GFLOP/s of ``np.matmul`` on ``size``-square matrices
+    of ``dtype`` (NumPy's BLAS with its own thread count), ``reps`` timed calls after one
+    warm-up; the yardstick the training steps' rates are read against (issue 16)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size)).astype(dtype)
+    b = rng.random((size, size)).astype(dtype)
+    c = np.empty((size, size), dtype=dtype)
+    np.matmul(a, b, out=c)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - start)
+    flops = 2 * size**3
+    return {
+        "what": f"np.matmul {size}x{size} @ {size}x{size} {dtype}",
+        "size": size,
+        "dtype": dtype,
+        "reps": reps,
+        "median_s": statistics.median(times),
+        "gflop_s": flops / statistics.median(times) / 1e9,
+        "best_gflop_s": flops / min(times) / 1e9,
+        "load_average_1min": load_average()[:1],
+    }
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -329,11 +400,11 @@ def interleaved(
 
 
 def time_cell(model: str, batch: int, args: argparse.Namespace, inference: bool) -> dict[str, Any]:
-    anycnn_run = AnycnnRunner(model, args.backend, seed=args.seed)
+    anycnn_run = AnycnnRunner(model, args.backend, seed=args.seed, dtype=args.dtype)
     runners: list[Any] = [anycnn_run]
     if args.torch:
         runners.append(torch_runner_like(anycnn_run, model, args.threads, args.torch_update))
-    x, t = random_batch(model, batch, args.seed + batch)
+    x, t = random_batch(model, batch, args.seed + batch, args.dtype)
     candidates = {}
     restore = {}
     for runner in runners:
@@ -373,6 +444,10 @@ def time_cell(model: str, batch: int, args: argparse.Namespace, inference: bool)
         row["torch"]["median_s"] / row["anycnn"]["median_s"] if row["torch"] is not None else None
     )
     row["load_average_1min"] = row["anycnn"]["load_average_1min"]
+    flops = step_flops(anycnn_run.net, inference)
+    row["flops_per_image"] = flops
+    for entry in timed.values():
+        entry["gflop_s"] = flops * entry["images_per_s"] / 1e9
     return row
 
 
@@ -392,7 +467,7 @@ def epoch_loop(
     start = time.perf_counter()
     for i in range(0, images.shape[0], batch):
         index = order[i : i + batch]
-        x, t = runner.to_device(*batch_from_uint8(images[index], labels[index], pad))
+        x, t = runner.to_device(*batch_from_uint8(images[index], labels[index], pad, runner.dtype))
         runner.step(x, t)
     runner.sync()
     return time.perf_counter() - start
@@ -400,7 +475,7 @@ def epoch_loop(
 
 def time_epoch(args: argparse.Namespace) -> dict[str, Any]:
     images, labels = mnist_train()
-    anycnn_run = AnycnnRunner("dlt", args.backend, seed=args.seed)
+    anycnn_run = AnycnnRunner("dlt", args.backend, seed=args.seed, dtype=args.dtype)
     runners: list[Any] = [anycnn_run]
     if args.torch:
         runners.append(torch_runner_like(anycnn_run, "dlt", args.threads, args.torch_update))
@@ -459,18 +534,18 @@ def memory_child(library: str, args: argparse.Namespace) -> None:
     images, labels = mnist_train()
     before_import = current_rss_mib()
     if library == "anycnn":
-        runner: Any = AnycnnRunner("lenet5", args.backend, seed=args.seed)
+        runner: Any = AnycnnRunner("lenet5", args.backend, seed=args.seed, dtype=args.dtype)
     else:
         # The same initial parameters, without importing anycnn's network in this process.
         import torch  # noqa: F401  (imported first, as a PyTorch user would)
 
         from anycnn import models
 
-        net = models.lenet5(backend="numpy", seed=args.seed)
+        net = models.lenet5(backend="numpy", seed=args.seed, dtype=args.dtype)
         params = {k: np.asarray(v) for k, v in net.parameters().items()}
         table = next(layer.table for layer in net.layers if layer.name == "conv3")
         del net
-        runner = TorchRunner("lenet5", params, table, args.threads, args.torch_update)
+        runner = TorchRunner("lenet5", params, table, args.threads, args.torch_update, args.dtype)
     ready = current_rss_mib()
     limit = args.memory_images or images.shape[0]
     wall = epoch_loop(runner, images[:limit], labels[:limit], 256, 2, args.seed)
@@ -507,6 +582,8 @@ def time_memory(args: argparse.Namespace) -> dict[str, Any]:
             str(args.threads),
             "--seed",
             str(args.seed),
+            "--dtype",
+            args.dtype,
         ]
         if args.memory_images:
             command += ["--memory-images", str(args.memory_images)]
@@ -520,19 +597,25 @@ def time_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- report -----------------------------------------------------------------------------------
-def format_rows(rows: list[dict[str, Any]]) -> str:
+def format_rows(rows: list[dict[str, Any]], gemm: dict[str, Any] | None = None) -> str:
+    """The table; with ``gemm`` (:func:`gemm_rate`), each library's GFLOP/s (:func:`step_flops`)
+    and anycnn's as a fraction of the GEMM rate."""
     header = (
         f"{'model':<8}{'what':<12}{'batch':>6}{'anycnn img/s':>14}{'torch img/s':>13}"
-        f"{'ratio':>8}{'load':>7}"
+        f"{'ratio':>8}{'GFLOP/s':>9}{'torch':>7}{'of GEMM':>9}{'load':>7}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         torch = row["torch"]
+        fraction = row["anycnn"]["gflop_s"] / gemm["gflop_s"] if gemm else math.nan
         lines.append(
             f"{row['model']:<8}{row['what']:<12}{row['batch']:>6}"
             f"{row['anycnn']['images_per_s']:>14,.0f}"
             f"{torch['images_per_s'] if torch else math.nan:>13,.0f}"
             f"{row['ratio'] if row['ratio'] is not None else math.nan:>8.2f}"
+            f"{row['anycnn']['gflop_s']:>9.1f}"
+            f"{torch['gflop_s'] if torch else math.nan:>7.1f}"
+            f"{fraction:>9.1%}"
             f"{row['load_average_1min']:>7.2f}"
         )
     return "\n".join(lines)
@@ -590,6 +673,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-child", choices=("anycnn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="precision of both libraries (default float32; float64 is the precision of the "
+        "notes' reference code and of gradient checks)",
+    )
+    parser.add_argument(
+        "--gemm-size",
+        type=int,
+        default=None,
+        help="side of the square np.matmul that measures the machine's GEMM rate "
+        "(default 2048; 256 with --quick)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -628,7 +725,11 @@ def main(argv: list[str] | None = None) -> int:
     args.gap = args.gap if args.gap is not None else (0.02 if args.quick else 0.3)
     inference_batch = 16 if args.quick else INFERENCE_BATCH
     slug = machine_slug()
-    out = args.out or RESULTS / f"train-{record.name}-{slug}{'-quick' if args.quick else ''}.json"
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
+    suffix += "-quick" if args.quick else ""
+    out = args.out or RESULTS / f"train-{record.name}-{slug}{suffix}.json"
+    gemm_size = args.gemm_size or (256 if args.quick else 2048)
+    gemm_reps = 3 if args.quick else 7
 
     info = machine_info(record.name)
     if args.torch:
@@ -638,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
     print(
-        f"anycnn bench/train.py: backend {record.name}, float32, "
+        f"anycnn bench/train.py: backend {record.name}, {args.dtype}, "
         f"PyTorch {info.get('torch', 'not installed')} ({args.threads} threads), "
         f"median of {args.reps}, interleaved"
     )
@@ -649,19 +750,38 @@ def main(argv: list[str] | None = None) -> int:
     if "numba_kernels" in info:
         state = "on" if info["numba_kernels"] else "off (BLAS only)"
         print(f"compiled kernel gradients (Numba {info['numba'] or 'not installed'}): {state}")
+    gemm = {"start": gemm_rate(args.dtype, gemm_size, gemm_reps)}
+    print(
+        f"machine's GEMM rate ({gemm['start']['what']}, NumPy's BLAS threads): "
+        f"{gemm['start']['gflop_s']:.0f} GFLOP/s (median of {gemm_reps})"
+    )
     print()
 
     rows = []
     for model in models:
         for batch in batches:
             rows.append(time_cell(model, batch, args, inference=False))
-            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+            print(format_rows(rows[-1:], gemm["start"]).splitlines()[-1], flush=True)
     if args.inference:
         for model in models:
             rows.append(time_cell(model, inference_batch, args, inference=True))
-            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+            print(format_rows(rows[-1:], gemm["start"]).splitlines()[-1], flush=True)
+    # Measured again after the rows; the faster of the two is the yardstick (the smaller
+    # fraction: a loaded moment at the start does not flatter the steps).
+    gemm["end"] = gemm_rate(args.dtype, gemm_size, gemm_reps)
+    yardstick = max((gemm["start"], gemm["end"]), key=lambda g: g["gflop_s"])
+    gemm["gflop_s"] = yardstick["gflop_s"]
+    for row in rows:
+        row["anycnn"]["fraction_of_gemm"] = row["anycnn"]["gflop_s"] / gemm["gflop_s"]
+        if row["torch"] is not None:
+            row["torch"]["fraction_of_gemm"] = row["torch"]["gflop_s"] / gemm["gflop_s"]
     print()
-    print(format_rows(rows))
+    print(
+        f"GEMM rate {gemm['gflop_s']:.0f} GFLOP/s (the faster of {gemm['start']['gflop_s']:.0f} "
+        f"before and {gemm['end']['gflop_s']:.0f} after the rows); GFLOP/s counts the "
+        "convolutions' and fully connected layers' multiply-adds (bench/train.py step_flops)"
+    )
+    print(format_rows(rows, gemm))
 
     epoch = None
     memory = None
@@ -694,7 +814,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "backend": record.name,
         "quick": args.quick,
-        "dtype": "float32",
+        "dtype": args.dtype,
+        "gemm": gemm,
         "reps": args.reps,
         "block_seconds": args.block_seconds,
         "torch_update": args.torch_update,

@@ -82,6 +82,70 @@ def test_quick_run_writes_the_report(tmp_path):
     # the table is printed with one line per cell
     assert done.stdout.count("train step") >= 4
     assert f"wrote {out}" in done.stdout
+    # the machine's GEMM rate, before and after the rows, and every row's rate against it
+    gemm = report["gemm"]
+    assert gemm["start"]["dtype"] == gemm["end"]["dtype"] == "float32"
+    assert gemm["gflop_s"] == max(gemm["start"]["gflop_s"], gemm["end"]["gflop_s"]) > 0
+    assert "GFLOP/s" in done.stdout and "of GEMM" in done.stdout
+    for row in report["rows"]:
+        entry = row["anycnn"]
+        assert row["flops_per_image"] > 0
+        assert entry["gflop_s"] == row["flops_per_image"] * entry["images_per_s"] / 1e9
+        assert entry["fraction_of_gemm"] == entry["gflop_s"] / gemm["gflop_s"]
+
+
+def _bench_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # train.py imports _machine from bench/
+    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_flops_count_the_products_of_the_zoo_models(monkeypatch):
+    """The multiply-adds behind the GFLOP/s column, counted by hand from the architectures.
+
+    DLT: C1 6 maps of 24x24 from 5x5 taps (86,400), C3 12x6 pairs on 8x8 (115,200), FC 192x10.
+    LeNet-5: C1 6 maps of 28x28 (117,600), C3 the 60 pairs of LeCun's table on 10x10 (150,000,
+    not 96 pairs), C5 120x16 on 1x1 (48,000), F6 120x84, F7 84x10. A training step does the
+    forward product, the kernel gradient and, except in the first layer, the input gradient."""
+    from anycnn import models
+
+    bench = _bench_module(monkeypatch)
+    dlt, lenet5 = models.build("dlt"), models.build("lenet5")
+    assert bench.step_flops(dlt, inference=True) == 2 * (86_400 + 115_200 + 1_920)
+    assert bench.step_flops(dlt) == 2 * (2 * 86_400 + 3 * 115_200 + 3 * 1_920)
+    forward = 117_600 + 150_000 + 48_000 + 10_080 + 840
+    assert bench.step_flops(lenet5, inference=True) == 2 * forward
+    assert bench.step_flops(lenet5) == 2 * (3 * forward - 117_600)
+
+
+def test_float64_run_times_both_libraries_in_float64(tmp_path, monkeypatch):
+    """--dtype float64: both libraries' parameters and batches in float64, DGEMM as yardstick,
+    and a report of its own (a float32 one is never replaced)."""
+    bench = _bench_module(monkeypatch)
+    x, t = bench.random_batch("dlt", 3, 0, "float64")
+    assert x.dtype == t.dtype == "float64"
+    runner = bench.AnycnnRunner("dlt", "numpy", dtype="float64")
+    assert {str(p.dtype) for p in runner.net.parameters().values()} == {"float64"}
+    if importlib.util.find_spec("torch") is not None:
+        peer = bench.torch_runner_like(runner, "dlt", 1, "foreach")
+        assert {str(p.dtype) for p in peer.params} == {"torch.float64"}
+    out = tmp_path / "train64.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--dtype", "float64", "--models", "dlt",
+         "--batch-sizes", "2", "--no-inference", "--out", str(out)],
+        cwd=tmp_path,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, f"bench/train.py failed:\n{done.stdout}\n{done.stderr}"
+    report = json.loads(out.read_text())
+    assert report["dtype"] == "float64" and report["gemm"]["start"]["dtype"] == "float64"
+    assert [(row["model"], row["batch"]) for row in report["rows"]] == [("dlt", 2)]
+    assert "float64" in done.stdout.splitlines()[0]
 
 
 def test_machine_slug_is_short_and_safe():

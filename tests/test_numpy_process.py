@@ -107,11 +107,12 @@ def test_anycnn_train_opts_into_keeping_freed_memory(monkeypatch):
 def test_import_finds_no_blas_and_calibrates_no_spin():
     """Importing the ops looks up no BLAS library and runs no spin calibration; a small forward
     pass (one slice per op: the calling thread alone) does neither either; the first op cut into
-    slices for the pool's threads does both."""
+    slices for the pool's threads calibrates the spin, and looks up BLAS only if its slices call
+    BLAS (a block sum does not; a GEMM does)."""
     code = """
 import numpy as np
 import anycnn
-from anycnn_numpy import _resample, _threads
+from anycnn_numpy import _im2col, _resample, _threads
 
 print(_threads._blas_threads._libraries is None, _threads._spin.calibrated)
 net = anycnn.models.build("dlt", dtype="float32", seed=0, backend="numpy")
@@ -121,5 +122,7 @@ _threads.set_num_threads(2)
 x = np.ones((256, 6, 24, 24), np.float32)
 _resample.block_sum(x, 2)
 print(_threads._blas_threads._libraries is None, _threads._spin.calibrated)
+_im2col.gemm(np.ones((4096, 256), np.float32), np.ones((256, 256), np.float32))
+print(_threads._blas_threads._libraries is None)
 """
-    assert _run(code) == ["True", "False", "True", "False", "False", "True"]
+    assert _run(code) == ["True", "False", "True", "False", "True", "True", "False"]

@@ -1,12 +1,13 @@
 """The NumPy backend's convolution ops: the three convolutions of the notes and the fused ops
-built on them, each sent to the compiled direct kernels (``Note [Direct convolutions]`` in
-``_direct``) where they take the layer, else to im2col + BLAS (``_im2col``).
+built on them, each sent to the path the cost model chooses for its shape (Note [Choosing a
+path] in ``_plan``): the compiled direct kernels (``Note [Direct convolutions]`` in
+``_direct``), im2col + BLAS (``_im2col``) or products of spectra (``Note [Convolutions by the
+FFT]`` in ``_fft``).
 
-The direct kernels take C-contiguous float32/float64 maps of layers of at most
-:data:`DIRECT_MAX_PAIRS` map pairs whose outputs are more than one pixel (LeNet-5's C5 stays on
-one GEMM for the whole batch). They also apply float32 logistic and tanh layers' f as they write
-their output (``conv_valid_activate``) and, as the fused ``conv_backward``, form a layer's
-sensitivity, kernel and bias gradients in one pass.
+The direct kernels take C-contiguous float32/float64 maps. They also apply float32 logistic and
+tanh layers' f as they write their output (``conv_valid_activate``) and, as the fused
+``conv_backward``, form a layer's sensitivity, kernel and bias gradients in one pass; on the
+other paths those are the chain of backend ops.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import functools
 import numpy as np
 
 from anycnn import ops as _reference
-from anycnn_numpy import _im2col, _jit
+from anycnn_numpy import _fft, _im2col, _jit, _plan, _threads
 from anycnn_numpy._activation import (
     activate,
     compiled_activation,
@@ -28,21 +29,49 @@ from anycnn_numpy._im2col import masked, padded, usable
 from anycnn_numpy._resample import kron_upsample
 from anycnn_numpy._threads import run_direct, sum_in_order
 
-#: Layers with more (C_out x C_in) map pairs than this stay on im2col + BLAS, whose blocking pays
-#: when the GEMMs get large.
-DIRECT_MAX_PAIRS = 512
 
-
-def _direct(x: np.ndarray, other: np.ndarray, pairs: int) -> bool:
-    """Whether the compiled direct convolutions take ``x`` with ``other`` (kernel or deltas) of a
-    layer of ``pairs`` map pairs: both C-contiguous float32/float64 of one dtype."""
+def _direct(x: np.ndarray, other: np.ndarray) -> bool:
+    """Whether the compiled direct convolutions can take ``x`` with ``other`` (kernel or
+    deltas): both C-contiguous float32/float64 of one dtype."""
     return (
         _jit.correlate_into is not None
-        and pairs <= DIRECT_MAX_PAIRS
         and other.dtype == x.dtype
         and _jit.compiled_layout(x)
         and _jit.compiled_layout(other)
     )
+
+
+#: The paths available, by (direct kernels usable, FFT usable): Note [Choosing a path].
+_AVAILABLE = {
+    (True, True): ("direct", "im2col", "fft"),
+    (True, False): ("direct", "im2col"),
+    (False, True): ("im2col", "fft"),
+    (False, False): ("im2col",),
+}
+
+
+def _path(op, direct, dtype, n, c, o, h, w, kh, kw, ph=0, pw=0) -> str:
+    """The path of ``op`` for the forward geometry (Note [Choosing a path] in _plan)."""
+    fft = dtype in _jit.COMPILED_DTYPES and ph < kh and pw < kw and _fft.available()
+    return _plan.choose(op, n, c, o, h, w, kh, kw, ph, pw, _AVAILABLE[direct, fft])
+
+
+def _map_halves(n: int, maps: int, macs: int) -> list[tuple[int, int]] | None:
+    """The two ranges of output maps one example's direct convolution is cut into, or None.
+
+    Note [One example on two cores]
+    ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    The pool cuts the direct convolutions into batch slices; one example is one slice, so a
+    large map at batch 1 ran on one core while im2col's GEMM ran on all of them (256 x 256
+    maps, 3 -> 64, 7 x 7 kernels: 48 ms direct against 29 ms im2col on 2 cores). At batch 1,
+    from DIRECT_PARALLEL_MACS multiply-adds on, the output maps are cut in two at an even map
+    (the kernels compute maps in pairs) and the halves run side by side. Each map is computed
+    as before, and the cut depends on the shape only: the same bits on any number of threads.
+    """
+    if n != 1 or maps < 4 or macs < _threads.DIRECT_PARALLEL_MACS:
+        return None
+    half = 2 * -(-maps // 4)
+    return [(0, half), (half, maps)]
 
 
 def _active(selection, o: int, c: int) -> np.ndarray:
@@ -101,9 +130,13 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
     n, c, h, w = x.shape
     o, _, kh, kw = kernel.shape
     oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    if oh * ow == 1 or not _direct(x, kernel, o * c):
-        if shift is not None:  # the BLAS paths add the bias in the epilogue
+    path = _path("valid", _direct(x, kernel), x.dtype, n, c, o, h, w, kh, kw, ph, pw)
+    if path != "direct":
+        if shift is not None:  # the BLAS and FFT paths add the bias in the epilogue
             epilogue = _im2col.with_bias(epilogue, shift)
+        if path == "fft":  # Note [Convolutions by the FFT] in _fft
+            active = _active(selection, o, c)
+            return _fft.conv_valid(x, masked(kernel, selection), active, epilogue, padding)
         return _im2col.conv_valid(x, kernel, selection, epilogue, padding)
     # Note [Direct convolutions] in _direct
     dtype = x.dtype
@@ -120,6 +153,19 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
         if epilogue is not None:
             epilogue(out[start:stop])
 
+    halves = _map_halves(n, o, o * c * kh * kw * oh * ow)
+    if halves is not None:  # Note [One example on two cores]
+
+        def work_maps(index, j0, j1):
+            _jit.correlate_into(
+                x, ph, pw, flipped[j0:j1], bias[j0:j1], active[j0:j1], act, out[:, j0:j1],
+                0, 1, chunk,
+            )  # fmt: skip
+
+        _threads._pool.run(work_maps, halves)
+        if epilogue is not None:
+            epilogue(out)
+        return out
     run_direct(work_direct, n, o * c * kh * kw * oh * ow)
     return out
 
@@ -128,9 +174,19 @@ def conv_kernel_grad(x, delta, selection=None, padding=(0, 0)):
     if not usable(x, delta):
         return _reference.conv_kernel_grad(x, delta, selection, padding)
     x = padded(x, padding)  # eq. (7) on the padded maps (Note [Zero padding] in anycnn.ops)
-    if _direct(x, delta, delta.shape[1] * x.shape[1]):  # Note [Direct convolutions] in _direct
+    path = _grad_path(x, delta)
+    if path == "direct":  # Note [Direct convolutions] in _direct
         return _direct_backward(x, delta, delta, ("identity", 0, 0, False), selection, 1, False)[0]
+    if path == "fft":  # Note [Convolutions by the FFT] in _fft
+        return _fft.conv_kernel_grad(x, delta, _active(selection, delta.shape[1], x.shape[1]))
     return _im2col.conv_kernel_grad(x, delta, selection)
+
+
+def _grad_path(x, delta) -> str:
+    """The path of eq. (7) on padded maps ``x`` (its forward geometry: no padding left)."""
+    n, c, h, w = x.shape
+    o, dh, dw = delta.shape[1:]
+    return _path("grad", _direct(x, delta), x.dtype, n, c, o, h, w, h - dh + 1, w - dw + 1)
 
 
 def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, padding=(0, 0)):
@@ -144,7 +200,6 @@ def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, p
     else:
         return _reference.conv_backward(x, dy, y, activation, selection, up, need_delta, padding)
     formula = sensitivity_formula(activation, y)
-    c, o = x.shape[1], y.shape[1]
     if (
         formula is not None
         and usable(x, dy)
@@ -152,8 +207,9 @@ def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, p
         and dy.shape[:2] == y.shape[:2]
         and _fits_up(dy.shape[2], up, y.shape[2])
         and _fits_up(dy.shape[3], up, y.shape[3])
-        and _direct(x, dy, o * c)
         and _jit.compiled_layout(y)
+        and _jit.compiled_layout(dy)
+        and _grad_path(x, y) == "direct"
     ):
         return _direct_backward(x, dy, y, formula, selection, up, need_delta)
     if up > 1:
@@ -188,7 +244,20 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
             x, dy, y, sens, up, active, start, stop, chunk, delta
         )
 
-    run_direct(work, n, o * c * kh * kw * dh * dw)
+    halves = _map_halves(n, o, o * c * kh * kw * dh * dw)
+    if halves is not None:  # Note [One example on two cores] (each half its maps' sums)
+
+        def work_maps(index, j0, j1):
+            part = delta[:, j0:j1] if need_delta else delta
+            partial[index], bias[index] = _jit.correlate_grad(
+                x, dy[:, j0:j1], y[:, j0:j1], sens, up, active[j0:j1], 0, 1, chunk, part
+            )
+
+        _threads._pool.run(work_maps, halves)
+        partial = {0: np.concatenate([partial[0], partial[1]])}
+        bias = {0: np.concatenate([bias[0], bias[1]])}
+    else:
+        run_direct(work, n, o * c * kh * kw * dh * dw)
     grad = sum_in_order(partial)[:, :, ::-1, ::-1]  # correlation -> conv2 orientation
     if selection is not None:
         grad = grad * selection[:, :, None, None]
@@ -205,7 +274,14 @@ def conv_full(delta, kernel, selection=None, padding=(0, 0)):
     ph, pw = padding
     n, o, h, w = delta.shape
     _, c, kh, kw = kernel.shape
-    direct = h * w > 1 and _direct(delta, kernel, o * c)
+    gh, gw = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw  # the forward input's size
+    path = "im2col"
+    if gh > 0 and gw > 0:
+        path = _path("full", _direct(delta, kernel), delta.dtype, n, c, o, gh, gw, kh, kw, ph, pw)
+    if path == "fft":  # Note [Convolutions by the FFT] in _fft
+        active = _active(None if selection is None else selection.T, c, o)
+        return _fft.conv_full(delta, masked(kernel, selection), active, padding)
+    direct = path == "direct"
     if (ph or pw) and not (ph < kh and pw < kw and direct):
         # Note [Zero padding] in anycnn.ops: the 'full' convolution, cropped back
         full = conv_full(delta, kernel, selection)
@@ -238,5 +314,16 @@ def conv_full(delta, kernel, selection=None, padding=(0, 0)):
             chunk,
         )
 
+    halves = _map_halves(n, c, o * c * kh * kw * h * w)
+    if halves is not None:  # Note [One example on two cores]
+
+        def work_maps(index, i0, i1):
+            _jit.correlate_into(
+                delta, kh - 1 - ph, kw - 1 - pw, weights[i0:i1], _zeros(c, dtype)[i0:i1],
+                active[i0:i1], identity, out[:, i0:i1], 0, 1, chunk,
+            )  # fmt: skip
+
+        _threads._pool.run(work_maps, halves)
+        return out
     run_direct(work_direct, n, o * c * kh * kw * h * w)
     return out

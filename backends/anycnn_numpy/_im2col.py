@@ -267,6 +267,8 @@ def _kernel_grad_columns(x, delta, kh, kw, partial, dots) -> None:
         columns = columns.reshape(m, ck, p)
         if dots is not None:  # Note [Kernel gradient as dot products]
             partial[index] = dots(np.ascontiguousarray(deltas[start:stop]), columns)
+        elif m == 1 and p == 1:  # an outer product (LeNet-5's C5 online): Note [Outer products]
+            partial[index] = np.multiply.outer(deltas[start, :, 0], columns[0, :, 0])
         elif m == 1:
             partial[index] = deltas[start] @ columns[0].T
         elif p >= 16:

@@ -28,7 +28,7 @@ def _load() -> dict[str, Any]:
     if _disabled():
         return {}
     try:
-        from anycnn_numpy import _direct, _kernels  # Note [Direct convolutions]
+        from anycnn_numpy import _direct, _fft_kernels, _kernels  # Note [Direct convolutions]
     except ImportError:
         return {}
     return {
@@ -47,6 +47,8 @@ def _load() -> dict[str, Any]:
         "kernel_grad_sum": _kernels.kernel_grad_sum,
         "block_sum_into": _kernels.block_sum_into,
         "kron_into": _kernels.kron_into,
+        "spectral_mac": _fft_kernels.spectral_mac,
+        "spectral_corr": _fft_kernels.spectral_corr,
     }
 
 
@@ -93,6 +95,11 @@ direct_chunk = _kernels.get("direct_chunk")
 direct_activations = _kernels.get("direct_activations")
 #: Codes of the sensitivities correlate_grad forms itself, by formula name, or None.
 direct_sensitivities = _kernels.get("direct_sensitivities")
+
+#: The FFT path's products of spectra (Note [Convolutions by the FFT] in ``_fft``), or None:
+#: ``spectral_mac(a, b, active, out)``, ``spectral_corr(d, x, active, out)``.
+spectral_mac = _kernels.get("spectral_mac")
+spectral_corr = _kernels.get("spectral_corr")
 
 #: ``spin_while(flag, index, value, limit) -> bool`` (Note [Spinning helpers] in _threads), or None.
 spin_while = _kernels.get("spin_while")

@@ -235,10 +235,15 @@ class _Pool:
         """Call ``function(index, start, stop)`` for every slice; return when all are done.
 
         ``gemm_size`` is M*N*K of the largest matrix product one slice makes: above OpenBLAS's
-        threshold for splitting a GEMM over its threads, BLAS is held to one thread meanwhile.
+        threshold for splitting a GEMM over its threads, BLAS is held to one thread meanwhile;
+        0 says the slices call no BLAS, and BLAS's thread count is left alone (setting it and
+        back cost 3-30 us a job, the more on a busy machine).
         """
         if len(slices) == 1 and gemm_size <= _BLAS_SPLIT_SIZE:
             function(0, *slices[0])
+            return
+        if gemm_size == 0:  # slices that call no BLAS (compiled kernels, NumPy loops)
+            self._run(function, slices)
             return
         changed = _blas_threads.limit()
         try:
