@@ -136,3 +136,20 @@ def test_the_table_and_the_verdict():
     empty = GradcheckReport()
     assert empty.passed and empty.max_relative_error == 0.0 and empty.tolerance == 1e-6
     assert str(empty).splitlines()[-1].startswith("PASS: max relative error 0.000e+00")
+
+
+def test_the_documented_defaults_of_the_sample():
+    """max_entries=40 (a 48-entry weight: 40 sampled plus the direction) and seed=0 (the same
+    sample as seed=0 given, not seed=1's)."""
+    net = Network(
+        [Flatten(), FullyConnected(3, activation="tanh")], (1, 4, 4), dtype="float64", seed=2
+    )
+    rng = np.random.default_rng(6)
+    x = net.backend.asarray(rng.standard_normal((2, 1, 4, 4)), dtype="float64")
+    t = net.backend.asarray(rng.uniform(-0.5, 0.5, (2, 3)), dtype="float64")
+    default = gradcheck(net, x, t, eps=1e-2, order=2)
+    assert [c.entries for c in default.checks] == [41, 3]
+    same = gradcheck(net, x, t, eps=1e-2, order=2, seed=0, max_entries=40)
+    other = gradcheck(net, x, t, eps=1e-2, order=2, seed=1, max_entries=40)
+    assert default.checks[0].max_abs_error == same.checks[0].max_abs_error
+    assert default.checks[0].max_abs_error != other.checks[0].max_abs_error
