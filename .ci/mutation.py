@@ -27,6 +27,7 @@ import mutmut.mutation.file_mutation as file_mutation
 import mutmut.mutation.trampoline as trampoline
 import mutmut.utils.format_utils as format_utils
 import mutmut.workers.isolation as isolation
+from mutation_session import SessionRunner, run_mutmut_with_session
 
 SOURCE_ROOTS = ("backends.",)  # second source root of pyproject's [tool.setuptools.packages.find]
 _get_mutant_name = format_utils.get_mutant_name
@@ -97,7 +98,7 @@ def _run_clean_tests(run_clean_tests):
 
 
 mutmut_main.run_stats_collection = run_stats_collection
-for _runner in (isolation.ForkRunner, isolation.ForkServerRunner):
+for _runner in (isolation.ForkRunner, isolation.ForkServerRunner, SessionRunner):
     _runner.run_clean_tests = _run_clean_tests(_runner.run_clean_tests)
 
 # [tool.anycnn.mutation] in pyproject.toml: the campaign's budget.
@@ -142,7 +143,7 @@ def _budgeted(submit):
     return wrapper
 
 
-for _runner in (isolation.ForkRunner, isolation.ForkServerRunner):
+for _runner in (isolation.ForkRunner, isolation.ForkServerRunner, SessionRunner):
     _runner.submit = _budgeted(_runner.submit)
 
 _collect = mutmut_main.collect_source_file_mutation_data
@@ -158,44 +159,80 @@ def collect_source_file_mutation_data(*, mutant_names):
 mutmut_main.collect_source_file_mutation_data = collect_source_file_mutation_data
 
 
-def score(threshold: float = 0.97) -> int:
-    """Print the totals of the last run and the score over the non-equivalent mutants tested.
+# MUTATION_TESTS="tests/test_gradcheck.py -m 'not slow'" narrows the suite while working on one
+# module's survivors (a development aid: a campaign's score uses pyproject's whole selection).
+if os.environ.get("MUTATION_TESTS"):
+    import shlex
 
-    Killed and timed out count as detected; "no tests" and survivors as not, except those that
-    tests/MUTATION.md lists as equivalent (one ``- `name`: why`` line each). With a sample, the
-    score estimates the whole population's: its 95% interval (Wilson) is printed too."""
+    from mutmut.configuration import config as _config
+
+    _config().pytest_add_cli_args_test_selection = shlex.split(os.environ["MUTATION_TESTS"])
+
+
+DETECTED = ("killed", "timeout", "segfault")  # segfault: killed by a signal, the suite fails too
+UNTESTED = ("not checked", "skipped")
+
+
+def _interval(value: float, n: int) -> str:
+    """The 95% (Wilson) interval of a sampled score."""
+    z = 1.96
+    centre = (value + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(value * (1 - value) / n + z * z / (4 * n**2)) / (1 + z * z / n)
+    return f"{centre - half:.4f}-{centre + half:.4f}"
+
+
+def score(threshold: float = 0.97) -> int:
+    """Print the totals of the last run, per module and in all, and the score over the
+    non-equivalent mutants tested; fail when a module, or the whole, is below ``threshold``.
+
+    Killed, timed out and killed by a signal count as detected; "no tests", survivors and
+    "suspicious" (a failure of the campaign's own machinery, or a kill that the original code
+    also fails: mutation_session.verify_kills) as not, except the survivors that tests/MUTATION.md
+    lists as equivalent (one ``- `name`: why`` line each). With a sample, the score estimates
+    the whole population's: its 95% interval (Wilson) is printed too."""
     listed = Path("tests/MUTATION.md").read_text(encoding="utf-8")
-    counts: dict[str, int] = {}
+    rows: dict[str, dict[str, int]] = {}
     survivors = []
     for path in mutmut_main.walk_mutatable_files():
         data = mutmut_main.SourceFileMutationData(path=path)
         data.load()
+        row = rows.setdefault(str(path), {})
         for name, code in data.exit_code_by_key.items():
             status = mutmut_main.status_by_exit_code[code]
             if status in ("survived", "no tests") and f"`{name}`" in listed:
                 status = "equivalent"
-            counts[status] = counts.get(status, 0) + 1
-            if status in ("survived", "no tests"):
+            row[status] = row.get(status, 0) + 1
+            if status not in DETECTED + UNTESTED + ("equivalent",):
                 survivors.append((status, name))
     for status, name in sorted(survivors):
         print(f"{status}: {name}")
-    detected = counts.get("killed", 0) + counts.get("timeout", 0)
-    tested = sum(n for status, n in counts.items() if status not in ("not checked", "skipped"))
-    relevant = tested - counts.get("equivalent", 0)
-    print(", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
-    value = detected / relevant if relevant else 0.0
-    line = f"score {value:.4f} = {detected} / {relevant} non-equivalent mutants tested"
+    columns = ["killed", "timeout", "segfault", "survived", "no tests", "suspicious"]
+    columns += ["equivalent", "not checked"]
+    print(f"{'file':40s}" + "".join(f"{c:>12s}" for c in columns) + "       score")
+    failed = False
+    totals: dict[str, int] = {}
+    for name, row in sorted(rows.items()) + [("total", totals)]:
+        if name != "total":
+            for status, n in row.items():
+                totals[status] = totals.get(status, 0) + n
+        detected = sum(row.get(status, 0) for status in DETECTED)
+        tested = sum(n for status, n in row.items() if status not in UNTESTED)
+        relevant = tested - row.get("equivalent", 0)
+        value = detected / relevant if relevant else 1.0
+        failed |= relevant > 0 and value < threshold
+        cells = "".join(f"{row.get(c, 0):12d}" for c in columns)
+        print(f"{name:40s}{cells}{value:12.4f}")
+        if name == "total":
+            line = f"score {value:.4f} = {detected} / {relevant} non-equivalent mutants tested"
     if SAMPLE < 1 and relevant:
-        z = 1.96
-        centre = (value + z * z / (2 * relevant)) / (1 + z * z / relevant)
-        half = z * math.sqrt(value * (1 - value) / relevant + z * z / (4 * relevant**2))
-        half /= 1 + z * z / relevant
-        line += f" (a {SAMPLE:.0%} sample: 95% interval {centre - half:.4f}-{centre + half:.4f})"
-    print(f"{line}; threshold {threshold}")
-    return 0 if value >= threshold else 1
+        line += f" (a {SAMPLE:.0%} sample: 95% interval {_interval(value, relevant)})"
+    print(f"{line}; threshold {threshold} in every file and in all")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["score"]:
         sys.exit(score())
+    if sys.argv[1:2] == ["run"]:
+        sys.exit(run_mutmut_with_session(sys.argv[1:]))
     sys.exit(mutmut_main.cli())

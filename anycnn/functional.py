@@ -152,26 +152,33 @@ def _check_conv_kernel_grad(where: str, a: dict[str, Any]) -> None:
     checks.check_selection(where, a.get("selection"), delta.shape[1], x.shape[1])
 
 
-def _resampling(divisible: bool) -> Callable[[str, dict[str, Any]], None]:
-    def check(where: str, a: dict[str, Any]) -> None:
-        name = "delta" if "delta" in a else "x"
-        _maps(where, name, a[name])
-        a["n"] = checks.check_factor(where, a["n"])
-        if divisible:
-            checks.check_divisible(where, tuple(a[name].shape), a["n"])
+# Note [Checks run as module functions]: the table's checks are module-level functions (bound
+# with functools.partial where they take a parameter), and each checked entry point calls one,
+# rather than closures made when the module is imported. The code is the same; but a closure made
+# at import is out of reach of the mutation campaign (tests/MUTATION.md), which switches a
+# function's mutants on when the function is called, after the import.
+def _check_resampling(divisible: bool, where: str, a: dict[str, Any]) -> None:
+    name = "delta" if "delta" in a else "x"
+    _maps(where, name, a[name])
+    a["n"] = checks.check_factor(where, a["n"])
+    if divisible:
+        checks.check_divisible(where, tuple(a[name].shape), a["n"])
 
-    return check
+
+def _resampling(divisible: bool) -> Callable[[str, dict[str, Any]], None]:
+    return functools.partial(_check_resampling, divisible)
+
+
+def _check_matrices(a_name: str, b_name: str, where: str, a: dict[str, Any]) -> None:
+    for name in (a_name, b_name):
+        layout = "(N, D)" if name in ("x", "delta") else "(M, D)"
+        checks.check_rank(where, name, a[name], 2, layout)
+        checks.check_float(where, name, a[name])
+    checks.check_same_dtype(where, (a_name, b_name), a[a_name], a[b_name])
 
 
 def _matrices(a_name: str, b_name: str) -> Callable[[str, dict[str, Any]], None]:
-    def check(where: str, a: dict[str, Any]) -> None:
-        for name in (a_name, b_name):
-            layout = "(N, D)" if name in ("x", "delta") else "(M, D)"
-            checks.check_rank(where, name, a[name], 2, layout)
-            checks.check_float(where, name, a[name])
-        checks.check_same_dtype(where, (a_name, b_name), a[a_name], a[b_name])
-
-    return check
+    return functools.partial(_check_matrices, a_name, b_name)
 
 
 def _check_fully_connected(where: str, a: dict[str, Any]) -> None:
@@ -309,6 +316,22 @@ CHECKS: dict[str, Check] = {
 }
 
 
+def _call_checked(
+    name: str, spec: Check, signature: inspect.Signature, args: tuple, kwargs: dict[str, Any]
+) -> Any:
+    """Bind, check and dispatch one call of a checked entry point (Note [Checks run as module
+    functions])."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise TypeError(f"{name}: {error}") from None
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    owner = backend_of(*(arguments.get(a) for a in spec.arrays), op=name)
+    spec.check(name, arguments)
+    return getattr(owner.ops, name)(**arguments)
+
+
 def _checked(name: str, spec: Check) -> Callable[..., Any]:
     """The checked entry point of op ``name``: the reference op's signature and docstring."""
     op = getattr(reference, name)
@@ -316,15 +339,7 @@ def _checked(name: str, spec: Check) -> Callable[..., Any]:
 
     @functools.wraps(op)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError as error:
-            raise TypeError(f"{name}: {error}") from None
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        owner = backend_of(*(arguments.get(a) for a in spec.arrays), op=name)
-        spec.check(name, arguments)
-        return getattr(owner.ops, name)(**arguments)
+        return _call_checked(name, spec, signature, args, kwargs)
 
     # the reference op's own example calls ``ops.<name>``; this entry point shows its own
     doc = inspect.cleandoc(op.__doc__ or "").split("\n\nExamples\n--------")[0]

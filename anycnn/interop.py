@@ -78,13 +78,18 @@ def move(network: Network, target: str | Backend, *, optimizer: Any = None) -> N
 # --------------------------------------------------------------------------------------------
 # Note [PyTorch export]
 # ~~~~~~~~~~~~~~~~~~~~~
-# Each layer becomes a torch.nn.Module computing the same function in PyTorch's conventions:
-# * Convolution -> nn.Conv2d with the kernels rotated by 180 degrees (PyTorch cross-correlates,
-#   the notes convolve as MATLAB's conv2) and multiplied by the input-map selection M_j, so the
+# Each layer becomes a torch.nn.Module computing the same function in PyTorch's conventions, for
+# 1-D signals, 2-D maps and 3-D volumes alike (the layer's input shape picks Conv1d/2d/3d and
+# avg_pool1d/2d/3d):
+# * Convolution -> nn.Conv1d/2d/3d with every kernel axis flipped (PyTorch cross-correlates, the
+#   notes convolve as MATLAB's conv2) and multiplied by the input-map selection M_j, so the
 #   left-out pairs are zero weights (they stay trainable in PyTorch: mask their gradient, or
-#   re-apply the mask, to keep the selection while fine-tuning);
-# * Subsampling -> block sum (avg_pool2d times n^2), block mean or decimation, then beta and b per
-#   map as trainable parameters, then f;
+#   re-apply the mask, to keep the selection while fine-tuning); the layer's zero padding is the
+#   module's ``padding``;
+# * Subsampling -> a remainder first (``"drop"`` crops, ``"pad"`` zero-pads the maps to whole
+#   blocks, as the layer does), then block sum (average pooling times n^d), block mean (a padded
+#   block divided by the samples it has, the layer's own table of 1 / counts) or decimation,
+#   then beta and b per map as trainable parameters, then f;
 # * LearnedCombination -> a module with the parameters c, k and b that forms alpha = softmax(c)
 #   and the effective kernel alpha_ij k_ij in every forward pass (3.3), so alpha keeps training;
 #   the sparsity penalty of 3.3.1 is not part of the module (add it to the PyTorch loss);
@@ -94,10 +99,11 @@ def move(network: Network, target: str | Backend, *, optimizer: Any = None) -> N
 # (torch.nn.CrossEntropyLoss applies the softmax as anycnn's loss does).
 def to_torch(network: Network) -> Any:
     """An equivalent ``torch.nn.Module`` (a ``torch.nn.Sequential``) with the network's current
-    weights, in its dtype, on the CPU, for deployment with PyTorch or ONNX.
+    weights, in its dtype, on the CPU, for deployment with PyTorch or ONNX. Networks on 1-D
+    signals, 2-D maps and 3-D volumes export alike (``Conv1d``, ``Conv2d``, ``Conv3d``).
 
     Its outputs equal :meth:`anycnn.Network.predict`'s within float rounding (block sums are
-    computed as PyTorch's average pooling times n^2, so the last bits may differ). See
+    computed as PyTorch's average pooling times n^d, so the last bits may differ). See
     ``Note [PyTorch export]`` for how each layer maps, and what is not exported: the loss, and
     the sparsity penalty of a learned combination.
 
@@ -136,28 +142,25 @@ def to_torch(network: Network) -> Any:
 
     modules: list[Any] = []
     for layer in network.layers:
-        shape = layer.input_shape or ()
-        if isinstance(layer, Convolution | Subsampling | LearnedCombination) and len(shape) != 3:
-            raise TypeError(  # issue 18: the export writes Conv2d and 2-D pooling only
-                f"to_torch: {layer.describe()} works on {len(shape) - 1}-D maps {shape}; the "
-                "export covers 2-D networks only"
-            )
+        d = len(layer.input_shape or ()) - 1  # spatial axes: 1, 2 or 3 (Flatten, FC: unused)
+        axes = tuple(range(-d, 0)) if d > 0 else ()
         if isinstance(layer, LearnedCombination):
             modules.append(
                 _TorchLearnedCombination(
                     tensor(layer.params["c"]),
-                    torch.flip(tensor(layer.params["kernel"]), dims=(-2, -1)),
+                    torch.flip(tensor(layer.params["kernel"]), dims=axes),
                     tensor(layer.params["bias"]),
                     layer.kernels,
                 )
             )
         elif isinstance(layer, Convolution):
             kernel = tensor(layer.params["kernel"])
-            c_out, c_in, kh, kw = kernel.shape
-            conv = torch.nn.Conv2d(c_in, c_out, (kh, kw), dtype=dtype)
+            c_out, c_in, *sizes = kernel.shape
+            conv_class: Any = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[d]
+            conv = conv_class(c_in, c_out, tuple(sizes), padding=tuple(layer.pad), dtype=dtype)
             mask = torch.from_numpy(np.asarray(layer.table, dtype=bool)).to(dtype)
             with torch.no_grad():
-                conv.weight.copy_(torch.flip(kernel, dims=(-2, -1)) * mask[:, :, None, None])
+                conv.weight.copy_(torch.flip(kernel, dims=axes) * mask[(...,) + (None,) * d])
                 conv.bias.copy_(  # type: ignore[union-attr]
                     tensor(layer.params["bias"])
                 )
@@ -165,7 +168,10 @@ def to_torch(network: Network) -> Any:
         elif isinstance(layer, Subsampling):
             beta = tensor(layer.params["beta"]) if layer.trainable else None
             bias = tensor(layer.params["bias"]) if layer.trainable else None
-            modules.append(_TorchSubsampling(layer.n, layer.mode, beta, bias))
+            counts = None if layer._inv_counts is None else tensor(layer._inv_counts)
+            modules.append(
+                _TorchSubsampling(layer.n, layer.mode, beta, bias, d, layer._fit, counts)
+            )
         elif isinstance(layer, FullyConnected):
             weight = tensor(layer.params["weight"])
             linear = torch.nn.Linear(weight.shape[1], weight.shape[0], dtype=dtype)
@@ -222,28 +228,57 @@ def _torch_classes() -> dict[str, type]:
             return f"{self.f.__name__}, a={self.a}, b={self.b}"
 
     class Subsampling(torch.nn.Module):
-        """``f(beta down(x) + b)`` per map (3.2); f is the next module."""
+        """``f(beta down(x) + b)`` per map (3.2) in ``dims`` spatial axes; f is the next module.
+        ``fit``: the sizes the maps are cropped or zero-padded to first (a remainder);
+        ``inv_counts``: 1 / the samples of each block of a padded mean."""
 
-        def __init__(self, n: int, mode: str, beta: Any, bias: Any):
+        def __init__(
+            self,
+            n: int,
+            mode: str,
+            beta: Any,
+            bias: Any,
+            dims: int = 2,
+            fit: tuple[int, ...] | None = None,
+            inv_counts: Any = None,
+        ):
             super().__init__()
-            self.n, self.mode = n, mode
+            self.n, self.mode, self.dims = n, mode, dims
+            self.fit = None if fit is None else tuple(int(s) for s in fit)
             self.beta = None if beta is None else torch.nn.Parameter(beta)
             self.bias = None if bias is None else torch.nn.Parameter(bias)
+            self.register_buffer("inv_counts", inv_counts)
+            self.pool = {1: functional.avg_pool1d, 2: functional.avg_pool2d}.get(
+                dims, functional.avg_pool3d
+            )
 
         def forward(self, x: Any) -> Any:
-            n = self.n
+            n, dims = self.n, self.dims
+            if self.fit is not None:  # crop (negative) or zero-pad (positive) the far ends
+                amounts = [0] * (2 * dims)
+                for axis, size in enumerate(self.fit):  # F.pad lists the last axis first
+                    amounts[2 * (dims - 1 - axis) + 1] = size - x.shape[2 + axis]
+                x = functional.pad(x, amounts)
             if self.mode == "decimate":
-                d = x[:, :, ::n, ::n]
+                d = x[(slice(None), slice(None)) + (slice(None, None, n),) * dims]
             else:
-                d = functional.avg_pool2d(x, n)
-                if self.mode == "sum":
-                    d = d * float(n * n)
+                d = self.pool(x, n)
+                counts: Any = self.inv_counts
+                if counts is not None:  # the sum of each block over its samples
+                    d = d * float(n**dims) * counts
+                elif self.mode == "sum":
+                    d = d * float(n**dims)
             if self.beta is None or self.bias is None:
                 return d
-            return d * self.beta[:, None, None] + self.bias[:, None, None]
+            per_map = (slice(None),) + (None,) * dims
+            return d * self.beta[per_map] + self.bias[per_map]
 
         def extra_repr(self) -> str:
-            return f"n={self.n}, mode={self.mode!r}, trainable={self.beta is not None}"
+            fit = "" if self.fit is None else f", fit={self.fit}"
+            return (
+                f"n={self.n}, mode={self.mode!r}, dims={self.dims}{fit}, "
+                f"trainable={self.beta is not None}"
+            )
 
     class LearnedCombination(torch.nn.Module):
         """``sum_i alpha_ij (x_i * k_ij) + b_j`` with ``alpha_:j = softmax(c_:j)`` (3.3); the
@@ -257,9 +292,11 @@ def _torch_classes() -> dict[str, type]:
             self.kernels = kernels
 
         def forward(self, x: Any) -> Any:
-            alpha = torch.softmax(self.c, dim=1)[:, :, None, None]
+            dims = x.dim() - 2
+            alpha = torch.softmax(self.c, dim=1)[(...,) + (None,) * dims]
             weight = self.weight[None] if self.kernels == "per_input" else self.weight
-            return functional.conv2d(x, alpha * weight, self.bias)
+            conv = {1: functional.conv1d, 2: functional.conv2d}.get(dims, functional.conv3d)
+            return conv(x, alpha * weight, self.bias)
 
         def extra_repr(self) -> str:
             return f"maps={self.c.shape[0]}, inputs={self.c.shape[1]}, kernels={self.kernels!r}"
@@ -280,8 +317,16 @@ def _TorchScaled(f: Any, a: float, b: float) -> Any:  # noqa: N802 - a construct
     return _make("Scaled", f, a, b)
 
 
-def _TorchSubsampling(n: int, mode: str, beta: Any, bias: Any) -> Any:  # noqa: N802
-    return _make("Subsampling", n, mode, beta, bias)
+def _TorchSubsampling(  # noqa: N802 - a constructor
+    n: int,
+    mode: str,
+    beta: Any,
+    bias: Any,
+    dims: int = 2,
+    fit: tuple[int, ...] | None = None,
+    inv_counts: Any = None,
+) -> Any:
+    return _make("Subsampling", n, mode, beta, bias, dims, fit, inv_counts)
 
 
 def _TorchLearnedCombination(c: Any, weight: Any, bias: Any, kernels: str) -> Any:  # noqa: N802

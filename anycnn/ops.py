@@ -160,11 +160,6 @@ def _pad(x: Array, pads: tuple[int, ...], xp: Any) -> Array:
     return x
 
 
-def _pad2(x: Array, ph: int, pw: int, xp: Any) -> Array:
-    """Zero-pad the last two axes by ``ph`` rows and ``pw`` columns on each side."""
-    return _pad(x, (ph, pw), xp)
-
-
 def fit_maps(x: Array, *size: int) -> Array:
     """``x`` cropped or zero-padded at the bottom and right to ``(N, C, h, w)`` (``fit_maps(x,
     h, w)``; in N-D one size per spatial axis, each cropped or padded at its end).

@@ -44,9 +44,13 @@ def test_dtw_matches_the_recurrence(window):
     ucr = _bench("ucr")
     rng = np.random.default_rng(window or 7)
     test, train = rng.standard_normal((5, 11)), rng.standard_normal((4, 11))
-    got = ucr.dtw_distances(test, train, window, chunk=2)
     expected = np.array([[_dtw(a, b, window) for b in train] for a in test])
-    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        ucr.dtw_distances(test, train, window, chunk=2), expected, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        ucr.dtw_distances_compiled(test, train, window), expected, rtol=1e-12
+    )
 
 
 def test_euclidean_and_nn1():

@@ -156,6 +156,36 @@ def test_train_with_plots(capsys, tmp_path):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("model", [[], ["--model", "cnn1d_global"]], ids=["cnn1d", "global"])
+def test_train_gunpoint_with_plots_and_checkpoints(capsys, tmp_path, model):
+    """The 1-D zoo models on a UCR set train like MNIST: checkpoints, metrics and the three
+    figures (issue 18)."""
+    pytest.importorskip("matplotlib")
+    code, out, err = _run(
+        capsys,
+        "train",
+        *model,
+        "--dataset",
+        "gunpoint",
+        "--limit",
+        "20",
+        "--epochs",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--plots",
+        str(tmp_path / "plots"),
+        "--quiet",
+    )
+    assert code == EXIT_OK, err
+    assert (tmp_path / "ck" / "epoch-0001.npz").exists()
+    assert json.loads((tmp_path / "m.json").read_text())["history"][0]["epoch"] == 1
+    for name in ("learning_curves.png", "kernels.png", "feature_maps.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -505,7 +505,12 @@ def fake_cupy() -> types.ModuleType:
     return fake
 
 
-_GPU_MODULES = ("anycnn_cupy._kernels", "anycnn_cupy._ops", "anycnn_cupy._fused")
+_GPU_MODULES = (
+    "anycnn_cupy._kernels",
+    "anycnn_cupy._ops",
+    "anycnn_cupy._fused",
+    "anycnn_cupy._nd",
+)
 
 
 def import_with_cupy(cupy_module) -> dict[str, types.ModuleType]:
@@ -554,10 +559,16 @@ def impl(request):
         return Impl(name="host", put=np.array, get=np.asarray, **modules)  # put copies
     require_cuda(request)
     import cupy
-    from anycnn_cupy import _fused, _kernels, _ops
+    from anycnn_cupy import _fused, _kernels, _nd, _ops
 
     return Impl(
-        name="cuda", put=cupy.asarray, get=cupy.asnumpy, _kernels=_kernels, _ops=_ops, _fused=_fused
+        name="cuda",
+        put=cupy.asarray,
+        get=cupy.asnumpy,
+        _kernels=_kernels,
+        _ops=_ops,
+        _fused=_fused,
+        _nd=_nd,
     )
 
 
@@ -612,6 +623,86 @@ def test_padded_convolutions_match_scipy(impl, dtype, padding, case, rng):
             atol=TOL[dtype]["atol"] * max(1.0, scale),
             err_msg=f"{name} ({impl.name}, padding={padding})",
         )
+
+
+ND_CASES = [
+    # n, c_in, c_out, kernel, sizes, padding, with_selection
+    (3, 2, 4, (5,), (23,), (0,), True),
+    (2, 3, 2, (3,), (9,), (2,), False),
+    (2, 2, 3, (3, 2, 3), (6, 5, 7), (0, 0, 0), True),
+    (1, 3, 2, (2, 3, 1), (4, 5, 3), (1, 0, 2), False),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "case", ND_CASES, ids=lambda c: f"{len(c[3])}d-" + "x".join(map(str, c[4]))
+)
+def test_nd_ops_match_scipy(impl, dtype, case, rng):
+    """The CuPy backend's 1-D and 3-D path (issue 18): its 2-D im2col + GEMM ops through
+    anycnn.backend.planar's mappings (_nd.dimension_generic on _ops.OPS, as _fast_ops builds
+    the table), against SciPy map by map, padding and selections included; the resampling ops
+    against NumPy; a whole conv_backward with deferred up-sampling against the reference."""
+    n, c_in, c_out, ks, sizes, pads, with_selection = case
+    table = impl._nd.dimension_generic(impl._ops.OPS)
+    outs = tuple(s + 2 * p - k + 1 for s, p, k in zip(sizes, pads, ks, strict=True))
+    x = rng.standard_normal((n, c_in, *sizes)).astype(dtype)
+    k = rng.standard_normal((c_out, c_in, *ks)).astype(dtype)
+    d = rng.standard_normal((n, c_out, *outs)).astype(dtype)
+    sel = rng.random((c_out, c_in)) < 0.6 if with_selection else None
+    if sel is not None:
+        sel[:, 0] = True
+    bx, bk, bd = impl.put(x), impl.put(k), impl.put(d)
+    bsel = None if sel is None else impl.put(sel)
+    h64 = [a.astype(np.float64) for a in (x, k, d)]
+    expected = {
+        "conv_valid": oracles.conv_valid_nd(h64[0], h64[1], sel, pads),
+        "conv_full": oracles.conv_full_nd(h64[2], h64[1], sel, pads),
+        "conv_kernel_grad": oracles.conv_kernel_grad_nd(h64[0], h64[2], sel, pads),
+    }
+    got = {
+        "conv_valid": table["conv_valid"](bx, bk, bsel, pads),
+        "conv_full": table["conv_full"](bd, bk, bsel, pads),
+        "conv_kernel_grad": table["conv_kernel_grad"](bx, bd, bsel, pads),
+    }
+    for name, out in got.items():
+        assert out.dtype == np.dtype(dtype) and out.shape == expected[name].shape, name
+        scale = float(np.abs(expected[name]).max())
+        _close(impl.get(out), expected[name], dtype, atol=TOL[dtype]["atol"] * max(1.0, scale),
+               err_msg=f"{name} ({impl.name})")  # fmt: skip
+    whole = x[(..., *(slice(0, s - s % 2) for s in sizes))]  # whole 2^d blocks
+    for name, arg, n_ in [
+        ("kron_upsample", d, 2),
+        ("decimate_transpose", d, 3),
+        ("block_sum", whole, 2),
+        ("block_mean", whole, 2),
+        ("decimate", whole, 2),
+    ]:
+        want = getattr(oracles, name + "_nd")(arg.astype(np.float64), n_)
+        out = table[name](impl.put(np.ascontiguousarray(arg)), n_)
+        _close(impl.get(out), want, dtype, err_msg=f"{name} ({impl.name})")
+    # the fused forward: f(conv + b) by the 2-D op's bias_activation kernel
+    act = get_activation("lecun_tanh")
+    b = rng.standard_normal(c_out).astype(dtype)
+    y_fused = table["conv_valid_activate"](bx, bk, impl.put(b), act, bsel, pads)
+    u = expected["conv_valid"] + b.reshape((-1,) + (1,) * len(sizes))
+    _close(impl.get(y_fused), act.forward(u), dtype, err_msg="conv_valid_activate")
+    # a trainable subsampling's gradients, per map whatever the maps' shape
+    beta = rng.standard_normal(c_out).astype(dtype)
+    dy_s, y_s, d_s = (rng.standard_normal(d.shape).astype(dtype) for _ in range(3))
+    got_s = table["subsample_backward"](*(impl.put(a) for a in (dy_s, y_s, d_s, beta)), act)
+    want_s = reference.subsample_backward(dy_s, y_s, d_s, beta, act)
+    for what, a, w in zip(("beta", "bias", "input"), got_s, want_s, strict=True):
+        _close(impl.get(a), w, dtype, atol=TOL[dtype]["atol"] * 100, err_msg=what)
+    # conv_backward of a layer below a 2x subsampling: up(dy) along every axis, f', eq. (7)
+    y = np.tanh(rng.standard_normal((n, c_out, *outs))).astype(dtype)
+    dy = rng.standard_normal((n, c_out, *(o // 2 for o in outs))).astype(dtype)
+    args = (x, dy, y)
+    want = reference.conv_backward(*args, act, sel, 2, True, pads)
+    got_back = table["conv_backward"](*(impl.put(a) for a in args), act, bsel, 2, True, pads)
+    for what, a, b in zip(("grad", "bias", "delta"), got_back, want, strict=True):
+        scale = float(np.abs(b).max())
+        _close(impl.get(a), b, dtype, atol=TOL[dtype]["atol"] * max(1.0, scale), err_msg=what)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

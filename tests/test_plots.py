@@ -83,3 +83,60 @@ def test_feature_maps_show_every_layer_without_constant_squares(drawn, tmp_path)
     assert any(label.startswith("conv5\n(120, 1, 1)") for label in labels)
     conv5 = [a for a in drawn[-1].axes if a.get_ylabel().startswith("conv5")]
     assert len(conv5) == 1 and conv5[0].get_images()[0].get_array().shape == (1, 120)
+
+
+def test_signals_are_drawn_as_curves(drawn, tmp_path):
+    """A 1-D network (issue 18): the input and every map of the convolution and subsampling
+    stages are curves, one per cell, each the map's values; a layer of one-sample maps and the
+    output are rows of cells."""
+    from anycnn import Convolution, Flatten, FullyConnected, Network, Subsampling
+
+    net = Network(
+        [
+            Convolution(8, 9, padding="same", activation="tanh"),
+            Subsampling(4, "sum", activation="tanh"),
+            Convolution(6, 5, activation="tanh"),
+            Subsampling(11, "mean", trainable=False),
+            Flatten(),
+            FullyConnected(3, activation="identity"),
+        ],
+        (1, 60),
+        dtype="float64",
+    )
+    example = np.sin(np.linspace(0, 6, 60))[None, None]
+    plots.feature_maps(net, example, tmp_path / "f.png", max_maps=4)
+    figure = drawn[-1]
+    cells = {a.get_ylabel().split("\n")[0]: a for a in figure.axes if a.get_ylabel()}
+    assert list(cells) == ["input", "conv1", "sub2", "conv3", "sub4", "fc5"]
+    np.testing.assert_allclose(cells["input"].get_lines()[0].get_ydata(), example[0, 0])
+    x = net.backend.asarray(example, dtype="float64")
+    first = net.backend.to_host(net.layers[0].forward(x))[0, 0]
+    np.testing.assert_allclose(cells["conv1"].get_lines()[0].get_ydata(), first)
+    assert not cells["conv1"].get_images()
+    assert len([a for a in figure.axes if a.get_lines()]) == 1 + 4 * 3  # input, 4 maps x 3
+    assert cells["sub4"].get_images()[0].get_array().shape == (1, 6)  # (6, 1): one cell a map
+    assert cells["fc5"].get_images()[0].get_array().shape == (1, 3)
+
+    plots.kernels(net, tmp_path / "k.png")
+    kernel = net.backend.to_host(net.parameters()["conv1.kernel"])
+    tiles = [a for a in drawn[-1].axes if a.get_lines()]
+    assert len(tiles) == 8
+    np.testing.assert_allclose(tiles[3].get_lines()[-1].get_ydata(), kernel[3, 0])
+    assert "(9)" in drawn[-1]._suptitle.get_text()
+
+
+def test_volumes_are_drawn_as_their_middle_slice(drawn, tmp_path):
+    from anycnn import Convolution, Flatten, FullyConnected, Network
+
+    net = Network(
+        [Convolution(2, (3, 2, 2)), Flatten(), FullyConnected(2)], (1, 5, 4, 4), dtype="float64"
+    )
+    example = np.random.default_rng(0).standard_normal((1, 1, 5, 4, 4))
+    plots.feature_maps(net, example, tmp_path / "f.png")
+    shown = [a.get_images()[0].get_array() for a in drawn[-1].axes if a.get_ylabel()]
+    np.testing.assert_allclose(shown[0], example[0, 0, 2])
+    assert shown[1].shape == (3, 3)
+    plots.kernels(net, tmp_path / "k.png")
+    kernel = net.backend.to_host(net.parameters()["conv1.kernel"])
+    np.testing.assert_allclose(drawn[-1].axes[1].get_images()[0].get_array(), kernel[1, 0, 1])
+    assert "middle of 3 depth slices" in drawn[-1]._suptitle.get_text()

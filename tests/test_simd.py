@@ -1,5 +1,5 @@
 """The explicit 16-lane float32 vectors of the NumPy backend's kernels (Note [Explicit vectors]
-in anycnn_numpy._simd) and the float32 kernels written on them, against the float64 loops they
+in anycnn_numpy._direct) and the float32 kernels written on them, against the float64 loops they
 stand in for: the same sums to float32 rounding, whatever the run's length modulo 16."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("numba")
 
 import numba  # noqa: E402
-from anycnn_numpy import _direct, _simd  # noqa: E402
+from anycnn_numpy import _direct  # noqa: E402
+from anycnn_numpy import _direct as _simd  # noqa: E402  (the vectors live beside the kernels)
 
 
 @numba.njit(cache=False)
@@ -38,23 +39,31 @@ def test_vector_operations_match_numpy():
 @pytest.mark.parametrize("kw", [1, 3, 5, 7, 11])
 @pytest.mark.parametrize("span", [16, 47, 200, 333])
 @pytest.mark.parametrize("pad_h", [0, 2])
-def test_forward_pair_matches_the_float64_loop(kw, span, pad_h):
-    """_correlate_pair32 (vectors, their tail, the 3- and 1-tap blocks) against _correlate_pair
-    run in float64 on the same numbers; one output map pair only partly active."""
+@pytest.mark.parametrize("maps", [(0, 1), (2, 2)])
+def test_forward_pair_matches_the_float64_loop(kw, span, pad_h, maps):
+    """_correlate_pair32 (vectors, their tail, the single-map passes, the 3- and 1-tap blocks)
+    against _correlate_pair run in float64 on the same numbers, with a selection: input map 1
+    feeds neither map of the pair, map 2 only the second and the third; j0 == j1 is an odd
+    layer's last map."""
     rng = np.random.default_rng(kw * 1000 + span)
-    c, kh, h, rw = 3, 4, 6, 40
+    c, kh, h, rw = 4, 4, 6, 40
     plane = h * rw
     t = rng.standard_normal(c * plane + 64, dtype=np.float32)
     wts = rng.standard_normal((3, c, kh, kw), dtype=np.float32)
     active = np.ones((3, c), bool)
-    active[0, 1] = active[1, 1] = False  # a pair no map of (0, 1) uses: skipped by both
+    active[:2, 1] = False  # skipped by both
+    active[0, 2] = False  # map 1's taps alone
+    wts[~active] = 0  # as the layer masks them
     total = min(span, (h + 2 * pad_h) * rw)
     got = rng.standard_normal((2, total), dtype=np.float32)
     want = got.astype(np.float64)
-    _direct._correlate_pair32(t, plane, rw, wts, active, 0, 1, got[0], got[1], pad_h, h)
+    j0, j1 = maps
+    _direct._correlate_pair32(t, plane, rw, wts, active, j0, j1, got[0], got[1], pad_h, h)
     _direct._correlate_pair(
-        t.astype(np.float64), plane, rw, wts.astype(np.float64), active, 0, 1, *want, pad_h, h
+        t.astype(np.float64), plane, rw, wts.astype(np.float64), active, j0, j1, *want, pad_h, h
     )
+    if j0 == j1:  # the second grid map is the first's duplicate in the float64 loop: unused
+        got, want = got[:1], want[:1]
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-4)
 
 
@@ -62,17 +71,46 @@ def test_forward_pair_matches_the_float64_loop(kw, span, pad_h):
 @pytest.mark.parametrize("span", [15, 16, 100, 257])
 @pytest.mark.parametrize("maps", [(0, 1), (2, 2)])
 def test_gradient_pair_matches_the_float64_loop(kw, span, maps):
-    """_grad_pair32 against _grad_pair in float64: both maps of a pair, or one (j0 == j1)."""
+    """_grad_pair32 against _grad_pair in float64: both maps of a pair, or one (j0 == j1); with
+    a selection, input map 1 feeds map 0 only (a single-map pass), map 2 neither."""
     rng = np.random.default_rng(kw * 100 + span)
-    c, kh, rw = 2, 3, 30
+    c, kh, rw = 3, 3, 30
     plane = kh * rw + span
     t = rng.standard_normal(c * plane + kw, dtype=np.float32)
     d = rng.standard_normal((3, span), dtype=np.float32)
     active = np.ones((3, c), bool)
-    got = rng.standard_normal((3, c, kh, kw), dtype=np.float32)
+    active[1:, 1] = False
+    active[:, 2] = False
+    start = rng.standard_normal((3, c, kh, kw), dtype=np.float32)
+    got = start.copy()
     want = got.astype(np.float64)
     j0, j1 = maps
     _direct._grad_pair32(t, plane, rw, active, j0, j1, d[j0], d[j1], span, got)
     wide = t.astype(np.float64), d.astype(np.float64)
     _direct._grad_pair(wide[0], plane, rw, active, j0, j1, wide[1][j0], wide[1][j1], span, want)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-4)
+    # The float64 loop sums the unselected map of a half-used pair too (the layer zeroes it);
+    # the float32 one leaves it alone. Compare the selected pairs; the rest must be untouched.
+    np.testing.assert_allclose(got[active], want[active], rtol=2e-5, atol=2e-4)
+    assert got[~active].tobytes() == start[~active].tobytes()
+
+
+def test_vector_activations_are_the_scalar_bits():
+    """_activate_run32 (16-lane logistic and scaled tanh, no branches) gives the bits of the
+    scalar loop it stands in for, on -100..100, the tanh's polynomial/exponential switch at
+    0.625, zeros, infinities and NaN, with a tail of 11 numbers past the last whole vector."""
+    values = np.concatenate(
+        [
+            np.linspace(-100, 100, 4000, dtype=np.float32),
+            np.float32([0.6249999, 0.625, 0.6250001, -0.625, 0.0, -0.0, np.inf, -np.inf, np.nan]),
+            np.float32([88.7, 88.73, -87.0, 1e-30, -1e-30]),
+        ]
+    )
+    assert values.size % _simd.LANES != 0
+    for kind, p0, p1 in ((_direct.LOGISTIC, 1.0, 0.0), (_direct.LOGISTIC, 0.5, 0.0)) + (
+        (_direct.TANH, 1.7159, 2.0 / 3.0),
+        (_direct.TANH, 1.0, 1.0),
+    ):
+        got, want = values.copy(), values.copy()
+        _direct._activate_run32(got, kind, np.float32(p0), np.float32(p1))
+        _direct._activate_run(want, kind, np.float32(p0), np.float32(p1))
+        assert got.tobytes() == want.tobytes(), (kind, p0, p1)

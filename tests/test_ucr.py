@@ -166,3 +166,21 @@ def test_an_unreadable_file_is_one_error(tmp_path):
         path.chmod(0)
         with pytest.raises(datasets.DatasetError, match="cannot read"):
             ucr.read_ts(path)
+
+
+@pytest.mark.parametrize("length", [150, 37])
+def test_cnn1d_global_ends_with_the_mean_over_the_signal(length):
+    """models.cnn1d_global: the last subsampling is the mean of each map over every position
+    left (one block as long as the signal, a padded mean), whatever the length."""
+    from anycnn import models
+
+    net = models.cnn1d_global(length=length, classes=3, dtype="float64")
+    x = np.random.default_rng(length).standard_normal((2, 1, length))
+    h = net.backend.asarray(x, dtype="float64")
+    for layer in net.layers[:5]:
+        h = layer.forward(h)
+    maps = net.backend.to_host(h)
+    pooled = net.backend.to_host(net.layers[5].forward(h))
+    assert pooled.shape == (2, 64, 1)
+    np.testing.assert_allclose(pooled[..., 0], maps.mean(axis=2), rtol=1e-13)
+    assert net.output_shape == (3,) and net.num_parameters() == 9058 + 65

@@ -146,7 +146,9 @@ def _grid(count: int) -> tuple[int, int]:
 def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None) -> Path:
     """The kernels of a convolution layer (the first one by default), one tile per
     (output map, input map) pair, each scaled symmetrically around 0. A layer with one input
-    map has its kernels laid out in a near-square grid instead of one tall column.
+    map has its kernels laid out in a near-square grid instead of one tall column. 1-D kernels
+    are drawn as curves (weight against tap, on a common scale), 3-D ones as their middle slice
+    along the depth (said in the title).
 
     Kernels are shown as stored, in the notes' MATLAB ``conv2`` orientation (flipped relative to
     cross-correlation).
@@ -171,7 +173,7 @@ def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None
     if chosen is None:
         raise ValueError(f"kernels: no convolution layer {layer or ''} in {network.name}".strip())
     k = np.asarray(network.backend.to_host(chosen.params["kernel"]), dtype=np.float64)
-    if k.ndim == 3:  # per-input kernels of a learned combination
+    if getattr(chosen, "kernels", None) == "per_input":  # a learned combination: (C_in, *k)
         k = k[:, None]
     c_out, c_in = k.shape[:2]
     tiles = [(j, i) for j in range(c_out) for i in range(c_in)]
@@ -181,13 +183,25 @@ def kernels(network: Any, path: str | os.PathLike[str], layer: str | None = None
     figure = _figure(max(1.2 * columns + 0.6, 3.2), height, layout="constrained")
     axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False)).reshape(-1)
     bound = float(np.abs(k).max()) or 1.0
+    dims = k.ndim - 2
     for ax, (j, i) in zip(axes, tiles, strict=False):
-        ax.imshow(k[j, i], cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+        if dims == 1:  # a signal's kernel: weight against tap
+            ax.axhline(0.0, color="0.8", linewidth=0.8)
+            ax.plot(np.arange(k.shape[-1]), k[j, i], marker=".", color="C0")
+            ax.set_ylim(-1.1 * bound, 1.1 * bound)
+        else:
+            tile = k[j, i] if dims == 2 else k[j, i, k.shape[2] // 2]
+            ax.imshow(tile, cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[len(tiles) :]:
         ax.axis("off")
-    figure.suptitle(f"{chosen.name} kernels\n{c_out} x {c_in}, max |k| = {bound:.3g}", fontsize=10)
+    shape = " x ".join(str(s) for s in k.shape[2:])
+    slice_note = f", middle of {k.shape[2]} depth slices" if dims == 3 else ""
+    figure.suptitle(
+        f"{chosen.name} kernels ({shape}{slice_note})\n{c_out} x {c_in}, max |k| = {bound:.3g}",
+        fontsize=10,
+    )
     return _save(figure, path)
 
 
@@ -197,7 +211,9 @@ def feature_maps(
     """One example through every layer: the input, then each layer's output maps, at most
     ``max_maps`` per layer. Vectors -- and layers of 1 x 1 maps, such as LeNet-5's C5 -- are
     drawn as one row of cells across the figure; each map is scaled to its own range (a constant
-    map is mid grey, not black).
+    map is mid grey, not black). Signals (1-D maps ``(C, L)``, a time series and the maps of a
+    1-D network) are drawn as curves, one map per cell; volumes (3-D) as their middle slice
+    along the depth.
 
     ``example`` is one preprocessed input, ``(1, *input_shape)`` or ``input_shape``, an array of
     the network's backend or NumPy.
@@ -230,7 +246,10 @@ def feature_maps(
         stages.append((layer.name, np.asarray(backend.to_host(x), dtype=np.float64)[0]))
 
     def is_vector(value: np.ndarray) -> bool:
-        return value.ndim != 3 or value.shape[1] * value.shape[2] == 1
+        return value.ndim == 1 or math.prod(value.shape[1:]) == 1
+
+    def tile(value: np.ndarray) -> np.ndarray:  # (C, *spatial) -> what one cell shows per map
+        return value[:, value.shape[1] // 2] if value.ndim == 4 else value
 
     columns = min(max_maps, max([s.shape[0] for _, s in stages if not is_vector(s)] or [1]))
     figure = _figure(1.1 * columns + 1.5, 1.2 * len(stages) + 0.5)
@@ -243,13 +262,21 @@ def feature_maps(
             ax.imshow(cells, cmap="gray", interpolation="nearest", aspect="auto", **_range(cells))
             _bare(ax, label)
             continue
+        maps = tile(value)
         for col in range(columns):
             ax = figure.add_subplot(grid[row, col])
-            if col < min(value.shape[0], max_maps):
-                ax.imshow(value[col], cmap="gray", interpolation="nearest", **_range(value[col]))
-                _bare(ax, label if col == 0 else None)
-            else:
+            if col >= min(maps.shape[0], max_maps):
                 ax.axis("off")
+                continue
+            if maps.ndim == 2:  # a signal: a curve, scaled to its own range
+                ax.plot(maps[col], color="C0", linewidth=0.8)
+                low, high = _range(maps[col]).values()
+                margin = 0.05 * (high - low)
+                ax.set_ylim(low - margin, high + margin)
+                ax.set_xlim(0, max(maps.shape[1] - 1, 1))
+            else:
+                ax.imshow(maps[col], cmap="gray", interpolation="nearest", **_range(maps[col]))
+            _bare(ax, label if col == 0 else None)
     figure.suptitle(f"{network.name}: one example through every layer")
     return _save(figure, path)
 

@@ -134,11 +134,10 @@ def _device_for(spec):
 
 
 def _fast_ops():
-    from anycnn.ops import planar_or_reference
-    from anycnn_cupy import _ops
+    from anycnn_cupy import _nd, _ops
 
-    # 1-D and 3-D maps run on the reference ops (CuPy through the Array API; issue 18)
-    return planar_or_reference(_ops.OPS)
+    # _nd: the map ops also take 1-D signals and 3-D volumes, mapped onto the 2-D ones (issue 18)
+    return _nd.dimension_generic(_ops.OPS)
 
 
 def fused_ops():

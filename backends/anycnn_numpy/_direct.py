@@ -26,8 +26,8 @@ that makes every inner loop long and contiguous:
 * **Chunks sized for L1.** ``m`` is chosen so that the two grid maps a pass updates take about
   12 KiB.
 * **16 lanes in float32.** The float32 five-tap loops (forward and kernel gradient) are written
-  on explicit 16-lane vectors (Note [Explicit vectors] in ``_simd``: LLVM's vectoriser gives
-  only 8 lanes on AVX-512 cores); float64 keeps the vectorised loops, and their bits.
+  on explicit 16-lane vectors (Note [Explicit vectors]: LLVM's vectoriser gives only 8 lanes
+  on AVX-512 cores); float64 keeps the vectorised loops, and their bits.
 
 ``correlate_into`` is the forward 'valid' convolution (the kernel flipped into correlation
 weights) and, on the deltas zero-padded by ``kh - 1``, ``kw - 1`` with the kernels transposed
@@ -49,11 +49,246 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.core import types
-from numba.extending import overload
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic, models, overload, register_model
 
 from anycnn.backend.activations import KINDS
-from anycnn_numpy._simd import LANES, vfma, vload, vsplat, vstore, vsum, vzeros
+
+# Note [Explicit vectors]
+# ~~~~~~~~~~~~~~~~~~~~~~~
+# LLVM's loop vectoriser asks the target how wide its vectors are, and on the Intel cores with
+# AVX-512 (Skylake-SP and later, Sapphire Rapids included) the answer is 256 bits: those targets
+# "prefer" 256-bit vectors (clang's ``-mprefer-vector-width``), and Numba has no way to set the
+# function attribute that says otherwise. So the direct convolutions' loops ran on 8-lane ``ymm``
+# registers where the core has 16-lane ``zmm`` ones (OpenBLAS's SGEMM uses them: that is much of
+# the gap between the kernels' and SGEMM's rate). Operations written on an explicit
+# ``<16 x float>`` LLVM vector are not the vectoriser's choice: the backend lowers them to ``zmm``
+# where AVX-512 is there, to two ``ymm`` halves with AVX2 only, to four 128-bit halves on NEON --
+# correct everywhere, 16 lanes where the core has them. On the 2-core Xeon the float32 inner loop
+# of the forward convolution (five taps, two maps) went from 76 to 111 GFLOP/s on one core (CPU
+# time; bench/results/numpy-notes.md, "Explicit vectors").
+#
+# The vector type and its operations (intrinsics, module globals) live here, beside the kernels
+# that use them, because Numba keys its on-disk cache on the source file of the cached function:
+# intrinsics in another module could change and the kernels' cached code would not (a test
+# mutating one passed on the stale cache). The type lives only inside compiled functions, never
+# an argument or a result of one called from Python. Float64 keeps the vectoriser's loops (and
+# their bits: ``.ci/bitexact.py``); these are float32 only.
+
+#: float32 lanes of one vector (a zmm register).
+LANES = 16
+
+_VECTOR = ir.VectorType(ir.FloatType(), LANES)
+_INDEX = ir.IntType(32)
+
+
+class Float32x16(types.Type):
+    """Numba's type of a ``<16 x float>`` LLVM vector."""
+
+    def __init__(self) -> None:
+        super().__init__(name="float32x16")
+
+
+float32x16 = Float32x16()
+
+
+@register_model(Float32x16)
+class _Float32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VECTOR)
+
+
+def _float32_array(array) -> bool:
+    return isinstance(array, types.Array) and array.dtype == types.float32
+
+
+def _pointer(context, builder, array_type, array, index):
+    """``&array.flat[index]`` as a vector pointer (C-contiguous 1-d arrays: index in items)."""
+    view = context.make_array(array_type)(context, builder, array)
+    return builder.bitcast(builder.gep(view.data, [index]), _VECTOR.as_pointer())
+
+
+@intrinsic
+def vload(typingctx, array, index):  # pragma: no cover - compiled
+    """``array[index : index + 16]`` as a vector (1-d float32; no bounds check)."""
+    if not (_float32_array(array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.load(_pointer(context, builder, signature.args[0], *args), align=4)
+
+    return float32x16(array, index), codegen
+
+
+@intrinsic
+def vstore(typingctx, array, index, value):  # pragma: no cover - compiled
+    """``array[index : index + 16] = value`` (1-d float32; no bounds check)."""
+    if not (_float32_array(array) and isinstance(index, types.Integer) and value == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.store(args[2], pointer, align=4)
+        return context.get_dummy_value()
+
+    return types.void(array, index, value), codegen
+
+
+@intrinsic
+def vsplat(typingctx, value):  # pragma: no cover - compiled
+    """A vector of 16 copies of the float32 ``value``."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _splat(builder, args[0])
+
+    return float32x16(value), codegen
+
+
+def _splat(builder, value):
+    undefined = ir.Constant(_VECTOR, ir.Undefined)
+    first = builder.insert_element(undefined, value, ir.Constant(_INDEX, 0))
+    mask = ir.Constant(ir.VectorType(_INDEX, LANES), [0] * LANES)
+    return builder.shuffle_vector(first, undefined, mask)
+
+
+@intrinsic
+def vzeros(typingctx):  # pragma: no cover - compiled
+    """A vector of 16 zeros."""
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_VECTOR, [0.0] * LANES)
+
+    return float32x16(), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):  # pragma: no cover - compiled
+    """``a * b + c`` lane by lane, rounded once (``llvm.fma``)."""
+    if not (a == b == c == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        function_type = ir.FunctionType(_VECTOR, [_VECTOR] * 3)
+        fma = cgutils.get_or_insert_function(builder.module, function_type, "llvm.fma.v16f32")
+        return builder.call(fma, args)
+
+    return float32x16(a, b, c), codegen
+
+
+@intrinsic
+def vsum(typingctx, value):  # pragma: no cover - compiled
+    """The sum of the 16 lanes, as a tree: halves added to halves (8, 4, 2, 1 lanes)."""
+    if value != float32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        width = LANES
+        while width > 1:
+            width //= 2
+            lanes = ir.VectorType(_INDEX, width)
+            low = builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width))))
+            high = builder.shuffle_vector(v, v, ir.Constant(lanes, list(range(width, 2 * width))))
+            v = builder.fadd(low, high)
+        return builder.extract_element(v, ir.Constant(_INDEX, 0))
+
+    return types.float32(value), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):  # pragma: no cover - compiled
+    """``a * b`` lane by lane."""
+    if not (a == b == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fmul(*args)
+
+    return float32x16(a, b), codegen
+
+
+# Note [Compiled activations] in _direct, on 16 lanes: the same algorithms, the same float32
+# constants, the same order of operations, the multiply-adds written as fused ones (where the
+# scalar code lets LLVM contract them). No branches: both sides of tanh's are computed and one
+# is selected per lane. NaN stays NaN (comparisons with NaN are false, so no clamp applies).
+def _constant(value: float) -> ir.Constant:
+    return ir.Constant(_VECTOR, [value] * LANES)
+
+
+def _fma(builder, a, b, c):
+    function_type = ir.FunctionType(_VECTOR, [_VECTOR] * 3)
+    fma = cgutils.get_or_insert_function(builder.module, function_type, "llvm.fma.v16f32")
+    return builder.call(fma, [a, b, c])
+
+
+def _exp(builder, x):
+    """``_exp32`` of every lane."""
+    x = builder.select(builder.fcmp_ordered("<", x, _constant(-86.0)), _constant(-86.0), x)
+    x = builder.select(builder.fcmp_ordered(">", x, _constant(88.8)), _constant(88.8), x)
+    t = builder.fmul(x, _constant(1.4426950408889634))
+    half = builder.select(
+        builder.fcmp_ordered(">=", t, _constant(0.0)), _constant(0.5), _constant(-0.5)
+    )
+    integers = ir.VectorType(ir.IntType(32), LANES)
+    k = builder.fptosi(builder.fadd(t, half), integers)
+    kf = builder.sitofp(k, _VECTOR)
+    r = _fma(builder, kf, _constant(-0.693359375), x)
+    r = _fma(builder, kf, _constant(2.12194440e-4), r)
+    p = _constant(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = _fma(builder, p, r, _constant(c))
+    e = builder.fadd(_fma(builder, builder.fmul(p, r), r, r), _constant(1.0))
+    bits = builder.shl(
+        builder.add(k, ir.Constant(integers, [126] * LANES)), ir.Constant(integers, [23] * LANES)
+    )
+    return builder.fmul(builder.fmul(e, builder.bitcast(bits, _VECTOR)), _constant(2.0))
+
+
+@intrinsic
+def vlogistic(typingctx, u, gain):  # pragma: no cover - compiled
+    """``1 / (e^(-gain u) + 1)`` of every lane (``_logistic32``), ``gain`` a float32."""
+    if not (u == float32x16 and gain == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        splat = _splat(builder, args[1])
+        e = _exp(builder, builder.fmul(args[0], builder.fneg(splat)))
+        return builder.fdiv(_constant(1.0), builder.fadd(e, _constant(1.0)))
+
+    return float32x16(u, gain), codegen
+
+
+@intrinsic
+def vtanh(typingctx, z):  # pragma: no cover - compiled
+    """``tanh`` of every lane (``_tanh32``, Cephes' tanhf)."""
+    if z != float32x16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        z = args[0]
+        fabs = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VECTOR, [_VECTOR]), "llvm.fabs.v16f32"
+        )
+        az = builder.call(fabs, [z])
+        zz = builder.fmul(z, z)
+        p = _constant(-5.70498872745e-3)
+        for c in (2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1):
+            p = _fma(builder, p, zz, _constant(c))
+        small = _fma(builder, builder.fmul(p, zz), z, z)
+        e = _exp(builder, builder.fadd(az, az))
+        big = builder.fsub(
+            _constant(1.0), builder.fdiv(_constant(2.0), builder.fadd(e, _constant(1.0)))
+        )
+        signed = builder.select(
+            builder.fcmp_ordered(">=", z, _constant(0.0)), big, builder.fneg(big)
+        )
+        return builder.select(builder.fcmp_ordered("<", az, _constant(0.625)), small, signed)
+
+    return float32x16(z), codegen
+
 
 #: Bytes of one grid map a pass updates (two per pass): see Note [Direct convolutions].
 GRID_BYTES = 12 << 10
@@ -147,14 +382,18 @@ def _correlate_pair(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # pra
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def _correlate_pair32(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # pragma: no cover
-    """:func:`_correlate_pair` for float32 on explicit 16-lane vectors (Note [Explicit vectors]
-    in _simd): the five-tap blocks run 16 grid entries at a time, their last ``span % 16``
+    """:func:`_correlate_pair` for float32 on explicit 16-lane vectors (Note [Explicit
+    vectors]): the five-tap blocks run 16 grid entries at a time, their last ``span % 16``
     entries and the three- and one-tap blocks as in :func:`_correlate_pair`."""
     c, kh, kw = wts.shape[1], wts.shape[2], wts.shape[3]
     total = g0.shape[0]
     for i in range(c):
-        if not (active[j0, i] or active[j1, i]):
+        on0, on1 = active[j0, i], active[j1, i]
+        if not (on0 or on1):
             continue
+        # One map of the two takes input map i (a selection, or j0 == j1): its taps alone.
+        single = j0 == j1 or not (on0 and on1)
+        js, gs = (j0, g0) if on0 else (j1, g1)
         for a in range(kh):
             q0 = max(0, pad_h - a) * rw
             span = min((pad_h + h - a) * rw, total) - q0
@@ -167,7 +406,24 @@ def _correlate_pair32(t, plane, rw, wts, active, j0, j1, g0, g1, pad_h, h):  # p
                 o = base + b
                 w0 = wts[j0, i, a]
                 w1 = wts[j1, i, a]
-                if kw - b >= 5:
+                if kw - b >= 5 and single:
+                    ws = wts[js, i, a]
+                    p0, p1, p2, p3, p4 = ws[b], ws[b + 1], ws[b + 2], ws[b + 3], ws[b + 4]
+                    v0, v1, v2, v3, v4 = vsplat(p0), vsplat(p1), vsplat(p2), vsplat(p3), vsplat(p4)
+                    for q in range(0, vend, LANES):
+                        u0 = vload(gs, q0 + q)
+                        u0 = vfma(v0, vload(t, o + q), u0)
+                        u0 = vfma(v1, vload(t, o + 1 + q), u0)
+                        u0 = vfma(v2, vload(t, o + 2 + q), u0)
+                        u0 = vfma(v3, vload(t, o + 3 + q), u0)
+                        u0 = vfma(v4, vload(t, o + 4 + q), u0)
+                        vstore(gs, q0 + q, u0)
+                    for q in range(vend, span):
+                        e0, e1, e2 = t[o + q], t[o + 1 + q], t[o + 2 + q]
+                        e3, e4 = t[o + 3 + q], t[o + 4 + q]
+                        gs[q0 + q] += p0 * e0 + p1 * e1 + p2 * e2 + p3 * e3 + p4 * e4
+                    b += 5
+                elif kw - b >= 5:
                     p0, p1, p2, p3, p4 = w0[b], w0[b + 1], w0[b + 2], w0[b + 3], w0[b + 4]
                     r0, r1, r2, r3, r4 = w1[b], w1[b + 1], w1[b + 2], w1[b + 3], w1[b + 4]
                     v0, v1, v2, v3, v4 = vsplat(p0), vsplat(p1), vsplat(p2), vsplat(p3), vsplat(p4)
@@ -341,6 +597,38 @@ def _activate_run(v, kind, p0, p1):  # pragma: no cover - compiled
             v[s] = _tanh32(v[s] * p1) * p0
 
 
+@numba.njit(nogil=True, fastmath=_ACTIVATION_MATH, error_model="numpy", cache=True)
+def _activate_run32(v, kind, p0, p1):  # pragma: no cover - compiled
+    """:func:`_activate_run` on 16-lane vectors (Note [Explicit vectors]: the same
+    algorithms, lanes selected instead of branches), the last ``size % 16`` numbers one by
+    one."""
+    size = v.size
+    vend = size - size % LANES
+    if kind == LOGISTIC:
+        for q in range(0, vend, LANES):
+            vstore(v, q, vlogistic(vload(v, q), p0))
+        for s in range(vend, size):
+            v[s] = _logistic32(v[s], p0)
+    elif kind == TANH:
+        a, b = vsplat(p0), vsplat(p1)
+        for q in range(0, vend, LANES):
+            vstore(v, q, vmul(vtanh(vmul(vload(v, q), b)), a))
+        for s in range(vend, size):
+            v[s] = _tanh32(v[s] * p1) * p0
+
+
+def _activate_run_of(v, kind, p0, p1):
+    """:func:`_activate_run32` for float32 (the only dtype the kernels apply f for), else
+    :func:`_activate_run`; chosen when the caller is compiled."""
+
+
+@overload(_activate_run_of, jit_options={"nogil": True})
+def _activate_run_of_dtype(v, kind, p0, p1):
+    if v.dtype == types.float32:
+        return lambda v, kind, p0, p1: _activate_run32(v, kind, p0, p1)
+    return lambda v, kind, p0, p1: _activate_run(v, kind, p0, p1)
+
+
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def correlate_into(
     x, pad_h, pad_w, wts, bias, active, act, out, start, stop, chunk
@@ -378,7 +666,7 @@ def correlate_into(
                 if j1 != j:
                     _extract(g1, e * stride, rw, bias[j1], kind, p0, p1, out[n0 + e, j1])
         if kind != IDENTITY:
-            _activate_run(out[n0 : n0 + m].reshape(m * o * oh * ow), kind, p0, p1)
+            _activate_run_of(out[n0 : n0 + m].reshape(m * o * oh * ow), kind, p0, p1)
     return out
 
 
@@ -441,22 +729,51 @@ def _grad_pair(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no c
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def _grad_pair32(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no cover
-    """:func:`_grad_pair` for float32 on explicit 16-lane vectors (Note [Explicit vectors] in
-    _simd): per lane partial sums over 16 grid entries at a time, summed as a tree at the end
+    """:func:`_grad_pair` for float32 on explicit 16-lane vectors (Note [Explicit
+    vectors]): per lane partial sums over 16 grid entries at a time, summed as a tree at the end
     of each run, the last ``span % 16`` entries added one by one."""
     c, kh, kw = out.shape[1], out.shape[2], out.shape[3]
     zero = np.float32(0)
     vend = span - span % LANES
     for i in range(c):
-        if not (active[j0, i] or active[j1, i]):
+        on0, on1 = active[j0, i], active[j1, i]
+        if not (on0 or on1):
             continue
+        # One map of the two takes input map i (a selection, or j0 == j1): its sums alone; the
+        # other's stay zero (the selection zeroes them anyway).
+        single = j0 == j1 or not (on0 and on1)
+        js, ds = (j0, d0) if on0 else (j1, d1)
         for a in range(kh):
             base = i * plane + a * rw
             b = 0
             while b < kw:
                 o = base + b
                 k0, k1 = out[j0, i, a], out[j1, i, a]
-                if kw - b >= 5:
+                if kw - b >= 5 and single:
+                    a0 = a1 = a2 = a3 = a4 = vzeros()
+                    for q in range(0, vend, LANES):
+                        f = vload(ds, q)
+                        a0 = vfma(f, vload(t, o + q), a0)
+                        a1 = vfma(f, vload(t, o + 1 + q), a1)
+                        a2 = vfma(f, vload(t, o + 2 + q), a2)
+                        a3 = vfma(f, vload(t, o + 3 + q), a3)
+                        a4 = vfma(f, vload(t, o + 4 + q), a4)
+                    s0, s1, s2, s3, s4 = vsum(a0), vsum(a1), vsum(a2), vsum(a3), vsum(a4)
+                    for q in range(vend, span):
+                        f = ds[q]
+                        s0 += f * t[o + q]
+                        s1 += f * t[o + 1 + q]
+                        s2 += f * t[o + 2 + q]
+                        s3 += f * t[o + 3 + q]
+                        s4 += f * t[o + 4 + q]
+                    ks = out[js, i, a]
+                    ks[b] += s0
+                    ks[b + 1] += s1
+                    ks[b + 2] += s2
+                    ks[b + 3] += s3
+                    ks[b + 4] += s4
+                    b += 5
+                elif kw - b >= 5:
                     a0 = a1 = a2 = a3 = a4 = vzeros()
                     c0 = c1 = c2 = c3 = c4 = vzeros()
                     for q in range(0, vend, LANES):
@@ -508,8 +825,9 @@ def _grad_pair32(t, plane, rw, active, j0, j1, d0, d1, span, out):  # pragma: no
                         e0 = x0[q]
                         s0 += d0[q] * e0
                         u0 += d1[q] * e0
-                    k0[b] += s0
-                    if j1 != j0:
+                    if on0:
+                        k0[b] += s0
+                    if on1 and j1 != j0:
                         k1[b] += u0
                     b += 1
 

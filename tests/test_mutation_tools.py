@@ -1,0 +1,117 @@
+"""The second mutation campaign's own mutator (.ci/mutation2.py, issue 22): the points it
+numbers, what each operator writes, and that a mutant swapped into a live function changes what
+it computes (and the original comes back)."""
+
+import ast
+import importlib.util
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "mutation2.py"
+
+
+@pytest.fixture(scope="module")
+def m2():
+    spec = importlib.util.spec_from_file_location("anycnn_mutation2", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SOURCE = textwrap.dedent(
+    '''
+    def scale(a, b, n=3):
+        """Docstring, left alone."""
+        if a < b:
+            raise ValueError(f"a {a} below b {b}")
+        total = a * 2.0
+        total += max(a, b)
+        return total - n
+
+
+    class Box:
+        def size(self, values):
+            return sum(values[1:4])
+    '''
+)
+
+
+def _functions(m2, tmp_path):
+    path = tmp_path / "mod.py"
+    path.write_text(SOURCE)
+    tree = ast.parse(SOURCE)
+    return {q: m2.Function("mod", path, q, node, tree) for node, q in m2._functions(tree)}
+
+
+def test_the_points_of_a_function_in_walk_order(m2, tmp_path):
+    functions = _functions(m2, tmp_path)
+    ops = [op for op, _, _ in functions["scale"].points]
+    # the raise and its message, the docstring and the default n=3 are not mutation points
+    assert ops == [
+        "cmp-flip",
+        "if-true",
+        "if-false",
+        "float-half",
+        "keep-left",
+        "keep-right",
+        "stmt-del",
+        "name-swap",
+        "arg-swap",
+        "stmt-del",
+        "aug-flip",
+        "keep-left",
+        "keep-right",
+        "return-none",
+    ]
+    ops = [op for op, _, _ in functions["Box.size"].points]
+    assert ops == ["int-dec", "int-dec", "slice-lower", "slice-upper", "return-none"]
+
+
+@pytest.mark.parametrize(
+    ("index", "expected"),
+    [
+        (0, "if a > b:"),
+        (3, "total = a * 1.0"),
+        (4, "total = a\n"),
+        (7, "total += min(a, b)"),
+        (8, "total += max(b, a)"),
+        (10, "total -= max(a, b)"),
+        (13, "return None"),
+    ],
+)
+def test_each_operator_writes_its_mutant(m2, tmp_path, index, expected):
+    function = _functions(m2, tmp_path)["scale"]
+    assert expected in function.source(index)
+    assert expected not in function.source(None)
+
+
+def test_a_swapped_mutant_changes_the_live_function_and_the_original_returns(m2, tmp_path):
+    functions = _functions(m2, tmp_path)
+    module = types.ModuleType("mod")
+    exec(compile(SOURCE, str(tmp_path / "mod.py"), "exec"), vars(module))
+    sys.modules["mod"] = module
+    try:
+        box = module.Box()
+        target = m2._resolve(module, "Box.size", functions["Box.size"].firstline)
+        assert target is vars(module.Box)["size"]
+        original = target.__code__
+        assert box.size([1, 2, 3, 4, 5]) == 9
+        target.__code__ = functions["Box.size"].mutated_code(2)  # values[:4]
+        assert box.size([1, 2, 3, 4, 5]) == 10
+        target.__code__ = original
+        assert box.size([1, 2, 3, 4, 5]) == 9
+    finally:
+        del sys.modules["mod"]
+
+
+def test_a_compiled_or_cached_function_is_not_resolved(m2):
+    import functools
+
+    module = types.ModuleType("mod2")
+    exec("import functools\n@functools.cache\ndef f(x):\n    return x\n", vars(module))
+    assert m2._resolve(module, "f", 2) is None
+    assert isinstance(module.f, functools._lru_cache_wrapper)
