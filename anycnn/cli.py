@@ -772,9 +772,13 @@ def _warm_up(net: Any, batch_size: int, *, quiet: bool) -> None:
     spoke = threading.Event()
 
     def announce() -> None:
-        if not quiet:
+        if quiet:
+            return
+        # A reader that went away (`| head -1`) is the main thread's to meet, at its next
+        # write, and to end quietly (main()); here it would be a traceback from a thread.
+        with contextlib.suppress(BrokenPipeError):
             _say(f"{note} ...")
-            spoke.set()
+        spoke.set()
 
     timer = threading.Timer(1.0, announce)
     timer.daemon = True

@@ -642,3 +642,36 @@ def test_backends_says_whether_compiled_kernels_are_active(capsys, monkeypatch):
     monkeypatch.setenv("ANYCNN_NUMBA", "0")
     code, out, err = _run(capsys, "backends")
     assert "numpy's compiled CPU kernels: off: ANYCNN_NUMBA=0" in out
+
+
+def test_a_slow_warm_up_meets_a_closed_pipe_in_the_main_thread(monkeypatch):
+    """The "compiling CPU kernels" line comes from a timer thread when the warm-up takes over a
+    second (a loaded machine): a reader gone by then must not give that thread a traceback
+    (seen as a flake of test_head_one_ends_training_quietly); the main thread meets the closed
+    pipe at its next write, which main() turns into the quiet exit status 141."""
+    import io
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from anycnn import cli
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    base = SimpleNamespace(compile_note=lambda: "compiling CPU kernels once")
+    backend = SimpleNamespace(base=base, xp=np, asarray=lambda a, dtype: np.asarray(a, dtype=dtype))
+    net = SimpleNamespace(
+        backend=backend,
+        dtype_name="float32",
+        input_shape=(1, 2, 2),
+        output_shape=(2,),
+        compute_gradients=lambda x, t, check: time.sleep(1.5),
+    )
+    with pytest.raises(BrokenPipeError):
+        cli._warm_up(net, 1, quiet=False)
+    assert thread_errors == []
