@@ -531,45 +531,6 @@ MAP_OP_NAMES: tuple[str, ...] = (
 )
 
 
-def planar_or_reference(table: dict[str, Any]) -> dict[str, Any]:
-    """A backend's op table whose map ops handle 2-D maps only, made to take any number of
-    spatial axes: calls on ``(N, C, H, W)`` maps go to the backend's op, the others to the
-    reference op of the same name here (Note [N dimensions]). Each wrapper keeps its op's name,
-    signature and docstring (``functools.wraps``), so the parity checks read the backend's own.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from anycnn import ops
-    >>> calls = []
-    >>> def block_sum(x, n):                 # a backend's op for 2-D maps only
-    ...     calls.append(x.ndim)
-    ...     return ops.block_sum(x, n)
-    >>> table = ops.planar_or_reference({"block_sum": block_sum})
-    >>> table["block_sum"](np.ones((1, 1, 4)), 2).tolist(), calls     # 1-D: the reference
-    ([[[2.0, 2.0]]], [])
-    >>> _ = table["block_sum"](np.ones((1, 1, 2, 2)), 2); calls        # 2-D: the backend's
-    [4]
-    """
-    import functools
-    import inspect
-
-    def wrap(name: str, op: Any) -> Any:
-        reference = globals()[name]
-        first = next(iter(inspect.signature(op).parameters))
-
-        @functools.wraps(op)
-        def planar_or_reference(*args: Any, **kwargs: Any) -> Any:
-            maps = args[0] if args else kwargs[first]
-            if maps.ndim == 4:
-                return op(*args, **kwargs)
-            return reference(*args, **kwargs)
-
-        return planar_or_reference
-
-    return {name: wrap(name, op) if name in MAP_OP_NAMES else op for name, op in table.items()}
-
-
 # --- fused ops -----------------------------------------------------------------------------------
 # Note [Fused ops]
 # ~~~~~~~~~~~~~~~~

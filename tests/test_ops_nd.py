@@ -212,25 +212,3 @@ def test_nd_errors_name_the_shapes(call, message):
 
     with pytest.raises(ValueError, match=message):
         call(a)
-
-
-def test_planar_or_reference_sends_other_ranks_to_the_reference(rng):
-    """A 2-D-only table (CuPy's) gets 1-D and 3-D calls routed to the reference ops, keyword
-    calls included (the checked entry points call with keywords), with the op's signature."""
-    import inspect
-
-    seen = []
-
-    def conv_valid(x, kernel, selection=None, padding=(0, 0)):
-        seen.append(x.ndim)
-        return reference.conv_valid(x, kernel, selection, padding)
-
-    table = reference.planar_or_reference({"conv_valid": conv_valid, "other": len})
-    op = table["conv_valid"]
-    assert op.__name__ == "conv_valid" and table["other"] is len
-    assert inspect.signature(op) == inspect.signature(conv_valid)
-    x1, k1 = rng.standard_normal((1, 2, 9)), rng.standard_normal((3, 2, 4))
-    np.testing.assert_allclose(op(x=x1, kernel=k1), oracles.conv_valid_nd(x1, k1))
-    x2, k2 = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 2, 2))
-    op(x2, k2)
-    assert seen == [4]

@@ -41,20 +41,9 @@ from typing import Any
 
 from anycnn import ops as _reference
 
-#: The map ops this module makes dimension-generic; the table's other ops are left as they are.
-MAPPED = (
-    "conv_valid",
-    "conv_valid_activate",
-    "conv_backward",
-    "subsample_backward",
-    "conv_full",
-    "conv_kernel_grad",
-    "kron_upsample",
-    "block_sum",
-    "block_mean",
-    "decimate",
-    "decimate_transpose",
-)
+#: The map ops this module makes dimension-generic (those whose first argument is maps); the
+#: table's other ops are left as they are.
+MAPPED = _reference.MAP_OP_NAMES
 
 
 def _pads(padding: Any, d: int) -> tuple[int, ...]:
