@@ -14,6 +14,7 @@ named ``backends.anycnn_numpy....`` and never switched on. This launcher drops t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 import libcst as cst
 import mutmut.__main__ as mutmut_main
 import mutmut.mutation.file_mutation as file_mutation
+import mutmut.mutation.mutators as mutators
 import mutmut.mutation.trampoline as trampoline
 import mutmut.utils.format_utils as format_utils
 import mutmut.workers.isolation as isolation
@@ -50,14 +52,32 @@ mutmut_main.get_mutant_name = get_mutant_name
 # in the `if` around it, is mutated as usual). Tests check the exception's type and the names the
 # message must carry (pytest.raises(match=...)); "XX" glued to a message, or its case changed,
 # is not wrong code, and such mutants were most of the survivors in checkpoint.py's checks.
+# An `assert` is left whole too: in this code each one narrows a type for mypy ("build the layer
+# first") where the public calls cannot get there unbuilt, and `python -O` drops it.
 _skip = file_mutation.MutationVisitor._skip_node_and_children
 
 
 def _skip_node_and_children(self, node):
-    return isinstance(node, cst.Raise) or _skip(self, node)
+    return isinstance(node, (cst.Raise, cst.Assert)) or _skip(self, node)
 
 
 file_mutation.MutationVisitor._skip_node_and_children = _skip_node_and_children
+
+# A string is mutated once, to "XX" + s + "XX", not also to its lower and upper case. A test that
+# tells a string from its case-changed copy tells it from the XX copy too (whatever compares the
+# letters sees two more), so the case mutants are killed together with their XX sibling, or are
+# equivalent: the names this code takes from users are looked up case-insensitively
+# (activations, losses, modes: FullyConnected's default activation="SIGMOID" is the same layer).
+_operator_string = mutators.operator_string
+
+
+def operator_string(node):
+    return itertools.islice(_operator_string(node), 1)  # its first mutant is the XX one
+
+
+for _index, (_kind, _operator) in enumerate(mutators.mutation_operators):
+    if _operator is _operator_string:
+        mutators.mutation_operators[_index] = (_kind, operator_string)
 
 # Some tests start `python -m anycnn ...` with PYTHONPATH set to their own checkout, which in
 # mutants/ is the mutated copy. While mutmut records which tests reach which function ("stats")
