@@ -105,16 +105,27 @@ isolation.set_mutant_under_test = set_mutant_under_test
 #   test_budget_s: each mutant runs the tests that reach its function, fastest first, while their
 #     recorded durations add up to at most this (the fastest one always). A mutant that only a
 #     slower test would kill counts as a survivor: the score is a lower bound of the suite's.
-#   sample: the fraction of mutants tested, chosen by a hash of the mutant's name (the same
-#     mutants every run, and a function's new mutants drawn alike); 1 tests every mutant.
+#   sample: the fraction of mutants tested, per file (Note [A stratified sample]); 1 tests every
+#     mutant.
 SETTINGS = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["anycnn"]["mutation"]
 TEST_BUDGET_S = float(SETTINGS.get("test_budget_s", math.inf))
-SAMPLE = float(SETTINGS.get("sample", 1.0))
+# MUTATION_SAMPLE overrides the sample for one run (tox passes it on).
+SAMPLE = float(os.environ.get("MUTATION_SAMPLE") or SETTINGS.get("sample", 1.0))
 
 
-def sampled(name: str) -> bool:
-    digest = hashlib.sha256(name.encode()).digest()
-    return int.from_bytes(digest[:8], "big") < SAMPLE * 2**64
+def _rank(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+
+
+def stratified_sample(names: list[str], fraction: float) -> set[str]:
+    """Note [A stratified sample]: of each file's mutants (``names`` are one file's), the
+    ``round(fraction * n)`` (at least one) whose names hash lowest. Every file of the scope is
+    then in the sample in proportion to its size, the same mutants every run on the same code
+    (no seed: the hash of the name), and each file's mutants are drawn alike whatever they
+    are, so the sample's score estimates the file's and the whole campaign's without a weight;
+    the score prints its 95% interval."""
+    count = max(1, round(fraction * len(names)))
+    return set(sorted(names, key=_rank)[:count])
 
 
 # Note [Killers first]: the tests that killed earlier mutants of the same function are tried
@@ -190,7 +201,13 @@ _collect = mutmut_main.collect_source_file_mutation_data
 def collect_source_file_mutation_data(*, mutant_names):
     mutants, by_path = _collect(mutant_names=mutant_names)
     if SAMPLE < 1:
-        mutants = [entry for entry in mutants if sampled(entry[1])]
+        by_file: dict[str, list[str]] = {}
+        for data, name, _ in mutants:
+            by_file.setdefault(str(data.path), []).append(name)
+        chosen = set()
+        for names in by_file.values():
+            chosen |= stratified_sample(names, SAMPLE)
+        mutants = [entry for entry in mutants if entry[1] in chosen]
     return mutants, by_path
 
 

@@ -112,3 +112,13 @@ def test_the_statistics_shards_take_each_file_once(campaign, tmp_path):
     child = [int(n) for n in (tmp_path / "child").read_text().split()]
     assert sorted(taken + child) == list(range(100))
     assert taken == sorted(taken) and child == sorted(child)
+
+
+def test_the_stratified_sample_takes_each_files_share_the_same_every_time(campaign):
+    names = [f"anycnn.ops.x_f__mutmut_{i}" for i in range(1, 201)]
+    chosen = campaign.stratified_sample(names, 0.1)
+    assert len(chosen) == 20 and chosen <= set(names)
+    assert campaign.stratified_sample(list(reversed(names)), 0.1) == chosen
+    assert len(campaign.stratified_sample(names[:3], 0.1)) == 1  # every file has a part
+    assert campaign.stratified_sample(names[:30], 0.1) <= set(names[:30])
+    assert campaign.stratified_sample(names, 1.0) == set(names)
