@@ -267,3 +267,19 @@ def test_set_parameter_check_both_ways(backend):
     assert net.layers[2].params["bias"] is value
     with pytest.raises(KeyError, match=f"{fc}.nope"):
         net.set_parameter(f"{fc}.nope", value, check=False)
+
+
+def test_every_layer_asks_the_input_gradient_by_default():
+    """The contract's default, in the base class and every layer (``need_input_grad=True`` in
+    ``backward`` and ``curvature``), read from the signatures like the ops' parity test."""
+    import inspect
+
+    from anycnn.layers import LAYER_TYPES
+    from anycnn.layers.base import Layer
+
+    classes = {Layer, *LAYER_TYPES.values()}
+    assert {Convolution, Subsampling, FullyConnected, Flatten, LearnedCombination} <= classes
+    for cls in classes:
+        for method in ("backward", "curvature"):
+            parameter = inspect.signature(getattr(cls, method)).parameters["need_input_grad"]
+            assert parameter.default is True, (cls.__name__, method)
