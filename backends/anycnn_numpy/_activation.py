@@ -67,9 +67,10 @@ def activate(u, activation):
 
 def _slope_times(dy, y, activation):
     """``f'(u) o dy`` with one new array, the bits of ``activation.sensitivity``: the table's
-    slope in place, then times ``dy``; ``dy`` itself for the identity."""
+    slope in place, then times ``dy``; ``dy`` itself for the identity. (On 0-d arrays NumPy's
+    operations give scalars, which cannot take ``out=``: the activation's own method.)"""
     parsed = parse(activation)
-    if parsed is None or not (_writable_float(dy) and _writable_float(y)):
+    if parsed is None or y.ndim == 0 or not (_writable_float(dy) and _writable_float(y)):
         return activation.sensitivity(dy, y, np)
     _, kind, p0, p1 = parsed
     if not kind.slope:

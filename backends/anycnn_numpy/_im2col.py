@@ -30,23 +30,17 @@ from anycnn_numpy._memory import scratch, zero_bordered
 from anycnn_numpy._threads import run, sum_in_order
 
 
-def windows(x: np.ndarray, kh: int, kw: int, oh: int, ow: int, flip: bool) -> np.ndarray:
-    """A view of shape (N, C, kh, kw, oh, ow) with ``[n, c, a, b, y, x] = x[n, c, y+a', x+b']``.
-
-    ``a' = kh-1-a`` when ``flip`` (conv2's rot180, read as negative strides), else ``a' = a``.
-    """
+def windows(x: np.ndarray, kh: int, kw: int, oh: int, ow: int) -> np.ndarray:
+    """A view of shape (N, C, kh, kw, oh, ow) with ``[n, c, a, b, y, x] = x[n, c, y+a', x+b']``,
+    ``a' = kh-1-a``, ``b' = kw-1-b``: conv2's rot180, read as negative strides."""
     sn, sc, sh, sw = x.strides
-    if flip:
-        offset = (kh - 1) * sh + (kw - 1) * sw
-        strides = (sn, sc, -sh, -sw, sh, sw)
-    else:
-        offset = 0
-        strides = (sn, sc, sh, sw, sh, sw)
+    offset = (kh - 1) * sh + (kw - 1) * sw
+    strides = (sn, sc, -sh, -sw, sh, sw)
     shape = (x.shape[0], x.shape[1], kh, kw, oh, ow)
     if x.flags.c_contiguous:
         return np.ndarray(shape, x.dtype, x, offset, strides)
     return np.lib.stride_tricks.as_strided(
-        x[:, :, kh - 1 :, kw - 1 :] if flip else x, shape, strides, writeable=False
+        x[:, :, kh - 1 :, kw - 1 :], shape, strides, writeable=False
     )
 
 
@@ -173,7 +167,7 @@ def conv_valid(x, kernel, selection, epilogue=None, padding=(0, 0)):
         h, w = x.shape[2:]
     if p == 1:  # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
         columns = scratch("columns", (n, c, kh, kw, 1, 1), dtype)
-        np.copyto(columns, windows(x, kh, kw, oh, ow, flip=True))
+        np.copyto(columns, windows(x, kh, kw, oh, ow))
         out = gemm(columns.reshape(n, ck), weights.T).reshape(n, o, 1, 1)
         if epilogue is not None:
             epilogue(out)
@@ -194,7 +188,7 @@ def conv_valid(x, kernel, selection, epilogue=None, padding=(0, 0)):
 
         run(work_wide, n, ck * q * dtype.itemsize, o * ck * q)
         return out
-    view = windows(x, kh, kw, oh, ow, flip=True)
+    view = windows(x, kh, kw, oh, ow)
     flat = out.reshape(n, o, p)
 
     def work(index, start, stop):
@@ -257,7 +251,7 @@ def _kernel_grad_columns(x, delta, kh, kw, partial, dots) -> None:
     _, o, dh, dw = delta.shape
     ck, p = c * kh * kw, dh * dw
     dtype = x.dtype
-    view = windows(x, kh, kw, dh, dw, flip=True)
+    view = windows(x, kh, kw, dh, dw)
     deltas = delta.reshape(n, o, p)
 
     def work(index, start, stop):
