@@ -6,7 +6,7 @@ function, and no trampolines: a mutant is the function's own code object swapped
 (``function.__code__``) inside a child forked from one warm pytest session, so the code under
 test is the project's tree itself.
 
-    python .ci/mutation2.py [--seed 2] [--sample 600] [--children 2] [--budget 10]
+    python .ci/mutation2.py [--seed 2 [--seed N ...]] [--sample 600] [--children 2] [--budget 10]
                             [--out mutants/second.json] [--rerun mutants/second.json]
 
 prints each survivor (its diff) and the totals per module, and exits 1 when a survivor is not
@@ -14,7 +14,8 @@ listed in tests/MUTATION.md's second-campaign equivalents. Files and tests: pypr
 [tool.mutmut] only_mutate and pytest_add_cli_args_test_selection (the same scope and suite as
 the first campaign; ANYCNN_TEST_BACKENDS=numpy,strict and one thread, as in tox -e mutation),
 and its do_not_mutate_patterns (the performance-only arguments: no expression that starts on
-such a line is mutated, as in mutmut).
+such a line is mutated, as in mutmut), and mutmut's markers: a line with ``# pragma: no mutate``,
+a function whose ``def`` line says ``# pragma: no mutate block``.
 
 A mutant's id is ``module:qualname:operator:k``: the k-th point of that operator in the
 function (k from 0), which moves only when the function itself changes, not when code above it
@@ -406,14 +407,22 @@ def selection_args() -> list[str]:
 
 
 def skipped_lines(source: str) -> frozenset[int]:
-    """The lines (from 1) that [tool.mutmut] do_not_mutate_patterns match in ``source``."""
+    """The lines (from 1) that [tool.mutmut] do_not_mutate_patterns match in ``source``, and
+    those marked with mutmut's ``# pragma: no mutate``."""
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     patterns = [re.compile(p) for p in settings.get("do_not_mutate_patterns", [])]
+    patterns.append(re.compile(r"# pragma: no mutate(?! block| start| end)"))
     return frozenset(
         number
         for number, line in enumerate(source.splitlines(), 1)
         if any(p.search(line) for p in patterns)
     )
+
+
+def left_alone(node, source: str) -> bool:
+    """A function whose ``def`` line says ``# pragma: no mutate block`` (mutmut's marker of a
+    function it does not mutate: in this project, choices among paths that compute the same)."""
+    return "# pragma: no mutate block" in source.splitlines()[node.lineno - 1]
 
 
 def drawn(population: list[tuple[Function, int]], seed: int, count: int) -> list:
@@ -475,6 +484,8 @@ class Campaign:
             source = path.read_text(encoding="utf-8")
             tree, skip = ast.parse(source), skipped_lines(source)
             for node, qualname in _functions(tree):
+                if left_alone(node, source):
+                    continue
                 function = Function(module_name, path, qualname, node, tree, skip)
                 target = _resolve(module, qualname, function.firstline)
                 if target is None:
@@ -491,13 +502,21 @@ class Campaign:
             else:  # one id a line
                 wanted = {line.split()[0] for line in text.splitlines() if line.strip()}
             sample = [(f, i) for f, i in population if f.ids[i] in wanted]
+            draws = {"rerun": {f.ids[i] for f, i in sample}}
         else:
-            sample = drawn(population, options.seed, options.sample)
+            # several seeds share one recording of the tests (the costly part); each is
+            # reported on its own
+            draws, union = {}, {}
+            for seed in options.seeds:
+                pairs = drawn(population, seed, options.sample)
+                draws[seed] = {f.ids[i] for f, i in pairs}
+                union.update({f.ids[i]: (f, i) for f, i in pairs})
+            sample = list(union.values())
         sample.sort(key=lambda pair: (pair[0].key, pair[1]))
         print(
             f"\n{len(population)} mutants in {len(functions)} functions "
             f"({sum(n for _, n in skipped)} more in {len(skipped)} decorated functions left "
-            f"alone: {', '.join(key for key, _ in skipped)}); seed {options.seed}: "
+            f"alone: {', '.join(key for key, _ in skipped)}); seeds {', '.join(map(str, draws))}: "
             f"{len(sample)} drawn"
         )
         # 2. which tests reach each sampled function: its code swapped for one that records
@@ -619,10 +638,17 @@ class Campaign:
                 entry["status"] = "error"
             results.append(entry)
         gc.unfreeze()
-        self.report(results, len(population), time.monotonic() - began, stats_s)
+        wall = time.monotonic() - began
+        self.unexplained = 0
+        for seed, ids in draws.items():
+            out = Path(options.out)
+            if len(draws) > 1:
+                out = out.with_name(f"{out.stem}-seed{seed}{out.suffix}")
+            mine = [e for e in results if e["id"] in ids]
+            self.report(mine, seed, out, len(population), wall, stats_s)
         return True
 
-    def report(self, results, population, wall, stats_s):
+    def report(self, results, seed, out, population, wall, stats_s):
         listed = equivalents()
         rows: dict[str, dict[str, int]] = {}
         unexplained = []
@@ -640,7 +666,7 @@ class Campaign:
                 diff = difflib.unified_diff(before, after, lineterm="", n=1)
                 print(f"\n{status}: {entry['id']} (line {entry['line']}, {entry['tests']} tests)")
                 print("\n".join(list(diff)[2:]))
-        print(f"\nsecond campaign: seed {self.options.seed}, {len(results)} of {population}")
+        print(f"\nsecond campaign: seed {seed}, {len(results)} of {population}")
         header = ["killed", "timeout", "crashed", "survived", "no tests", "equivalent", "error"]
         print(f"{'module':40s} " + " ".join(f"{h:>10s}" for h in header) + "      score")
         totals: dict[str, int] = {}
@@ -652,12 +678,12 @@ class Campaign:
             f"{'total':40s} " + " ".join(f"{totals.get(h, 0):10d}" for h in header) + _score(totals)
         )
         print(f"wall {wall:.0f} s (of which {stats_s:.0f} s recording the tests of each function)")
-        out = ROOT / self.options.out
+        out = ROOT / out
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(
             json.dumps(
                 {
-                    "seed": self.options.seed,
+                    "seed": seed,
                     "population": population,
                     "wall_s": round(wall),
                     "totals": totals,
@@ -670,7 +696,7 @@ class Campaign:
                 indent=1,
             )
         )
-        self.unexplained = len(unexplained)
+        self.unexplained += len(unexplained)
 
 
 def _score(row) -> str:
@@ -681,7 +707,9 @@ def _score(row) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument(
+        "--seed", type=int, action="append", dest="seeds", help="2 unless given; repeatable"
+    )
     parser.add_argument("--sample", type=int, default=600)
     parser.add_argument("--children", type=int, default=2)
     parser.add_argument("--budget", type=float, default=10.0)
@@ -690,6 +718,7 @@ def main() -> int:
         "--rerun", help="test only the survivors of this earlier run's JSON, or these ids (a file)"
     )
     options = parser.parse_args()
+    options.seeds = options.seeds or [2]
     campaign = Campaign(options)
     args = ["-q", "--capture=sys", "-p", "no:randomly", *selection_args()]
     pytest.main(args, plugins=[campaign])

@@ -420,3 +420,31 @@ def test_the_vector_activations_compiled_afresh_are_the_scalar_bits():
         vector(got, kind, np.float32(p0), np.float32(p1))
         _direct._activate_run(want, kind, np.float32(p0), np.float32(p1))
         assert got.tobytes() == want.tobytes(), (kind, p0, p1)
+
+
+# --- the fused convolution gradients ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_backward_by_default_and_with_an_upsampling_of_any_fit(dtype):
+    """``conv_backward(x, dy, y, f)`` takes up = 1 and returns delta by default; with ``up``,
+    ``dy`` holds ``size // up`` ("drop") or ``ceil(size / up)`` ("pad") rows and columns on
+    the fused path, and any other count goes through the chain (``fit_maps`` crops or pads
+    ``up(dy)``): the reference op's results in every case."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 2, 10, 9)).astype(dtype)
+    y = np.tanh(rng.standard_normal((2, 3, 7, 6))).astype(dtype)  # 4 x 4 kernels
+    tanh = Tanh(1.7159, 2.0 / 3.0)
+    tol = 2e-4 if dtype == np.float32 else 1e-11
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    got = _conv.conv_backward(x, dy, y, tanh)
+    want = reference.conv_backward(x, dy, y, tanh)
+    assert got[2] is not None
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+    for rows, columns in ((3, 3), (4, 3), (3, 4), (4, 4), (2, 3), (5, 3), (3, 2), (3, 5)):
+        small = rng.standard_normal((2, 3, rows, columns)).astype(dtype)
+        got = _conv.conv_backward(x, small, y, tanh, None, 2)
+        want = reference.conv_backward(x, small, y, tanh, None, 2)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"{rows} x {columns}")

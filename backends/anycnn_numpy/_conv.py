@@ -56,7 +56,7 @@ def _path(op, direct, dtype, n, c, o, h, w, kh, kw, ph=0, pw=0) -> str:
     return _plan.choose(op, n, c, o, h, w, kh, kw, ph, pw, _AVAILABLE[direct, fft])
 
 
-def _map_halves(n: int, maps: int, macs: int) -> list[tuple[int, int]] | None:
+def _map_halves(n: int, maps: int, macs: int) -> list | None:  # pragma: no mutate block
     """The two ranges of output maps one example's direct convolution is cut into, or None.
 
     Note [One example on two cores]

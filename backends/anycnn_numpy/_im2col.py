@@ -82,7 +82,7 @@ def wide_columns(wide: np.ndarray, start: int, stop: int, q: int) -> np.ndarray:
     return columns
 
 
-def use_wide(w: int, ow: int) -> bool:
+def use_wide(w: int, ow: int) -> bool:  # pragma: no mutate block
     """Wide columns pay when the rows are short and the GEMM grows little (Note [Wide columns]),
     for batches of more than one example (one LeNet-5 C3 example is faster plain: ibid.)."""
     return ow < w and ow <= 32 and 2 * w <= 3 * ow
@@ -238,7 +238,7 @@ def conv_kernel_grad(x, delta, selection=None):
     return grad
 
 
-def _dots(result_size: int, length: int):
+def _dots(result_size: int, length: int):  # pragma: no mutate block
     """The compiled kernel-gradient sum when it is the faster way, else None (BLAS)."""
     if _jit.kernel_grad_sum is None or result_size > _jit.MAX_RESULT or length < _jit.MIN_LENGTH:
         return None
