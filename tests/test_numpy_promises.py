@@ -448,3 +448,67 @@ def test_conv_backward_by_default_and_with_an_upsampling_of_any_fit(dtype):
         want = reference.conv_backward(x, small, y, tanh, None, 2)
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"{rows} x {columns}")
+
+
+# --- the FFT path -----------------------------------------------------------------------------
+
+
+def _fft_cases(rng, h, w, padding):
+    """conv_valid, conv_full and conv_kernel_grad on the FFT path, each with the reference op's
+    answer (2 examples, 3 -> 4 maps, 3 x 4 kernels, a selection)."""
+    from anycnn_numpy import _plan
+
+    ph, pw = padding
+    x = rng.standard_normal((2, 3, h, w))
+    k = rng.standard_normal((4, 3, 3, 4))
+    sel = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
+    oh, ow = h + 2 * ph - 2, w + 2 * pw - 3
+    d = rng.standard_normal((2, 4, oh, ow))
+    with _plan.forced("fft"):
+        got = [
+            _conv.conv_valid(x, k, sel, padding),
+            _conv.conv_full(d, k, sel, padding),
+            _conv.conv_kernel_grad(x, d, sel, padding),
+        ]
+    want = [
+        reference.conv_valid(x, k, sel, padding),
+        reference.conv_full(d, k, sel, padding),
+        reference.conv_kernel_grad(x, d, sel, padding),
+    ]
+    return got, want
+
+
+@pytest.mark.parametrize("padding", [(0, 0), (1, 2)])
+@pytest.mark.parametrize("size", [(11, 13), (17, 22)], ids=["11x13", "17x22"])
+def test_fft_transforms_larger_than_the_maps(size, padding):
+    """Note [Convolutions by the FFT]: the transform sizes are the next 2, 3, 5, 7-smooth ones,
+    here often larger than the maps (11 -> 12, 13 -> 14, 17 -> 18, 22 -> 24): the rows and
+    columns past the result are cut off, not returned."""
+    rng = np.random.default_rng(size[0])
+    got, want = _fft_cases(rng, *size, padding)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "numpy"])
+@pytest.mark.parametrize("budget", [1, "kept"])
+def test_fft_in_groups_and_chunks_with_and_without_kept_spectra(monkeypatch, compiled, budget):
+    """A budget that takes one example at a time and one map per group, and one that keeps the
+    input spectra for every group (transformed once): the same results, with the compiled
+    products of spectra and with the NumPy ones (which add each chunk's products)."""
+    from anycnn_numpy import _fft_budget
+
+    if not compiled:
+        monkeypatch.setattr(_jit, "spectral_mac", None)
+        monkeypatch.setattr(_jit, "spectral_corr", None)
+    elif _jit.spectral_mac is None:
+        pytest.skip("Numba is not installed here")
+    # 'kept': room for the spectra of the batch (2 x 4 maps of 12 x 8 frequencies) but not for
+    # a group of two maps
+    limit = 2 * 4 * 12 * 8 * 8 if budget == "kept" else 1
+    monkeypatch.setattr(_fft_budget, "GROUP_BYTES", limit)
+    rng = np.random.default_rng(8)
+    got, want = _fft_cases(rng, 10, 13, (0, 0))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)

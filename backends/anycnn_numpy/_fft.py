@@ -139,40 +139,38 @@ def available() -> bool:
 
 
 def _forward(a: np.ndarray, p: int, q: int) -> np.ndarray:
-    """The (P, Q) real spectra of a's last two axes (zero-padded): the rows there are along the
-    last axis, then the columns, so the zero rows of the padding cost one column transform."""
+    """The (P, Q) real spectra of the last two axes of the 4-d ``a`` (zero-padded): the rows
+    there are along the last axis (scipy's default), then the columns (axis 2), so the zero rows
+    of the padding cost one column transform."""
     fft = _library()
     # one worker (the pool's threads run the slices) and overwriting a temporary: how fast, not
     # what (each keyword on a line of its own: pyproject's do_not_mutate_patterns)
     rows = fft.rfft(
         a,
         n=q,
-        axis=-1,
         workers=1,
     )
     return fft.fft(
         rows,
         n=p,
-        axis=-2,
+        axis=2,
         workers=1,
         overwrite_x=True,
     )
 
 
-def _inverse(z: np.ndarray, p: int, q: int, r0: int, r1: int) -> np.ndarray:
-    """Rows ``r0:r1`` of the (P, Q) real maps whose spectra are ``z``: the columns transformed
-    back, then only the rows wanted."""
+def _inverse(z: np.ndarray, q: int, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of the (P, Q) real maps whose 4-d spectra are ``z``: the columns (axis 2,
+    P long) transformed back, then only the rows wanted (Q real columns)."""
     fft = _library()
     columns = fft.ifft(
         z,
-        n=p,
-        axis=-2,
+        axis=2,
         workers=1,
     )
     return fft.irfft(
         columns[..., r0:r1, :],
         n=q,
-        axis=-1,
         workers=1,
         overwrite_x=True,
     )
@@ -189,7 +187,7 @@ def _input_spectra(a, e0: int, e1: int, p: int, q: int, kept) -> np.ndarray:
     return spectra
 
 
-def _spectra(kernel: np.ndarray, p: int, q: int, flip: bool) -> np.ndarray:
+def _spectra(kernel: np.ndarray, p: int, q: int, flip: bool = False) -> np.ndarray:
     """The kernels' spectra (O, C, F), of rot180(k) when ``flip``."""
     k = kernel[:, :, ::-1, ::-1] if flip else kernel
     return np.ascontiguousarray(_forward(k, p, q))
@@ -217,7 +215,7 @@ def conv_valid(x, kernel, active, epilogue=None, padding=(0, 0)):
     if budget.keeps_spectra(n, c, p, q):
         kept = {}
     for j0, j1 in _by_groups(o, group):
-        spectra = _spectra(kernel[j0:j1], p, q, flip=False)
+        spectra = _spectra(kernel[j0:j1], p, q)
 
         def work(index, start, stop, j0=j0, j1=j1, spectra=spectra):
             for e0 in range(start, stop, chunk):
@@ -225,7 +223,7 @@ def conv_valid(x, kernel, active, epilogue=None, padding=(0, 0)):
                 xs = _input_spectra(x, e0, e1, p, q, kept)
                 u = np.empty((e1 - e0, j1 - j0, p, q // 2 + 1), cdtype)
                 _mac(xs, spectra, active[j0:j1], u)
-                back = _inverse(u, p, q, r0, r0 + oh)
+                back = _inverse(u, q, r0, r0 + oh)
                 out[e0:e1, j0:j1] = back[:, :, :, c0 : c0 + ow]
 
         run_direct(work, n, budget.valid_macs(c, group, p, q))  # one slicing for all groups
@@ -264,7 +262,7 @@ def conv_full(delta, kernel, active_t, padding=(0, 0)):
                 ds = _input_spectra(delta, e0, e1, p, q, kept)
                 g = np.empty((e1 - e0, i1 - i0, p, q // 2 + 1), cdtype)
                 _mac(ds, spectra, active_t[i0:i1], g)
-                back = _inverse(g, p, q, ph, ph + gh)
+                back = _inverse(g, q, ph, ph + gh)
                 out[e0:e1, i0:i1] = back[:, :, :, pw : pw + gw]
 
         run_direct(work, n, budget.valid_macs(o, group, p, q))  # one slicing for all groups
@@ -297,7 +295,7 @@ def conv_kernel_grad(x, delta, active):
                 xs = _input_spectra(x, e0, e1, p, q, kept)
                 ds = _forward(delta[e0:e1, j0:j1], p, q)
                 _corr(ds, xs, active[j0:j1], sums)
-            lags = _inverse(sums, p, q, 0, kh)[:, :, :, :kw]
+            lags = _inverse(sums, q, 0, kh)[:, :, :, :kw]
             grad[j0:j1] = lags[:, :, ::-1, ::-1]  # correlation lags -> conv2 orientation
         partial[index] = grad
 
