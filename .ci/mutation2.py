@@ -494,6 +494,10 @@ class Campaign:
                 function.target = target
                 functions.append(function)
         population = [(f, i) for f in functions for i in range(len(f.points))]
+        # several seeds (and a rerun) share one recording of the tests, the costly part; each
+        # is reported on its own
+        draws: dict = {}
+        union = {}
         if options.rerun:
             text = Path(options.rerun).read_text()
             if options.rerun.endswith(".json"):
@@ -501,17 +505,14 @@ class Campaign:
                 wanted = {e["id"] for e in earlier if e["status"] in ("survived", "no tests")}
             else:  # one id a line
                 wanted = {line.split()[0] for line in text.splitlines() if line.strip()}
-            sample = [(f, i) for f, i in population if f.ids[i] in wanted]
-            draws = {"rerun": {f.ids[i] for f, i in sample}}
-        else:
-            # several seeds share one recording of the tests (the costly part); each is
-            # reported on its own
-            draws, union = {}, {}
-            for seed in options.seeds:
-                pairs = drawn(population, seed, options.sample)
-                draws[seed] = {f.ids[i] for f, i in pairs}
-                union.update({f.ids[i]: (f, i) for f, i in pairs})
-            sample = list(union.values())
+            pairs = [(f, i) for f, i in population if f.ids[i] in wanted]
+            draws["rerun"] = {f.ids[i] for f, i in pairs}
+            union.update({f.ids[i]: (f, i) for f, i in pairs})
+        for seed in options.seeds or []:
+            pairs = drawn(population, seed, options.sample)
+            draws[seed] = {f.ids[i] for f, i in pairs}
+            union.update({f.ids[i]: (f, i) for f, i in pairs})
+        sample = list(union.values())
         sample.sort(key=lambda pair: (pair[0].key, pair[1]))
         print(
             f"\n{len(population)} mutants in {len(functions)} functions "
@@ -718,7 +719,8 @@ def main() -> int:
         "--rerun", help="test only the survivors of this earlier run's JSON, or these ids (a file)"
     )
     options = parser.parse_args()
-    options.seeds = options.seeds or [2]
+    if not options.seeds and not options.rerun:
+        options.seeds = [2]
     campaign = Campaign(options)
     args = ["-q", "--capture=sys", "-p", "no:randomly", *selection_args()]
     pytest.main(args, plugins=[campaign])

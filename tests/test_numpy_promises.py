@@ -398,7 +398,13 @@ def test_the_vector_activations_compiled_afresh_are_the_scalar_bits():
     numba = pytest.importorskip("numba")
     from anycnn_numpy import _direct
 
-    assert _direct.float32x16.name == "float32x16"
+    from numba.core import datamodel
+
+    # the vector type and its data model, made anew (the module's own were made at import)
+    assert _direct.Float32x16().name == "float32x16"
+    model = _direct._Float32x16Model(datamodel.default_manager, _direct.float32x16)
+    assert model.get_value_type() == _direct._VECTOR
+    assert str(_direct._VECTOR) == "<16 x float>"
     vector = numba.njit(
         cache=False, nogil=True, fastmath=_direct._ACTIVATION_MATH, error_model="numpy"
     )(_direct._activate_run32.py_func)
@@ -512,3 +518,51 @@ def test_fft_in_groups_and_chunks_with_and_without_kept_spectra(monkeypatch, com
     got, want = _fft_cases(rng, 10, 13, (0, 0))
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("activation", [Tanh(1.7159, 2.0 / 3.0), Sigmoid(), Identity()])
+def test_the_fused_gradients_take_every_fit_of_the_upsampling(monkeypatch, activation):
+    """Note [Fused ops]: a convolution layer's backward pass on the direct kernels forms
+    ``delta = f'(u) o up(dy)`` itself when ``dy`` has the layer's batch and maps and ``size //
+    up`` or ``ceil(size / up)`` rows and columns (a subsampling layer after it dropping or
+    padding a remainder); other sizes take the chain of ops (``fit_maps`` of ``up(dy)``)."""
+    if _jit.correlate_into is None:
+        pytest.skip("Numba is not installed here: no direct kernels")
+    from anycnn_numpy import _plan
+
+    fused = []
+    original = _conv._direct_backward
+
+    def spy(*args):
+        if args[1] is not args[2]:  # (x, dy, y, ...); conv_kernel_grad passes (x, d, d, ...)
+            fused.append(args[1].shape)
+        return original(*args)
+
+    monkeypatch.setattr(_conv, "_direct_backward", spy)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 2, 10, 9))
+    y = np.tanh(rng.standard_normal((2, 3, 7, 6)))
+    with _plan.forced("direct"):
+        for up, rows, columns, takes in [
+            (1, 7, 6, True),
+            (2, 3, 3, True),
+            (2, 4, 3, True),
+            (2, 3, 4, False),
+            (2, 2, 3, False),
+            (2, 4, 4, False),
+            (3, 2, 2, True),
+            (3, 3, 2, True),
+            (3, 1, 2, False),
+        ]:
+            fused.clear()
+            dy = rng.standard_normal((2, 3, rows, columns))
+            got = _conv.conv_backward(x, dy, y, activation, None, up)
+            assert bool(fused) is takes, (up, rows, columns)
+            want = reference.conv_backward(x, dy, y, activation, None, up)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11)
+        fused.clear()
+        _conv.conv_backward(x, rng.standard_normal((2, 2, 7, 6)), y[:, :2].copy(), activation)
+        assert fused, "fewer maps: still the fused kernel"
+        _conv.conv_backward(x, rng.standard_normal((2, 3, 7, 6)).astype(np.float32), y, activation)
+        assert len(fused) == 1, "dy of another dtype: the chain"
