@@ -175,3 +175,26 @@ def test_lines_of_the_performance_patterns_are_not_mutated(m2, tmp_path):
     assert {op for op, _, _ in points} >= {"int-dec", "keep-left", "return-none"}
     text = "    run(work, n, 3)\n    chunk = _jit.direct_chunk(a)\nx = 1\n"
     assert m2.skipped_lines(text) == {1, 2}
+
+
+def test_mutmuts_pragmas_are_honoured(m2):
+    """A line with `# pragma: no mutate` (a reason may follow) holds no mutation point; a function
+    whose `def` line says `# pragma: no mutate block` is left alone, as mutmut does."""
+    source = textwrap.dedent(
+        """
+        def choose(n):  # pragma: no mutate block
+            return n > 3
+
+        def op(n):
+            if n > 1:  # pragma: no mutate (a path to the same result)
+                return n * 2
+            return n
+        """
+    )
+    assert m2.skipped_lines(source) == {6}
+    tree = ast.parse(source)
+    nodes = dict((q, n) for n, q in m2._functions(tree))
+    assert m2.left_alone(nodes["choose"], source)
+    assert not m2.left_alone(nodes["op"], source)
+    points = m2._points(nodes["op"], m2.skipped_lines(source))
+    assert {line for _, line, _ in points} == {7, 8}
