@@ -553,6 +553,9 @@ def test_the_fused_gradients_take_every_fit_of_the_upsampling(monkeypatch, activ
             (3, 2, 2, True),
             (3, 3, 2, True),
             (3, 1, 2, False),
+            (4, 1, 1, True),
+            (4, 2, 2, True),
+            (4, 3, 2, False),
         ]:
             fused.clear()
             dy = rng.standard_normal((2, 3, rows, columns))
