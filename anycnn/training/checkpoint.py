@@ -1154,9 +1154,7 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     """A model config without the initialisation seeds (of the network and of its layers): two
     networks that differ only there are the same model (tables are compared separately)."""
     out = {k: v for k, v in config.items() if k != "seed"}
-    out["layers"] = [
-        {k: v for k, v in spec.items() if k != "seed"} for spec in config.get("layers", [])
-    ]
+    out["layers"] = [{k: v for k, v in spec.items() if k != "seed"} for spec in config["layers"]]
     return out
 
 
@@ -1372,7 +1370,7 @@ def _difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
         if key == "layers" or stored.get(key) == current.get(key):
             continue
         parts.append(f"{key} {stored.get(key)!r} in the checkpoint, {current.get(key)!r} here")
-    old, new = stored.get("layers", []), current.get("layers", [])
+    old, new = stored["layers"], current["layers"]  # _comparable's configs have them
     if len(old) != len(new):
         parts.append(f"{len(old)} layers in the checkpoint, {len(new)} here")
     for a, b in zip(old, new, strict=False):
@@ -1384,5 +1382,5 @@ def _difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
 
 
 def _describe(config: Mapping[str, Any]) -> str:
-    kinds = [spec.get("type", "?") for spec in config.get("layers", [])]
-    return f"input {tuple(config.get('input_shape', ()))}, {len(kinds)} layers"
+    """``input (1, 28, 28), 5 layers`` of a checked model config (_check_config) or a network's."""
+    return f"input {tuple(config['input_shape'])}, {len(config['layers'])} layers"
