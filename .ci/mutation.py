@@ -275,7 +275,9 @@ if os.environ.get("MUTATION_TESTS"):
     _config().pytest_add_cli_args_test_selection = shlex.split(os.environ["MUTATION_TESTS"])
 
 
-DETECTED = ("killed", "timeout", "segfault")  # segfault: killed by a signal, the suite fails too
+# segfault: killed by a signal (mutmut names SIGSEGV and SIGKILL; SIGABRT, e.g. a Numba kernel's
+# failed bounds check in a mutant of the FFT path, is counted with them): the suite fails too
+DETECTED = ("killed", "timeout", "segfault")
 UNTESTED = ("not checked", "skipped")
 
 
@@ -305,6 +307,8 @@ def score(threshold: float = 0.97) -> int:
         row = rows.setdefault(str(path), {})
         for name, code in data.exit_code_by_key.items():
             status = mutmut_main.status_by_exit_code[code]
+            if isinstance(code, int) and code < 0 and status == "suspicious":
+                status = "segfault"  # killed by a signal mutmut has no name for (SIGABRT)
             if status in ("survived", "no tests") and f"`{name}`" in listed:
                 status = "equivalent"
             row[status] = row.get(status, 0) + 1
