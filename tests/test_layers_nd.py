@@ -5,6 +5,8 @@ Convolution1D / 3D pins) and checkpoints."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -304,8 +306,10 @@ def test_dimension_comes_from_the_input_shape():
     ],
 )
 def test_shape_errors_name_layer_and_shapes(layers, shape, message):
+    # the layers are made once, at collection, and building changes them: a copy per run, so
+    # that the test passes again in the same process (the mutation campaign reruns it)
     with pytest.raises(LayerError, match=message):
-        Network(layers, shape)
+        Network(copy.deepcopy(layers), shape)
 
 
 def test_pins_refuse_bad_dims():
