@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import os
 import sys
@@ -151,7 +152,7 @@ def _read_new_kills() -> None:
     end = new.rfind(b"\n") + 1  # a line still being written is read next time
     _killers_read[0] += end
     for line in new[:end].decode().splitlines():
-        mutant, killer = line.split("\t")[:2]
+        mutant, killer = json.loads(line)[:2]
         function = mangled_name_from_mutant_name(mutant)
         counts = _kills_by_function.setdefault(function, {})
         killer = strip_prefix(killer, prefix="mutants/")
@@ -200,7 +201,7 @@ _collect = mutmut_main.collect_source_file_mutation_data
 
 def collect_source_file_mutation_data(*, mutant_names):
     mutants, by_path = _collect(mutant_names=mutant_names)
-    if SAMPLE < 1:
+    if SAMPLE < 1 and not mutant_names:  # mutants named on the command line all run
         by_file: dict[str, list[str]] = {}
         for data, name, _ in mutants:
             by_file.setdefault(str(data.path), []).append(name)

@@ -48,7 +48,10 @@ from mutmut.workers.isolation import ForkRunner, MutantResult, RunningWorker
 from mutmut.workers.timeout import register_timeout
 
 INTERNAL_ERROR = 35  # mutmut's "suspicious": a failure of this machinery, never counted as a kill
-KILLERS = Path("mutants/mutmut-killers.txt")  # "mutant<TAB>test<TAB>tests run before it, ;-joined"
+# one JSON list a line: [mutant, the test that failed, [the tests run before it]] (test ids may
+# hold any character: ";" in a parametrised id split the former ;-joined list, and the check of
+# the kills then asked for tests that do not exist and set the kills back to "suspicious")
+KILLERS = Path("mutants/mutmut-killers.txt")
 STATS_QUEUE = Path("mutants/mutmut-stats-queue")  # the next test file's index, shared by the shards
 STATS_SHARD = "mutants/mutmut-stats-shard-{}.json"  # a forked shard's statistics, for the main one
 
@@ -365,7 +368,7 @@ class Server:
             failed = self._run(items, keep_session=False)
             if failed and mutant_name and mutant_name not in ("fail", ""):
                 ran = [item.nodeid for item in items[: [i.nodeid for i in items].index(failed)]]
-                line = f"{mutant_name}\t{failed}\t{';'.join(ran)}\n"
+                line = json.dumps([mutant_name, failed, ran]) + "\n"
                 fd = os.open(self.root / KILLERS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 os.write(fd, line.encode())
                 os.close(fd)
@@ -438,8 +441,8 @@ def verify_kills(server: Server, children: int = 2) -> int:
         return 0
     by_sequence: dict[tuple[str, ...], list[str]] = {}
     for line in KILLERS.read_text().splitlines():
-        mutant, killer, before = line.split("\t")
-        sequence = (*[name for name in before.split(";") if name], killer)
+        mutant, killer, before = json.loads(line)
+        sequence = (*before, killer)
         sequence = tuple(strip_prefix(name, prefix="mutants/") for name in sequence)
         by_sequence.setdefault(sequence, []).append(mutant)
     covered: set[tuple[str, ...]] = set()

@@ -6,6 +6,7 @@ the test extra's: without it these tests skip."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -75,20 +76,21 @@ def test_killers_first_then_the_fastest_within_the_budget(campaign, tmp_path, mo
     tests = list(durations)
     # no kill yet: the fastest first, while they fit
     assert campaign._within_budget(name.format(1), tests) == ["fast", "mid", "killer"]
-    killers.write_text(
-        f"{name.format(1)}\tmutants/killer\tfast;mid\n"
-        f"{name.format(2)}\tkiller\t\n"
-        f"{name.format(3)}\tslow_killer\t\n"
-        "anycnn.ops.x_g__mutmut_1\tslow\t\n"  # another function's killer
-        f"{name.format(4)}\tmid"  # a line still being written
-    )
+    lines = [
+        [name.format(1), "mutants/killer", ["fast", "mid"]],
+        [name.format(2), "killer", []],
+        [name.format(3), "slow_killer", []],
+        ["anycnn.ops.x_g__mutmut_1", "slow", []],  # another function's killer
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    killers.write_text(text + json.dumps([name.format(4), "mid; [x]", []]))  # still being written
     # the most kills first; a killer that does not fit is passed over; then the fastest
     assert campaign._within_budget(name.format(5), tests) == ["killer", "fast", "mid"]
     assert campaign._kills_by_function["anycnn.ops.x_f"] == {"killer": 2, "slow_killer": 1}
     with killers.open("a") as more:
         more.write("\n")
     campaign._within_budget(name.format(6), tests)
-    assert campaign._kills_by_function["anycnn.ops.x_f"]["mid"] == 1
+    assert campaign._kills_by_function["anycnn.ops.x_f"]["mid; [x]"] == 1  # any test id
     # the first test always runs, however slow
     assert campaign._within_budget(name.format(7), ["slow", "slow_killer"]) == ["slow_killer"]
 
