@@ -459,17 +459,17 @@ def test_conv_backward_by_default_and_with_an_upsampling_of_any_fit(dtype):
 # --- the FFT path -----------------------------------------------------------------------------
 
 
-def _fft_cases(rng, h, w, padding):
+def _fft_cases(rng, h, w, padding, n=2):
     """conv_valid, conv_full and conv_kernel_grad on the FFT path, each with the reference op's
-    answer (2 examples, 3 -> 4 maps, 3 x 4 kernels, a selection)."""
+    answer (``n`` examples, 3 -> 4 maps, 3 x 4 kernels, a selection)."""
     from anycnn_numpy import _plan
 
     ph, pw = padding
-    x = rng.standard_normal((2, 3, h, w))
+    x = rng.standard_normal((n, 3, h, w))
     k = rng.standard_normal((4, 3, 3, 4))
     sel = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
     oh, ow = h + 2 * ph - 2, w + 2 * pw - 3
-    d = rng.standard_normal((2, 4, oh, ow))
+    d = rng.standard_normal((n, 4, oh, ow))
     with _plan.forced("fft"):
         got = [
             _conv.conv_valid(x, k, sel, padding),
@@ -491,7 +491,7 @@ def test_fft_transforms_larger_than_the_maps(size, padding):
     here often larger than the maps (11 -> 12, 13 -> 14, 17 -> 18, 22 -> 24): the rows and
     columns past the result are cut off, not returned."""
     rng = np.random.default_rng(size[0])
-    got, want = _fft_cases(rng, *size, padding)
+    got, want = _fft_cases(rng, *size, padding, n=5)  # slices of 2 and 3 examples
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
@@ -500,9 +500,10 @@ def test_fft_transforms_larger_than_the_maps(size, padding):
 @pytest.mark.parametrize("compiled", [True, False], ids=["numba", "numpy"])
 @pytest.mark.parametrize("budget", [1, "kept"])
 def test_fft_in_groups_and_chunks_with_and_without_kept_spectra(monkeypatch, compiled, budget):
-    """A budget that takes one example at a time and one map per group, and one that keeps the
-    input spectra for every group (transformed once): the same results, with the compiled
-    products of spectra and with the NumPy ones (which add each chunk's products)."""
+    """A budget that takes one example at a time and one map per group (4 examples: two per
+    slice of the kernel gradient, each slice adding its chunks' products), and one that keeps
+    the input spectra for every group (transformed once): the same results, with the compiled
+    products of spectra and with the NumPy ones."""
     from anycnn_numpy import _fft_budget
 
     if not compiled:
@@ -515,7 +516,7 @@ def test_fft_in_groups_and_chunks_with_and_without_kept_spectra(monkeypatch, com
     limit = 2 * 4 * 12 * 8 * 8 if budget == "kept" else 1
     monkeypatch.setattr(_fft_budget, "GROUP_BYTES", limit)
     rng = np.random.default_rng(8)
-    got, want = _fft_cases(rng, 10, 13, (0, 0))
+    got, want = _fft_cases(rng, 10, 13, (0, 0), 2 if budget == "kept" else 4)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
 
