@@ -239,7 +239,12 @@ class Modes:
 
 
 #: The backend's compiled drivers of sliced jobs, by their names in ``_jit``.
-_SLICED = ("correlate_into_sliced", "correlate_grad_sliced", "subsample_backward_sliced")
+_SLICED = (
+    "correlate_into_sliced",
+    "correlate_grad_sliced",
+    "subsample_backward_sliced",
+    "block_sum_sliced",
+)
 
 
 def _drivers_names() -> tuple[str, ...]:

@@ -110,3 +110,25 @@ def test_compiled_jobs_on_two_threads_give_the_bits_of_one(rng, n):
             assert all(a.tobytes() == c.tobytes() for a, c in zip(g1, g2, strict=True))
     finally:
         anycnn_numpy.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_sums_as_a_compiled_job_give_the_bits_of_the_plain_loop(rng, dtype):
+    """block_sum / block_mean over several slices (a compiled job on two threads) give the
+    bits of ``block_sum_into`` over the whole batch on one thread."""
+    from anycnn_numpy import _kernels, _resample
+
+    x = rng.standard_normal((256, 6, 24, 24)).astype(dtype)
+    assert x.nbytes > _threads._SLICE_BYTES  # several slices
+    expected = {}
+    for name, scale in (("block_sum", 1.0), ("block_mean", 0.25)):
+        out = np.empty((256, 6, 12, 12), dtype)
+        _kernels.block_sum_into(x, 2, x.dtype.type(scale), out, 0, 256)
+        expected[name] = out.tobytes()
+    previous = anycnn_numpy.set_num_threads(2)
+    try:
+        for _ in range(10):
+            assert _resample.block_sum(x, 2).tobytes() == expected["block_sum"]
+            assert _resample.block_mean(x, 2).tobytes() == expected["block_mean"]
+    finally:
+        anycnn_numpy.set_num_threads(previous)

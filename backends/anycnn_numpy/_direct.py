@@ -1089,6 +1089,12 @@ def subsample_sums_into(delta, d, beta, out, start, stop):  # pragma: no cover -
 #   every helper that joined is back in :func:`helper_wait` (``ctrl[BACK]``): so when the
 #   caller takes the GIL to return, the GIL is free.
 #
+# The jobs so run: the direct convolutions (:func:`correlate_into_sliced`, forward and 'full';
+# :func:`correlate_grad_sliced`, eq. (7) fused), a trainable subsampling layer's backward
+# (:func:`subsample_backward_sliced`) and the block sums (``_kernels.block_sum_sliced``); the
+# rest (NumPy and BLAS slices, an epilogue in Python, one example cut by maps) go through the
+# pool's Python jobs as before.
+#
 # Which slice a thread takes changes nothing but timing: slices write disjoint outputs, and
 # partial sums go to per-slice rows added in slice order afterwards (the same bits on any
 # number of threads). Atomics and the pause live in this module beside the drivers, whose

@@ -50,6 +50,7 @@ def _load() -> dict[str, Any]:
         "sensitivity_into": _direct.sensitivity_into,
         "kernel_grad_sum": _kernels.kernel_grad_sum,
         "block_sum_into": _kernels.block_sum_into,
+        "block_sum_sliced": _kernels.block_sum_sliced,
         "kron_into": _kernels.kron_into,
         "spectral_mac": _fft_kernels.spectral_mac,
         "spectral_corr": _fft_kernels.spectral_corr,
@@ -81,6 +82,9 @@ kernel_grad_sum = _kernels.get("kernel_grad_sum")
 #: sums of x[start:stop])`` for C-contiguous 4-d ``x`` and ``out`` of one float dtype and a
 #: ``scale`` of that dtype, the same bits as the NumPy op; or None without Numba.
 block_sum_into = _kernels.get("block_sum_into")
+#: ``block_sum_sliced(x, n, scale, out, bounds, ctrl, board, role, limit)``: the same as a
+#: compiled job (Note [Slices taken in compiled code] in _direct); or None without Numba.
+block_sum_sliced = _kernels.get("block_sum_sliced")
 
 #: ``kron_into(x, n, out, start, stop)``: ``out[start:stop] = kron(x[start:stop], ones(n, n))``
 #: for C-contiguous 4-d ``x`` and ``out``; or None without Numba.

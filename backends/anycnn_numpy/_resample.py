@@ -54,11 +54,17 @@ def _block_sum(x, n, scale):
         x
     ):  # Note [Resampling kernels] in _kernels
         factor = x.dtype.type(1 if scale is None else scale)
+        item_bytes, driver = c * h * w * x.dtype.itemsize, _jit.block_sum_sliced
+        if driver is not None and b * item_bytes > _threads._SLICE_BYTES:
+            # Note [Slices taken in compiled code] in _direct
+            bounds = [start for start, _ in _threads.slices(b, item_bytes)] + [b]
+            _threads.run_compiled(driver, (x, n, factor, out), bounds)
+            return out
 
         def work_compiled(index, start, stop):
             block_sum_into(x, n, factor, out, start, stop)
 
-        run(work_compiled, b, c * h * w * x.dtype.itemsize, 0)
+        run(work_compiled, b, item_bytes, 0)
         return out
     rows = x.reshape(b, c, h // n, n, w)
 
