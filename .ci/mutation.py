@@ -14,9 +14,11 @@ named ``backends.anycnn_numpy....`` and never switched on. This launcher drops t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import sys
+import time
 import tomllib
 from math import ceil
 from pathlib import Path
@@ -24,10 +26,12 @@ from pathlib import Path
 import libcst as cst
 import mutmut.__main__ as mutmut_main
 import mutmut.mutation.file_mutation as file_mutation
+import mutmut.mutation.mutators as mutators
 import mutmut.mutation.trampoline as trampoline
 import mutmut.utils.format_utils as format_utils
 import mutmut.workers.isolation as isolation
-from mutation_session import SessionRunner, run_mutmut_with_session
+from mutation_session import KILLERS, SessionRunner, run_mutmut_with_session
+from mutmut.utils.format_utils import mangled_name_from_mutant_name, strip_prefix
 
 SOURCE_ROOTS = ("backends.",)  # second source root of pyproject's [tool.setuptools.packages.find]
 _get_mutant_name = format_utils.get_mutant_name
@@ -48,14 +52,32 @@ mutmut_main.get_mutant_name = get_mutant_name
 # in the `if` around it, is mutated as usual). Tests check the exception's type and the names the
 # message must carry (pytest.raises(match=...)); "XX" glued to a message, or its case changed,
 # is not wrong code, and such mutants were most of the survivors in checkpoint.py's checks.
+# An `assert` is left whole too: in this code each one narrows a type for mypy ("build the layer
+# first") where the public calls cannot get there unbuilt, and `python -O` drops it.
 _skip = file_mutation.MutationVisitor._skip_node_and_children
 
 
 def _skip_node_and_children(self, node):
-    return isinstance(node, cst.Raise) or _skip(self, node)
+    return isinstance(node, (cst.Raise, cst.Assert)) or _skip(self, node)
 
 
 file_mutation.MutationVisitor._skip_node_and_children = _skip_node_and_children
+
+# A string is mutated once, to "XX" + s + "XX", not also to its lower and upper case. A test that
+# tells a string from its case-changed copy tells it from the XX copy too (whatever compares the
+# letters sees two more), so the case mutants are killed together with their XX sibling, or are
+# equivalent: the names this code takes from users are looked up case-insensitively
+# (activations, losses, modes: FullyConnected's default activation="SIGMOID" is the same layer).
+_operator_string = mutators.operator_string
+
+
+def operator_string(node):
+    return itertools.islice(_operator_string(node), 1)  # its first mutant is the XX one
+
+
+for _index, (_kind, _operator) in enumerate(mutators.mutation_operators):
+    if _operator is _operator_string:
+        mutators.mutation_operators[_index] = (_kind, operator_string)
 
 # Some tests start `python -m anycnn ...` with PYTHONPATH set to their own checkout, which in
 # mutants/ is the mutated copy. While mutmut records which tests reach which function ("stats")
@@ -74,56 +96,83 @@ def set_mutant_under_test(name: str | None) -> None:
 mutmut_main.set_mutant_under_test = set_mutant_under_test
 isolation.set_mutant_under_test = set_mutant_under_test
 
-# When the statistics were collected in this run, every selected test has just passed on the
-# unmutated code (the trampolines call the originals then, and a failure stops the run), so
-# mutmut's second "clean" run of the same tests is skipped: it was a quarter of the campaign.
-_run_stats_collection = mutmut_main.run_stats_collection
-_stats_of_every_test_fresh = False
-
-
-def run_stats_collection(runner, tests=None):
-    global _stats_of_every_test_fresh
-    _run_stats_collection(runner, tests)
-    _stats_of_every_test_fresh = not tests
-
-
-def _run_clean_tests(run_clean_tests):
-    def wrapper(self, tests):
-        if _stats_of_every_test_fresh:
-            print("    (the statistics run just passed every selected test: clean run skipped)")
-            return 0
-        return run_clean_tests(self, tests)
-
-    return wrapper
-
-
-mutmut_main.run_stats_collection = run_stats_collection
-for _runner in (isolation.ForkRunner, isolation.ForkServerRunner, SessionRunner):
-    _runner.run_clean_tests = _run_clean_tests(_runner.run_clean_tests)
+# mutmut's second "clean" run of the selected tests on unmutated code, in a child, is replaced
+# by SessionRunner.run_clean_tests (.ci/mutation_session.py, Note [A warm parent]): the fastest
+# test of each mutated function, in the main process; every kill is checked on the original code
+# after the run (verify_kills). The clean run was a quarter of the campaign.
 
 # [tool.anycnn.mutation] in pyproject.toml: the campaign's budget.
 #   test_budget_s: each mutant runs the tests that reach its function, fastest first, while their
 #     recorded durations add up to at most this (the fastest one always). A mutant that only a
 #     slower test would kill counts as a survivor: the score is a lower bound of the suite's.
-#   sample: the fraction of mutants tested, chosen by a hash of the mutant's name (the same
-#     mutants every run, and a function's new mutants drawn alike); 1 tests every mutant.
+#   sample: the fraction of mutants tested, per file (Note [A stratified sample]); 1 tests every
+#     mutant.
 SETTINGS = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["anycnn"]["mutation"]
 TEST_BUDGET_S = float(SETTINGS.get("test_budget_s", math.inf))
-SAMPLE = float(SETTINGS.get("sample", 1.0))
+# MUTATION_SAMPLE overrides the sample for one run (tox passes it on).
+SAMPLE = float(os.environ.get("MUTATION_SAMPLE") or SETTINGS.get("sample", 1.0))
 
 
-def sampled(name: str) -> bool:
-    digest = hashlib.sha256(name.encode()).digest()
-    return int.from_bytes(digest[:8], "big") < SAMPLE * 2**64
+def _rank(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
 
 
-def _within_budget(tests: list[str]) -> list[str]:
+def stratified_sample(names: list[str], fraction: float) -> set[str]:
+    """Note [A stratified sample]: of each file's mutants (``names`` are one file's), the
+    ``round(fraction * n)`` (at least one) whose names hash lowest. Every file of the scope is
+    then in the sample in proportion to its size, the same mutants every run on the same code
+    (no seed: the hash of the name), and each file's mutants are drawn alike whatever they
+    are, so the sample's score estimates the file's and the whole campaign's without a weight;
+    the score prints its 95% interval."""
+    count = max(1, round(fraction * len(names)))
+    return set(sorted(names, key=_rank)[:count])
+
+
+# Note [Killers first]: the tests that killed earlier mutants of the same function are tried
+# first. A function's mutants are submitted one after another (mutmut sorts them by their
+# function's tests), and a test that told one of them from the original reads what the function
+# computes, so it is the likeliest to tell the next one too. The children write each kill to
+# KILLERS as it happens; the submitting thread reads what is new before each submission. A
+# killer costs the budget like any test (so a survivor still runs at most test_budget_s of
+# recorded time), but it is taken even where it is slower than the tests fastest-first would
+# have taken: the selection is sharper, not larger.
+_kills_by_function: dict[str, dict[str, int]] = {}
+_killers_read = [0]
+_KILLERS = Path(KILLERS).resolve()  # the mutants' children run in mutants/
+
+
+def _read_new_kills() -> None:
+    try:
+        with _KILLERS.open("rb") as lines:
+            lines.seek(_killers_read[0])
+            new = lines.read()
+    except FileNotFoundError:
+        return
+    end = new.rfind(b"\n") + 1  # a line still being written is read next time
+    _killers_read[0] += end
+    for line in new[:end].decode().splitlines():
+        mutant, killer = line.split("\t")[:2]
+        function = mangled_name_from_mutant_name(mutant)
+        counts = _kills_by_function.setdefault(function, {})
+        killer = strip_prefix(killer, prefix="mutants/")
+        counts[killer] = counts.get(killer, 0) + 1
+
+
+def _within_budget(mutant_name: str, tests: list[str]) -> list[str]:
+    """The tests a mutant runs, in order: the killers of its function's earlier mutants (most
+    kills first), then the rest fastest first, while their recorded durations add up to at most
+    test_budget_s (the first one always)."""
     durations = mutmut_main.state().duration_by_test
+    _read_new_kills()
+    kills = _kills_by_function.get(mangled_name_from_mutant_name(mutant_name), {})
+    order = sorted(tests, key=lambda name: (-kills.get(name, 0), durations[name], name))
     chosen, total = [], 0.0
-    for test in sorted(tests, key=lambda name: durations[name]):
-        total += durations[test]
-        if chosen and total > TEST_BUDGET_S:
+    for test in order:
+        if chosen and total + durations[test] > TEST_BUDGET_S:
+            if kills.get(test):
+                continue  # a slow killer does not take the place of the fast tests
             break
+        total += durations[test]
         chosen.append(test)
     return chosen
 
@@ -131,7 +180,7 @@ def _within_budget(tests: list[str]) -> list[str]:
 def _budgeted(submit):
     def wrapper(self, mutant_name, tests, cpu_time_limit, estimated_time):
         if tests:
-            tests = _within_budget(list(tests))
+            tests = _within_budget(mutant_name, list(tests))
             durations = mutmut_main.state().duration_by_test
             estimated_time = sum(durations[name] for name in tests)
             cfg = mutmut_main.config()
@@ -152,11 +201,68 @@ _collect = mutmut_main.collect_source_file_mutation_data
 def collect_source_file_mutation_data(*, mutant_names):
     mutants, by_path = _collect(mutant_names=mutant_names)
     if SAMPLE < 1:
-        mutants = [entry for entry in mutants if sampled(entry[1])]
+        by_file: dict[str, list[str]] = {}
+        for data, name, _ in mutants:
+            by_file.setdefault(str(data.path), []).append(name)
+        chosen = set()
+        for names in by_file.values():
+            chosen |= stratified_sample(names, SAMPLE)
+        mutants = [entry for entry in mutants if entry[1] in chosen]
     return mutants, by_path
 
 
 mutmut_main.collect_source_file_mutation_data = collect_source_file_mutation_data
+
+
+# mutmut's bookkeeping runs in its own thread, beside the main thread that forks the mutants'
+# children, and Python runs one thread at a time: per mutant it added up the totals of every file
+# (print_stats: the whole campaign's results, ten thousand of them, per mutant) and rewrote the
+# file's whole record of results (SourceFileMutationData.save). Here the totals are printed at
+# most once a second and a file's record is written at most every 5 s, and when the run ends.
+_print_stats = mutmut_main.print_stats
+_printed_at = 0.0
+
+
+def print_stats(source_file_mutation_data_by_path, force_output=False):
+    global _printed_at
+    now = time.monotonic()
+    if force_output or now - _printed_at >= 1.0:
+        _printed_at = now
+        _print_stats(source_file_mutation_data_by_path, force_output=force_output)
+
+
+mutmut_main.print_stats = print_stats
+_unsaved: dict = {}  # the records with results not yet written, by path
+_saved_at = [0.0]
+
+
+def _save_unsaved(force: bool = False) -> None:
+    if force or time.monotonic() - _saved_at[0] >= 5.0:
+        for data in list(_unsaved.values()):
+            data.save()
+        _unsaved.clear()
+        _saved_at[0] = time.monotonic()
+
+
+def _register_mutant_result(result, mutation_data_by_mutant_name):
+    data = mutation_data_by_mutant_name[result.mutant_name]
+    assert result.mutant_name in data.exit_code_by_key, result.mutant_name
+    data.exit_code_by_key[result.mutant_name] = result.exit_code
+    data.durations_by_key[result.mutant_name] = result.duration
+    _unsaved[str(data.path)] = data
+    _save_unsaved()
+
+
+mutmut_main._register_mutant_result = _register_mutant_result
+_shutdown = SessionRunner.shutdown
+
+
+def _shutdown_and_save(self) -> None:
+    _shutdown(self)
+    _save_unsaved(force=True)
+
+
+SessionRunner.shutdown = _shutdown_and_save
 
 
 # MUTATION_TESTS="tests/test_gradcheck.py -m 'not slow'" narrows the suite while working on one

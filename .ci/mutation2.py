@@ -6,13 +6,27 @@ function, and no trampolines: a mutant is the function's own code object swapped
 (``function.__code__``) inside a child forked from one warm pytest session, so the code under
 test is the project's tree itself.
 
-    python .ci/mutation2.py [--seed 2] [--sample 600] [--children 2] [--budget 10]
-                            [--out mutants/second.json]
+    python .ci/mutation2.py [--seed 2 [--seed N ...]] [--sample 600] [--children 2] [--budget 10]
+                            [--out mutants/second.json] [--rerun mutants/second.json]
 
 prints each survivor (its diff) and the totals per module, and exits 1 when a survivor is not
 listed in tests/MUTATION.md's second-campaign equivalents. Files and tests: pyproject.toml's
 [tool.mutmut] only_mutate and pytest_add_cli_args_test_selection (the same scope and suite as
-the first campaign; ANYCNN_TEST_BACKENDS=numpy,strict and one thread, as in tox -e mutation).
+the first campaign; ANYCNN_TEST_BACKENDS=numpy,strict and one thread, as in tox -e mutation),
+and its do_not_mutate_patterns (the performance-only arguments: no expression that starts on
+such a line is mutated, as in mutmut), and mutmut's markers: a line with ``# pragma: no mutate``,
+a function whose ``def`` line says ``# pragma: no mutate block``.
+
+A mutant's id is ``module:qualname:operator:k``: the k-th point of that operator in the
+function (k from 0), which moves only when the function itself changes, not when code above it
+does. The sample is the ``--sample`` mutants whose ids hash lowest with the seed (sha256 of
+``seed:id``): a mutant is drawn or not whatever the rest of the code is, so a seed's sample
+changes only where the code did.
+
+Development aids (a campaign's result uses neither): ``--rerun FILE`` tests again only the
+survivors and "no tests" of an earlier run's JSON (those still in the code), or the ids listed
+in a text file (one a line); MUTATION_TESTS
+narrows the suite, as for .ci/mutation.py.
 """
 
 from __future__ import annotations
@@ -22,11 +36,12 @@ import ast
 import copy
 import difflib
 import fnmatch
+import hashlib
 import importlib
 import json
 import math
 import os
-import random
+import re
 import select
 import signal
 import sys
@@ -83,9 +98,16 @@ class Mutator(ast.NodeTransformer):
     applies the point of that number. ``raise`` statements, docstrings, annotations, decorators
     and default values are left alone (as in the first campaign: messages are not pinned)."""
 
-    def __init__(self, target: int | None = None) -> None:
+    def __init__(self, target: int | None = None, skip_lines: frozenset[int] = frozenset()) -> None:
         self.target = target
+        self.skip_lines = skip_lines
         self.points: list[tuple[str, int, int]] = []
+
+    def visit(self, node):
+        # do_not_mutate_patterns: an expression that starts on such a line is left whole
+        if isinstance(node, ast.expr) and getattr(node, "lineno", None) in self.skip_lines:
+            return node
+        return super().visit(node)
 
     def _point(self, node, op, make):
         index = len(self.points)
@@ -148,6 +170,8 @@ class Mutator(ast.NodeTransformer):
 
     def visit_If(self, node):
         node = self.generic_visit(node)
+        if getattr(node.test, "lineno", None) in self.skip_lines:
+            return node
         for op, value in (("if-true", True), ("if-false", False)):
             new = self._point(node.test, op, lambda value=value: ast.Constant(value))
             if new is not None:
@@ -159,6 +183,8 @@ class Mutator(ast.NodeTransformer):
 
     def visit_While(self, node):
         node = self.generic_visit(node)
+        if getattr(node.test, "lineno", None) in self.skip_lines:
+            return node
         new = self._point(node.test, "if-false", lambda: ast.Constant(False))
         if new is not None:
             node.test = new
@@ -258,17 +284,22 @@ class Function:
     """A mutable function of the scope: a module-level function or a method of a module-level
     class, by its qualified name and the line of its first decorator (or `def`)."""
 
-    def __init__(self, module, path, qualname, node, tree):
+    def __init__(self, module, path, qualname, node, tree, skip_lines=frozenset()):
         self.module, self.path, self.qualname = module, path, qualname
-        self.node, self.tree = node, tree
+        self.node, self.tree, self.skip_lines = node, tree, skip_lines
         self.firstline = min([node.lineno] + [d.lineno for d in node.decorator_list])
         self.key = f"{module}:{qualname}:{self.firstline}"
-        self.points = _points(node)
+        self.points = _points(node, skip_lines)
+        seen: dict[str, int] = {}
+        self.ids = []
+        for op, _, _ in self.points:
+            self.ids.append(f"{module}:{qualname}:{op}:{seen.get(op, 0)}")
+            seen[op] = seen.get(op, 0) + 1
 
     def mutated_code(self, index: int) -> types.CodeType:
         tree = copy.deepcopy(self.tree)
         node = _find(tree, self.qualname, self.node.lineno)
-        mutator = Mutator(index)
+        mutator = Mutator(index, self.skip_lines)
         mutator.visit_FunctionDef(node)
         ast.fix_missing_locations(tree)
         return _code_of(compile(tree, str(self.path), "exec"), self.qualname, self.firstline)
@@ -285,13 +316,13 @@ class Function:
     def source(self, index: int | None) -> str:
         node = copy.deepcopy(self.node)
         if index is not None:
-            Mutator(index).visit_FunctionDef(node)
+            Mutator(index, self.skip_lines).visit_FunctionDef(node)
             ast.fix_missing_locations(node)
         return ast.unparse(node)
 
 
-def _points(node) -> list[tuple[str, int, int]]:
-    mutator = Mutator()
+def _points(node, skip_lines=frozenset()) -> list[tuple[str, int, int]]:
+    mutator = Mutator(skip_lines=skip_lines)
     mutator.visit_FunctionDef(copy.deepcopy(node))
     return mutator.points
 
@@ -367,7 +398,42 @@ def scope_files() -> list[tuple[str, Path]]:
 
 def selection_args() -> list[str]:
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
-    return settings["pytest_add_cli_args_test_selection"] + settings.get("pytest_add_cli_args", [])
+    selection = settings["pytest_add_cli_args_test_selection"]
+    if os.environ.get("MUTATION_TESTS"):  # a development aid, as in .ci/mutation.py
+        import shlex
+
+        selection = shlex.split(os.environ["MUTATION_TESTS"])
+    return selection + settings.get("pytest_add_cli_args", [])
+
+
+def skipped_lines(source: str) -> frozenset[int]:
+    """The lines (from 1) that [tool.mutmut] do_not_mutate_patterns match in ``source``, and
+    those marked with mutmut's ``# pragma: no mutate``."""
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    patterns = [re.compile(p) for p in settings.get("do_not_mutate_patterns", [])]
+    patterns.append(re.compile(r"# pragma: no mutate(?! block| start| end)"))
+    return frozenset(
+        number
+        for number, line in enumerate(source.splitlines(), 1)
+        if any(p.search(line) for p in patterns)
+    )
+
+
+def left_alone(node, source: str) -> bool:
+    """A function whose ``def`` line says ``# pragma: no mutate block`` (mutmut's marker of a
+    function it does not mutate: in this project, choices among paths that compute the same)."""
+    return "# pragma: no mutate block" in source.splitlines()[node.lineno - 1]
+
+
+def drawn(population: list[tuple[Function, int]], seed: int, count: int) -> list:
+    """The ``count`` mutants whose ids hash lowest with ``seed``: each mutant's place in the
+    draw depends on its id and the seed only (see the module's docstring)."""
+
+    def rank(pair):
+        function, index = pair
+        return hashlib.sha256(f"{seed}:{function.ids[index]}".encode()).digest()
+
+    return sorted(population, key=rank)[:count]
 
 
 def equivalents() -> set[str]:
@@ -415,9 +481,12 @@ class Campaign:
         functions, skipped = [], []
         for module_name, path in scope_files():
             module = importlib.import_module(module_name)
-            tree = ast.parse(path.read_text(encoding="utf-8"))
+            source = path.read_text(encoding="utf-8")
+            tree, skip = ast.parse(source), skipped_lines(source)
             for node, qualname in _functions(tree):
-                function = Function(module_name, path, qualname, node, tree)
+                if left_alone(node, source):
+                    continue
+                function = Function(module_name, path, qualname, node, tree, skip)
                 target = _resolve(module, qualname, function.firstline)
                 if target is None:
                     skipped.append((function.key, len(function.points)))
@@ -425,13 +494,30 @@ class Campaign:
                 function.target = target
                 functions.append(function)
         population = [(f, i) for f in functions for i in range(len(f.points))]
-        rng = random.Random(options.seed)
-        sample = rng.sample(population, min(options.sample, len(population)))
+        # several seeds (and a rerun) share one recording of the tests, the costly part; each
+        # is reported on its own
+        draws: dict = {}
+        union = {}
+        if options.rerun:
+            text = Path(options.rerun).read_text()
+            if options.rerun.endswith(".json"):
+                earlier = json.loads(text)["results"]
+                wanted = {e["id"] for e in earlier if e["status"] in ("survived", "no tests")}
+            else:  # one id a line
+                wanted = {line.split()[0] for line in text.splitlines() if line.strip()}
+            pairs = [(f, i) for f, i in population if f.ids[i] in wanted]
+            draws["rerun"] = {f.ids[i] for f, i in pairs}
+            union.update({f.ids[i]: (f, i) for f, i in pairs})
+        for seed in options.seeds or []:
+            pairs = drawn(population, seed, options.sample)
+            draws[seed] = {f.ids[i] for f, i in pairs}
+            union.update({f.ids[i]: (f, i) for f, i in pairs})
+        sample = list(union.values())
         sample.sort(key=lambda pair: (pair[0].key, pair[1]))
         print(
             f"\n{len(population)} mutants in {len(functions)} functions "
             f"({sum(n for _, n in skipped)} more in {len(skipped)} decorated functions left "
-            f"alone: {', '.join(key for key, _ in skipped)}); seed {options.seed}: "
+            f"alone: {', '.join(key for key, _ in skipped)}); seeds {', '.join(map(str, draws))}: "
             f"{len(sample)} drawn"
         )
         # 2. which tests reach each sampled function: its code swapped for one that records
@@ -497,8 +583,8 @@ class Campaign:
                     chosen.append(name)
                     total += durations[name]
                 entry = {
-                    "id": f"{function.module}:{function.qualname}:"
-                    + "{}:{}:{}".format(*function.points[index]),
+                    "id": function.ids[index],
+                    "line": function.points[index][1],
                     "module": function.module,
                     "function": function,
                     "index": index,
@@ -553,10 +639,17 @@ class Campaign:
                 entry["status"] = "error"
             results.append(entry)
         gc.unfreeze()
-        self.report(results, len(population), time.monotonic() - began, stats_s)
+        wall = time.monotonic() - began
+        self.unexplained = 0
+        for seed, ids in draws.items():
+            out = Path(options.out)
+            if len(draws) > 1:
+                out = out.with_name(f"{out.stem}-seed{seed}{out.suffix}")
+            mine = [e for e in results if e["id"] in ids]
+            self.report(mine, seed, out, len(population), wall, stats_s)
         return True
 
-    def report(self, results, population, wall, stats_s):
+    def report(self, results, seed, out, population, wall, stats_s):
         listed = equivalents()
         rows: dict[str, dict[str, int]] = {}
         unexplained = []
@@ -572,9 +665,9 @@ class Campaign:
                 before = function.source(None).splitlines()
                 after = function.source(entry["index"]).splitlines()
                 diff = difflib.unified_diff(before, after, lineterm="", n=1)
-                print(f"\n{status}: {entry['id']} ({entry['tests']} tests)")
+                print(f"\n{status}: {entry['id']} (line {entry['line']}, {entry['tests']} tests)")
                 print("\n".join(list(diff)[2:]))
-        print(f"\nsecond campaign: seed {self.options.seed}, {len(results)} of {population}")
+        print(f"\nsecond campaign: seed {seed}, {len(results)} of {population}")
         header = ["killed", "timeout", "crashed", "survived", "no tests", "equivalent", "error"]
         print(f"{'module':40s} " + " ".join(f"{h:>10s}" for h in header) + "      score")
         totals: dict[str, int] = {}
@@ -586,12 +679,12 @@ class Campaign:
             f"{'total':40s} " + " ".join(f"{totals.get(h, 0):10d}" for h in header) + _score(totals)
         )
         print(f"wall {wall:.0f} s (of which {stats_s:.0f} s recording the tests of each function)")
-        out = ROOT / self.options.out
+        out = ROOT / out
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(
             json.dumps(
                 {
-                    "seed": self.options.seed,
+                    "seed": seed,
                     "population": population,
                     "wall_s": round(wall),
                     "totals": totals,
@@ -604,7 +697,7 @@ class Campaign:
                 indent=1,
             )
         )
-        self.unexplained = len(unexplained)
+        self.unexplained += len(unexplained)
 
 
 def _score(row) -> str:
@@ -615,12 +708,19 @@ def _score(row) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument(
+        "--seed", type=int, action="append", dest="seeds", help="2 unless given; repeatable"
+    )
     parser.add_argument("--sample", type=int, default=600)
     parser.add_argument("--children", type=int, default=2)
     parser.add_argument("--budget", type=float, default=10.0)
     parser.add_argument("--out", default="mutants/second.json")
+    parser.add_argument(
+        "--rerun", help="test only the survivors of this earlier run's JSON, or these ids (a file)"
+    )
     options = parser.parse_args()
+    if not options.seeds and not options.rerun:
+        options.seeds = [2]
     campaign = Campaign(options)
     args = ["-q", "--capture=sys", "-p", "no:randomly", *selection_args()]
     pytest.main(args, plugins=[campaign])

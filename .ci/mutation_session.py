@@ -24,7 +24,9 @@ reports every one that fails.
 
 from __future__ import annotations
 
+import fcntl
 import gc
+import json
 import os
 import queue
 import resource
@@ -47,6 +49,24 @@ from mutmut.workers.timeout import register_timeout
 
 INTERNAL_ERROR = 35  # mutmut's "suspicious": a failure of this machinery, never counted as a kill
 KILLERS = Path("mutants/mutmut-killers.txt")  # "mutant<TAB>test<TAB>tests run before it, ;-joined"
+STATS_QUEUE = Path("mutants/mutmut-stats-queue")  # the next test file's index, shared by the shards
+STATS_SHARD = "mutants/mutmut-stats-shard-{}.json"  # a forked shard's statistics, for the main one
+
+
+def _take(path: Path) -> int:
+    """The next number of a counter kept in ``path`` (0 first), under an exclusive lock: the
+    shards of the statistics run take the test files one at a time from one list."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        taken = int(os.read(fd, 32) or b"0")
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(taken + 1).encode())
+        return taken
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class _Upto:
@@ -88,6 +108,8 @@ class Server:
         self.items: dict = {}
         self.failed_at: str | None = None
         self._start_reply: queue.Queue | None = None
+        self.shards = 1  # processes of the statistics run (Note [Statistics in shards])
+        self.ran: set[str] = set()  # the tests this process has run (the mutants' children's state)
 
     # -- asked from mutmut's thread -------------------------------------------------------------
     def call(self, fn, *args):
@@ -184,22 +206,129 @@ class Server:
                 break
         if keep_session:
             self.session._setupstate.teardown_exact(_Upto(self._common))
+            self.ran.update(strip_prefix(item.nodeid, prefix="mutants/") for item in items)
         return self.failed_at
 
+    def warm(self, tests: list[str] | None) -> int:
+        """Note [A warm parent]: run here, in the process the mutants' children are forked from,
+        the fastest test of each mutated function that ``tests`` reach (all, if None) and that
+        this process has not run yet, so that every child starts with what the function's tests
+        need already imported, set up and compiled (Numba compiles a kernel at its first call;
+        a child that does it loses seconds per mutant, and timed out). After statistics loaded
+        from an earlier run, this process has run nothing; after a run in shards, only its own
+        share. Returns 1 if one of them fails on the original code (mutmut's "clean run" stops
+        the campaign then), 0 otherwise."""
+        selected = None if not tests else set(tests)
+        durations = state().duration_by_test
+        warm = set()
+        for reaching in state().tests_by_mangled_function_name.values():
+            candidates = [t for t in reaching if t in self.items]
+            if selected is not None:
+                candidates = [t for t in candidates if t in selected]
+            if candidates and not self.ran.intersection(candidates):
+                warm.add(min(candidates, key=lambda t: (durations.get(t, 0.0), t)))
+        items = [item for name, item in self.items.items() if name in warm]  # collection order
+        print(f"    warming the main process: {len(items)} tests", file=sys.__stderr__)
+        os.chdir(self.mutants_dir)
+        try:
+            failed = self._run(items, keep_session=True) if items else None
+        finally:
+            os.chdir(self.root)
+        if failed:
+            print(f"fails on the original code: {failed}", file=sys.__stderr__)
+        return 1 if failed else 0
+
     def run_stats(self, tests: list[str]) -> int:
+        """mutmut's statistics run: every selected test once, on the original code, recording
+        which mutated functions each reaches and how long it takes (``_Stats``).
+
+        Note [Statistics in shards]: the run is one process's work, and it was the longest step
+        of a campaign (about 22 min on the loaded machine). It is cut by test file, the way
+        pytest-xdist's ``--dist loadfile`` cuts a suite: ``self.shards`` processes (mutmut's
+        ``--max-children``: the main one and forks of it made after collection) take the files
+        one at a time from one list, the files with most tests first, so that the shards end
+        together; a forked shard hands its records to the main one in a JSON file. The main
+        process keeps the session fixtures it set up, as before; what only a forked shard
+        compiled with Numba is in Numba's file cache (``cache=True``) for the mutants' children.
+        A test that fails stops its shard, and the run fails, as before."""
         items = [self.items[t] for t in tests] if tests else list(self.session.items)
+        by_file: dict[str, list] = {}
+        for item in items:
+            by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+        groups = sorted(by_file.values(), key=len, reverse=True)
+        shards = max(1, min(self.shards, len(groups)))
         stats = _Stats()
         manager = self.session.config.pluginmanager
         manager.register(stats)
         os.chdir(self.mutants_dir)
+        queue_path = self.root / STATS_QUEUE
+        queue_path.unlink(missing_ok=True)
+        children = {}
         try:
-            failed = self._run(items, keep_session=True)
+            for shard in range(1, shards):
+                pid = os.fork()
+                if pid == 0:
+                    self._stats_shard(shard, groups, queue_path)  # never returns
+                children[pid] = shard
+            failed = self._run_taken(groups, queue_path)
         finally:
             os.chdir(self.root)
             manager.unregister(stats)
+        for pid, shard in children.items():
+            _, status = os.waitpid(pid, 0)
+            path = self.root / STATS_SHARD.format(shard)
+            if os.waitstatus_to_exitcode(status) != 0 or not path.exists():
+                failed = failed or f"(statistics shard {shard} ended with status {status})"
+                continue
+            record = json.loads(path.read_text())
+            path.unlink()
+            state().duration_by_test.update(record["duration_by_test"])
+            for name, found in record["tests_by_mangled_function_name"].items():
+                state().tests_by_mangled_function_name[name].update(found)
+            for name, callers in record["function_dependencies"].items():
+                state().function_dependencies[name].update(callers)
+            failed = failed or record["failed"]
         if failed:
             print(f"failed in the statistics run: {failed}", file=sys.__stderr__)
         return 1 if failed else 0
+
+    def _run_taken(self, groups: list[list], queue_path: Path) -> str | None:
+        """Run the groups of tests this process takes from the shared counter, until none is left
+        or a test fails (its node id is returned)."""
+        while (index := _take(queue_path)) < len(groups):
+            failed = self._run(groups[index], keep_session=True)
+            if failed:
+                return failed
+        return None
+
+    def _stats_shard(self, shard: int, groups: list[list], queue_path: Path) -> None:
+        """A forked shard of the statistics run: run the groups it takes, write its records
+        (STATS_SHARD) and exit."""
+        code = INTERNAL_ERROR
+        try:
+            state().duration_by_test.clear()
+            state().tests_by_mangled_function_name.clear()
+            state().function_dependencies.clear()
+            failed = self._run_taken(groups, queue_path)
+            record = {
+                "failed": failed,
+                "duration_by_test": state().duration_by_test,
+                "tests_by_mangled_function_name": {
+                    name: sorted(found)
+                    for name, found in state().tests_by_mangled_function_name.items()
+                },
+                "function_dependencies": {
+                    name: sorted(callers) for name, callers in state().function_dependencies.items()
+                },
+            }
+            path = self.root / STATS_SHARD.format(shard)
+            path.with_suffix(".tmp").write_text(json.dumps(record))
+            path.with_suffix(".tmp").rename(path)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
 
     def fork(
         self,
@@ -262,13 +391,15 @@ class SessionRunner(ForkRunner):
     def __init__(self, server: Server, max_workers: int) -> None:
         super().__init__(max_workers=max_workers, test_runner=None, debug=config().debug)
         self.server = server
+        server.shards = max_workers
         server.start()
 
     def submit(self, mutant_name, tests, cpu_time_limit, estimated_time) -> None:
         if not tests:
             self._no_tests_results.append(MutantResult(mutant_name, 33, 0.0))
             return
-        pid = self.server.call(self.server.fork, mutant_name, list(tests), cpu_time_limit)
+        # in the order given: .ci/mutation.py chose it (Note [Killers first])
+        pid = self.server.call(self.server.fork, mutant_name, list(tests), cpu_time_limit, True)
         cfg = config()
         wall_time_limit = (estimated_time + cfg.timeout_constant) * cfg.timeout_multiplier
         register_timeout(pid=pid, timeout_s=wall_time_limit)
@@ -286,7 +417,9 @@ class SessionRunner(ForkRunner):
         return self.server.call(self.server.run_stats, list(tests or []))
 
     def run_clean_tests(self, tests) -> int:
-        return self.server.call(self.server.fork_and_wait, "", list(tests) or None)
+        # Note [A warm parent]; the kills are checked on the original code after the run
+        # (verify_kills), so mutmut's whole clean run in a child is not needed before it.
+        return self.server.call(self.server.warm, list(tests) or None)
 
     def run_forced_fail(self) -> int:
         return self.server.call(self.server.fork_and_wait, "fail", None)

@@ -90,6 +90,41 @@ def test_need_input_grad_both_ways(backend, rng, kind):
         np.testing.assert_allclose(without_dx[name], with_dx[name], rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_need_input_grad_default_and_curvature_both_ways(backend, rng, kind):
+    """``need_input_grad`` defaults to True in ``backward`` and ``curvature``; ``curvature``
+    without it returns None for the input and the same parameter curvatures (SDLM's pass asks
+    no input curvature of the first layer)."""
+    shape = INPUTS.get(kind, (2, 8, 6))
+    layer = _built(backend, LAYERS[kind], shape)
+    x = backend.asarray(rng.standard_normal((3, *shape)), dtype="float64")
+    y = layer.forward(x)
+    dy = backend.asarray(rng.standard_normal(tuple(y.shape)), dtype="float64")
+    asked = np.asarray(backend.to_host(layer.backward(dy, need_input_grad=True)))
+    layer.forward(x)
+    by_default = layer.backward(dy)
+    assert by_default is not None
+    np.testing.assert_array_equal(np.asarray(backend.to_host(by_default)), asked)
+
+    d2y = backend.asarray(rng.uniform(0.1, 1.0, tuple(y.shape)), dtype="float64")
+    layer.forward(x)
+    d2x_asked, h_asked = layer.curvature(d2y, need_input_grad=True)
+    layer.forward(x)
+    d2x_default, h_default = layer.curvature(d2y)
+    layer.forward(x)
+    d2x_none, h_none = layer.curvature(d2y, need_input_grad=False)
+    assert d2x_asked is not None and tuple(d2x_asked.shape) == (3, *shape)
+    assert d2x_none is None and d2x_default is not None
+    asked_host = np.asarray(backend.to_host(d2x_asked))
+    assert np.all(asked_host >= 0)  # a Gauss-Newton curvature: sums of squares
+    np.testing.assert_array_equal(np.asarray(backend.to_host(d2x_default)), asked_host)
+    assert sorted(h_asked) == sorted(h_default) == sorted(h_none)
+    for role, value in h_asked.items():
+        np.testing.assert_array_equal(
+            np.asarray(backend.to_host(h_none[role])), np.asarray(backend.to_host(value))
+        )
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean", "decimate"])
 @pytest.mark.parametrize("trainable", [True, False])
 def test_subsampling_defer_up_both_ways(backend, rng, mode, trainable):
@@ -232,3 +267,19 @@ def test_set_parameter_check_both_ways(backend):
     assert net.layers[2].params["bias"] is value
     with pytest.raises(KeyError, match=f"{fc}.nope"):
         net.set_parameter(f"{fc}.nope", value, check=False)
+
+
+def test_every_layer_asks_the_input_gradient_by_default():
+    """The contract's default, in the base class and every layer (``need_input_grad=True`` in
+    ``backward`` and ``curvature``), read from the signatures like the ops' parity test."""
+    import inspect
+
+    from anycnn.layers import LAYER_TYPES
+    from anycnn.layers.base import Layer
+
+    classes = {Layer, *LAYER_TYPES.values()}
+    assert {Convolution, Subsampling, FullyConnected, Flatten, LearnedCombination} <= classes
+    for cls in classes:
+        for method in ("backward", "curvature"):
+            parameter = inspect.signature(getattr(cls, method)).parameters["need_input_grad"]
+            assert parameter.default is True, (cls.__name__, method)

@@ -92,7 +92,7 @@ def to_selection(
     if array_api_compat.is_array_api_obj(alphas) and not isinstance(alphas, np.ndarray):
         from anycnn.backend import backend_of  # any backend's array: a host copy
 
-        alphas = backend_of(alphas, op=where).to_host(alphas)
+        alphas = backend_of(alphas).to_host(alphas)  # one array: it cannot raise
     table = np.asarray(alphas, dtype=np.float64)
     if table.ndim != 2:
         raise ValueError(f"{where}: alphas must be a (C_out, C_in) table, got shape {table.shape}")
@@ -113,7 +113,7 @@ def to_selection(
             or not (1 <= top_k <= c_in)
         ):
             raise ValueError(f"{where}: top_k must be an int in [1, {c_in}], got {top_k!r}")
-        order = np.argsort(-table, axis=1, kind="stable")[:, :top_k]
+        order = np.argsort(-table, kind="stable")[:, :top_k]  # along each row
         keep = np.zeros(table.shape, dtype=bool)
         np.put_along_axis(keep, order, True, axis=1)
     if threshold is not None:
@@ -282,10 +282,8 @@ class LearnedCombination(Layer):
         """``K[j, i] = alpha_ij k_ij`` (``k_i`` per input): the layer as a 3.1 convolution."""
         xp = array_api_compat.array_namespace(self.params["kernel"])
         alpha = self.alpha() if alpha is None else alpha
-        kernel = self.params["kernel"]
-        if self.kernels == "per_input":
-            kernel = xp.reshape(kernel, (1, *kernel.shape))
-        return xp.reshape(alpha, (*alpha.shape, *self._ones)) * kernel
+        # per input, the kernels (C_in, *k) broadcast over the output maps like (1, C_in, *k)
+        return xp.reshape(alpha, (*alpha.shape, *self._ones)) * self.params["kernel"]
 
     def selection(self, *, threshold: float | None = None, top_k: int | None = None) -> np.ndarray:
         """:func:`to_selection` of this layer's current ``alpha``: a ``(C_out, C_in)`` table."""
@@ -351,7 +349,7 @@ class LearnedCombination(Layer):
         # eq. (10): softmax Jacobian (eq. 8) applied per output map, i.e. along axis 1.
         mean = xp.sum(grad_alpha * alpha, axis=1, keepdims=True)
         grad_c = alpha * (grad_alpha - mean)
-        if self.lam > 0:
+        if self.lam:  # >= 0 (the constructor's check); 0: no penalty
             grad_c = grad_c + self._penalty_grad(alpha)  # 3.3.1: dE~/dc = dE/dc + dOmega/dc
         self.grads["c"] = grad_c
         self.grads["bias"] = xp.sum(delta, axis=(0, *axes))

@@ -35,7 +35,7 @@ def lenet5_table() -> np.ndarray:
     >>> table.shape, table.sum(axis=1).tolist()          # C3's maps take 3, 4 or 6 S2 maps
     ((16, 6), [3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 6])
     """
-    return np.array([[c == "X" for c in row] for row in _LENET5_C3], dtype=bool).T.copy()
+    return np.array([[c == "X" for c in row] for row in _LENET5_C3]).T.copy()  # bools
 
 
 def selection_table(

@@ -172,7 +172,7 @@ class Subsampling(Layer):
 
     def _unfit(self, dx: Array) -> Array:
         """The adjoint of the forward pass's crop or zero padding: back to the input's size."""
-        return dx if self._fit is None else fit_maps(dx, *self._in_hw)
+        return fit_maps(dx, *self._in_hw)  # dx itself when nothing was cut or padded
 
     def forward(self, x: Array) -> Array:
         d = self._down(x)

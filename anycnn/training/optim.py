@@ -512,7 +512,8 @@ class Optimizer:
                 continue
             slot, name = key.split("/", 1)
             self._state[slot][name] = backend.asarray(
-                np.array(value, copy=True), dtype=self.network.dtype_name
+                np.array(value),
+                dtype=self.network.dtype_name,  # np.array copies
             )
         self._restored()
 

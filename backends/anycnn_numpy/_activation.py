@@ -67,9 +67,10 @@ def activate(u, activation):
 
 def _slope_times(dy, y, activation):
     """``f'(u) o dy`` with one new array, the bits of ``activation.sensitivity``: the table's
-    slope in place, then times ``dy``; ``dy`` itself for the identity."""
+    slope in place, then times ``dy``; ``dy`` itself for the identity. (On 0-d arrays NumPy's
+    operations give scalars, which cannot take ``out=``: the activation's own method.)"""
     parsed = parse(activation)
-    if parsed is None or not (_writable_float(dy) and _writable_float(y)):
+    if parsed is None or y.ndim == 0 or not (_writable_float(dy) and _writable_float(y)):
         return activation.sensitivity(dy, y, np)
     _, kind, p0, p1 = parsed
     if not kind.slope:
@@ -149,7 +150,7 @@ def sensitivity(dy, y, activation):
     t = y.dtype.type
     name, p0, p1, scaled = formula
     code, p0, p1 = _jit.direct_sensitivities[name], t(p0), t(p1)
-    n = y.shape[0]
+    n = len(y)  # rows of the pool's slices (the kernel is elementwise: any rows would do)
     flat_dy, flat_y = dy.reshape(n, -1), y.reshape(n, -1)
     out = np.empty_like(y)
     flat = out.reshape(n, -1)

@@ -56,7 +56,7 @@ def _path(op, direct, dtype, n, c, o, h, w, kh, kw, ph=0, pw=0) -> str:
     return _plan.choose(op, n, c, o, h, w, kh, kw, ph, pw, _AVAILABLE[direct, fft])
 
 
-def _map_halves(n: int, maps: int, macs: int) -> list[tuple[int, int]] | None:
+def _map_halves(n: int, maps: int, macs: int) -> list | None:  # pragma: no mutate block
     """The two ranges of output maps one example's direct convolution is cut into, or None.
 
     Note [One example on two cores]
@@ -143,7 +143,8 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
     out = np.empty((n, o, oh, ow), dtype=dtype)
     flipped = np.ascontiguousarray(masked(kernel, selection)[:, :, ::-1, ::-1])  # a correlation
     bias = _zeros(o, dtype) if shift is None else np.ascontiguousarray(shift)
-    active, chunk = _active(selection, o, c), _jit.direct_chunk(oh, w + pw, dtype.itemsize)
+    active = _active(selection, o, c)
+    chunk = _jit.direct_chunk(oh, w + pw, dtype.itemsize)
     act = compiled or no_activation(dtype)
     if compiled is not None:
         epilogue = None
@@ -153,8 +154,8 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
         if epilogue is not None:
             epilogue(out[start:stop])
 
-    halves = _map_halves(n, o, o * c * kh * kw * oh * ow)
-    if halves is not None:  # Note [One example on two cores]
+    # Note [One example on two cores]
+    if (halves := _map_halves(n, o, o * c * kh * kw * oh * ow)) is not None:
 
         def work_maps(index, j0, j1):
             _jit.correlate_into(
@@ -165,6 +166,13 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
         _threads._pool.run(work_maps, halves)
         if epilogue is not None:
             epilogue(out)
+        return out
+    bounds = _threads.direct_bounds(n, o * c * kh * kw * oh * ow)
+    driver = _jit.correlate_into_sliced
+    if len(bounds) > 2 and epilogue is None and driver is not None:
+        # Note [Slices taken in compiled code] in _direct
+        args = (x, ph, pw, flipped, bias, active, act, out, chunk)
+        _threads.run_compiled(driver, args, bounds)
         return out
     run_direct(work_direct, n, o * c * kh * kw * oh * ow)
     return out
@@ -235,7 +243,8 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
     codes = _jit.direct_sensitivities
     t = dtype.type
     sens = (codes[name], t(p0), t(p1), scaled)
-    active, chunk = _active(selection, o, c), _jit.direct_chunk(dh, w, dtype.itemsize)
+    active = _active(selection, o, c)
+    chunk = _jit.direct_chunk(dh, w, dtype.itemsize)
     delta = np.empty(y.shape, dtype) if need_delta else np.empty((0, 0, 0, 0), dtype)
     partial, bias = {}, {}
 
@@ -244,8 +253,8 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
             x, dy, y, sens, up, active, start, stop, chunk, delta
         )
 
-    halves = _map_halves(n, o, o * c * kh * kw * dh * dw)
-    if halves is not None:  # Note [One example on two cores] (each half its maps' sums)
+    # Note [One example on two cores] (each half its maps' sums)
+    if (halves := _map_halves(n, o, o * c * kh * kw * dh * dw)) is not None:
 
         def work_maps(index, j0, j1):
             part = delta[:, j0:j1] if need_delta else delta
@@ -257,7 +266,19 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
         partial = {0: np.concatenate([partial[0], partial[1]])}
         bias = {0: np.concatenate([bias[0], bias[1]])}
     else:
-        run_direct(work, n, o * c * kh * kw * dh * dw)
+        bounds = _threads.direct_bounds(n, o * c * kh * kw * dh * dw)
+        driver = _jit.correlate_grad_sliced
+        if len(bounds) > 2 and driver is not None:
+            # Note [Slices taken in compiled code] in _direct: slice i's sums in row i
+            count = len(bounds) - 1
+            grads = np.empty((count, o, c, kh, kw), dtype)
+            biases = np.empty((count, o), np.float64)
+            args = (x, dy, y, sens, up, active, chunk, delta, grads, biases)
+            _threads.run_compiled(driver, args, bounds)
+            partial = {i: grads[i] for i in range(count)}
+            bias = {i: biases[i] for i in range(count)}
+        else:
+            run_direct(work, n, o * c * kh * kw * dh * dw)
     grad = sum_in_order(partial)[:, :, ::-1, ::-1]  # correlation -> conv2 orientation
     if selection is not None:
         grad = grad * selection[:, :, None, None]
@@ -314,8 +335,8 @@ def conv_full(delta, kernel, selection=None, padding=(0, 0)):
             chunk,
         )
 
-    halves = _map_halves(n, c, o * c * kh * kw * h * w)
-    if halves is not None:  # Note [One example on two cores]
+    # Note [One example on two cores]
+    if (halves := _map_halves(n, c, o * c * kh * kw * h * w)) is not None:
 
         def work_maps(index, i0, i1):
             _jit.correlate_into(
@@ -324,6 +345,12 @@ def conv_full(delta, kernel, selection=None, padding=(0, 0)):
             )  # fmt: skip
 
         _threads._pool.run(work_maps, halves)
+        return out
+    bounds = _threads.direct_bounds(n, o * c * kh * kw * h * w)
+    driver = _jit.correlate_into_sliced
+    if len(bounds) > 2 and driver is not None:  # Note [Slices taken in compiled code] in _direct
+        args = (delta, kh - 1 - ph, kw - 1 - pw, weights, _zeros(c, dtype), active, identity, out)
+        _threads.run_compiled(driver, (*args, chunk), bounds)
         return out
     run_direct(work_direct, n, o * c * kh * kw * h * w)
     return out

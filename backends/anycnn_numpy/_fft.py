@@ -46,12 +46,9 @@ import functools
 
 import numpy as np
 
+from anycnn_numpy import _fft_budget as budget
 from anycnn_numpy import _jit, _threads
 from anycnn_numpy._threads import run_direct, sum_in_order
-
-#: About how many bytes of spectra and inverse transforms one group of output maps holds (per
-#: thread): see Note [Convolutions by the FFT].
-GROUP_BYTES = 8 << 20
 
 _COMPLEX = {
     np.dtype(np.float32): np.dtype(np.complex64),
@@ -79,8 +76,9 @@ def fast_length(n: int) -> int:
     return best
 
 
-def sizes_valid(h: int, w: int, kh: int, kw: int, padding=(0, 0)) -> tuple[int, int]:
-    """The transform size of a forward convolution of h x w maps padded by ``padding``."""
+def sizes_valid(h: int, w: int, padding=(0, 0)) -> tuple[int, int]:
+    """The transform size of a forward convolution of h x w maps padded by ``padding`` (the
+    kernel's size does not enter: Note [Convolutions by the FFT])."""
     ph, pw = padding
     return fast_length(h + ph), fast_length(w + pw)
 
@@ -94,28 +92,6 @@ def sizes_full(h: int, w: int, kh: int, kw: int, padding=(0, 0)) -> tuple[int, i
 def sizes_grad(h: int, w: int) -> tuple[int, int]:
     """The transform size of eq. (7) on h x w (padded) input maps."""
     return fast_length(h), fast_length(w)
-
-
-def _group(maps: int, per_map: int) -> int:
-    """How many maps of ``per_map`` bytes a group takes (at least one)."""
-    return max(1, min(maps, GROUP_BYTES // max(per_map, 1)))
-
-
-def grad_group(o: int, c: int, p: int, q: int) -> int:
-    """Output maps per group of eq. (7) by the FFT: their (group, C_in) sums of spectra and the
-    inverse transforms of one of them take about GROUP_BYTES."""
-    return _group(o, c * (p * (q // 2 + 1) * 8 + p * q * 4))
-
-
-def grad_slices(n: int) -> int:
-    """Batch slices of eq. (7) by the FFT: as many as the pool runs side by side on two cores,
-    a function of the batch only (their sums are added in order: the same bits on any number
-    of threads)."""
-    return min(n, _threads._PARALLEL_SLICES)
-
-
-def _chunk(n: int, per_example: int) -> int:
-    return max(1, min(n, GROUP_BYTES // max(per_example, 1)))
 
 
 def _pairs(z: np.ndarray) -> np.ndarray:
@@ -163,19 +139,41 @@ def available() -> bool:
 
 
 def _forward(a: np.ndarray, p: int, q: int) -> np.ndarray:
-    """The (P, Q) real spectra of a's last two axes (zero-padded): the rows there are along the
-    last axis, then the columns, so the zero rows of the padding cost one column transform."""
+    """The (P, Q) real spectra of the last two axes of the 4-d ``a`` (zero-padded): the rows
+    there are along the last axis (scipy's default), then the columns (axis 2), so the zero rows
+    of the padding cost one column transform."""
     fft = _library()
-    rows = fft.rfft(a, n=q, axis=-1, workers=1)
-    return fft.fft(rows, n=p, axis=-2, workers=1, overwrite_x=True)
+    # one worker (the pool's threads run the slices) and overwriting a temporary: how fast, not
+    # what (each keyword on a line of its own: pyproject's do_not_mutate_patterns)
+    rows = fft.rfft(
+        a,
+        n=q,
+        workers=1,
+    )
+    return fft.fft(
+        rows,
+        n=p,
+        axis=2,
+        workers=1,
+        overwrite_x=True,
+    )
 
 
-def _inverse(z: np.ndarray, p: int, q: int, r0: int, r1: int) -> np.ndarray:
-    """Rows ``r0:r1`` of the (P, Q) real maps whose spectra are ``z``: the columns transformed
-    back, then only the rows wanted."""
+def _inverse(z: np.ndarray, q: int, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of the (P, Q) real maps whose 4-d spectra are ``z``: the columns (axis 2,
+    P long) transformed back, then only the rows wanted (Q real columns)."""
     fft = _library()
-    columns = fft.ifft(z, n=p, axis=-2, workers=1)
-    return fft.irfft(columns[..., r0:r1, :], n=q, axis=-1, workers=1, overwrite_x=True)
+    columns = fft.ifft(
+        z,
+        axis=2,
+        workers=1,
+    )
+    return fft.irfft(
+        columns[..., r0:r1, :],
+        n=q,
+        workers=1,
+        overwrite_x=True,
+    )
 
 
 def _input_spectra(a, e0: int, e1: int, p: int, q: int, kept) -> np.ndarray:
@@ -189,31 +187,10 @@ def _input_spectra(a, e0: int, e1: int, p: int, q: int, kept) -> np.ndarray:
     return spectra
 
 
-def _spectra(kernel: np.ndarray, p: int, q: int, flip: bool) -> np.ndarray:
+def _spectra(kernel: np.ndarray, p: int, q: int, flip: bool = False) -> np.ndarray:
     """The kernels' spectra (O, C, F), of rot180(k) when ``flip``."""
     k = kernel[:, :, ::-1, ::-1] if flip else kernel
     return np.ascontiguousarray(_forward(k, p, q))
-
-
-def valid_group(o: int, c: int, p: int, q: int) -> int:
-    """Output maps per group of a forward convolution (or input maps of a 'full' one, ``o`` and
-    ``c`` swapped): their kernels' spectra, and per example their spectra and inverse
-    transforms, take about GROUP_BYTES."""
-    f = p * (q // 2 + 1)
-    return _group(o, c * f * 8 + f * 8 + p * q * 4)
-
-
-def keeps_spectra(rows: int, c: int, p: int, q: int) -> bool:
-    """Whether the input spectra of ``rows`` examples of ``c`` maps are kept for every group
-    (they take at most GROUP_BYTES) rather than transformed again for each."""
-    return rows * c * p * (q // 2 + 1) * 8 <= GROUP_BYTES
-
-
-def input_transforms(n: int, c: int, groups: int, slices: int, p: int, q: int) -> int:
-    """How many input maps the FFT path transforms: once each when their spectra are kept
-    (:func:`keeps_spectra`, per slice of ``n / slices`` examples), else once per group."""
-    rows = -(-n // slices)
-    return n * c * (1 if keeps_spectra(rows, c, p, q) else groups)
 
 
 def _by_groups(maps: int, group: int):
@@ -228,16 +205,17 @@ def conv_valid(x, kernel, active, epilogue=None, padding=(0, 0)):
     n, c, h, w = x.shape
     o, _, kh, kw = kernel.shape
     oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    p, q = sizes_valid(h, w, kh, kw, padding)
-    f = p * (q // 2 + 1)
+    p, q = sizes_valid(h, w, padding)
     cdtype = _COMPLEX[x.dtype]
     out = np.empty((n, o, oh, ow), dtype=x.dtype)
     r0, c0 = kh - 1 - ph, kw - 1 - pw
-    group = valid_group(o, c, p, q)
-    chunk = _chunk(n, (c + group) * f * cdtype.itemsize + group * p * q * x.itemsize)
-    kept: dict[tuple[int, int], np.ndarray] | None = {} if keeps_spectra(n, c, p, q) else None
+    group = budget.valid_group(o, c, p, q)
+    chunk = budget.valid_chunk(n, c, group, p, q, x.itemsize)
+    kept: dict[tuple[int, int], np.ndarray] | None = None
+    if budget.keeps_spectra(n, c, p, q):
+        kept = {}
     for j0, j1 in _by_groups(o, group):
-        spectra = _spectra(kernel[j0:j1], p, q, flip=False)
+        spectra = _spectra(kernel[j0:j1], p, q)
 
         def work(index, start, stop, j0=j0, j1=j1, spectra=spectra):
             for e0 in range(start, stop, chunk):
@@ -245,12 +223,16 @@ def conv_valid(x, kernel, active, epilogue=None, padding=(0, 0)):
                 xs = _input_spectra(x, e0, e1, p, q, kept)
                 u = np.empty((e1 - e0, j1 - j0, p, q // 2 + 1), cdtype)
                 _mac(xs, spectra, active[j0:j1], u)
-                back = _inverse(u, p, q, r0, r0 + oh)
+                back = _inverse(u, q, r0, r0 + oh)
                 out[e0:e1, j0:j1] = back[:, :, :, c0 : c0 + ow]
 
-        run_direct(work, n, (c + group) * f * 8 + group * c * f)  # one slicing for all groups
+        run_direct(work, n, budget.valid_macs(c, group, p, q))  # one slicing for all groups
     if epilogue is not None:
-        run_direct(lambda index, start, stop: epilogue(out[start:stop]), n, o * oh * ow)
+
+        def finish(index, start, stop):
+            epilogue(out[start:stop])
+
+        run_direct(finish, n, o * oh * ow)
     return out
 
 
@@ -262,12 +244,13 @@ def conv_full(delta, kernel, active_t, padding=(0, 0)):
     _, c, kh, kw = kernel.shape
     gh, gw = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw
     p, q = sizes_full(h, w, kh, kw, padding)
-    f = p * (q // 2 + 1)
     cdtype = _COMPLEX[delta.dtype]
     out = np.empty((n, c, gh, gw), dtype=delta.dtype)
-    group = valid_group(c, o, p, q)
-    chunk = _chunk(n, (o + group) * f * cdtype.itemsize + group * p * q * delta.itemsize)
-    kept: dict[tuple[int, int], np.ndarray] | None = {} if keeps_spectra(n, o, p, q) else None
+    group = budget.valid_group(c, o, p, q)
+    chunk = budget.valid_chunk(n, o, group, p, q, delta.itemsize)
+    kept: dict[tuple[int, int], np.ndarray] | None = None
+    if budget.keeps_spectra(n, o, p, q):
+        kept = {}
     for i0, i1 in _by_groups(c, group):
         # g[n, i] = sum_j D[n, j] Kr[j, i]: the group's kernels' spectra as (group, C_out, F)
         spectra = _spectra(kernel[:, i0:i1], p, q, flip=True).transpose(1, 0, 2, 3)
@@ -279,10 +262,10 @@ def conv_full(delta, kernel, active_t, padding=(0, 0)):
                 ds = _input_spectra(delta, e0, e1, p, q, kept)
                 g = np.empty((e1 - e0, i1 - i0, p, q // 2 + 1), cdtype)
                 _mac(ds, spectra, active_t[i0:i1], g)
-                back = _inverse(g, p, q, ph, ph + gh)
+                back = _inverse(g, q, ph, ph + gh)
                 out[e0:e1, i0:i1] = back[:, :, :, pw : pw + gw]
 
-        run_direct(work, n, (o + group) * f * 8 + o * group * f)  # one slicing for all groups
+        run_direct(work, n, budget.valid_macs(o, group, p, q))  # one slicing for all groups
     return out
 
 
@@ -293,19 +276,18 @@ def conv_kernel_grad(x, delta, active):
     _, o, dh, dw = delta.shape
     kh, kw = h - dh + 1, w - dw + 1
     p, q = sizes_grad(h, w)
-    f = p * (q // 2 + 1)
     cdtype = _COMPLEX[x.dtype]
-    per_map = f * cdtype.itemsize
-    group = grad_group(o, c, p, q)  # a group holds its (group, C_in, F) sums of products
-    chunk = _chunk(n, (c + group) * per_map)
+    group = budget.grad_group(o, c, p, q)  # a group holds its (group, C_in, F) sums of products
+    chunk = budget.grad_chunk(n, c, group, p, q, x.itemsize)
     partial = {}
 
-    count = grad_slices(n)
+    count = budget.grad_slices(n)
 
     def work(index, start, stop):
         grad = np.zeros((o, c, kh, kw), dtype=x.dtype)
-        keep = keeps_spectra(stop - start, c, p, q)
-        kept: dict[tuple[int, int], np.ndarray] | None = {} if keep else None
+        kept: dict[tuple[int, int], np.ndarray] | None = None
+        if budget.keeps_spectra(stop - start, c, p, q):
+            kept = {}
         for j0, j1 in _by_groups(o, group):
             sums = np.zeros((j1 - j0, c, p, q // 2 + 1), cdtype)
             for e0 in range(start, stop, chunk):
@@ -313,13 +295,14 @@ def conv_kernel_grad(x, delta, active):
                 xs = _input_spectra(x, e0, e1, p, q, kept)
                 ds = _forward(delta[e0:e1, j0:j1], p, q)
                 _corr(ds, xs, active[j0:j1], sums)
-            lags = _inverse(sums, p, q, 0, kh)[:, :, :, :kw]
+            lags = _inverse(sums, q, 0, kh)[:, :, :, :kw]
             grad[j0:j1] = lags[:, :, ::-1, ::-1]  # correlation lags -> conv2 orientation
         partial[index] = grad
 
     # Few slices: each ends with the inverse transforms of its (C_out, C_in) sums.
     bounds = [n * i // count for i in range(count + 1)]
-    _threads._pool.run(work, [(bounds[i], bounds[i + 1]) for i in range(count)])
+    parts = [(bounds[i], bounds[i + 1]) for i in range(count)]
+    _threads._pool.run(work, parts)
     grad = sum_in_order(partial)
     grad *= active[:, :, None, None]
     return grad

@@ -30,23 +30,17 @@ from anycnn_numpy._memory import scratch, zero_bordered
 from anycnn_numpy._threads import run, sum_in_order
 
 
-def windows(x: np.ndarray, kh: int, kw: int, oh: int, ow: int, flip: bool) -> np.ndarray:
-    """A view of shape (N, C, kh, kw, oh, ow) with ``[n, c, a, b, y, x] = x[n, c, y+a', x+b']``.
-
-    ``a' = kh-1-a`` when ``flip`` (conv2's rot180, read as negative strides), else ``a' = a``.
-    """
+def windows(x: np.ndarray, kh: int, kw: int, oh: int, ow: int) -> np.ndarray:
+    """A view of shape (N, C, kh, kw, oh, ow) with ``[n, c, a, b, y, x] = x[n, c, y+a', x+b']``,
+    ``a' = kh-1-a``, ``b' = kw-1-b``: conv2's rot180, read as negative strides."""
     sn, sc, sh, sw = x.strides
-    if flip:
-        offset = (kh - 1) * sh + (kw - 1) * sw
-        strides = (sn, sc, -sh, -sw, sh, sw)
-    else:
-        offset = 0
-        strides = (sn, sc, sh, sw, sh, sw)
+    offset = (kh - 1) * sh + (kw - 1) * sw
+    strides = (sn, sc, -sh, -sw, sh, sw)
     shape = (x.shape[0], x.shape[1], kh, kw, oh, ow)
     if x.flags.c_contiguous:
         return np.ndarray(shape, x.dtype, x, offset, strides)
     return np.lib.stride_tricks.as_strided(
-        x[:, :, kh - 1 :, kw - 1 :] if flip else x, shape, strides, writeable=False
+        x[:, :, kh - 1 :, kw - 1 :], shape, strides, writeable=False
     )
 
 
@@ -88,7 +82,7 @@ def wide_columns(wide: np.ndarray, start: int, stop: int, q: int) -> np.ndarray:
     return columns
 
 
-def use_wide(w: int, ow: int) -> bool:
+def use_wide(w: int, ow: int) -> bool:  # pragma: no mutate block
     """Wide columns pay when the rows are short and the GEMM grows little (Note [Wide columns]),
     for batches of more than one example (one LeNet-5 C3 example is faster plain: ibid.)."""
     return ow < w and ow <= 32 and 2 * w <= 3 * ow
@@ -171,15 +165,18 @@ def conv_valid(x, kernel, selection, epilogue=None, padding=(0, 0)):
     if ph or pw:
         x = padded(x, padding)
         h, w = x.shape[2:]
-    if p == 1:  # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
+    # the kernel covers the maps (LeNet-5's C5): one GEMM for the whole batch
+    if p == 1:  # pragma: no mutate (a path to the same result)
         columns = scratch("columns", (n, c, kh, kw, 1, 1), dtype)
-        np.copyto(columns, windows(x, kh, kw, oh, ow, flip=True))
+        np.copyto(columns, windows(x, kh, kw, oh, ow))
         out = gemm(columns.reshape(n, ck), weights.T).reshape(n, o, 1, 1)
         if epilogue is not None:
             epilogue(out)
         return out
     out = np.empty((n, o, oh, ow), dtype=dtype)
-    wide = wide_windows(x, kh, kw, oh) if n > 1 and use_wide(w, ow) else None
+    wide = None
+    if n > 1 and use_wide(w, ow):  # pragma: no mutate (a path to the same result)
+        wide = wide_windows(x, kh, kw, oh)
     if wide is not None:  # Note [Wide columns]
         q = oh * w
 
@@ -194,7 +191,7 @@ def conv_valid(x, kernel, selection, epilogue=None, padding=(0, 0)):
 
         run(work_wide, n, ck * q * dtype.itemsize, o * ck * q)
         return out
-    view = windows(x, kh, kw, oh, ow, flip=True)
+    view = windows(x, kh, kw, oh, ow)
     flat = out.reshape(n, o, p)
 
     def work(index, start, stop):
@@ -220,7 +217,9 @@ def conv_kernel_grad(x, delta, selection=None):
     # read backwards, the columns of the forward pass give the gradient in kernel order.
     partial = {}
     dots = _dots(o * ck, p)
-    wide = wide_windows(x, kh, kw, dh) if n > 1 and p >= 16 and use_wide(w, dw) else None
+    wide = None
+    if n > 1 and p >= 16 and use_wide(w, dw):  # pragma: no mutate (a path to the same result)
+        wide = wide_windows(x, kh, kw, dh)
     if wide is not None:  # Note [Wide columns]; the deltas get zeros at the unwanted outputs
         q = dh * w
 
@@ -229,7 +228,8 @@ def conv_kernel_grad(x, delta, selection=None):
             columns = wide_columns(wide, start, stop, q)
             grid = zero_bordered("dgrid", (m, o, dh, w), dtype, (dw,))
             np.copyto(grid[..., :dw], delta[start:stop])
-            if dots is not None:  # Note [Kernel gradient as dot products]
+            # Note [Kernel gradient as dot products]
+            if dots is not None:  # pragma: no mutate (a path to the same result)
                 partial[index] = dots(grid.reshape(m, o, q), columns.reshape(m, ck, q))
                 return
             columns = columns.reshape(m, ck, q).transpose(0, 2, 1)
@@ -244,7 +244,7 @@ def conv_kernel_grad(x, delta, selection=None):
     return grad
 
 
-def _dots(result_size: int, length: int):
+def _dots(result_size: int, length: int):  # pragma: no mutate block
     """The compiled kernel-gradient sum when it is the faster way, else None (BLAS)."""
     if _jit.kernel_grad_sum is None or result_size > _jit.MAX_RESULT or length < _jit.MIN_LENGTH:
         return None
@@ -257,7 +257,7 @@ def _kernel_grad_columns(x, delta, kh, kw, partial, dots) -> None:
     _, o, dh, dw = delta.shape
     ck, p = c * kh * kw, dh * dw
     dtype = x.dtype
-    view = windows(x, kh, kw, dh, dw, flip=True)
+    view = windows(x, kh, kw, dh, dw)
     deltas = delta.reshape(n, o, p)
 
     def work(index, start, stop):
@@ -265,13 +265,15 @@ def _kernel_grad_columns(x, delta, kh, kw, partial, dots) -> None:
         columns = scratch("columns", (m, c, kh, kw, dh, dw), dtype)
         np.copyto(columns, view[start:stop])
         columns = columns.reshape(m, ck, p)
-        if dots is not None:  # Note [Kernel gradient as dot products]
+        # Note [Kernel gradient as dot products]
+        if dots is not None:  # pragma: no mutate (a path to the same result)
             partial[index] = dots(np.ascontiguousarray(deltas[start:stop]), columns)
-        elif m == 1 and p == 1:  # an outer product (LeNet-5's C5 online): Note [Outer products]
+        # an outer product (LeNet-5's C5 online): Note [Outer products]
+        elif m == 1 and p == 1:  # pragma: no mutate (a path to the same result)
             partial[index] = np.multiply.outer(deltas[start, :, 0], columns[0, :, 0])
-        elif m == 1:
+        elif m == 1:  # pragma: no mutate (a path to the same result)
             partial[index] = deltas[start] @ columns[0].T
-        elif p >= 16:
+        elif p >= 16:  # pragma: no mutate (a path to the same result)
             # One small GEMM per example, summed: OpenBLAS runs products this small without
             # its buffer lock, so the pool's threads run them side by side; one long-K GEMM
             # per slice is as fast alone but serialises across threads (no gain on 2 threads:
@@ -304,7 +306,8 @@ def conv_full(delta, kernel, selection=None):
     # (h+kh-1)/h times more) and moves kh planes of g's size where a spread over all kh*kw taps
     # moved kh*kw (bench/results/numpy-notes.md, "conv_full in two halves").
     weights = masked(kernel, selection)[:, :, ::-1, ::-1]
-    if h == 1 and w == 1:  # nothing to shift (LeNet-5's C5): g[i, a, b] = sum_j k' delta
+    # nothing to shift (LeNet-5's C5): g[i, a, b] = sum_j k' delta
+    if h == 1 and w == 1:  # pragma: no mutate (a path to the same result)
         spread = np.ascontiguousarray(weights.transpose(1, 2, 3, 0)).reshape(c * taps, o)
         return gemm(delta.reshape(n, o), spread.T).reshape(n, c, kh, kw)
     weights = np.ascontiguousarray(weights.transpose(1, 2, 0, 3)).reshape(c * kh, o * kw)

@@ -38,7 +38,8 @@ path, a case the other paths have no form for; and a path that cannot take the a
 wider than the kernel) is never chosen.
 
 The interface is shapes in, a path name out, so that ``_nd`` (1-D signals as one-row maps, 3-D
-volumes as 2-D maps whose input maps are the kernel's depth taps: ``anycnn.backend.planar``) asks the same model about the 2-D calls it makes.
+volumes as 2-D maps whose input maps are the kernel's depth taps: ``anycnn.backend.planar``)
+asks the same model about the 2-D calls it makes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import contextlib
 import functools
 import math
 
-from anycnn_numpy import _costs, _fft
+from anycnn_numpy import _costs, _fft, _fft_budget
 
 PATHS = ("direct", "im2col", "fft")
 OPS = ("valid", "full", "grad")
@@ -111,20 +112,22 @@ def features(op: str, path: str, n, c, o, h, w, kh, kw, ph=0, pw=0) -> tuple[flo
         columns = c * taps * oh * ow
         return (n * columns, n * o * columns, n * o * oh * ow, 1.0)
     if op == "valid":
-        p, q = _fft.sizes_valid(h, w, kh, kw, (ph, pw))
-        groups = -(-o // _fft.valid_group(o, c, p, q))
-        transforms = _fft.input_transforms(n, c, groups, 1, p, q) + n * o + o * c
+        p, q = _fft.sizes_valid(h, w, (ph, pw))
+        groups = -(-o // _fft_budget.valid_group(o, c, p, q))
+        transforms = _fft_budget.input_transforms(n, c, groups, 1, p, q) + n * o + o * c
         moved = n * o * p * q
     elif op == "full":
         p, q = _fft.sizes_full(oh, ow, kh, kw, (ph, pw))
-        groups = -(-c // _fft.valid_group(c, o, p, q))
-        transforms = _fft.input_transforms(n, o, groups, 1, p, q) + n * c + o * c
+        groups = -(-c // _fft_budget.valid_group(c, o, p, q))
+        transforms = _fft_budget.input_transforms(n, o, groups, 1, p, q) + n * c + o * c
         moved = n * c * p * q
     else:
         p, q = _fft.sizes_grad(hp, wp)
-        groups = -(-o // _fft.grad_group(o, c, p, q))
-        slices = _fft.grad_slices(n)
-        transforms = _fft.input_transforms(n, c, groups, slices, p, q) + n * o + o * c * slices
+        groups = -(-o // _fft_budget.grad_group(o, c, p, q))
+        slices = _fft_budget.grad_slices(n)
+        transforms = (
+            _fft_budget.input_transforms(n, c, groups, slices, p, q) + n * o + o * c * slices
+        )
         moved = n * o * oh * ow + o * c * p * q  # delta formed by the chain, the sums back
     spectrum = p * (q // 2 + 1)
     return (transforms * _transform(p, q), n * o * c * spectrum, moved, 1.0)
