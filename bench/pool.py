@@ -12,7 +12,8 @@ Four ways of running the same ops, on the same batch slices (the slicing depends
 only, ``_threads.slices``), so that all four give the same bits (checked before timing):
 
 * ``pool``: the backend as it ships: ``_threads``' pool, helpers that spin-wait between jobs
-  (``Note [Spinning helpers]``), BLAS held to one thread while slices run;
+  (``Note [Spinning helpers]``), the compiled kernels' slices taken in compiled drivers (``Note
+  [Slices taken in compiled code]``), BLAS held to one thread while slices run;
 * ``pool-nospin``: the same pool with spinning off (``ANYCNN_SPIN_US=0``): helpers and caller
   block on a condition variable at once;
 * ``prange``: no pool. The slices of every compiled kernel (direct convolutions, their fused
@@ -170,6 +171,9 @@ class Modes:
         self.users = {"run": (_im2col, _activation, _resample), "run_direct": (_conv,)}
         self.original = {"run": _threads.run, "run_direct": _threads.run_direct}
         self.kernels = {name: getattr(_jit, name) for name in _drivers_names()}
+        # The backend's own compiled drivers (Note [Slices taken in compiled code] in _direct):
+        # off in the prange mode, whose slices go through run / run_direct as they once did.
+        self.sliced = {name: getattr(_jit, name) for name in _SLICED}
         self.wrapped = {name: _recording(name, k) for name, k in self.kernels.items()}
         self.drivers = _drivers()
         self.pool_threads = _threads.get_num_threads()
@@ -195,10 +199,14 @@ class Modes:
             self._set_runners(self._run_prange, self._run_direct_prange)
             for name, kernel in self.wrapped.items():
                 setattr(self.jit, name, kernel)
+            for name in self.sliced:
+                setattr(self.jit, name, None)
         else:
             self._set_runners(self.original["run"], self.original["run_direct"])
             for name, kernel in self.kernels.items():
                 setattr(self.jit, name, kernel)
+            for name, driver in self.sliced.items():
+                setattr(self.jit, name, driver)
         self.mode = mode
 
     def _slices_prange(self, work: Any, parts: list[tuple[int, int]]) -> None:
@@ -228,6 +236,15 @@ class Modes:
         count = min(n, -(-count // t._PARALLEL_SLICES) * t._PARALLEL_SLICES)
         bounds = [n * i // count for i in range(count + 1)]
         self._slices_prange(work, [(bounds[i], bounds[i + 1]) for i in range(count)])
+
+
+#: The backend's compiled drivers of sliced jobs, by their names in ``_jit``.
+_SLICED = (
+    "correlate_into_sliced",
+    "correlate_grad_sliced",
+    "subsample_backward_sliced",
+    "block_sum_sliced",
+)
 
 
 def _drivers_names() -> tuple[str, ...]:

@@ -167,6 +167,13 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
         if epilogue is not None:
             epilogue(out)
         return out
+    bounds = _threads.direct_bounds(n, o * c * kh * kw * oh * ow)
+    driver = _jit.correlate_into_sliced
+    if len(bounds) > 2 and epilogue is None and driver is not None:
+        # Note [Slices taken in compiled code] in _direct
+        args = (x, ph, pw, flipped, bias, active, act, out, chunk)
+        _threads.run_compiled(driver, args, bounds)
+        return out
     run_direct(work_direct, n, o * c * kh * kw * oh * ow)
     return out
 
@@ -259,7 +266,19 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
         partial = {0: np.concatenate([partial[0], partial[1]])}
         bias = {0: np.concatenate([bias[0], bias[1]])}
     else:
-        run_direct(work, n, o * c * kh * kw * dh * dw)
+        bounds = _threads.direct_bounds(n, o * c * kh * kw * dh * dw)
+        driver = _jit.correlate_grad_sliced
+        if len(bounds) > 2 and driver is not None:
+            # Note [Slices taken in compiled code] in _direct: slice i's sums in row i
+            count = len(bounds) - 1
+            grads = np.empty((count, o, c, kh, kw), dtype)
+            biases = np.empty((count, o), np.float64)
+            args = (x, dy, y, sens, up, active, chunk, delta, grads, biases)
+            _threads.run_compiled(driver, args, bounds)
+            partial = {i: grads[i] for i in range(count)}
+            bias = {i: biases[i] for i in range(count)}
+        else:
+            run_direct(work, n, o * c * kh * kw * dh * dw)
     grad = sum_in_order(partial)[:, :, ::-1, ::-1]  # correlation -> conv2 orientation
     if selection is not None:
         grad = grad * selection[:, :, None, None]
@@ -326,6 +345,12 @@ def conv_full(delta, kernel, selection=None, padding=(0, 0)):
             )  # fmt: skip
 
         _threads._pool.run(work_maps, halves)
+        return out
+    bounds = _threads.direct_bounds(n, o * c * kh * kw * h * w)
+    driver = _jit.correlate_into_sliced
+    if len(bounds) > 2 and driver is not None:  # Note [Slices taken in compiled code] in _direct
+        args = (delta, kh - 1 - ph, kw - 1 - pw, weights, _zeros(c, dtype), active, identity, out)
+        _threads.run_compiled(driver, (*args, chunk), bounds)
         return out
     run_direct(work_direct, n, o * c * kh * kw * h * w)
     return out

@@ -47,6 +47,8 @@ agree with the reference to rounding, and depend on the batch slicing only, neve
 
 from __future__ import annotations
 
+import platform
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -1062,3 +1064,237 @@ def subsample_sums_into(delta, d, beta, out, start, stop):  # pragma: no cover -
             grad_beta[ch] += with_d[s]
             grad_bias[ch] += plain[s]
     return grad_beta, grad_bias
+
+
+# Note [Slices taken in compiled code]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# The pool (``_threads``) once ran every batch slice through Python: a helper that saw a job
+# posted took the GIL, popped the job, and called the compiled kernel for its slice. On the
+# 2-core VM a job of two slices then took ~75 us more than one slice (the helper started its
+# slice ~45 us after the post, the caller noticed the end ~35 us after the last slice), and
+# two slices of 25 us took longer than one thread doing both: a thread that waits for the GIL
+# sleeps, and a sleeping thread takes tens of microseconds to wake on a virtual machine.
+# Training steps at batch 50-64 ran no faster on two threads than on one.
+#
+# The drivers below take a job's slices in compiled code, without the GIL: ``ctrl[NEXT]`` is
+# the next slice (an atomic fetch-and-add, so slices are still taken, not assigned: a caller
+# whose helper has no core does every slice itself, Note [Helpers on a busy machine]).
+# What remains is ordered so that no thread waits for the GIL while another holds it:
+#
+# * the caller marks ``board[0]`` with the job's number once it is inside its driver (the GIL
+#   released); a helper spins without the GIL (:func:`helper_wait`) until it sees that mark,
+#   so when it takes the GIL to call its own driver, the GIL is free;
+# * a helper joins the job (``ctrl[JOINED]``) inside its driver; when no slice is left the
+#   caller closes the job to late helpers and waits, spinning, until the slices are done and
+#   every helper that joined is back in :func:`helper_wait` (``ctrl[BACK]``): so when the
+#   caller takes the GIL to return, the GIL is free.
+#
+# The jobs so run: the direct convolutions (:func:`correlate_into_sliced`, forward and 'full';
+# :func:`correlate_grad_sliced`, eq. (7) fused), a trainable subsampling layer's backward
+# (:func:`subsample_backward_sliced`) and the block sums (``_kernels.block_sum_sliced``); the
+# rest (NumPy and BLAS slices, an epilogue in Python, one example cut by maps) go through the
+# pool's Python jobs as before.
+#
+# Which slice a thread takes changes nothing but timing: slices write disjoint outputs, and
+# partial sums go to per-slice rows added in slice order afterwards (the same bits on any
+# number of threads). Atomics and the pause live in this module beside the drivers, whose
+# on-disk cache is keyed on this file (Note [Explicit vectors]).
+NEXT, DONE, JOINED, BACK, SEQ, WAITED = range(6)
+CTRL_SIZE = 8
+ALONE, CALLER, HELPER = 0, 1, 2
+_CLOSED = 1 << 40
+
+
+def _item_pointer(context, builder, array_type, array, index):
+    view = context.make_array(array_type)(context, builder, array)
+    return cgutils.get_item_pointer(context, builder, array_type, view, [index])
+
+
+def _int64_vector(array) -> bool:
+    return isinstance(array, types.Array) and array.dtype == types.int64 and array.ndim == 1
+
+
+@intrinsic
+def _fetch_add(typingctx, array, index, value):  # pragma: no cover - compiled
+    """``array[index] += value`` atomically (sequentially consistent); the value before."""
+    if not (
+        _int64_vector(array)
+        and isinstance(index, types.Integer)
+        and isinstance(value, types.Integer)
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        pointer = _item_pointer(context, builder, signature.args[0], args[0], index)
+        amount = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", pointer, amount, "seq_cst")
+
+    return types.int64(array, index, value), codegen
+
+
+@intrinsic
+def _load_acquire(typingctx, array, index):  # pragma: no cover - compiled
+    """An atomic load of ``array[index]`` (never hoisted out of a spin loop)."""
+    if not (_int64_vector(array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        pointer = _item_pointer(context, builder, signature.args[0], args[0], index)
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def _store_release(typingctx, array, index, value):  # pragma: no cover - compiled
+    """An atomic store ``array[index] = value``."""
+    if not (
+        _int64_vector(array)
+        and isinstance(index, types.Integer)
+        and isinstance(value, types.Integer)
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        pointer = _item_pointer(context, builder, signature.args[0], args[0], index)
+        amount = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(amount, pointer, "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(array, index, value), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@intrinsic
+def _spin_pause(typingctx):  # pragma: no cover - compiled
+    """x86's PAUSE (a no-op elsewhere): tells the core that it spins."""
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            function_type = ir.FunctionType(ir.VoidType(), [])
+            pause = cgutils.get_or_insert_function(
+                builder.module, function_type, "llvm.x86.sse2.pause"
+            )
+            builder.call(pause, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def helper_wait(board, seen, limit, last, joined):  # pragma: no cover - compiled
+    """A helper between jobs: first counts itself back from the job ``last`` (its ``ctrl``) when
+    it ``joined`` it, then spins until ``board[0]`` is no longer ``seen`` (a caller is inside
+    its driver, or a job of Python slices was posted), at most ``limit`` turns; True if so."""
+    if joined:
+        _fetch_add(last, BACK, 1)
+    for _ in range(limit):
+        if _load_acquire(board, 0) != seen:
+            return True
+        _spin_pause()
+    return _load_acquire(board, 0) != seen
+
+
+@numba.njit(nogil=True, cache=True)
+def _join(ctrl, board, role):  # pragma: no cover - compiled
+    """Whether this thread takes part in the job: the caller always (and marks the board), a
+    helper if the caller has not closed the job yet."""
+    if role == CALLER:
+        _store_release(board, 0, ctrl[SEQ])
+        return True
+    if role == HELPER:
+        return _fetch_add(ctrl, JOINED, 1) >= 0
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _close(ctrl, count, role, limit):  # pragma: no cover - compiled
+    """The caller, no slice left: close the job to late helpers, then spin (at most ``limit``
+    turns, counted in ``ctrl[WAITED]``) until all ``count`` slices are done and every helper
+    that joined is back in :func:`helper_wait`."""
+    if role != CALLER:
+        return
+    joined = _fetch_add(ctrl, JOINED, -_CLOSED)
+    turns = 0
+    while turns < limit:
+        if _load_acquire(ctrl, DONE) == count and _load_acquire(ctrl, BACK) == joined:
+            break
+        _spin_pause()
+        turns += 1
+    ctrl[WAITED] = turns
+
+
+@numba.njit(nogil=True, cache=True)
+def correlate_into_sliced(
+    x, pad_h, pad_w, wts, bias, active, act, out, chunk, bounds, ctrl, board, role, limit
+):  # pragma: no cover - compiled
+    """:func:`correlate_into` over the slices ``bounds[i] : bounds[i + 1]`` this thread takes
+    (Note [Slices taken in compiled code]); False if the job was closed before it joined."""
+    if not _join(ctrl, board, role):
+        return False
+    count = bounds.size - 1
+    while True:
+        i = _fetch_add(ctrl, NEXT, 1)
+        if i >= count:
+            break
+        correlate_into(
+            x, pad_h, pad_w, wts, bias, active, act, out, bounds[i], bounds[i + 1], chunk
+        )
+        _fetch_add(ctrl, DONE, 1)
+    _close(ctrl, count, role, limit)
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def correlate_grad_sliced(
+    x, dy, y, sens, up, active, chunk, delta_out, grads, biases, bounds, ctrl, board, role, limit
+):  # pragma: no cover - compiled
+    """:func:`correlate_grad` over the slices this thread takes, slice ``i``'s kernel and bias
+    gradients into ``grads[i]``, ``biases[i]`` (Note [Slices taken in compiled code])."""
+    if not _join(ctrl, board, role):
+        return False
+    count = bounds.size - 1
+    while True:
+        i = _fetch_add(ctrl, NEXT, 1)
+        if i >= count:
+            break
+        grad, bias = correlate_grad(
+            x, dy, y, sens, up, active, bounds[i], bounds[i + 1], chunk, delta_out
+        )
+        grads[i] = grad
+        biases[i] = bias
+        _fetch_add(ctrl, DONE, 1)
+    _close(ctrl, count, role, limit)
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def subsample_backward_sliced(
+    dy, y, sens, d, beta, delta, out, betas, biases, bounds, ctrl, board, role, limit
+):  # pragma: no cover - compiled
+    """A trainable subsampling layer's backward pass over the slices this thread takes:
+    ``delta = f'(u) o dy`` (:func:`sensitivity_into`, ``sens = (kind, p0, p1, scaled)``; ``dy``,
+    ``y`` and ``delta`` as (N, C h w) rows), then :func:`subsample_sums_into` on the same slice,
+    its sums into ``betas[i]``, ``biases[i]`` (Note [Slices taken in compiled code])."""
+    if not _join(ctrl, board, role):
+        return False
+    count = bounds.size - 1
+    kind, p0, p1, scaled = sens
+    maps = delta.reshape(d.shape)
+    while True:
+        i = _fetch_add(ctrl, NEXT, 1)
+        if i >= count:
+            break
+        start, stop = bounds[i], bounds[i + 1]
+        sensitivity_into(dy, y, kind, p0, p1, scaled, delta, start, stop)
+        grad_beta, grad_bias = subsample_sums_into(maps, d, beta, out, start, stop)
+        betas[i] = grad_beta
+        biases[i] = grad_bias
+        _fetch_add(ctrl, DONE, 1)
+    _close(ctrl, count, role, limit)
+    return True

@@ -34,6 +34,10 @@ def _load() -> dict[str, Any]:
     return {
         "correlate_into": _direct.correlate_into,
         "correlate_grad": _direct.correlate_grad,
+        "correlate_into_sliced": _direct.correlate_into_sliced,
+        "correlate_grad_sliced": _direct.correlate_grad_sliced,
+        "helper_wait": _direct.helper_wait,
+        "subsample_backward_sliced": _direct.subsample_backward_sliced,
         "subsample_sums_into": _direct.subsample_sums_into,
         "direct_chunk": _direct.chunk_size,
         "direct_activations": (_direct.IDENTITY, _direct.LOGISTIC, _direct.TANH),
@@ -46,6 +50,7 @@ def _load() -> dict[str, Any]:
         "sensitivity_into": _direct.sensitivity_into,
         "kernel_grad_sum": _kernels.kernel_grad_sum,
         "block_sum_into": _kernels.block_sum_into,
+        "block_sum_sliced": _kernels.block_sum_sliced,
         "kron_into": _kernels.kron_into,
         "spectral_mac": _fft_kernels.spectral_mac,
         "spectral_corr": _fft_kernels.spectral_corr,
@@ -53,6 +58,12 @@ def _load() -> dict[str, Any]:
 
 
 _kernels = _load()
+
+if _kernels:  # Note [Slices taken in compiled code] in _direct: the drivers' job record
+    from anycnn_numpy._direct import ALONE, CALLER, CTRL_SIZE, DONE, HELPER, NEXT, SEQ, WAITED
+else:
+    ALONE = CALLER = HELPER = NEXT = DONE = SEQ = WAITED = 0
+    CTRL_SIZE = 8
 logging.getLogger("anycnn").info(
     "numpy backend: %s",
     "Numba kernels enabled (compiled on first use, cached on disk by Numba)"
@@ -71,6 +82,9 @@ kernel_grad_sum = _kernels.get("kernel_grad_sum")
 #: sums of x[start:stop])`` for C-contiguous 4-d ``x`` and ``out`` of one float dtype and a
 #: ``scale`` of that dtype, the same bits as the NumPy op; or None without Numba.
 block_sum_into = _kernels.get("block_sum_into")
+#: ``block_sum_sliced(x, n, scale, out, bounds, ctrl, board, role, limit)``: the same as a
+#: compiled job (Note [Slices taken in compiled code] in _direct); or None without Numba.
+block_sum_sliced = _kernels.get("block_sum_sliced")
 
 #: ``kron_into(x, n, out, start, stop)``: ``out[start:stop] = kron(x[start:stop], ones(n, n))``
 #: for C-contiguous 4-d ``x`` and ``out``; or None without Numba.
@@ -86,6 +100,17 @@ sensitivity_into = _kernels.get("sensitivity_into")
 #: ``direct_chunk(rows, width, itemsize) -> chunk``.
 correlate_into = _kernels.get("correlate_into")
 correlate_grad = _kernels.get("correlate_grad")
+#: The same over the slices a thread takes in compiled code (Note [Slices taken in compiled code]
+#: in _direct): ``correlate_into_sliced(x, pad_h, pad_w, wts, bias, active, act, out, chunk,
+#: bounds, ctrl, board, role, limit)`` and ``correlate_grad_sliced(x, dy, y, sens, up, active,
+#: chunk, delta_out, grads, biases, bounds, ctrl, board, role, limit)``; None without Numba.
+correlate_into_sliced = _kernels.get("correlate_into_sliced")
+correlate_grad_sliced = _kernels.get("correlate_grad_sliced")
+#: ``subsample_backward_sliced(dy, y, sens, d, beta, delta, out, betas, biases, bounds, ctrl,
+#: board, role, limit)``: sensitivity_into then subsample_sums_into, slice by slice; or None.
+subsample_backward_sliced = _kernels.get("subsample_backward_sliced")
+#: ``helper_wait(board, seen, limit, last, joined) -> bool``: a pool helper between jobs (ibid.).
+helper_wait = _kernels.get("helper_wait")
 #: ``subsample_sums_into(delta, d, beta, out, start, stop) -> (grad_beta, grad_bias)``: a
 #: trainable subsampling layer's gradients from its sensitivity; or None without Numba.
 subsample_sums_into = _kernels.get("subsample_sums_into")

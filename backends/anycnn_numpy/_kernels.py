@@ -194,3 +194,26 @@ def spin_while(flag, index, value, limit):  # pragma: no cover - compiled
             return True
         _pause()
     return False
+
+
+# Note [Slices taken in compiled code] in _direct: the block sums as a compiled job. The job
+# record's functions come from _direct (Numba keys its on-disk cache on this file only: after
+# editing them there, touch this file so that this driver is compiled again).
+from anycnn_numpy._direct import DONE, NEXT, _close, _fetch_add, _join  # noqa: E402
+
+
+@numba.njit(nogil=True, cache=True)
+def block_sum_sliced(x, n, scale, out, bounds, ctrl, board, role, limit):  # pragma: no cover
+    """:func:`block_sum_into` over the slices ``bounds[i] : bounds[i + 1]`` this thread takes;
+    False if the job was closed before it joined."""
+    if not _join(ctrl, board, role):
+        return False
+    count = bounds.size - 1
+    while True:
+        i = _fetch_add(ctrl, NEXT, 1)
+        if i >= count:
+            break
+        block_sum_into(x, n, scale, out, bounds[i], bounds[i + 1])
+        _fetch_add(ctrl, DONE, 1)
+    _close(ctrl, count, role, limit)
+    return True

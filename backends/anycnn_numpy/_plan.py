@@ -38,7 +38,8 @@ path, a case the other paths have no form for; and a path that cannot take the a
 wider than the kernel) is never chosen.
 
 The interface is shapes in, a path name out, so that ``_nd`` (1-D signals as one-row maps, 3-D
-volumes as 2-D maps whose input maps are the kernel's depth taps: ``anycnn.backend.planar``) asks the same model about the 2-D calls it makes.
+volumes as 2-D maps whose input maps are the kernel's depth taps: ``anycnn.backend.planar``)
+asks the same model about the 2-D calls it makes.
 """
 
 from __future__ import annotations

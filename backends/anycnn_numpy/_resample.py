@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from anycnn import ops as _reference
-from anycnn_numpy import _jit
-from anycnn_numpy._activation import sensitivity
+from anycnn_numpy import _jit, _threads
+from anycnn_numpy._activation import sensitivity, sensitivity_formula
 from anycnn_numpy._threads import run, sum_in_order
 
 
@@ -54,11 +54,17 @@ def _block_sum(x, n, scale):
         x
     ):  # Note [Resampling kernels] in _kernels
         factor = x.dtype.type(1 if scale is None else scale)
+        item_bytes, driver = c * h * w * x.dtype.itemsize, _jit.block_sum_sliced
+        if driver is not None and b * item_bytes > _threads._SLICE_BYTES:
+            # Note [Slices taken in compiled code] in _direct
+            bounds = [start for start, _ in _threads.slices(b, item_bytes)] + [b]
+            _threads.run_compiled(driver, (x, n, factor, out), bounds)
+            return out
 
         def work_compiled(index, start, stop):
             block_sum_into(x, n, factor, out, start, stop)
 
-        run(work_compiled, b, c * h * w * x.dtype.itemsize, 0)
+        run(work_compiled, b, item_bytes, 0)
         return out
     rows = x.reshape(b, c, h // n, n, w)
 
@@ -118,6 +124,27 @@ def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
         or not _jit.compiled_layout(y)
     ):
         return _reference.subsample_backward(dy, y, d, beta, activation, need_input_grad)
+    n, item_bytes = y.shape[0], 3 * y[0].size * y.itemsize
+    driver, formula = _jit.subsample_backward_sliced, sensitivity_formula(activation, y)
+    if (
+        driver is not None
+        and formula is not None
+        and formula[0] != "identity"
+        and n * item_bytes > _threads._SLICE_BYTES
+    ):  # Note [Slices taken in compiled code] in _direct: f' and the sums, one job
+        name, p0, p1, scaled = formula
+        t = y.dtype.type
+        sens = (_jit.direct_sensitivities[name], t(p0), t(p1), scaled)
+        bounds = [start for start, _ in _threads.slices(n, item_bytes)] + [n]
+        count = len(bounds) - 1
+        delta = np.empty_like(y)
+        out = np.empty_like(y) if need_input_grad else np.empty((0, 0, 0, 0), y.dtype)
+        betas, biases = np.empty((count, y.shape[1])), np.empty((count, y.shape[1]))
+        rows = (dy.reshape(n, -1), y.reshape(n, -1), sens, d, beta, delta.reshape(n, -1), out)
+        _threads.run_compiled(driver, (*rows, betas, biases), bounds)
+        grad_beta = sum_in_order({i: betas[i] for i in range(count)}).astype(y.dtype)
+        grad_bias = sum_in_order({i: biases[i] for i in range(count)}).astype(y.dtype)
+        return grad_beta, grad_bias, out if need_input_grad else None
     delta = sensitivity(dy, y, activation)
     if not (_jit.compiled_layout(delta) and delta.dtype == y.dtype):
         return _reference.subsample_backward(dy, y, d, beta, activation, need_input_grad)

@@ -7,8 +7,11 @@ and a helper does not get a core, the calling thread does the work itself instea
 a barrier (``Note [Helpers on a busy machine]``). The slicing depends on the batch only, never
 on the thread count, and partial sums are added in slice order (:func:`sum_in_order`), so
 results are the same bits on any number of threads. While slices run, BLAS is held to one
-thread (:class:`_BlasThreads`). Nothing here runs at import: the helpers start, the spin is
-calibrated and the BLAS libraries are looked up when the first op is cut into slices.
+thread (:class:`_BlasThreads`). The compiled kernels' slices are taken by compiled drivers,
+so that no thread waits for the GIL while another holds it (:meth:`_Pool.run_compiled`, Note
+[Slices taken in compiled code] in ``_direct``). Nothing here runs at import: the helpers
+start, the spin is calibrated and the BLAS libraries are looked up when the first op is cut
+into slices.
 
 Measurements behind the constants: ``bench/results/numpy-notes.md``.
 
@@ -162,12 +165,13 @@ class _Job:
         self.taken = 0  # slices taken by helpers
         self.flag = np.zeros(1, np.int64)  # 1 once done: what a spinning caller watches
 
-    def work(self, helper: bool = False) -> None:
+    def work(self, helper: bool = False) -> bool:
         if helper and getattr(_local, "flush", False) != self.flush:
             _subnormals.set_flush_bits(self.flush)  # this pool thread's MXCSR, kept for the next
             _local.flush = self.flush
         with np.errstate(**self.errstate):
             self._work(helper)
+        return False
 
     def _work(self, helper: bool = False) -> None:
         slices = self.slices
@@ -188,6 +192,38 @@ class _Job:
                     self.done.set()
 
 
+class _CompiledJob:
+    """A job whose slices a compiled driver takes (Note [Slices taken in compiled code] in
+    _direct): the helpers call the driver too."""
+
+    __slots__ = ("driver", "args", "bounds", "ctrl", "done", "error", "flush", "running")
+
+    def __init__(self, driver, args, bounds, ctrl):
+        self.flush = _subnormals.is_flushing()  # Note [Subnormals] in anycnn.subnormals
+        self.driver, self.args, self.bounds, self.ctrl = driver, args, bounds, ctrl
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.running: list = []  # helpers inside the driver (list.append/pop: atomic)
+
+    def work(self, helper: bool = True) -> bool:
+        """A helper's part; True if it joined the job (then it must count itself back)."""
+        if getattr(_local, "flush", False) != self.flush:
+            _subnormals.set_flush_bits(self.flush)
+            _local.flush = self.flush
+        self.running.append(None)
+        try:
+            joined = self.driver(*self.args, self.bounds, self.ctrl, _pool._board, _jit.HELPER, 0)
+        except BaseException as error:  # re-raised in the calling thread
+            self.error, joined = error, False
+        self.running.pop()
+        self.done.set()
+        return joined
+
+
+#: The ``last`` job of a helper that has had none.
+_NO_JOB = np.zeros(8, np.int64)
+
+
 class _Pool:
     def __init__(self) -> None:
         self.threads = _default_threads()
@@ -203,8 +239,12 @@ class _Pool:
         self._pid = os.getpid()
         self._late = 0  # consecutive jobs the helpers were of little use to
         self._alone = 0  # jobs to run on the calling thread only, after helpers were late
-        # Note [Spinning helpers]: jobs posted so far, watched by helpers between jobs.
-        self._posted = np.zeros(1, np.int64)
+        # Note [Spinning helpers], Note [Slices taken in compiled code] in _direct: board[0] is
+        # the number of the last job a helper may start on (a job of Python slices when it is
+        # posted, a compiled one once its caller is inside its driver), watched by helpers
+        # between jobs.
+        self._board = np.zeros(8, np.int64)
+        self._seq = 0
 
     def _ensure_workers(self) -> None:
         if self._pid != os.getpid():  # after fork the threads are gone
@@ -217,19 +257,28 @@ class _Pool:
             self._workers.append(thread)
 
     def _loop(self) -> None:
-        cv, posted = self._cv, self._posted
+        cv, board = self._cv, self._board
+        last, joined = _NO_JOB, False
         while True:
-            seen = int(posted[0])  # before looking at the queue: no post can slip between
+            seen = int(board[0])  # before looking at the queue: no post can slip between
             with cv:
                 job = self._queue.pop() if self._queue else None
+            if joined or (job is None and _spin.turns):
+                # Back from a compiled job (its caller waits for that: Note [Slices taken in
+                # compiled code] in _direct), then spinning for the next (Note [Spinning
+                # helpers]), without the GIL.
+                _jit.helper_wait(
+                    board, seen, _spin.helper_turns if job is None else 0, last, joined
+                )
+                joined = False
             if job is None:
-                if _spin.turns:  # Note [Spinning helpers]
-                    _spin.wait(posted, 0, seen, _spin.helper_turns)
                 with cv:
                     while not self._queue:
                         cv.wait()
                     job = self._queue.pop()
-            job.work(helper=True)
+            joined = job.work(helper=True)
+            if joined:
+                last = job.ctrl
 
     def run(self, function, slices, gemm_size: int = 0) -> None:
         """Call ``function(index, start, stop)`` for every slice; return when all are done.
@@ -265,7 +314,8 @@ class _Pool:
         helpers = min(self.threads - 1, len(slices) - 1)
         with self._cv:
             self._queue.extend([job] * helpers)
-            self._posted[0] += 1
+            self._seq += 1
+            self._board[0] = self._seq
             self._cv.notify(helpers)
         posted = time.perf_counter()
         job.work()
@@ -278,18 +328,59 @@ class _Pool:
         if helpers:  # jobs no worker picked up are finished: drop them
             with self._cv:
                 self._queue[:] = [j for j in self._queue if j is not job]
+        self._count_late(waited, finished - posted)
+        if job.error is not None:
+            raise job.error
+
+    def _count_late(self, waited: float, took: float) -> None:
         # Note [Helpers on a busy machine]: a helper that has no core (other processes hold
         # them) can take a slice and be preempted inside it while the caller waits; on a shared
         # 2-core machine that made LeNet-5's batch-256 step slower than on one thread
         # (bench/results/numpy-notes.md, "Helpers on a busy machine"). After
         # 3 jobs in a row whose caller waited for over a quarter of the job (and over 0.1 ms),
         # the next 64 run on the calling thread alone, then the helpers are tried again.
-        if waited > 1e-4 and waited * 4 > finished - posted:
+        if waited > 1e-4 and waited * 4 > took:
             self._late += 1
             if self._late >= 3:
                 self._late, self._alone = 0, 64
         else:
             self._late = 0
+
+    def run_compiled(self, driver, args: tuple, bounds: np.ndarray) -> None:
+        """Call the compiled ``driver(*args, bounds, ctrl, board, role, limit)`` on this thread
+        and the helpers: each takes slices ``bounds[i] : bounds[i + 1]`` until none is left
+        (Note [Slices taken in compiled code] in _direct); return when all are done."""
+        count = len(bounds) - 1
+        ctrl = np.zeros(_jit.CTRL_SIZE, np.int64)
+        if count == 1 or self.threads == 1 or self._alone:
+            if self._alone and count > 1:
+                self._alone -= 1
+            driver(*args, bounds, ctrl, self._board, _jit.ALONE, 0)
+            return
+        job = _CompiledJob(driver, args, bounds, ctrl)
+        if len(self._workers) < self.threads - 1:
+            self._late = -3  # the helpers start now: their first jobs do not count
+        self._ensure_workers()
+        self._seq += 1
+        ctrl[_jit.SEQ] = self._seq
+        with self._cv:
+            self._queue.extend([job] * min(self.threads - 1, count - 1))
+            self._cv.notify(self.threads - 1)
+        started = time.perf_counter()
+        try:
+            driver(*args, bounds, ctrl, self._board, _jit.CALLER, _spin.caller_turns)
+        except BaseException as error:  # no slice more; the helpers' slices end first
+            ctrl[_jit.NEXT] = count
+            job.error = error
+        waited = ctrl[_jit.WAITED] / _spin.per_us * 1e-6
+        while (ctrl[_jit.DONE] < count and job.error is None) or job.running:
+            job.done.wait(1e-3)  # a helper still inside its slice after the caller's spin
+            job.done.clear()
+            waited = time.perf_counter() - started
+        if self._queue:  # entries no helper picked up: drop them
+            with self._cv:
+                self._queue[:] = [j for j in self._queue if j is not job]
+        self._count_late(waited, time.perf_counter() - started)
         if job.error is not None:
             raise job.error
 
@@ -306,10 +397,13 @@ class _Spin:
     sleep, and so does this pool: a helper that finds the queue empty watches the count of posted
     jobs for up to HELPER_SPIN_US, and a caller that finishes its slices first watches its job's
     flag for up to CALLER_SPIN_US, before either blocks as before. The watching is a compiled
-    loop (``_jit.spin_while``) that holds no GIL, so it does not slow the thread doing the work;
+    loop (``_jit.helper_wait`` for helpers, ``_jit.spin_while`` for a caller of Python slices)
+    that holds no GIL, so it does not slow the thread doing the work;
     it costs the helper's core up to HELPER_SPIN_US of busy time after the last op of a burst.
     It recovers only part of the latency: a thread that sees the signal still needs the GIL,
-    and waiting for a GIL the other thread holds is a sleep too. On a quiet 2-core VM it took
+    and waiting for a GIL the other thread holds is a sleep too (which is why the compiled
+    kernels' slices are taken in compiled code: Note [Slices taken in compiled code] in
+    ``_direct``). On a quiet 2-core VM it took
     1-8% off training steps at batch 50-256; on a loaded one it made no measurable difference
     (bench/results/numpy-notes.md, "Spinning helpers"; ``python bench/pool.py`` measures it
     again, as ``pool`` against ``pool-nospin``). Without Numba, or with ANYCNN_SPIN_US=0, the
@@ -322,6 +416,7 @@ class _Spin:
     def __init__(self) -> None:
         self.turns = 0  # 0 until calibrated, and where there is no spinning
         self.helper_turns = self.caller_turns = 0
+        self.per_us = 1.0  # turns of the spin loop per microsecond, once calibrated
         self.wait = _jit.spin_while
         self.calibrated = False
 
@@ -346,6 +441,7 @@ class _Spin:
         start = time.perf_counter()
         self.wait(flag, 0, 0, turns)
         per_us = turns / max((time.perf_counter() - start) * 1e6, 1e-3)
+        self.per_us = per_us
         self.helper_turns = max(1, int(per_us * self.HELPER_SPIN_US * factor))
         self.caller_turns = max(1, int(per_us * self.CALLER_SPIN_US * factor))
         self.turns = self.helper_turns
@@ -412,16 +508,29 @@ DIRECT_PARALLEL_MACS = 2_000_000
 DIRECT_SLICE_MACS = 8_000_000
 
 
-def run_direct(work, n: int, macs_per_item: int) -> None:
-    """Run ``work(index, start, stop)`` over batch slices sized by multiply-adds (see above)."""
+def direct_bounds(n: int, macs_per_item: int) -> list[int]:
+    """The batch slices of a direct convolution, as bounds ``[0, ..., n]`` (see above)."""
     total = n * macs_per_item
     if n == 1 or total < DIRECT_PARALLEL_MACS:
-        work(0, 0, n)
-        return
+        return [0, n]
     count = max(_PARALLEL_SLICES, -(-total // DIRECT_SLICE_MACS))
     count = min(n, -(-count // _PARALLEL_SLICES) * _PARALLEL_SLICES)
-    bounds = [n * i // count for i in range(count + 1)]
-    _pool.run(work, [(bounds[i], bounds[i + 1]) for i in range(count)])
+    return [n * i // count for i in range(count + 1)]
+
+
+def run_direct(work, n: int, macs_per_item: int) -> None:
+    """Run ``work(index, start, stop)`` over batch slices sized by multiply-adds (see above)."""
+    bounds = direct_bounds(n, macs_per_item)
+    if len(bounds) == 2:
+        work(0, 0, n)
+        return
+    _pool.run(work, [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)])
+
+
+def run_compiled(driver, args: tuple, bounds: list[int]) -> None:
+    """Run the compiled ``driver`` over the slices ``bounds`` (Note [Slices taken in compiled
+    code] in _direct; see _Pool.run_compiled)."""
+    _pool.run_compiled(driver, args, np.array(bounds, dtype=np.int64))
 
 
 def sum_in_order(partial: dict) -> np.ndarray:
