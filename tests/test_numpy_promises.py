@@ -727,3 +727,18 @@ def test_one_large_example_on_two_halves_of_its_maps(selection):
     ]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-9)
+
+
+def test_a_padding_as_large_as_the_kernel_is_never_left_to_the_fft():
+    """Note [Convolutions by the FFT]: the wrapped-around terms miss the 'valid' outputs only
+    for paddings below the kernel's size; a larger padding takes another path even when the
+    FFT is asked for, and gives the reference's results."""
+    from anycnn_numpy import _plan
+
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((2, 2, 9, 8))
+    k = rng.standard_normal((3, 2, 3, 2))
+    for padding in ((3, 0), (0, 2), (4, 1), (4, 3)):
+        with _plan.forced("fft"):
+            got = _conv.conv_valid(x, k, None, padding)
+        np.testing.assert_allclose(got, reference.conv_valid(x, k, None, padding), atol=1e-10)
