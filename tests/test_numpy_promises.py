@@ -742,3 +742,12 @@ def test_a_padding_as_large_as_the_kernel_is_never_left_to_the_fft():
         with _plan.forced("fft"):
             got = _conv.conv_valid(x, k, None, padding)
         np.testing.assert_allclose(got, reference.conv_valid(x, k, None, padding), atol=1e-10)
+
+
+def test_a_forced_nd_path_is_undone_after_its_block():
+    from anycnn_numpy import _nd
+
+    for volume in (True, False):
+        with _nd.forced(volume):
+            assert _nd._forced is volume
+        assert _nd._forced is None
