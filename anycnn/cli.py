@@ -102,6 +102,13 @@ def _rate(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _rate(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -165,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=sorted(MODELS),
         default=None,
-        help="the zoo model (default: cnn1d for a UCR time-series data set, sized for it; else "
-        "lenet5)",
+        help="the zoo model (default: cnn1d_global for a UCR time-series data set, sized for it; "
+        "else lenet5)",
     )
     p.add_argument(
         "--dataset",
@@ -190,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=_positive_int,
         default=None,
-        help="passes over the training set (default: the model's, lenet5 2, dlt 1)",
+        help="passes over the training set (default: the model's, lenet5 2, dlt 1, cnn1d 300, "
+        "cnn1d_global as many as make 8,000 updates)",
     )
     p.add_argument(
         "--batch-size",
@@ -240,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="LAYER=MULT",
         help="per-layer rate multiplier, e.g. conv1=0.5 (repeatable; default: 1 for every layer)",
+    )
+    p.add_argument(
+        "--augment-shift",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="shift each training example by a random whole number of samples up to FRACTION "
+        "of its length along its last axis, edge-filled, every pass (0: none; default: the "
+        "model's, ucr1d 0.1, others 0)",
     )
     p.add_argument("--mu", type=_rate, default=0.02, help="SDLM damping (LeCun: 0.02)")
     p.add_argument(
@@ -498,9 +515,8 @@ def _train(args: argparse.Namespace) -> int:
         plots.require_matplotlib()  # before training, not after it
     if args.model is None:  # time series get the 1-D model (issue 18), images LeNet-5
         ucr = importlib.import_module("anycnn.data.ucr")
-        args.model = "cnn1d" if ucr.is_ucr(args.dataset) else "lenet5"
+        args.model = "cnn1d_global" if ucr.is_ucr(args.dataset) else "lenet5"
     defaults = train.TRAINING_DEFAULTS.get(args.model, train.GENERIC_DEFAULTS)
-    epochs = args.epochs or defaults["epochs"]
     batch_size = args.batch_size or defaults["batch_size"]
     kind = args.optimizer or defaults["optimizer"]
     same_kind = kind == defaults["optimizer"]
@@ -540,6 +556,11 @@ def _train(args: argparse.Namespace) -> int:
     backend = distributed.select_device(backend, comm)  # one GPU per process, by local rank
     _tune_process(backend)
     dataset = datasets.load(args.dataset, data_dir=args.data_dir, limit=args.limit)
+    # cnn1d_global: its passes follow from a number of updates and the training set's size
+    epochs = args.epochs or train.default_epochs(
+        defaults, dataset.train_images.shape[0], batch_size
+    )
+    augment = _augmentation(args, defaults)
     options: dict[str, Any] = {"backend": backend, "dtype": args.dtype, "seed": args.seed}
     if args.loss is not None and args.model != "dlt":
         options["loss"] = args.loss
@@ -572,6 +593,8 @@ def _train(args: argparse.Namespace) -> int:
             f"  optimizer {kind}, {rate}{mom}, batch {batch_size}, {epochs} epoch(s), "
             f"seed {args.seed}"
         )
+        if augment is not None:
+            _say(f"  every pass shifts each example by up to {augment.fraction:.0%} of its length")
         if comm.size > 1:
             _say(
                 f"  world: {comm.size} processes x {_threads(backend)} thread(s) "
@@ -615,6 +638,7 @@ def _train(args: argparse.Namespace) -> int:
             callbacks=[report],
             run_info=run_info,
             distributed=comm,
+            augment=augment,
         )
     except KeyboardInterrupt:
         if comm.size > 1:
@@ -645,6 +669,16 @@ def _train(args: argparse.Namespace) -> int:
     if not quiet:
         _say(_kept(args, finished=True))
     return EXIT_OK
+
+
+def _augmentation(args: argparse.Namespace, defaults: dict[str, Any]) -> Any:
+    """The run's random shifts (``--augment-shift``, else the model's default), or None."""
+    from anycnn.data.augment import Shift
+
+    fraction = args.augment_shift
+    if fraction is None:
+        fraction = defaults.get("augment_shift", 0.0)
+    return Shift(fraction) if fraction else None
 
 
 def _kept(args: argparse.Namespace, *, finished: bool) -> str:

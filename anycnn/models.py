@@ -138,14 +138,18 @@ def cnn1d_global(
 ) -> Network:
     """:func:`cnn1d` with a global subsampling: the last stage's maps are averaged over the
     whole signal, so the fully connected output sees one number per map, wherever along the
-    signal a pattern occurs (section 3.2's ``down`` over one block as long as the map).
+    signal a pattern occurs (section 3.2's ``down`` over one block as long as the map). With its
+    training defaults (``anycnn.training.loop.TRAINING_DEFAULTS["cnn1d_global"]``: 8,000 updates
+    of 8 series, rate 0.03, momentum 0.9, every series shifted by up to 10 % of its length each
+    pass) it is the UCR recipe of issue 18, ``anycnn train``'s default for a time-series data set.
 
     Input ``(channels, length)``, normalised. C1 16@7, C3 32@5, C5 64@3, all ``"same"``, ReLU
     units with Glorot's uniform weights; S2 and S4 2x means (``remainder="pad"``), S6 the mean
-    over all positions; ``classes`` linear outputs with a softmax cross-entropy (section 4.3), or
-    scaled tanh outputs for ``loss="squared_error"``. 9.3k parameters for OSULeaf's 427 samples
-    and 6 classes, whatever the length (bench/ucr.py: its test error, and :func:`cnn1d`'s, on
-    the three UCR problems).
+    over all positions; ``classes`` linear outputs (Glorot's uniform weights: LeCun's smaller
+    ones left the outputs of the means so close to equal that the first few hundred updates
+    hardly moved them) with a softmax cross-entropy (section 4.3), or scaled tanh outputs for
+    ``loss="squared_error"``. 9.3k parameters for OSULeaf's 427 samples and 6 classes, whatever
+    the length (bench/ucr.py: its test error, and :func:`cnn1d`'s, on the three UCR problems).
 
     >>> net = cnn1d_global(length=427, classes=6)
     >>> net.input_shape, net.output_shape, net.num_parameters()
@@ -169,7 +173,7 @@ def cnn1d_global(
         FullyConnected(
             classes,
             activation="identity" if loss == "cross_entropy" else "lecun_tanh",
-            init="lecun",
+            init="glorot",
         ),
     ]
     return Network(

@@ -397,7 +397,6 @@ def test_the_vector_activations_compiled_afresh_are_the_scalar_bits():
     over the exponential's range, its clamps and the tanh's switch."""
     numba = pytest.importorskip("numba")
     from anycnn_numpy import _direct
-
     from numba.core import datamodel
 
     # the vector type and its data model, made anew (the module's own were made at import)
@@ -459,17 +458,17 @@ def test_conv_backward_by_default_and_with_an_upsampling_of_any_fit(dtype):
 # --- the FFT path -----------------------------------------------------------------------------
 
 
-def _fft_cases(rng, h, w, padding):
+def _fft_cases(rng, h, w, padding, n=2):
     """conv_valid, conv_full and conv_kernel_grad on the FFT path, each with the reference op's
-    answer (2 examples, 3 -> 4 maps, 3 x 4 kernels, a selection)."""
+    answer (``n`` examples, 3 -> 4 maps, 3 x 4 kernels, a selection)."""
     from anycnn_numpy import _plan
 
     ph, pw = padding
-    x = rng.standard_normal((2, 3, h, w))
+    x = rng.standard_normal((n, 3, h, w))
     k = rng.standard_normal((4, 3, 3, 4))
     sel = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
     oh, ow = h + 2 * ph - 2, w + 2 * pw - 3
-    d = rng.standard_normal((2, 4, oh, ow))
+    d = rng.standard_normal((n, 4, oh, ow))
     with _plan.forced("fft"):
         got = [
             _conv.conv_valid(x, k, sel, padding),
@@ -491,7 +490,7 @@ def test_fft_transforms_larger_than_the_maps(size, padding):
     here often larger than the maps (11 -> 12, 13 -> 14, 17 -> 18, 22 -> 24): the rows and
     columns past the result are cut off, not returned."""
     rng = np.random.default_rng(size[0])
-    got, want = _fft_cases(rng, *size, padding)
+    got, want = _fft_cases(rng, *size, padding, n=5)  # slices of 2 and 3 examples
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
@@ -500,9 +499,10 @@ def test_fft_transforms_larger_than_the_maps(size, padding):
 @pytest.mark.parametrize("compiled", [True, False], ids=["numba", "numpy"])
 @pytest.mark.parametrize("budget", [1, "kept"])
 def test_fft_in_groups_and_chunks_with_and_without_kept_spectra(monkeypatch, compiled, budget):
-    """A budget that takes one example at a time and one map per group, and one that keeps the
-    input spectra for every group (transformed once): the same results, with the compiled
-    products of spectra and with the NumPy ones (which add each chunk's products)."""
+    """A budget that takes one example at a time and one map per group (4 examples: two per
+    slice of the kernel gradient, each slice adding its chunks' products), and one that keeps
+    the input spectra for every group (transformed once): the same results, with the compiled
+    products of spectra and with the NumPy ones."""
     from anycnn_numpy import _fft_budget
 
     if not compiled:
@@ -515,7 +515,7 @@ def test_fft_in_groups_and_chunks_with_and_without_kept_spectra(monkeypatch, com
     limit = 2 * 4 * 12 * 8 * 8 if budget == "kept" else 1
     monkeypatch.setattr(_fft_budget, "GROUP_BYTES", limit)
     rng = np.random.default_rng(8)
-    got, want = _fft_cases(rng, 10, 13, (0, 0))
+    got, want = _fft_cases(rng, 10, 13, (0, 0), 2 if budget == "kept" else 4)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
 
@@ -569,3 +569,185 @@ def test_the_fused_gradients_take_every_fit_of_the_upsampling(monkeypatch, activ
         assert fused, "fewer maps: still the fused kernel"
         _conv.conv_backward(x, rng.standard_normal((2, 3, 7, 6)).astype(np.float32), y, activation)
         assert len(fused) == 1, "dy of another dtype: the chain"
+
+
+# --- im2col on batches cut into slices, and its wide columns ----------------------------------
+
+
+def test_wide_windows_are_whole_rows_of_contiguous_maps_only():
+    """Note [Wide columns]: ``[n, c, a, b, q] = x[n, c].flat[(kh-1-a) w + (kw-1-b) + q]`` for
+    maps whose rows are contiguous and consecutive; None otherwise (a column slice of wider
+    maps, or every other column)."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 6, 7))
+    kh, kw, oh = 3, 2, 4
+    wide = _im2col.wide_windows(x, kh, kw, oh)
+    span = (oh - 1) * 7 + (7 - kw + 1)
+    assert wide.shape == (2, 3, kh, kw, span)
+    flat = x.reshape(2, 3, 42)
+    for a in range(kh):
+        for b in range(kw):
+            start = (kh - 1 - a) * 7 + (kw - 1 - b)
+            np.testing.assert_array_equal(wide[:, :, a, b], flat[:, :, start : start + span])
+    assert _im2col.wide_windows(rng.standard_normal((2, 3, 6, 9))[..., :7], kh, kw, oh) is None
+    assert _im2col.wide_windows(rng.standard_normal((2, 3, 6, 14))[..., ::2], kh, kw, oh) is None
+
+
+@pytest.mark.parametrize("rows", ["contiguous", "strided"])
+@pytest.mark.parametrize(
+    "shape", [(12, 12, 3), (20, 20, 5), (5, 5, 5)], ids=["wide", "plain", "pixel"]
+)
+def test_im2col_on_a_batch_cut_into_slices(rows, shape):
+    """The three im2col convolutions on 96 examples (more than one slice of the pool: each slice
+    its own columns, grid and padded buffers, its own rows of the result) equal the reference
+    ops, on maps whose rows are contiguous and on a column slice of wider maps."""
+    h, w, k = shape
+    rng = np.random.default_rng(h)
+    big = rng.standard_normal((96, 4, h, w + 3))
+    x = np.ascontiguousarray(big[..., :w]) if rows == "contiguous" else big[..., :w]
+    kernel = rng.standard_normal((6, 4, k, k))
+    delta = rng.standard_normal((96, 6, h - k + 1, w - k + 1))
+    tol = dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        _im2col.conv_valid(x, kernel, None), reference.conv_valid(x, kernel), **tol
+    )
+    np.testing.assert_allclose(
+        _im2col.conv_kernel_grad(x, delta), reference.conv_kernel_grad(x, delta), **tol
+    )
+    np.testing.assert_allclose(
+        _im2col.conv_full(delta, kernel), reference.conv_full(delta, kernel), **tol
+    )
+
+
+def test_a_slope_of_another_dtype_or_on_integers_is_the_activations_own():
+    """The in-place slope runs on float arrays of one dtype; a float64 dy with float32 outputs
+    (promoted by the activation's method) and integer outputs take the method, read-only arrays
+    the in-place program (it writes neither): each the method's bits and dtype."""
+    rng = np.random.default_rng(11)
+    y32 = np.tanh(rng.standard_normal((3, 4))).astype(np.float32)
+    dy64 = rng.standard_normal((3, 4))
+    for activation in (Sigmoid(0.5), Tanh(1.7159, 2.0 / 3.0)):
+        cases = [(dy64, y32), (dy64.astype(np.int64), np.arange(12).reshape(3, 4))]
+        frozen = dy64.copy(), np.tanh(dy64)
+        for a in frozen:
+            a.flags.writeable = False
+        cases.append(frozen)
+        for dy, y in cases:
+            got = _activation.sensitivity(dy, y, activation)
+            want = activation.sensitivity(dy, y, np)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+
+
+# --- and what the op table and the odd shapes promise ----------------------------------------
+
+
+def test_a_fresh_op_table_gives_the_reference_ops_in_one_two_and_three_dimensions():
+    """``_fast_ops`` (with ``_nd.dimension_generic``'s 1-D and 3-D wrappers) built afresh, not
+    the table made at import: each map op on signals, maps and volumes equals the reference."""
+    rng = np.random.default_rng(12)
+    table = anycnn_numpy._fast_ops()
+    act = Tanh(1.7159, 2.0 / 3.0)
+    # 1-D with C k = 15 (the 2-D mapping) and 40 (the volume kernels, float32), 2-D, 3-D
+    for spatial, ks, c in (
+        ((40,), (5,), 3),
+        ((40,), (5,), 8),
+        ((9, 8), (3, 2), 3),
+        ((7, 6, 8), (3, 2, 3), 3),
+    ):
+        for dtype, tol in ((np.float32, 2e-4), (np.float64, 1e-10)):
+            x = rng.standard_normal((2, c, *spatial)).astype(dtype)
+            k = rng.standard_normal((4, c, *ks)).astype(dtype)
+            b = rng.standard_normal(4).astype(dtype)
+            pad = (1,) * len(spatial)
+            out = tuple(s + 2 - q + 1 for s, q in zip(spatial, ks, strict=True))
+            d = rng.standard_normal((2, 4, *out)).astype(dtype)
+            y = np.tanh(rng.standard_normal((2, 4, *out))).astype(dtype)
+            cases = [
+                ("conv_valid", (x, k, None, pad)),
+                ("conv_valid_activate", (x, k, b, act, None, pad)),
+                ("conv_kernel_grad", (x, d, None, pad)),
+                ("conv_full", (d, k, None, pad)),
+                ("conv_backward", (x, d, y, act, None, 1, True, pad)),
+            ]
+            for name, args in cases:
+                got, want = table[name](*args), getattr(reference, name)(*args)
+                for g, w in zip(
+                    got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,),
+                    strict=True,
+                ):
+                    assert g.shape == w.shape, (name, spatial)
+                    np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=name)
+
+
+def test_decimation_keeps_the_first_sample_of_whole_blocks_only():
+    rng = np.random.default_rng(13)
+    for h, w, n in ((7, 9, 2), (9, 7, 3), (8, 6, 2)):
+        x = rng.standard_normal((2, 3, h, w))
+        np.testing.assert_array_equal(_resample.decimate(x, n), reference.decimate(x, n))
+
+
+def test_keep_freed_memory_says_whether_the_setting_was_made(monkeypatch):
+    from anycnn_numpy import _memory
+
+    monkeypatch.setattr(_memory, "keep_freed_memory", lambda: True)
+    assert anycnn_numpy.keep_freed_memory() is True
+    monkeypatch.setattr(_memory, "keep_freed_memory", lambda: False)
+    assert anycnn_numpy.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("selection", [False, True])
+def test_one_large_example_on_two_halves_of_its_maps(selection):
+    """Note [One example on two cores]: at batch 1 a large direct convolution runs its output
+    maps in two halves, each with its own kernels, bias, selection rows, padding and deltas."""
+    if _jit.correlate_into is None:
+        pytest.skip("Numba is not installed here: no direct kernels")
+    from anycnn_numpy import _plan
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((1, 6, 60, 60))  # 3.1 M multiply-adds: two halves
+    k = rng.standard_normal((6, 6, 5, 5))
+    sel = (rng.random((6, 6)) < 0.7) if selection else None
+    pad = (1, 2)
+    d = rng.standard_normal((1, 6, 58, 60))
+    y = np.tanh(rng.standard_normal((1, 6, 58, 60)))
+    act = Tanh(1.7159, 2.0 / 3.0)
+    assert _conv._map_halves(1, 6, 6 * 6 * 25 * 58 * 60) is not None
+    with _plan.forced("direct"):
+        got = [
+            _conv.conv_valid(x, k, sel, pad),
+            _conv.conv_full(d, k, sel, pad),
+            *_conv.conv_backward(x, d, y, act, sel, 1, True, pad),
+        ]
+    want = [
+        reference.conv_valid(x, k, sel, pad),
+        reference.conv_full(d, k, sel, pad),
+        *reference.conv_backward(x, d, y, act, sel, 1, True, pad),
+    ]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-9)
+
+
+def test_a_padding_as_large_as_the_kernel_is_never_left_to_the_fft():
+    """Note [Convolutions by the FFT]: the wrapped-around terms miss the 'valid' outputs only
+    for paddings below the kernel's size; a larger padding takes another path even when the
+    FFT is asked for, and gives the reference's results."""
+    from anycnn_numpy import _plan
+
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((2, 2, 9, 8))
+    k = rng.standard_normal((3, 2, 3, 2))
+    for padding in ((3, 0), (0, 2), (4, 1), (4, 3)):
+        with _plan.forced("fft"):
+            got = _conv.conv_valid(x, k, None, padding)
+        np.testing.assert_allclose(got, reference.conv_valid(x, k, None, padding), atol=1e-10)
+
+
+def test_a_forced_nd_path_is_undone_after_its_block():
+    from anycnn_numpy import _nd
+
+    for volume in (True, False):
+        with _nd.forced(volume):
+            assert _nd._forced is volume
+        assert _nd._forced is None

@@ -184,3 +184,41 @@ def test_cnn1d_global_ends_with_the_mean_over_the_signal(length):
     assert pooled.shape == (2, 64, 1)
     np.testing.assert_allclose(pooled[..., 0], maps.mean(axis=2), rtol=1e-13)
     assert net.output_shape == (3,) and net.num_parameters() == 9058 + 65
+
+
+def test_the_ucr_recipe_defaults():
+    """cnn1d_global's training defaults (the UCR recipe of issue 18): 8,000 updates of 8 series,
+    however many passes that takes, and shifts of up to 10 % of the length."""
+    from anycnn.training import loop
+
+    defaults = loop.TRAINING_DEFAULTS["cnn1d_global"]
+    assert defaults["augment_shift"] == 0.1 and defaults["batch_size"] == 8
+    passes = {n: loop.default_epochs(defaults, n, 8) for n in (50, 36, 200, 3)}
+    assert passes == {50: 1143, 36: 1600, 200: 320, 3: 8000}
+    assert loop.default_epochs(loop.TRAINING_DEFAULTS["cnn1d"], 50, 4) == 300
+
+
+def test_cnn1d_global_learns_a_small_problem():
+    """The recipe's network, rate, momentum, batch and shifts learn 32 noisy series whose class
+    is the sign of a bump anywhere along them (float32, NumPy; on GunPoint the recipe needs
+    hundreds of passes to leave its first plateau, too long for the default suite)."""
+    from anycnn import data, models
+    from anycnn.data.augment import Shift
+    from anycnn.training import loop, optim
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(32) % 2
+    x = rng.standard_normal((32, 1, 60)) * 0.3
+    for i, where in enumerate(rng.integers(5, 45, size=32)):
+        x[i, 0, where : where + 10] += 3.0 if labels[i] else -3.0
+    ds = data.Dataset("bumps", x.astype(np.float32), labels, x[:4], labels[:4], 2)
+    net = models.build_for(ds, "cnn1d_global", seed=0)
+    defaults = loop.TRAINING_DEFAULTS["cnn1d_global"]
+    opt = optim.build_optimizer("momentum", net, lr=defaults["lr"], momentum=0.9)
+    result = loop.train(
+        net, ds, epochs=15, batch_size=defaults["batch_size"], optimizer=opt, progress=False,
+        evaluate_test=False, augment=Shift(defaults["augment_shift"]),
+    )  # fmt: skip
+    first, last = result.history[0], result.history[-1]
+    assert first.train_error >= 0.2 and first.train_loss > 0.6
+    assert last.train_error == 0 and last.train_loss < 0.05

@@ -65,12 +65,19 @@ def activate(u, activation):
     return run_in_place(kind.forward, u, u, p0, p1)
 
 
+def _in_place(dy, y) -> bool:
+    """Whether the table's slope program, run on a new array like ``y`` and times ``dy`` in
+    place, gives the bits of the activation's own method: float arrays of one dtype (the method
+    would promote another), not 0-d (NumPy's operations give scalars there, which take no
+    ``out=``). Neither array is written."""
+    return type(y) is np.ndarray and y.dtype.kind == "f" and dy.dtype == y.dtype and y.ndim > 0
+
+
 def _slope_times(dy, y, activation):
     """``f'(u) o dy`` with one new array, the bits of ``activation.sensitivity``: the table's
-    slope in place, then times ``dy``; ``dy`` itself for the identity. (On 0-d arrays NumPy's
-    operations give scalars, which cannot take ``out=``: the activation's own method.)"""
+    slope in place, then times ``dy``; ``dy`` itself for the identity."""
     parsed = parse(activation)
-    if parsed is None or y.ndim == 0 or not (_writable_float(dy) and _writable_float(y)):
+    if parsed is None or not _in_place(dy, y):
         return activation.sensitivity(dy, y, np)
     _, kind, p0, p1 = parsed
     if not kind.slope:

@@ -97,7 +97,7 @@ def sizes_grad(h: int, w: int) -> tuple[int, int]:
 def _pairs(z: np.ndarray) -> np.ndarray:
     """A C-contiguous complex (A, B, P, Qc) array as its (A, B, 2 P Qc) float pairs (a view)."""
     z = np.ascontiguousarray(z)
-    return z.reshape(z.shape[0], z.shape[1], -1).view(z.real.dtype)
+    return z.reshape(z.shape[0], z.shape[1], z.shape[2] * z.shape[3]).view(z.real.dtype)
 
 
 def _mac(a, b, active, out):
@@ -176,14 +176,14 @@ def _inverse(z: np.ndarray, q: int, r0: int, r1: int) -> np.ndarray:
     )
 
 
-def _input_spectra(a, e0: int, e1: int, p: int, q: int, kept) -> np.ndarray:
+def _input_spectra(a, e0: int, e1: int, p: int, q: int, kept: dict) -> np.ndarray:
     """rfft2 of examples ``e0:e1`` of ``a``, from ``kept`` when transformed before (for another
-    group), stored there when ``kept`` is a dict (Note [Convolutions by the FFT])."""
-    if kept is not None and (e0, e1) in kept:
+    group), stored there (a cache that forgets when the budget says so: Note [Convolutions by
+    the FFT])."""
+    if (e0, e1) in kept:
         return kept[e0, e1]
     spectra = _forward(a[e0:e1], p, q)
-    if kept is not None:
-        kept[e0, e1] = spectra
+    kept[e0, e1] = spectra
     return spectra
 
 
@@ -193,8 +193,9 @@ def _spectra(kernel: np.ndarray, p: int, q: int, flip: bool = False) -> np.ndarr
     return np.ascontiguousarray(_forward(k, p, q))
 
 
-def _by_groups(maps: int, group: int):
-    return [(j0, min(maps, j0 + group)) for j0 in range(0, maps, group)]
+def _ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """``start:stop`` cut into consecutive ranges of ``size`` (the last one shorter)."""
+    return [(i, min(stop, i + size)) for i in range(start, stop, size)]
 
 
 def conv_valid(x, kernel, active, epilogue=None, padding=(0, 0)):
@@ -211,15 +212,12 @@ def conv_valid(x, kernel, active, epilogue=None, padding=(0, 0)):
     r0, c0 = kh - 1 - ph, kw - 1 - pw
     group = budget.valid_group(o, c, p, q)
     chunk = budget.valid_chunk(n, c, group, p, q, x.itemsize)
-    kept: dict[tuple[int, int], np.ndarray] | None = None
-    if budget.keeps_spectra(n, c, p, q):
-        kept = {}
-    for j0, j1 in _by_groups(o, group):
+    kept = budget.spectra_cache(n, c, p, q)
+    for j0, j1 in _ranges(0, o, group):
         spectra = _spectra(kernel[j0:j1], p, q)
 
         def work(index, start, stop, j0=j0, j1=j1, spectra=spectra):
-            for e0 in range(start, stop, chunk):
-                e1 = min(stop, e0 + chunk)
+            for e0, e1 in _ranges(start, stop, chunk):
                 xs = _input_spectra(x, e0, e1, p, q, kept)
                 u = np.empty((e1 - e0, j1 - j0, p, q // 2 + 1), cdtype)
                 _mac(xs, spectra, active[j0:j1], u)
@@ -248,17 +246,14 @@ def conv_full(delta, kernel, active_t, padding=(0, 0)):
     out = np.empty((n, c, gh, gw), dtype=delta.dtype)
     group = budget.valid_group(c, o, p, q)
     chunk = budget.valid_chunk(n, o, group, p, q, delta.itemsize)
-    kept: dict[tuple[int, int], np.ndarray] | None = None
-    if budget.keeps_spectra(n, o, p, q):
-        kept = {}
-    for i0, i1 in _by_groups(c, group):
+    kept = budget.spectra_cache(n, o, p, q)
+    for i0, i1 in _ranges(0, c, group):
         # g[n, i] = sum_j D[n, j] Kr[j, i]: the group's kernels' spectra as (group, C_out, F)
         spectra = _spectra(kernel[:, i0:i1], p, q, flip=True).transpose(1, 0, 2, 3)
         spectra = np.ascontiguousarray(spectra)
 
         def work(index, start, stop, i0=i0, i1=i1, spectra=spectra):
-            for e0 in range(start, stop, chunk):
-                e1 = min(stop, e0 + chunk)
+            for e0, e1 in _ranges(start, stop, chunk):
                 ds = _input_spectra(delta, e0, e1, p, q, kept)
                 g = np.empty((e1 - e0, i1 - i0, p, q // 2 + 1), cdtype)
                 _mac(ds, spectra, active_t[i0:i1], g)
@@ -285,13 +280,10 @@ def conv_kernel_grad(x, delta, active):
 
     def work(index, start, stop):
         grad = np.zeros((o, c, kh, kw), dtype=x.dtype)
-        kept: dict[tuple[int, int], np.ndarray] | None = None
-        if budget.keeps_spectra(stop - start, c, p, q):
-            kept = {}
-        for j0, j1 in _by_groups(o, group):
+        kept = budget.spectra_cache(stop - start, c, p, q)
+        for j0, j1 in _ranges(0, o, group):
             sums = np.zeros((j1 - j0, c, p, q // 2 + 1), cdtype)
-            for e0 in range(start, stop, chunk):
-                e1 = min(stop, e0 + chunk)
+            for e0, e1 in _ranges(start, stop, chunk):
                 xs = _input_spectra(x, e0, e1, p, q, kept)
                 ds = _forward(delta[e0:e1, j0:j1], p, q)
                 _corr(ds, xs, active[j0:j1], sums)
@@ -300,8 +292,7 @@ def conv_kernel_grad(x, delta, active):
         partial[index] = grad
 
     # Few slices: each ends with the inverse transforms of its (C_out, C_in) sums.
-    bounds = [n * i // count for i in range(count + 1)]
-    parts = [(bounds[i], bounds[i + 1]) for i in range(count)]
+    parts = [(n * i // count, n * (i + 1) // count) for i in range(count)]
     _threads._pool.run(work, parts)
     grad = sum_in_order(partial)
     grad *= active[:, :, None, None]

@@ -73,6 +73,19 @@ def keeps_spectra(rows: int, c: int, p: int, q: int) -> bool:
     return rows * c * _spectrum(p, q) * 8 <= GROUP_BYTES
 
 
+class _Forget(dict):
+    """A cache of spectra that keeps nothing (the budget has no room for them)."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+def spectra_cache(rows: int, c: int, p: int, q: int) -> dict:
+    """Where the FFT path keeps the input spectra of ``rows`` examples of ``c`` maps for every
+    group: a dict when :func:`keeps_spectra`, else one that forgets them."""
+    return {} if keeps_spectra(rows, c, p, q) else _Forget()
+
+
 def input_transforms(n: int, c: int, groups: int, slices: int, p: int, q: int) -> int:
     """How many input maps the FFT path transforms: once each when their spectra are kept
     (:func:`keeps_spectra`, per slice of ``n / slices`` examples), else once per group."""

@@ -176,7 +176,7 @@ def conv_valid(x, kernel, selection, epilogue=None, padding=(0, 0)):
     out = np.empty((n, o, oh, ow), dtype=dtype)
     wide = None
     if n > 1 and use_wide(w, ow):  # pragma: no mutate (a path to the same result)
-        wide = wide_windows(x, kh, kw, oh)
+        wide = wide_windows(x, kh, kw, oh)  # pragma: no mutate (a path to the same result)
     if wide is not None:  # Note [Wide columns]
         q = oh * w
 
@@ -219,7 +219,7 @@ def conv_kernel_grad(x, delta, selection=None):
     dots = _dots(o * ck, p)
     wide = None
     if n > 1 and p >= 16 and use_wide(w, dw):  # pragma: no mutate (a path to the same result)
-        wide = wide_windows(x, kh, kw, dh)
+        wide = wide_windows(x, kh, kw, dh)  # pragma: no mutate (a path to the same result)
     if wide is not None:  # Note [Wide columns]; the deltas get zeros at the unwanted outputs
         q = dh * w
 
