@@ -82,8 +82,18 @@ def test_the_caller_waits_for_a_joined_helper_to_be_back(rng):
     ctrl, board = _ctrl(), np.zeros(8, np.int64)
     ctrl[_direct.JOINED] = 1  # a helper joined and never came back
     bounds = np.array([0, 3, 6], np.int64)
-    _direct.correlate_into_sliced(*args, bounds, ctrl, board, _direct.CALLER, 500)
-    assert ctrl[_direct.WAITED] == 500  # spun to its limit; Python waits on from there
+    _direct.correlate_into_sliced(*args, bounds, ctrl, board, _direct.CALLER, 640)
+    assert ctrl[_direct.DONE] == 2  # the caller took both slices...
+    assert ctrl[_direct.WAITED] == 10  # ...and waited a 64th of its limit for the helper
+
+
+def test_the_caller_waits_its_limit_for_slices_a_helper_took(rng):
+    _, _, _, args = _forward_args(rng)
+    ctrl, board = _ctrl(), np.zeros(8, np.int64)
+    ctrl[_direct.JOINED], ctrl[_direct.NEXT] = 1, 2  # a helper took both slices, never ended
+    bounds = np.array([0, 3, 6], np.int64)
+    _direct.correlate_into_sliced(*args, bounds, ctrl, board, _direct.CALLER, 640)
+    assert ctrl[_direct.DONE] == 0 and ctrl[_direct.WAITED] == 640  # Python waits on
 
 
 @pytest.mark.parametrize("n", [64, 256])

@@ -637,3 +637,117 @@ def test_a_slope_of_another_dtype_or_on_integers_is_the_activations_own():
             want = activation.sensitivity(dy, y, np)
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+# --- and what the op table and the odd shapes promise ----------------------------------------
+
+
+def test_a_fresh_op_table_gives_the_reference_ops_in_one_two_and_three_dimensions():
+    """``_fast_ops`` (with ``_nd.dimension_generic``'s 1-D and 3-D wrappers) built afresh, not
+    the table made at import: each map op on signals, maps and volumes equals the reference."""
+    rng = np.random.default_rng(12)
+    table = anycnn_numpy._fast_ops()
+    act = Tanh(1.7159, 2.0 / 3.0)
+    # 1-D with C k = 15 (the 2-D mapping) and 40 (the volume kernels, float32), 2-D, 3-D
+    for spatial, ks, c in (
+        ((40,), (5,), 3),
+        ((40,), (5,), 8),
+        ((9, 8), (3, 2), 3),
+        ((7, 6, 8), (3, 2, 3), 3),
+    ):
+        for dtype, tol in ((np.float32, 2e-4), (np.float64, 1e-10)):
+            x = rng.standard_normal((2, c, *spatial)).astype(dtype)
+            k = rng.standard_normal((4, c, *ks)).astype(dtype)
+            b = rng.standard_normal(4).astype(dtype)
+            pad = (1,) * len(spatial)
+            out = tuple(s + 2 - q + 1 for s, q in zip(spatial, ks, strict=True))
+            d = rng.standard_normal((2, 4, *out)).astype(dtype)
+            y = np.tanh(rng.standard_normal((2, 4, *out))).astype(dtype)
+            cases = [
+                ("conv_valid", (x, k, None, pad)),
+                ("conv_valid_activate", (x, k, b, act, None, pad)),
+                ("conv_kernel_grad", (x, d, None, pad)),
+                ("conv_full", (d, k, None, pad)),
+                ("conv_backward", (x, d, y, act, None, 1, True, pad)),
+            ]
+            for name, args in cases:
+                got, want = table[name](*args), getattr(reference, name)(*args)
+                for g, w in zip(
+                    got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,),
+                    strict=True,
+                ):
+                    assert g.shape == w.shape, (name, spatial)
+                    np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=name)
+
+
+def test_decimation_keeps_the_first_sample_of_whole_blocks_only():
+    rng = np.random.default_rng(13)
+    for h, w, n in ((7, 9, 2), (9, 7, 3), (8, 6, 2)):
+        x = rng.standard_normal((2, 3, h, w))
+        np.testing.assert_array_equal(_resample.decimate(x, n), reference.decimate(x, n))
+
+
+def test_keep_freed_memory_says_whether_the_setting_was_made(monkeypatch):
+    from anycnn_numpy import _memory
+
+    monkeypatch.setattr(_memory, "keep_freed_memory", lambda: True)
+    assert anycnn_numpy.keep_freed_memory() is True
+    monkeypatch.setattr(_memory, "keep_freed_memory", lambda: False)
+    assert anycnn_numpy.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("selection", [False, True])
+def test_one_large_example_on_two_halves_of_its_maps(selection):
+    """Note [One example on two cores]: at batch 1 a large direct convolution runs its output
+    maps in two halves, each with its own kernels, bias, selection rows, padding and deltas."""
+    if _jit.correlate_into is None:
+        pytest.skip("Numba is not installed here: no direct kernels")
+    from anycnn_numpy import _plan
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((1, 6, 60, 60))  # 3.1 M multiply-adds: two halves
+    k = rng.standard_normal((6, 6, 5, 5))
+    sel = (rng.random((6, 6)) < 0.7) if selection else None
+    pad = (1, 2)
+    d = rng.standard_normal((1, 6, 58, 60))
+    y = np.tanh(rng.standard_normal((1, 6, 58, 60)))
+    act = Tanh(1.7159, 2.0 / 3.0)
+    assert _conv._map_halves(1, 6, 6 * 6 * 25 * 58 * 60) is not None
+    with _plan.forced("direct"):
+        got = [
+            _conv.conv_valid(x, k, sel, pad),
+            _conv.conv_full(d, k, sel, pad),
+            *_conv.conv_backward(x, d, y, act, sel, 1, True, pad),
+        ]
+    want = [
+        reference.conv_valid(x, k, sel, pad),
+        reference.conv_full(d, k, sel, pad),
+        *reference.conv_backward(x, d, y, act, sel, 1, True, pad),
+    ]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-9)
+
+
+def test_a_padding_as_large_as_the_kernel_is_never_left_to_the_fft():
+    """Note [Convolutions by the FFT]: the wrapped-around terms miss the 'valid' outputs only
+    for paddings below the kernel's size; a larger padding takes another path even when the
+    FFT is asked for, and gives the reference's results."""
+    from anycnn_numpy import _plan
+
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((2, 2, 9, 8))
+    k = rng.standard_normal((3, 2, 3, 2))
+    for padding in ((3, 0), (0, 2), (4, 1), (4, 3)):
+        with _plan.forced("fft"):
+            got = _conv.conv_valid(x, k, None, padding)
+        np.testing.assert_allclose(got, reference.conv_valid(x, k, None, padding), atol=1e-10)
+
+
+def test_a_forced_nd_path_is_undone_after_its_block():
+    from anycnn_numpy import _nd
+
+    for volume in (True, False):
+        with _nd.forced(volume):
+            assert _nd._forced is volume
+        assert _nd._forced is None

@@ -1215,17 +1215,22 @@ def _join(ctrl, board, role):  # pragma: no cover - compiled
 @numba.njit(nogil=True, cache=True)
 def _close(ctrl, count, role, limit):  # pragma: no cover - compiled
     """The caller, no slice left: close the job to late helpers, then spin (at most ``limit``
-    turns, counted in ``ctrl[WAITED]``) until all ``count`` slices are done and every helper
-    that joined is back in :func:`helper_wait`."""
+    turns) until all ``count`` slices are done, and then (at most ``limit // 64`` turns more:
+    a helper preempted on a busy machine must not hold the caller) until every helper that
+    joined is back in :func:`helper_wait`; the turns spun in ``ctrl[WAITED]``."""
     if role != CALLER:
         return
     joined = _fetch_add(ctrl, JOINED, -_CLOSED)
     turns = 0
-    while turns < limit:
-        if _load_acquire(ctrl, DONE) == count and _load_acquire(ctrl, BACK) == joined:
-            break
+    while turns < limit and _load_acquire(ctrl, DONE) != count:
         _spin_pause()
         turns += 1
+    if turns < limit:
+        back = 0
+        while back < limit // 64 and _load_acquire(ctrl, BACK) != joined:
+            _spin_pause()
+            back += 1
+        turns += back
     ctrl[WAITED] = turns
 
 

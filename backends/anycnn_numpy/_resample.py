@@ -55,7 +55,7 @@ def _block_sum(x, n, scale):
     ):  # Note [Resampling kernels] in _kernels
         factor = x.dtype.type(1 if scale is None else scale)
         item_bytes, driver = c * h * w * x.dtype.itemsize, _jit.block_sum_sliced
-        if driver is not None and b * item_bytes > _threads._SLICE_BYTES:
+        if driver is not None and b * item_bytes > _threads._SLICE_BYTES:  # pragma: no mutate
             # Note [Slices taken in compiled code] in _direct
             bounds = [start for start, _ in _threads.slices(b, item_bytes)] + [b]
             _threads.run_compiled(driver, (x, n, factor, out), bounds)
