@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FRACTION",
         help="shift each training example by a random whole number of samples up to FRACTION "
         "of its length along its last axis, edge-filled, every pass (0: none; default: the "
-        "model's, ucr1d 0.1, others 0)",
+        "model's, cnn1d_global 0.1, others 0)",
     )
     p.add_argument("--mu", type=_rate, default=0.02, help="SDLM damping (LeCun: 0.02)")
     p.add_argument(
