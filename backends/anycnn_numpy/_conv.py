@@ -75,10 +75,27 @@ def _map_halves(n: int, maps: int, macs: int) -> list | None:  # pragma: no muta
 
 
 def _active(selection, o: int, c: int) -> np.ndarray:
-    """The (C_out, C_in) bool table of the pairs to compute: the selection, or all of them."""
+    """The (C_out, C_in) bool table of the pairs to compute: the selection, or all of them
+    (read-only, as :func:`_frozen` says why)."""
     if selection is None:
         return _ones_table(o, c)
-    return np.ascontiguousarray(selection, dtype=bool)
+    return _frozen(np.ascontiguousarray(selection, dtype=bool))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:  # pragma: no mutate block (compile time only)
+    """A read-only view of ``a``.
+
+    Numba compiles a kernel once per argument *type*, and a read-only array is another type
+    than a writable one: the tables and biases the direct kernels only read reached them
+    writable from a layer (a selection, a bias) and read-only from the caches here (all pairs,
+    zero biases), so every kernel and driver was compiled two or four times on a cold cache
+    (correlate_into four times: the README's first command paid ~40% of its compile time for
+    nothing). Passed read-only always, each is compiled once."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,7 +159,7 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
     dtype = x.dtype
     out = np.empty((n, o, oh, ow), dtype=dtype)
     flipped = np.ascontiguousarray(masked(kernel, selection)[:, :, ::-1, ::-1])  # a correlation
-    bias = _zeros(o, dtype) if shift is None else np.ascontiguousarray(shift)
+    bias = _zeros(o, dtype) if shift is None else _frozen(np.ascontiguousarray(shift))
     active = _active(selection, o, c)
     chunk = _jit.direct_chunk(oh, w + pw, dtype.itemsize)
     act = compiled or no_activation(dtype)
