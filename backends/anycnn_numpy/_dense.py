@@ -15,7 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from anycnn import ops as _reference
-from anycnn_numpy._im2col import gemm, gemm_sum, usable
+from anycnn_numpy import _jit, _threads
+from anycnn_numpy._activation import activate, compiled_activation, sensitivity
+from anycnn_numpy._im2col import gemm, gemm_sum, masked, usable
+from anycnn_numpy._threads import sum_in_order
 
 
 def fully_connected(x, weight):
@@ -36,3 +39,162 @@ def fully_connected_input_grad(delta, weight):
     if not usable(delta, weight):
         return _reference.fully_connected_input_grad(delta, weight)
     return gemm(delta, weight)
+
+
+# Note [Convolutions that cover the map]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A convolution whose kernel is as large as its input maps (LeNet-5's C5: 16 maps of 5 x 5 in,
+# 120 maps of 1 x 1 out) is a fully connected layer on the flattened maps: ``u = X K'^T`` with
+# ``X`` the (N, C kh kw) inputs as they lie in memory and ``K'`` the (O, C kh kw) correlation
+# weights (conv2's kernel flipped), eq. (7)'s kernel gradient is ``delta^T X`` flipped back, and
+# 3.2.1's 'full' convolution of the 1 x 1 deltas, ``conv2(delta, rot180(k), 'full')``, is
+# ``delta K'``. The
+# im2col path computed the same GEMMs, but copied the windows first, ran the products on one
+# thread (a single slice of scratch by its bytes, BLAS held to one thread) and the bias and f
+# as NumPy passes: LeNet-5's C5 took 0.18 + 0.25 ms of a 1.9 ms step at batch 16 and
+# 0.54 + 0.87 ms of an 11 ms one at batch 256 (bench/layers.py). Here the products read the
+# arrays in place and the bias and a logistic or tanh f are applied by the direct kernels'
+# compiled activation (Note [Compiled activations] in _direct) as the rows leave BLAS. They run
+# on the calling thread with BLAS held to one thread: cut into two batch slices for the pool,
+# the slices of a step ran one after the other (the second ~100 us after the first began, the
+# helper not taking it: timestamps inside a LeNet-5 step at batch 256), and BLAS's own threads
+# made C5 faster but the step 1.6x slower (they spin on the cores the next op's helpers need:
+# Note [Small jobs alone] in _threads). One slice, one thread: the bits do not depend on the
+# thread count. float32 only: float64 keeps the im2col path and its bits (.ci/bitexact.py).
+
+
+#: Batches from this size on take the GEMMs of Note [Convolutions that cover the map]; smaller
+#: ones keep the im2col path, whose copy is of the inputs (the weights here: 48,000 numbers for
+#: C5, each step) and whose batch-1 kernel gradient is an outer product (Note [Outer products]):
+#: at batch 1 LeNet-5's C5 took 0.04 + 0.15 ms here against 0.03 + 0.10 ms there, at batch 16
+#: 0.12 + 0.14 ms against 0.15 + 0.24 ms (bench/layers.py, loaded machine).
+MIN_BATCH = 16
+
+
+def covers(x, kernel, padding=(0, 0)) -> bool:
+    """Whether the convolution of maps ``x`` with ``kernel`` is one of Note [Convolutions that
+    cover the map]: float32 4-d arrays, no padding, kernels the size of the C-contiguous maps,
+    a batch of at least MIN_BATCH."""
+    return (
+        x.dtype == np.float32
+        and x.ndim == 4
+        and x.shape[0] >= MIN_BATCH
+        and kernel.dtype == np.float32
+        and kernel.ndim == 4
+        and not any(padding)
+        and x.shape[1:] == kernel.shape[1:]
+        and x.flags.c_contiguous
+    )
+
+
+def covered_backward(x, dy, y, up: int, padding=(0, 0)) -> bool:
+    """Whether conv_backward's arrays are those of a convolution that covers ``x``'s maps
+    (float32, one-pixel outputs, no up-sampling or padding)."""
+    return (
+        up == 1
+        and x.dtype == dy.dtype == y.dtype == np.float32
+        and x.ndim == 4
+        and y.ndim == 4
+        and x.shape[0] >= MIN_BATCH
+        and y.shape[2:] == (1, 1)
+        and dy.shape == y.shape
+        and x.shape[0] == y.shape[0]
+        and not any(padding)
+        and x.flags.c_contiguous
+        and y.flags.c_contiguous
+    )
+
+
+def covered_full(delta, kernel, padding=(0, 0)) -> bool:
+    """Whether conv_full's deltas are one pixel (float32, no padding): ``delta K'``."""
+    return (
+        delta.dtype == kernel.dtype == np.float32
+        and delta.ndim == 4
+        and delta.shape[0] >= MIN_BATCH
+        and kernel.ndim == 4
+        and delta.shape[2:] == (1, 1)
+        and delta.shape[1] == kernel.shape[0]
+        and not any(padding)
+    )
+
+
+def _by_rows(work, n: int, macs_per_row: int) -> None:
+    """``work(0, 0, n)`` on the calling thread, BLAS held to one thread (Note [Convolutions
+    that cover the map]: the pool's slices of these products ran one after the other)."""
+    _threads._pool.run(work, [(0, n)], n * macs_per_row)
+
+
+def _correlation_weights(kernel, selection) -> np.ndarray:
+    """The (O, C kh kw) weights of u = X K'^T: conv2's kernel flipped, outside M_j zeroed."""
+    o = kernel.shape[0]
+    return np.ascontiguousarray(masked(kernel, selection)[:, :, ::-1, ::-1]).reshape(o, -1)
+
+
+def conv_covering(x, kernel, selection=None, bias=None, activation=None):
+    """``f(conv_valid(x, kernel) + bias)`` as one GEMM per batch slice (Note [Convolutions that
+    cover the map]); no bias and the identity without them. (N, O, 1, 1)."""
+    n, o = x.shape[0], kernel.shape[0]
+    rows = x.reshape(n, -1)
+    weights = _correlation_weights(kernel, selection).T
+    out = np.empty((n, o), np.float32)
+    compiled = None if activation is None else compiled_activation(activation, out.dtype)
+    run_activation = _jit.activate_run
+
+    def work(index, start, stop):
+        part = out[start:stop]
+        np.matmul(rows[start:stop], weights, out=part)
+        if bias is not None:
+            part += bias
+        if activation is None:
+            return
+        if compiled is not None and run_activation is not None:
+            run_activation(part.reshape(-1), *compiled)
+            return
+        y = activate(part, activation)
+        if y is not part:
+            np.copyto(part, y)
+
+    _by_rows(work, n, o * rows.shape[1])
+    return out.reshape(n, o, 1, 1)
+
+
+def conv_covering_backward(x, dy, y, activation, selection=None, need_delta=True):
+    """conv_backward of Note [Convolutions that cover the map]: ``delta = f'(u) o dy`` (the
+    ``sensitivity`` op's bits), ``(dE/dk, dE/db, delta or None)``, the kernel gradient
+    ``delta^T X`` summed over batch slices in slice order and flipped to conv2's orientation."""
+    n, o = y.shape[0], y.shape[1]
+    rows = x.reshape(n, -1)
+    delta = np.ascontiguousarray(sensitivity(dy, y, activation)).reshape(n, o)
+    partial, sums = {}, {}
+
+    def work(index, start, stop):
+        part = delta[start:stop]
+        partial[index] = part.T @ rows[start:stop]
+        sums[index] = np.sum(part, axis=0)
+
+    _by_rows(work, n, o * rows.shape[1])
+    grad = sum_in_order(partial).reshape(kernel_shape(x, o))[:, :, ::-1, ::-1]
+    if selection is not None:
+        grad = grad * selection[:, :, None, None]
+    bias = sum_in_order(sums)
+    return np.ascontiguousarray(grad), bias, delta.reshape(n, o, 1, 1) if need_delta else None
+
+
+def kernel_shape(x, o: int) -> tuple[int, int, int, int]:
+    """The (O, C, kh, kw) kernels that cover ``x``'s maps."""
+    return (o, *x.shape[1:])
+
+
+def conv_covering_full(delta, kernel, selection=None):
+    """3.2.1's 'full' convolution of (N, O, 1, 1) deltas with kernels (O, C, kh, kw): ``delta K'``
+    (Note [Convolutions that cover the map]), (N, C, kh, kw)."""
+    n, o = delta.shape[0], kernel.shape[0]
+    weights = _correlation_weights(kernel, selection)
+    flat = np.ascontiguousarray(delta).reshape(n, o)
+    out = np.empty((n, weights.shape[1]), np.float32)
+
+    def work(index, start, stop):
+        np.matmul(flat[start:stop], weights, out=out[start:stop])
+
+    _by_rows(work, n, o * weights.shape[1])
+    return out.reshape(n, *kernel.shape[1:])
