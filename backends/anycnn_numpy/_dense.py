@@ -18,7 +18,6 @@ from anycnn import ops as _reference
 from anycnn_numpy import _jit, _threads
 from anycnn_numpy._activation import activate, compiled_activation, sensitivity
 from anycnn_numpy._im2col import gemm, gemm_sum, masked, usable
-from anycnn_numpy._threads import sum_in_order
 
 
 def fully_connected(x, weight):
@@ -59,27 +58,28 @@ def fully_connected_input_grad(delta, weight):
 # the slices of a step ran one after the other (the second ~100 us after the first began, the
 # helper not taking it: timestamps inside a LeNet-5 step at batch 256), and BLAS's own threads
 # made C5 faster but the step 1.6x slower (they spin on the cores the next op's helpers need:
-# Note [Small jobs alone] in _threads). One slice, one thread: the bits do not depend on the
-# thread count. float32 only: float64 keeps the im2col path and its bits (.ci/bitexact.py).
+# Note [Small jobs alone] in _threads). One product, one thread: the bits do not depend on the
+# thread count. conv2's flip is a copy: of the inputs or of the kernel, whichever holds
+# fewer numbers (:func:`_flip_inputs`), the products then read the other as it is; at batch 1
+# the kernel gradient is an outer product (Note [Outer products]). float32 only: float64 keeps
+# the im2col path and its bits (.ci/bitexact.py).
 
 
-#: Batches from this size on take the GEMMs of Note [Convolutions that cover the map]; smaller
-#: ones keep the im2col path, whose copy is of the inputs (the weights here: 48,000 numbers for
-#: C5, each step) and whose batch-1 kernel gradient is an outer product (Note [Outer products]):
-#: at batch 1 LeNet-5's C5 took 0.04 + 0.15 ms here against 0.03 + 0.10 ms there, at batch 16
-#: 0.12 + 0.14 ms against 0.15 + 0.24 ms (bench/layers.py, loaded machine).
-MIN_BATCH = 16
+def _flip_inputs(n: int, o: int) -> bool:
+    """Whether conv2's flip is a copy of the N inputs rather than of the O kernels (Note
+    [Convolutions that cover the map]): whichever is smaller. LeNet-5's C5 (O = 120) at batch
+    16 and 64: 0.08 + 0.11 and 0.15 + 0.20 ms against 0.12 + 0.14 and 0.18 + 0.22 with the
+    kernels flipped; at batch 256 0.45 + 0.58 against 0.36 + 0.53 (bench/layers.py, loaded)."""
+    return n < o
 
 
 def covers(x, kernel, padding=(0, 0)) -> bool:
     """Whether the convolution of maps ``x`` with ``kernel`` is one of Note [Convolutions that
-    cover the map]: float32 4-d arrays, no padding, kernels the size of the C-contiguous maps,
-    a batch of at least MIN_BATCH."""
+    cover the map]: float32 4-d arrays, no padding, kernels the size of the C-contiguous maps."""
     return (
         x.dtype == np.float32
-        and x.ndim == 4
-        and x.shape[0] >= MIN_BATCH
         and kernel.dtype == np.float32
+        and x.ndim == 4
         and kernel.ndim == 4
         and not any(padding)
         and x.shape[1:] == kernel.shape[1:]
@@ -95,13 +95,11 @@ def covered_backward(x, dy, y, up: int, padding=(0, 0)) -> bool:
         and x.dtype == dy.dtype == y.dtype == np.float32
         and x.ndim == 4
         and y.ndim == 4
-        and x.shape[0] >= MIN_BATCH
         and y.shape[2:] == (1, 1)
         and dy.shape == y.shape
         and x.shape[0] == y.shape[0]
         and not any(padding)
         and x.flags.c_contiguous
-        and y.flags.c_contiguous
     )
 
 
@@ -110,7 +108,6 @@ def covered_full(delta, kernel, padding=(0, 0)) -> bool:
     return (
         delta.dtype == kernel.dtype == np.float32
         and delta.ndim == 4
-        and delta.shape[0] >= MIN_BATCH
         and kernel.ndim == 4
         and delta.shape[2:] == (1, 1)
         and delta.shape[1] == kernel.shape[0]
@@ -118,83 +115,87 @@ def covered_full(delta, kernel, padding=(0, 0)) -> bool:
     )
 
 
-def _by_rows(work, n: int, macs_per_row: int) -> None:
-    """``work(0, 0, n)`` on the calling thread, BLAS held to one thread (Note [Convolutions
-    that cover the map]: the pool's slices of these products ran one after the other)."""
-    _threads._pool.run(work, [(0, n)], n * macs_per_row)
+def _one_thread(work, macs: int) -> None:
+    """``work()`` on the calling thread, BLAS held to one thread above its own split size
+    (Note [Convolutions that cover the map]: the pool's slices of these products ran one
+    after the other)."""
+    _threads._pool.run(lambda index, start, stop: work(), [(0, 1)], macs)
 
 
-def _correlation_weights(kernel, selection) -> np.ndarray:
-    """The (O, C kh kw) weights of u = X K'^T: conv2's kernel flipped, outside M_j zeroed."""
-    o = kernel.shape[0]
-    return np.ascontiguousarray(masked(kernel, selection)[:, :, ::-1, ::-1]).reshape(o, -1)
+def _flipped_rows(a) -> np.ndarray:
+    """(M, C, kh, kw) -> (M, C kh kw) with each map's taps in reverse order (conv2's rot180)."""
+    m, c = a.shape[0], a.shape[1]
+    return np.ascontiguousarray(a.reshape(m, c, -1)[:, :, ::-1]).reshape(m, -1)
 
 
 def conv_covering(x, kernel, selection=None, bias=None, activation=None):
-    """``f(conv_valid(x, kernel) + bias)`` as one GEMM per batch slice (Note [Convolutions that
-    cover the map]); no bias and the identity without them. (N, O, 1, 1)."""
+    """``f(conv_valid(x, kernel) + bias)`` as one GEMM (Note [Convolutions that cover the
+    map]); no bias and the identity without them. (N, O, 1, 1)."""
     n, o = x.shape[0], kernel.shape[0]
-    rows = x.reshape(n, -1)
-    weights = _correlation_weights(kernel, selection).T
     out = np.empty((n, o), np.float32)
     compiled = None if activation is None else compiled_activation(activation, out.dtype)
     run_activation = _jit.activate_run
 
-    def work(index, start, stop):
-        part = out[start:stop]
-        np.matmul(rows[start:stop], weights, out=part)
+    def work():
+        if _flip_inputs(n, o):  # the inputs flipped: u^T = K X'^T
+            weights = masked(kernel, selection).reshape(o, -1)
+            np.copyto(out, (weights @ _flipped_rows(x).T).T)
+        else:  # the kernel flipped: u = X K'^T
+            np.matmul(x.reshape(n, -1), _flipped_rows(masked(kernel, selection)).T, out=out)
         if bias is not None:
-            part += bias
+            out[...] += bias
         if activation is None:
             return
         if compiled is not None and run_activation is not None:
-            run_activation(part.reshape(-1), *compiled)
+            run_activation(out.reshape(-1), *compiled)
             return
-        y = activate(part, activation)
-        if y is not part:
-            np.copyto(part, y)
+        y = activate(out, activation)
+        if y is not out:
+            np.copyto(out, y)
 
-    _by_rows(work, n, o * rows.shape[1])
+    _one_thread(work, n * kernel.size)
     return out.reshape(n, o, 1, 1)
 
 
 def conv_covering_backward(x, dy, y, activation, selection=None, need_delta=True):
     """conv_backward of Note [Convolutions that cover the map]: ``delta = f'(u) o dy`` (the
     ``sensitivity`` op's bits), ``(dE/dk, dE/db, delta or None)``, the kernel gradient
-    ``delta^T X`` summed over batch slices in slice order and flipped to conv2's orientation."""
+    ``delta^T X`` in conv2's orientation (X's taps flipped, or the product's)."""
     n, o = y.shape[0], y.shape[1]
-    rows = x.reshape(n, -1)
     delta = np.ascontiguousarray(sensitivity(dy, y, activation)).reshape(n, o)
-    partial, sums = {}, {}
+    shape = (o, *x.shape[1:])
+    result = {}
 
-    def work(index, start, stop):
-        part = delta[start:stop]
-        partial[index] = part.T @ rows[start:stop]
-        sums[index] = np.sum(part, axis=0)
+    def work():
+        if n == 1:  # an outer product (Note [Outer products])
+            grad = np.multiply.outer(delta[0], _flipped_rows(x)[0])
+        elif _flip_inputs(n, o):
+            grad = delta.T @ _flipped_rows(x)
+        else:
+            grad = _flipped_rows((delta.T @ x.reshape(n, -1)).reshape(shape))
+        result["grad"] = grad.reshape(shape)
 
-    _by_rows(work, n, o * rows.shape[1])
-    grad = sum_in_order(partial).reshape(kernel_shape(x, o))[:, :, ::-1, ::-1]
+    _one_thread(work, n * o * x[0].size)
+    grad = result["grad"]
     if selection is not None:
-        grad = grad * selection[:, :, None, None]
-    bias = sum_in_order(sums)
-    return np.ascontiguousarray(grad), bias, delta.reshape(n, o, 1, 1) if need_delta else None
-
-
-def kernel_shape(x, o: int) -> tuple[int, int, int, int]:
-    """The (O, C, kh, kw) kernels that cover ``x``'s maps."""
-    return (o, *x.shape[1:])
+        grad *= selection[:, :, None, None]
+    bias = np.sum(delta, axis=0)
+    return grad, bias, delta.reshape(n, o, 1, 1) if need_delta else None
 
 
 def conv_covering_full(delta, kernel, selection=None):
     """3.2.1's 'full' convolution of (N, O, 1, 1) deltas with kernels (O, C, kh, kw): ``delta K'``
     (Note [Convolutions that cover the map]), (N, C, kh, kw)."""
     n, o = delta.shape[0], kernel.shape[0]
-    weights = _correlation_weights(kernel, selection)
     flat = np.ascontiguousarray(delta).reshape(n, o)
-    out = np.empty((n, weights.shape[1]), np.float32)
+    result = {}
 
-    def work(index, start, stop):
-        np.matmul(flat[start:stop], weights, out=out[start:stop])
+    def work():
+        if _flip_inputs(n, o):  # the product's taps flipped
+            product = flat @ masked(kernel, selection).reshape(o, -1)
+            result["out"] = _flipped_rows(product.reshape(n, *kernel.shape[1:]))
+        else:
+            result["out"] = flat @ _flipped_rows(masked(kernel, selection))
 
-    _by_rows(work, n, o * weights.shape[1])
-    return out.reshape(n, *kernel.shape[1:])
+    _one_thread(work, n * kernel.size)
+    return result["out"].reshape(n, *kernel.shape[1:])
