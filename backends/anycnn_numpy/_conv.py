@@ -75,41 +75,28 @@ def _map_halves(n: int, maps: int, macs: int) -> list | None:  # pragma: no muta
 
 
 def _active(selection, o: int, c: int) -> np.ndarray:
-    """The (C_out, C_in) bool table of the pairs to compute: the selection, or all of them
-    (read-only, as :func:`_frozen` says why)."""
+    """The (C_out, C_in) bool table of the pairs to compute: the selection, or all of them."""
     if selection is None:
         return _ones_table(o, c)
-    return _frozen(np.ascontiguousarray(selection, dtype=bool))
+    return np.ascontiguousarray(selection, dtype=bool)
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:  # pragma: no mutate block (compile time only)
-    """A read-only view of ``a``.
-
-    Numba compiles a kernel once per argument *type*, and a read-only array is another type
-    than a writable one: the tables and biases the direct kernels only read reached them
-    writable from a layer (a selection, a bias) and read-only from the caches here (all pairs,
-    zero biases), so every kernel and driver was compiled two or four times on a cold cache
-    (correlate_into four times: the README's first command paid ~40% of its compile time for
-    nothing). Passed read-only always, each is compiled once."""
-    if not a.flags.writeable:
-        return a
-    view = a.view()
-    view.flags.writeable = False
-    return view
-
-
+# Note [One type per kernel argument]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Numba compiles a kernel once per argument *type*, and a read-only array is another type than
+# a writable one. The tables and biases the direct kernels only read came read-only from the
+# caches below (all pairs, zero biases) and writable from a layer (a selection, a bias), so
+# correlate_into and its driver were compiled four times each on a cold cache, correlate_grad
+# and its driver twice (the README's first command paid ~40% of its compile time for nothing).
+# The cached arrays are therefore writable, like the layers' own; no kernel writes them.
 @functools.lru_cache(maxsize=64)
 def _ones_table(o: int, c: int) -> np.ndarray:
-    table = np.ones((o, c), dtype=bool)
-    table.flags.writeable = False
-    return table
+    return np.ones((o, c), dtype=bool)
 
 
 @functools.lru_cache(maxsize=64)
 def _zeros(size: int, dtype: np.dtype) -> np.ndarray:
-    zeros = np.zeros(size, dtype=dtype)
-    zeros.flags.writeable = False
-    return zeros
+    return np.zeros(size, dtype=dtype)
 
 
 def conv_valid(x, kernel, selection=None, padding=(0, 0)):
@@ -163,7 +150,7 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
     dtype = x.dtype
     out = np.empty((n, o, oh, ow), dtype=dtype)
     flipped = np.ascontiguousarray(masked(kernel, selection)[:, :, ::-1, ::-1])  # a correlation
-    bias = _zeros(o, dtype) if shift is None else _frozen(np.ascontiguousarray(shift))
+    bias = _zeros(o, dtype) if shift is None else np.ascontiguousarray(shift)
     active = _active(selection, o, c)
     chunk = _jit.direct_chunk(oh, w + pw, dtype.itemsize)
     act = compiled or no_activation(dtype)

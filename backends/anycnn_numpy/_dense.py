@@ -76,13 +76,12 @@ def _flip_inputs(n: int, o: int) -> bool:
 def covers(x, kernel, padding=(0, 0)) -> bool:
     """Whether the convolution of maps ``x`` with ``kernel`` is one of Note [Convolutions that
     cover the map]: float32 4-d arrays, no padding, kernels the size of the C-contiguous maps."""
-    return (
-        x.dtype == np.float32
-        and kernel.dtype == np.float32
+    return (  # the cheapest test that fails for other layers first (batch 1 pays each call)
+        x.shape[1:] == kernel.shape[1:]
         and x.ndim == 4
-        and kernel.ndim == 4
+        and x.dtype == np.float32
+        and kernel.dtype == np.float32
         and not any(padding)
-        and x.shape[1:] == kernel.shape[1:]
         and x.flags.c_contiguous
     )
 
@@ -91,11 +90,11 @@ def covered_backward(x, dy, y, up: int, padding=(0, 0)) -> bool:
     """Whether conv_backward's arrays are those of a convolution that covers ``x``'s maps
     (float32, one-pixel outputs, no up-sampling or padding)."""
     return (
-        up == 1
+        y.shape[2:] == (1, 1)
+        and up == 1
         and x.dtype == dy.dtype == y.dtype == np.float32
         and x.ndim == 4
         and y.ndim == 4
-        and y.shape[2:] == (1, 1)
         and dy.shape == y.shape
         and x.shape[0] == y.shape[0]
         and not any(padding)
@@ -106,10 +105,10 @@ def covered_backward(x, dy, y, up: int, padding=(0, 0)) -> bool:
 def covered_full(delta, kernel, padding=(0, 0)) -> bool:
     """Whether conv_full's deltas are one pixel (float32, no padding): ``delta K'``."""
     return (
-        delta.dtype == kernel.dtype == np.float32
+        delta.shape[2:] == (1, 1)
+        and delta.dtype == kernel.dtype == np.float32
         and delta.ndim == 4
         and kernel.ndim == 4
-        and delta.shape[2:] == (1, 1)
         and delta.shape[1] == kernel.shape[0]
         and not any(padding)
     )
