@@ -99,7 +99,7 @@ def block_mean(x, n):
 
 def decimate(x, n):
     b, c, h, w = x.shape
-    return np.ascontiguousarray(x[:, :, 0 : h - h % n : n, 0 : w - w % n : n])
+    return np.ascontiguousarray(x[:, :, : h - h % n : n, : w - w % n : n])
 
 
 def decimate_transpose(delta, n):
