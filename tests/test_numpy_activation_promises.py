@@ -50,6 +50,13 @@ def test_the_slope_in_place_is_the_activations_own_bits_for_every_constant(activ
     # a strided layout: the compiled kernel does not take it, the slope in place does
     strided = _activation.sensitivity(dy[:, :, ::2], y[:, :, ::2], activation)
     np.testing.assert_array_equal(strided, activation.sensitivity(dy[:, :, ::2], y[:, :, ::2], np))
+    # deltas of another dtype: the activation's own method and its promotion, by either op
+    other = dy.astype(np.float32 if dtype == np.float64 else np.float64)
+    want = activation.sensitivity(other, y, np)
+    for op in (_activation.sensitivity, _activation._slope_times):
+        got = op(other, y, activation)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
 
 
 class _Softsign(Activation):
@@ -78,3 +85,34 @@ def test_an_activation_without_a_description_runs_its_own_methods(dtype):
     np.testing.assert_array_equal(_activation._slope_times(dy, y, act), want)
     assert _activation.compiled_activation(act, np.dtype(np.float32)) is None
     assert _activation.sensitivity_formula(act, y) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_described_activations_run_on_the_plugins_own_code(monkeypatch, dtype):
+    """Note [Activation descriptions]: for a described activation on float arrays of one dtype
+    the plugin computes f and f' itself (in place, or compiled), never through the layer's
+    Array API methods (which make a new array per operation)."""
+    rng = np.random.default_rng(3)
+    u = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+    for activation in (Sigmoid(2.0), Tanh(1.7159, 2.0 / 3.0)):
+        y = activation.apply(u.copy(), np)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        want_f, want_s = y.copy(), activation.sensitivity(dy, y, np)
+
+        def refused(*args, **kwargs):
+            raise AssertionError("the layer's own method was called")
+
+        with monkeypatch.context() as patch:
+            for name in ("apply", "sensitivity", "forward", "derivative"):
+                patch.setattr(type(activation), name, refused)
+            got_f = _activation.activate(u.copy(), activation)
+            got_s = [
+                _activation.sensitivity(dy, y, activation),
+                _activation._slope_times(dy, y, activation),
+                _activation.sensitivity(dy[:, :, ::2], y[:, :, ::2], activation),
+            ]
+        np.testing.assert_array_equal(got_f, want_f)
+        np.testing.assert_array_equal(got_s[1], want_s)
+        np.testing.assert_array_equal(got_s[2], want_s[:, :, ::2])
+        tol = 1e-6 if dtype == np.float32 else 1e-14
+        np.testing.assert_allclose(got_s[0], want_s, rtol=tol, atol=tol)

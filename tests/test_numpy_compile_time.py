@@ -91,3 +91,19 @@ def test_the_activation_runs_chosen_by_dtype_apply_f(dtype, activation):
     t = np.dtype(dtype).type
     impl(v, kind, t(p0), t(p1))
     np.testing.assert_allclose(v, activation.forward(u.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_atomics_compiled_afresh_add_load_and_store_in_place():
+    """The pool drivers' atomics (``_fetch_add``, ``_load_acquire``, ``_store_release``) build
+    their pointers (``_item_pointer``) only when Numba compiles a driver, which the cache on disk
+    skips: compiled here afresh, each reads and writes the item it names."""
+
+    def atomics(a, i, v):
+        before = _direct._fetch_add(a, i, v)
+        _direct._store_release(a, i + 1, before)
+        return before, _direct._load_acquire(a, i)
+
+    compiled = numba.njit(cache=False)(atomics)
+    a = np.arange(10, 18, dtype=np.int64)
+    assert compiled(a, 3, 100) == (13, 113)
+    np.testing.assert_array_equal(a, [10, 11, 12, 113, 13, 15, 16, 17])

@@ -166,10 +166,12 @@ def test_the_fused_backward_leaves_to_the_mappings_what_the_kernels_cannot_form(
     (x, _, _, _, y), sel, pads = _arrays(case, np.float32, seed=2)
     rng = np.random.default_rng(3)
     up = 2
-    small = tuple(-(-s // up) for s in y.shape[2:])
+    small = tuple(-(-s // up) for s in y.shape[2:])  # "pad": ceil(size / up) deltas
     dy = rng.standard_normal((*y.shape[:2], *small))
+    drop = dy[(slice(None), slice(None), *(slice(s // up) for s in y.shape[2:]))]  # "drop"
     for act, dy_, fits in (
         (Sigmoid(), dy.astype(np.float32), True),
+        (Tanh(1.7159, 2.0 / 3.0), drop.astype(np.float32), True),
         (Tanh(1.7159, 2.0 / 3.0), dy, False),  # float64 deltas, float32 outputs
         (ReLU(), dy.astype(np.float32), False),
         (Sigmoid(), dy[:, :, :1].astype(np.float32), y.shape[2] // up <= 1),  # one delta
@@ -201,3 +203,23 @@ def test_the_rule_reads_the_input_as_the_kernels_do():
         assert not _nd.volume_backward(x, y.astype(np.float64))
         assert not _nd.volume_forward(x, k.astype(np.float64))
         assert not _nd.volume_forward(x[:, :, 0], k[:, :, 0])  # 2-D maps: the table's own ops
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_the_volume_kernels_cover_every_pair_when_cut_into_ranges(monkeypatch, case):
+    """The pool's ranges of (example, output depth) pairs (one a range here) cover each pair
+    once: the forward pass, the kernel and bias gradients summed over the ranges in order, and
+    delta, each the reference's to float32 rounding."""
+    monkeypatch.setattr(_volume, "SLICE_MACS", 1)
+    table = anycnn_numpy._fast_ops()
+    (x, k, b, d, y), sel, pads = _arrays(case, np.float32, seed=4)
+    x64, k64, b64, d64 = (a.astype(np.float64) for a in (x, k, b, d))
+    act = Sigmoid()
+    with _nd.forced(True):
+        u = table["conv_valid_activate"](x, k, b, act, sel, pads)
+        y = u.astype(np.float64)
+        got = table["conv_backward"](x, d, u, act, sel, 1, True, pads)
+    _close(u, reference.conv_valid_activate(x64, k64, b64, act, sel, pads), np.float32)
+    want = reference.conv_backward(x64, d64, y, act, sel, 1, True, pads)
+    for g, w in zip(got, want, strict=True):
+        _close(g, w, np.float32)

@@ -140,8 +140,9 @@ def sensitivity(dy, y, activation):
     tanh: one compiled pass on the pool's threads (Note [Sensitivity kernel] in _direct), the bits
     of ``activation.sensitivity``; other activations, dtypes or layouts take the table's slope
     in place (the same bits)."""
-    kernel = _jit.sensitivity_into
-    formula = sensitivity_formula(activation, y)
+    # the compiled pass or the table's slope: paths to the same bits
+    kernel = _jit.sensitivity_into  # pragma: no mutate (a path to the same result)
+    formula = sensitivity_formula(activation, y)  # pragma: no mutate (a path to the same result)
     if formula is not None and formula[0] == "identity":
         return dy  # f' = 1: delta is dy itself, as the identity's own method gives
     if (

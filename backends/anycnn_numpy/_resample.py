@@ -21,7 +21,7 @@ def kron_upsample(x, n):
     if n == 1:
         return x.copy()
     out = np.empty((b, c, h * n, w * n), dtype=x.dtype)
-    kron_into = _jit.kron_into
+    kron_into = _jit.kron_into  # pragma: no mutate (a path to the same result)
     if kron_into is not None and _jit.compiled_layout(x):  # Note [Resampling kernels] in _kernels
 
         def work_compiled(index, start, stop):
@@ -130,7 +130,7 @@ def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
         driver is not None
         and formula is not None
         and formula[0] != "identity"
-        and n * item_bytes > _threads._SLICE_BYTES
+        and n * item_bytes > _threads._SLICE_BYTES  # pragma: no mutate (the same bits)
     ):  # Note [Slices taken in compiled code] in _direct: f' and the sums, one job
         name, p0, p1, scaled = formula
         t = y.dtype.type
