@@ -21,7 +21,7 @@ pytest.importorskip("anycnn_numpy")
 from anycnn_numpy import _conv, _fft, _im2col, _jit, _plan  # noqa: E402
 
 from anycnn import ops as reference  # noqa: E402
-from anycnn.layers.activations import Tanh  # noqa: E402
+from anycnn.layers.activations import Activation, Sigmoid, Tanh  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -163,3 +163,59 @@ def test_the_fused_backward_asks_for_eq7_and_keeps_the_direct_kernels_to_itself(
         _close(_conv.conv_backward(*args), want, dtype)
         assert asked and all(a == question for a in asked), asked
         assert set(ran) == {path}, (path, ran)
+
+
+class _Softsign(Activation):
+    """No description: f comes from its own method, a new array."""
+
+    name = "softsign"
+
+    def forward(self, u):
+        return u / (1 + abs(u))
+
+    def derivative(self, y, u=None):
+        return (1 - abs(y)) ** 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_f_on_every_path_is_the_compiled_one_or_the_activate_op(recorded, monkeypatch, dtype):
+    """conv_valid_activate: the direct kernels apply float32 logistic and tanh layers' f
+    themselves (Note [Compiled activations]); every other f, dtype and path runs the ``activate``
+    op on each slice of the output, whose result (a new array for an activation without a
+    description) is the layer's output."""
+    asked, ran, answer = recorded
+    applied = []
+    activate = _conv.activate
+
+    def counted(u, activation):
+        applied.append(activation)
+        return activate(u, activation)
+
+    monkeypatch.setattr(_conv, "activate", counted)
+    _, x, k, _, _, bias, sel = _case(dtype, (1, 1), seed=2)
+    for act in (Tanh(1.7159, 2.0 / 3.0), Sigmoid(), _Softsign()):
+        want = reference.conv_valid_activate(x, k, bias, act, sel, (1, 1))
+        for path in _available(dtype, 3, 2, 1, 1):
+            applied.clear()
+            answer[0] = path
+            _close(_conv.conv_valid_activate(x, k, bias, act, sel, (1, 1)), want, dtype)
+            compiled = path == "direct" and dtype == np.float32 and act.describe() is not None
+            assert (applied == []) is compiled, (path, act, applied)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_full_convolution_of_one_pixel_asks_the_model_too(recorded, dtype):
+    """A 1 x 1 'full' convolution of 1 x 1 deltas (its forward input one pixel) is a
+    convolution like any other: the model is asked, and its path runs."""
+    asked, ran, answer = recorded
+    rng = np.random.default_rng(4)
+    d = rng.standard_normal((3, 4, 1, 1)).astype(dtype)
+    k = rng.standard_normal((4, 2, 1, 1)).astype(dtype)
+    want = reference.conv_full(d, k)
+    available = _available(dtype, 1, 1, 0, 0)
+    for path in available:
+        asked.clear()
+        ran.clear()
+        answer[0] = path
+        _close(_conv.conv_full(d, k), want, dtype)
+        assert asked == [("full", 3, 2, 4, 1, 1, 1, 1, 0, 0, available)]

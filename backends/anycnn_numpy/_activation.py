@@ -114,6 +114,10 @@ def no_activation(dtype: np.dtype) -> tuple:
     return (_jit.direct_activations[0], t(0), t(0))
 
 
+#: The identity's formula: ``f' = 1``, the deltas as given (its parameters are never read).
+IDENTITY_FORMULA = ("identity", 0.0, 0.0, False)
+
+
 def sensitivity_formula(activation, y) -> tuple | None:
     """``(name, p0, p1, scaled)`` of the compiled ``f'(u) o dy`` (Note [Sensitivity kernel] in
     _direct) for ``activation`` on outputs like ``y``, or None, from the activation's
@@ -131,7 +135,7 @@ def sensitivity_formula(activation, y) -> tuple | None:
         a, b = parsed[2], parsed[3]
         return ("tanh", a, b / a, True)
     if kind == "identity":
-        return ("identity", 0.0, 0.0, False)
+        return IDENTITY_FORMULA
     return None
 
 

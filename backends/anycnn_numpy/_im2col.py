@@ -100,10 +100,11 @@ def masked(kernel: np.ndarray, selection) -> np.ndarray:
 
 
 def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for 2-d arrays, split over row slices of ``a`` on the pool's threads."""
+    """``a @ b`` for 2-d arrays of one dtype, split over row slices of ``a`` on the pool's
+    threads."""
     m, k = a.shape
     n = b.shape[1]
-    out = np.empty((m, n), dtype=np.result_type(a, b))
+    out = np.empty((m, n), dtype=a.dtype)
 
     def work(index, start, stop):
         np.matmul(a[start:stop], b, out=out[start:stop])
