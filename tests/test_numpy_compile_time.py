@@ -107,3 +107,26 @@ def test_the_atomics_compiled_afresh_add_load_and_store_in_place():
     a = np.arange(10, 18, dtype=np.int64)
     assert compiled(a, 3, 100) == (13, 113)
     np.testing.assert_array_equal(a, [10, 11, 12, 113, 13, 15, 16, 17])
+
+
+def test_the_volume_kernels_vector_code_compiled_afresh():
+    """``_volume``'s vector type and intrinsics (loads, stores, splats, broadcasts, fused
+    multiply-adds) build their IR only when Numba compiles a kernel: compiled here afresh on a
+    small function, each does what it says on 16 float32 lanes."""
+    from anycnn_numpy import _volume
+
+    model = _volume._VolumeFloat32x16Model(default_manager, _volume._f32x16)
+    assert model.fe_type is _volume._f32x16 and model._dmm is default_manager
+    assert str(model.get_value_type()) == "<16 x float>"
+    assert _volume._float32_array(types.float32[::1])
+    assert not _volume._float32_array(types.float64[::1])
+
+    def lanes(a, out, s):
+        v = _volume._load(a, 2)
+        _volume._store(out, 0, _volume._fma(v, _volume._splat(s), _volume._broadcast(a, 1)))
+
+    compiled = numba.njit(cache=False)(lanes)
+    a = np.arange(20, dtype=np.float32) / 4
+    out = np.zeros(16, np.float32)
+    compiled(a, out, np.float32(3))
+    np.testing.assert_array_equal(out, a[2:18] * np.float32(3) + a[1])
