@@ -219,3 +219,54 @@ def test_the_full_convolution_of_one_pixel_asks_the_model_too(recorded, dtype):
         answer[0] = path
         _close(_conv.conv_full(d, k), want, dtype)
         assert asked == [("full", 3, 2, 4, 1, 1, 1, 1, 0, 0, available)]
+
+
+@pytest.mark.skipif(not DIRECT, reason="no direct kernels here")
+@pytest.mark.parametrize("drivers", [True, False], ids=["compiled-slices", "python-slices"])
+@pytest.mark.parametrize("n", [1, 5], ids=["one-example-two-halves", "five-slices"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_direct_kernels_cut_into_slices_or_halves_give_the_reference(
+    monkeypatch, drivers, n, dtype
+):
+    """The pool's cuts of the direct convolutions (Note [One example on two cores], Note [Slices
+    taken in compiled code]), forced on small shapes: a batch in one-example slices taken by the
+    compiled drivers or by Python, and one example's maps in two halves, with the layer's bias
+    and f in the kernels or in the epilogue, padding and a selection: each op's result is the
+    reference's."""
+    from anycnn_numpy import _threads
+
+    monkeypatch.setattr(_threads, "DIRECT_PARALLEL_MACS", 1)
+    monkeypatch.setattr(_threads, "DIRECT_SLICE_MACS", 1)
+    if not drivers:
+        monkeypatch.setattr(_jit, "correlate_into_sliced", None)
+        monkeypatch.setattr(_jit, "correlate_grad_sliced", None)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, 3, 8, 7)).astype(dtype)
+    k = rng.standard_normal((6, 3, 3, 2)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    sel = rng.random((6, 3)) < 0.7
+    pad = (1, 1)
+    d = rng.standard_normal((n, 6, 8, 8)).astype(dtype)
+    y = np.tanh(rng.standard_normal((n, 6, 8, 8))).astype(dtype)
+    if n == 1:
+        assert _conv._map_halves(1, 6, 6 * 3 * 6 * 64) is not None
+    else:
+        assert len(_threads.direct_bounds(n, 6 * 3 * 6 * 64)) > 2
+    for act in (Tanh(1.7159, 2.0 / 3.0), _Softsign()):
+        with _plan.forced("direct"):
+            got = [
+                _conv.conv_valid(x, k, sel, pad),
+                _conv.conv_valid_activate(x, k, b, act, sel, pad),
+                _conv.conv_full(d, k, sel, pad),
+                _conv.conv_kernel_grad(x, d, sel, pad),
+                *_conv.conv_backward(x, d, y, Tanh(1.7159, 2.0 / 3.0), sel, 1, True, pad),
+            ]
+        want = [
+            reference.conv_valid(x, k, sel, pad),
+            reference.conv_valid_activate(x, k, b, act, sel, pad),
+            reference.conv_full(d, k, sel, pad),
+            reference.conv_kernel_grad(x, d, sel, pad),
+            *reference.conv_backward(x, d, y, Tanh(1.7159, 2.0 / 3.0), sel, 1, True, pad),
+        ]
+        for g, w in zip(got, want, strict=True):
+            _close(g, w, dtype)
