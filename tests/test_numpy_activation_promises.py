@@ -116,3 +116,18 @@ def test_described_activations_run_on_the_plugins_own_code(monkeypatch, dtype):
         np.testing.assert_array_equal(got_s[2], want_s[:, :, ::2])
         tol = 1e-6 if dtype == np.float32 else 1e-14
         np.testing.assert_allclose(got_s[0], want_s, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS[:2] + [_Softsign()], ids=repr)
+def test_f_of_an_array_it_cannot_write_is_the_activations_own(activation):
+    """``activate`` works in place only in writable float arrays: a read-only one, or integers,
+    take the activation's own method (a new array), and the input is left as it was."""
+    rng = np.random.default_rng(4)
+    u = (3 * rng.standard_normal((2, 3, 4))).astype(np.float32)
+    frozen = u.copy()
+    frozen.flags.writeable = False
+    for a in (frozen, (10 * u).astype(np.int64)):
+        before = a.copy()
+        got = _activation.activate(a, activation)
+        np.testing.assert_array_equal(got, activation.apply(a, np))
+        np.testing.assert_array_equal(a, before)

@@ -49,12 +49,14 @@ def _block_sum(x, n, scale):
     # Sum the n rows of each block (contiguous rows), then the n columns (strided reads);
     # a reshape and a sum over two short axes is an order of magnitude slower in NumPy.
     out = np.empty((b, c, h // n, w // n), dtype=x.dtype)
-    block_sum_into = _jit.block_sum_into
+    block_sum_into = _jit.block_sum_into  # pragma: no mutate (a path to the same result)
     if block_sum_into is not None and _jit.compiled_layout(
         x
     ):  # Note [Resampling kernels] in _kernels
         factor = x.dtype.type(1 if scale is None else scale)
-        item_bytes, driver = c * h * w * x.dtype.itemsize, _jit.block_sum_sliced
+        # the pool's work size and its compiled driver: how fast, not what (the same bits)
+        item_bytes = c * h * w * x.dtype.itemsize  # pragma: no mutate
+        driver = _jit.block_sum_sliced  # pragma: no mutate
         if driver is not None and b * item_bytes > _threads._SLICE_BYTES:  # pragma: no mutate
             # Note [Slices taken in compiled code] in _direct
             bounds = [start for start, _ in _threads.slices(b, item_bytes)] + [b]
