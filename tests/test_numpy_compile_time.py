@@ -115,6 +115,7 @@ def test_the_volume_kernels_vector_code_compiled_afresh():
     small function, each does what it says on 16 float32 lanes."""
     from anycnn_numpy import _volume
 
+    assert _volume._VolumeFloat32x16().name == "volume_float32x16"
     model = _volume._VolumeFloat32x16Model(default_manager, _volume._f32x16)
     assert model.fe_type is _volume._f32x16 and model._dmm is default_manager
     assert str(model.get_value_type()) == "<16 x float>"

@@ -586,12 +586,11 @@ def apply_activation(out: np.ndarray, activation) -> np.ndarray:
     kind, p0, p1 = compiled
     if kind == _direct.IDENTITY:
         return out
-    flat = out.reshape(out.shape[0], -1)
 
     def work(index, start, stop):
-        _direct._activate_run32(flat[start:stop].reshape(-1), kind, p0, p1)
+        _direct._activate_run32(out[start:stop].ravel(), kind, p0, p1)  # in place: a view
 
-    run(work, flat.shape[0], flat.shape[1] * 4, 0)
+    run(work, len(out), out[0].size * 4, 0)
     return out
 
 
