@@ -2,33 +2,37 @@
 ``python bench/paths.py`` (measure and fit) or ``--fit JSON`` (refit); do not edit.
 
 Fitted from bench/results/paths-numpy-intel-xeon-2c.json: Intel(R) Xeon(R) Processor, 2 threads,
-2026-12-07T19:59:42+00:00, load average 8.44 at the start.
-The model chose the measured fastest path for 514 of 714 op timings;
-its choice took 1.103x the fastest time (geometric mean), at worst 5.80x, over 1.5x for 65.
+2026-12-08T01:07:34+00:00, load average 5.67 at the start.
+The model chose the measured fastest path for 560 of 714 op timings;
+its choice took 1.059x the fastest time (geometric mean), at worst 6.17x, over 1.5x for 28.
 """
 
 #: ``"op-path"``: weights of ``_plan.features`` (seconds per count).
 COEFFICIENTS = {
-    "valid-direct": (3.91e-11, 9.329e-11, 1.315e-09, 1.723e-05),
-    "valid-im2col": (6.386e-10, 3.739e-11, 8.213e-10, 2.423e-05),
-    "valid-fft": (1.874e-10, 1.288e-09, 3.209e-09, 6.963e-05),
-    "grad-direct": (3.099e-11, 1.13e-10, 9.802e-10, 2.262e-05),
-    "grad-im2col": (5.912e-10, 5.703e-11, 1.152e-09, 3.495e-05),
-    "grad-fft": (2.698e-10, 2.883e-09, 0, 9.738e-05),
-    "full-direct": (2.142e-11, 1.58e-10, 7.483e-10, 1.529e-05),
-    "full-im2col": (5.768e-10, 3.28e-11, 1.474e-09, 2.547e-05),
-    "full-fft": (2.571e-10, 1.451e-09, 2.756e-09, 7.186e-05),
+    "valid-direct": (5.06e-12, 7.554e-11, 7.541e-10, 2.393e-05),
+    "valid-im2col": (4.63e-10, 1.25e-11, 6.863e-10, 3.075e-05),
+    "valid-fft": (1.367e-10, 6.152e-10, 1.944e-09, 0.0001014),
+    "valid-blocked": (7.035e-12, 6.682e-09, 1.048e-09, 3.516e-05),
+    "grad-direct": (1.021e-11, 5.102e-11, 6.596e-10, 3.18e-05),
+    "grad-im2col": (4.339e-10, 2.242e-11, 1.174e-09, 4.788e-05),
+    "grad-fft": (8.144e-11, 6.954e-10, 1.848e-09, 0.0001357),
+    "grad-blocked": (1.033e-11, 9.353e-08, 1.138e-09, 7.018e-05),
+    "full-direct": (2.012e-12, 1.052e-10, 5.062e-10, 1.879e-05),
+    "full-im2col": (3.675e-10, 1.136e-11, 1.506e-09, 3.217e-05),
+    "full-fft": (1.794e-10, 7.583e-10, 2.228e-10, 9.573e-05),
 }
 
 #: Median relative error of each fit on its own timings.
 ERRORS = {
-    "valid-direct": 0.252,
-    "valid-im2col": 0.213,
-    "valid-fft": 0.240,
-    "grad-direct": 0.265,
-    "grad-im2col": 0.229,
-    "grad-fft": 0.287,
-    "full-direct": 0.299,
-    "full-im2col": 0.274,
-    "full-fft": 0.254,
+    "valid-direct": 0.177,
+    "valid-im2col": 0.283,
+    "valid-fft": 0.119,
+    "valid-blocked": 0.153,
+    "grad-direct": 0.226,
+    "grad-im2col": 0.250,
+    "grad-fft": 0.201,
+    "grad-blocked": 0.187,
+    "full-direct": 0.243,
+    "full-im2col": 0.269,
+    "full-fft": 0.151,
 }
