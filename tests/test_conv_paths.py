@@ -311,3 +311,16 @@ def test_blocked_path_fuses_f_and_gives_the_same_bits_on_any_thread_count(monkey
     monkeypatch.setattr(_threads._pool, "threads", 1)
     for a, c in zip(got, run(), strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+def test_a_path_leaves_the_direct_kernels_only_beyond_both_fits_errors():
+    """Note [Choosing a path]: another path is taken only where it is predicted faster than the
+    direct kernels by more than the larger of the two fits' median errors."""
+    errors = {"valid-direct": 0.2, "valid-blocked": 0.05, "valid-fft": 0.3}
+    assert _plan.decide("valid", {"direct": 1.0, "blocked": 1 / 1.15}, errors) == "direct"
+    assert _plan.decide("valid", {"direct": 1.0, "blocked": 1 / 1.25}, errors) == "blocked"
+    assert _plan.decide("valid", {"direct": 1.0, "fft": 1 / 1.25}, errors) == "direct"
+    assert _plan.decide("valid", {"direct": 1.0, "fft": 1 / 1.35}, errors) == "fft"
+    # among the others, the fastest with its margin
+    both = {"direct": 1.0, "fft": 0.5, "blocked": 0.52}
+    assert _plan.decide("valid", both, errors) == "blocked"

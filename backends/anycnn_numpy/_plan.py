@@ -30,9 +30,10 @@ differently). The dtype does not enter either: every path's float64 time is abou
 float32 one, so the cheapest path is about the same (the model is fitted on float32).
 
 A path other than the direct kernels is taken only where the model predicts it faster by more
-than its fit's median relative error (``_costs.ERRORS``, about a quarter): below that the model
-cannot tell the paths apart, and the direct kernels are the better default (they fuse f, f' and
-the bias sums, need no scratch beyond a few rows, and give the zoo models their bits).
+than the larger of its own fit's and the direct kernels' fit's median relative error
+(``_costs.ERRORS``, 0.12-0.28): below that the model cannot tell the paths apart, and the
+direct kernels are the better default (they fuse f, f' and the bias sums, need no scratch
+beyond a few rows, and give the zoo models their bits).
 
 Two rules stand outside the model, both structural: a convolution whose output is one pixel
 (LeNet-5's C5, and eq. (7) with 1 x 1 deltas) is one GEMM over the whole batch on the im2col
@@ -175,10 +176,10 @@ def choose(op: str, n, c, o, h, w, kh, kw, ph=0, pw=0, available=PATHS) -> str:
 
 def decide(op: str, predicted: dict[str, float], errors: dict[str, float]) -> str:
     """The path of ``op`` from the model's ``predicted`` times: the direct kernels unless another
-    path is predicted faster by more than its fit's median relative error (``errors``), then the
-    fastest (see the Note: the direct kernels fuse f, f' and the bias sums, need the least
-    memory, and give the zoo models their bits; a path must beat them by more than the model can
-    tell apart)."""
+    path is predicted faster by more than the larger of its and the direct kernels' fits' median
+    relative errors (``errors``), then the fastest (see the Note: the direct kernels fuse f, f'
+    and the bias sums, need the least memory, and give the zoo models their bits; a path must
+    beat them by more than the model can tell apart)."""
 
     def margin(path: str) -> float:
         if path == "direct":
