@@ -7,7 +7,8 @@ Usage::
     python bench/paths.py --quick          # a few shapes, nothing rewritten (plumbing check)
 
 For each shape of the grid (2-D maps of 12 to 256 pixels, kernels 3 to 11, 1 to 16 input and 6
-to 64 output maps, batches 1 and 8, the zoo models' layers at batches 1 to 256, and 1-D signals
+to 64 output maps, batches 1 and 8, 28 and 64 px at batch 64 (bench/shapes.py's), the zoo
+models' layers at batches 1 to 256, and 1-D signals
 as one-row maps, float32) and each of the three convolutions of the notes (``valid``: 3.1,
 ``grad``: eq. (7), ``full``: 3.2.1), every path the NumPy backend has (``direct``, ``im2col``,
 ``fft``; Note [Choosing a path] in ``anycnn_numpy._plan``) is forced in turn and timed, each
@@ -59,6 +60,10 @@ def shapes(quick: bool, max_macs: float) -> list[tuple[int, ...]]:
     ):
         if k < size:
             rows.append((n, c, o, size, size, k, k))
+    for size, k, (c, o) in itertools.product(
+        (28, 64), (3, 5, 7, 11), ((1, 6), (3, 16), (3, 64), (16, 32))
+    ):  # bench/shapes.py's batch (the model's batch terms fitted beyond 8)
+        rows.append((64, c, o, size, size, k, k))
     for n in (1, 16, 64, 256):  # the zoo's layers: DLT C1, C3; LeNet-5 C1, C3
         rows += [(n, 1, 6, 28, 28, 5, 5), (n, 6, 12, 12, 12, 5, 5)]
         rows += [(n, 1, 6, 32, 32, 5, 5), (n, 6, 16, 14, 14, 5, 5)]

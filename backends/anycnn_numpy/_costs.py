@@ -2,37 +2,37 @@
 ``python bench/paths.py`` (measure and fit) or ``--fit JSON`` (refit); do not edit.
 
 Fitted from bench/results/paths-numpy-intel-xeon-2c.json: Intel(R) Xeon(R) Processor, 2 threads,
-2026-12-08T01:07:34+00:00, load average 5.67 at the start.
-The model chose the measured fastest path for 560 of 714 op timings;
-its choice took 1.059x the fastest time (geometric mean), at worst 6.17x, over 1.5x for 28.
+2026-12-08T01:17:39+00:00, load average 7.41 at the start.
+The model chose the measured fastest path for 605 of 795 op timings;
+its choice took 1.073x the fastest time (geometric mean), at worst 5.89x, over 1.5x for 40.
 """
 
 #: ``"op-path"``: weights of ``_plan.features`` (seconds per count).
 COEFFICIENTS = {
-    "valid-direct": (5.06e-12, 7.554e-11, 7.541e-10, 2.393e-05),
-    "valid-im2col": (4.63e-10, 1.25e-11, 6.863e-10, 3.075e-05),
-    "valid-fft": (1.367e-10, 6.152e-10, 1.944e-09, 0.0001014),
-    "valid-blocked": (7.035e-12, 6.682e-09, 1.048e-09, 3.516e-05),
-    "grad-direct": (1.021e-11, 5.102e-11, 6.596e-10, 3.18e-05),
-    "grad-im2col": (4.339e-10, 2.242e-11, 1.174e-09, 4.788e-05),
-    "grad-fft": (8.144e-11, 6.954e-10, 1.848e-09, 0.0001357),
-    "grad-blocked": (1.033e-11, 9.353e-08, 1.138e-09, 7.018e-05),
-    "full-direct": (2.012e-12, 1.052e-10, 5.062e-10, 1.879e-05),
-    "full-im2col": (3.675e-10, 1.136e-11, 1.506e-09, 3.217e-05),
-    "full-fft": (1.794e-10, 7.583e-10, 2.228e-10, 9.573e-05),
+    "valid-direct": (6.378e-12, 7.135e-11, 7.057e-10, 2.405e-05),
+    "valid-im2col": (4.164e-10, 1.287e-11, 6.632e-10, 3.138e-05),
+    "valid-fft": (1.438e-10, 4.823e-10, 1.65e-09, 0.0001036),
+    "valid-blocked": (7.11e-12, 6.204e-09, 1.003e-09, 3.559e-05),
+    "grad-direct": (1.063e-11, 4.915e-11, 5.852e-10, 3.249e-05),
+    "grad-im2col": (3.676e-10, 2.228e-11, 1.15e-09, 4.816e-05),
+    "grad-fft": (1.143e-10, 5.132e-10, 1.442e-09, 0.0001339),
+    "grad-blocked": (1.152e-11, 9.185e-08, 1.084e-09, 7.088e-05),
+    "full-direct": (3.102e-12, 9.516e-11, 4.634e-10, 1.933e-05),
+    "full-im2col": (3.714e-10, 1.011e-11, 1.342e-09, 3.266e-05),
+    "full-fft": (1.81e-10, 5.368e-10, 8.719e-10, 9.51e-05),
 }
 
 #: Median relative error of each fit on its own timings.
 ERRORS = {
-    "valid-direct": 0.177,
-    "valid-im2col": 0.283,
-    "valid-fft": 0.119,
-    "valid-blocked": 0.153,
-    "grad-direct": 0.226,
-    "grad-im2col": 0.250,
-    "grad-fft": 0.201,
-    "grad-blocked": 0.187,
-    "full-direct": 0.243,
-    "full-im2col": 0.269,
-    "full-fft": 0.151,
+    "valid-direct": 0.206,
+    "valid-im2col": 0.256,
+    "valid-fft": 0.133,
+    "valid-blocked": 0.191,
+    "grad-direct": 0.236,
+    "grad-im2col": 0.253,
+    "grad-fft": 0.194,
+    "grad-blocked": 0.215,
+    "full-direct": 0.246,
+    "full-im2col": 0.249,
+    "full-fft": 0.157,
 }
