@@ -1,8 +1,9 @@
 """The NumPy backend's convolution ops: the three convolutions of the notes and the fused ops
 built on them, each sent to the path the cost model chooses for its shape (Note [Choosing a
 path] in ``_plan``): the compiled direct kernels (``Note [Direct convolutions]`` in
-``_direct``), im2col + BLAS (``_im2col``) or products of spectra (``Note [Convolutions by the
-FFT]`` in ``_fft``).
+``_direct``), im2col + BLAS (``_im2col``), products of spectra (``Note [Convolutions by the
+FFT]`` in ``_fft``) or, for float32 forward passes and kernel gradients, the register-blocked
+kernels of ``_volume`` (``Note [Blocked 2-D path]`` in ``_blocked``).
 
 The direct kernels take C-contiguous float32/float64 maps. They also apply float32 logistic and
 tanh layers' f as they write their output (``conv_valid_activate``) and, as the fused
