@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("anycnn_numpy")
-from anycnn_numpy import _conv, _fft, _im2col, _jit, _plan  # noqa: E402
+from anycnn_numpy import _blocked, _conv, _fft, _im2col, _jit, _plan  # noqa: E402
 
 from anycnn import ops as reference  # noqa: E402
 from anycnn.layers.activations import Activation, Sigmoid, Tanh  # noqa: E402
@@ -49,6 +49,14 @@ def recorded(monkeypatch):
                 return _original(*args, **kwargs)
 
             monkeypatch.setattr(module, name, entry)
+    for name in ("conv_valid", "kernel_grad", "backward"):
+        original = getattr(_blocked, name)
+
+        def blocked(*args, _original=original, **kwargs):
+            ran.append("blocked")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_blocked, name, blocked)
     if DIRECT:
         # the pool's slices in Python (the compiled drivers take the kernels as they are)
         monkeypatch.setattr(_jit, "correlate_into_sliced", None)
@@ -64,10 +72,14 @@ def recorded(monkeypatch):
     return asked, ran, answer
 
 
-def _available(dtype, kh, kw, ph, pw):
+def _available(dtype, kh, kw, ph, pw, op="valid"):
     direct = DIRECT
     fft = np.dtype(dtype) in _jit.COMPILED_DTYPES and ph < kh and pw < kw and _fft.available()
-    return tuple(p for p, ok in (("direct", direct), ("im2col", True), ("fft", fft)) if ok)
+    blocked = op != "full" and _blocked.available(
+        np.dtype(dtype)
+    )  # float32 (Note [Blocked 2-D path])
+    paths = (("direct", direct), ("im2col", True), ("fft", fft), ("blocked", blocked))
+    return tuple(p for p, ok in paths if ok)
 
 
 def _case(dtype, padding, seed=0):
@@ -121,11 +133,11 @@ def test_each_op_asks_the_model_with_its_geometry_and_runs_its_choice(recorded, 
         "grad": (_conv.conv_kernel_grad, reference.conv_kernel_grad, (x, d, sel, padding)),
     }
     plugin, ref, args = calls[op]
-    available = _available(dtype, kh, kw, ph, pw)
+    available = _available(dtype, kh, kw, ph, pw, "full" if op == "full" else "valid")
     if op == "grad":  # eq. (7) on the padded maps: their geometry, no padding left
         hp, wp = h + 2 * ph, w + 2 * pw
         first = ("grad", n, c, o, hp, wp, hp - oh + 1, wp - ow + 1, 0, 0)
-        available = _available(dtype, kh, kw, 0, 0)
+        available = _available(dtype, kh, kw, 0, 0, "grad")
     else:
         first = ("full" if op == "full" else "valid", n, c, o, h, w, kh, kw, ph, pw)
     want = ref(*args)
@@ -154,7 +166,7 @@ def test_the_fused_backward_asks_for_eq7_and_keeps_the_direct_kernels_to_itself(
     args = (x, d, y, act, sel, 1, True, padding)
     want = reference.conv_backward(*args)
     hp, wp = h + 2, w + 2
-    available = _available(dtype, 3, 2, 0, 0)
+    available = _available(dtype, 3, 2, 0, 0, "grad")
     question = ("grad", n, c, o, hp, wp, hp - oh + 1, wp - ow + 1, 0, 0, available)
     for path in question[-1]:
         asked.clear()
@@ -199,7 +211,8 @@ def test_f_on_every_path_is_the_compiled_one_or_the_activate_op(recorded, monkey
             applied.clear()
             answer[0] = path
             _close(_conv.conv_valid_activate(x, k, bias, act, sel, (1, 1)), want, dtype)
-            compiled = path == "direct" and dtype == np.float32 and act.describe() is not None
+            own = path in ("direct", "blocked")  # the kernels that apply f themselves
+            compiled = own and dtype == np.float32 and act.describe() is not None
             assert (applied == []) is compiled, (path, act, applied)
 
 
@@ -212,7 +225,7 @@ def test_the_full_convolution_of_one_pixel_asks_the_model_too(recorded, dtype):
     d = rng.standard_normal((3, 4, 1, 1)).astype(dtype)
     k = rng.standard_normal((4, 2, 1, 1)).astype(dtype)
     want = reference.conv_full(d, k)
-    available = _available(dtype, 1, 1, 0, 0)
+    available = _available(dtype, 1, 1, 0, 0, "full")
     for path in available:
         asked.clear()
         ran.clear()
