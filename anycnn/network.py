@@ -175,9 +175,7 @@ class Network:
         self._defer_up: dict[int, Any] = {  # layers whose backward takes defer_up=True
             index: layer
             for index, layer in enumerate(self.layers)
-            if index > 0
-            and getattr(layer, "defers_upsampling", False)
-            and self.layers[index - 1].takes_upsampled
+            if index > 0 and layer.defers_upsampling and self.layers[index - 1].takes_upsampled
         }
 
     def _flag_output_and_loss(self) -> None:
@@ -766,8 +764,7 @@ class Network:
 
         if preprocessing is None and self.preprocessing is None:
             images = self._raw_floats(images, where)
-            if validation_data is not None:
-                test_images = self._raw_floats(test_images, f"{where}: validation_data")
+            test_images = self._raw_floats(test_images, f"{where}: validation_data")
             prep: Any = train.Preprocessing("none", tuple(self.input_shape))
         elif preprocessing is None:
             prep = self.preprocessing  # kept: the network was trained on data so prepared

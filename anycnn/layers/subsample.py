@@ -100,15 +100,13 @@ class Subsampling(Layer):
         self._fit: tuple[int, ...] | None = None  # maps cut or padded to this before down
         self._in_hw: tuple[int, ...] = (0, 0)  # the input's spatial sizes
         self._inv_counts: Array | None = None  # 1 / samples per block: a padded block mean
-        self._map_shape: tuple[int, ...] = (1, -1, 1, 1)
-        self._sum_axes: tuple[int, ...] = (0, 2, 3)
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         d = spatial_dims(self, input_shape, self.dims)
         c, *sizes = input_shape
         n = self.n
         self._in_hw, self._fit, self._inv_counts = tuple(sizes), None, None
-        self._map_shape, self._sum_axes = (1, -1, *((1,) * d)), (0, *range(2, 2 + d))
+        self._map_shape = (1, -1, *((1,) * d))  # a (C,) vector over (N, C, *spatial)
         if any(s % n for s in sizes):
             drop = tuple(s // n for s in sizes)
             pad = tuple(-(-s // n) for s in sizes)
