@@ -131,3 +131,18 @@ def test_f_of_an_array_it_cannot_write_is_the_activations_own(activation):
         got = _activation.activate(a, activation)
         np.testing.assert_array_equal(got, activation.apply(a, np))
         np.testing.assert_array_equal(a, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deltas_that_broadcast_give_the_activations_own_result(dtype):
+    """The compiled sensitivity pass takes deltas shaped like the outputs only; deltas that
+    broadcast against them (one example's, one map's) give the activation's own result."""
+    rng = np.random.default_rng(5)
+    act = Tanh(1.7159, 2.0 / 3.0)
+    y = act.apply(rng.standard_normal((3, 2, 4, 5)).astype(dtype), np)
+    for shape in ((1, 2, 4, 5), (3, 1, 4, 5), (5,)):
+        dy = rng.standard_normal(shape).astype(dtype)
+        want = act.sensitivity(dy, y, np)
+        got = _activation.sensitivity(dy, y, act)
+        assert got.shape == want.shape == y.shape
+        np.testing.assert_array_equal(got, want)
