@@ -450,7 +450,19 @@ class Network:
             raise RuntimeError("Network.backward: call forward first")
         if check:
             self.check_targets(t, self._outputs.shape[0])
-        dy = self.loss.gradient(self._outputs, t)
+        self._backward_from(self.loss.gradient(self._outputs, t))
+
+    def _objective_and_backward(self, y: Array, t: Array) -> Array:
+        """:meth:`objective` and :meth:`backward` (unchecked) after the forward pass that gave
+        ``y``, the loss's value and gradient taken together (``Loss.value_and_gradient``: one
+        log-softmax for the cross-entropy). The same bits as the two calls."""
+        value, dy = self.loss.value_and_gradient(y, t)
+        value = value + self.penalty()
+        self._backward_from(dy)
+        return value
+
+    def _backward_from(self, dy: Array) -> None:
+        """Back-propagate ``dy = dE/dy`` of the last forward pass's outputs through the layers."""
         last = len(self.layers) - 1
         for index in range(last, -1, -1):
             deferring = self._defer_up.get(index)
@@ -466,9 +478,7 @@ class Network:
             self.check_input(x, "Network.compute_gradients")
             self.check_targets(t, x.shape[0], "Network.compute_gradients")
         y = self.forward(x, check=False)
-        value = self.objective(y, t)
-        self.backward(t, check=False)
-        return value
+        return self._objective_and_backward(y, t)
 
     # -- the Keras-style API -----------------------------------------------------------------
     # Note [Inputs of the high-level API]

@@ -173,6 +173,12 @@ class Subsampling(Layer):
         return fit_maps(dx, *self._in_hw)  # dx itself when nothing was cut or padded
 
     def forward(self, x: Array) -> Array:
+        if self.trainable and self._fit is None and self.mode != "decimate":
+            # down, beta d + b and f in one op (Note [Fused ops] in anycnn.ops)
+            self._y, self._d = self._ops.subsample_forward(
+                x, self.n, self.mode, self.params["beta"], self.params["bias"], self.activation
+            )
+            return self._y
         d = self._down(x)
         if self.trainable:
             self._d = d
