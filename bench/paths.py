@@ -7,7 +7,8 @@ Usage::
     python bench/paths.py --quick          # a few shapes, nothing rewritten (plumbing check)
 
 For each shape of the grid (2-D maps of 12 to 256 pixels, kernels 3 to 11, 1 to 16 input and 6
-to 64 output maps, batches 1 and 8, the zoo models' layers at batches 1 to 256, and 1-D signals
+to 64 output maps, batches 1 and 8, 28 and 64 px at batch 64 (bench/shapes.py's), the zoo
+models' layers at batches 1 to 256, and 1-D signals
 as one-row maps, float32) and each of the three convolutions of the notes (``valid``: 3.1,
 ``grad``: eq. (7), ``full``: 3.2.1), every path the NumPy backend has (``direct``, ``im2col``,
 ``fft``; Note [Choosing a path] in ``anycnn_numpy._plan``) is forced in turn and timed, each
@@ -59,6 +60,10 @@ def shapes(quick: bool, max_macs: float) -> list[tuple[int, ...]]:
     ):
         if k < size:
             rows.append((n, c, o, size, size, k, k))
+    for size, k, (c, o) in itertools.product(
+        (28, 64), (3, 5, 7, 11), ((1, 6), (3, 16), (3, 64), (16, 32))
+    ):  # bench/shapes.py's batch (the model's batch terms fitted beyond 8)
+        rows.append((64, c, o, size, size, k, k))
     for n in (1, 16, 64, 256):  # the zoo's layers: DLT C1, C3; LeNet-5 C1, C3
         rows += [(n, 1, 6, 28, 28, 5, 5), (n, 6, 12, 12, 12, 5, 5)]
         rows += [(n, 1, 6, 32, 32, 5, 5), (n, 6, 16, 14, 14, 5, 5)]
@@ -101,12 +106,14 @@ def measure_shape(shape, rng, seconds: float) -> list[dict[str, Any]]:
         args = arrays(op, *shape, rng)
         first: dict[str, float] = {}
         for path in _plan.PATHS:
+            if op == "full" and path == "blocked":  # no such path (Note [Blocked 2-D path])
+                continue
             with _plan.forced(path):
                 start = time.perf_counter()
                 functions[op](*args)
                 first[path] = time.perf_counter() - start
         best = min(first.values())
-        timed = [p for p in _plan.PATHS if not (first[p] > 10 * best and first[p] > 0.2)]
+        timed = [p for p in first if not (first[p] > 10 * best and first[p] > 0.2)]
         reps = max(3, min(9, int(seconds / max(sum(first[p] for p in timed), 1e-6))))
         samples: dict[str, list[float]] = {p: [] for p in timed}
         for _ in range(reps):
@@ -180,6 +187,8 @@ def fit(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[float, ...]], dict[
                 t = row["seconds"][path]
                 a.append([v / t for v in _plan.features(op, path, *row["shape"])])
                 names.append(t)
+            if not a:  # a path the op does not have ('full' on the blocked kernels)
+                continue
             matrix = np.array(a)
             # columns scaled to unit norm for the solver, the solution scaled back
             norms = np.linalg.norm(matrix, axis=0)
@@ -282,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             found = measure_shape(shape, rng, args.seconds)
             rows += found
             summary = "  ".join(
-                f"{r['op']} " + "/".join(f"{r['seconds'][p] * 1e3:.2f}" for p in _plan.PATHS)
+                f"{r['op']} " + "/".join(f"{t * 1e3:.2f}" for t in r["seconds"].values())
                 for r in found
             )
-            print(f"[{index + 1}/{len(grid)}] {tuple(shape)} ms d/i/f: {summary}", flush=True)
+            print(f"[{index + 1}/{len(grid)}] {tuple(shape)} ms d/i/f/b: {summary}", flush=True)
         info = machine_info("numpy")
         info["threads"] = anycnn_numpy.get_num_threads()
         info["load"] = round(load, 2)

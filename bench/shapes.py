@@ -32,6 +32,11 @@ resident set is reset (``/proc/self/clear_refs``); the row's figure is the peak 
 above the resident set before it (inputs and parameters already there): what the step itself
 needs, in MiB. Linux only (elsewhere the columns are left out).
 
+Both libraries run in a process with the setting ``anycnn train`` makes (as bench/train.py
+does): for the NumPy backend, malloc keeps freed memory, large blocks included (Note [Fresh
+pages] in ``anycnn_numpy._memory``). It is process-wide, so PyTorch's tensors (glibc's malloc
+too) get it as well, in the timing process and in both memory children.
+
 The JSON records the machine and the load average before and after; the plot is time against
 image size, log-log, both libraries. It never asserts.
 """
@@ -134,7 +139,7 @@ def chosen_paths(size: int, k: int, c: int, o: int, batch: int) -> dict[str, str
     from anycnn_numpy import _conv
 
     direct = _conv._jit.correlate_into is not None
-    args = (batch, c, o, size, size, k, k)
+    args = (batch, c, o, size, size, k, k, 0, 0, True)
     return {op: _conv._path(op, direct, np.dtype(np.float32), *args) for op in ("valid", "grad")}
 
 
@@ -230,8 +235,17 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux 4.0+)
 
 
+def tune_process() -> bool:
+    """The process-wide setting ``anycnn train`` makes for the NumPy backend (Note [Fresh
+    pages], ``Backend.tune_process``), as bench/train.py does. True if made."""
+    import anycnn_numpy
+
+    return anycnn_numpy.keep_freed_memory()
+
+
 def memory_child(library: str, rows: list[list[int]], threads: int, seed: int) -> None:
     """Run in a subprocess: each row's step once; print one JSON list of MiB (None: failed)."""
+    tune_process()
     if library == "torch":
         import torch
 
@@ -411,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     import anycnn
 
     anycnn.set_backend("numpy")
+    tuned = tune_process()
     import anycnn_numpy
 
     threads = args.threads or anycnn_numpy.get_num_threads()
@@ -449,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/shapes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info("numpy"),
         "threads": threads,
+        "keep_freed_memory": tuned,
         "torch": torch.__version__,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),

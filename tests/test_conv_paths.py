@@ -23,7 +23,7 @@ SHAPES = {
     "one-row": ((3, 1, 64), (5, 3, 1, 9), (0, 0)),
     "one-pixel": ((4, 5, 5), (6, 4, 5, 5), (0, 0)),
 }
-PATHS = ["direct", "im2col", "fft"]
+PATHS = ["direct", "im2col", "fft", "blocked"]
 
 
 def _padded(x, padding):
@@ -32,7 +32,7 @@ def _padded(x, padding):
 
 
 def _skip_unavailable(path):
-    if path == "direct" and _jit.correlate_into is None:
+    if path in ("direct", "blocked") and _jit.correlate_into is None:
         pytest.skip("Numba is not installed here: no direct kernels")
 
 
@@ -244,9 +244,14 @@ def test_the_choice_is_a_function_of_the_shape(monkeypatch):
 
 
 def test_the_model_takes_the_fft_for_large_kernels_on_large_maps():
-    """Where the measurements found the FFT fastest (bench/paths.py: 11 x 11 kernels on 256 x 256
-    maps), the fitted model takes it, and only among the paths that can run the arrays."""
-    assert _plan.choose("valid", 64, 3, 64, 256, 256, 11, 11) == "fft"
+    """Where the measurements found the FFT fastest (bench/paths.py: 11 x 11 kernels, 16 -> 32
+    maps on 64 x 64, every op; the kernel gradient of 3 -> 64 maps on 256 x 256), the fitted
+    model takes it, and only among the paths that can run the arrays; where the blocked kernels
+    were fastest (the forward pass of 3 -> 16 maps, 11 x 11, 128 x 128), those."""
+    for op in _plan.OPS:
+        assert _plan.choose(op, 8, 16, 32, 64, 64, 11, 11) == "fft", op
+    assert _plan.choose("grad", 64, 3, 64, 256, 256, 11, 11) == "fft"
+    assert _plan.choose("valid", 8, 3, 16, 128, 128, 11, 11) == "blocked"
     assert _plan.choose("valid", 64, 3, 64, 256, 256, 11, 11, available=("direct",)) == "direct"
 
 
@@ -263,3 +268,59 @@ def _smooth(m):
         while m % p == 0:
             m //= p
     return m == 1
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_blocked_path_fuses_f_and_gives_the_same_bits_on_any_thread_count(monkeypatch, batch, rng):
+    """Note [Blocked 2-D path]: the register-blocked kernels on 2-D maps, forced, with tanh
+    compiled into the forward pass and f' and an up-sampling with a remainder in the fused
+    backward, match the chain of reference ops; their batch slices (batch 64) and their halves of
+    8-map blocks (one large example) give the same bits on one thread as on two."""
+    from anycnn_numpy import _blocked, _threads
+
+    from anycnn.layers.activations import get_activation
+
+    if _jit.correlate_into is None:
+        pytest.skip("Numba is not installed here: no blocked kernels")
+    tanh = get_activation("tanh")
+    size, o = (20, 10) if batch > 1 else (72, 20)  # 10 maps: a block with 6 maps of padding
+    x = rng.standard_normal((batch, 3, size, size)).astype("float32")
+    k = (rng.standard_normal((o, 3, 5, 5)) / 20).astype("float32")
+    b = rng.standard_normal(o).astype("float32")
+    oh = size - 4
+    dy = rng.standard_normal((batch, o, oh // 2 + 1, oh // 2 + 1)).astype("float32")
+    if batch == 1:
+        assert _blocked._block_halves(1, 3, 8 * 3 * 3 * 25 * oh * size) is not None
+
+    def run():
+        with _plan.forced("blocked"):
+            y = _conv.conv_valid_activate(x, k, b, tanh)
+            grad, bias, delta = _conv.conv_backward(x, dy, y, tanh, None, 2, True)
+            return [y, grad, bias, delta]
+
+    y, grad, bias, delta = got = run()
+    u = oracles.conv_valid(x, k) + b[:, None, None]
+    np.testing.assert_allclose(y, np.tanh(u), rtol=1e-5, atol=1e-5)
+    up = np.kron(dy, np.ones((1, 1, 2, 2), np.float32))[:, :, :oh, :oh]
+    expected_delta = (1 - y.astype(np.float64) ** 2) * up
+    np.testing.assert_allclose(delta, expected_delta, rtol=1e-4, atol=1e-5)
+    expected_grad = oracles.conv_kernel_grad(x, expected_delta)
+    scale = float(np.abs(expected_grad).max())
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(bias, expected_delta.sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-3)
+    monkeypatch.setattr(_threads._pool, "threads", 1)
+    for a, c in zip(got, run(), strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_a_path_leaves_the_direct_kernels_only_beyond_both_fits_errors():
+    """Note [Choosing a path]: another path is taken only where it is predicted faster than the
+    direct kernels by more than the larger of the two fits' median errors."""
+    errors = {"valid-direct": 0.2, "valid-blocked": 0.05, "valid-fft": 0.3}
+    assert _plan.decide("valid", {"direct": 1.0, "blocked": 1 / 1.15}, errors) == "direct"
+    assert _plan.decide("valid", {"direct": 1.0, "blocked": 1 / 1.25}, errors) == "blocked"
+    assert _plan.decide("valid", {"direct": 1.0, "fft": 1 / 1.25}, errors) == "direct"
+    assert _plan.decide("valid", {"direct": 1.0, "fft": 1 / 1.35}, errors) == "fft"
+    # among the others, the fastest with its margin
+    both = {"direct": 1.0, "fft": 0.5, "blocked": 0.52}
+    assert _plan.decide("valid", both, errors) == "blocked"

@@ -82,6 +82,26 @@ print(anycnn_numpy.keep_freed_memory(), mmapped())
 
 
 @glibc
+def test_keeping_freed_memory_covers_blocks_above_32_mib():
+    """Blocks above glibc's largest mmap threshold (32 MiB: a layer's maps at 128 px and batch
+    64) were mmapped, so faulted in afresh at every step, until keep_freed_memory() turned mmap
+    off; its trim threshold keeps a freed block of 1 GiB at the top of the heap mapped."""
+    code = """
+libc.free.argtypes = [ctypes.c_void_p]
+libc.sbrk.restype = ctypes.c_void_p
+libc.sbrk.argtypes = [ctypes.c_ssize_t]
+import anycnn_numpy
+
+print(mmapped(64 << 20), anycnn_numpy.keep_freed_memory(), mmapped(64 << 20))
+top = libc.sbrk(0)
+block = libc.malloc(1 << 30)
+libc.free(block)
+print(libc.sbrk(0) - top >= 1 << 30)
+"""
+    assert _run(code) == ["True", "True", "False", "True"]
+
+
+@glibc
 def test_anycnn_train_opts_into_keeping_freed_memory(monkeypatch):
     """The training command makes the setting (for the NumPy backend), and the environment
     variable declines it."""

@@ -1,8 +1,9 @@
 """The NumPy backend's convolution ops: the three convolutions of the notes and the fused ops
 built on them, each sent to the path the cost model chooses for its shape (Note [Choosing a
 path] in ``_plan``): the compiled direct kernels (``Note [Direct convolutions]`` in
-``_direct``), im2col + BLAS (``_im2col``) or products of spectra (``Note [Convolutions by the
-FFT]`` in ``_fft``).
+``_direct``), im2col + BLAS (``_im2col``), products of spectra (``Note [Convolutions by the
+FFT]`` in ``_fft``) or, for float32 forward passes and kernel gradients, the register-blocked
+kernels of ``_volume`` (``Note [Blocked 2-D path]`` in ``_blocked``).
 
 The direct kernels take C-contiguous float32/float64 maps. They also apply float32 logistic and
 tanh layers' f as they write their output (``conv_valid_activate``) and, as the fused
@@ -17,7 +18,7 @@ import functools
 import numpy as np
 
 from anycnn import ops as _reference
-from anycnn_numpy import _fft, _im2col, _jit, _plan, _threads
+from anycnn_numpy import _blocked, _fft, _im2col, _jit, _plan, _threads
 from anycnn_numpy._activation import (
     activate,
     compiled_activation,
@@ -50,10 +51,15 @@ _AVAILABLE = {
 }
 
 
-def _path(op, direct, dtype, n, c, o, h, w, kh, kw, ph=0, pw=0) -> str:
-    """The path of ``op`` for the forward geometry (Note [Choosing a path] in _plan)."""
+def _path(op, direct, dtype, n, c, o, h, w, kh, kw, ph=0, pw=0, blocked=False) -> str:
+    """The path of ``op`` for the forward geometry (Note [Choosing a path] in _plan);
+    ``blocked``: whether the arrays suit the blocked kernels (Note [Blocked 2-D path] in
+    _blocked: float32, not the 'full' convolution)."""
     fft = dtype in _jit.COMPILED_DTYPES and ph < kh and pw < kw and _fft.available()
-    return _plan.choose(op, n, c, o, h, w, kh, kw, ph, pw, _AVAILABLE[direct, fft])
+    available = _AVAILABLE[direct, fft]
+    if blocked and op != "full" and _blocked.available(dtype):
+        available = (*available, "blocked")
+    return _plan.choose(op, n, c, o, h, w, kh, kw, ph, pw, available)
 
 
 def _map_halves(n: int, maps: int, macs: int) -> list | None:  # pragma: no mutate block
@@ -130,7 +136,10 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
     n, c, h, w = x.shape
     o, _, kh, kw = kernel.shape
     oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    path = _path("valid", _direct(x, kernel), x.dtype, n, c, o, h, w, kh, kw, ph, pw)
+    blocked = kernel.dtype == x.dtype
+    path = _path("valid", _direct(x, kernel), x.dtype, n, c, o, h, w, kh, kw, ph, pw, blocked)
+    if path == "blocked":  # Note [Blocked 2-D path] in _blocked
+        return _blocked.conv_valid(x, kernel, shift, compiled, epilogue, selection, padding)
     if path != "direct":
         if shift is not None:  # the BLAS and FFT paths add the bias in the epilogue
             epilogue = _im2col.with_bias(epilogue, shift)
@@ -187,6 +196,8 @@ def conv_kernel_grad(x, delta, selection=None, padding=(0, 0)):
         return _direct_backward(x, delta, delta, ("identity", 0, 0, False), selection, 1, False)[0]
     if path == "fft":  # Note [Convolutions by the FFT] in _fft
         return _fft.conv_kernel_grad(x, delta, _active(selection, delta.shape[1], x.shape[1]))
+    if path == "blocked":  # Note [Blocked 2-D path] in _blocked
+        return _blocked.kernel_grad(x, delta, selection)
     return _im2col.conv_kernel_grad(x, delta, selection)
 
 
@@ -194,7 +205,8 @@ def _grad_path(x, delta) -> str:
     """The path of eq. (7) on padded maps ``x`` (its forward geometry: no padding left)."""
     n, c, h, w = x.shape
     o, dh, dw = delta.shape[1:]
-    return _path("grad", _direct(x, delta), x.dtype, n, c, o, h, w, h - dh + 1, w - dw + 1)
+    kh, kw, blocked = h - dh + 1, w - dw + 1, delta.dtype == x.dtype
+    return _path("grad", _direct(x, delta), x.dtype, n, c, o, h, w, kh, kw, 0, 0, blocked)
 
 
 def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, padding=(0, 0)):
@@ -220,6 +232,18 @@ def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, p
         and _grad_path(x, y) == "direct"
     ):
         return _direct_backward(x, dy, y, formula, selection, up, need_delta)
+    if (
+        formula is not None
+        and dy.dtype == y.dtype == x.dtype
+        and dy.shape[:2] == y.shape[:2]
+        and _fits_up(dy.shape[2], up, y.shape[2])
+        and _fits_up(dy.shape[3], up, y.shape[3])
+        and _grad_path(x, y) == "blocked"
+    ):  # Note [Blocked 2-D path] in _blocked
+        from anycnn_numpy import _volume
+
+        sens = _volume.sensitivity_code(activation, y)
+        return _blocked.backward(x, dy, y, sens, selection, up, need_delta)
     if up > 1:
         dy = np.ascontiguousarray(_reference.fit_maps(kron_upsample(dy, up), *y.shape[2:]))
     delta = sensitivity(dy, y, activation)

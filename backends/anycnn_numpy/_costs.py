@@ -2,33 +2,37 @@
 ``python bench/paths.py`` (measure and fit) or ``--fit JSON`` (refit); do not edit.
 
 Fitted from bench/results/paths-numpy-intel-xeon-2c.json: Intel(R) Xeon(R) Processor, 2 threads,
-2026-12-07T19:59:42+00:00, load average 8.44 at the start.
-The model chose the measured fastest path for 514 of 714 op timings;
-its choice took 1.103x the fastest time (geometric mean), at worst 5.80x, over 1.5x for 65.
+2026-12-08T01:17:39+00:00, load average 7.41 at the start.
+The model chose the measured fastest path for 605 of 795 op timings;
+its choice took 1.073x the fastest time (geometric mean), at worst 5.89x, over 1.5x for 40.
 """
 
 #: ``"op-path"``: weights of ``_plan.features`` (seconds per count).
 COEFFICIENTS = {
-    "valid-direct": (3.91e-11, 9.329e-11, 1.315e-09, 1.723e-05),
-    "valid-im2col": (6.386e-10, 3.739e-11, 8.213e-10, 2.423e-05),
-    "valid-fft": (1.874e-10, 1.288e-09, 3.209e-09, 6.963e-05),
-    "grad-direct": (3.099e-11, 1.13e-10, 9.802e-10, 2.262e-05),
-    "grad-im2col": (5.912e-10, 5.703e-11, 1.152e-09, 3.495e-05),
-    "grad-fft": (2.698e-10, 2.883e-09, 0, 9.738e-05),
-    "full-direct": (2.142e-11, 1.58e-10, 7.483e-10, 1.529e-05),
-    "full-im2col": (5.768e-10, 3.28e-11, 1.474e-09, 2.547e-05),
-    "full-fft": (2.571e-10, 1.451e-09, 2.756e-09, 7.186e-05),
+    "valid-direct": (6.378e-12, 7.135e-11, 7.057e-10, 2.405e-05),
+    "valid-im2col": (4.164e-10, 1.287e-11, 6.632e-10, 3.138e-05),
+    "valid-fft": (1.438e-10, 4.823e-10, 1.65e-09, 0.0001036),
+    "valid-blocked": (7.11e-12, 6.204e-09, 1.003e-09, 3.559e-05),
+    "grad-direct": (1.063e-11, 4.915e-11, 5.852e-10, 3.249e-05),
+    "grad-im2col": (3.676e-10, 2.228e-11, 1.15e-09, 4.816e-05),
+    "grad-fft": (1.143e-10, 5.132e-10, 1.442e-09, 0.0001339),
+    "grad-blocked": (1.152e-11, 9.185e-08, 1.084e-09, 7.088e-05),
+    "full-direct": (3.102e-12, 9.516e-11, 4.634e-10, 1.933e-05),
+    "full-im2col": (3.714e-10, 1.011e-11, 1.342e-09, 3.266e-05),
+    "full-fft": (1.81e-10, 5.368e-10, 8.719e-10, 9.51e-05),
 }
 
 #: Median relative error of each fit on its own timings.
 ERRORS = {
-    "valid-direct": 0.252,
-    "valid-im2col": 0.213,
-    "valid-fft": 0.240,
-    "grad-direct": 0.265,
-    "grad-im2col": 0.229,
-    "grad-fft": 0.287,
-    "full-direct": 0.299,
-    "full-im2col": 0.274,
-    "full-fft": 0.254,
+    "valid-direct": 0.206,
+    "valid-im2col": 0.256,
+    "valid-fft": 0.133,
+    "valid-blocked": 0.191,
+    "grad-direct": 0.236,
+    "grad-im2col": 0.253,
+    "grad-fft": 0.194,
+    "grad-blocked": 0.215,
+    "full-direct": 0.246,
+    "full-im2col": 0.249,
+    "full-fft": 0.157,
 }

@@ -26,10 +26,19 @@ def keep_freed_memory() -> bool:
     back as fresh pages the kernel must fault in and zero: at batch 1000 that was almost half
     of DLT's inference, and a sigmoid at batch 50 took 6x as long as on reused pages
     (bench/results/numpy-notes.md, "Fresh pages"). With an mmap threshold of 32 MiB (glibc's
-    maximum) and a trim threshold of 256 MiB, freed blocks stay in the heap and are reused. The
-    peak memory is the same (VmHWM); what changes is that up to 256 MiB freed stays mapped to
-    the process, and that malloc behaves so for the whole process, which is why it is an opt-in.
+    maximum) and a higher trim threshold, freed blocks stay in the heap and are reused. The
+    peak memory is about the same (VmHWM); what changes is that up to TRIM_THRESHOLD bytes
+    freed stay mapped to the process, and that malloc behaves so for the whole process, which
+    is why it is an opt-in.
     ``ANYCNN_NUMPY_KEEP_FREED_MEMORY=0`` declines it even when asked (returns False).
+
+    Blocks above 32 MiB (a layer's maps from 128 px on at batch 64: 64 x 64 x 126 x 126 floats
+    are 260 MB) glibc still mmapped, whatever the threshold, so every step faulted them in
+    afresh: on this session's virtual Xeon that cost a 128 px stage (bench/shapes.py, batch 64,
+    64 maps) 0.1-1.1 s of system time in a 0.4 s step, varying with the host. The opt-in
+    therefore also turns mmap off (M_MMAP_MAX = 0: every block comes from the heap) and raises
+    the trim threshold to 2 GiB - 1 (mallopt's int maximum), so a step's large temporaries are
+    reused too (bench/results/numpy-notes.md, "Fresh pages", issue 16's Growth figures).
     """
     if os.environ.get("ANYCNN_NUMPY_KEEP_FREED_MEMORY", "1").strip() == "0":
         return False
@@ -42,8 +51,16 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
+    return (
+        bool(mallopt(m_mmap_threshold, 32 << 20))
+        and bool(mallopt(m_trim_threshold, TRIM_THRESHOLD))
+        and bool(mallopt(m_mmap_max, 0))
+    )
+
+
+#: The trim threshold of keep_freed_memory: mallopt's largest (an int), Note [Fresh pages].
+TRIM_THRESHOLD = (1 << 31) - 1
 
 
 _local = threading.local()

@@ -9,7 +9,10 @@ Each of the three convolutions of the notes (``"valid"``: 3.1's forward pass, ``
   time grows with the kernel's taps;
 * ``"im2col"``: a copy of the windows and BLAS GEMMs (``_im2col``), the path without Numba;
 * ``"fft"``: products of spectra (Note [Convolutions by the FFT] in ``_fft``), whose time hardly
-  depends on the kernel's size but carries the transforms of every map.
+  depends on the kernel's size but carries the transforms of every map;
+* ``"blocked"``: the register-blocked kernels of ``_volume`` on 2-D maps (Note [Blocked 2-D
+  path] in ``_blocked``), float32 ``"valid"`` and ``"grad"`` only, whose sums stay in
+  registers through all taps.
 
 :func:`choose` takes the one the cost model predicts fastest for the shape. The model is linear
 in a few counts of each path's work (:func:`features`: multiply-adds, passes over the output
@@ -27,9 +30,10 @@ differently). The dtype does not enter either: every path's float64 time is abou
 float32 one, so the cheapest path is about the same (the model is fitted on float32).
 
 A path other than the direct kernels is taken only where the model predicts it faster by more
-than its fit's median relative error (``_costs.ERRORS``, about a quarter): below that the model
-cannot tell the paths apart, and the direct kernels are the better default (they fuse f, f' and
-the bias sums, need no scratch beyond a few rows, and give the zoo models their bits).
+than the larger of its own fit's and the direct kernels' fit's median relative error
+(``_costs.ERRORS``, 0.12-0.28): below that the model cannot tell the paths apart, and the
+direct kernels are the better default (they fuse f, f' and the bias sums, need no scratch
+beyond a few rows, and give the zoo models their bits).
 
 Two rules stand outside the model, both structural: a convolution whose output is one pixel
 (LeNet-5's C5, and eq. (7) with 1 x 1 deltas) is one GEMM over the whole batch on the im2col
@@ -50,7 +54,7 @@ import math
 
 from anycnn_numpy import _costs, _fft, _fft_budget
 
-PATHS = ("direct", "im2col", "fft")
+PATHS = ("direct", "im2col", "fft", "blocked")
 OPS = ("valid", "full", "grad")
 
 _forced: str | None = None
@@ -105,6 +109,14 @@ def features(op: str, path: str, n, c, o, h, w, kh, kw, ph=0, pw=0) -> tuple[flo
         grid = oh * wp
         passes = -(-o // 2) * c * kh * _grad_groups(kw) * grid
         return (n * o * c * taps * grid, n * passes, n * (c * hp * wp + o * grid), 1.0)
+    if path == "blocked":  # Note [Blocked 2-D path] in _blocked; _volume's blocks and spans
+        blocks = -(-o // 8)
+        span = -(-(oh * wp) // 48) * 48
+        if op == "valid":
+            grid = n * blocks * 8 * c * taps * span
+            return (grid, n * blocks * c * kh * kw, n * (c * hp * wp + o * oh * ow), 1.0)
+        grid = n * blocks * 8 * c * (-(-taps // 3) * 3) * span
+        return (grid, n * blocks * c * (-(-taps // 3)), n * (c * hp * wp + 2 * o * span), 1.0)
     if path == "im2col":
         if op == "full":
             rows = oh * wp
@@ -156,18 +168,23 @@ def choose(op: str, n, c, o, h, w, kh, kw, ph=0, pw=0, available=PATHS) -> str:
         return "im2col"
     if _forced is not None and _forced in available:
         return _forced
-    predicted = {path: cost(op, path, n, c, o, h, w, kh, kw, ph, pw) for path in available}
+    # a path the committed fit has no coefficients for is not chosen (a refit adds them)
+    fitted = [path for path in available if f"{op}-{path}" in _costs.COEFFICIENTS] or ["im2col"]
+    predicted = {path: cost(op, path, n, c, o, h, w, kh, kw, ph, pw) for path in fitted}
     return decide(op, predicted, _costs.ERRORS)
 
 
 def decide(op: str, predicted: dict[str, float], errors: dict[str, float]) -> str:
     """The path of ``op`` from the model's ``predicted`` times: the direct kernels unless another
-    path is predicted faster by more than its fit's median relative error (``errors``), then the
-    fastest (see the Note: the direct kernels fuse f, f' and the bias sums, need the least
-    memory, and give the zoo models their bits; a path must beat them by more than the model can
-    tell apart)."""
+    path is predicted faster by more than the larger of its and the direct kernels' fits' median
+    relative errors (``errors``), then the fastest (see the Note: the direct kernels fuse f, f'
+    and the bias sums, need the least memory, and give the zoo models their bits; a path must
+    beat them by more than the model can tell apart)."""
 
     def margin(path: str) -> float:
-        return 1.0 if path == "direct" else 1.0 + errors.get(f"{op}-{path}", 0.0)
+        if path == "direct":
+            return 1.0
+        # the model cannot tell two paths apart within either fit's median error
+        return 1.0 + max(errors.get(f"{op}-{path}", 0.0), errors.get(f"{op}-direct", 0.0))
 
     return min(predicted, key=lambda path: (predicted[path] * margin(path), path))
