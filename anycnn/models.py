@@ -151,12 +151,14 @@ def cnn1d_global(
     pass) it is the UCR recipe of issue 18, ``anycnn train``'s default for a time-series data set.
 
     Input ``(channels, length)``, normalised. C1 16@7, C3 32@5, C5 64@3 (``maps``: other numbers
-    of maps for the three stages), all ``"same"``, ReLU units with Glorot's uniform weights; S2 and S4 2x means (``remainder="pad"``), S6 the mean
-    over all positions; ``classes`` linear outputs (Glorot's uniform weights: LeCun's smaller
-    ones left the outputs of the means so close to equal that the first few hundred updates
-    hardly moved them) with a softmax cross-entropy (section 4.3), or scaled tanh outputs for
-    ``loss="squared_error"``. 9.3k parameters for OSULeaf's 427 samples and 6 classes, whatever
-    the length (bench/ucr.py: its test error, and :func:`cnn1d`'s, on the three UCR problems).
+    of maps for the three stages), all ``"same"``, ReLU units with Glorot's uniform weights; S2
+    and S4 2x means (``remainder="pad"``), S6 the mean over all positions; ``classes`` linear
+    outputs (Glorot's uniform weights: LeCun's smaller ones left the outputs of the means so
+    close to equal that the first few hundred updates hardly moved them) with a softmax
+    cross-entropy (section 4.3), or scaled tanh outputs for ``loss="squared_error"``. 9.3k
+    parameters for OSULeaf's 427 samples and 6 classes, whatever the length (bench/ucr.py: its
+    test error, and :func:`cnn1d`'s, on the three UCR problems; the README's "Variants tried":
+    other maps and training choices).
 
     >>> net = cnn1d_global(length=427, classes=6)
     >>> net.input_shape, net.output_shape, net.num_parameters()
