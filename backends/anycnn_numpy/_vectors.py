@@ -194,7 +194,8 @@ def vbroadcast(typingctx, array, index):  # pragma: no cover - compiled
 # by :func:`cache_depends_on_vectors` it hands everything to the locator Numba would have chosen
 # (the same cache folder and file names) but stamps the cache with this file's hash as well, so
 # that an edit of an intrinsic here makes every dependent kernel compile again, as an edit of
-# the kernel's own file does. Files not named are left to Numba's locators as they were.
+# the kernel's own file does. Files not named are left to Numba's locators as they were. (Numba's
+# NUMBA_CACHE_LOCATOR_CLASSES, where set, replaces the whole list: then this stamp is not used.)
 _DEPENDENTS: set[str] = set()
 _LOCK = threading.Lock()
 #: the file whose content stamps the dependents' caches (this one; a test points it elsewhere)
