@@ -103,3 +103,17 @@ def test_ucr_variants_quick_run(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["epochs"] == 4 and report["options"]["maps"] == "4,4,4"
     assert 0 <= report["test_error"] <= 1 and 0 <= report["test_error_tta"] <= 1
+
+
+def test_ucr_bench_trains_other_maps():
+    """bench/ucr.py's --maps reaches cnn1d_global (4, 4, 4 maps: 178 parameters on GunPoint's two
+    classes) and its scores are one softmax per test series."""
+    from anycnn import data
+
+    ucr = _bench("ucr")
+    ds = data.load("gunpoint")
+    run = ucr.train_cnn(ds, 0, 1, "cnn1d_global", (4, 4, 4))
+    assert run["parameters"] == 8 * 4 + (5 * 4 + 1) * 4 + (3 * 4 + 1) * 4 + 2 * (4 + 1) == 178
+    assert run["scores"].shape == (150, 2)
+    np.testing.assert_allclose(run["scores"].sum(axis=1), 1.0, rtol=1e-12)
+    assert ucr.train_cnn(ds, 0, 1, "cnn1d_global")["parameters"] == 9058
