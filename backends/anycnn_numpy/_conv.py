@@ -20,6 +20,7 @@ import numpy as np
 from anycnn import ops as _reference
 from anycnn_numpy import _blocked, _fft, _im2col, _jit, _plan, _threads
 from anycnn_numpy._activation import (
+    IDENTITY_FORMULA,
     activate,
     compiled_activation,
     no_activation,
@@ -178,8 +179,8 @@ def _conv_valid(x, kernel, selection, epilogue, shift=None, compiled=None, paddi
         return out
     bounds = _threads.direct_bounds(n, o * c * kh * kw * oh * ow)
     driver = _jit.correlate_into_sliced
-    if len(bounds) > 2 and epilogue is None and driver is not None:
-        # Note [Slices taken in compiled code] in _direct
+    # Note [Slices taken in compiled code] in _direct (the pool's slices give the same bits)
+    if len(bounds) > 2 and epilogue is None and driver is not None:  # pragma: no mutate
         args = (x, ph, pw, flipped, bias, active, act, out, chunk)
         _threads.run_compiled(driver, args, bounds)
         return out
@@ -193,7 +194,7 @@ def conv_kernel_grad(x, delta, selection=None, padding=(0, 0)):
     x = padded(x, padding)  # eq. (7) on the padded maps (Note [Zero padding] in anycnn.ops)
     path = _grad_path(x, delta)
     if path == "direct":  # Note [Direct convolutions] in _direct
-        return _direct_backward(x, delta, delta, ("identity", 0, 0, False), selection, 1, False)[0]
+        return _direct_backward(x, delta, delta, IDENTITY_FORMULA, selection, 1, False)[0]
     if path == "fft":  # Note [Convolutions by the FFT] in _fft
         return _fft.conv_kernel_grad(x, delta, _active(selection, delta.shape[1], x.shape[1]))
     if path == "blocked":  # Note [Blocked 2-D path] in _blocked
@@ -296,7 +297,7 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
             # Note [Slices taken in compiled code] in _direct: slice i's sums in row i
             count = len(bounds) - 1
             grads = np.empty((count, o, c, kh, kw), dtype)
-            biases = np.empty((count, o), np.float64)
+            biases = np.empty((count, o))  # float64 sums
             args = (x, dy, y, sens, up, active, chunk, delta, grads, biases)
             _threads.run_compiled(driver, args, bounds)
             partial = {i: grads[i] for i in range(count)}

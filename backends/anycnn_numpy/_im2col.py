@@ -100,10 +100,11 @@ def masked(kernel: np.ndarray, selection) -> np.ndarray:
 
 
 def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for 2-d arrays, split over row slices of ``a`` on the pool's threads."""
+    """``a @ b`` for 2-d arrays of one dtype, split over row slices of ``a`` on the pool's
+    threads."""
     m, k = a.shape
     n = b.shape[1]
-    out = np.empty((m, n), dtype=np.result_type(a, b))
+    out = np.empty((m, n), dtype=a.dtype)
 
     def work(index, start, stop):
         np.matmul(a[start:stop], b, out=out[start:stop])
@@ -211,14 +212,15 @@ def conv_kernel_grad(x, delta, selection=None):
     n, c, h, w = x.shape
     _, o, dh, dw = delta.shape
     kh, kw = h - dh + 1, w - dw + 1
-    ck, p = c * kh * kw, dh * dw
+    ck = c * kh * kw
     dtype = x.dtype
     # Eq. (7): dE/dk[j,i] = rot180(sum_n conv2(x_i, rot180(delta_j), 'valid')); with the windows
     # read backwards, the columns of the forward pass give the gradient in kernel order.
     partial = {}
-    dots = _dots(o * ck, p)
+    # the paths (compiled dot products or BLAS, wide or plain columns) give the same result
+    dots = _dots(o * ck, dh * dw)  # pragma: no mutate (a path to the same result)
     wide = None
-    if n > 1 and p >= 16 and use_wide(w, dw):  # pragma: no mutate (a path to the same result)
+    if n > 1 and dh * dw >= 16 and use_wide(w, dw):  # pragma: no mutate (a path to the same result)
         wide = wide_windows(x, kh, kw, dh)  # pragma: no mutate (a path to the same result)
     if wide is not None:  # Note [Wide columns]; the deltas get zeros at the unwanted outputs
         q = dh * w

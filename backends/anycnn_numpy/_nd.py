@@ -39,6 +39,12 @@ from anycnn.backend import planar
 #
 # The choice depends on the shapes only: a shape always takes the same path (the paths round
 # differently). float64 always keeps the mappings (and their bits).
+#
+# volume_forward and volume_backward are that choice and nothing else (both paths give the op's
+# values to float32 rounding), so the mutation campaigns leave them alone (`# pragma: no mutate
+# block`, issue 22); what the wrappers below promise about it (they ask the rule about the arrays
+# they were given and take the path it names; only float32 arrays the kernels read take it,
+# _takes) is tested in tests/test_numpy_nd_promises.py.
 SIGNAL_FORWARD_MACS = 32
 SIGNAL_BACKWARD_MACS = 200
 VOLUME_BACKWARD_MACS = 100_000
@@ -67,7 +73,7 @@ def _takes(x, other) -> bool:
     )
 
 
-def volume_forward(x, kernel) -> bool:
+def volume_forward(x, kernel) -> bool:  # pragma: no mutate block
     """Whether the volume kernels take this forward convolution (Note [Choosing an N-D path])."""
     if not _takes(x, kernel):
         return False
@@ -76,7 +82,7 @@ def volume_forward(x, kernel) -> bool:
     return x.ndim == 5 or kernel.shape[1] * kernel.shape[2] >= SIGNAL_FORWARD_MACS
 
 
-def volume_backward(x, y) -> bool:
+def volume_backward(x, y) -> bool:  # pragma: no mutate block
     """Whether the volume kernels take eq. (7) and the fused backward pass for inputs ``x`` and
     outputs (or deltas) ``y`` (Note [Choosing an N-D path])."""
     if not _takes(x, y):

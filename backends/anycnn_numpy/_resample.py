@@ -21,7 +21,7 @@ def kron_upsample(x, n):
     if n == 1:
         return x.copy()
     out = np.empty((b, c, h * n, w * n), dtype=x.dtype)
-    kron_into = _jit.kron_into
+    kron_into = _jit.kron_into  # pragma: no mutate (a path to the same result)
     if kron_into is not None and _jit.compiled_layout(x):  # Note [Resampling kernels] in _kernels
 
         def work_compiled(index, start, stop):
@@ -49,12 +49,14 @@ def _block_sum(x, n, scale):
     # Sum the n rows of each block (contiguous rows), then the n columns (strided reads);
     # a reshape and a sum over two short axes is an order of magnitude slower in NumPy.
     out = np.empty((b, c, h // n, w // n), dtype=x.dtype)
-    block_sum_into = _jit.block_sum_into
+    block_sum_into = _jit.block_sum_into  # pragma: no mutate (a path to the same result)
     if block_sum_into is not None and _jit.compiled_layout(
         x
     ):  # Note [Resampling kernels] in _kernels
         factor = x.dtype.type(1 if scale is None else scale)
-        item_bytes, driver = c * h * w * x.dtype.itemsize, _jit.block_sum_sliced
+        # the pool's work size and its compiled driver: how fast, not what (the same bits)
+        item_bytes = c * h * w * x.dtype.itemsize  # pragma: no mutate
+        driver = _jit.block_sum_sliced  # pragma: no mutate
         if driver is not None and b * item_bytes > _threads._SLICE_BYTES:  # pragma: no mutate
             # Note [Slices taken in compiled code] in _direct
             bounds = [start for start, _ in _threads.slices(b, item_bytes)] + [b]
@@ -99,7 +101,7 @@ def block_mean(x, n):
 
 def decimate(x, n):
     b, c, h, w = x.shape
-    return np.ascontiguousarray(x[:, :, 0 : h - h % n : n, 0 : w - w % n : n])
+    return np.ascontiguousarray(x[:, :, : h - h % n : n, : w - w % n : n])
 
 
 def decimate_transpose(delta, n):
@@ -130,7 +132,7 @@ def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
         driver is not None
         and formula is not None
         and formula[0] != "identity"
-        and n * item_bytes > _threads._SLICE_BYTES
+        and n * item_bytes > _threads._SLICE_BYTES  # pragma: no mutate (the same bits)
     ):  # Note [Slices taken in compiled code] in _direct: f' and the sums, one job
         name, p0, p1, scaled = formula
         t = y.dtype.type

@@ -410,16 +410,25 @@ def _flat_examples(x: np.ndarray, pads: tuple[int, int, int], kw: int) -> np.nda
 SLICE_MACS = 256_000_000
 
 
-def _run(work, items: int, macs_per_item: int) -> None:
-    """``work(index, start, stop)`` over an even number of ranges of the ``items`` (example,
-    output depth) pairs, sized by multiply-adds; one range below SLICE_MACS."""
-    from anycnn_numpy import _threads
-
+def _slice_count(items: int, macs_per_item: int) -> int:  # pragma: no mutate block
+    """How many ranges the pool cuts the ``items`` (example, output depth) pairs into: an even
+    number sized by multiply-adds, one below SLICE_MACS (a work size: how fast, not what; the
+    mutation campaigns leave it alone, issue 22)."""
     total = items * macs_per_item
     if items == 1 or total < SLICE_MACS:
+        return 1
+    return min(items, 2 * -(-total // (2 * SLICE_MACS)))
+
+
+def _run(work, items: int, macs_per_item: int) -> None:
+    """``work(index, start, stop)`` over consecutive ranges that cover the ``items`` once, in
+    order (:func:`_slice_count` of them)."""
+    from anycnn_numpy import _threads
+
+    count = _slice_count(items, macs_per_item)
+    if count == 1:
         work(0, 0, items)
         return
-    count = min(items, 2 * -(-total // (2 * SLICE_MACS)))
     bounds = [items * i // count for i in range(count + 1)]
     _threads._pool.run(work, [(bounds[i], bounds[i + 1]) for i in range(count)])
 
@@ -466,7 +475,8 @@ def conv_valid(x, kernel, bias=None, padding=(0, 0, 0), selection=None):
     def work(index, start, stop):
         correlate_volumes(xb, geometry, wts, blocks, shift, out, start, stop, span)
 
-    _run(work, n * od, blocks * MAPS * c * kd * kh * kw * span)
+    macs = blocks * MAPS * c * kd * kh * kw * span  # pragma: no mutate (the pool's work size)
+    _run(work, n * od, macs)
     return out
 
 
@@ -482,12 +492,11 @@ def apply_activation(out: np.ndarray, activation) -> np.ndarray:
     kind, p0, p1 = compiled
     if kind == _direct.IDENTITY:
         return out
-    flat = out.reshape(out.shape[0], -1)
 
     def work(index, start, stop):
-        _direct._activate_run32(flat[start:stop].reshape(-1), kind, p0, p1)
+        _direct._activate_run32(out[start:stop].ravel(), kind, p0, p1)  # in place: a view
 
-    run(work, flat.shape[0], flat.shape[1] * 4, 0)
+    run(work, len(out), out[0].size * 4, 0)
     return out
 
 
@@ -504,7 +513,7 @@ def sensitivity_code(activation, y) -> tuple | None:
     return (kind, np.float32(p0), np.float32(p1), bool(scaled))
 
 
-def backward(x, dy, y, sens, selection=None, up=1, need_delta=True, padding=(0, 0, 0)):
+def backward(x, dy, y, sens, selection, up, need_delta, padding):
     """The fused backward pass of a 3-D convolution layer (``conv_backward``, Note [Fused ops] in
     anycnn.ops): ``delta = f'(u) o up(dy)`` (``sens``: :func:`sensitivity_code`), eq. (7)'s
     kernel gradient in conv2's orientation, the bias gradient, and delta when asked for."""
@@ -529,13 +538,14 @@ def backward(x, dy, y, sens, selection=None, up=1, need_delta=True, padding=(0, 
 
     def work(index, start, stop):
         part = np.zeros(blocks * c * groups * GRAD_TAPS * MAPS * LANES, np.float32)
-        bias = np.zeros(o, np.float64)
+        bias = np.zeros(o)  # float64 sums
         correlate_grads(
             xb, geometry, dy, y, up, sens, offsets, blocks, span, start, stop, part, bias, delta
         )
         parts[index], sums[index] = part, bias
 
-    _run(work, n * od, blocks * MAPS * c * kd * kh * kw * span)
+    macs = blocks * MAPS * c * kd * kh * kw * span  # pragma: no mutate (the pool's work size)
+    _run(work, n * od, macs)
     from anycnn_numpy._threads import sum_in_order
 
     lanes = sum_in_order(parts).reshape(blocks, c, groups * GRAD_TAPS, MAPS, LANES).sum(axis=4)
