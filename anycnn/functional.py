@@ -68,7 +68,7 @@ def _padding(where: str, a: dict[str, Any], spatial: int = 2) -> tuple[int, ...]
     """Normalise ``a["padding"]`` to one non-negative int per spatial axis (``(ph, pw)`` in 2-D;
     Note [Zero padding] in anycnn.ops), and return it. All zeros, such as the default ``(0, 0)``,
     mean no padding whatever the number of axes."""
-    padding = a.get("padding", (0, 0))
+    padding = a["padding"]  # bound with the op's default, (0, 0)
     try:
         amounts = tuple(padding)
     except TypeError:

@@ -204,10 +204,10 @@ def gradcheck(
             dtype=numeric_dtype,
         )
         for name, value in network.parameters().items():
-            exact = backend.to_host(value).astype(numeric_dtype)
-            probe.set_parameter(name, backend.asarray(exact, dtype=numeric_dtype), check=False)
-        px = backend.asarray(backend.to_host(x).astype(numeric_dtype), dtype=numeric_dtype)
-        pt = backend.asarray(backend.to_host(t).astype(numeric_dtype), dtype=numeric_dtype)
+            exact = backend.asarray(backend.to_host(value), dtype=numeric_dtype)
+            probe.set_parameter(name, exact, check=False)
+        px = backend.asarray(backend.to_host(x), dtype=numeric_dtype)
+        pt = backend.asarray(backend.to_host(t), dtype=numeric_dtype)
     params = probe.parameters()
 
     def loss_at(name: str, value: np.ndarray) -> float:

@@ -175,9 +175,7 @@ class Network:
         self._defer_up: dict[int, Any] = {  # layers whose backward takes defer_up=True
             index: layer
             for index, layer in enumerate(self.layers)
-            if index > 0
-            and getattr(layer, "defers_upsampling", False)
-            and self.layers[index - 1].takes_upsampled
+            if index > 0 and layer.defers_upsampling and self.layers[index - 1].takes_upsampled
         }
 
     def _flag_output_and_loss(self) -> None:
@@ -452,7 +450,19 @@ class Network:
             raise RuntimeError("Network.backward: call forward first")
         if check:
             self.check_targets(t, self._outputs.shape[0])
-        dy = self.loss.gradient(self._outputs, t)
+        self._backward_from(self.loss.gradient(self._outputs, t))
+
+    def _objective_and_backward(self, y: Array, t: Array) -> Array:
+        """:meth:`objective` and :meth:`backward` (unchecked) after the forward pass that gave
+        ``y``, the loss's value and gradient taken together (``Loss.value_and_gradient``: one
+        log-softmax for the cross-entropy). The same bits as the two calls."""
+        value, dy = self.loss.value_and_gradient(y, t)
+        value = value + self.penalty()
+        self._backward_from(dy)
+        return value
+
+    def _backward_from(self, dy: Array) -> None:
+        """Back-propagate ``dy = dE/dy`` of the last forward pass's outputs through the layers."""
         last = len(self.layers) - 1
         for index in range(last, -1, -1):
             deferring = self._defer_up.get(index)
@@ -468,9 +478,7 @@ class Network:
             self.check_input(x, "Network.compute_gradients")
             self.check_targets(t, x.shape[0], "Network.compute_gradients")
         y = self.forward(x, check=False)
-        value = self.objective(y, t)
-        self.backward(t, check=False)
-        return value
+        return self._objective_and_backward(y, t)
 
     # -- the Keras-style API -----------------------------------------------------------------
     # Note [Inputs of the high-level API]
@@ -756,8 +764,7 @@ class Network:
 
         if preprocessing is None and self.preprocessing is None:
             images = self._raw_floats(images, where)
-            if validation_data is not None:
-                test_images = self._raw_floats(test_images, f"{where}: validation_data")
+            test_images = self._raw_floats(test_images, f"{where}: validation_data")
             prep: Any = train.Preprocessing("none", tuple(self.input_shape))
         elif preprocessing is None:
             prep = self.preprocessing  # kept: the network was trained on data so prepared

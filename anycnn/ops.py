@@ -540,7 +540,8 @@ MAP_OP_NAMES: tuple[str, ...] = (
 # as it leaves the compiled kernel, forms a layer's sensitivity f'(u) o dy in one compiled pass
 # instead of four, and with conv_backward forms a convolution layer's sensitivity (up-sampling
 # included, Note [Deferred up-sampling] in anycnn.layers.base), kernel and bias gradients in
-# one pass over its kernel-gradient grid.
+# one pass over its kernel-gradient grid; with subsample_forward it forms a trainable
+# subsampling layer's block sums, beta d + b and f in one pass per batch slice.
 #
 # Every backend's op table has every fused op (FUSED_OP_NAMES): the backend's own where it gives
 # one, else the chain below run on that backend's own plain ops (`compose_fused`), so a layer has
@@ -554,6 +555,7 @@ MAP_OP_NAMES: tuple[str, ...] = (
 FUSED_OP_NAMES: tuple[str, ...] = (
     "conv_valid_activate",
     "conv_backward",
+    "subsample_forward",
     "subsample_backward",
     "sensitivity",
     "activate",
@@ -587,6 +589,13 @@ def _conv_backward(
     xp = array_api_compat.array_namespace(delta)
     bias_grad = xp.sum(delta, axis=(0, *range(2, delta.ndim)))
     return grad, bias_grad, delta if need_delta else None
+
+
+def _subsample_forward(ops, x, n, mode, beta, bias, activation):
+    d = ops.block_sum(x, n) if mode == "sum" else ops.block_mean(x, n)
+    u = d * _per_map(beta, d.ndim)
+    u += _per_map(bias, u.ndim)  # u is ours: the bias and f in place where the namespace allows
+    return ops.activate(u, activation), d
 
 
 def _subsample_backward(ops, dy, y, d, beta, activation, need_input_grad=True):
@@ -645,6 +654,19 @@ def conv_backward(
     return _conv_backward(_REFERENCE, x, dy, y, activation, selection, up, need_delta, padding)
 
 
+def subsample_forward(
+    x: Array, n: int, mode: str, beta: Array, bias: Array, activation: Any
+) -> tuple[Array, Array]:
+    """The forward pass of a trainable subsampling layer (section 3.2) on maps whose sizes are
+    multiples of ``n``: ``(y, d)`` with ``d = down(x)`` (:func:`block_sum` for ``mode="sum"``,
+    :func:`block_mean` for ``"mean"``), which the backward pass reads, and
+    ``y = f(beta_j d_j + b_j)``. A fused version must give ``d``'s bits and what :func:`activate`
+    gives on ``beta d + b`` to within 4 ulp (its own vectorised f is allowed, as for
+    :func:`conv_valid_activate`).
+    """
+    return _subsample_forward(_REFERENCE, x, n, mode, beta, bias, activation)
+
+
 def subsample_backward(
     dy: Array, y: Array, d: Array, beta: Array, activation: Any, need_input_grad: bool = True
 ) -> tuple[Array, Array, Array | None]:
@@ -679,6 +701,7 @@ def activate(u: Array, activation: Any) -> Array:
 _COMPOSED = {
     "conv_valid_activate": (conv_valid_activate, _conv_valid_activate),
     "conv_backward": (conv_backward, _conv_backward),
+    "subsample_forward": (subsample_forward, _subsample_forward),
     "subsample_backward": (subsample_backward, _subsample_backward),
 }
 
@@ -704,6 +727,8 @@ def _bind(reference: Any, chain: Any, ops: Any) -> Any:
 
 
 _REFERENCE = types.SimpleNamespace(
+    block_sum=block_sum,
+    block_mean=block_mean,
     conv_valid=conv_valid,
     conv_kernel_grad=conv_kernel_grad,
     kron_upsample=kron_upsample,

@@ -225,6 +225,9 @@ def _fused_cases(name: str, activation: Any, rng: np.random.Generator) -> list[t
                 (1, 2),
             ),
         ]
+    if name == "subsample_forward":
+        beta, shift = rng.uniform(0.5, 2.0, 4), rng.standard_normal(4)
+        return [(x, 2, "sum", beta, shift, activation), (x, 2, "mean", beta, shift, activation)]
     if name == "subsample_backward":
         shape = (3, 4, 6, 5)
         args = (rng.standard_normal(shape), output(*shape), rng.standard_normal(shape))

@@ -62,6 +62,23 @@ def test_strings_get_the_xx_mutant_only_and_raise_and_assert_stay_whole(campaign
     assert "F BEFORE BUILD" not in mutated.code and "XXbad" not in mutated.code
 
 
+def test_zips_keep_their_strict_keyword_and_other_arguments_still_mutate(campaign):
+    from mutmut.mutation import file_mutation
+
+    source = "def g(a, b):\n    return list(zip(a, b, strict=True))\n"
+    mutated = file_mutation.mutate_file_contents("x.py", source, covered_lines=None)
+    code = mutated.code.split("\nmutants_x_g__mutmut[")[0]
+    bodies = code.split("def x_g__mutmut_")[2:]
+    lines = sorted(body.splitlines()[1].strip() for body in bodies)
+    assert lines == [
+        "return list(None)",
+        "return list(zip(None, b, strict=True))",
+        "return list(zip(a, None, strict=True))",
+        "return list(zip(a, strict=True))",
+        "return list(zip(b, strict=True))",
+    ]
+
+
 def test_killers_first_then_the_fastest_within_the_budget(campaign, tmp_path, monkeypatch):
     from mutmut.state import state
 

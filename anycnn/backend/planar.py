@@ -36,6 +36,7 @@ more to read than a module's globals): one table per backend, built once by its 
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +103,7 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
     conv_kernel_grad2 = table["conv_kernel_grad"]
     conv_backward2 = table.get("conv_backward")
     subsample_backward2 = table.get("subsample_backward")
+    subsample_forward2 = table.get("subsample_forward")
     sensitivity = table.get("sensitivity", _reference.sensitivity)
     activate = table.get("activate", _reference.activate)
     kron2, block_sum2 = table["kron_upsample"], table["block_sum"]
@@ -288,6 +290,13 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
         grad = unstacked_grad(grad, x.shape[1])
         return grad, bias, None if delta is None else channel_major(delta, n)
 
+    def subsample_forward(x, n, mode, beta, bias, activation):
+        if x.ndim == 4 and subsample_forward2 is not None:
+            return subsample_forward2(x, n, mode, beta, bias, activation)
+        # the chain on the mapped block sums (Note [Fused ops] in anycnn.ops)
+        chain = types.SimpleNamespace(block_sum=block_sum, block_mean=block_mean, activate=activate)
+        return _reference._subsample_forward(chain, x, n, mode, beta, bias, activation)
+
     def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
         if y.ndim == 4 and subsample_backward2 is not None:
             return subsample_backward2(dy, y, d, beta, activation, need_input_grad)
@@ -373,6 +382,7 @@ def dimension_generic(table: dict[str, Callable[..., Any]], xp: Any) -> dict[str
         "conv_valid": conv_valid,
         "conv_valid_activate": conv_valid_activate,
         "conv_backward": conv_backward,
+        "subsample_forward": subsample_forward,
         "subsample_backward": subsample_backward,
         "conv_full": conv_full,
         "conv_kernel_grad": conv_kernel_grad,

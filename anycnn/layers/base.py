@@ -110,6 +110,11 @@ class Layer:
     #: a layer with an activation f sets it, and its forward pass saves its output y = f(u)
     activation: Any
     _y: Array
+    # The backend's namespace and hot ops, looked up once at build time (:meth:`build`): at
+    # batch 1 a training step is dominated by interpreter overhead, and array_namespace() on
+    # every call was a tenth of it (Note [Hot-op dispatch]: a network stays on its backend).
+    _xp: Any
+    _ops: Any
 
     def __init__(self, name: str | None = None):
         self.name = name
@@ -118,11 +123,6 @@ class Layer:
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
         self._backend: Backend | None = None
-        # The backend's namespace and hot ops, looked up once at build time: at batch 1 a
-        # training step is dominated by interpreter overhead, and array_namespace() on every
-        # call was a tenth of it (Note [Hot-op dispatch]: a network stays on its backend).
-        self._xp: Any = None
-        self._ops: Any = None
 
     # -- building -------------------------------------------------------------------------
     def build(self, input_shape: Shape, context: BuildContext) -> Shape:

@@ -203,6 +203,8 @@ class LearnedCombination(Layer):
     """
 
     kind = "conv"
+    #: the number of input maps, known once built
+    c_in: int
 
     def __init__(
         self,
@@ -244,7 +246,6 @@ class LearnedCombination(Layer):
         self.kernels, self.lam, self.sparsity = kernels, float(lam), sparsity
         self.activation = get_activation(activation)
         self.init = init
-        self.c_in = 0  # set by build
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         d = spatial_dims(self, input_shape, self.dims)

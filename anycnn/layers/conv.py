@@ -363,8 +363,6 @@ class Convolution(Layer):
             raise self.error(
                 f"kernel {sizes_str(ks)} is larger than the {sizes_str(sizes)} input maps{padded}"
             )
-        self._map_shape = (1, -1, *((1,) * d))  # a (C_out,) vector over (N, C_out, *spatial)
-        self._sum_axes = (0, *range(2, 2 + d))
         # Draw even when the seed is given, so that a network rebuilt from its config (where
         # every seed is explicit) consumes the generator alike and gets the same parameters.
         drawn = int(context.rng.integers(2**31))

@@ -46,6 +46,23 @@ class Loss:
         """``dE/dy`` for the mean error, shape of ``y``."""
         raise NotImplementedError
 
+    def value_and_gradient(self, y: Array, t: Array) -> tuple[Array, Array]:
+        """``(value(y, t), gradient(y, t))``, the same bits; a loss may share the work of the
+        two (a training step needs both: ``Network.compute_gradients``), as long as neither
+        method is replaced (:meth:`_shares`)."""
+        return self.value(y, t), self.gradient(y, t)
+
+    def _shares(self, cls: type) -> bool:
+        """Whether ``value`` and ``gradient`` are ``cls``'s own, not a subclass's or an
+        instance's replacement, whose results a shared computation would not give."""
+        own = vars(self)
+        return (
+            type(self).value is cls.value
+            and type(self).gradient is cls.gradient
+            and "value" not in own
+            and "gradient" not in own
+        )
+
     def curvature(self, y: Array, t: Array) -> Array:
         """The diagonal of ``d^2 E^n / dy^2`` for each pattern, shape of ``y``: where LeCun's
         diagonal Gauss-Newton pass starts (``Note [Diagonal Gauss-Newton curvature]`` in
@@ -94,6 +111,13 @@ class SquaredError(Loss):
     def gradient(self, y: Array, t: Array) -> Array:
         return (y - t) * (1.0 / y.shape[0])
 
+    def value_and_gradient(self, y: Array, t: Array) -> tuple[Array, Array]:
+        if not self._shares(SquaredError):
+            return super().value_and_gradient(y, t)
+        xp = array_api_compat.array_namespace(y, t)
+        e = y - t
+        return xp.sum(e * e) * (0.5 / y.shape[0]), e * (1.0 / y.shape[0])
+
     def curvature(self, y: Array, t: Array) -> Array:
         """``d^2 E^n / dy_k^2 = 1``."""
         xp = array_api_compat.array_namespace(y, t)
@@ -135,14 +159,29 @@ class CrossEntropy(Loss):
 
     def value(self, y: Array, t: Array) -> Array:
         xp = array_api_compat.array_namespace(y, t)
-        log_p = self._log_softmax(y)
+        return self._value(xp, self._log_softmax(y), t)
+
+    @staticmethod
+    def _value(xp: Any, log_p: Array, t: Array) -> Array:
         log_p = xp.where(t != 0, log_p, xp.zeros_like(log_p))  # 0 log 0 = 0, never 0 x -inf
-        return -xp.sum(t * log_p) * (1.0 / y.shape[0])
+        return -xp.sum(t * log_p) * (1.0 / t.shape[0])
 
     def gradient(self, y: Array, t: Array) -> Array:
         xp = array_api_compat.array_namespace(y, t)
-        p = xp.exp(self._log_softmax(y))
-        return (p * xp.sum(t, axis=1, keepdims=True) - t) * (1.0 / y.shape[0])
+        return self._gradient(xp, self._log_softmax(y), t)
+
+    @staticmethod
+    def _gradient(xp: Any, log_p: Array, t: Array) -> Array:
+        p = xp.exp(log_p)
+        return (p * xp.sum(t, axis=1, keepdims=True) - t) * (1.0 / t.shape[0])
+
+    def value_and_gradient(self, y: Array, t: Array) -> tuple[Array, Array]:
+        """One log-softmax for both (the same bits as :meth:`value` and :meth:`gradient`)."""
+        if not self._shares(CrossEntropy):
+            return super().value_and_gradient(y, t)
+        xp = array_api_compat.array_namespace(y, t)
+        log_p = self._log_softmax(y)
+        return self._value(xp, log_p, t), self._gradient(xp, log_p, t)
 
     def curvature(self, y: Array, t: Array) -> Array:
         """``(sum_k t_k) p (1 - p)`` with ``p = softmax(y)``: the diagonal of

@@ -100,15 +100,13 @@ class Subsampling(Layer):
         self._fit: tuple[int, ...] | None = None  # maps cut or padded to this before down
         self._in_hw: tuple[int, ...] = (0, 0)  # the input's spatial sizes
         self._inv_counts: Array | None = None  # 1 / samples per block: a padded block mean
-        self._map_shape: tuple[int, ...] = (1, -1, 1, 1)
-        self._sum_axes: tuple[int, ...] = (0, 2, 3)
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         d = spatial_dims(self, input_shape, self.dims)
         c, *sizes = input_shape
         n = self.n
         self._in_hw, self._fit, self._inv_counts = tuple(sizes), None, None
-        self._map_shape, self._sum_axes = (1, -1, *((1,) * d)), (0, *range(2, 2 + d))
+        self._map_shape = (1, -1, *((1,) * d))  # a (C,) vector over (N, C, *spatial)
         if any(s % n for s in sizes):
             drop = tuple(s // n for s in sizes)
             pad = tuple(-(-s // n) for s in sizes)
@@ -175,6 +173,12 @@ class Subsampling(Layer):
         return fit_maps(dx, *self._in_hw)  # dx itself when nothing was cut or padded
 
     def forward(self, x: Array) -> Array:
+        if self.trainable and self._fit is None and self.mode != "decimate":
+            # down, beta d + b and f in one op (Note [Fused ops] in anycnn.ops)
+            self._y, self._d = self._ops.subsample_forward(
+                x, self.n, self.mode, self.params["beta"], self.params["bias"], self.activation
+            )
+            return self._y
         d = self._down(x)
         if self.trainable:
             self._d = d

@@ -151,11 +151,8 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     ...     print(latest_checkpoint(tmp).name)
     epoch-0010.npz
     """
-    folder = Path(directory)
-    if not folder.is_dir():
-        return None
     found = []
-    for path in folder.glob("epoch-*.npz"):
+    for path in Path(directory).glob("epoch-*.npz"):  # none in a missing folder or a file
         epoch = epoch_of(path)
         if epoch is not None:
             found.append((epoch, path.name, path))
@@ -344,7 +341,6 @@ def save_checkpoint(
     >>> sorted(restored.network.parameters()) == sorted(net.parameters())
     True
     """
-    path = Path(path)
     if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or epoch < 0:
         # load_checkpoint refuses such a file: never write one
         raise ValueError(f"save_checkpoint: epoch must be an int >= 0, got {epoch!r}")
@@ -707,9 +703,7 @@ class _Archive:
                 f"{_clean(str(error))})"
             ) from None
         try:
-            self.members = self._directory()
-            for key, member in self.members.items():
-                self._header(key, member)
+            self.members = {key: self._header(key, info) for key, info in self._directory().items()}
         except BaseException:
             self.zip.close()
             raise
@@ -717,12 +711,13 @@ class _Archive:
     def close(self) -> None:
         self.zip.close()
 
-    def _directory(self) -> dict[str, _Member]:
+    def _directory(self) -> dict[str, zipfile.ZipInfo]:
+        """The members' directory entries by name (``.npy`` cut off), each one checked."""
         where = self.where
         infos = self.zip.infolist()
         if len(infos) > MAX_MEMBERS:
             raise CheckpointError(f"{where}: {len(infos)} members, more than {MAX_MEMBERS}")
-        members: dict[str, _Member] = {}
+        members: dict[str, zipfile.ZipInfo] = {}
         total = 0
         for info in infos:
             raw = info.filename
@@ -771,21 +766,22 @@ class _Archive:
                     f"{where}: truncated or corrupt checkpoint (member {_quote(key)} ends past "
                     "the end of the file)"
                 )
-            members[key] = _Member(info, np.dtype(np.uint8), (0,), False, 0)
+            members[key] = info
         return members
 
     def _size(self) -> int:
         return self.path.stat().st_size
 
-    def _open(self, member: _Member) -> Any:
-        return self.zip.open(member.info)
+    def _open(self, info: zipfile.ZipInfo) -> Any:
+        return self.zip.open(info)
 
-    def _header(self, key: str, member: _Member) -> None:
+    def _header(self, key: str, info: zipfile.ZipInfo) -> _Member:
+        """The member ``key`` as its checked ``.npy`` header describes it."""
         where = self.where
         from numpy.lib import format as npy
 
         try:
-            with self._open(member) as stream:
+            with self._open(info) as stream:
                 version = npy.read_magic(stream)
                 reader = (
                     npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
@@ -821,20 +817,21 @@ class _Archive:
             raise CheckpointError(f"{where}: member {_quote(key)} has dtype {dtype.str!r}")
         if len(shape) > 8:
             raise CheckpointError(f"{where}: member {_quote(key)} has {len(shape)} dimensions")
-        member.dtype, member.shape, member.fortran, member.offset = dtype, shape, fortran, offset
-        if member.info.file_size != offset + member.nbytes:
+        member = _Member(info, dtype, shape, fortran, offset)
+        if info.file_size != offset + member.nbytes:
             raise CheckpointError(
                 f"{where}: truncated or corrupt checkpoint (member {_quote(key)}: its header "
                 f"declares {dtype} {shape}, {member.nbytes} bytes of data, but the member "
-                f"holds {member.info.file_size - offset})"
+                f"holds {info.file_size - offset})"
             )
+        return member
 
     def read(self, key: str) -> np.ndarray:
         """The array of member ``key``, exactly as large as its checked header says."""
         member = self.members[key]
         try:
             data = bytearray(member.nbytes)  # writable, as np.load's arrays are
-            with self._open(member) as stream:
+            with self._open(member.info) as stream:
                 stream.read(member.offset)
                 view, got = memoryview(data), 0
                 while got < member.nbytes:
@@ -873,7 +870,7 @@ def _parse_json(data: bytes, key: str, where: str) -> Any:
 
     def constant(name: str) -> Any:
         if key == "meta/info":  # the metrics history may hold inf (images per second)
-            return float(name.replace("Infinity", "inf"))
+            return float(name)  # "Infinity", "-Infinity" and "NaN" are float()'s words too
         raise ValueError(f"{name} is not allowed")
 
     try:
@@ -1291,12 +1288,6 @@ def load_checkpoint(
             f"{where}: unexpected parameters {', '.join(k[6:] for k in unexpected)} for model "
             f"{network.name!r}"
         )
-    unknown = sorted(
-        key for key in arrays if not key.startswith(("param/", "extra/", "optim/", "meta/"))
-    )
-    if unknown:
-        raise CheckpointError(f"{where}: unexpected entries {', '.join(unknown)}")
-
     optimizer = None
     optimizer_state = {
         key[len("optim/") :]: value for key, value in arrays.items() if key.startswith("optim/")
@@ -1309,7 +1300,7 @@ def load_checkpoint(
         expected = optimizer.expected_state()
         if "steps" not in optimizer_state:
             raise CheckpointError(f"{where}: the optimizer state 'optim/steps' is missing")
-        steps = int(optimizer_state["steps"]) if "steps" in optimizer_state else 0
+        steps = int(optimizer_state["steps"])
         if steps < 0:
             raise CheckpointError(f"{where}: the optimizer state 'optim/steps' is {steps} < 0")
         missing = sorted(key for key in expected if key not in optimizer_state)
@@ -1335,16 +1326,14 @@ def load_checkpoint(
                 )
     elif optimizer_state:
         raise CheckpointError(f"{where}: optimizer state without an optimizer configuration")
-    epoch = info.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise CheckpointError(f"{where}: bad epoch {epoch!r}")
+    epoch = info["epoch"]  # an int in 0..10**9 (_check_info)
     state = info.get("rng_state")
     if state is not None:
         _generator_from_state(state, where)
 
     # -- assign -------------------------------------------------------------------------------
     for name in params:
-        value = np.array(arrays[f"param/{name}"], dtype=np.dtype(dtype_name), copy=True)
+        value = np.array(arrays[f"param/{name}"], dtype=np.dtype(dtype_name))  # a copy
         network.set_parameter(name, network.backend.asarray(value, dtype=dtype_name))
     if optimizer is not None:
         converted = {

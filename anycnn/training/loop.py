@@ -943,8 +943,9 @@ class Trainer:
         Returns the batch's mean loss and the outputs ``y``, both left on the device."""
         network = self.network
         y = network.forward(x, check=check)
-        loss = network.objective(y, t)
-        network.backward(t, check=check)
+        if check:
+            network.check_targets(t, y.shape[0])
+        loss = network._objective_and_backward(y, t)  # objective + backward, one log-softmax
         for hook in self.gradient_hooks:
             hook(self)
         self.optimizer.step()

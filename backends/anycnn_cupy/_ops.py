@@ -128,6 +128,15 @@ def conv_backward(
     return _CHAIN["conv_backward"](x, dy, y, activation, selection, up, need_delta, padding)
 
 
+def subsample_forward(
+    x: Array, n: int, mode: str, beta: Array, bias: Array, activation: Any
+) -> tuple[Array, Array]:
+    """The forward pass of a trainable subsampling layer (section 3.2; ``Note [Fused ops]`` in
+    anycnn.ops): the chain of this backend's own block-sum kernel, ``beta d + b`` and
+    :func:`activate` (no kernel of its own yet)."""
+    return _CHAIN["subsample_forward"](x, n, mode, beta, bias, activation)
+
+
 def subsample_backward(
     dy: Array, y: Array, d: Array, beta: Array, activation: Any, need_input_grad: bool = True
 ) -> tuple[Array, Array, Array | None]:
@@ -260,6 +269,7 @@ OPS = {
     "conv_valid": conv_valid,
     "conv_valid_activate": conv_valid_activate,
     "conv_backward": conv_backward,
+    "subsample_forward": subsample_forward,
     "subsample_backward": subsample_backward,
     "activate": activate,
     "sensitivity": sensitivity,

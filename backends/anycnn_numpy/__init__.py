@@ -39,6 +39,7 @@ def _fast_ops():
             "conv_valid": _conv.conv_valid,
             "conv_valid_activate": _conv.conv_valid_activate,
             "conv_backward": _conv.conv_backward,
+            "subsample_forward": _resample.subsample_forward,
             "subsample_backward": _resample.subsample_backward,
             "sensitivity": _activation.sensitivity,
             "activate": _activation.activate,

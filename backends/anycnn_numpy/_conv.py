@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from anycnn import ops as _reference
-from anycnn_numpy import _blocked, _fft, _im2col, _jit, _plan, _threads
+from anycnn_numpy import _blocked, _dense, _fft, _im2col, _jit, _plan, _threads
 from anycnn_numpy._activation import (
     IDENTITY_FORMULA,
     activate,
@@ -88,23 +88,29 @@ def _active(selection, o: int, c: int) -> np.ndarray:
     return np.ascontiguousarray(selection, dtype=bool)
 
 
+# Note [One type per kernel argument]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Numba compiles a kernel once per argument *type*, and a read-only array is another type than
+# a writable one. The tables and biases the direct kernels only read came read-only from the
+# caches below (all pairs, zero biases) and writable from a layer (a selection, a bias), so
+# correlate_into and its driver were compiled four times each on a cold cache, correlate_grad
+# and its driver twice (the README's first command paid ~40% of its compile time for nothing).
+# The cached arrays are therefore writable, like the layers' own; no kernel writes them.
 @functools.lru_cache(maxsize=64)
 def _ones_table(o: int, c: int) -> np.ndarray:
-    table = np.ones((o, c), dtype=bool)
-    table.flags.writeable = False
-    return table
+    return np.ones((o, c), dtype=bool)
 
 
 @functools.lru_cache(maxsize=64)
 def _zeros(size: int, dtype: np.dtype) -> np.ndarray:
-    zeros = np.zeros(size, dtype=dtype)
-    zeros.flags.writeable = False
-    return zeros
+    return np.zeros(size, dtype=dtype)
 
 
 def conv_valid(x, kernel, selection=None, padding=(0, 0)):
     if not usable(x, kernel):
         return _reference.conv_valid(x, kernel, selection, padding)
+    if _dense.covers(x, kernel, padding):  # Note [Convolutions that cover the map] in _dense
+        return _dense.conv_covering(x, kernel, selection)
     return _conv_valid(x, kernel, selection, None, padding=padding)
 
 
@@ -118,6 +124,8 @@ def conv_valid_activate(x, kernel, bias, activation, selection=None, padding=(0,
     """
     if not (usable(x, kernel) and bias.dtype == x.dtype):
         return _reference.conv_valid_activate(x, kernel, bias, activation, selection, padding)
+    if _dense.covers(x, kernel, padding):  # Note [Convolutions that cover the map] in _dense
+        return _dense.conv_covering(x, kernel, selection, bias, activation)
 
     def epilogue(u):
         y = activate(u, activation)
@@ -216,10 +224,11 @@ def conv_backward(x, dy, y, activation, selection=None, up=1, need_delta=True, p
     kernel-gradient grid, the bias gradient summed there, and delta written out only when
     asked for (Note [Direct convolutions] in _direct); otherwise the chain of backend ops.
     With ``padding``, eq. (7) runs on a zero-padded copy of ``x`` (Note [Zero padding])."""
-    if usable(x, dy):
-        x = padded(x, padding)
-    else:
+    if not usable(x, dy):
         return _reference.conv_backward(x, dy, y, activation, selection, up, need_delta, padding)
+    if _dense.covered_backward(x, dy, y, up, padding):  # Note [Convolutions that cover the map]
+        return _dense.conv_covering_backward(x, dy, y, activation, selection, need_delta)
+    x = padded(x, padding)
     formula = sensitivity_formula(activation, y)
     if (
         formula is not None
@@ -317,6 +326,8 @@ def _direct_backward(x, dy, y, formula, selection, up, need_delta):
 def conv_full(delta, kernel, selection=None, padding=(0, 0)):
     if not usable(delta, kernel):
         return _reference.conv_full(delta, kernel, selection, padding)
+    if _dense.covered_full(delta, kernel, padding):  # Note [Convolutions that cover the map]
+        return _dense.conv_covering_full(delta, kernel, selection)
     ph, pw = padding
     n, o, h, w = delta.shape
     _, c, kh, kw = kernel.shape

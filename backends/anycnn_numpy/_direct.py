@@ -1100,6 +1100,15 @@ def _close(ctrl, count, role, limit):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
+def _copy_into(target, source):  # pragma: no cover - compiled
+    """``target[:] = source`` for 1-d arrays of one size, as a loop: Numba's array-to-array
+    slice assignment checks the shapes and builds its error message (str.join, f-strings) in
+    compiled code, several seconds of a cold compile per caller for a check this needs not."""
+    for s in range(source.size):
+        target[s] = source[s]
+
+
+@numba.njit(nogil=True, cache=True)
 def correlate_into_sliced(
     x, pad_h, pad_w, wts, bias, active, act, out, chunk, bounds, ctrl, board, role, limit
 ):  # pragma: no cover - compiled
@@ -1136,8 +1145,8 @@ def correlate_grad_sliced(
         grad, bias = correlate_grad(
             x, dy, y, sens, up, active, bounds[i], bounds[i + 1], chunk, delta_out
         )
-        grads[i] = grad
-        biases[i] = bias
+        _copy_into(grads[i].reshape(grad.size), grad.reshape(grad.size))
+        _copy_into(biases[i], bias)
         _fetch_add(ctrl, DONE, 1)
     _close(ctrl, count, role, limit)
     return True
@@ -1163,8 +1172,8 @@ def subsample_backward_sliced(
         start, stop = bounds[i], bounds[i + 1]
         sensitivity_into(dy, y, kind, p0, p1, scaled, delta, start, stop)
         grad_beta, grad_bias = subsample_sums_into(maps, d, beta, out, start, stop)
-        betas[i] = grad_beta
-        biases[i] = grad_bias
+        _copy_into(betas[i], grad_beta)
+        _copy_into(biases[i], grad_bias)
         _fetch_add(ctrl, DONE, 1)
     _close(ctrl, count, role, limit)
     return True

@@ -48,9 +48,11 @@ def _load() -> dict[str, Any]:
         },
         "spin_while": _kernels.spin_while,
         "sensitivity_into": _direct.sensitivity_into,
+        "activate_run": _direct._activate_run32,
         "kernel_grad_sum": _kernels.kernel_grad_sum,
         "block_sum_into": _kernels.block_sum_into,
         "block_sum_sliced": _kernels.block_sum_sliced,
+        "subsample_forward_sliced": _kernels.subsample_forward_sliced,
         "kron_into": _kernels.kron_into,
         "spectral_mac": _fft_kernels.spectral_mac,
         "spectral_corr": _fft_kernels.spectral_corr,
@@ -86,6 +88,11 @@ block_sum_into = _kernels.get("block_sum_into")
 #: compiled job (Note [Slices taken in compiled code] in _direct); or None without Numba.
 block_sum_sliced = _kernels.get("block_sum_sliced")
 
+#: ``subsample_forward_sliced(x, n, scale, beta, bias, act, d, y, bounds, ctrl, board, role,
+#: limit)``: a trainable subsampling layer's forward pass as a compiled job (Note [Fused
+#: subsampling] in _kernels); or None without Numba.
+subsample_forward_sliced = _kernels.get("subsample_forward_sliced")
+
 #: ``kron_into(x, n, out, start, stop)``: ``out[start:stop] = kron(x[start:stop], ones(n, n))``
 #: for C-contiguous 4-d ``x`` and ``out``; or None without Numba.
 kron_into = _kernels.get("kron_into")
@@ -93,6 +100,10 @@ kron_into = _kernels.get("kron_into")
 #: ``sensitivity_into(dy, y, kind, p0, p1, scaled, out, start, stop)``: rows ``start:stop`` of
 #: the 2-d ``out = f'(u) o dy`` (Note [Sensitivity kernel] in _direct); or None without Numba.
 sensitivity_into = _kernels.get("sensitivity_into")
+
+#: ``activate_run(v, kind, p0, p1)``: ``v = f(v)`` in place over a 1-d C-contiguous float32
+#: run, f one of ``direct_activations`` (Note [Compiled activations] in _direct); or None.
+activate_run = _kernels.get("activate_run")
 
 #: The direct convolutions (Note [Direct convolutions] in ``_direct``), or None without Numba:
 #: ``correlate_into(x, pad_h, pad_w, wts, bias, active, out, start, stop, chunk)``,

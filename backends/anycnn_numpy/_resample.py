@@ -8,11 +8,18 @@ without it, strided NumPy slices. Both give the same bits (tested).
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 from anycnn import ops as _reference
 from anycnn_numpy import _jit, _threads
-from anycnn_numpy._activation import sensitivity, sensitivity_formula
+from anycnn_numpy._activation import (
+    activate,
+    compiled_activation,
+    sensitivity,
+    sensitivity_formula,
+)
 from anycnn_numpy._threads import run, sum_in_order
 
 
@@ -111,6 +118,39 @@ def decimate_transpose(delta, n):
     return out
 
 
+def subsample_forward(x, n, mode, beta, bias, activation):
+    """Fused forward pass of a trainable subsampling layer (``Note [Fused ops]`` in anycnn.ops):
+    for float32 maps and a logistic or tanh f, one compiled job (Note [Fused subsampling] in
+    _kernels: ``d``'s and ``beta d + b``'s bits, f to float32 rounding); otherwise the chain of
+    this backend's ops (its bits)."""
+    compiled = compiled_activation(activation, x.dtype)
+    driver = _jit.subsample_forward_sliced
+    if (
+        driver is None
+        or compiled is None
+        or x.ndim != 4
+        or mode not in ("sum", "mean")
+        or n < 1
+        or x.shape[2] % n
+        or x.shape[3] % n
+        or not _jit.compiled_layout(x)
+        or beta.dtype != x.dtype
+        or bias.dtype != x.dtype
+        or beta.shape != (x.shape[1],)
+        or bias.shape != (x.shape[1],)
+    ):
+        return _reference._subsample_forward(_CHAIN, x, n, mode, beta, bias, activation)
+    b, c, h, w = x.shape
+    d = np.empty((b, c, h // n, w // n), dtype=x.dtype)
+    y = np.empty_like(d)
+    scale = x.dtype.type(1 if mode == "sum" else 1.0 / (n * n))
+    item_bytes = c * h * w * x.dtype.itemsize
+    bounds = [start for start, _ in _threads.slices(b, item_bytes)] + [b]
+    args = (x, n, scale, np.ascontiguousarray(beta), np.ascontiguousarray(bias), compiled, d, y)
+    _threads.run_compiled(driver, args, bounds)
+    return y, d
+
+
 def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
     """Fused gradients of a trainable subsampling layer: ``delta = f'(u) o dy`` by the
     ``sensitivity`` op (the chain's bits), then the sums of ``delta o d`` and ``delta`` per map
@@ -160,3 +200,7 @@ def subsample_backward(dy, y, d, beta, activation, need_input_grad=True):
     grad_beta = sum_in_order(betas).astype(y.dtype)
     grad_bias = sum_in_order(biases).astype(y.dtype)
     return grad_beta, grad_bias, out if need_input_grad else None
+
+
+#: The plain ops the chain of subsample_forward runs on (Note [Fused ops] in anycnn.ops).
+_CHAIN = types.SimpleNamespace(block_sum=block_sum, block_mean=block_mean, activate=activate)
