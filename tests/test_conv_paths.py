@@ -199,7 +199,10 @@ def test_fft_network_gradients_by_finite_differences():
     x = net.backend.asarray(rng.standard_normal((2, 2, 14, 14)), dtype="float64")
     t = net.backend.asarray(rng.standard_normal((2, 2)), dtype="float64")
     with _plan.forced("fft"):
-        assert _conv._path("valid", True, np.dtype("float64"), 2, 2, 3, 14, 14, 5, 5, 1, 1) == "fft"
+        assert (
+            _conv._path("valid", True, np.dtype("float64"), 2, 2, 3, 14, 14, 5, 5, 1, 1, False)
+            == "fft"
+        )
         report = gradcheck(net, x, t, max_entries=8)
     assert report.passed, str(report)
 

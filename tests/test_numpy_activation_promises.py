@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("anycnn_numpy")
 from anycnn_numpy import _activation  # noqa: E402
 
-from anycnn.layers.activations import Activation, Sigmoid, Tanh  # noqa: E402
+from anycnn.layers.activations import Activation, ReLU, Sigmoid, Tanh  # noqa: E402
 
 # constants of 1 (skipped: exact), 2 and 0.5 (not skipped: a product that changes the bits
 # of nothing but a power of two would still change the values)
@@ -131,3 +131,31 @@ def test_f_of_an_array_it_cannot_write_is_the_activations_own(activation):
         got = _activation.activate(a, activation)
         np.testing.assert_array_equal(got, activation.apply(a, np))
         np.testing.assert_array_equal(a, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deltas_that_broadcast_give_the_activations_own_result(dtype):
+    """The compiled sensitivity pass takes deltas shaped like the outputs only; deltas that
+    broadcast against them (one example's, one map's) give the activation's own result."""
+    rng = np.random.default_rng(5)
+    act = Tanh(1.7159, 2.0 / 3.0)
+    y = act.apply(rng.standard_normal((3, 2, 4, 5)).astype(dtype), np)
+    for shape in ((1, 2, 4, 5), (3, 1, 4, 5), (5,)):
+        dy = rng.standard_normal(shape).astype(dtype)
+        want = act.sensitivity(dy, y, np)
+        got = _activation.sensitivity(dy, y, act)
+        assert got.shape == want.shape == y.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_slope_of_relu_on_deltas_of_another_dtype_is_its_own():
+    """The activation's own method, with the namespace the plugin passes (ReLU's slope casts
+    ``y > 0`` with it)."""
+    rng = np.random.default_rng(6)
+    y = np.maximum(rng.standard_normal((2, 3, 4)), 0).astype(np.float32)
+    dy = rng.standard_normal(y.shape)  # float64
+    want = ReLU().sensitivity(dy, y, np)
+    for op in (_activation.sensitivity, _activation._slope_times):
+        got = op(dy, y, ReLU())
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)

@@ -155,6 +155,50 @@ def test_each_op_asks_the_model_with_its_geometry_and_runs_its_choice(recorded, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fused_backward_runs_where_its_kernels_take_the_deltas(recorded, monkeypatch, dtype):
+    """conv_backward fuses f', the kernel and the bias gradients on the direct and the blocked
+    kernels, for deltas of the outputs' dtype and maps, an up-sampling that fits either axis
+    (rows and columns of different counts) and an activation with a compiled f'; anything
+    else is the chain of ops; the reference's values either way."""
+    asked, ran, answer = recorded
+    fused = []
+    for module, name in ((_conv, "_direct_backward"), (_blocked, "backward")):
+        original = getattr(module, name)
+
+        def entry(*args, _original=original, _name=name):
+            if args[-1] is True:  # need_delta: the fused pass (eq. (7) alone passes False)
+                fused.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(module, name, entry)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 13, 9)).astype(dtype)
+    y = np.tanh(rng.standard_normal((2, 4, 11, 7))).astype(dtype)  # 3 x 3 kernels
+    up = 2
+    dy = rng.standard_normal((2, 4, 5, 4)).astype(dtype)  # 'drop' rows, 'pad' columns
+    tanh = Tanh(1.7159, 2.0 / 3.0)
+    cases = [
+        (dy, y, tanh, True),
+        (np.ascontiguousarray(dy[:, :, :4]), y, tanh, False),  # too few rows
+        (np.ascontiguousarray(dy[:, :, :, :3]), y, tanh, True),  # 'drop' columns too
+        (dy[:, :, :, :3], y, tanh, "blocked"),  # strided: the blocked kernels copy it
+        (dy.astype(np.float32 if dtype == np.float64 else np.float64), y, tanh, False),
+        (dy, y, _Softsign(), False),
+    ]
+    for path in _available(dtype, 3, 3, 0, 0, "grad"):
+        answer[0] = path
+        for d, yy, act, fits in cases:
+            fused.clear()
+            got = _conv.conv_backward(x, d, yy, act, None, up, True)
+            want = reference.conv_backward(x, d, yy, act, None, up, True)
+            expect = {"direct": ["_direct_backward"], "blocked": ["backward"]}.get(path, [])
+            takes = fits is True or fits == path
+            assert fused == (expect if takes else []), (path, d.shape, d.dtype, act)
+            for g, w in zip(got, want, strict=True):
+                _close(g, w.astype(g.dtype), g.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_fused_backward_asks_for_eq7_and_keeps_the_direct_kernels_to_itself(recorded, dtype):
     """conv_backward fuses delta, the kernel and the bias gradients on the direct kernels only
     when the model chose them for eq. (7) on the padded maps; otherwise it is the chain of ops,

@@ -52,13 +52,13 @@ _AVAILABLE = {
 }
 
 
-def _path(op, direct, dtype, n, c, o, h, w, kh, kw, ph=0, pw=0, blocked=False) -> str:
+def _path(op, direct, dtype, n, c, o, h, w, kh, kw, ph, pw, blocked) -> str:
     """The path of ``op`` for the forward geometry (Note [Choosing a path] in _plan);
     ``blocked``: whether the arrays suit the blocked kernels (Note [Blocked 2-D path] in
     _blocked: float32, not the 'full' convolution)."""
     fft = dtype in _jit.COMPILED_DTYPES and ph < kh and pw < kw and _fft.available()
     available = _AVAILABLE[direct, fft]
-    if blocked and op != "full" and _blocked.available(dtype):
+    if blocked and _blocked.available(dtype):
         available = (*available, "blocked")
     return _plan.choose(op, n, c, o, h, w, kh, kw, ph, pw, available)
 
@@ -334,7 +334,8 @@ def conv_full(delta, kernel, selection=None, padding=(0, 0)):
     gh, gw = h + kh - 1 - 2 * ph, w + kw - 1 - 2 * pw  # the forward input's size
     path = "im2col"
     if gh > 0 and gw > 0:
-        path = _path("full", _direct(delta, kernel), delta.dtype, n, c, o, gh, gw, kh, kw, ph, pw)
+        usable_direct = _direct(delta, kernel)  # (the blocked kernels have no 'full' one)
+        path = _path("full", usable_direct, delta.dtype, n, c, o, gh, gw, kh, kw, ph, pw, False)
     if path == "fft":  # Note [Convolutions by the FFT] in _fft
         active = _active(None if selection is None else selection.T, c, o)
         return _fft.conv_full(delta, masked(kernel, selection), active, padding)
@@ -383,7 +384,7 @@ def conv_full(delta, kernel, selection=None, padding=(0, 0)):
         _threads._pool.run(work_maps, halves)
         return out
     bounds = _threads.direct_bounds(n, o * c * kh * kw * h * w)
-    driver = _jit.correlate_into_sliced
+    driver = _jit.correlate_into_sliced  # pragma: no mutate (a path to the same result)
     # Note [Slices taken in compiled code] in _direct
     if len(bounds) > 2 and driver is not None:  # pragma: no mutate (a path to the same result)
         args = (delta, kh - 1 - ph, kw - 1 - pw, weights, _zeros(c, dtype), active, identity, out)
