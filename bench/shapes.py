@@ -237,7 +237,13 @@ def _reset_peak() -> None:
 
 def tune_process() -> bool:
     """The process-wide setting ``anycnn train`` makes for the NumPy backend (Note [Fresh
-    pages], ``Backend.tune_process``), as bench/train.py does. True if made."""
+    pages], ``Backend.tune_process``), as bench/train.py does. True if made.
+
+    Freed blocks then stay in the heap, and a grid whose rows grow leaves each row's behind,
+    fragmented: the 2026-12-08 02:00 run reached 16.3 GB resident and was killed by the OOM
+    killer after its last row. So each row starts after ``malloc_trim`` (:func:`_release`), as
+    the memory children's rows do; within a row the steps reuse their blocks, as training does.
+    """
     import anycnn_numpy
 
     return anycnn_numpy.keep_freed_memory()
@@ -441,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget is not None and time.perf_counter() - started > args.budget * 60:
             skipped.append({"size": size, "kernel": k, "maps": o, "channels": c, "batch": batch})
             continue
+        _release()  # the last row's freed blocks back to the system (see tune_process)
         row = run_row(torch, size, k, o, c, batch, reps, args.seed)
         rows.append(row)
         print(

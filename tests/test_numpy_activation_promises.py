@@ -159,3 +159,26 @@ def test_the_slope_of_relu_on_deltas_of_another_dtype_is_its_own():
         got = op(dy, y, ReLU())
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
+
+
+def test_relu_of_negative_zero_is_the_references_positive_zero():
+    """max(u, 0) in the reference's order: -0.0 becomes +0.0 (NumPy's maximum returns its second
+    argument when the two compare equal), bit for bit."""
+    u = np.array([-0.0, 0.0, -1.5, 2.0, -0.0], np.float32)
+    want = ReLU().apply(u.copy(), np)
+    got = _activation.activate(u.copy(), ReLU())
+    assert got.tobytes() == want.tobytes()
+    assert not np.signbit(got).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("gain", [0.5, 1.0, 2.0])
+def test_the_compiled_logistic_slope_takes_every_gain(dtype, gain):
+    """The compiled pass multiplies by the gain exactly when it is not 1 (``scaled``)."""
+    rng = np.random.default_rng(7)
+    act = Sigmoid(gain)
+    y = act.apply(rng.standard_normal((2, 3, 4, 5)).astype(dtype), np)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    want = act.sensitivity(dy, y, np)
+    np.testing.assert_allclose(_activation.sensitivity(dy, y, act), want, rtol=tol, atol=tol)

@@ -41,6 +41,8 @@ def test_the_atomic_intrinsics_take_one_dimensional_int64_arrays_only():
 def test_the_vector_type_is_an_llvm_vector_of_sixteen_floats():
     model = default_manager.lookup(_vectors.float32x16)
     assert model.fe_type is _vectors.float32x16 is _direct.float32x16
+    fresh = _vectors._Float32x16Model(default_manager, _vectors.float32x16)  # built anew
+    assert fresh.fe_type is _vectors.float32x16 and fresh._dmm is default_manager
     assert str(model.get_value_type()) == f"<{_vectors.LANES} x float>"
     assert _vectors.LANES == _direct.LANES == 16
 

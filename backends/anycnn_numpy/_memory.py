@@ -39,6 +39,11 @@ def keep_freed_memory() -> bool:
     therefore also turns mmap off (M_MMAP_MAX = 0: every block comes from the heap) and raises
     the trim threshold to 2 GiB - 1 (mallopt's int maximum), so a step's large temporaries are
     reused too (bench/results/numpy-notes.md, "Fresh pages", issue 16's Growth figures).
+    The price: freed memory stays with the process until ``malloc_trim``, and a process whose
+    array sizes keep growing leaves the smaller freed blocks behind, fragmented (bench/shapes.py's
+    grid, 192 shapes of growing size in one process, reached 16.3 GB resident and was killed by
+    the OOM killer until it trimmed between shapes). A training run repeats the same sizes, so it
+    reuses them; a program that does not should not opt in, or call ``malloc_trim``.
     """
     if os.environ.get("ANYCNN_NUMPY_KEEP_FREED_MEMORY", "1").strip() == "0":
         return False
