@@ -3,6 +3,7 @@ for time series in the same spirit (``cnn1d``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from anycnn.layers import Convolution, Flatten, FullyConnected, Subsampling
@@ -126,11 +127,17 @@ def cnn1d(
     )
 
 
+#: cnn1d_global's maps in its three stages, the UCR recipe's (issue 18: twice as many, 35.5-36k
+#: parameters, did no better on GunPoint and ArrowHead; the README's "Variants tried")
+CNN1D_GLOBAL_MAPS = (16, 32, 64)
+
+
 def cnn1d_global(
     *,
     length: int = 150,
     classes: int = 2,
     channels: int = 1,
+    maps: Sequence[int] = CNN1D_GLOBAL_MAPS,
     loss: str = "cross_entropy",
     backend: Any = None,
     dtype: str = "float32",
@@ -143,13 +150,15 @@ def cnn1d_global(
     of 8 series, rate 0.03, momentum 0.9, every series shifted by up to 10 % of its length each
     pass) it is the UCR recipe of issue 18, ``anycnn train``'s default for a time-series data set.
 
-    Input ``(channels, length)``, normalised. C1 16@7, C3 32@5, C5 64@3, all ``"same"``, ReLU
-    units with Glorot's uniform weights; S2 and S4 2x means (``remainder="pad"``), S6 the mean
-    over all positions; ``classes`` linear outputs (Glorot's uniform weights: LeCun's smaller
-    ones left the outputs of the means so close to equal that the first few hundred updates
-    hardly moved them) with a softmax cross-entropy (section 4.3), or scaled tanh outputs for
-    ``loss="squared_error"``. 9.3k parameters for OSULeaf's 427 samples and 6 classes, whatever
-    the length (bench/ucr.py: its test error, and :func:`cnn1d`'s, on the three UCR problems).
+    Input ``(channels, length)``, normalised. C1 16@7, C3 32@5, C5 64@3 (``maps``: other numbers
+    of maps for the three stages), all ``"same"``, ReLU units with Glorot's uniform weights; S2
+    and S4 2x means (``remainder="pad"``), S6 the mean over all positions; ``classes`` linear
+    outputs (Glorot's uniform weights: LeCun's smaller ones left the outputs of the means so
+    close to equal that the first few hundred updates hardly moved them) with a softmax
+    cross-entropy (section 4.3), or scaled tanh outputs for ``loss="squared_error"``. 9.3k
+    parameters for OSULeaf's 427 samples and 6 classes, whatever the length (bench/ucr.py: its
+    test error, and :func:`cnn1d`'s, on the three UCR problems; the README's "Variants tried":
+    other maps and training choices).
 
     >>> net = cnn1d_global(length=427, classes=6)
     >>> net.input_shape, net.output_shape, net.num_parameters()
@@ -159,10 +168,15 @@ def cnn1d_global(
         raise ValueError(
             f"cnn1d_global: loss must be 'cross_entropy' or 'squared_error', got {loss!r}"
         )
+    widths = tuple(maps)
+    if len(widths) != 3 or any(
+        isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in widths
+    ):
+        raise ValueError(f"cnn1d_global: maps must be three positive ints, got {maps!r}")
     layers = []
-    for maps, size in ((16, 7), (32, 5), (64, 3)):
+    for width, size in zip(widths, (7, 5, 3), strict=True):
         layers += [
-            Convolution(maps, size, padding="same", activation="relu", init="glorot"),
+            Convolution(width, size, padding="same", activation="relu", init="glorot"),
             Subsampling(2, "mean", trainable=False, remainder="pad"),
         ]
     # the last stage: one block as long as the signal (a remainder block: the mean of what is

@@ -156,16 +156,24 @@ def nn1_error(distances: np.ndarray, train_labels: np.ndarray, test_labels: np.n
 
 
 # --- the CNN --------------------------------------------------------------------------------------
-def train_cnn(dataset: Any, seed: int, epochs: int | None, model: str = "cnn1d") -> dict[str, Any]:
+def train_cnn(
+    dataset: Any,
+    seed: int,
+    epochs: int | None,
+    model: str = "cnn1d",
+    maps: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
     """Train the zoo model with ``anycnn train``'s defaults on the dataset (its optimizer, rate,
     batch, passes and random shifts); its final test error and its test outputs (``"scores"``,
-    the softmax of the network's outputs, for :func:`ensemble_error`)."""
+    the softmax of the network's outputs, for :func:`ensemble_error`). ``maps``: cnn1d_global's
+    three stages' maps, if not the recipe's."""
     from anycnn import models
     from anycnn.data.augment import Shift
     from anycnn.training import loop, optim
 
     defaults = loop.TRAINING_DEFAULTS[model]
-    net = models.build_for(dataset, model, seed=seed)
+    options = {} if maps is None else {"maps": tuple(maps)}
+    net = models.build_for(dataset, model, seed=seed, **options)
     opt = optim.build_optimizer(
         defaults["optimizer"], net, lr=defaults["lr"], momentum=defaults["momentum"]
     )
@@ -215,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="CNN runs per data set (seeds 0..)")
     parser.add_argument("--epochs", type=int, default=None, help="default: anycnn train's")
     parser.add_argument("--window", type=int, default=None, help="DTW band (default: full)")
+    parser.add_argument(
+        "--maps", type=int, nargs=3, default=None, help="cnn1d_global's maps (default: 16 32 64)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "ucr.json")
     args = parser.parse_args(argv)
 
@@ -245,10 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{name:10s} 1-NN ED {ed:6.1%}  1-NN DTW {dtw:6.1%}", flush=True)
         for model in args.models:
-            runs = [train_cnn(ds, seed, args.epochs, model) for seed in range(args.seeds)]
+            maps = args.maps if model == "cnn1d_global" else None
+            runs = [train_cnn(ds, seed, args.epochs, model, maps) for seed in range(args.seeds)]
             errors = [r["test_error"] for r in runs]
             ensemble = ensemble_error([r.pop("scores") for r in runs], ds.test_labels)
             row[model] = {
+                "maps": maps,
                 "mean": statistics.fmean(errors),
                 "std": statistics.pstdev(errors),
                 "ensemble": ensemble,

@@ -5,6 +5,7 @@ like the code they are compared with."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -72,3 +73,47 @@ def test_nd_bench_quick_run(tmp_path):
     out = tmp_path / "nd.json"
     assert nd.main(["--quick", "--out", str(out)]) == 0
     assert out.exists()
+
+
+def test_ucr_variants_augmentations():
+    """bench/ucr_variants.py's wrapped shifts rotate each series, and its stretch of 1 with a
+    gain of 1 is the recipe's edge-held shift: the variants change only what they name."""
+    from anycnn.data.augment import Shift
+
+    roll, stretch = _bench("ucr_variants")._augmentations()
+    x = np.arange(20.0).reshape(2, 1, 10)
+    np.testing.assert_array_equal(
+        roll(0.5).apply(x, np.array([3, -2])),
+        np.stack([np.roll(x[0], 3, axis=-1), np.roll(x[1], -2, axis=-1)]),
+    )
+    shifts = Shift(0.2).offsets(2, 10, seed=0, epoch=1)
+    same = np.stack([shifts, np.ones(2), np.ones(2)], axis=1).astype(np.float64)
+    np.testing.assert_array_equal(stretch(0.2).apply(x, same), Shift(0.2).apply(x, shifts))
+    offsets = stretch(0.2, 0.5, 0.5).offsets(50, 10, seed=0, epoch=1)
+    assert offsets.shape == (50, 3) and np.all(np.abs(offsets[:, 0]) <= 2)
+    assert np.all(np.abs(offsets[:, 1:] - 1) <= 0.5) and np.ptp(offsets[:, 1]) > 0.1
+
+
+def test_ucr_variants_quick_run(capsys):
+    """One short run of a variant with every kind of option prints its JSON line."""
+    variants = _bench("ucr_variants")
+    argv = ["--dataset", "gunpoint", "--updates", "28", "--maps", "4,4,4", "--combine", "2"]
+    argv += ["--inputs", "raw,diff,smooth5", "--stretch", "0.1", "--decay", "0.5", "--tta", "1"]
+    assert variants.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["epochs"] == 4 and report["options"]["maps"] == "4,4,4"
+    assert 0 <= report["test_error"] <= 1 and 0 <= report["test_error_tta"] <= 1
+
+
+def test_ucr_bench_trains_other_maps():
+    """bench/ucr.py's --maps reaches cnn1d_global (4, 4, 4 maps: 178 parameters on GunPoint's two
+    classes) and its scores are one softmax per test series."""
+    from anycnn import data
+
+    ucr = _bench("ucr")
+    ds = data.load("gunpoint")
+    run = ucr.train_cnn(ds, 0, 1, "cnn1d_global", (4, 4, 4))
+    assert run["parameters"] == 8 * 4 + (5 * 4 + 1) * 4 + (3 * 4 + 1) * 4 + 2 * (4 + 1) == 178
+    assert run["scores"].shape == (150, 2)
+    np.testing.assert_allclose(run["scores"].sum(axis=1), 1.0, rtol=1e-12)
+    assert ucr.train_cnn(ds, 0, 1, "cnn1d_global")["parameters"] == 9058

@@ -1,5 +1,6 @@
 """What the NumPy plugin's compile-time helpers promise (issue 22: survivors of the mutation
-campaigns in backends/anycnn_numpy/_direct.py, tests/MUTATION.md).
+campaigns in backends/anycnn_numpy/_direct.py, whose vector type and intrinsics now live in
+_vectors.py; tests/MUTATION.md).
 
 Numba runs these only when it compiles a kernel, and the kernels are cached on disk, so a wrong
 helper would go unnoticed until the cache is cold (a fresh clone, a new Numba): the typing
@@ -17,7 +18,7 @@ import pytest
 
 numba = pytest.importorskip("numba")
 pytest.importorskip("anycnn_numpy")
-from anycnn_numpy import _direct, _jit  # noqa: E402
+from anycnn_numpy import _direct, _jit, _vectors  # noqa: E402
 from numba.core import types  # noqa: E402
 from numba.core.datamodel import default_manager  # noqa: E402
 
@@ -25,10 +26,10 @@ from anycnn.layers.activations import Sigmoid, Tanh  # noqa: E402
 
 
 def test_the_vector_intrinsics_take_float32_arrays_only():
-    assert _direct._float32_array(types.float32[:])
-    assert _direct._float32_array(types.float32[:, ::1])
+    assert _vectors._float32_array(types.float32[:])
+    assert _vectors._float32_array(types.float32[:, ::1])
     for other in (types.float64[:], types.int64[:], types.float32, types.int64):
-        assert not _direct._float32_array(other), other
+        assert not _vectors._float32_array(other), other
 
 
 def test_the_atomic_intrinsics_take_one_dimensional_int64_arrays_only():
@@ -38,12 +39,12 @@ def test_the_atomic_intrinsics_take_one_dimensional_int64_arrays_only():
 
 
 def test_the_vector_type_is_an_llvm_vector_of_sixteen_floats():
-    model = default_manager.lookup(_direct.float32x16)
-    assert model.fe_type is _direct.float32x16
-    fresh = _direct._Float32x16Model(default_manager, _direct.float32x16)  # built anew
-    assert fresh.fe_type is _direct.float32x16 and fresh._dmm is default_manager
-    assert str(model.get_value_type()) == f"<{_direct.LANES} x float>"
-    assert _direct.LANES == 16
+    model = default_manager.lookup(_vectors.float32x16)
+    assert model.fe_type is _vectors.float32x16 is _direct.float32x16
+    fresh = _vectors._Float32x16Model(default_manager, _vectors.float32x16)  # built anew
+    assert fresh.fe_type is _vectors.float32x16 and fresh._dmm is default_manager
+    assert str(model.get_value_type()) == f"<{_vectors.LANES} x float>"
+    assert _vectors.LANES == _direct.LANES == 16
 
 
 def _forwarded(impl) -> tuple[str, list[str]]:
@@ -113,16 +114,16 @@ def test_the_atomics_compiled_afresh_add_load_and_store_in_place():
 
 def test_the_volume_kernels_vector_code_compiled_afresh():
     """``_volume``'s vector type and intrinsics (loads, stores, splats, broadcasts, fused
-    multiply-adds) build their IR only when Numba compiles a kernel: compiled here afresh on a
-    small function, each does what it says on 16 float32 lanes."""
+    multiply-adds; ``_vectors``', shared with ``_direct``) build their IR only when Numba compiles
+    a kernel: compiled here afresh on a small function, each does what it says on 16 float32
+    lanes."""
     from anycnn_numpy import _volume
 
-    assert _volume._VolumeFloat32x16().name == "volume_float32x16"
-    model = _volume._VolumeFloat32x16Model(default_manager, _volume._f32x16)
-    assert model.fe_type is _volume._f32x16 and model._dmm is default_manager
+    assert _vectors.Float32x16().name == "float32x16"
+    model = _vectors._Float32x16Model(default_manager, _vectors.float32x16)
+    assert model.fe_type is _vectors.float32x16 and model._dmm is default_manager
     assert str(model.get_value_type()) == "<16 x float>"
-    assert _volume._float32_array(types.float32[::1])
-    assert not _volume._float32_array(types.float64[::1])
+    assert _volume._broadcast is _vectors.vbroadcast and _volume._load is _vectors.vload
 
     def lanes(a, out, s):
         v = _volume._load(a, 2)

@@ -396,14 +396,14 @@ def test_the_vector_activations_compiled_afresh_are_the_scalar_bits():
     afresh, the vector logistic and tanh give the scalar loop's bits (Note [Explicit vectors])
     over the exponential's range, its clamps and the tanh's switch."""
     numba = pytest.importorskip("numba")
-    from anycnn_numpy import _direct
+    from anycnn_numpy import _direct, _vectors
     from numba.core import datamodel
 
     # the vector type and its data model, made anew (the module's own were made at import)
-    assert _direct.Float32x16().name == "float32x16"
-    model = _direct._Float32x16Model(datamodel.default_manager, _direct.float32x16)
-    assert model.get_value_type() == _direct._VECTOR
-    assert str(_direct._VECTOR) == "<16 x float>"
+    assert _vectors.Float32x16().name == "float32x16"
+    model = _vectors._Float32x16Model(datamodel.default_manager, _vectors.float32x16)
+    assert model.get_value_type() == _vectors.VECTOR
+    assert str(_vectors.VECTOR) == "<16 x float>"
     vector = numba.njit(
         cache=False, nogil=True, fastmath=_direct._ACTIVATION_MATH, error_model="numpy"
     )(_direct._activate_run32.py_func)

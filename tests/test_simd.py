@@ -1,8 +1,11 @@
 """The explicit 16-lane float32 vectors of the NumPy backend's kernels (Note [Explicit vectors]
-in anycnn_numpy._direct) and the float32 kernels written on them, against the float64 loops they
+in anycnn_numpy._vectors) and the float32 kernels written on them, against the float64 loops they
 stand in for: the same sums to float32 rounding, whatever the run's length modulo 16."""
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ pytest.importorskip("numba")
 
 import numba  # noqa: E402
 from anycnn_numpy import _direct  # noqa: E402
-from anycnn_numpy import _direct as _simd  # noqa: E402  (the vectors live beside the kernels)
+from anycnn_numpy import _vectors as _simd  # noqa: E402  (the vectors the kernels share)
 
 
 @numba.njit(cache=False)
@@ -114,3 +117,64 @@ def test_vector_activations_are_the_scalar_bits():
         _direct._activate_run32(got, kind, np.float32(p0), np.float32(p1))
         _direct._activate_run(want, kind, np.float32(p0), np.float32(p1))
         assert got.tobytes() == want.tobytes(), (kind, p0, p1)
+
+
+# --- Note [Caches stamped with the vectors] ---------------------------------------------------
+_DEPENDENT = """
+import numba
+import numpy as np
+from anycnn_numpy import _vectors
+
+_vectors.cache_depends_on_vectors(__file__)
+
+
+@numba.njit(cache=True)
+def scaled_sum(x, alpha):
+    total = np.float32(0)
+    for q in range(0, x.size - x.size % 16, 16):
+        total += _vectors.vsum(_vectors.vmul(_vectors.vsplat(alpha), _vectors.vload(x, q)))
+    return total
+"""
+
+
+def _load_dependent(path, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x = np.arange(32, dtype=np.float32)
+    assert module.scaled_sum(x, np.float32(2)) == 2 * x.sum()
+    stats = module.scaled_sum.stats
+    return sum(stats.cache_hits.values()), sum(stats.cache_misses.values())
+
+
+def test_kernels_cache_goes_stale_when_the_shared_vectors_change(tmp_path, monkeypatch):
+    """A kernel in another file that uses the shared intrinsics is compiled again, not loaded
+    from Numba's disk cache, once _vectors' source changes (and loaded while it does not): the
+    stale-cache hazard that once kept a copy of the intrinsics beside each file's kernels."""
+    from anycnn_numpy import _vectors
+
+    source = tmp_path / "vectors_copy.py"
+    source.write_text(Path(_vectors.__file__).read_text())
+    monkeypatch.setattr(_vectors, "SOURCE", str(source))
+    dependent = tmp_path / "dependent_kernels.py"
+    dependent.write_text(_DEPENDENT)
+    assert _load_dependent(dependent, "dependent_a") == (0, 1)  # compiled, saved
+    assert _load_dependent(dependent, "dependent_b") == (1, 0)  # loaded from the cache
+    source.write_text(source.read_text() + "\n# an edit of the intrinsics\n")
+    assert _load_dependent(dependent, "dependent_c") == (0, 1)  # stale: compiled again
+    assert _load_dependent(dependent, "dependent_d") == (1, 0)
+
+
+def test_direct_and_volume_kernels_are_stamped_with_the_vectors():
+    """Both files' cached kernels go through the stamping locator; its stamp is Numba's own for
+    the kernel's file, with _vectors' content hash beside it."""
+    from anycnn_numpy import _direct, _vectors, _volume
+
+    for kernel in (_direct.correlate_into, _direct.correlate_grad, _volume.correlate_volumes):
+        locator = kernel._cache._impl.locator
+        assert isinstance(locator, _vectors._VectorsLocator)
+        inner, own = locator.get_source_stamp()
+        assert inner == locator._inner.get_source_stamp()
+        assert own == hashlib.sha256(Path(_vectors.__file__).read_bytes()).hexdigest()

@@ -186,6 +186,31 @@ def test_cnn1d_global_ends_with_the_mean_over_the_signal(length):
     assert net.output_shape == (3,) and net.num_parameters() == 9058 + 65
 
 
+@pytest.mark.parametrize(
+    "maps, parameters", [((16, 32, 64), 9123), ((32, 64, 128), 35651), ((4, 4, 4), 183)]
+)
+def test_cnn1d_global_maps(maps, parameters):
+    """cnn1d_global's ``maps`` sets the three stages' maps (the README's variants: 32, 64, 128
+    has 35,651 parameters on ArrowHead); the default is the recipe's 16, 32, 64."""
+    from anycnn import models
+
+    net = models.cnn1d_global(length=251, classes=3, maps=maps)
+    convs = [layer for layer in net.layers if type(layer).__name__ == "Convolution"]
+    assert [layer.maps for layer in convs] == list(maps)
+    m1, m2, m3 = maps  # kernels 7, 5, 3 and a bias per map; 3 outputs on m3 means
+    assert net.num_parameters() == parameters
+    assert parameters == 8 * m1 + (5 * m1 + 1) * m2 + (3 * m2 + 1) * m3 + 3 * (m3 + 1)
+    assert models.cnn1d_global(length=251, classes=3).num_parameters() == 9123
+
+
+@pytest.mark.parametrize("maps", [(16, 32), (16, 0, 64), (16, 32.0, 64), (True, 32, 64), "abc"])
+def test_cnn1d_global_refuses_bad_maps(maps):
+    from anycnn import models
+
+    with pytest.raises(ValueError, match=r"cnn1d_global: maps must be three positive ints, got"):
+        models.cnn1d_global(length=251, classes=3, maps=maps)
+
+
 def test_the_ucr_recipe_defaults():
     """cnn1d_global's training defaults (the UCR recipe of issue 18): 8,000 updates of 8 series,
     however many passes that takes, and shifts of up to 10 % of the length."""

@@ -43,20 +43,25 @@ convolution of 3.2.1 keeps the 2-D mappings too (bench/nd.py's stage does not ne
 of several 1-D or 3-D layers does). Which shapes come here: Note [Choosing an N-D path] in
 ``_nd``.
 
-The vector type and its operations are this file's own copies of ``_direct``'s (Note [Explicit
-vectors] there: Numba keys its on-disk cache on the source file of the cached function, so the
-intrinsics live beside the kernels that use them); the type is named apart from ``_direct``'s.
+The vector type and its operations are ``_vectors``' (Note [Explicit vectors] there), shared with
+``_direct``'s kernels.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic, models, register_model
 
-LANES = 16
+from anycnn_numpy._vectors import LANES, cache_depends_on_vectors
+from anycnn_numpy._vectors import vbroadcast as _broadcast
+from anycnn_numpy._vectors import vfma as _fma
+from anycnn_numpy._vectors import vload as _load
+from anycnn_numpy._vectors import vsplat as _splat
+from anycnn_numpy._vectors import vstore as _store
+
+# the cache of this file's kernels is stamped with _vectors.py's content too
+cache_depends_on_vectors(__file__)
+
 #: output maps computed together by the forward and gradient kernels
 MAPS = 8
 #: grid positions computed together by the forward kernel (three vectors)
@@ -65,105 +70,6 @@ BLOCK = 3 * LANES
 GRAD_TAPS = 3
 #: grid positions the gradient kernel runs over before the next taps (8 maps' deltas: 16 KiB)
 GRAD_CHUNK = 512
-
-_VECTOR = ir.VectorType(ir.FloatType(), LANES)
-
-
-class _VolumeFloat32x16(types.Type):
-    def __init__(self) -> None:
-        super().__init__(name="volume_float32x16")
-
-
-_f32x16 = _VolumeFloat32x16()
-
-
-@register_model(_VolumeFloat32x16)
-class _VolumeFloat32x16Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _VECTOR)
-
-
-def _float32_array(array) -> bool:
-    return isinstance(array, types.Array) and array.dtype == types.float32
-
-
-def _pointer(context, builder, array_type, array, index):
-    view = context.make_array(array_type)(context, builder, array)
-    return builder.bitcast(builder.gep(view.data, [index]), _VECTOR.as_pointer())
-
-
-@intrinsic
-def _load(typingctx, array, index):  # pragma: no cover - compiled
-    """``array[index : index + 16]`` (1-d float32, no bounds check)."""
-    if not (_float32_array(array) and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.load(_pointer(context, builder, signature.args[0], *args), align=4)
-
-    return _f32x16(array, index), codegen
-
-
-@intrinsic
-def _store(typingctx, array, index, value):  # pragma: no cover - compiled
-    """``array[index : index + 16] = value`` (1-d float32, no bounds check)."""
-    if not (_float32_array(array) and isinstance(index, types.Integer) and value == _f32x16):
-        return None
-
-    def codegen(context, builder, signature, args):
-        pointer = _pointer(context, builder, signature.args[0], args[0], args[1])
-        builder.store(args[2], pointer, align=4)
-        return context.get_dummy_value()
-
-    return types.void(array, index, value), codegen
-
-
-@intrinsic
-def _splat(typingctx, value):  # pragma: no cover - compiled
-    """16 copies of the float32 ``value``."""
-    if value != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        undefined = ir.Constant(_VECTOR, ir.Undefined)
-        index = ir.IntType(32)
-        first = builder.insert_element(undefined, args[0], ir.Constant(index, 0))
-        mask = ir.Constant(ir.VectorType(index, LANES), [0] * LANES)
-        return builder.shuffle_vector(first, undefined, mask)
-
-    return _f32x16(value), codegen
-
-
-@intrinsic
-def _broadcast(typingctx, array, index):  # pragma: no cover - compiled
-    """16 copies of ``array[index]`` (1-d float32, no bounds or negative-index check)."""
-    if not (_float32_array(array) and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        view = context.make_array(signature.args[0])(context, builder, args[0])
-        value = builder.load(builder.gep(view.data, [args[1]]), align=4)
-        undefined = ir.Constant(_VECTOR, ir.Undefined)
-        index = ir.IntType(32)
-        first = builder.insert_element(undefined, value, ir.Constant(index, 0))
-        mask = ir.Constant(ir.VectorType(index, LANES), [0] * LANES)
-        return builder.shuffle_vector(first, undefined, mask)
-
-    return _f32x16(array, index), codegen
-
-
-@intrinsic
-def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
-    """``a * b + c`` lane by lane, rounded once."""
-    if not (a == b == c == _f32x16):
-        return None
-
-    def codegen(context, builder, signature, args):
-        function_type = ir.FunctionType(_VECTOR, [_VECTOR] * 3)
-        fma = cgutils.get_or_insert_function(builder.module, function_type, "llvm.fma.v16f32")
-        return builder.call(fma, args)
-
-    return _f32x16(a, b, c), codegen
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
