@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import convolve2d, correlate2d
 
+from anycnn.layers.activations import Activation
+
 
 def conv_valid(x, kernel, selection=None):
     n, c_in = x.shape[:2]
@@ -169,3 +171,16 @@ def decimate_transpose_nd(delta, n):
     out = np.zeros((*delta.shape[:2], *(s * n for s in delta.shape[2:])))
     out[(slice(None), slice(None), *(slice(None, None, n) for _ in delta.shape[2:]))] = delta
     return out
+
+
+class Softsign(Activation):
+    """f(u) = u / (1 + |u|), an activation with no description (Note [Activation
+    descriptions]): no backend can compile it, so every backend must call its own methods."""
+
+    name = "softsign"
+
+    def forward(self, u):
+        return u / (1 + abs(u))
+
+    def derivative(self, y, u=None):
+        return (1 - abs(y)) ** 2
