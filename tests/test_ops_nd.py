@@ -212,3 +212,31 @@ def test_nd_errors_name_the_shapes(call, message):
 
     with pytest.raises(ValueError, match=message):
         call(a)
+
+
+@pytest.mark.parametrize(("padding", "size"), [(0, 4), (1, 2), (2, None)])
+def test_conv_full_padding_leaves_input_until_twice_it_covers_the_map(padding, size):
+    """The 'full' convolution of 3x3 deltas with a 2x2 kernel has 4x4 maps: a padding p crops p
+    from each side, so p = 1 leaves 2x2 and p = 2 (2p equal to the map) leaves nothing: refused."""
+    import anycnn
+
+    be = anycnn.get_backend()
+    delta = be.asarray(np.ones((1, 1, 3, 3)), dtype="float64")
+    kernel = be.asarray(np.ones((1, 1, 2, 2)), dtype="float64")
+    if size is None:
+        with pytest.raises(ValueError, match=r"padding \(2, 2\) leaves no input"):
+            F.conv_full(delta, kernel, padding=(padding, padding))
+    else:
+        y = F.conv_full(delta, kernel, padding=(padding, padding))
+        assert tuple(y.shape) == (1, 1, size, size)
+
+
+def test_conv_full_checks_its_selection():
+    """conv_full's selection M_j is checked against the kernel's C_out x C_in like conv_valid's."""
+    import anycnn
+
+    be = anycnn.get_backend()
+    delta = be.asarray(np.ones((1, 2, 3, 3)), dtype="float64")
+    kernel = be.asarray(np.ones((2, 3, 2, 2)), dtype="float64")
+    with pytest.raises(ValueError, match=r"conv_full.*selection"):
+        F.conv_full(delta, kernel, selection=np.ones((3, 2), dtype=bool))
