@@ -72,9 +72,7 @@ def test_parameters_of_a_layer_not_in_the_configuration_are_refused_before_readi
 @pytest.mark.parametrize(
     "padding, shown", [(0, "input maps ("), (1, "input maps padded by (1, 1)")]
 )
-def test_a_kernel_larger_than_its_maps_names_the_padding_only_where_there_is_one(
-    padding, shown
-):
+def test_a_kernel_larger_than_its_maps_names_the_padding_only_where_there_is_one(padding, shown):
     with pytest.raises(ValueError, match="kernel 7x7 is larger than the 3x3") as error:
         Network(
             [Convolution(2, 7, padding=padding), Flatten(), FullyConnected(2)],
