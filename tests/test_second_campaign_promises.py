@@ -103,3 +103,68 @@ def test_the_blocked_paths_compiled_f_covers_each_slice_of_the_batch_once(monkey
     assert len(_threads.slices(6, 3 * 25 * 4)) > 1
     _blocked._activate(out, compiled)
     np.testing.assert_array_equal(out, expected)
+
+
+# --- survivors of the first campaign over the whole scope (stopped part-way, 2026-12-08) -----
+def test_stamping_a_files_caches_puts_the_vectors_locator_first_once(monkeypatch, tmp_path):
+    """Note [Caches stamped with the vectors]: ``cache_depends_on_vectors`` records the file and
+    puts the stamping locator before Numba's own, once however often it is called."""
+    pytest.importorskip("anycnn_numpy")
+    from anycnn_numpy import _vectors
+
+    if _vectors._IMPL is None:
+        pytest.skip("Numba is not installed here")
+    others = [c for c in _vectors._IMPL._locator_classes if c is not _vectors._VectorsLocator]
+    monkeypatch.setattr(_vectors._IMPL, "_locator_classes", list(others))
+    monkeypatch.setattr(_vectors, "_DEPENDENTS", set())
+    module = tmp_path / "kernels.py"
+    module.write_text("")
+    for _ in range(2):
+        _vectors.cache_depends_on_vectors(str(module))
+        assert _vectors._IMPL._locator_classes == [_vectors._VectorsLocator, *others]
+    assert _vectors._DEPENDENTS == {str(module.resolve())}
+
+
+def test_the_volume_paths_f_is_the_direct_kernels_compiled_one():
+    """``_volume.apply_activation``: the logistic and the scaled tanh by the direct kernels'
+    compiled f (their bits, not NumPy's), over each batch slice."""
+    pytest.importorskip("anycnn_numpy")
+    from anycnn_numpy import _jit, _volume
+    from anycnn_numpy._activation import compiled_activation
+
+    from anycnn.layers.activations import get_activation
+
+    if _jit.activate_run is None:
+        pytest.skip("Numba is not installed here")
+    rng = np.random.default_rng(3)
+    for name in ("sigmoid", "lecun_tanh"):
+        activation = get_activation(name)
+        out = (rng.standard_normal((5, 4, 3, 6, 6)) * 3).astype(np.float32)
+        expected = out.copy()
+        _jit.activate_run(expected.reshape(-1), *compiled_activation(activation, out.dtype))
+        got = _volume.apply_activation(out, activation)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "lecun_tanh", "tanh", "identity", "relu"])
+def test_the_volume_kernels_slope_code_is_the_2d_kernels_formula(name):
+    """``_volume.sensitivity_code``: the formula of ``_activation.sensitivity_formula`` (kind,
+    parameters as float32, the scaled flag), or None where it has none."""
+    pytest.importorskip("anycnn_numpy")
+    from anycnn_numpy import _volume
+    from anycnn_numpy._activation import sensitivity_formula
+
+    from anycnn.layers.activations import Sigmoid, get_activation
+
+    y = np.zeros((1, 1, 1, 2, 2), np.float32)
+    activations = [get_activation(name)] + ([Sigmoid(gain=2.0)] if name == "sigmoid" else [])
+    for activation in activations:
+        formula = sensitivity_formula(activation, y)
+        code = _volume.sensitivity_code(activation, y)
+        if formula is None:
+            assert code is None
+            continue
+        kinds = {"identity": _volume.GIVEN, "logistic": _volume.LOGISTIC, "tanh": _volume.TANH}
+        assert code[0] == kinds[formula[0]]
+        assert (code[1], code[2]) == (np.float32(formula[1]), np.float32(formula[2]))
+        assert code[3] is bool(formula[3])
