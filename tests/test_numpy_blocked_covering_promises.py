@@ -90,3 +90,36 @@ def test_conv_full_on_the_direct_path_with_padding_up_to_the_kernels_size(paddin
     expected = np.asarray(reference.conv_full(delta, kernel, None, padding))
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_numba
+@pytest.mark.parametrize("need_delta", [True, False])
+def test_the_blocked_halves_of_one_example_give_the_reference(monkeypatch, need_delta):
+    """Note [One example on two cores] on the blocked kernels, forced on a small shape (the
+    threshold set to 1): one example's 8-map blocks cut in two ranges, forward (bias, a
+    selection) and fused backward (bias sums, delta when asked), each the reference's."""
+    from anycnn_numpy import _threads
+
+    monkeypatch.setattr(_threads, "DIRECT_PARALLEL_MACS", 1)
+    rng = np.random.default_rng(6)
+    o = 20  # three blocks of 8 maps, the last with 4 of padding: halves (0, 1), (1, 3)
+    x = rng.standard_normal((1, 3, 9, 8)).astype(np.float32)
+    k = rng.standard_normal((o, 3, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    sel = rng.random((o, 3)) < 0.7
+    assert _blocked._block_halves(1, 3, 1) == [(0, 1), (1, 3)]
+    y = _blocked.conv_valid(x, k, b, None, None, sel)
+    expected = oracles.conv_valid(x, k * sel[:, :, None, None]) + b[:, None, None]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    sens = (_volume.GIVEN, np.float32(0), np.float32(0), False)
+    grad, bias, delta = _blocked.backward(x, dy, y, sens, sel, 1, need_delta)
+    expected_grad = oracles.conv_kernel_grad(x, dy) * sel[:, :, None, None]
+    scale = float(np.abs(expected_grad).max())
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-5 * scale)
+    assert bias.shape == (o,)
+    np.testing.assert_allclose(bias, dy.sum(axis=(0, 2, 3), dtype=np.float64), rtol=1e-5)
+    if need_delta:
+        np.testing.assert_array_equal(delta, dy)
+    else:
+        assert delta is None
