@@ -119,3 +119,92 @@ def test_conv_valid_names_itself_for_a_selection_of_the_wrong_shape():
     kernel = be.asarray(np.ones((2, 3, 2, 2)), dtype="float64")
     with pytest.raises(ValueError, match=r"conv_valid.*selection"):
         F.conv_valid(x, kernel, selection=np.ones((3, 2), dtype=bool))
+
+
+def test_a_checked_entry_point_built_afresh_has_the_reference_ops_signature(monkeypatch):
+    """``functional._checked`` (the module's entry points are built at import, before a
+    mutation campaign switches a mutant on; built here afresh): the reference op's signature
+    and ``__wrapped__``, its checks and its result, and a docstring that starts with the
+    op's own (or with the checks' paragraph for an op without one)."""
+    import inspect
+
+    from anycnn import ops as reference
+
+    entry = F._checked("conv_valid", F.CHECKS["conv_valid"])
+    assert entry.__wrapped__ is reference.conv_valid
+    assert inspect.signature(entry) == inspect.signature(reference.conv_valid)
+    be = anycnn.get_backend()
+    x = be.asarray(np.arange(16.0).reshape(1, 1, 4, 4), dtype="float64")
+    k = be.asarray(np.ones((1, 1, 2, 2)), dtype="float64")
+    np.testing.assert_array_equal(np.asarray(entry(x, k)), np.asarray(reference.conv_valid(x, k)))
+    with pytest.raises(ValueError, match=r"conv_valid.*selection"):
+        entry(x, k, selection=np.ones((2, 2), dtype=bool))
+    assert entry.__doc__.startswith(inspect.cleandoc(reference.conv_valid.__doc__)[:40])
+
+    def bare(x, kernel, selection=None, padding=0):
+        return reference.conv_valid(x, kernel, selection, padding)
+
+    monkeypatch.setattr(reference, "conv_valid", bare)
+    assert F._checked("conv_valid", F.CHECKS["conv_valid"]).__doc__.startswith(
+        "\n\nChecked entry point"
+    )
+
+
+def _f(a, dtype="float64"):
+    return anycnn.get_backend().asarray(np.asarray(a, dtype=dtype), dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (
+            lambda: F.fully_connected(_f(np.ones((2, 3, 1))), _f(np.ones((4, 3)))),
+            ValueError,
+            r"^fully_connected: x must be a 2-d \(N, D\) array",
+        ),
+        (
+            lambda: F.fully_connected(_f(np.ones((2, 3))), _f(np.ones(3))),
+            ValueError,
+            r"^fully_connected: weight must be a 2-d \(M, D\) array",
+        ),
+        (
+            lambda: F.fully_connected(_f(np.ones((2, 3)), "int64"), _f(np.ones((4, 3)))),
+            TypeError,
+            r"^fully_connected: x must have a real floating dtype",
+        ),
+        (
+            lambda: F.fully_connected(_f(np.ones((2, 3)), "float32"), _f(np.ones((4, 3)))),
+            TypeError,
+            r"^fully_connected: x and weight must share a dtype",
+        ),
+        (
+            lambda: F.fully_connected_weight_grad(_f(np.ones((2, 3, 1))), _f(np.ones((2, 4)))),
+            ValueError,
+            r"^fully_connected_weight_grad: x must be a 2-d \(N, D\) array",
+        ),
+        (
+            lambda: F.fully_connected_weight_grad(
+                _f(np.ones((2, 3)), "float32"), _f(np.ones((2, 4)))
+            ),
+            TypeError,
+            r"^fully_connected_weight_grad: x and delta must share a dtype",
+        ),
+        (
+            lambda: F.fully_connected_input_grad(_f(np.ones((2, 4, 1))), _f(np.ones((4, 3)))),
+            ValueError,
+            r"^fully_connected_input_grad: delta must be a 2-d \(N, D\) array",
+        ),
+    ],
+    ids=[
+        "fc x rank",
+        "fc weight rank",
+        "fc x int",
+        "fc dtypes",
+        "wgrad x rank",
+        "wgrad dtypes",
+        "igrad delta rank",
+    ],
+)
+def test_the_fully_connected_ops_name_themselves_the_argument_and_its_layout(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
