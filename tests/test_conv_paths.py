@@ -248,12 +248,13 @@ def test_the_choice_is_a_function_of_the_shape(monkeypatch):
 
 def test_the_model_takes_the_fft_for_large_kernels_on_large_maps():
     """Where the measurements found the FFT fastest (bench/paths.py: 11 x 11 kernels, 16 -> 32
-    maps on 64 x 64, every op; the kernel gradient of 3 -> 64 maps on 256 x 256), the fitted
-    model takes it, and only among the paths that can run the arrays; where the blocked kernels
-    were fastest (the forward pass of 3 -> 16 maps, 11 x 11, 128 x 128), those."""
+    maps on 64 x 64, every op), the fitted model takes it, and only among the paths that can run
+    the arrays; where the blocked kernels were fastest (the forward pass of 3 -> 16 maps, 11 x
+    11, 128 x 128; the kernel gradient of 3 -> 64 maps on 256 x 256, the FFT's before Note [Maps
+    in lanes] in _wgrad), those."""
     for op in _plan.OPS:
         assert _plan.choose(op, 8, 16, 32, 64, 64, 11, 11) == "fft", op
-    assert _plan.choose("grad", 64, 3, 64, 256, 256, 11, 11) == "fft"
+    assert _plan.choose("grad", 64, 3, 64, 256, 256, 11, 11) == "blocked"
     assert _plan.choose("valid", 8, 3, 16, 128, 128, 11, 11) == "blocked"
     assert _plan.choose("valid", 64, 3, 64, 256, 256, 11, 11, available=("direct",)) == "direct"
 
@@ -277,16 +278,18 @@ def _smooth(m):
 def test_blocked_path_fuses_f_and_gives_the_same_bits_on_any_thread_count(monkeypatch, batch, rng):
     """Note [Blocked 2-D path]: the register-blocked kernels on 2-D maps, forced, with tanh
     compiled into the forward pass and f' and an up-sampling with a remainder in the fused
-    backward, match the chain of reference ops; their batch slices (batch 64) and their halves of
-    8-map blocks (one large example) give the same bits on one thread as on two."""
-    from anycnn_numpy import _blocked, _threads
+    backward, match the chain of reference ops; their batch slices (batch 64) and, for one large example,
+    the forward pass's halves of 8-map blocks and the kernel gradient's halves of tap groups
+    (Note [Maps in lanes] in _wgrad) give the same bits on one thread as on two."""
+    from anycnn_numpy import _blocked, _threads, _wgrad
 
     from anycnn.layers.activations import get_activation
 
     if _jit.correlate_into is None:
         pytest.skip("Numba is not installed here: no blocked kernels")
     tanh = get_activation("tanh")
-    size, o = (20, 10) if batch > 1 else (72, 20)  # 10 maps: a block with 6 maps of padding
+    # 10 maps: a forward block with 6 maps of padding, 16 lanes with 6; 20: 32 lanes with 12
+    size, o = (20, 10) if batch > 1 else (100, 20)
     x = rng.standard_normal((batch, 3, size, size)).astype("float32")
     k = (rng.standard_normal((o, 3, 5, 5)) / 20).astype("float32")
     b = rng.standard_normal(o).astype("float32")
@@ -294,6 +297,8 @@ def test_blocked_path_fuses_f_and_gives_the_same_bits_on_any_thread_count(monkey
     dy = rng.standard_normal((batch, o, oh // 2 + 1, oh // 2 + 1)).astype("float32")
     if batch == 1:
         assert _blocked._block_halves(1, 3, 8 * 3 * 3 * 25 * oh * size) is not None
+        triples = 3 * 5 * 2  # (input map, kernel row, 4 columns), 3 a pass with 32 maps
+        assert 32 * triples * 4 * oh * oh >= _wgrad.SPLIT_MACS
 
     def run():
         with _plan.forced("blocked"):
