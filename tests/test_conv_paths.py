@@ -332,3 +332,47 @@ def test_a_path_leaves_the_direct_kernels_only_beyond_both_fits_errors():
     # among the others, the fastest with its margin
     both = {"direct": 1.0, "fft": 0.5, "blocked": 0.52}
     assert _plan.decide("valid", both, errors) == "blocked"
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_direct_chunks_are_at_most_the_longest_slice_and_give_the_same_bits(
+    monkeypatch, batch, rng
+):
+    """``_conv._chunk``: the direct kernels' scratch is sized for at most the longest batch
+    slice they get (one example for a batch of 1, halves of its maps included), and the three
+    convolutions give bit for bit what the unclamped chunk (``_jit.direct_chunk``) gives."""
+    if _jit.correlate_into is None:
+        pytest.skip("Numba is not installed here: no direct kernels")
+    from anycnn_numpy import _threads
+
+    from anycnn.layers.activations import get_activation
+
+    tanh = get_activation("tanh")
+    n, c, o, size, k = batch, 6, 32, 28, 5  # batch 1: halves of the maps (2.8 M multiply-adds)
+    oh = size - k + 1
+    macs = o * c * k * k * oh * oh
+    bounds = _threads.direct_bounds(n, macs)
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    unclamped = _jit.direct_chunk(oh, size, 4)
+    f32 = np.dtype("float32")
+    assert _conv._chunk(oh, size, f32, n, macs) == min(unclamped, longest)
+    if batch == 1:
+        assert _conv._map_halves(n, o, macs) is not None
+        assert _conv._chunk(oh, size, f32, n, macs) == 1 < unclamped
+    x = rng.standard_normal((n, c, size, size)).astype(f32)
+    kernel = (rng.standard_normal((o, c, k, k)) / 10).astype(f32)
+    bias = rng.standard_normal(o).astype(f32)
+    d = rng.standard_normal((n, o, oh, oh)).astype(f32)
+
+    def run():
+        with _plan.forced("direct"):
+            y = _conv.conv_valid_activate(x, kernel, bias, tanh)
+            grads = _conv.conv_backward(x, d, y, tanh, None, 1, True)
+            return [y, *grads, _conv.conv_full(d, kernel)]
+
+    got = run()
+    monkeypatch.setattr(
+        _conv, "_chunk", lambda rows, width, dtype, n, macs: _jit.direct_chunk(rows, width, 4)
+    )
+    for a, b in zip(got, run(), strict=True):
+        np.testing.assert_array_equal(a, b)
