@@ -595,6 +595,24 @@ def _drain_lanes(g, count, m, target, at, stride):  # pragma: no cover - compile
             run[p] = lane[p * LANES]
 
 
+@numba.njit(inline="always", fastmath=_ACTIVATION_MATH)
+def _activated(v, kind, p0, a, b):  # pragma: no cover - compiled
+    """f of a vector of sums as :func:`_activate_run32` computes it (the same operations): the
+    logistic of gain ``p0``, ``a tanh(b v)`` (``a``, ``b`` splats of its p0, p1) or ``v``."""
+    if kind == LOGISTIC:
+        return vlogistic(v, p0)
+    if kind == TANH:
+        return vmul(vtanh(vmul(v, b)), a)
+    return v
+
+
+@numba.njit(inline="always", fastmath=_ACTIVATION_MATH)
+def _put(g, at, sums, bias, kind, p0, a, b):  # pragma: no cover - compiled
+    """``g[at : at + 16] = f(sums + bias)``: the bias last, as a separate ``u += b`` would add
+    it, then f (:func:`_activated`)."""
+    vstore(g, at, _activated(vadd(sums, bias), kind, p0, a, b))
+
+
 @numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
 def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop):
     """:func:`correlate_into` for float32 on chunks of 16 examples, one per lane (Note [Examples
@@ -612,6 +630,7 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
     g = np.empty(size * LANES, np.float32)  # the chunk's output on the lanes
     source, flat = x.reshape(x.size), out.reshape(out.size)
     packed = np.empty(c * h * w * LANES if pad_w else 0, np.float32)
+    fa, fb = vsplat(p0), vsplat(p1)  # (for the tanh)
     n0 = start
     while stop - n0 >= LANES_MIN:
         m = min(LANES, stop - n0)
@@ -632,6 +651,7 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
                 bias0, bias1 = vsplat(bias[j]), vsplat(bias[j1])
                 x0 = 0
                 while x0 < ow:
+                    at0, at1 = ((j * oh + y) * ow + x0) * LANES, ((j1 * oh + y) * ow + x0) * LANES
                     if ow - x0 >= 4:
                         s0 = s1 = s2 = s3 = vzeros()
                         u0 = u1 = u2 = u3 = vzeros()
@@ -654,21 +674,38 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
                                     u2 = vfma(r, e2, u2)
                                     u3 = vfma(r, e3, u3)
                                     q += LANES
-                        # the bias last, as a separate ``u += b`` would add it
-                        at0, at1 = (
-                            ((j * oh + y) * ow + x0) * LANES,
-                            ((j1 * oh + y) * ow + x0) * LANES,
-                        )
-                        vstore(g, at0, vadd(s0, bias0))
-                        vstore(g, at0 + LANES, vadd(s1, bias0))
-                        vstore(g, at0 + 2 * LANES, vadd(s2, bias0))
-                        vstore(g, at0 + 3 * LANES, vadd(s3, bias0))
+                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
+                        _put(g, at0 + LANES, s1, bias0, kind, p0, fa, fb)
+                        _put(g, at0 + 2 * LANES, s2, bias0, kind, p0, fa, fb)
+                        _put(g, at0 + 3 * LANES, s3, bias0, kind, p0, fa, fb)
                         if j1 != j:
-                            vstore(g, at1, vadd(u0, bias1))
-                            vstore(g, at1 + LANES, vadd(u1, bias1))
-                            vstore(g, at1 + 2 * LANES, vadd(u2, bias1))
-                            vstore(g, at1 + 3 * LANES, vadd(u3, bias1))
-                        width = 4
+                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
+                            _put(g, at1 + LANES, u1, bias1, kind, p0, fa, fb)
+                            _put(g, at1 + 2 * LANES, u2, bias1, kind, p0, fa, fb)
+                            _put(g, at1 + 3 * LANES, u3, bias1, kind, p0, fa, fb)
+                        x0 += 4
+                    elif ow - x0 >= 2:
+                        s0 = s1 = u0 = u1 = vzeros()
+                        for i in range(c):
+                            if not (active[j, i] or active[j1, i]):
+                                continue
+                            for a in range(a0, a1):
+                                q = (i * h + y + a - pad_h) * lane_row + x0 * LANES
+                                wa, wb = wts[j, i, a], wts[j1, i, a]
+                                for b in range(kw):
+                                    p, r = vsplat(wa[b]), vsplat(wb[b])
+                                    e0, e1 = vload(t, q), vload(t, q + LANES)
+                                    s0 = vfma(p, e0, s0)
+                                    s1 = vfma(p, e1, s1)
+                                    u0 = vfma(r, e0, u0)
+                                    u1 = vfma(r, e1, u1)
+                                    q += LANES
+                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
+                        _put(g, at0 + LANES, s1, bias0, kind, p0, fa, fb)
+                        if j1 != j:
+                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
+                            _put(g, at1 + LANES, u1, bias1, kind, p0, fa, fb)
+                        x0 += 2
                     else:
                         s0 = u0 = vzeros()
                         for i in range(c):
@@ -682,14 +719,11 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
                                     s0 = vfma(vsplat(wa[b]), e0, s0)
                                     u0 = vfma(vsplat(wb[b]), e0, u0)
                                     q += LANES
-                        vstore(g, ((j * oh + y) * ow + x0) * LANES, vadd(s0, bias0))
+                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
                         if j1 != j:
-                            vstore(g, ((j1 * oh + y) * ow + x0) * LANES, vadd(u0, bias1))
-                        width = 1
-                    x0 += width
+                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
+                        x0 += 1
         _drain_lanes(g, size, m, flat, n0 * size, size)
-        if kind != IDENTITY:
-            _activate_run32(out[n0 : n0 + m].reshape(m * o * oh * ow), kind, p0, p1)
         n0 += m
     return n0
 
