@@ -46,7 +46,7 @@ def test_vtranspose16_transposes_a_block_between_any_strides(rng):
 
 def test_which_convolutions_take_the_lanes():
     """Kernels up to 5 x 5 on maps whose 16 examples' input and output fit LANES_BYTES, float32,
-    chunks of LANES_MIN examples or more; float64 never (test_float64_stays_on_the_rows)."""
+    chunks of lanes_min() examples or more; float64 never (test_float64_stays_on_the_rows)."""
     direct = _direct()
     lanes = direct.on_lanes  # (C, H, W, pad_w, O, oh, ow, kh, kw)
     assert lanes(1, 28, 28, 0, 6, 24, 24, 5, 5) and lanes(6, 12, 12, 0, 12, 8, 8, 5, 5)  # DLT
@@ -61,11 +61,16 @@ def test_which_convolutions_take_the_lanes():
     active = np.ones((3, 2), bool)
     bias = np.zeros(3, np.float32)
     args = (x, 0, 0, wts, bias, active, direct.IDENTITY, np.float32(1), np.float32(1), out)
-    # 16 + 16 + 8: the last 8 are fewer than LANES_MIN and left to the interleaved rows
-    assert direct.LANES_MIN == 12
-    assert direct._lanes_into(*args, 0, 40) == 32
-    assert direct._lanes_into(*args, 0, 28) == 28  # 16 + 12
-    assert direct._lanes_into(*args, 5, 16) == 5  # 11: none
+    # 9 x 9 maps kept 7 x 7: the rows would throw away 2 columns of 9, so chunks of 8 or more
+    assert direct.lanes_min(9, 0, 7) == 8 and direct.LANES_MIN == 12
+    assert direct.lanes_min(28, 0, 24) == 12 and direct.lanes_min(8, 4, 12) == 12
+    assert direct._lanes_into(*args, 0, 40) == 40  # 16 + 16 + 8
+    assert direct._lanes_into(*args, 0, 39) == 32  # 16 + 16, the last 7 left to the rows
+    assert direct._lanes_into(*args, 5, 12) == 5  # 7: none
+    wide = np.zeros((40, 2, 9, 14), np.float32)  # 14 columns for 12: the rows lose little
+    out = np.empty((40, 3, 7, 12), np.float32)
+    args = (wide, *args[1:-1], out)
+    assert direct._lanes_into(*args, 0, 40) == 32 and direct._lanes_into(*args, 0, 28) == 28
 
 
 @pytest.mark.parametrize("n", [16, 29, 37])

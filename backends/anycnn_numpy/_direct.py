@@ -514,7 +514,7 @@ def _activate_run_of_dtype(v, kind, p0, p1):
 # number read off its lane), which costs about what one tap does. Each example's sums are taken
 # in its own lane in one order (input map, kernel row, kernel column), whatever the other lanes
 # hold and whichever chunk it is in: the bits depend on the batch slicing only, as before (a
-# chunk of fewer than LANES_MIN examples, the end of a slice, runs on the interleaved rows).
+# chunk of fewer than lanes_min() examples, the end of a slice, runs on the interleaved rows).
 # On the zoo models at batch 256 (/tmp A/B in one process, trees alternated, the fastest of
 # several runs on a loaded machine; bench/results/issue16-speed.md has the step figures) DLT's
 # C3 forward took 0.41 ms against 0.72 on the rows, its fused backward 0.64 against 0.97, its
@@ -533,6 +533,17 @@ def _activate_run_of_dtype(v, kind, p0, p1):
 #: interleaved rows, where a chunk of one example wastes nothing (on the lanes a chunk of 12
 #: computes 16, what the rows' 1.33 throws away on maps that take the lanes).
 LANES_MIN = 12
+
+
+@numba.njit(nogil=True, cache=True)
+def lanes_min(w, pad_w, ow):  # pragma: no cover - compiled
+    """The fewest examples of a chunk on the lanes for maps of ``w`` columns (``ow`` kept): 8 where
+    the interleaved rows throw away a quarter of their grid columns or more (``(w + pad_w) / ow
+    >= 1.25``: DLT's C3, 12 for 8; LeNet-5's C3, 14 for 10), where a chunk of 9 on the lanes (a
+    slice of 25 at batch 50: 16 + 9) beat the rows (DLT's C3 at batch 50: backward 0.215 -> 0.174
+    ms, forward 0.168 -> 0.134); else LANES_MIN (DLT's C1 forward at batch 50 took 0.21 ms with
+    its 9 on the lanes against 0.17 on the rows)."""
+    return 8 if 4 * (w + pad_w) >= 5 * ow else LANES_MIN
 
 
 #: The most bytes of 16 examples' input and output maps on the lanes: an L2 (the lanes' buffers
@@ -616,12 +627,13 @@ def _put(g, at, sums, bias, kind, p0, a, b):  # pragma: no cover - compiled
 @numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
 def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop):
     """:func:`correlate_into` for float32 on chunks of 16 examples, one per lane (Note [Examples
-    on the lanes]), from ``start`` while at least LANES_MIN examples are left; returns the first
-    example it did not compute."""
+    on the lanes]), from ``start`` while at least :func:`lanes_min` examples are left; returns
+    the first example it did not compute."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     o, kh, kw = wts.shape[0], wts.shape[2], wts.shape[3]
     oh, ow = out.shape[2], out.shape[3]
-    if stop - start < LANES_MIN or not on_lanes(c, h, w, pad_w, o, oh, ow, kh, kw):
+    fewest = lanes_min(w, pad_w, ow)
+    if stop - start < fewest or not on_lanes(c, h, w, pad_w, o, oh, ow, kh, kw):
         return start
     wp = w + 2 * pad_w
     lane_row = wp * LANES  # one stored row of a map: wp pixels of 16 examples
@@ -632,7 +644,7 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
     packed = np.empty(c * h * w * LANES if pad_w else 0, np.float32)
     fa, fb = vsplat(p0), vsplat(p1)  # (for the tanh)
     n0 = start
-    while stop - n0 >= LANES_MIN:
+    while stop - n0 >= fewest:
         m = min(LANES, stop - n0)
         if m == LANES and pad_w == 0:
             _fill_lanes(source, n0 * c * h * w, c * h * w, c * h * w, t)
@@ -756,7 +768,7 @@ def correlate_into(
     o = wts.shape[0]
     oh, ow = out.shape[2], out.shape[3]
     kind, p0, p1 = act
-    # Note [Examples on the lanes]: float32 chunks of LANES_MIN or more examples
+    # Note [Examples on the lanes]: float32 chunks of lanes_min() or more examples
     start = _lanes_of(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop)
     if start >= stop:
         return out
@@ -1084,16 +1096,17 @@ def _sensitivity_map(dy, up, y, maps, kind, p0, p1, scaled, target):  # pragma: 
 @numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
 def _grad_lanes(x, dy, y, sens, up, active, start, stop, delta_out, out, bias):
     """:func:`correlate_grad` for float32 on chunks of 16 examples, one per lane (Note [Examples
-    on the lanes]), from ``start`` while at least LANES_MIN examples are left: adds the kernel
-    gradient into ``out`` and the bias sums into ``bias`` and returns the first example it did
-    not take. delta is formed and its bias sums taken example by example as on the interleaved
-    rows (the same bits); the kernel sums run per lane over the chunks (10 of them in registers:
-    2 maps x 5 taps, one aligned load of delta per map and of x per tap), the lanes added as a
-    tree at the end."""
+    on the lanes]), from ``start`` while at least :func:`lanes_min` examples are left: adds the
+    kernel gradient into ``out`` and the bias sums into ``bias`` and returns the first example
+    it did not take. delta is formed and its bias sums taken example by example as on the
+    interleaved rows (the same bits); the kernel sums run per lane over the chunks (10 of them
+    in registers: 2 maps x 5 taps, one aligned load of delta per map and of x per tap), the
+    lanes added as a tree at the end."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     o, dh, dw = y.shape[1], y.shape[2], y.shape[3]
     kh, kw = out.shape[2], out.shape[3]
-    if stop - start < LANES_MIN or not on_lanes(c, h, w, 0, o, dh, dw, kh, kw):
+    fewest = lanes_min(w, 0, dw)
+    if stop - start < fewest or not on_lanes(c, h, w, 0, o, dh, dw, kh, kw):
         return start
     keep = delta_out.shape[0] > 0
     size = dh * dw
@@ -1107,7 +1120,7 @@ def _grad_lanes(x, dy, y, sens, up, active, start, stop, delta_out, out, bias):
     chw = c * h * w
     source = x.reshape(x.size)
     n0 = start
-    while stop - n0 >= LANES_MIN:
+    while stop - n0 >= fewest:
         m = min(LANES, stop - n0)
         if m == LANES:
             _fill_lanes(source, n0 * chw, chw, chw, t)
@@ -1247,7 +1260,7 @@ def correlate_grad(
     keep = delta_out.shape[0] > 0
     out = np.zeros((o, c, kh, kw), x.dtype)
     bias = np.zeros(o, np.float64)  # of per-map float32 sums
-    # Note [Examples on the lanes]: float32 chunks of LANES_MIN or more examples
+    # Note [Examples on the lanes]: float32 chunks of lanes_min() or more examples
     start = _grad_lanes_of(x, dy, y, sens, up, active, start, stop, delta_out, out, bias)
     zero = x.dtype.type(0)
     delta = np.empty(o * dh * dw, x.dtype)
