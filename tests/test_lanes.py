@@ -61,12 +61,13 @@ def test_which_convolutions_take_the_lanes():
     active = np.ones((3, 2), bool)
     bias = np.zeros(3, np.float32)
     args = (x, 0, 0, wts, bias, active, direct.IDENTITY, np.float32(1), np.float32(1), out)
-    # 9 x 9 maps kept 7 x 7: the rows would throw away 2 columns of 9, so chunks of 8 or more
-    assert direct.lanes_min(9, 0, 7) == 8 and direct.LANES_MIN == 12
+    # 9 x 9 maps kept 7 x 7: the rows would throw away 2 columns of 9, so chunks of 9 or more
+    assert direct.lanes_min(9, 0, 7) == 9 and direct.LANES_MIN == 12
     assert direct.lanes_min(28, 0, 24) == 12 and direct.lanes_min(8, 4, 12) == 12
-    assert direct._lanes_into(*args, 0, 40) == 40  # 16 + 16 + 8
-    assert direct._lanes_into(*args, 0, 39) == 32  # 16 + 16, the last 7 left to the rows
-    assert direct._lanes_into(*args, 5, 12) == 5  # 7: none
+    assert direct._lanes_into(*args, 0, 40) == 32  # 16 + 16, the last 8 left to the rows
+    assert direct._lanes_into(*args, 0, 39) == 32
+    assert direct._lanes_into(*args, 0, 25) == 25  # 16 + 9
+    assert direct._lanes_into(*args, 5, 13) == 5  # 8: none
     wide = np.zeros((40, 2, 9, 14), np.float32)  # 14 columns for 12: the rows lose little
     out = np.empty((40, 3, 7, 12), np.float32)
     args = (wide, *args[1:-1], out)

@@ -537,13 +537,15 @@ LANES_MIN = 12
 
 @numba.njit(nogil=True, cache=True)
 def lanes_min(w, pad_w, ow):  # pragma: no cover - compiled
-    """The fewest examples of a chunk on the lanes for maps of ``w`` columns (``ow`` kept): 8 where
-    the interleaved rows throw away a quarter of their grid columns or more (``(w + pad_w) / ow
-    >= 1.25``: DLT's C3, 12 for 8; LeNet-5's C3, 14 for 10), where a chunk of 9 on the lanes (a
-    slice of 25 at batch 50: 16 + 9) beat the rows (DLT's C3 at batch 50: backward 0.215 -> 0.174
-    ms, forward 0.168 -> 0.134); else LANES_MIN (DLT's C1 forward at batch 50 took 0.21 ms with
-    its 9 on the lanes against 0.17 on the rows)."""
-    return 8 if 4 * (w + pad_w) >= 5 * ow else LANES_MIN
+    """The fewest examples of a chunk on the lanes for maps of ``w`` columns (``ow`` kept): 9,
+    more than half the lanes, where the interleaved rows throw away a quarter of their grid
+    columns or more (``(w + pad_w) / ow >= 1.25``: DLT's C3, 12 for 8; LeNet-5's C3, 14 for 10),
+    where a chunk of 9 on the lanes (a slice of 25 at batch 50: 16 + 9) beat the rows (DLT's C3
+    at batch 50: backward 0.215 -> 0.174 ms, forward 0.168 -> 0.134) and one of 8 did not
+    (LeNet-5's C3 forward at batch 16, two slices of 8: 0.196 ms on the rows, 0.217 on the
+    lanes); else LANES_MIN (DLT's C1 forward at batch 50 took 0.21 ms with its 9 on the lanes
+    against 0.17 on the rows)."""
+    return 9 if 4 * (w + pad_w) >= 5 * ow else LANES_MIN
 
 
 #: The most bytes of 16 examples' input and output maps on the lanes: an L2 (the lanes' buffers
