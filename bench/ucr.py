@@ -18,7 +18,8 @@ in one run: the test error of
   ``anycnn.models.cnn1d_global`` (the same with ReLU units and a last subsampling over the whole
   signal; the UCR recipe of issue 18) trained with the settings of ``anycnn train --dataset
   <name> --model <model>`` (``anycnn.training.loop.TRAINING_DEFAULTS``: for cnn1d_global 8,000
-  updates and random shifts of up to 10 % of the length, ``anycnn.data.augment``) from several
+  updates, random shifts of up to 10 % of the length and reversals with probability 1/2,
+  ``anycnn.data.augment``) from several
   seeds: the mean, the standard deviation and each seed's test error after the last epoch (no
   early stopping, no model selection on the test set), and the error of the seeds' ensemble
   (each test series takes the class of the largest softmax score averaged over the seeds'
@@ -164,9 +165,9 @@ def train_cnn(
     maps: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Train the zoo model with ``anycnn train``'s defaults on the dataset (its optimizer, rate,
-    batch, passes and random shifts); its final test error and its test outputs (``"scores"``,
-    the softmax of the network's outputs, for :func:`ensemble_error`). ``maps``: cnn1d_global's
-    three stages' maps, if not the recipe's."""
+    batch, passes, random shifts and reversals); its final test error and its test outputs
+    (``"scores"``, the softmax of the network's outputs, for :func:`ensemble_error`).
+    ``maps``: cnn1d_global's three stages' maps, if not the recipe's."""
     from anycnn import models
     from anycnn.data.augment import Shift
     from anycnn.training import loop, optim
@@ -178,6 +179,7 @@ def train_cnn(
         defaults["optimizer"], net, lr=defaults["lr"], momentum=defaults["momentum"]
     )
     shift = defaults.get("augment_shift", 0.0)
+    reverse = defaults.get("augment_reverse", 0.0)
     start = time.perf_counter()
     result = loop.train(
         net,
@@ -188,7 +190,7 @@ def train_cnn(
         batch_size=defaults["batch_size"],
         seed=seed,
         progress=False,
-        augment=Shift(shift) if shift else None,
+        augment=Shift(shift, reverse) if shift or reverse else None,
         evaluate_test=False,  # the test set once, after the last pass (each pass: 2-4x the work)
     )
     seconds = time.perf_counter() - start

@@ -17,6 +17,9 @@ Options change one thing at a time:
   subsamplings' factor; ``--combine 2,3``: those stages are learned combinations of the input
   maps (section 3.3, one kernel per input map, ``LearnedCombination(kernels="per_input")``, no
   padding) instead of convolutions;
+* ``--optimizer sdlm`` (``--mu``): LeCun's per-parameter rates ``lr / (mu + h_kk)`` (section
+  4's stochastic diagonal Levenberg-Marquardt, the curvature estimated before each pass), with
+  ``--momentum`` on top;
 * ``--lr``, ``--batch``, ``--updates``, ``--momentum``; ``--decay g``: the rate times ``g`` after
   half the passes and times ``g**2`` after three quarters;
 * ``--shift``: the shifts' largest fraction (0: none); ``--stretch s``: each pass also stretches
@@ -241,7 +244,10 @@ def run_one(a: argparse.Namespace, seed: int) -> tuple[dict[str, Any], np.ndarra
             [max(1, epochs // 2), max(1, epochs // 4)],
             final=a.lr * a.decay**2,
         )
-    opt = optim.build_optimizer("momentum", net, lr=lr, momentum=a.momentum)
+    if a.optimizer == "sdlm":
+        opt = optim.build_optimizer("sdlm", net, lr=lr, momentum=a.momentum, mu=a.mu)
+    else:
+        opt = optim.build_optimizer("momentum", net, lr=lr, momentum=a.momentum)
     augment: Any
     if a.jitter or a.flip:
         augment = ShiftJitter(a.shift, a.jitter, a.flip, a.circular)
@@ -352,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jitter", type=float, default=0.0)
     p.add_argument("--ensemble", type=int, default=1)
     p.add_argument("--flip", type=float, default=0.0)
+    p.add_argument("--optimizer", default="momentum", choices=["momentum", "sdlm"])
+    p.add_argument("--mu", type=float, default=0.02)
     p.add_argument("--swa", type=float, default=0.0)
     p.add_argument("--snapshots", type=int, default=0)
     print(json.dumps(run(p.parse_args(argv))), flush=True)

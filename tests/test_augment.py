@@ -200,3 +200,14 @@ def test_cli_reversal_flag_is_recorded_and_checked(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--dataset", "gunpoint", "--augment-reverse", "1.5"]) != 0
     assert "argument --augment-reverse: must be in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_the_ucr_recipe_reverses_by_default(tmp_path):
+    """anycnn train --dataset gunpoint (cnn1d_global, the UCR recipe) shifts and reverses."""
+    from anycnn.cli import main
+
+    metrics = tmp_path / "m.json"
+    argv = ["train", "--dataset", "gunpoint", "--limit", "8", "--epochs", "1"]
+    assert main(argv + ["--metrics", str(metrics), "--quiet"]) == 0
+    recorded = json.loads(metrics.read_text())["augment"]
+    assert recorded == {"kind": "shift", "fraction": 0.1, "reverse": 0.5}
