@@ -135,3 +135,17 @@ def test_ucr_bench_trains_other_maps():
     assert run["scores"].shape == (150, 2)
     np.testing.assert_allclose(run["scores"].sum(axis=1), 1.0, rtol=1e-12)
     assert ucr.train_cnn(ds, 0, 1, "cnn1d_global")["parameters"] == 9058
+
+
+def test_ucr_bench_reversals_are_the_recipes_unless_asked():
+    """bench/ucr.py trains with the recipe's reversals by default; --reverse 0 is the recipe
+    before them (different scores after one pass of GunPoint's first 50 series)."""
+    from anycnn import data
+
+    ucr = _bench("ucr")
+    ds = data.load("gunpoint")
+    default = ucr.train_cnn(ds, 0, 1, "cnn1d_global", (4, 4, 4))["scores"]
+    half = ucr.train_cnn(ds, 0, 1, "cnn1d_global", (4, 4, 4), 0.5)["scores"]
+    none = ucr.train_cnn(ds, 0, 1, "cnn1d_global", (4, 4, 4), 0.0)["scores"]
+    np.testing.assert_array_equal(default, half)
+    assert not np.array_equal(default, none)
