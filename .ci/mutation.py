@@ -307,17 +307,38 @@ DETECTED = ("killed", "timeout", "segfault")
 UNTESTED = ("not checked", "skipped")
 
 
-def _interval(value: float, n: int) -> str:
-    """The 95% (Wilson) interval of a sampled score."""
+def wilson(value: float, n: int) -> tuple[float, float]:
+    """The 95% (Wilson) interval of a score ``value`` over ``n`` mutants."""
     z = 1.96
     centre = (value + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(value * (1 - value) / n + z * z / (4 * n**2)) / (1 + z * z / n)
-    return f"{centre - half:.4f}-{centre + half:.4f}"
+    return centre - half, centre + half
+
+
+def _interval(value: float, n: int) -> str:
+    low, high = wilson(value, n)
+    return f"{low:.4f}-{high:.4f}"
+
+
+# Note [The gate]: what `tox -e mutation` fails on. The issue asks for 0.97 of the
+# non-equivalent mutants killed over the scope: the overall score is the gate. A file's own
+# score is printed, not gated at 0.97 as such: one survivor of a 22-mutant file is 0.955, and a
+# 10% sample holds 2 of its mutants, so a per-file 0.97 gate fails on one mutant. A file fails
+# only where it is clearly below, its whole 95% (Wilson) interval under the threshold (upper
+# bound < 0.97): one or two survivors in a file of 20-40 do not fail the run (21 of 22: upper
+# bound 0.99; 28 of 30: 0.98), a file with many still does however good the rest is (_nd's 9 of
+# 35 on 2026-12-07: 0.42; _dense's 29 of 34 on 2026-12-08, five real gaps: 0.94). The smaller
+# the sample, the fewer mutants a file has in it and the wider its interval: a 10% sample cannot
+# tell a small file's 0.9 from 0.97, the full scope can.
+def clearly_below(detected: int, relevant: int, threshold: float) -> bool:
+    """Note [The gate]: whether a file's score is below ``threshold`` beyond its 95% interval."""
+    return relevant > 0 and wilson(detected / relevant, relevant)[1] < threshold
 
 
 def score(threshold: float = 0.97) -> int:
     """Print the totals of the last run, per module and in all, and the score over the
-    non-equivalent mutants tested; fail when a module, or the whole, is below ``threshold``.
+    non-equivalent mutants tested; fail when the whole is below ``threshold`` or a module is
+    clearly below it (Note [The gate]).
 
     Killed, timed out and killed by a signal count as detected; "no tests", survivors and
     "suspicious" (a failure of the campaign's own machinery, or a kill that the original code
@@ -355,14 +376,23 @@ def score(threshold: float = 0.97) -> int:
         tested = sum(n for status, n in row.items() if status not in UNTESTED)
         relevant = tested - row.get("equivalent", 0)
         value = detected / relevant if relevant else 1.0
-        failed |= relevant > 0 and value < threshold
+        if name == "total":
+            failed |= relevant > 0 and value < threshold
+            mark = "  below" if relevant > 0 and value < threshold else ""
+        else:
+            below = clearly_below(detected, relevant, threshold)
+            failed |= below
+            mark = "  clearly below" if below else ""
         cells = "".join(f"{row.get(c, 0):12d}" for c in columns)
-        print(f"{name:40s}{cells}{value:12.4f}")
+        print(f"{name:40s}{cells}{value:12.4f}{mark}")
         if name == "total":
             line = f"score {value:.4f} = {detected} / {relevant} non-equivalent mutants tested"
     if SAMPLE < 1 and relevant:
         line += f" (a {SAMPLE:.0%} sample: 95% interval {_interval(value, relevant)})"
-    print(f"{line}; threshold {threshold} in every file and in all")
+    print(
+        f"{line}; threshold {threshold} in all, and no file's 95% interval wholly below it"
+        " (Note [The gate])"
+    )
     return 1 if failed else 0
 
 

@@ -6,6 +6,7 @@ Usage::
     python bench/shapes.py --quick          # three small rows, 3 repetitions (plumbing check)
     python bench/shapes.py --sizes 64,128 --kernels 11 --maps 64 --channels 3 --batches 64
     python bench/shapes.py --plot bench/results/shapes-numpy-intel-xeon-2c.json  # redraw only
+    python bench/shapes.py --table bench/results/shapes-numpy-intel-xeon-2c.json # README table
 
 The grid (issue 16, "Growth"): images of 28, 64, 128 and 256 pixels a side, kernels 3, 5, 7
 and 11, 6, 16 and 64 output maps, 1 and 3 input channels, batches of 1 and 64 (192 rows).
@@ -392,6 +393,44 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def table(report: dict[str, Any]) -> str:
+    """The README's table of a run: per batch and image size, the ratios, the rows behind, the
+    paths taken (forward / kernel gradient) and the median peak memory of each library."""
+    lines = [
+        "| batch | image | rows | PyTorch / anycnn: min | median | max | rows below 1.0 | paths "
+        "taken (forward / kernel gradient) | peak MiB, median: anycnn / PyTorch | rows above "
+        "PyTorch's peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = report["rows"]
+    for batch in sorted({r["batch"] for r in rows}):
+        for size in sorted({r["size"] for r in rows}):
+            group = [r for r in rows if (r["batch"], r["size"]) == (batch, size)]
+            if not group:
+                continue
+            ratios = [r["speedup"] for r in group]
+            paths: dict[str, int] = {}
+            for r in group:
+                key = f"{r['paths']['valid']}/{r['paths']['grad']}"
+                paths[key] = paths.get(key, 0) + 1
+            taken = ", ".join(f"{k} {v}" for k, v in sorted(paths.items(), key=lambda i: -i[1]))
+            peaks = [r for r in group if r.get("anycnn_peak_mib") is not None
+                     and r.get("torch_peak_mib") is not None]  # fmt: skip
+            if peaks:
+                ours = statistics.median(r["anycnn_peak_mib"] for r in peaks)
+                theirs = statistics.median(r["torch_peak_mib"] for r in peaks)
+                memory = f"{ours:.1f} / {theirs:.1f}"
+                above = str(sum(r["anycnn_peak_mib"] > r["torch_peak_mib"] for r in peaks))
+            else:
+                memory = above = "-"
+            lines.append(
+                f"| {batch} | {size} px | {len(group)} | {min(ratios):.2f} | "
+                f"{statistics.median(ratios):.2f} | {max(ratios):.2f} | "
+                f"{sum(v < 1.0 for v in ratios)} | {taken} | {memory} | {above} |"
+            )
+    return "\n".join(lines)
+
+
 def parse_ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
@@ -413,12 +452,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     parser.add_argument("--plot", type=Path, default=None, help="redraw the plot of a JSON")
+    parser.add_argument("--table", type=Path, default=None, help="print the README table of a JSON")
     parser.add_argument("--memory-child", choices=("anycnn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--memory-rows", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.memory_child:
         memory_child(args.memory_child, json.loads(args.memory_rows), args.threads, args.seed)
+        return 0
+    if args.table is not None:
+        report = json.loads(args.table.read_text())
+        print(table(report))
+        print(summary(report["rows"]))
         return 0
     if args.plot is not None:
         report = json.loads(args.plot.read_text())

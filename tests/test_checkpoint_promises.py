@@ -164,6 +164,8 @@ def test_the_slack_is_a_mebi_element_per_layer():
         (0, "maps", -1, "maps"),
         (0, "kernel_size", 0, "kernel"),
         (0, "kernel_size", [3, 0], "kernel"),
+        # a negative size inside the list: not a size (its bound would be a huge map)
+        (0, "kernel_size", [3, -(10**9)], "kernel"),
         (1, "n", 0, "n must be a positive int"),
         (1, "n", -2, "n must be a positive int"),
         (3, "units", 0, "units"),
@@ -561,6 +563,15 @@ def test_atomic_write_removes_only_its_targets_leftovers(tmp_path):
         "keep.tmp",
         "notes.txt",
     ]
+
+
+def test_a_leftover_that_cannot_be_removed_is_left_and_the_file_written(tmp_path):
+    """The clean-up of leftovers is best effort: a leftover it cannot unlink (here a folder of
+    that name) stays, and the write still succeeds."""
+    (tmp_path / ".notes.txt.abc.tmp").mkdir()
+    path = ckpt.atomic_write(tmp_path / "notes.txt", lambda stream: stream.write(b"new"))
+    assert path.read_bytes() == b"new"
+    assert (tmp_path / ".notes.txt.abc.tmp").is_dir()
 
 
 def test_a_folder_that_cannot_be_synced_still_gets_the_file(tmp_path, monkeypatch):

@@ -248,12 +248,13 @@ def test_the_choice_is_a_function_of_the_shape(monkeypatch):
 
 def test_the_model_takes_the_fft_for_large_kernels_on_large_maps():
     """Where the measurements found the FFT fastest (bench/paths.py: 11 x 11 kernels, 16 -> 32
-    maps on 64 x 64, every op; the kernel gradient of 3 -> 64 maps on 256 x 256), the fitted
-    model takes it, and only among the paths that can run the arrays; where the blocked kernels
-    were fastest (the forward pass of 3 -> 16 maps, 11 x 11, 128 x 128), those."""
+    maps on 64 x 64, every op), the fitted model takes it, and only among the paths that can run
+    the arrays; where the blocked kernels were fastest (the forward pass of 3 -> 16 maps, 11 x
+    11, 128 x 128; the kernel gradient of 3 -> 64 maps on 256 x 256, the FFT's before Note [Maps
+    in lanes] in _wgrad), those."""
     for op in _plan.OPS:
         assert _plan.choose(op, 8, 16, 32, 64, 64, 11, 11) == "fft", op
-    assert _plan.choose("grad", 64, 3, 64, 256, 256, 11, 11) == "fft"
+    assert _plan.choose("grad", 64, 3, 64, 256, 256, 11, 11) == "blocked"
     assert _plan.choose("valid", 8, 3, 16, 128, 128, 11, 11) == "blocked"
     assert _plan.choose("valid", 64, 3, 64, 256, 256, 11, 11, available=("direct",)) == "direct"
 
@@ -277,16 +278,18 @@ def _smooth(m):
 def test_blocked_path_fuses_f_and_gives_the_same_bits_on_any_thread_count(monkeypatch, batch, rng):
     """Note [Blocked 2-D path]: the register-blocked kernels on 2-D maps, forced, with tanh
     compiled into the forward pass and f' and an up-sampling with a remainder in the fused
-    backward, match the chain of reference ops; their batch slices (batch 64) and their halves of
-    8-map blocks (one large example) give the same bits on one thread as on two."""
-    from anycnn_numpy import _blocked, _threads
+    backward, match the chain of reference ops; their batch slices (batch 64) and, for one large example,
+    the forward pass's halves of 8-map blocks and the kernel gradient's halves of tap groups
+    (Note [Maps in lanes] in _wgrad) give the same bits on one thread as on two."""
+    from anycnn_numpy import _blocked, _threads, _wgrad
 
     from anycnn.layers.activations import get_activation
 
     if _jit.correlate_into is None:
         pytest.skip("Numba is not installed here: no blocked kernels")
     tanh = get_activation("tanh")
-    size, o = (20, 10) if batch > 1 else (72, 20)  # 10 maps: a block with 6 maps of padding
+    # 10 maps: a forward block with 6 maps of padding, 16 lanes with 6; 20: 32 lanes with 12
+    size, o = (20, 10) if batch > 1 else (100, 20)
     x = rng.standard_normal((batch, 3, size, size)).astype("float32")
     k = (rng.standard_normal((o, 3, 5, 5)) / 20).astype("float32")
     b = rng.standard_normal(o).astype("float32")
@@ -294,6 +297,8 @@ def test_blocked_path_fuses_f_and_gives_the_same_bits_on_any_thread_count(monkey
     dy = rng.standard_normal((batch, o, oh // 2 + 1, oh // 2 + 1)).astype("float32")
     if batch == 1:
         assert _blocked._block_halves(1, 3, 8 * 3 * 3 * 25 * oh * size) is not None
+        triples = 3 * 5 * 2  # (input map, kernel row, 4 columns), 3 a pass with 32 maps
+        assert 32 * triples * 4 * oh * oh >= _wgrad.SPLIT_MACS
 
     def run():
         with _plan.forced("blocked"):
@@ -327,3 +332,47 @@ def test_a_path_leaves_the_direct_kernels_only_beyond_both_fits_errors():
     # among the others, the fastest with its margin
     both = {"direct": 1.0, "fft": 0.5, "blocked": 0.52}
     assert _plan.decide("valid", both, errors) == "blocked"
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_direct_chunks_are_at_most_the_longest_slice_and_give_the_same_bits(
+    monkeypatch, batch, rng
+):
+    """``_conv._chunk``: the direct kernels' scratch is sized for at most the longest batch
+    slice they get (one example for a batch of 1, halves of its maps included), and the three
+    convolutions give bit for bit what the unclamped chunk (``_jit.direct_chunk``) gives."""
+    if _jit.correlate_into is None:
+        pytest.skip("Numba is not installed here: no direct kernels")
+    from anycnn_numpy import _threads
+
+    from anycnn.layers.activations import get_activation
+
+    tanh = get_activation("tanh")
+    n, c, o, size, k = batch, 6, 32, 28, 5  # batch 1: halves of the maps (2.8 M multiply-adds)
+    oh = size - k + 1
+    macs = o * c * k * k * oh * oh
+    bounds = _threads.direct_bounds(n, macs)
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    unclamped = _jit.direct_chunk(oh, size, 4)
+    f32 = np.dtype("float32")
+    assert _conv._chunk(oh, size, f32, n, macs) == min(unclamped, longest)
+    if batch == 1:
+        assert _conv._map_halves(n, o, macs) is not None
+        assert _conv._chunk(oh, size, f32, n, macs) == 1 < unclamped
+    x = rng.standard_normal((n, c, size, size)).astype(f32)
+    kernel = (rng.standard_normal((o, c, k, k)) / 10).astype(f32)
+    bias = rng.standard_normal(o).astype(f32)
+    d = rng.standard_normal((n, o, oh, oh)).astype(f32)
+
+    def run():
+        with _plan.forced("direct"):
+            y = _conv.conv_valid_activate(x, kernel, bias, tanh)
+            grads = _conv.conv_backward(x, d, y, tanh, None, 1, True)
+            return [y, *grads, _conv.conv_full(d, kernel)]
+
+    got = run()
+    monkeypatch.setattr(
+        _conv, "_chunk", lambda rows, width, dtype, n, macs: _jit.direct_chunk(rows, width, 4)
+    )
+    for a, b in zip(got, run(), strict=True):
+        np.testing.assert_array_equal(a, b)

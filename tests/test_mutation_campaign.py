@@ -141,3 +141,17 @@ def test_the_stratified_sample_takes_each_files_share_the_same_every_time(campai
     assert len(campaign.stratified_sample(names[:3], 0.1)) == 1  # every file has a part
     assert campaign.stratified_sample(names[:30], 0.1) <= set(names[:30])
     assert campaign.stratified_sample(names, 1.0) == set(names)
+
+
+def test_the_gate_is_the_overall_score_and_files_clearly_below_it(campaign):
+    """Note [The gate]: a file fails only when its whole 95% interval lies under 0.97: one
+    or two survivors in a small file do not fail the run, a file with many does."""
+    assert not campaign.clearly_below(21, 22, 0.97)  # one survivor of 22: 0.955
+    assert not campaign.clearly_below(28, 30, 0.97)  # two of 30: 0.933
+    assert not campaign.clearly_below(98, 102, 0.97)  # network's 0.961 of 2026-12-08
+    assert campaign.clearly_below(29, 34, 0.97)  # _dense's 0.853 of 2026-12-08 (5 of 34)
+    assert campaign.clearly_below(9, 35, 0.97)  # _nd's 0.257 of 2026-12-07
+    assert campaign.clearly_below(400, 430, 0.97)  # 0.930 over a file of 430
+    assert not campaign.clearly_below(0, 0, 0.97)  # nothing tested: nothing to fail
+    low, high = campaign.wilson(0.9739, 1113)  # the run of 2026-12-08: 0.9628-0.9818
+    assert (round(low, 4), round(high, 4)) == (0.9628, 0.9818)

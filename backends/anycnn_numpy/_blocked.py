@@ -13,7 +13,7 @@ kernels of ``_volume`` (Note [Direct volumes]) keep 48 positions x 8 output maps
 deep: ``(N, C, H, W)`` as ``(N, C, 1, H, W)``, a view. On that shape their forward convolution
 took 5.3 ms where the direct kernels took 12.6 (2.2-2.8x faster on 3 -> 16 and 3 -> 64 maps,
 7 x 7 and 11 x 11 kernels, 28 to 256 px, batches 1 and 8; bench/results/numpy-notes.md,
-"Blocked 2-D path"); their kernel gradient is about as fast as the direct one, faster on some
+"Blocked 2-D path"); their kernel gradient was about as fast as the direct one, faster on some
 shapes, slower on others. Which shapes take them is the cost model's call, op by op, like any
 other path (``_costs``, fitted by bench/paths.py).
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from anycnn_numpy import _jit, _threads
-from anycnn_numpy._threads import run_direct, sum_in_order
+from anycnn_numpy._threads import run_direct
 
 
 def available(dtype) -> bool:
@@ -104,61 +104,11 @@ def _activate(out: np.ndarray, compiled: tuple) -> None:
 
 def backward(x, dy, y, sens, selection=None, up=1, need_delta=True):
     """The fused ``conv_backward`` on already padded maps ``x``: ``(kernel_grad, bias_grad,
-    delta or None)`` with ``delta = f'(u) o up(dy)`` (``sens``: ``_volume.sensitivity_code``)."""
-    from anycnn_numpy import _volume
+    delta or None)`` with ``delta = f'(u) o up(dy)`` (``sens``: ``_volume.sensitivity_code``),
+    on the maps-in-lanes kernels of ``_wgrad`` (Note [Maps in lanes] there)."""
+    from anycnn_numpy import _wgrad
 
-    n, c, h, w = x.shape
-    _, o, oh, ow = y.shape
-    dh, dw = dy.shape[2:]
-    kh, kw = h - oh + 1, w - ow + 1
-    lanes, maps, taps = _volume.LANES, _volume.MAPS, _volume.GRAD_TAPS
-    xb = _volume._flat_examples(x.reshape(n, c, 1, h, w), (0, 0, 0), kw)
-    blocks = -(-o // maps)
-    offsets_list = [b * w + e for b in range(kh) for e in range(kw)]
-    groups = -(-len(offsets_list) // taps)
-    offsets = np.zeros(groups * taps, np.int64)
-    offsets[: len(offsets_list)] = offsets_list
-    span = _volume._span(oh, w)
-    geometry = (c, 1, h, w)
-    delta = np.empty((n, o, 1, oh, ow) if need_delta else (0, 0, 0, 0, 0), np.float32)
-    dy5 = np.ascontiguousarray(dy).reshape(n, o, 1, dh, dw)
-    y5 = np.ascontiguousarray(y).reshape(n, o, 1, oh, ow)
-    parts: dict = {}
-    sums: dict = {}
-
-    def work(index, start, stop):
-        part = np.zeros(blocks * c * groups * taps * maps * lanes, np.float32)
-        bias = np.zeros(o, np.float64)
-        _volume.correlate_grads(
-            xb, geometry, dy5, y5, up, sens, offsets, blocks, span, start, stop, part, bias, delta
-        )
-        parts[index], sums[index] = part, bias
-
-    macs = blocks * maps * c * kh * kw * span
-    if (halves := _block_halves(n, blocks, macs)) is not None:
-
-        def work_blocks(index, b0, b1):
-            j0, j1 = b0 * maps, min(b1 * maps, o)
-            part = np.zeros((b1 - b0) * c * groups * taps * maps * lanes, np.float32)
-            bias = np.zeros(j1 - j0, np.float64)
-            _volume.correlate_grads(
-                xb, geometry, dy5[:, j0:j1], y5[:, j0:j1], up, sens, offsets, b1 - b0, span,
-                0, 1, part, bias, delta[:, j0:j1] if need_delta else delta,
-            )  # fmt: skip
-            parts[index], sums[index] = part, bias
-
-        _threads._pool.run(work_blocks, halves)
-        parts = {0: np.concatenate([parts[0], parts[1]])}
-        sums = {0: np.concatenate([sums[0], sums[1]])}
-    else:
-        run_direct(work, n, macs)
-    lanes_summed = sum_in_order(parts).reshape(blocks, c, groups * taps, maps, lanes).sum(axis=4)
-    corr = lanes_summed[:, :, : kh * kw].transpose(0, 3, 1, 2).reshape(blocks * maps, c, kh, kw)
-    grad = np.ascontiguousarray(corr[:o, :, ::-1, ::-1])  # correlation -> conv2 orientation
-    if selection is not None:
-        grad *= np.asarray(selection, dtype=bool)[:, :, None, None]
-    bias_grad = sum_in_order(sums).astype(np.float32)
-    return grad, bias_grad, delta.reshape(n, o, oh, ow) if need_delta else None
+    return _wgrad.backward(x, dy, y, sens, selection, up, need_delta)
 
 
 def _block_halves(n: int, blocks: int, macs: int) -> list | None:  # pragma: no mutate block

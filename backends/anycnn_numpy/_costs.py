@@ -3,8 +3,9 @@
 
 Fitted from bench/results/paths-numpy-intel-xeon-2c.json: Intel(R) Xeon(R) Processor, 2 threads,
 2026-12-08T01:17:39+00:00, load average 7.41 at the start.
-The model chose the measured fastest path for 605 of 795 op timings;
-its choice took 1.073x the fastest time (geometric mean), at worst 5.89x, over 1.5x for 40.
+grad-blocked measured again 2026-12-08T03:43:46+00:00, 2 threads, load 3.38.
+The model chose the measured fastest path for 599 of 795 op timings;
+its choice took 1.087x the fastest time (geometric mean), at worst 5.89x, over 1.5x for 51.
 """
 
 #: ``"op-path"``: weights of ``_plan.features`` (seconds per count).
@@ -16,7 +17,7 @@ COEFFICIENTS = {
     "grad-direct": (1.063e-11, 4.915e-11, 5.852e-10, 3.249e-05),
     "grad-im2col": (3.676e-10, 2.228e-11, 1.15e-09, 4.816e-05),
     "grad-fft": (1.143e-10, 5.132e-10, 1.442e-09, 0.0001339),
-    "grad-blocked": (1.152e-11, 9.185e-08, 1.084e-09, 7.088e-05),
+    "grad-blocked": (8.867e-12, 2.741e-08, 8.473e-10, 4.171e-05),
     "full-direct": (3.102e-12, 9.516e-11, 4.634e-10, 1.933e-05),
     "full-im2col": (3.714e-10, 1.011e-11, 1.342e-09, 3.266e-05),
     "full-fft": (1.81e-10, 5.368e-10, 8.719e-10, 9.51e-05),
@@ -31,7 +32,7 @@ ERRORS = {
     "grad-direct": 0.236,
     "grad-im2col": 0.253,
     "grad-fft": 0.194,
-    "grad-blocked": 0.215,
+    "grad-blocked": 0.198,
     "full-direct": 0.246,
     "full-im2col": 0.249,
     "full-fft": 0.157,

@@ -115,8 +115,18 @@ def features(op: str, path: str, n, c, o, h, w, kh, kw, ph=0, pw=0) -> tuple[flo
         if op == "valid":
             grid = n * blocks * 8 * c * taps * span
             return (grid, n * blocks * c * kh * kw, n * (c * hp * wp + o * oh * ow), 1.0)
-        grid = n * blocks * 8 * c * (-(-taps // 3) * 3) * span
-        return (grid, n * blocks * c * (-(-taps // 3)), n * (c * hp * wp + 2 * o * span), 1.0)
+        # eq. (7): Note [Maps in lanes] in _wgrad: 16 maps x 6 or 32 maps x 3 (input map,
+        # kernel row, 4 columns) triples a pass, over the output's positions
+        stride, per_pass = (16, 6) if o <= 16 else (32, 3)
+        maps = -(-o // stride) * stride
+        rows = -(-(c * kh * -(-kw // 4)) // per_pass) * per_pass
+        positions = oh * ow
+        return (
+            n * maps * rows * 4 * positions,  # multiply-adds (padded taps and maps)
+            n * (maps // stride) * (rows // per_pass) * oh,  # rows of passes
+            n * maps * positions,  # deltas formed and transposed
+            1.0,
+        )
     if path == "im2col":
         if op == "full":
             rows = oh * wp
