@@ -63,12 +63,14 @@ from anycnn_numpy._vectors import (
     LANES,
     cache_depends_on_vectors,
     float32x16,
+    vadd,
     vfma,
     vload,
     vmul,
     vsplat,
     vstore,
     vsum,
+    vtranspose16,
     vzeros,
 )
 from anycnn_numpy._vectors import VECTOR as _VECTOR
@@ -496,6 +498,264 @@ def _activate_run_of_dtype(v, kind, p0, p1):
     return lambda v, kind, p0, p1: _activate_run(v, kind, p0, p1)
 
 
+# Note [Examples on the lanes]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# The interleaved rows of Note [Direct convolutions] put an example's row beside the next
+# example's, so a 16-lane vector of the grid holds neighbouring columns: every grid column
+# x >= ow is computed and thrown away (1.5x the work on DLT's C3, 12 -> 8 columns), four of the
+# five tap loads of a pass straddle two cache lines, and the sums go through memory, a load and
+# a store of the grid per five taps. A float32 chunk of 16 examples is laid out the other way
+# round instead, ``t[i, r, s, e]`` (map, row, column, example: the example is the vector's lane),
+# so a vector holds one pixel of 16 examples: a tap is one aligned load whatever its offset, no
+# column is computed that is not kept, and a block of 4 output columns x 2 output maps keeps its
+# eight sums in registers through every input map and tap (per tap: 4 loads and 2 broadcast
+# weights feed 8 multiply-adds), leaving them once, at the end. The price is a transposition on
+# the way in (each input number stored once into its lane) and on the way out (each output
+# number read off its lane), which costs about what one tap does. Each example's sums are taken
+# in its own lane in one order (input map, kernel row, kernel column), whatever the other lanes
+# hold and whichever chunk it is in: the bits depend on the batch slicing only, as before (a
+# chunk of fewer than lanes_min() examples, the end of a slice, runs on the interleaved rows).
+# On the zoo models at batch 256 (/tmp A/B in one process, trees alternated, the fastest of
+# several runs on a loaded machine; bench/results/issue16-speed.md has the step figures) DLT's
+# C3 forward took 0.41 ms against 0.72 on the rows, its fused backward 0.64 against 0.97, its
+# 'full' convolution 0.55 against 0.73, C1 forward 0.70 against 0.81 and backward 0.81 against
+# 0.93. The 16 x 16 transpositions are what made the lanes pay: done a number at a time, each
+# store to another cache line, they cost more than the sums saved (vtranspose16 in _vectors:
+# 16 loads, 64 shuffles, 16 stores for 256 numbers). The kernel gradient sums 2 maps x 5 taps in
+# ten registers over the output pixels, one load of delta per map and of x per tap, each lane
+# over its own examples and chunks, the lanes added as a tree at the end; delta itself and its
+# bias sums are formed example by example exactly as on the rows (their bits), then moved onto
+# the lanes. :func:`on_lanes` says which convolutions take the lanes.
+# Rows of a padding (the 'full' convolution's kh - 1) are not stored and their taps skipped;
+# the columns of a padding are stored as zeros.
+
+#: The fewest examples of a chunk on the lanes (Note [Examples on the lanes]); fewer run on the
+#: interleaved rows, where a chunk of one example wastes nothing (on the lanes a chunk of 12
+#: computes 16, what the rows' 1.33 throws away on maps that take the lanes).
+LANES_MIN = 12
+
+
+@numba.njit(nogil=True, cache=True)
+def lanes_min(w, pad_w, ow):  # pragma: no cover - compiled
+    """The fewest examples of a chunk on the lanes for maps of ``w`` columns (``ow`` kept): 9,
+    more than half the lanes, where the interleaved rows throw away a quarter of their grid
+    columns or more (``(w + pad_w) / ow >= 1.25``: DLT's C3, 12 for 8; LeNet-5's C3, 14 for 10),
+    where a chunk of 9 on the lanes (a slice of 25 at batch 50: 16 + 9) beat the rows (DLT's C3
+    at batch 50: backward 0.215 -> 0.174 ms, forward 0.168 -> 0.134) and one of 8 did not
+    (LeNet-5's C3 forward at batch 16, two slices of 8: 0.196 ms on the rows, 0.217 on the
+    lanes); else LANES_MIN (DLT's C1 forward at batch 50 took 0.21 ms with its 9 on the lanes
+    against 0.17 on the rows)."""
+    return 9 if 4 * (w + pad_w) >= 5 * ow else LANES_MIN
+
+
+#: The most bytes of 16 examples' input and output maps on the lanes: an L2 (the lanes' buffers
+#: are that big; larger ones were not measured).
+LANES_BYTES = 1 << 20
+
+
+@numba.njit(nogil=True, cache=True)
+def on_lanes(c, h, w, pad_w, o, oh, ow, kh, kw):  # pragma: no cover - compiled
+    """Whether a convolution's float32 chunks take the lanes (Note [Examples on the lanes]):
+    kernels of up to 5 x 5 whose 16 examples' input maps (C, H, W + 2 pad_w) and output maps
+    (O, oh, ow) take LANES_BYTES or less: the zoo models' layers (DLT's C1 and C3, LeNet-5's C1
+    and C3, forward, 'full' and kernel gradient) and the like, where the lanes were measured
+    faster. Larger kernels and maps keep the interleaved rows, whose timings the cost model
+    (``_costs``) was fitted on."""
+    size = c * h * (w + 2 * pad_w) + o * oh * ow
+    return kh <= 5 and kw <= 5 and LANES * size * 4 <= LANES_BYTES
+
+
+@numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+def _lanes_in(x, n0, m, t, pad_w):  # pragma: no cover - compiled
+    """Examples ``n0 : n0 + m`` of ``x`` (N, C, H, W) onto the lanes: ``t[((i H + r) wp + pad_w
+    + s) LANES + e] = x[n0 + e, i, r, s]``, ``wp = W + 2 pad_w`` (Note [Examples on the lanes]).
+    Row by row, the examples innermost: the 16 lanes of a pixel, one cache line, are filled
+    together, and a chunk larger than L1 is not written line by line again for every example."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    lane_row = (w + 2 * pad_w) * LANES
+    for i in range(c):
+        for r in range(h):
+            base = (i * h + r) * lane_row + pad_w * LANES
+            for e in range(m):
+                row, target = x[n0 + e, i, r], t[base + e :]
+                for s in range(w):
+                    target[s * LANES] = row[s]
+
+
+@numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+def _fill_lanes(source, at, stride, count, t):  # pragma: no cover - compiled
+    """``t[p LANES + e] = source[at + e stride + p]`` for p < count, e < 16: 16 runs of
+    ``count`` numbers (16 examples' maps, unpadded) onto the lanes, 16 x 16 blocks transposed
+    in registers (:func:`vtranspose16`), the last ``count % 16`` numbers one by one."""
+    end = count - count % LANES
+    for p in range(0, end, LANES):
+        vtranspose16(source, at + p, stride, t, p * LANES, LANES)
+    for p in range(end, count):
+        for e in range(LANES):
+            t[p * LANES + e] = source[at + e * stride + p]
+
+
+@numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+def _drain_lanes(g, count, m, target, at, stride):  # pragma: no cover - compiled
+    """``target[at + e stride + p] = g[p LANES + e]`` for p < count, e < m: lanes back to runs
+    (the inverse of :func:`_fill_lanes`), by 16 x 16 blocks when all 16 lanes are examples."""
+    end = count - count % LANES if m == LANES else 0
+    for p in range(0, end, LANES):
+        vtranspose16(g, p * LANES, LANES, target, at + p, stride)
+    for e in range(m):
+        lane, run = g[e:], target[at + e * stride :]
+        for p in range(end, count):
+            run[p] = lane[p * LANES]
+
+
+@numba.njit(inline="always", fastmath=_ACTIVATION_MATH)
+def _activated(v, kind, p0, a, b):  # pragma: no cover - compiled
+    """f of a vector of sums as :func:`_activate_run32` computes it (the same operations): the
+    logistic of gain ``p0``, ``a tanh(b v)`` (``a``, ``b`` splats of its p0, p1) or ``v``."""
+    if kind == LOGISTIC:
+        return vlogistic(v, p0)
+    if kind == TANH:
+        return vmul(vtanh(vmul(v, b)), a)
+    return v
+
+
+@numba.njit(inline="always", fastmath=_ACTIVATION_MATH)
+def _put(g, at, sums, bias, kind, p0, a, b):  # pragma: no cover - compiled
+    """``g[at : at + 16] = f(sums + bias)``: the bias last, as a separate ``u += b`` would add
+    it, then f (:func:`_activated`)."""
+    vstore(g, at, _activated(vadd(sums, bias), kind, p0, a, b))
+
+
+@numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop):
+    """:func:`correlate_into` for float32 on chunks of 16 examples, one per lane (Note [Examples
+    on the lanes]), from ``start`` while at least :func:`lanes_min` examples are left; returns
+    the first example it did not compute."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    o, kh, kw = wts.shape[0], wts.shape[2], wts.shape[3]
+    oh, ow = out.shape[2], out.shape[3]
+    fewest = lanes_min(w, pad_w, ow)
+    if stop - start < fewest or not on_lanes(c, h, w, pad_w, o, oh, ow, kh, kw):
+        return start
+    wp = w + 2 * pad_w
+    lane_row = wp * LANES  # one stored row of a map: wp pixels of 16 examples
+    t = np.zeros(c * h * lane_row, np.float32)  # the padding's columns stay zero
+    size = o * oh * ow  # one example's output
+    g = np.empty(size * LANES, np.float32)  # the chunk's output on the lanes
+    source, flat = x.reshape(x.size), out.reshape(out.size)
+    packed = np.empty(c * h * w * LANES if pad_w else 0, np.float32)
+    fa, fb = vsplat(p0), vsplat(p1)  # (for the tanh)
+    n0 = start
+    while stop - n0 >= fewest:
+        m = min(LANES, stop - n0)
+        if m == LANES and pad_w == 0:
+            _fill_lanes(source, n0 * c * h * w, c * h * w, c * h * w, t)
+        elif m == LANES:  # onto unpadded lanes, then row by row between the zero columns
+            _fill_lanes(source, n0 * c * h * w, c * h * w, c * h * w, packed)
+            for r in range(c * h):
+                row, target = packed[r * w * LANES :], t[r * lane_row + pad_w * LANES :]
+                for s in range(w * LANES):
+                    target[s] = row[s]
+        else:  # (the lanes past m keep the last chunk's numbers: their sums are not read)
+            _lanes_in(x, n0, m, t, pad_w)
+        for y in range(oh):
+            a0, a1 = max(0, pad_h - y), min(kh, h + pad_h - y)  # taps on stored rows only
+            for j in range(0, o, 2):
+                j1 = min(j + 1, o - 1)
+                bias0, bias1 = vsplat(bias[j]), vsplat(bias[j1])
+                x0 = 0
+                while x0 < ow:
+                    at0, at1 = ((j * oh + y) * ow + x0) * LANES, ((j1 * oh + y) * ow + x0) * LANES
+                    if ow - x0 >= 4:
+                        s0 = s1 = s2 = s3 = vzeros()
+                        u0 = u1 = u2 = u3 = vzeros()
+                        for i in range(c):
+                            if not (active[j, i] or active[j1, i]):
+                                continue
+                            for a in range(a0, a1):
+                                q = (i * h + y + a - pad_h) * lane_row + x0 * LANES
+                                wa, wb = wts[j, i, a], wts[j1, i, a]
+                                for b in range(kw):
+                                    p, r = vsplat(wa[b]), vsplat(wb[b])
+                                    e0, e1 = vload(t, q), vload(t, q + LANES)
+                                    e2, e3 = vload(t, q + 2 * LANES), vload(t, q + 3 * LANES)
+                                    s0 = vfma(p, e0, s0)
+                                    s1 = vfma(p, e1, s1)
+                                    s2 = vfma(p, e2, s2)
+                                    s3 = vfma(p, e3, s3)
+                                    u0 = vfma(r, e0, u0)
+                                    u1 = vfma(r, e1, u1)
+                                    u2 = vfma(r, e2, u2)
+                                    u3 = vfma(r, e3, u3)
+                                    q += LANES
+                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
+                        _put(g, at0 + LANES, s1, bias0, kind, p0, fa, fb)
+                        _put(g, at0 + 2 * LANES, s2, bias0, kind, p0, fa, fb)
+                        _put(g, at0 + 3 * LANES, s3, bias0, kind, p0, fa, fb)
+                        if j1 != j:
+                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
+                            _put(g, at1 + LANES, u1, bias1, kind, p0, fa, fb)
+                            _put(g, at1 + 2 * LANES, u2, bias1, kind, p0, fa, fb)
+                            _put(g, at1 + 3 * LANES, u3, bias1, kind, p0, fa, fb)
+                        x0 += 4
+                    elif ow - x0 >= 2:
+                        s0 = s1 = u0 = u1 = vzeros()
+                        for i in range(c):
+                            if not (active[j, i] or active[j1, i]):
+                                continue
+                            for a in range(a0, a1):
+                                q = (i * h + y + a - pad_h) * lane_row + x0 * LANES
+                                wa, wb = wts[j, i, a], wts[j1, i, a]
+                                for b in range(kw):
+                                    p, r = vsplat(wa[b]), vsplat(wb[b])
+                                    e0, e1 = vload(t, q), vload(t, q + LANES)
+                                    s0 = vfma(p, e0, s0)
+                                    s1 = vfma(p, e1, s1)
+                                    u0 = vfma(r, e0, u0)
+                                    u1 = vfma(r, e1, u1)
+                                    q += LANES
+                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
+                        _put(g, at0 + LANES, s1, bias0, kind, p0, fa, fb)
+                        if j1 != j:
+                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
+                            _put(g, at1 + LANES, u1, bias1, kind, p0, fa, fb)
+                        x0 += 2
+                    else:
+                        s0 = u0 = vzeros()
+                        for i in range(c):
+                            if not (active[j, i] or active[j1, i]):
+                                continue
+                            for a in range(a0, a1):
+                                q = (i * h + y + a - pad_h) * lane_row + x0 * LANES
+                                wa, wb = wts[j, i, a], wts[j1, i, a]
+                                for b in range(kw):
+                                    e0 = vload(t, q)
+                                    s0 = vfma(vsplat(wa[b]), e0, s0)
+                                    u0 = vfma(vsplat(wb[b]), e0, u0)
+                                    q += LANES
+                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
+                        if j1 != j:
+                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
+                        x0 += 1
+        _drain_lanes(g, size, m, flat, n0 * size, size)
+        n0 += m
+    return n0
+
+
+def _lanes_of(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop):
+    """:func:`_lanes_into` for float32; for float64 ``start`` (nothing done: the interleaved
+    rows keep float64's bits). Chosen by the dtype when the caller is compiled."""
+
+
+@overload(_lanes_of, jit_options={"nogil": True})
+def _lanes_of_dtype(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop):
+    if x.dtype == types.float32:
+        return lambda x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop: (
+            _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop)
+        )
+    return lambda x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop: start
+
+
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def correlate_into(
     x, pad_h, pad_w, wts, bias, active, act, out, start, stop, chunk
@@ -510,6 +770,10 @@ def correlate_into(
     o = wts.shape[0]
     oh, ow = out.shape[2], out.shape[3]
     kind, p0, p1 = act
+    # Note [Examples on the lanes]: float32 chunks of lanes_min() or more examples
+    start = _lanes_of(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, stop)
+    if start >= stop:
+        return out
     stride = w + pad_w  # of one example along an interleaved row
     # kw more: the last taps of the last map read up to kw - 1 numbers past its rows for grid
     # columns that are thrown away; they must stay inside the buffer.
@@ -831,6 +1095,149 @@ def _sensitivity_map(dy, up, y, maps, kind, p0, p1, scaled, target):  # pragma: 
             target[s] = _tanh_slope(v[s], p0, p1) * target[s]
 
 
+@numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+def _grad_lanes(x, dy, y, sens, up, active, start, stop, delta_out, out, bias):
+    """:func:`correlate_grad` for float32 on chunks of 16 examples, one per lane (Note [Examples
+    on the lanes]), from ``start`` while at least :func:`lanes_min` examples are left: adds the
+    kernel gradient into ``out`` and the bias sums into ``bias`` and returns the first example
+    it did not take. delta is formed and its bias sums taken example by example as on the
+    interleaved rows (the same bits); the kernel sums run per lane over the chunks (10 of them
+    in registers: 2 maps x 5 taps, one aligned load of delta per map and of x per tap), the
+    lanes added as a tree at the end."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    o, dh, dw = y.shape[1], y.shape[2], y.shape[3]
+    kh, kw = out.shape[2], out.shape[3]
+    fewest = lanes_min(w, 0, dw)
+    if stop - start < fewest or not on_lanes(c, h, w, 0, o, dh, dw, kh, kw):
+        return start
+    keep = delta_out.shape[0] > 0
+    size = dh * dw
+    lane_row = w * LANES
+    t = np.zeros(c * h * lane_row, np.float32)
+    d = np.zeros(o * size * LANES, np.float32)
+    sums = np.zeros(o * c * kh * kw * LANES, np.float32)  # per lane, over the chunks
+    runs = np.zeros(LANES * o * size, np.float32)  # 16 examples' delta, one run each
+    kind, p0, p1, scaled = sens
+    zero = np.float32(0)
+    chw = c * h * w
+    source = x.reshape(x.size)
+    n0 = start
+    while stop - n0 >= fewest:
+        m = min(LANES, stop - n0)
+        if m == LANES:
+            _fill_lanes(source, n0 * chw, chw, chw, t)
+        else:  # x's unused lanes: zeros, so that they add nothing (whatever delta's hold)
+            t[:] = 0
+            _lanes_in(x, n0, m, t, 0)
+        for e in range(m):  # delta and its bias sums as on the interleaved rows (their bits)
+            delta = runs[e * o * size : (e + 1) * o * size]
+            _sensitivity_map(
+                dy[n0 + e].reshape(o * dy.shape[2], dy.shape[3]),
+                up,
+                y[n0 + e].reshape(o * dh, dw),
+                o,
+                kind,
+                p0,
+                p1,
+                scaled,
+                delta,
+            )
+            if keep:
+                target = delta_out[n0 + e].ravel()
+                for s in range(o * size):
+                    target[s] = delta[s]
+            for j in range(o):
+                part = delta[j * size : (j + 1) * size]
+                total = zero
+                for s in range(size):
+                    total += part[s]
+                bias[j] += total
+        _fill_lanes(runs, 0, o * size, o * size, d)
+        for j in range(0, o, 2):
+            j1 = min(j + 1, o - 1)
+            for i in range(c):
+                on0, on1 = active[j, i], active[j1, i]
+                if not (on0 or on1):
+                    continue
+                for a in range(kh):
+                    b = 0
+                    while b < kw:
+                        width = 5 if kw - b >= 5 else 1
+                        a0 = a1 = a2 = a3 = a4 = vzeros()
+                        c0 = c1 = c2 = c3 = c4 = vzeros()
+                        for yy in range(dh):
+                            q = (i * h + yy + a) * lane_row + b * LANES
+                            f = (j * size + yy * dw) * LANES
+                            g = (j1 * size + yy * dw) * LANES
+                            if width == 5:
+                                for _ in range(dw):
+                                    e0, e1 = vload(t, q), vload(t, q + LANES)
+                                    e2, e3 = vload(t, q + 2 * LANES), vload(t, q + 3 * LANES)
+                                    e4 = vload(t, q + 4 * LANES)
+                                    u, v = vload(d, f), vload(d, g)
+                                    a0 = vfma(u, e0, a0)
+                                    a1 = vfma(u, e1, a1)
+                                    a2 = vfma(u, e2, a2)
+                                    a3 = vfma(u, e3, a3)
+                                    a4 = vfma(u, e4, a4)
+                                    c0 = vfma(v, e0, c0)
+                                    c1 = vfma(v, e1, c1)
+                                    c2 = vfma(v, e2, c2)
+                                    c3 = vfma(v, e3, c3)
+                                    c4 = vfma(v, e4, c4)
+                                    q += LANES
+                                    f += LANES
+                                    g += LANES
+                            else:
+                                for _ in range(dw):
+                                    e0 = vload(t, q)
+                                    a0 = vfma(vload(d, f), e0, a0)
+                                    c0 = vfma(vload(d, g), e0, c0)
+                                    q += LANES
+                                    f += LANES
+                                    g += LANES
+                        k = ((j * c + i) * kh + a) * kw + b
+                        if on0:
+                            vstore(sums, k * LANES, vadd(vload(sums, k * LANES), a0))
+                            if width == 5:
+                                at = (k + 1) * LANES
+                                vstore(sums, at, vadd(vload(sums, at), a1))
+                                vstore(sums, at + LANES, vadd(vload(sums, at + LANES), a2))
+                                at += 2 * LANES
+                                vstore(sums, at, vadd(vload(sums, at), a3))
+                                vstore(sums, at + LANES, vadd(vload(sums, at + LANES), a4))
+                        if on1 and j1 != j:
+                            k = ((j1 * c + i) * kh + a) * kw + b
+                            vstore(sums, k * LANES, vadd(vload(sums, k * LANES), c0))
+                            if width == 5:
+                                at = (k + 1) * LANES
+                                vstore(sums, at, vadd(vload(sums, at), c1))
+                                vstore(sums, at + LANES, vadd(vload(sums, at + LANES), c2))
+                                at += 2 * LANES
+                                vstore(sums, at, vadd(vload(sums, at), c3))
+                                vstore(sums, at + LANES, vadd(vload(sums, at + LANES), c4))
+                        b += width
+        n0 += m
+    flat = out.reshape(out.size)
+    for k in range(out.size):
+        flat[k] += vsum(vload(sums, k * LANES))
+    return n0
+
+
+def _grad_lanes_of(x, dy, y, sens, up, active, start, stop, delta_out, out, bias):
+    """:func:`_grad_lanes` for float32; for float64 ``start`` (nothing done: the interleaved
+    rows keep float64's bits). Chosen by the dtype when the caller is compiled."""
+
+
+@overload(_grad_lanes_of, jit_options={"nogil": True})
+def _grad_lanes_of_dtype(x, dy, y, sens, up, active, start, stop, delta_out, out, bias):
+    if x.dtype == types.float32:
+        return lambda x, dy, y, sens, up, active, start, stop, delta_out, out, bias: _grad_lanes(
+            x, dy, y, sens, up, active, start, stop, delta_out, out, bias
+        )
+    return lambda x, dy, y, sens, up, active, start, stop, delta_out, out, bias: start
+
+
 @numba.njit(nogil=True, fastmath=True, cache=True)
 def correlate_grad(
     x, dy, y, sens, up, active, start, stop, chunk, delta_out
@@ -855,6 +1262,8 @@ def correlate_grad(
     keep = delta_out.shape[0] > 0
     out = np.zeros((o, c, kh, kw), x.dtype)
     bias = np.zeros(o, np.float64)  # of per-map float32 sums
+    # Note [Examples on the lanes]: float32 chunks of lanes_min() or more examples
+    start = _grad_lanes_of(x, dy, y, sens, up, active, start, stop, delta_out, out, bias)
     zero = x.dtype.type(0)
     delta = np.empty(o * dh * dw, x.dtype)
     t = np.empty(c * h * chunk * w, x.dtype)

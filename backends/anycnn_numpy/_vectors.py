@@ -174,6 +174,75 @@ def vmul(typingctx, a, b):  # pragma: no cover - compiled
 
 
 @intrinsic
+def vadd(typingctx, a, b):  # pragma: no cover - compiled
+    """``a + b`` lane by lane."""
+    if not (a == b == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(*args)
+
+    return float32x16(a, b), codegen
+
+
+def _transpose_masks() -> list[tuple[int, list[int], list[int]]]:
+    """The shuffles of a 16 x 16 transposition (:func:`vtranspose16`): stage k swaps bit k of
+    the row index with bit k of the column index, pairing rows r and r + 2^k; the first of the
+    two masks makes the new row r, the second the new row r + 2^k (indices >= 16: the second
+    row)."""
+    stages = []
+    for k in range(4):
+        step = 1 << k
+        low = [c if not c & step else LANES + c - step for c in range(LANES)]
+        high = [c + step if not c & step else LANES + c for c in range(LANES)]
+        stages.append((step, low, high))
+    return stages
+
+
+@intrinsic
+def vtranspose16(typingctx, src, s0, sstride, dst, d0, dstride):  # pragma: no cover - compiled
+    """``dst[d0 + c dstride + r] = src[s0 + r sstride + c]`` for r, c < 16: a 16 x 16 block
+    transposed in registers (16 loads, 64 two-source shuffles, 16 stores; 1-d float32 arrays,
+    no bounds check). Note [Examples on the lanes] in _direct."""
+    if not (
+        _float32_array(src)
+        and _float32_array(dst)
+        and all(isinstance(v, types.Integer) for v in (s0, sstride, d0, dstride))
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        src_v, s0_v, ss_v, dst_v, d0_v, ds_v = args
+        src_t, s0_t, ss_t, dst_t, d0_t, ds_t = signature.args
+        i64 = ir.IntType(64)
+        s0_v = context.cast(builder, s0_v, s0_t, types.int64)
+        ss_v = context.cast(builder, ss_v, ss_t, types.int64)
+        d0_v = context.cast(builder, d0_v, d0_t, types.int64)
+        ds_v = context.cast(builder, ds_v, ds_t, types.int64)
+        rows = []
+        for r in range(LANES):
+            index = builder.add(s0_v, builder.mul(ss_v, ir.Constant(i64, r)))
+            rows.append(builder.load(_pointer(context, builder, src_t, src_v, index), align=4))
+        for step, low, high in _transpose_masks():
+            low_mask = ir.Constant(ir.VectorType(_INDEX, LANES), low)
+            high_mask = ir.Constant(ir.VectorType(_INDEX, LANES), high)
+            new = list(rows)
+            for r in range(LANES):
+                if r & step:
+                    continue
+                a, b = rows[r], rows[r + step]
+                new[r] = builder.shuffle_vector(a, b, low_mask)
+                new[r + step] = builder.shuffle_vector(a, b, high_mask)
+            rows = new
+        for c in range(LANES):
+            index = builder.add(d0_v, builder.mul(ds_v, ir.Constant(i64, c)))
+            builder.store(rows[c], _pointer(context, builder, dst_t, dst_v, index), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, s0, sstride, dst, d0, dstride), codegen
+
+
+@intrinsic
 def vbroadcast(typingctx, array, index):  # pragma: no cover - compiled
     """16 copies of ``array[index]`` (1-d float32; no bounds or negative-index check)."""
     if not (_float32_array(array) and isinstance(index, types.Integer)):
