@@ -91,3 +91,14 @@ def test_state_dict_is_a_snapshot_that_later_steps_leave_alone():
     opt.step()
     for key, value in before.items():
         np.testing.assert_array_equal(state[key], value, err_msg=key)
+
+
+def test_an_instance_whose_value_is_replaced_gets_its_own_value():
+    from anycnn.layers import SquaredError
+
+    loss = SquaredError()
+    y, t = np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]])
+    loss.value = lambda y, t: 42.0
+    value, gradient = loss.value_and_gradient(y, t)
+    assert value == 42.0
+    np.testing.assert_array_equal(gradient, SquaredError().gradient(y, t))
