@@ -109,6 +109,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _probability(text: str) -> float:
+    value = _rate(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -257,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="shift each training example by a random whole number of samples up to FRACTION "
         "of its length along its last axis, edge-filled, every pass (0: none; default: the "
         "model's, cnn1d_global 0.1, others 0)",
+    )
+    p.add_argument(
+        "--augment-reverse",
+        type=_probability,
+        default=None,
+        metavar="P",
+        help="read each training example backwards along its last axis with probability P "
+        "every pass, before its shift (a series tracing an outline becomes its mirror "
+        "image's; 0: never; default: the model's, cnn1d_global 0.5, others 0)",
     )
     p.add_argument("--mu", type=_rate, default=0.02, help="SDLM damping (LeCun: 0.02)")
     p.add_argument(
@@ -594,7 +610,10 @@ def _train(args: argparse.Namespace) -> int:
             f"seed {args.seed}"
         )
         if augment is not None:
-            _say(f"  every pass shifts each example by up to {augment.fraction:.0%} of its length")
+            _say(
+                f"  every pass shifts each example by up to {augment.fraction:.0%} of its length"
+                + (f", reversed with probability {augment.reverse:g}" if augment.reverse else "")
+            )
         if comm.size > 1:
             _say(
                 f"  world: {comm.size} processes x {_threads(backend)} thread(s) "
@@ -672,13 +691,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _augmentation(args: argparse.Namespace, defaults: dict[str, Any]) -> Any:
-    """The run's random shifts (``--augment-shift``, else the model's default), or None."""
+    """The run's random shifts and reversals (``--augment-shift``, ``--augment-reverse``, else
+    the model's defaults), or None."""
     from anycnn.data.augment import Shift
 
     fraction = args.augment_shift
     if fraction is None:
         fraction = defaults.get("augment_shift", 0.0)
-    return Shift(fraction) if fraction else None
+    reverse = args.augment_reverse
+    if reverse is None:
+        reverse = defaults.get("augment_reverse", 0.0)
+    return Shift(fraction, reverse) if fraction or reverse else None
 
 
 def _kept(args: argparse.Namespace, *, finished: bool) -> str:

@@ -18,7 +18,8 @@ in one run: the test error of
   ``anycnn.models.cnn1d_global`` (the same with ReLU units and a last subsampling over the whole
   signal; the UCR recipe of issue 18) trained with the settings of ``anycnn train --dataset
   <name> --model <model>`` (``anycnn.training.loop.TRAINING_DEFAULTS``: for cnn1d_global 8,000
-  updates and random shifts of up to 10 % of the length, ``anycnn.data.augment``) from several
+  updates, random shifts of up to 10 % of the length and reversals with probability 1/2,
+  ``anycnn.data.augment``) from several
   seeds: the mean, the standard deviation and each seed's test error after the last epoch (no
   early stopping, no model selection on the test set), and the error of the seeds' ensemble
   (each test series takes the class of the largest softmax score averaged over the seeds'
@@ -162,11 +163,13 @@ def train_cnn(
     epochs: int | None,
     model: str = "cnn1d",
     maps: tuple[int, ...] | None = None,
+    reverse: float | None = None,
 ) -> dict[str, Any]:
     """Train the zoo model with ``anycnn train``'s defaults on the dataset (its optimizer, rate,
-    batch, passes and random shifts); its final test error and its test outputs (``"scores"``,
-    the softmax of the network's outputs, for :func:`ensemble_error`). ``maps``: cnn1d_global's
-    three stages' maps, if not the recipe's."""
+    batch, passes, random shifts and reversals); its final test error and its test outputs
+    (``"scores"``, the softmax of the network's outputs, for :func:`ensemble_error`).
+    ``maps``: cnn1d_global's three stages' maps, if not the recipe's; ``reverse``: the
+    reversals' probability, if not the defaults' (0: shifts only, the recipe before them)."""
     from anycnn import models
     from anycnn.data.augment import Shift
     from anycnn.training import loop, optim
@@ -178,6 +181,8 @@ def train_cnn(
         defaults["optimizer"], net, lr=defaults["lr"], momentum=defaults["momentum"]
     )
     shift = defaults.get("augment_shift", 0.0)
+    if reverse is None:
+        reverse = defaults.get("augment_reverse", 0.0)
     start = time.perf_counter()
     result = loop.train(
         net,
@@ -188,7 +193,7 @@ def train_cnn(
         batch_size=defaults["batch_size"],
         seed=seed,
         progress=False,
-        augment=Shift(shift) if shift else None,
+        augment=Shift(shift, reverse) if shift or reverse else None,
         evaluate_test=False,  # the test set once, after the last pass (each pass: 2-4x the work)
     )
     seconds = time.perf_counter() - start
@@ -226,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--maps", type=int, nargs=3, default=None, help="cnn1d_global's maps (default: 16 32 64)"
     )
+    parser.add_argument(
+        "--reverse",
+        type=float,
+        default=None,
+        help="the reversals' probability (default: anycnn train's, cnn1d_global 0.5; 0: none)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "ucr.json")
     args = parser.parse_args(argv)
 
@@ -257,11 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:10s} 1-NN ED {ed:6.1%}  1-NN DTW {dtw:6.1%}", flush=True)
         for model in args.models:
             maps = args.maps if model == "cnn1d_global" else None
-            runs = [train_cnn(ds, seed, args.epochs, model, maps) for seed in range(args.seeds)]
+            runs = [
+                train_cnn(ds, seed, args.epochs, model, maps, args.reverse)
+                for seed in range(args.seeds)
+            ]
             errors = [r["test_error"] for r in runs]
             ensemble = ensemble_error([r.pop("scores") for r in runs], ds.test_labels)
             row[model] = {
                 "maps": maps,
+                "reverse": args.reverse,
                 "mean": statistics.fmean(errors),
                 "std": statistics.pstdev(errors),
                 "ensemble": ensemble,

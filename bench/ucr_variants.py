@@ -17,6 +17,9 @@ Options change one thing at a time:
   subsamplings' factor; ``--combine 2,3``: those stages are learned combinations of the input
   maps (section 3.3, one kernel per input map, ``LearnedCombination(kernels="per_input")``, no
   padding) instead of convolutions;
+* ``--optimizer sdlm`` (``--mu``): LeCun's per-parameter rates ``lr / (mu + h_kk)`` (section
+  4's stochastic diagonal Levenberg-Marquardt, the curvature estimated before each pass), with
+  ``--momentum`` on top;
 * ``--lr``, ``--batch``, ``--updates``, ``--momentum``; ``--decay g``: the rate times ``g`` after
   half the passes and times ``g**2`` after three quarters;
 * ``--shift``: the shifts' largest fraction (0: none); ``--stretch s``: each pass also stretches
@@ -26,6 +29,18 @@ Options change one thing at a time:
 * ``--inputs raw,diff`` / ``raw,smooth9``: input channels: the series, its first difference, its
   moving mean over 9 samples (each channel standardised on the training set);
 * ``--loss squared_error``: scaled tanh outputs and the squared error (section 4.3);
+* ``--wd l``: weight decay, ``l * w`` added to every kernel's and weight's gradient (the
+  penalty ``l/2 |w|^2`` of eq. 11; biases free), a gradient hook;
+* ``--jitter s``: each pass also adds Gaussian noise of standard deviation ``s`` to every
+  sample of every (standardised) series;
+* ``--flip p``: each pass also reverses every series in time with probability ``p`` (before
+  the shift; a mirrored outline of the same shape);
+* ``--swa f``: also the error of the network whose weights are the mean of its weights after
+  each of the last ``f`` of the passes (stochastic weight averaging; ``test_error_swa``);
+* ``--snapshots k``: also the error of the softmax scores averaged over ``k`` snapshots taken
+  evenly over the second half of the passes, the last included (``test_error_snapshots``);
+* ``--ensemble k``: train ``k`` networks (seeds ``seed .. seed + k - 1``), also report the error
+  of their averaged softmax scores (``test_error_ensemble``) and each one's error;
 * ``--tta k``: also the error of the scores averaged over ``2k + 1`` shifts of the test series
   spread over the training shifts' range (test-time averaging).
 
@@ -43,7 +58,7 @@ from typing import Any
 import numpy as np
 
 
-def _augmentations() -> tuple[type, type]:
+def _augmentations() -> tuple[type, type, type]:
     from anycnn.data.augment import Shift
 
     class Roll(Shift):
@@ -87,7 +102,42 @@ def _augmentations() -> tuple[type, type]:
             moved = (x0 * (1 - w) + x1 * w) * gain[:, None, None]
             return moved.astype(images.dtype).reshape(images.shape)
 
-    return Roll, ShiftStretch
+    class ShiftJitter(Shift):
+        """Time reversal with probability ``flip``, then shifts (wrapped if ``circular``), then
+        Gaussian noise of standard deviation ``jitter``, drawn per example and pass (the
+        noise's seed and the reversal travel in the offsets' second and third columns)."""
+
+        def __init__(
+            self, fraction: float, jitter: float, flip: float = 0.0, circular: bool = False
+        ) -> None:
+            super().__init__(fraction)
+            object.__setattr__(self, "jitter", float(jitter))
+            object.__setattr__(self, "flip", float(flip))
+            object.__setattr__(self, "circular", bool(circular))
+
+        def offsets(self, n: int, length: int, seed: int, epoch: int) -> np.ndarray:
+            shift = super().offsets(n, length, seed, epoch)
+            rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x5819, epoch])
+            noise = rng.integers(0, 2**62, size=n)
+            flips = rng.random(n) < self.flip
+            return np.stack([shift, noise, flips.astype(np.int64)], axis=1)
+
+        def apply(self, images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+            images = np.asarray(images)
+            flipped = np.where(
+                offsets[:, 2].reshape((-1,) + (1,) * (images.ndim - 1)) == 1,
+                images[..., ::-1],
+                images,
+            )
+            shift = Roll.apply if self.circular else Shift.apply
+            moved = shift(self, flipped, offsets[:, 0]).astype(np.float64)
+            if self.jitter:
+                for i, s in enumerate(offsets[:, 1]):
+                    rng = np.random.default_rng(int(s))
+                    moved[i] += rng.normal(0, self.jitter, moved[i].shape)
+            return moved.astype(images.dtype)
+
+    return Roll, ShiftStretch, ShiftJitter
 
 
 def _channels(ds: Any, inputs: str) -> Any:
@@ -125,6 +175,28 @@ def _channels(ds: Any, inputs: str) -> Any:
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
+    """One network (``--ensemble 1``) or several, with their averaged scores' error."""
+    reports, total = [], None
+    for k in range(max(1, a.ensemble)):
+        report, scores = run_one(a, a.seed + k)
+        reports.append(report)
+        total = scores if total is None else total + scores
+    if len(reports) == 1:
+        return reports[0]
+    from anycnn import data as datasets
+
+    labels = datasets.load(a.dataset).test_labels
+    return {
+        "options": vars(a),
+        "test_error_ensemble": float(np.mean(total.argmax(1) != labels)),
+        "test_errors": [r["test_error"] for r in reports],
+        "train_errors": [r["train_error"] for r in reports],
+        "seconds": sum(r["seconds"] for r in reports),
+        "parameters": reports[0]["parameters"],
+    }
+
+
+def run_one(a: argparse.Namespace, seed: int) -> tuple[dict[str, Any], np.ndarray]:
     from anycnn import data as datasets
     from anycnn.data.augment import Shift
     from anycnn.layers import (
@@ -137,7 +209,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     from anycnn.network import Network
     from anycnn.training import loop, optim
 
-    Roll, ShiftStretch = _augmentations()
+    Roll, ShiftStretch, ShiftJitter = _augmentations()
     ds = datasets.load(a.dataset)
     if a.inputs != "raw":
         ds = _channels(ds, a.inputs)
@@ -160,7 +232,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         tuple(ds.train_images.shape[1:]),
         loss=a.loss,
         dtype="float32",
-        seed=a.seed,
+        seed=seed,
         name="cnn1d_global_variant",
     )
     n = ds.train_images.shape[0]
@@ -172,42 +244,86 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             [max(1, epochs // 2), max(1, epochs // 4)],
             final=a.lr * a.decay**2,
         )
-    opt = optim.build_optimizer("momentum", net, lr=lr, momentum=a.momentum)
-    if a.circular:
-        augment: Any = Roll(a.shift)
+    if a.optimizer == "sdlm":
+        opt = optim.build_optimizer("sdlm", net, lr=lr, momentum=a.momentum, mu=a.mu)
+    else:
+        opt = optim.build_optimizer("momentum", net, lr=lr, momentum=a.momentum)
+    augment: Any
+    if a.jitter or a.flip:
+        augment = ShiftJitter(a.shift, a.jitter, a.flip, a.circular)
+    elif a.circular:
+        augment = Roll(a.shift)
     elif a.stretch or a.scale:
         augment = ShiftStretch(a.shift, a.stretch, a.scale)
     else:
         augment = Shift(a.shift) if a.shift else None
-    start = time.perf_counter()
-    result = loop.train(
-        net,
-        ds,
-        optimizer=opt,
-        epochs=epochs,
-        batch_size=a.batch,
-        seed=a.seed,
-        progress=False,
-        augment=augment,
-        evaluate_test=False,
-    )
-    seconds = time.perf_counter() - start
-    x = result.preprocessing(ds.test_images, net.dtype_name)
+    hooks: list[Any] = []
+    if a.wd:
+        weights = [k for k in net.parameters() if not k.endswith(".bias")]
+
+        def decay(trainer: Any) -> None:
+            params, grads = net.parameters(), net.gradients()
+            for k in weights:
+                grads[k] += a.wd * params[k]
+
+        hooks.append(decay)
+    # weight averages (SWA) and snapshot scores over the last passes, taken by an epoch callback
+    averages: dict[str, np.ndarray] = {}
+    snapshots: list[np.ndarray] = []
+    first_avg = epochs - max(1, int(round(a.swa * epochs))) if a.swa else epochs
+    snap_every = max(1, (epochs // 2) // a.snapshots) if a.snapshots else 0
 
     def scores(x: np.ndarray) -> np.ndarray:
         o = net.backend.to_host(net.forward(net.backend.asarray(x, dtype=net.dtype_name)))
         e = np.exp(np.asarray(o, np.float64) - np.max(o, axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
+    def averaging(record: Any) -> None:
+        if record.epoch > first_avg:
+            for k, v in net.parameters().items():
+                host = np.asarray(net.backend.to_host(v), np.float64)
+                averages[k] = host if k not in averages else averages[k] + host
+        late = record.epoch > epochs - snap_every * a.snapshots
+        if snap_every and late and (epochs - record.epoch) % snap_every == 0:
+            snapshots.append(scores(trainer.prep(ds.test_images, net.dtype_name)))
+
+    start = time.perf_counter()
+    trainer = loop.Trainer(
+        net,
+        ds,
+        optimizer=opt,
+        epochs=epochs,
+        batch_size=a.batch,
+        seed=seed,
+        progress=False,
+        augment=augment,
+        evaluate_test=False,
+        gradient_hooks=hooks,
+        callbacks=[averaging] if (a.swa or a.snapshots) else [],
+    )
+    result = trainer.run()
+    seconds = time.perf_counter() - start
+    x = result.preprocessing(ds.test_images, net.dtype_name)
+
     s0 = scores(x)
     report: dict[str, Any] = {
-        "options": vars(a),
+        "options": {**vars(a), "seed": seed},
         "test_error": float(np.mean(s0.argmax(1) != ds.test_labels)),
         "train_error": result.history[-1].train_error,
         "seconds": seconds,
         "parameters": net.num_parameters(),
         "epochs": epochs,
     }
+    if snapshots:
+        snap = np.mean(snapshots, axis=0)
+        report["test_error_snapshots"] = float(np.mean(snap.argmax(1) != ds.test_labels))
+        report["snapshots_taken"] = len(snapshots)
+    if averages:
+        n_avg = epochs - first_avg
+        for k, v in averages.items():
+            net.set_parameter(k, net.backend.asarray(v / n_avg, dtype=net.dtype_name))
+        s_swa = scores(x)
+        report["test_error_swa"] = float(np.mean(s_swa.argmax(1) != ds.test_labels))
     if a.tta:
         largest = int(round(a.shift * length))
         total = s0.copy()
@@ -215,7 +331,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             if offset:
                 total += scores(Shift(0.5).apply(x, np.full(x.shape[0], offset)))
         report["test_error_tta"] = float(np.mean(total.argmax(1) != ds.test_labels))
-    return report
+    return report, s0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", default="raw")
     p.add_argument("--loss", default="cross_entropy")
     p.add_argument("--tta", type=int, default=0)
+    p.add_argument("--wd", type=float, default=0.0)
+    p.add_argument("--jitter", type=float, default=0.0)
+    p.add_argument("--ensemble", type=int, default=1)
+    p.add_argument("--flip", type=float, default=0.0)
+    p.add_argument("--optimizer", default="momentum", choices=["momentum", "sdlm"])
+    p.add_argument("--mu", type=float, default=0.02)
+    p.add_argument("--swa", type=float, default=0.0)
+    p.add_argument("--snapshots", type=int, default=0)
     print(json.dumps(run(p.parse_args(argv))), flush=True)
     return 0
 

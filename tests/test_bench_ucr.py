@@ -80,7 +80,7 @@ def test_ucr_variants_augmentations():
     gain of 1 is the recipe's edge-held shift: the variants change only what they name."""
     from anycnn.data.augment import Shift
 
-    roll, stretch = _bench("ucr_variants")._augmentations()
+    roll, stretch, jitter = _bench("ucr_variants")._augmentations()
     x = np.arange(20.0).reshape(2, 1, 10)
     np.testing.assert_array_equal(
         roll(0.5).apply(x, np.array([3, -2])),
@@ -92,6 +92,12 @@ def test_ucr_variants_augmentations():
     offsets = stretch(0.2, 0.5, 0.5).offsets(50, 10, seed=0, epoch=1)
     assert offsets.shape == (50, 3) and np.all(np.abs(offsets[:, 0]) <= 2)
     assert np.all(np.abs(offsets[:, 1:] - 1) <= 0.5) and np.ptp(offsets[:, 1]) > 0.1
+    # reversals without noise: the library's Shift with reversals
+    flips = jitter(0.2, 0.0, 0.5).offsets(2, 10, seed=0, epoch=1)
+    flips[:, 2] = [1, 0]
+    np.testing.assert_array_equal(
+        jitter(0.2, 0.0, 0.5).apply(x, flips), Shift(0.2, 0.5).apply(x, flips[:, [0, 2]])
+    )
 
 
 def test_ucr_variants_quick_run(capsys):
@@ -103,6 +109,18 @@ def test_ucr_variants_quick_run(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["epochs"] == 4 and report["options"]["maps"] == "4,4,4"
     assert 0 <= report["test_error"] <= 1 and 0 <= report["test_error_tta"] <= 1
+
+
+def test_ucr_variants_third_round_options(capsys):
+    """The third round's options (weight decay, noise, reversals, weight averaging, snapshots,
+    SDLM, an ensemble of two) run and report their errors."""
+    variants = _bench("ucr_variants")
+    argv = ["--dataset", "gunpoint", "--updates", "28", "--maps", "4,4,4", "--wd", "0.001"]
+    argv += ["--jitter", "0.1", "--flip", "0.5", "--swa", "0.5", "--snapshots", "2"]
+    argv += ["--optimizer", "sdlm", "--lr", "0.003", "--ensemble", "2"]
+    assert variants.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0 <= report["test_error_ensemble"] <= 1 and len(report["test_errors"]) == 2
 
 
 def test_ucr_bench_trains_other_maps():
@@ -117,3 +135,17 @@ def test_ucr_bench_trains_other_maps():
     assert run["scores"].shape == (150, 2)
     np.testing.assert_allclose(run["scores"].sum(axis=1), 1.0, rtol=1e-12)
     assert ucr.train_cnn(ds, 0, 1, "cnn1d_global")["parameters"] == 9058
+
+
+def test_ucr_bench_reversals_are_the_recipes_unless_asked():
+    """bench/ucr.py trains with the recipe's reversals by default; --reverse 0 is the recipe
+    before them (different scores after one pass of GunPoint's first 50 series)."""
+    from anycnn import data
+
+    ucr = _bench("ucr")
+    ds = data.load("gunpoint")
+    default = ucr.train_cnn(ds, 0, 1, "cnn1d_global", (4, 4, 4))["scores"]
+    half = ucr.train_cnn(ds, 0, 1, "cnn1d_global", (4, 4, 4), 0.5)["scores"]
+    none = ucr.train_cnn(ds, 0, 1, "cnn1d_global", (4, 4, 4), 0.0)["scores"]
+    np.testing.assert_array_equal(default, half)
+    assert not np.array_equal(default, none)

@@ -159,7 +159,8 @@ def test_train_with_plots(capsys, tmp_path):
 @pytest.mark.parametrize("model", [[], ["--model", "cnn1d"]], ids=["default", "cnn1d"])
 def test_train_gunpoint_with_plots_and_checkpoints(capsys, tmp_path, model):
     """The 1-D zoo models on a UCR set train like MNIST: checkpoints, metrics and the three
-    figures (issue 18); without --model a UCR set gets cnn1d_global and its random shifts."""
+    figures (issue 18); without --model a UCR set gets cnn1d_global and its random shifts and
+    reversals."""
     pytest.importorskip("matplotlib")
     code, out, err = _run(
         capsys,
@@ -183,9 +184,8 @@ def test_train_gunpoint_with_plots_and_checkpoints(capsys, tmp_path, model):
     assert (tmp_path / "ck" / "epoch-0001.npz").exists()
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["history"][0]["epoch"] == 1
-    expected = (
-        ("cnn1d_global", {"kind": "shift", "fraction": 0.1}) if not model else ("cnn1d", None)
-    )
+    recipe = ("cnn1d_global", {"kind": "shift", "fraction": 0.1, "reverse": 0.5})
+    expected = recipe if not model else ("cnn1d", None)
     assert (metrics["model"], metrics["augment"]) == expected
     for name in ("learning_curves.png", "kernels.png", "feature_maps.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

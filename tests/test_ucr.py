@@ -213,11 +213,14 @@ def test_cnn1d_global_refuses_bad_maps(maps):
 
 def test_the_ucr_recipe_defaults():
     """cnn1d_global's training defaults (the UCR recipe of issue 18): 8,000 updates of 8 series,
-    however many passes that takes, and shifts of up to 10 % of the length."""
+    however many passes that takes, shifts of up to 10 % of the length, reversals with
+    probability 1/2, and the command line's augmentation is that."""
     from anycnn.training import loop
 
     defaults = loop.TRAINING_DEFAULTS["cnn1d_global"]
     assert defaults["augment_shift"] == 0.1 and defaults["batch_size"] == 8
+    assert defaults["augment_reverse"] == 0.5
+    assert "augment_reverse" not in loop.TRAINING_DEFAULTS["cnn1d"]
     passes = {n: loop.default_epochs(defaults, n, 8) for n in (50, 36, 200, 3)}
     assert passes == {50: 1143, 36: 1600, 200: 320, 3: 8000}
     assert loop.default_epochs(loop.TRAINING_DEFAULTS["cnn1d"], 50, 4) == 300

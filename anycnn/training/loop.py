@@ -117,13 +117,16 @@ TRAINING_DEFAULTS["cnn1d"] = {
 # epochs of OSULeaf's 200 series, 1,143 of GunPoint's 50, 1,600 of ArrowHead's 36: with 300
 # epochs the two small sets were still at 8-33 % training error), rate 0.03, momentum 0.9; and
 # every series is shifted by up to 10 % of its length each pass (anycnn.data.augment.Shift):
-# the training sets are a few dozen series.
+# the training sets are a few dozen series; and read backwards with probability 1/2 (the
+# archive's outline problems, ArrowHead and OSULeaf, trace a shape's contour: backwards, its
+# mirror image's, of the same class; README "Variants tried", third round).
 TRAINING_DEFAULTS["cnn1d_global"] = {
     **TRAINING_DEFAULTS["cnn1d"],
     "lr": 0.03,
     "batch_size": 8,
     "updates": 8000,
     "augment_shift": 0.1,
+    "augment_reverse": 0.5,
 }
 
 
