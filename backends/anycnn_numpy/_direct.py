@@ -608,22 +608,10 @@ def _drain_lanes(g, count, m, target, at, stride):  # pragma: no cover - compile
             run[p] = lane[p * LANES]
 
 
-@numba.njit(inline="always", fastmath=_ACTIVATION_MATH)
-def _activated(v, kind, p0, a, b):  # pragma: no cover - compiled
-    """f of a vector of sums as :func:`_activate_run32` computes it (the same operations): the
-    logistic of gain ``p0``, ``a tanh(b v)`` (``a``, ``b`` splats of its p0, p1) or ``v``."""
-    if kind == LOGISTIC:
-        return vlogistic(v, p0)
-    if kind == TANH:
-        return vmul(vtanh(vmul(v, b)), a)
-    return v
-
-
-@numba.njit(inline="always", fastmath=_ACTIVATION_MATH)
-def _put(g, at, sums, bias, kind, p0, a, b):  # pragma: no cover - compiled
-    """``g[at : at + 16] = f(sums + bias)``: the bias last, as a separate ``u += b`` would add
-    it, then f (:func:`_activated`)."""
-    vstore(g, at, _activated(vadd(sums, bias), kind, p0, a, b))
+@numba.njit(inline="always")
+def _put(g, at, sums, bias):  # pragma: no cover - compiled
+    """``g[at : at + 16] = sums + bias``: the bias last, as a separate ``u += b`` would add it."""
+    vstore(g, at, vadd(sums, bias))
 
 
 @numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
@@ -644,7 +632,6 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
     g = np.empty(size * LANES, np.float32)  # the chunk's output on the lanes
     source, flat = x.reshape(x.size), out.reshape(out.size)
     packed = np.empty(c * h * w * LANES if pad_w else 0, np.float32)
-    fa, fb = vsplat(p0), vsplat(p1)  # (for the tanh)
     n0 = start
     while stop - n0 >= fewest:
         m = min(LANES, stop - n0)
@@ -688,15 +675,15 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
                                     u2 = vfma(r, e2, u2)
                                     u3 = vfma(r, e3, u3)
                                     q += LANES
-                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
-                        _put(g, at0 + LANES, s1, bias0, kind, p0, fa, fb)
-                        _put(g, at0 + 2 * LANES, s2, bias0, kind, p0, fa, fb)
-                        _put(g, at0 + 3 * LANES, s3, bias0, kind, p0, fa, fb)
+                        _put(g, at0, s0, bias0)
+                        _put(g, at0 + LANES, s1, bias0)
+                        _put(g, at0 + 2 * LANES, s2, bias0)
+                        _put(g, at0 + 3 * LANES, s3, bias0)
                         if j1 != j:
-                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
-                            _put(g, at1 + LANES, u1, bias1, kind, p0, fa, fb)
-                            _put(g, at1 + 2 * LANES, u2, bias1, kind, p0, fa, fb)
-                            _put(g, at1 + 3 * LANES, u3, bias1, kind, p0, fa, fb)
+                            _put(g, at1, u0, bias1)
+                            _put(g, at1 + LANES, u1, bias1)
+                            _put(g, at1 + 2 * LANES, u2, bias1)
+                            _put(g, at1 + 3 * LANES, u3, bias1)
                         x0 += 4
                     elif ow - x0 >= 2:
                         s0 = s1 = u0 = u1 = vzeros()
@@ -714,11 +701,11 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
                                     u0 = vfma(r, e0, u0)
                                     u1 = vfma(r, e1, u1)
                                     q += LANES
-                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
-                        _put(g, at0 + LANES, s1, bias0, kind, p0, fa, fb)
+                        _put(g, at0, s0, bias0)
+                        _put(g, at0 + LANES, s1, bias0)
                         if j1 != j:
-                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
-                            _put(g, at1 + LANES, u1, bias1, kind, p0, fa, fb)
+                            _put(g, at1, u0, bias1)
+                            _put(g, at1 + LANES, u1, bias1)
                         x0 += 2
                     else:
                         s0 = u0 = vzeros()
@@ -733,10 +720,12 @@ def _lanes_into(x, pad_h, pad_w, wts, bias, active, kind, p0, p1, out, start, st
                                     s0 = vfma(vsplat(wa[b]), e0, s0)
                                     u0 = vfma(vsplat(wb[b]), e0, u0)
                                     q += LANES
-                        _put(g, at0, s0, bias0, kind, p0, fa, fb)
+                        _put(g, at0, s0, bias0)
                         if j1 != j:
-                            _put(g, at1, u0, bias1, kind, p0, fa, fb)
+                            _put(g, at1, u0, bias1)
                         x0 += 1
+        if kind != IDENTITY:  # f over the chunk's sums while they are in cache, on the lanes
+            _activate_run32(g, kind, p0, p1)
         _drain_lanes(g, size, m, flat, n0 * size, size)
         n0 += m
     return n0
