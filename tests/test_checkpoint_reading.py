@@ -131,3 +131,56 @@ def test_the_difference_names_a_setting_only_one_layer_has():
     assert ckpt._difference(stored, current) == (
         "conv1.padding 'same' in the checkpoint, None here"
     )
+
+
+def _held(needs):
+    import types
+
+    return {f"param/{name}.weight": types.SimpleNamespace(shape=(n,)) for name, n in needs.items()}
+
+
+def test_the_activation_bound_is_inclusive(monkeypatch):
+    net = Network([Convolution(2, 3), Flatten(), FullyConnected(3)], input_shape=(1, 6, 6))
+    config = json.loads(json.dumps(net.config()))
+    conv, fc = net.layers[0].name, net.layers[2].name
+    held = _held({conv: 2 * 9 + 2, fc: 3 * 32 + 3})
+    monkeypatch.setattr(ckpt, "MAX_ACTIVATION_ELEMENTS", 32)  # the convolution's 2 x 4 x 4
+    ckpt._check_sizes(config, held, "f")
+    monkeypatch.setattr(ckpt, "MAX_ACTIVATION_ELEMENTS", 31)
+    with pytest.raises(ckpt.CheckpointError, match="would produce 32 values per example"):
+        ckpt._check_sizes(config, held, "f")
+
+
+def test_a_symlink_to_a_regular_file_may_be_replaced_one_into_proc_may_not(tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    assert ckpt.not_replaceable(tmp_path / "link") is None
+    (tmp_path / "proc").symlink_to("/proc/self/status")
+    assert ckpt.not_replaceable(tmp_path / "proc").startswith("is a symlink into /proc (")
+
+
+def test_the_temporary_file_is_named_after_the_target(tmp_path):
+    seen = []
+
+    def write(stream):
+        seen.extend(p.name for p in tmp_path.iterdir())
+        stream.write(b"data")
+
+    ckpt.atomic_write(tmp_path / "notes.txt", write)
+    assert len(seen) == 1 and seen[0].startswith(".notes.txt.") and seen[0].endswith(".tmp")
+
+
+def test_the_lock_file_says_who_holds_it_since_when_and_survives_its_removal(tmp_path):
+    lock = ckpt.DirectoryLock(tmp_path)
+    holder = json.loads(lock.path.read_bytes())
+    assert sorted(holder) == ["command", "host", "pid", "since"]
+    assert holder["since"].endswith(" UTC")
+    lock.path.unlink()  # removed while held: release still gives the lock up
+    lock.release()
+    ckpt.DirectoryLock(tmp_path).release()
+
+
+def test_printable_cuts_at_its_limit():
+    shown = ckpt.printable("x" * 200)
+    assert len(shown) == 80 and shown.endswith("...")
+    assert len(ckpt.printable("x" * 200, 20)) == 20
