@@ -102,3 +102,28 @@ def test_an_instance_whose_value_is_replaced_gets_its_own_value():
     value, gradient = loss.value_and_gradient(y, t)
     assert value == 42.0
     np.testing.assert_array_equal(gradient, SquaredError().gradient(y, t))
+
+
+def test_a_convolution_covering_the_map_applies_a_user_activation():
+    """The covering path (one GEMM: Note [Convolutions that cover the map] in _dense) with an
+    activation the kernels do not compile, whose ``forward`` returns a new array."""
+    from anycnn.layers.activations import Activation
+
+    dense = pytest.importorskip("anycnn_numpy._dense")
+
+    class Softsign(Activation):
+        name = "softsign"
+
+        def forward(self, u):
+            return u / (1 + abs(u))
+
+        def derivative(self, y, u=None):
+            return (1 - abs(y)) ** 2
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    kernel = rng.standard_normal((5, 2, 4, 4)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    got = dense.conv_covering(x, kernel, None, bias, Softsign())
+    u = np.einsum("nchw,ochw->no", x.astype(np.float64), kernel[:, :, ::-1, ::-1]) + bias
+    np.testing.assert_allclose(got.reshape(3, 5), u / (1 + abs(u)), rtol=1e-5, atol=1e-6)
