@@ -92,3 +92,11 @@ def test_preprocessing_values_beyond_float32_give_no_floating_point_warning():
         warnings.simplefilter("error")
         out = net.predict(x)
     assert out.shape == (1, 3)
+
+
+def test_an_input_on_another_device_is_named_by_the_method():
+    xs = pytest.importorskip("array_api_strict")
+    net = Network([Flatten(), FullyConnected(2)], input_shape=(1, 2, 2), backend="strict")
+    x = xs.asarray(np.zeros((1, 1, 2, 2), dtype=np.float32), device=xs.Device("device1"))
+    with pytest.raises(ValueError, match=r"^Network\.forward: x is on device"):
+        net.forward(x)
